@@ -1,0 +1,85 @@
+"""Routes of the gateway core: rules, jobs, audit and stats."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from orthanc_plugin.api.router import (
+    ApiError,
+    Request,
+    Response,
+    Router,
+    csv_response,
+    json_response,
+)
+from orthanc_plugin.audit.queries import AuditQueryError, audit_rows, stats, to_csv
+from orthanc_plugin.rules import RulesError
+
+if TYPE_CHECKING:
+    from orthanc_plugin.app import Gateway
+
+JOB_STATES = ("pending", "running", "done", "dead")
+
+
+def add_routes(router: Router, gateway: Gateway) -> None:
+    def get_rules(_: Request) -> Response:
+        return json_response(gateway.describe_rules())
+
+    def reload_rules(_: Request) -> Response:
+        try:
+            ruleset = gateway.reload_rules()
+        except RulesError as error:
+            return json_response(
+                {"error": str(error), "path": error.path, "reason": error.reason,
+                 "rules_in_force": gateway.ruleset.sha256},
+                400,
+            )
+        return json_response({"loaded": len(ruleset.rules), "sha256": ruleset.sha256})
+
+    def test_rules(request: Request) -> Response:
+        body = request.json()
+        study = body.get("study") if isinstance(body, dict) else None
+        if not study:
+            raise ApiError(400, "body: expected {\"study\": <Orthanc study id or StudyInstanceUID>}")
+        return json_response(gateway.test_rules(str(study)))
+
+    def list_jobs(request: Request) -> Response:
+        state = request.query.get("state")
+        if state and state not in JOB_STATES:
+            raise ApiError(400, f"state: expected one of {', '.join(JOB_STATES)}")
+        return json_response(gateway.queue.list(state, int(request.query.get("limit", "200"))))
+
+    def get_job(request: Request) -> Response:
+        job = gateway.queue.get(int(request.params["id"]))
+        if job is None:
+            raise ApiError(404, f"no job {request.params['id']}")
+        return json_response(job)
+
+    def retry_job(request: Request) -> Response:
+        job_id = int(request.params["id"])
+        if gateway.queue.get(job_id) is None:
+            raise ApiError(404, f"no job {job_id}")
+        if not gateway.retry_job(job_id):
+            raise ApiError(409, f"job {job_id} is not parked (dead): nothing to retry")
+        return json_response({"retried": job_id})
+
+    def get_audit(request: Request) -> Response:
+        try:
+            rows = audit_rows(gateway.db, request.query)
+        except AuditQueryError as error:
+            raise ApiError(400, str(error)) from error
+        if request.query.get("format") == "csv":
+            return csv_response(to_csv(rows))
+        return json_response(rows)
+
+    def get_stats(_: Request) -> Response:
+        return json_response(stats(gateway.db))
+
+    router.add("GET", "rules", get_rules)
+    router.add("POST", "rules/reload", reload_rules)
+    router.add("POST", "rules/test", test_rules)
+    router.add("GET", "jobs", list_jobs)
+    router.add("GET", r"jobs/(?P<id>\d+)", get_job)
+    router.add("POST", r"jobs/(?P<id>\d+)/retry", retry_job)
+    router.add("GET", "audit", get_audit)
+    router.add("GET", "stats", get_stats)

@@ -1,0 +1,194 @@
+"""The gateway: wires storage, rules, intake, queue, senders and routes. Knows nothing of `orthanc`."""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+from typing import Any
+
+from orthanc_plugin.api.gateway_routes import add_routes
+from orthanc_plugin.api.router import Router
+from orthanc_plugin.audit.metrics import Metrics
+from orthanc_plugin.audit.recorder import AuditRecorder
+from orthanc_plugin.audit.tables import SCHEMA as AUDIT_SCHEMA
+from orthanc_plugin.audit.translog import TransactionLog
+from orthanc_plugin.config import GatewayConfig, parse_config
+from orthanc_plugin.db import META_SCHEMA, Database
+from orthanc_plugin.forwarding.action import Forwarder
+from orthanc_plugin.jobs.intake import Intake
+from orthanc_plugin.jobs.queue import JobQueue
+from orthanc_plugin.jobs.tables import SCHEMA as JOBS_SCHEMA
+from orthanc_plugin.jobs.workers import WorkerPool
+from orthanc_plugin.ports import Host, HostError
+from orthanc_plugin.rules import RulesError, RuleSet, Trigger, evaluate, load_rules_file
+
+
+class Gateway:
+    def __init__(self, host: Host, config: GatewayConfig, ruleset: RuleSet) -> None:
+        self.host = host
+        self.config = config
+        self.ruleset = ruleset
+        self._rules_lock = threading.Lock()
+        self.db = Database(config.database, [META_SCHEMA, AUDIT_SCHEMA, JOBS_SCHEMA])
+        self.metrics = Metrics(host.set_metric)
+        self.recorder = AuditRecorder(
+            self.db, TransactionLog(config.transaction_log_folder), self.metrics
+        )
+        self.queue = JobQueue(self.db, config.retry)
+        self.forwarder = Forwarder(
+            host, self.queue, self.recorder, self.file_sizes, config.max_instances_per_association
+        )
+        self.intake = Intake(
+            host, self.db, self.queue, self.recorder, lambda: self.ruleset,
+            config.stable_age_seconds, self._wake_senders,
+        )
+        self.pool = WorkerPool(
+            self.intake, self.queue, self.forwarder, config.workers,
+            config.poll_interval_seconds, host.log_error,
+        )
+        self.router = Router()
+        add_routes(self.router, self)
+        self._started = False
+
+    # -- life cycle ------------------------------------------------------------------------------
+    def start(self) -> None:
+        if self._started:
+            return
+        self._started = True
+        recovered = self.queue.recover_after_crash()
+        self.intake.initialise_cursor()
+        self.recorder.event(
+            "gateway-started", status="ok",
+            detail=f"{len(self.ruleset.rules)} rule(s), sha256 {self.ruleset.sha256}, "
+            f"{recovered} interrupted job(s) requeued",
+        )
+        self.pool.start()
+        self.host.log_warning(
+            f"started: {len(self.ruleset.rules)} rule(s) from {self.config.rules_file}, "
+            f"{self.config.workers} sender(s), database {self.config.database}"
+        )
+
+    def stop(self) -> None:
+        if self._started:
+            self.pool.stop()
+            self.recorder.event("gateway-stopped", status="ok")
+            self._started = False
+
+    # -- callbacks (memory only) -------------------------------------------------------------------
+    def record_stored_instance(self, instance_id: str, remote_aet: str, origin: str) -> None:
+        self.intake.note_stored(instance_id, remote_aet)
+        self.pool.wake_intake()
+
+    def notify_stable_study(self, study_id: str) -> None:
+        self.intake.note_stable_study(study_id)
+        self.pool.wake_intake()
+
+    def _wake_senders(self) -> None:
+        self.pool.wake_senders()
+
+    # -- rules -------------------------------------------------------------------------------------
+    def known_targets(self) -> set[str]:
+        targets = set(self.config.known_modalities)
+        try:
+            targets.update(self.host.get_json("/modalities"))
+        except HostError:
+            pass
+        return targets
+
+    def reload_rules(self) -> RuleSet:
+        with self._rules_lock:
+            try:
+                ruleset = load_rules_file(self.config.rules_file, self.known_targets())
+            except RulesError as error:
+                self.recorder.event("rules-reload", status="refused", detail=str(error))
+                self.host.log_error(f"rules not reloaded, the previous rules stay: {error}")
+                raise
+            self.ruleset = ruleset
+            self.recorder.event(
+                "rules-reload", status="ok",
+                detail=f"{len(ruleset.rules)} rule(s), sha256 {ruleset.sha256}",
+            )
+            return ruleset
+
+    def describe_rules(self) -> dict[str, Any]:
+        return {
+            "file": str(self.config.rules_file),
+            "sha256": self.ruleset.sha256,
+            "rules": self.ruleset.to_json(),
+        }
+
+    def test_rules(self, study: str) -> dict[str, Any]:
+        """Which rules would fire on a study and why (not); nothing is queued or sent."""
+        study_id = self._resolve_study(study)
+        with self.intake.lock:
+            self.intake.adopt_study_instances(study_id)
+        rows = self.db.query(
+            "SELECT * FROM received WHERE study_id=? AND state='ready' ORDER BY seq", (study_id,)
+        )
+        labels = tuple(sorted({r["plan_label"] for r in rows if r["plan_label"]}))
+        facts = self.intake.facts.build(rows, labels)
+        results = []
+        for rule in self.ruleset.rules:
+            evaluation = evaluate(rule, facts)
+            targets = [t for action in rule.actions for t in getattr(action, "targets", ())]
+            results.append(
+                {
+                    "rule": rule.name,
+                    "on": rule.on.value,
+                    "enabled": rule.enabled,
+                    "would_fire": evaluation.matched,
+                    "failed_condition": evaluation.failed_condition,
+                    "reason": evaluation.reason,
+                    "instances": len(evaluation.instance_ids),
+                    "targets": targets,
+                }
+            )
+        return {"study": study_id, "instances": len(rows), "plan_labels": labels, "rules": results}
+
+    def _resolve_study(self, study: str) -> str:
+        try:
+            self.host.get_json(f"/studies/{study}")
+            return study
+        except HostError:
+            pass
+        try:
+            matches = self.host.post_json("/tools/lookup", study)
+        except HostError:
+            matches = []
+        for match in matches or []:
+            if match.get("Type") == "Study":
+                return str(match["ID"])
+        from orthanc_plugin.api.router import ApiError
+
+        raise ApiError(404, f"no study {study!r} in Orthanc")
+
+    # -- jobs --------------------------------------------------------------------------------------
+    def retry_job(self, job_id: int) -> bool:
+        retried = self.queue.retry_by_hand(job_id)
+        if retried:
+            self.recorder.event("job-retried-by-hand", status="pending", job_id=job_id)
+            self._wake_senders()
+        return retried
+
+    def file_sizes(self, instance_ids: list[str] | Any) -> dict[str, int]:
+        ids = list(instance_ids)
+        sizes: dict[str, int] = {}
+        for start in range(0, len(ids), 500):
+            chunk = ids[start : start + 500]
+            marks = ",".join("?" * len(chunk))
+            for row in self.db.query(
+                f"SELECT instance_id, file_size FROM received WHERE instance_id IN ({marks})",  # noqa: S608
+                chunk,
+            ):
+                sizes[row["instance_id"]] = row["file_size"] or 0
+        return sizes
+
+
+def build_gateway(host: Host, orthanc_config: dict[str, Any], config_dir: Path) -> Gateway:
+    """Read the settings and the rules; a broken rules file raises and Orthanc does not start."""
+    config = parse_config(orthanc_config, config_dir)
+    ruleset = load_rules_file(config.rules_file, set(config.known_modalities))
+    return Gateway(host, config, ruleset)
+
+
+__all__ = ["Gateway", "Trigger", "build_gateway"]

@@ -1,0 +1,126 @@
+"""Read-only views of the audit for the REST API: filtered rows, CSV, per-rule/target stats."""
+
+from __future__ import annotations
+
+import csv
+import io
+from collections.abc import Mapping
+from typing import Any
+
+from orthanc_plugin.db import Database
+
+# kind -> (table, time column, the filters that table can answer)
+AUDIT_KINDS: dict[str, tuple[str, str, dict[str, str]]] = {
+    "transfers": (
+        "transfers",
+        "started_at",
+        {"patient": "patient_id", "study": "study_uid", "rule": "rule", "target": "target",
+         "status": "status"},
+    ),
+    "evaluations": (
+        "evaluations",
+        "at",
+        {"patient": "patient_id", "study": "study_uid", "rule": "rule", "status": "matched"},
+    ),
+    "received": (
+        "received",
+        "received_at",
+        {"patient": "patient_id", "study": "study_uid", "status": "state"},
+    ),
+    "events": (
+        "audit_events",
+        "at",
+        {"patient": "patient_id", "study": "study_uid", "rule": "rule", "target": "target",
+         "status": "status"},
+    ),
+    "quarantine": ("quarantine", "at", {}),
+}
+
+
+class AuditQueryError(ValueError):
+    pass
+
+
+def audit_rows(db: Database, filters: Mapping[str, str]) -> list[dict[str, Any]]:
+    kind = filters.get("kind", "transfers")
+    if kind not in AUDIT_KINDS:
+        raise AuditQueryError(f"kind: expected one of {', '.join(AUDIT_KINDS)}, got {kind!r}")
+    table, time_column, columns = AUDIT_KINDS[kind]
+    clauses: list[str] = []
+    parameters: list[Any] = []
+    if filters.get("since"):
+        clauses.append(f"{time_column} >= ?")
+        parameters.append(filters["since"])
+    if filters.get("until"):
+        clauses.append(f"{time_column} < ?")
+        parameters.append(filters["until"])
+    for name, value in filters.items():
+        if name in ("kind", "since", "until", "format", "limit"):
+            continue
+        if name not in columns:
+            known = ", ".join(["kind", "since", "until", "format", "limit", *columns])
+            raise AuditQueryError(f"{name}: not a filter of {kind} (filters: {known})")
+        if kind == "evaluations" and name == "status":
+            value = {"matched": "1", "not-matched": "0"}.get(value, value)
+        clauses.append(f"{columns[name]} = ?")
+        parameters.append(value)
+    try:
+        limit = int(filters.get("limit", "10000"))
+    except ValueError as error:
+        raise AuditQueryError("limit: expected an integer") from error
+    where = f"WHERE {' AND '.join(clauses)}" if clauses else ""
+    sql = f"SELECT * FROM {table} {where} ORDER BY {time_column}, rowid LIMIT ?"  # noqa: S608
+    return [dict(row) for row in db.query(sql, [*parameters, limit])]
+
+
+def to_csv(rows: list[dict[str, Any]]) -> str:
+    buffer = io.StringIO()
+    if rows:
+        writer = csv.DictWriter(buffer, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    return buffer.getvalue()
+
+
+def stats(db: Database) -> dict[str, Any]:
+    """Per rule and per target: instances sent, failed attempts, jobs pending and parked."""
+    result: dict[str, Any] = {}
+    for key in ("rule", "target"):
+        groups: dict[str, dict[str, Any]] = {}
+        for row in db.query(
+            f"SELECT {key} AS name, "  # noqa: S608
+            "SUM(CASE WHEN status='success' THEN 1 ELSE 0 END) AS successful_transfers, "
+            "SUM(CASE WHEN status<>'success' THEN 1 ELSE 0 END) AS failed_transfers, "
+            "SUM(instances) AS instances_sent, SUM(bytes) AS bytes_sent "
+            f"FROM transfers GROUP BY {key}"
+        ):
+            groups[row["name"]] = {
+                "sent": row["instances_sent"] or 0,
+                "bytes": row["bytes_sent"] or 0,
+                "successful_transfers": row["successful_transfers"] or 0,
+                "failed": row["failed_transfers"] or 0,
+            }
+        for row in db.query(
+            f"SELECT {key} AS name, "  # noqa: S608
+            "SUM(CASE WHEN state IN ('pending','running') THEN 1 ELSE 0 END) AS pending, "
+            "SUM(CASE WHEN state='dead' THEN 1 ELSE 0 END) AS parked, "
+            "SUM(CASE WHEN state='done' THEN 1 ELSE 0 END) AS done "
+            f"FROM jobs GROUP BY {key}"
+        ):
+            entry = groups.setdefault(
+                row["name"], {"sent": 0, "bytes": 0, "successful_transfers": 0, "failed": 0}
+            )
+            entry.update(pending=row["pending"], parked=row["parked"], jobs_done=row["done"])
+        for name, entry in groups.items():
+            entry.setdefault("pending", 0)
+            entry.setdefault("parked", 0)
+            entry.setdefault("jobs_done", 0)
+            last = db.query(
+                f"SELECT error, ended_at FROM transfers WHERE {key}=? AND status<>'success' "  # noqa: S608
+                "ORDER BY id DESC LIMIT 1",
+                (name,),
+            )
+            entry["last_error"] = last[0]["error"] if last else None
+            entry["last_error_at"] = last[0]["ended_at"] if last else None
+        result[f"by_{key}"] = groups
+    return result

@@ -1,0 +1,88 @@
+"""The "RtGateway" section of the Orthanc configuration, with defaults that work when it is absent."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+SECTION = "RtGateway"
+
+
+class ConfigError(ValueError):
+    """A setting of the RtGateway section is invalid; the message names it."""
+
+
+@dataclass(frozen=True)
+class RetryPolicySettings:
+    max_attempts: int = 8
+    base_delay_seconds: float = 5.0
+    max_delay_seconds: float = 600.0
+
+
+@dataclass(frozen=True)
+class GatewayConfig:
+    rules_file: Path
+    database: Path
+    transaction_log_folder: Path
+    quarantine_folder: Path
+    workers: int = 2
+    retry: RetryPolicySettings = RetryPolicySettings()
+    # Orthanc reports a failed store job's progress only as a whole percentage; chunks of at most
+    # 40 instances keep "how many were delivered before the failure" exact.
+    max_instances_per_association: int = 40
+    stable_age_seconds: float = 60.0
+    poll_interval_seconds: float = 1.0
+    known_modalities: tuple[str, ...] = ()
+
+
+def _resolve(base: Path, value: str) -> Path:
+    path = Path(value)
+    return path if path.is_absolute() else (base / path).resolve()
+
+
+def _number(section: dict[str, Any], key: str, default: float, minimum: float) -> float:
+    value = section.get(key, default)
+    if isinstance(value, bool) or not isinstance(value, int | float) or value < minimum:
+        raise ConfigError(f"{SECTION}.{key}: expected a number >= {minimum}, got {value!r}")
+    return float(value)
+
+
+def parse_config(orthanc_config: dict[str, Any], config_dir: Path) -> GatewayConfig:
+    """Build the gateway settings from the whole Orthanc configuration.
+
+    Relative paths are resolved against the folder of the configuration file, so a checkout can be
+    moved without editing the file.
+    """
+    section = orthanc_config.get(SECTION) or {}
+    if not isinstance(section, dict):
+        raise ConfigError(f"{SECTION}: expected an object")
+    storage = _resolve(config_dir, str(orthanc_config.get("StorageDirectory", "OrthancStorage")))
+    default_home = storage / "rt-gateway"
+    retry_section = section.get("Retry") or {}
+    if not isinstance(retry_section, dict):
+        raise ConfigError(f"{SECTION}.Retry: expected an object")
+    retry = RetryPolicySettings(
+        max_attempts=int(_number(retry_section, "MaxAttempts", 8, 1)),
+        base_delay_seconds=_number(retry_section, "BaseDelaySeconds", 5.0, 0),
+        max_delay_seconds=_number(retry_section, "MaxDelaySeconds", 600.0, 0),
+    )
+    modalities = orthanc_config.get("DicomModalities") or {}
+    return GatewayConfig(
+        rules_file=_resolve(config_dir, str(section.get("RulesFile", "lua-free-rules.yaml"))),
+        database=_resolve(config_dir, str(section.get("Database", default_home / "gateway.sqlite"))),
+        transaction_log_folder=_resolve(
+            config_dir, str(section.get("TransactionLogFolder", default_home / "logs"))
+        ),
+        quarantine_folder=_resolve(
+            config_dir, str(section.get("QuarantineFolder", default_home / "quarantine"))
+        ),
+        workers=int(_number(section, "Workers", 2, 1)),
+        retry=retry,
+        max_instances_per_association=int(
+            min(_number(section, "MaxInstancesPerAssociation", 40, 1), 40)
+        ),
+        stable_age_seconds=float(orthanc_config.get("StableAge", 60)),
+        poll_interval_seconds=_number(section, "PollIntervalSeconds", 1.0, 0.05),
+        known_modalities=tuple(sorted(modalities)) if isinstance(modalities, dict) else (),
+    )

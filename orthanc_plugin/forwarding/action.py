@@ -1,0 +1,150 @@
+"""The forward action: send claimed instances through Orthanc's own SCU, record every outcome."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+from orthanc_plugin.audit.recorder import AuditRecorder
+from orthanc_plugin.forwarding.model import (
+    FailureKind,
+    StoreFailure,
+    classify_failure,
+    delivered_before_failure,
+)
+from orthanc_plugin.jobs.queue import Claim, ClaimedItem, JobQueue
+from orthanc_plugin.ports import Host, HostError
+
+POLL_SECONDS = 0.05
+
+
+@dataclass
+class _JobTally:
+    sent: int = 0
+    bytes: int = 0
+    refused: int = 0
+    error: str | None = None
+    orthanc_job: str | None = None
+    started_at: str = ""
+    failure: StoreFailure | None = None
+    refusals: list[str] = field(default_factory=list)
+
+
+class Forwarder:
+    def __init__(
+        self,
+        host: Host,
+        queue: JobQueue,
+        recorder: AuditRecorder,
+        file_sizes: Callable[[Sequence[str]], dict[str, int]],
+        max_per_association: int,
+    ) -> None:
+        self.host = host
+        self.queue = queue
+        self.recorder = recorder
+        self.file_sizes = file_sizes
+        self.max_per_association = max_per_association
+
+    def run(self, claim: Claim) -> None:
+        started = self.recorder.now()
+        tallies = {job_id: _JobTally(started_at=started) for job_id in claim.job_ids}
+        sizes = self.file_sizes([item.instance_id for item in claim.items])
+        remaining = list(claim.items)
+        stop_failure: StoreFailure | None = None
+        while remaining:
+            chunk = remaining[: self.max_per_association]
+            delivered, failure, orthanc_job = self._send_chunk(claim.target, chunk)
+            self.queue.mark_sent(chunk[:delivered], sizes)
+            for item in chunk[:delivered]:
+                tally = tallies[item.job_id]
+                tally.sent += 1
+                tally.bytes += sizes.get(item.instance_id, 0)
+            for item in chunk:
+                tallies[item.job_id].orthanc_job = orthanc_job
+            if failure is None:
+                remaining = remaining[len(chunk):]
+                continue
+            if failure.kind is FailureKind.REFUSED:
+                # Park only the refused instance; the rest of the queue goes on.
+                bad = chunk[delivered]
+                self._park_refused(claim.target, bad, failure, tallies[bad.job_id])
+                remaining = remaining[delivered + 1:]
+                continue
+            stop_failure = failure
+            for item in remaining[delivered:]:
+                tallies[item.job_id].failure = failure
+            break
+        self._settle(claim, tallies, stop_failure)
+
+    def _send_chunk(
+        self, target: str, chunk: Sequence[ClaimedItem]
+    ) -> tuple[int, StoreFailure | None, str | None]:
+        body = {
+            "Resources": [item.instance_id for item in chunk],
+            "Synchronous": False,
+            "Permissive": False,
+        }
+        try:
+            answer = self.host.post_json(f"/modalities/{target}/store", body)
+        except HostError as error:
+            http_status = 404 if error.missing else None
+            return 0, classify_failure(str(error), http_status), None
+        orthanc_job = str(answer["ID"])
+        self.queue.set_orthanc_job([item.job_id for item in chunk], orthanc_job)
+        while True:
+            try:
+                job = self.host.get_json(f"/jobs/{orthanc_job}")
+            except HostError as error:
+                return 0, classify_failure(str(error)), orthanc_job
+            state = job.get("State")
+            if state == "Success":
+                return len(chunk), None, orthanc_job
+            if state in ("Failure", "Paused"):
+                details = job.get("ErrorDetails") or job.get("ErrorDescription") or state
+                delivered = delivered_before_failure(float(job.get("Progress", 0)), len(chunk))
+                return delivered, classify_failure(str(details)), orthanc_job
+            time.sleep(POLL_SECONDS)
+
+    def _park_refused(
+        self, target: str, item: ClaimedItem, failure: StoreFailure, tally: _JobTally
+    ) -> None:
+        message = (
+            f"C-STORE refused by {target} with status {failure.status} "
+            f"for instance {item.instance_id}"
+        )
+        tally.refused += 1
+        tally.refusals.append(message)
+        self.queue.mark_refused(item, failure.status)
+        self.queue.note_refusal(item.job_id, message, failure.status)
+
+    def _settle(
+        self, claim: Claim, tallies: dict[int, _JobTally], stop_failure: StoreFailure | None
+    ) -> None:
+        error = stop_failure.message if stop_failure else None
+        status = stop_failure.status if stop_failure else None
+        if stop_failure and stop_failure.kind is FailureKind.UNKNOWN_TARGET:
+            # Retrying cannot create a modality: park at once with the reason.
+            for job_id in claim.job_ids:
+                self.queue.policy_exhaust(job_id)
+        outcome = self.queue.settle(claim.job_ids, error, status)
+        jobs = {job["id"]: job for job in claim.jobs}
+        for job_id, tally in tallies.items():
+            job = jobs[job_id]
+            if tally.refused:
+                transfer_status, detail = "refused", "; ".join(tally.refusals)
+            elif tally.failure is not None:
+                transfer_status, detail = "failed", tally.failure.message
+            else:
+                transfer_status, detail = "success", None
+            self.recorder.transfer(
+                job=job,
+                attempt=job["attempts"] + 1,
+                status=transfer_status,
+                instances=tally.sent,
+                bytes_sent=tally.bytes,
+                started_at=tally.started_at,
+                error=detail,
+                orthanc_job=tally.orthanc_job,
+                job_state=outcome.get(job_id, ""),
+            )

@@ -1,0 +1,68 @@
+"""Pure forwarding logic: the order a plan is sent in, and what a failed Orthanc store job means."""
+
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import dataclass
+from enum import StrEnum
+
+# A planning system imports a plan only once what it references is there: images, then the
+# structure set drawn on them, then the plan, then the dose computed for the plan.
+_MODALITY_RANK = {"RTSTRUCT": 1, "RTPLAN": 2, "RTDOSE": 3, "RTIMAGE": 4, "RTRECORD": 5}
+
+
+def send_rank(modality: str | None) -> int:
+    return _MODALITY_RANK.get((modality or "").upper(), 0)
+
+
+@dataclass(frozen=True)
+class OutgoingInstance:
+    instance_id: str
+    modality: str = ""
+    series_uid: str = ""
+    instance_number: int = 0
+
+
+def order_for_sending(instances: list[OutgoingInstance]) -> list[OutgoingInstance]:
+    return sorted(
+        instances,
+        key=lambda item: (send_rank(item.modality), item.series_uid, item.instance_number),
+    )
+
+
+class FailureKind(StrEnum):
+    REFUSED = "refused"          # the receiver answered the C-STORE with a failure status
+    RETRYABLE = "retryable"      # no association, dropped connection, timeout
+    UNKNOWN_TARGET = "unknown-target"
+
+
+@dataclass(frozen=True)
+class StoreFailure:
+    kind: FailureKind
+    status: str
+    message: str
+
+
+_DIMSE_STATUS = re.compile(r"DIMSE status (0x[0-9A-Fa-f]{4})")
+
+
+def classify_failure(details: str, http_status: int | None = None) -> StoreFailure:
+    match = _DIMSE_STATUS.search(details or "")
+    if match:
+        return StoreFailure(FailureKind.REFUSED, match.group(1).upper().replace("0X", "0x"), details)
+    if http_status == 404 or "Inexistent" in (details or "") or "Unknown modality" in details:
+        return StoreFailure(FailureKind.UNKNOWN_TARGET, "unknown-target", details)
+    return StoreFailure(FailureKind.RETRYABLE, "network", details)
+
+
+def delivered_before_failure(progress_percent: float, chunk_size: int) -> int:
+    """How many instances of a failed store job reached the receiver.
+
+    Orthanc reports progress as a whole percentage of instances handled; with at most 40
+    instances per job each step is >= 2.5 %, so the count is recovered exactly.
+    """
+    if chunk_size <= 0:
+        return 0
+    estimate = progress_percent * chunk_size / 100.0
+    return max(0, min(chunk_size, math.ceil(estimate - 1e-6)))

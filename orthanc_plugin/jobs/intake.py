@@ -1,0 +1,369 @@
+"""From Orthanc's change log to queued jobs: record, describe, evaluate rules, enqueue.
+
+Orthanc's `/changes` log is the durable source: callbacks only wake this loop up, so an instance
+stored while the plugin was stopped or crashing is found by reading the log from the saved cursor.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from orthanc_plugin.audit.clock import now_iso
+from orthanc_plugin.audit.recorder import AuditRecorder
+from orthanc_plugin.db import Database
+from orthanc_plugin.forwarding.model import OutgoingInstance, order_for_sending
+from orthanc_plugin.jobs.facts import SOURCE_BY_ORIGIN, FactsBuilder
+from orthanc_plugin.jobs.queue import JobQueue, JobSpec
+from orthanc_plugin.ports import Host, HostError
+from orthanc_plugin.rules import ForwardAction, Rule, RuleSet, Trigger, evaluate
+
+CURSOR_KEY = "changes_cursor"
+PLAN_LABEL_TAG = "300a-0002"
+BATCH = 200
+
+
+class Intake:
+    def __init__(
+        self,
+        host: Host,
+        db: Database,
+        queue: JobQueue,
+        recorder: AuditRecorder,
+        rules: Callable[[], RuleSet],
+        stable_age_seconds: float,
+        wake_workers: Callable[[], None],
+    ) -> None:
+        self.host = host
+        self.db = db
+        self.queue = queue
+        self.recorder = recorder
+        self.rules = rules
+        self.stable_age_seconds = stable_age_seconds
+        self.wake_workers = wake_workers
+        self.facts = FactsBuilder(host)
+        self._callback_inbox: deque[tuple[str, str]] = deque()
+        self._stable_inbox: deque[str] = deque()
+        self._series_cache: dict[str, dict[str, Any]] = {}
+        self.lock = threading.Lock()
+
+    # -- called from Orthanc's callbacks: memory only, no I/O ---------------------------------
+    def note_stored(self, instance_id: str, calling_aet: str) -> None:
+        self._callback_inbox.append((instance_id, calling_aet))
+
+    def note_stable_study(self, study_id: str) -> None:
+        self._stable_inbox.append(study_id)
+
+    # -- the loop body -------------------------------------------------------------------------
+    def initialise_cursor(self) -> None:
+        """A new gateway starts at the end of the log: it does not re-send Orthanc's history."""
+        if self.db.get_meta(CURSOR_KEY) is None:
+            last = self.host.get_json("/changes?last").get("Last", 0)
+            self.db.set_meta(CURSOR_KEY, str(last))
+            self.recorder.event("cursor-initialised", detail=f"changes cursor set to {last}")
+
+    def step(self) -> bool:
+        """One pass; returns True when there may be more to do at once."""
+        with self.lock:
+            busy = self._drain_callbacks()
+            busy |= self._tail_changes()
+            busy |= self._describe_new()
+            busy |= self._run_instance_rules()
+            busy |= self._run_stable_studies()
+            return busy
+
+    def _drain_callbacks(self) -> bool:
+        if not self._callback_inbox and not self._stable_inbox:
+            return False
+        stamp = now_iso()
+        with self.db.transaction() as connection:
+            while self._callback_inbox:
+                instance_id, calling_aet = self._callback_inbox.popleft()
+                connection.execute(
+                    "INSERT OR IGNORE INTO received(instance_id, received_at, calling_aet)"
+                    " VALUES(?,?,?)",
+                    (instance_id, stamp, calling_aet),
+                )
+            while self._stable_inbox:
+                _signal_stable(connection, self._stable_inbox.popleft())
+        return True
+
+    def _tail_changes(self) -> bool:
+        cursor = int(self.db.get_meta(CURSOR_KEY) or 0)
+        answer = self.host.get_json(f"/changes?since={cursor}&limit=1000")
+        changes = answer.get("Changes", [])
+        if not changes:
+            return False
+        stamp = now_iso()
+        with self.db.transaction() as connection:
+            for change in changes:
+                kind, resource = change.get("ChangeType"), change.get("ID")
+                if kind == "NewInstance":
+                    connection.execute(
+                        "INSERT OR IGNORE INTO received(instance_id, received_at) VALUES(?,?)",
+                        (resource, stamp),
+                    )
+                elif kind == "StableStudy":
+                    _signal_stable(connection, resource)
+                elif kind == "Deleted" and change.get("ResourceType") == "Instance":
+                    connection.execute(
+                        "UPDATE received SET state='gone' WHERE instance_id=?", (resource,)
+                    )
+            self.db.set_meta(CURSOR_KEY, str(answer.get("Last", cursor)), connection)
+        return not answer.get("Done", True)
+
+    # -- describing an instance from Orthanc's index ---------------------------------------------
+    def _describe_new(self) -> bool:
+        rows = self.db.query(
+            "SELECT seq, instance_id, calling_aet FROM received WHERE state='new' ORDER BY seq "
+            "LIMIT ?",
+            (BATCH,),
+        )
+        if not rows:
+            return False
+        described = [(row, self._describe(row["instance_id"])) for row in rows]
+        now = time.time()
+        with self.db.transaction() as connection:
+            for row, info in described:
+                if info is None:
+                    connection.execute(
+                        "UPDATE received SET state='gone' WHERE seq=?", (row["seq"],)
+                    )
+                    continue
+                if isinstance(info, str):
+                    connection.execute(
+                        "UPDATE received SET state='quarantined' WHERE seq=?", (row["seq"],)
+                    )
+                    self.recorder.quarantine(connection, row["instance_id"], info)
+                    continue
+                info.setdefault("calling_aet", row["calling_aet"])
+                columns = ", ".join(f"{key}=?" for key in info)
+                connection.execute(
+                    f"UPDATE received SET {columns}, state='ready' WHERE seq=?",  # noqa: S608
+                    (*info.values(), row["seq"]),
+                )
+                connection.execute(
+                    "INSERT INTO study_progress(study_id, last_received_at) VALUES(?, ?) "
+                    "ON CONFLICT(study_id) DO UPDATE SET last_received_at=excluded.last_received_at",
+                    (info["study_id"], now),
+                )
+        return len(rows) == BATCH
+
+    def _describe(self, instance_id: str) -> dict[str, Any] | str | None:
+        """Columns for the received row; None when the instance is gone; a reason to quarantine."""
+        try:
+            metadata = self.host.get_json(f"/instances/{instance_id}/metadata?expand")
+            instance = self.host.get_json(f"/instances/{instance_id}")
+            series = self._series(instance["ParentSeries"])
+        except HostError as error:
+            if error.missing:
+                return None
+            raise
+        study_id = series["ParentStudy"]
+        study_tags = self.facts.study_tags(study_id)
+        tags = instance.get("MainDicomTags", {})
+        modality = series.get("MainDicomTags", {}).get("Modality", "")
+        if not study_tags.get("StudyInstanceUID"):
+            return "the study has no StudyInstanceUID in Orthanc's index"
+        plan_label = ""
+        if modality == "RTPLAN":
+            try:
+                plan_label = self.host.get_text(
+                    f"/instances/{instance_id}/content/{PLAN_LABEL_TAG}"
+                ).rstrip("\x00 ")
+            except HostError:
+                plan_label = ""
+        number = tags.get("InstanceNumber", "")
+        origin = metadata.get("Origin", "")
+        return {
+            "calling_aet": metadata.get("RemoteAET", ""),
+            "called_aet": metadata.get("CalledAET", ""),
+            "remote_ip": metadata.get("RemoteIP", ""),
+            "origin": origin,
+            "source": SOURCE_BY_ORIGIN.get(origin, "DICOM"),
+            "sop_class_uid": metadata.get("SopClassUid", ""),
+            "modality": modality,
+            "patient_id": study_tags.get("PatientID", ""),
+            "study_id": study_id,
+            "study_uid": study_tags.get("StudyInstanceUID", ""),
+            "series_id": instance["ParentSeries"],
+            "series_uid": series.get("MainDicomTags", {}).get("SeriesInstanceUID", ""),
+            "sop_instance_uid": tags.get("SOPInstanceUID", ""),
+            "instance_number": int(number) if str(number).strip().lstrip("-").isdigit() else 0,
+            "plan_label": plan_label,
+            "file_size": int(instance.get("FileSize", 0)),
+        }
+
+    def _series(self, series_id: str) -> dict[str, Any]:
+        cached = self._series_cache.get(series_id)
+        if cached is None:
+            cached = self.host.get_json(f"/series/{series_id}")
+            if len(self._series_cache) > 5000:
+                self._series_cache.clear()
+            self._series_cache[series_id] = cached
+        return cached
+
+    # -- rules -----------------------------------------------------------------------------------
+    def _run_instance_rules(self) -> bool:
+        rows = self.db.query(
+            "SELECT * FROM received WHERE state='ready' AND instance_rules_done=0 ORDER BY seq "
+            "LIMIT ?",
+            (BATCH,),
+        )
+        if not rows:
+            return False
+        ruleset = self.rules()
+        rules = ruleset.for_trigger(Trigger.INSTANCE)
+        queued = False
+        with self.db.transaction() as connection:
+            for row in rows:
+                labels = _plan_labels(connection, row["study_id"])
+                facts = self.facts.build([row], labels)
+                for rule in rules:
+                    queued |= self._apply(connection, ruleset, rule, "instance",
+                                          row["instance_id"], [row], facts)
+                connection.execute(
+                    "UPDATE received SET instance_rules_done=1 WHERE seq=?", (row["seq"],)
+                )
+        if queued:
+            self.wake_workers()
+        return len(rows) == BATCH
+
+    def _run_stable_studies(self) -> bool:
+        now = time.time()
+        rows = self.db.query(
+            "SELECT p.study_id, p.stable_signalled, p.last_received_at, p.stable_done_seq "
+            "FROM study_progress p WHERE EXISTS (SELECT 1 FROM received r WHERE "
+            "r.study_id = p.study_id AND r.state='ready' AND r.seq > p.stable_done_seq)"
+        )
+        queued = False
+        for row in rows:
+            # Orthanc's IsStable is the truth: a signal may be stale if instances came after it.
+            quiet = now - row["last_received_at"] >= self.stable_age_seconds
+            if not (row["stable_signalled"] or quiet) or not self._is_stable(row["study_id"]):
+                continue
+            queued |= self.process_stable_study(row["study_id"])
+        if queued:
+            self.wake_workers()
+        return False
+
+    def _is_stable(self, study_id: str) -> bool:
+        try:
+            return bool(self.host.get_json(f"/studies/{study_id}").get("IsStable", True))
+        except HostError:
+            return False
+
+    def process_stable_study(self, study_id: str) -> bool:
+        """Run the stable-study rules on every instance of the study, queue what is new."""
+        self.facts.forget_study(study_id)
+        self.adopt_study_instances(study_id)
+        ruleset = self.rules()
+        rules = ruleset.for_trigger(Trigger.STABLE_STUDY)
+        queued = False
+        with self.db.transaction() as connection:
+            rows = connection.execute(
+                "SELECT * FROM received WHERE study_id=? AND state='ready' ORDER BY seq",
+                (study_id,),
+            ).fetchall()
+            if not rows:
+                return False
+            labels = _plan_labels(connection, study_id)
+            facts = self.facts.build(rows, labels)
+            for rule in rules:
+                queued |= self._apply(connection, ruleset, rule, "study", study_id, rows, facts)
+            connection.execute(
+                "UPDATE study_progress SET stable_done_seq=?, stable_signalled=0 WHERE study_id=?",
+                (max(row["seq"] for row in rows), study_id),
+            )
+        return queued
+
+    def adopt_study_instances(self, study_id: str) -> None:
+        """Instances stored before the gateway's cursor began still belong to the study."""
+        try:
+            instances = self.host.get_json(f"/studies/{study_id}/instances")
+        except HostError:
+            return
+        stamp = now_iso()
+        with self.db.transaction() as connection:
+            connection.executemany(
+                "INSERT OR IGNORE INTO received(instance_id, received_at) VALUES(?,?)",
+                [(item["ID"], stamp) for item in instances],
+            )
+        while self._describe_new():
+            pass
+
+    def _apply(
+        self,
+        connection: sqlite3.Connection,
+        ruleset: RuleSet,
+        rule: Rule,
+        level: str,
+        resource_id: str,
+        rows: Sequence[sqlite3.Row],
+        facts: list[Any],
+    ) -> bool:
+        evaluation = evaluate(rule, facts)
+        first = rows[0]
+        targets: tuple[str, ...] = ()
+        new_instances = 0
+        if evaluation.matched:
+            by_id = {row["instance_id"]: row for row in rows}
+            ordered = order_for_sending(
+                [
+                    OutgoingInstance(
+                        iid,
+                        by_id[iid]["modality"] or "",
+                        by_id[iid]["series_uid"] or "",
+                        by_id[iid]["instance_number"] or 0,
+                    )
+                    for iid in evaluation.instance_ids
+                ]
+            )
+            for action in rule.actions:
+                if not isinstance(action, ForwardAction):
+                    continue
+                targets += action.targets
+                for target in action.targets:
+                    spec = JobSpec(
+                        rule=rule.name, action="forward", trigger=rule.on.value, level=level,
+                        resource_id=resource_id, target=target,
+                        patient_id=first["patient_id"] or "", study_uid=first["study_uid"] or "",
+                        calling_aet=first["calling_aet"] or "", remote_ip=first["remote_ip"] or "",
+                    )
+                    _, count = self.queue.enqueue(
+                        connection, spec, [item.instance_id for item in ordered]
+                    )
+                    new_instances += count
+        self.recorder.evaluation(
+            connection,
+            trigger=rule.on.value, level=level, resource_id=resource_id,
+            patient_id=first["patient_id"] or "", study_uid=first["study_uid"] or "",
+            rule=rule.name, matched=evaluation.matched,
+            failed_condition=evaluation.failed_condition, reason=evaluation.reason,
+            instances=len(evaluation.instance_ids), new_instances=new_instances,
+            rules_sha256=ruleset.sha256,
+            source={"remote_ip": first["remote_ip"] or "", "calling_aet": first["calling_aet"] or ""},
+            targets=targets,
+        )
+        return new_instances > 0
+
+
+def _signal_stable(connection: sqlite3.Connection, study_id: str) -> None:
+    connection.execute(
+        "INSERT INTO study_progress(study_id, last_received_at, stable_signalled) VALUES(?, ?, 1) "
+        "ON CONFLICT(study_id) DO UPDATE SET stable_signalled=1",
+        (study_id, time.time()),
+    )
+
+
+def _plan_labels(connection: sqlite3.Connection, study_id: str) -> tuple[str, ...]:
+    rows = connection.execute(
+        "SELECT DISTINCT plan_label FROM received WHERE study_id=? AND modality='RTPLAN' "
+        "AND state='ready' AND plan_label <> '' ORDER BY plan_label",
+        (study_id,),
+    ).fetchall()
+    return tuple(row["plan_label"] for row in rows)

@@ -1,0 +1,285 @@
+"""The durable job queue in SQLite: enqueue once, claim, record outcomes, retry or park."""
+
+from __future__ import annotations
+
+import hashlib
+import sqlite3
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from orthanc_plugin.audit.clock import now_iso
+from orthanc_plugin.config import RetryPolicySettings
+from orthanc_plugin.db import Database
+from orthanc_plugin.jobs.retry import decide
+
+READY_STATES = ("pending",)
+
+
+@dataclass(frozen=True)
+class JobSpec:
+    rule: str
+    action: str
+    trigger: str
+    level: str
+    resource_id: str
+    target: str
+    patient_id: str = ""
+    study_uid: str = ""
+    calling_aet: str = ""
+    remote_ip: str = ""
+
+
+@dataclass(frozen=True)
+class ClaimedItem:
+    job_id: int
+    instance_id: str
+
+
+@dataclass
+class Claim:
+    target: str
+    jobs: list[sqlite3.Row]
+    items: list[ClaimedItem]
+
+    @property
+    def job_ids(self) -> list[int]:
+        return [job["id"] for job in self.jobs]
+
+
+def idempotency_key(spec: JobSpec, instance_ids: Sequence[str]) -> str:
+    digest = hashlib.sha256("\n".join(sorted(instance_ids)).encode()).hexdigest()[:16]
+    return f"{spec.rule}|{spec.action}|{spec.level}:{spec.resource_id}|{spec.target}|{digest}"
+
+
+class JobQueue:
+    def __init__(self, db: Database, policy: RetryPolicySettings) -> None:
+        self.db = db
+        self.policy = policy
+
+    def enqueue(
+        self, connection: sqlite3.Connection, spec: JobSpec, instance_ids: Sequence[str]
+    ) -> tuple[int | None, int]:
+        """Queue the instances not yet assigned to (rule, target); returns (job id, new count).
+
+        Runs inside the caller's transaction so the decision and the job commit together.
+        """
+        fresh = _unassigned(connection, spec.rule, spec.target, instance_ids)
+        if not fresh:
+            return None, 0
+        stamp = now_iso()
+        cursor = connection.execute(
+            "INSERT OR IGNORE INTO jobs(idempotency_key, rule, action, trigger, level, resource_id,"
+            " patient_id, study_uid, calling_aet, remote_ip, target, created_at, updated_at)"
+            " VALUES(?,?,?,?,?,?,?,?,?,?,?,?,?)",
+            (
+                idempotency_key(spec, fresh), spec.rule, spec.action, spec.trigger, spec.level,
+                spec.resource_id, spec.patient_id, spec.study_uid, spec.calling_aet,
+                spec.remote_ip, spec.target, stamp, stamp,
+            ),
+        )
+        if cursor.rowcount == 0:
+            return None, 0
+        job_id = int(cursor.lastrowid or 0)
+        connection.executemany(
+            "INSERT OR IGNORE INTO job_items(job_id, rule, target, instance_id, position)"
+            " VALUES(?,?,?,?,?)",
+            [(job_id, spec.rule, spec.target, iid, pos) for pos, iid in enumerate(fresh)],
+        )
+        return job_id, len(fresh)
+
+    def recover_after_crash(self) -> int:
+        """Jobs left 'running' by a crash or kill run again: their unsent items are still pending."""
+        with self.db.transaction() as connection:
+            cursor = connection.execute(
+                "UPDATE jobs SET state='pending', next_attempt_at=0, updated_at=? "
+                "WHERE state='running'",
+                (now_iso(),),
+            )
+            return cursor.rowcount
+
+    def next_due_in(self) -> float | None:
+        rows = self.db.query(
+            "SELECT MIN(next_attempt_at) AS due FROM jobs WHERE state='pending'"
+        )
+        due = rows[0]["due"] if rows else None
+        return None if due is None else max(0.0, due - time.time())
+
+    def claim(self, max_items: int) -> Claim | None:
+        """Take the oldest ready job and more ready jobs for the same target, up to max_items.
+
+        Grouping by target lets many one-instance jobs (an `on: instance` rule) share one
+        association instead of opening one per instance.
+        """
+        now = time.time()
+        with self.db.transaction() as connection:
+            first = connection.execute(
+                "SELECT target FROM jobs WHERE state='pending' AND next_attempt_at <= ? "
+                "ORDER BY id LIMIT 1",
+                (now,),
+            ).fetchone()
+            if first is None:
+                return None
+            target = first["target"]
+            candidates = connection.execute(
+                "SELECT * FROM jobs WHERE state='pending' AND next_attempt_at <= ? AND target = ? "
+                "ORDER BY id LIMIT 500",
+                (now, target),
+            ).fetchall()
+            jobs: list[sqlite3.Row] = []
+            items: list[ClaimedItem] = []
+            for job in candidates:
+                pending = connection.execute(
+                    "SELECT instance_id FROM job_items WHERE job_id=? AND state='pending' "
+                    "ORDER BY position",
+                    (job["id"],),
+                ).fetchall()
+                if jobs and len(items) + len(pending) > max_items:
+                    break
+                jobs.append(job)
+                items.extend(ClaimedItem(job["id"], row["instance_id"]) for row in pending)
+            connection.executemany(
+                "UPDATE jobs SET state='running', attempts=attempts+1, updated_at=? WHERE id=?",
+                [(now_iso(), job["id"]) for job in jobs],
+            )
+        return Claim(target=target, jobs=jobs, items=items)
+
+    def mark_sent(self, items: Sequence[ClaimedItem], sizes: dict[str, int]) -> None:
+        stamp = now_iso()
+        with self.db.transaction() as connection:
+            connection.executemany(
+                "UPDATE job_items SET state='sent', sent_at=?, bytes=? "
+                "WHERE job_id=? AND instance_id=?",
+                [(stamp, sizes.get(i.instance_id, 0), i.job_id, i.instance_id) for i in items],
+            )
+
+    def mark_refused(self, item: ClaimedItem, status: str) -> None:
+        with self.db.transaction() as connection:
+            connection.execute(
+                "UPDATE job_items SET state='refused', status=? WHERE job_id=? AND instance_id=?",
+                (status, item.job_id, item.instance_id),
+            )
+
+    def set_orthanc_job(self, job_ids: Sequence[int], orthanc_job: str) -> None:
+        with self.db.transaction() as connection:
+            connection.executemany(
+                "UPDATE jobs SET orthanc_job=? WHERE id=?", [(orthanc_job, j) for j in job_ids]
+            )
+
+    def settle(self, job_ids: Sequence[int], error: str | None, status: str | None) -> dict[int, str]:
+        """After a claim ran: done, parked (dead) or back to pending with backoff, per job."""
+        outcome: dict[int, str] = {}
+        stamp = now_iso()
+        with self.db.transaction() as connection:
+            for job_id in job_ids:
+                job = connection.execute("SELECT * FROM jobs WHERE id=?", (job_id,)).fetchone()
+                counts = _item_counts(connection, job_id)
+                if counts.get("pending", 0) == 0:
+                    refused = counts.get("refused", 0)
+                    state = "dead" if refused else "done"
+                    last_error = job["last_error"] if refused else None
+                    connection.execute(
+                        "UPDATE jobs SET state=?, updated_at=?, last_error=? WHERE id=?",
+                        (state, stamp, last_error, job_id),
+                    )
+                    outcome[job_id] = state
+                    continue
+                decision = decide(job["attempts"], self.policy)
+                state = "pending" if decision.retry else "dead"
+                connection.execute(
+                    "UPDATE jobs SET state=?, next_attempt_at=?, updated_at=?, last_error=?, "
+                    "last_status=? WHERE id=?",
+                    (state, time.time() + decision.delay_seconds, stamp, error, status, job_id),
+                )
+                outcome[job_id] = state
+        return outcome
+
+    def policy_exhaust(self, job_id: int) -> None:
+        with self.db.transaction() as connection:
+            connection.execute(
+                "UPDATE jobs SET attempts=MAX(attempts, ?) WHERE id=?",
+                (self.policy.max_attempts, job_id),
+            )
+
+    def note_refusal(self, job_id: int, error: str, status: str) -> None:
+        with self.db.transaction() as connection:
+            connection.execute(
+                "UPDATE jobs SET last_error=?, last_status=?, updated_at=? WHERE id=?",
+                (error, status, now_iso(), job_id),
+            )
+
+    def retry_by_hand(self, job_id: int) -> bool:
+        """A parked (dead) job runs again from its unsent and refused instances."""
+        with self.db.transaction() as connection:
+            cursor = connection.execute(
+                "UPDATE jobs SET state='pending', attempts=0, next_attempt_at=0, updated_at=? "
+                "WHERE id=? AND state='dead'",
+                (now_iso(), job_id),
+            )
+            if cursor.rowcount == 0:
+                return False
+            connection.execute(
+                "UPDATE job_items SET state='pending', status=NULL "
+                "WHERE job_id=? AND state='refused'",
+                (job_id,),
+            )
+        return True
+
+    def get(self, job_id: int) -> dict[str, Any] | None:
+        rows = self.db.query("SELECT * FROM jobs WHERE id=?", (job_id,))
+        if not rows:
+            return None
+        return _job_json(self.db, rows[0])
+
+    def list(self, state: str | None = None, limit: int = 200) -> list[dict[str, Any]]:
+        if state:
+            rows = self.db.query(
+                "SELECT * FROM jobs WHERE state=? ORDER BY id DESC LIMIT ?", (state, limit)
+            )
+        else:
+            rows = self.db.query("SELECT * FROM jobs ORDER BY id DESC LIMIT ?", (limit,))
+        return [_job_json(self.db, row) for row in rows]
+
+
+def _unassigned(
+    connection: sqlite3.Connection, rule: str, target: str, instance_ids: Sequence[str]
+) -> list[str]:
+    fresh: list[str] = []
+    seen: set[str] = set()
+    for instance_id in instance_ids:
+        if instance_id in seen:
+            continue
+        seen.add(instance_id)
+        row = connection.execute(
+            "SELECT 1 FROM job_items WHERE rule=? AND target=? AND instance_id=?",
+            (rule, target, instance_id),
+        ).fetchone()
+        if row is None:
+            fresh.append(instance_id)
+    return fresh
+
+
+def _item_counts(connection: sqlite3.Connection, job_id: int) -> dict[str, int]:
+    rows = connection.execute(
+        "SELECT state, COUNT(*) AS n FROM job_items WHERE job_id=? GROUP BY state", (job_id,)
+    ).fetchall()
+    return {row["state"]: row["n"] for row in rows}
+
+
+def _job_json(db: Database, row: sqlite3.Row) -> dict[str, Any]:
+    job = dict(row)
+    counts = _item_counts(db.connection(), row["id"])
+    job["instances"] = sum(counts.values())
+    job["sent"] = counts.get("sent", 0)
+    job["refused"] = [
+        {"instance": r["instance_id"], "status": r["status"]}
+        for r in db.query(
+            "SELECT instance_id, status FROM job_items WHERE job_id=? AND state='refused'",
+            (row["id"],),
+        )
+    ]
+    job["bytes"] = db.query(
+        "SELECT COALESCE(SUM(bytes),0) AS b FROM job_items WHERE job_id=?", (row["id"],)
+    )[0]["b"]
+    return job

@@ -1,0 +1,39 @@
+"""The durable queue: a job per (rule, resource, target), its instances, and the changes cursor."""
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS jobs(
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    idempotency_key TEXT NOT NULL UNIQUE,
+    rule TEXT NOT NULL, action TEXT NOT NULL, trigger TEXT NOT NULL,
+    level TEXT NOT NULL, resource_id TEXT NOT NULL, patient_id TEXT, study_uid TEXT,
+    calling_aet TEXT, remote_ip TEXT,
+    target TEXT NOT NULL,
+    state TEXT NOT NULL DEFAULT 'pending',      -- pending | running | done | dead
+    attempts INTEGER NOT NULL DEFAULT 0,
+    next_attempt_at REAL NOT NULL DEFAULT 0,
+    created_at TEXT NOT NULL, updated_at TEXT NOT NULL,
+    last_error TEXT, last_status TEXT, orthanc_job TEXT
+);
+CREATE INDEX IF NOT EXISTS jobs_ready ON jobs(state, next_attempt_at);
+CREATE INDEX IF NOT EXISTS jobs_rule_target ON jobs(rule, target);
+
+-- An instance is assigned once per (rule, target): replaying a study never sends it twice,
+-- and a study that grows after it was sent is sent again only for what is new.
+CREATE TABLE IF NOT EXISTS job_items(
+    job_id INTEGER NOT NULL REFERENCES jobs(id) ON DELETE CASCADE,
+    rule TEXT NOT NULL, target TEXT NOT NULL, instance_id TEXT NOT NULL,
+    position INTEGER NOT NULL,
+    state TEXT NOT NULL DEFAULT 'pending',      -- pending | sent | refused
+    status TEXT, sent_at TEXT, bytes INTEGER NOT NULL DEFAULT 0,
+    PRIMARY KEY(job_id, instance_id),
+    UNIQUE(rule, target, instance_id)
+);
+CREATE INDEX IF NOT EXISTS job_items_state ON job_items(job_id, state);
+
+CREATE TABLE IF NOT EXISTS study_progress(
+    study_id TEXT PRIMARY KEY,
+    last_received_at REAL NOT NULL,
+    stable_done_seq INTEGER NOT NULL DEFAULT 0,   -- received.seq up to which stable rules ran
+    stable_signalled INTEGER NOT NULL DEFAULT 0
+);
+"""

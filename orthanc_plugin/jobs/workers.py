@@ -1,0 +1,86 @@
+"""Background threads: one intake loop and N senders, each surviving any error it meets."""
+
+from __future__ import annotations
+
+import threading
+import traceback
+from collections.abc import Callable
+
+from orthanc_plugin.forwarding.action import Forwarder
+from orthanc_plugin.jobs.intake import Intake
+from orthanc_plugin.jobs.queue import JobQueue
+
+IDLE_WAIT_SECONDS = 1.0
+
+
+class WorkerPool:
+    def __init__(
+        self,
+        intake: Intake,
+        queue: JobQueue,
+        forwarder: Forwarder,
+        workers: int,
+        poll_interval_seconds: float,
+        log_error: Callable[[str], None],
+    ) -> None:
+        self.intake = intake
+        self.queue = queue
+        self.forwarder = forwarder
+        self.workers = workers
+        self.poll_interval_seconds = poll_interval_seconds
+        self.log_error = log_error
+        self.stopping = threading.Event()
+        self.intake_wakeup = threading.Event()
+        self.send_wakeup = threading.Event()
+        self.threads: list[threading.Thread] = []
+
+    def start(self) -> None:
+        self.threads = [threading.Thread(target=self._intake_loop, name="rtgw-intake", daemon=True)]
+        self.threads += [
+            threading.Thread(target=self._send_loop, name=f"rtgw-sender-{n}", daemon=True)
+            for n in range(self.workers)
+        ]
+        for thread in self.threads:
+            thread.start()
+
+    def stop(self, timeout: float = 10.0) -> None:
+        self.stopping.set()
+        self.intake_wakeup.set()
+        self.send_wakeup.set()
+        for thread in self.threads:
+            thread.join(timeout)
+
+    def wake_intake(self) -> None:
+        self.intake_wakeup.set()
+
+    def wake_senders(self) -> None:
+        self.send_wakeup.set()
+
+    def _intake_loop(self) -> None:
+        while not self.stopping.is_set():
+            busy = False
+            try:
+                busy = self.intake.step()
+            except Exception:  # noqa: BLE001 - log and go on: the cursor has not moved
+                self.log_error("intake: " + traceback.format_exc())
+                self.stopping.wait(self.poll_interval_seconds)
+            if not busy:
+                self.intake_wakeup.wait(self.poll_interval_seconds)
+                self.intake_wakeup.clear()
+
+    def _send_loop(self) -> None:
+        while not self.stopping.is_set():
+            try:
+                claim = self.queue.claim(self.forwarder.max_per_association)
+                if claim is not None:
+                    # Another sender may find more work for another target at once.
+                    self.send_wakeup.set()
+                    self.forwarder.run(claim)
+                    continue
+                due = self.queue.next_due_in()
+            except Exception:  # noqa: BLE001
+                self.log_error("sender: " + traceback.format_exc())
+                due = self.poll_interval_seconds
+            wait = IDLE_WAIT_SECONDS if due is None else min(max(due, 0.01), IDLE_WAIT_SECONDS)
+            self.send_wakeup.wait(wait)
+            self.send_wakeup.clear()

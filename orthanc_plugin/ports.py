@@ -1,0 +1,31 @@
+"""What the gateway needs from Orthanc, as a protocol, so everything but host.py runs without it."""
+
+from __future__ import annotations
+
+from typing import Any, Protocol
+
+
+class HostError(Exception):
+    """A call into Orthanc failed; `missing` is true when the resource does not exist."""
+
+    def __init__(self, message: str, *, missing: bool = False) -> None:
+        super().__init__(message)
+        self.missing = missing
+
+
+class Host(Protocol):
+    def get_json(self, uri: str) -> Any: ...
+
+    def get_text(self, uri: str) -> str: ...
+
+    def post_json(self, uri: str, body: Any) -> Any: ...
+
+    def delete(self, uri: str) -> None: ...
+
+    def set_metric(self, name: str, value: float) -> None: ...
+
+    def log_info(self, message: str) -> None: ...
+
+    def log_warning(self, message: str) -> None: ...
+
+    def log_error(self, message: str) -> None: ...

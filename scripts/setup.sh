@@ -1,0 +1,31 @@
+#!/usr/bin/env bash
+# Installs what the gateway needs when it is missing: Debian's Orthanc, its Python plugin, DCMTK,
+# and the venv at .venv made with the interpreter the plugin embeds (/usr/bin/python3).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+need_apt=()
+command -v Orthanc >/dev/null 2>&1 || need_apt+=(orthanc)
+[ -e /usr/share/orthanc/plugins/libOrthancPython.so ] || need_apt+=(orthanc-python)
+command -v storescu >/dev/null 2>&1 || need_apt+=(dcmtk)
+[ -x /usr/bin/python3 ] && /usr/bin/python3 -c 'import venv, ensurepip' 2>/dev/null \
+  || need_apt+=(python3 python3-venv)
+if [ ${#need_apt[@]} -gt 0 ]; then
+  echo "setup: installing Debian packages: ${need_apt[*]}"
+  SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO="sudo"
+  $SUDO apt-get update -q
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -q --no-install-recommends "${need_apt[@]}"
+fi
+
+# The Debian package starts a system Orthanc on 4242/8042 where systemd runs; ours uses its own ports.
+if [ ! -x .venv/bin/python ]; then
+  echo "setup: creating .venv with /usr/bin/python3"
+  /usr/bin/python3 -m venv .venv
+fi
+stamp=.venv/.requirements.sha256
+want=$(cat requirements.txt requirements-dev.txt | sha256sum | cut -d' ' -f1)
+if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
+  echo "setup: installing pinned Python packages into .venv"
+  .venv/bin/python -m pip install -q --disable-pip-version-check -r requirements-dev.txt
+  echo "$want" > "$stamp"
+fi

@@ -1,0 +1,47 @@
+"""Small queries the integration tests share."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydicom.dataset import Dataset
+
+from tests.support.orthanc import OrthancProcess
+
+
+def study_sop_uids(peer: OrthancProcess, study_uid: str) -> set[str]:
+    answer = peer.post(
+        "/tools/find",
+        {"Level": "Instance", "Query": {"StudyInstanceUID": study_uid}, "Expand": True},
+    )
+    answer.raise_for_status()
+    return {item["MainDicomTags"]["SOPInstanceUID"] for item in answer.json()}
+
+
+def sop_uids(datasets: list[Dataset]) -> set[str]:
+    return {str(ds.SOPInstanceUID) for ds in datasets}
+
+
+def arrival_order(peer: OrthancProcess, study_uid: str) -> list[str]:
+    """Modalities of the study's instances in the order the peer stored them."""
+    wanted = study_sop_uids(peer, study_uid)
+    order: list[str] = []
+    since = 0
+    while True:
+        changes = peer.json("/changes", params={"since": since, "limit": 1000})
+        for change in changes["Changes"]:
+            if change["ChangeType"] != "NewInstance":
+                continue
+            instance = peer.json(f"/instances/{change['ID']}")
+            if instance["MainDicomTags"]["SOPInstanceUID"] in wanted:
+                series = peer.json(f"/series/{instance['ParentSeries']}")
+                order.append(series["MainDicomTags"]["Modality"])
+        since = changes["Last"]
+        if changes["Done"]:
+            return order
+
+
+def gateway_rows(gateway: OrthancProcess, **filters: str) -> list[dict[str, Any]]:
+    answer = gateway.get("/rt-gateway/audit", params=filters)
+    answer.raise_for_status()
+    return list(answer.json())

@@ -1,0 +1,162 @@
+"""Nothing lost: a target that is down, kill -9 mid-work, a study stored while the plugin was off,
+and a broken rules file at start-up. Each test owns its processes (they are stopped and killed)."""
+
+from __future__ import annotations
+
+import sqlite3
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from tests.integration.conftest import keep_logs, require_orthanc
+from tests.integration.helpers import gateway_rows, sop_uids, study_sop_uids
+from tests.support.orthanc import OrthancProcess, storescu, wait_until
+from tests.support.rtset import make_rt_set, write_datasets
+
+FORWARD_ALL = """
+rules:
+  - name: Forward everything from FOLLOW
+    on: {trigger}
+    match: {{calling_aet: FOLLOW}}
+    actions:
+      - forward: ARCHIVE
+"""
+
+
+def make_pair(folder: Path, trigger: str = "stable-study", **gateway_settings: object):
+    require_orthanc()
+    archive = OrthancProcess(folder / "archive", "ARCHIVE")
+    gateway = OrthancProcess(
+        folder / "gateway", "RTGATEWAY", plugin=True,
+        rules=FORWARD_ALL.format(trigger=trigger), modalities={"ARCHIVE": archive},
+        gateway_settings=dict(gateway_settings),
+    )
+    return gateway, archive
+
+
+def test_target_down_then_up_everything_arrives_once(tmp_path: Path) -> None:
+    gateway, archive = make_pair(tmp_path)
+    gateway.start()
+    try:
+        rtset = make_rt_set("DOWN-1", plan_label="ADP1")
+        storescu(write_datasets(rtset.all(), tmp_path / "in"), gateway.dicom_port,
+                 calling="FOLLOW")
+        failures = wait_until(
+            lambda: [r for r in gateway_rows(gateway, kind="transfers") if r["status"] == "failed"],
+            60, "at least two failed attempts while the target is down", interval=0.5,
+        )
+        wait_until(
+            lambda: len([r for r in gateway_rows(gateway, kind="transfers")
+                         if r["status"] == "failed"]) >= 2, 60, "a second failed attempt")
+        job = gateway.json("/rt-gateway/jobs")[0]
+        assert job["state"] == "pending" and job["attempts"] >= 2
+        assert "connecting" in failures[0]["error"] or "Connection refused" in failures[0]["error"]
+
+        archive.start()
+        expected = sop_uids(rtset.all())
+        wait_until(lambda: study_sop_uids(archive, rtset.study_uid) == expected, 60,
+                   "study delivered after the target came up")
+        assert archive.instance_count() == len(expected)
+        wait_until(lambda: gateway.json(f"/rt-gateway/jobs/{job['id']}")["state"] == "done", 30,
+                   "job done")
+        attempts = [r["attempt"] for r in gateway_rows(gateway, kind="transfers")]
+        assert attempts == sorted(attempts) and attempts[-1] >= 3
+    finally:
+        gateway.stop()
+        archive.stop()
+        keep_logs(gateway, "target-down-gateway")
+
+
+def test_kill_9_with_jobs_pending_then_restart_delivers_exactly_once(tmp_path: Path) -> None:
+    gateway, archive = make_pair(tmp_path, trigger="instance")
+    gateway.start()
+    try:
+        first = make_rt_set("KILL-1", plan_label="ADP1", n_slices=40)
+        second = make_rt_set("KILL-2", plan_label="ADP2", n_slices=40)
+        storescu(write_datasets(first.all(), tmp_path / "a"), gateway.dicom_port,
+                 calling="FOLLOW")
+        # The target is down: jobs pile up in the queue.
+        wait_until(lambda: len(gateway.json("/rt-gateway/jobs")) >= len(first.all()), 30,
+                   "instance jobs queued")
+        archive.start()
+        storescu(write_datasets(second.all(), tmp_path / "b"), gateway.dicom_port,
+                 calling="FOLLOW")
+        gateway.kill9()
+
+        with sqlite3.connect(gateway.gateway_db) as connection:
+            states = dict(connection.execute(
+                "SELECT state, COUNT(*) FROM jobs GROUP BY state").fetchall())
+        assert states.get("done", 0) < len(first.all()) + len(second.all())
+
+        gateway.start()
+        expected = sop_uids(first.all()) | sop_uids(second.all())
+        wait_until(lambda: archive.instance_count() >= len(expected), 90,
+                   "all instances delivered after restart")
+        wait_until(lambda: not gateway.json("/rt-gateway/jobs", params={"state": "pending"}),
+                   30, "queue drained")
+        assert archive.instance_count() == len(expected)
+        assert archive.sop_instance_uids() == expected
+        evaluated = {r["resource_id"] for r in gateway_rows(gateway, kind="evaluations")}
+        assert len(evaluated) == len(expected)
+        sent = sum(r["instances"] for r in gateway_rows(gateway, kind="transfers")
+                   if r["status"] == "success")
+        assert sent >= len(expected)
+    finally:
+        gateway.stop()
+        archive.stop()
+        keep_logs(gateway, "kill9-gateway")
+
+
+def test_study_stored_while_plugin_was_off_is_processed_by_replay(tmp_path: Path) -> None:
+    gateway, archive = make_pair(tmp_path)
+    archive.start()
+    gateway.start()
+    try:
+        gateway.stop()
+        # The same Orthanc storage, without the plugin.
+        gateway.start(config_overrides={"Plugins": []}, wait=False)
+        gateway.plugin = False
+        gateway.wait_ready()
+        rtset = make_rt_set("REPLAY-1", plan_label="ADP1")
+        storescu(write_datasets(rtset.all(), tmp_path / "in"), gateway.dicom_port,
+                 calling="FOLLOW")
+        gateway.stop()
+        assert study_sop_uids(archive, rtset.study_uid) == set()
+
+        gateway.plugin = True
+        gateway.start()
+        expected = sop_uids(rtset.all())
+        wait_until(lambda: study_sop_uids(archive, rtset.study_uid) == expected, 60,
+                   "study replayed from /changes and forwarded")
+        received = gateway_rows(gateway, kind="received", study=rtset.study_uid)
+        assert {r["calling_aet"] for r in received} == {"FOLLOW"}
+    finally:
+        gateway.stop()
+        archive.stop()
+        keep_logs(gateway, "replay-gateway")
+
+
+@pytest.mark.parametrize(
+    ("rules", "message"),
+    [
+        ("rules:\n  - name: x\n    on: stable\n    actions: [{forward: ARCHIVE}]\n",
+         "rules[0].on: unknown trigger 'stable'"),
+        ("rules:\n  - name: x\n    on: instance\n    actions: [{forward: NOWHERE}]\n",
+         "rules[0].actions[0].forward"),
+    ],
+)
+def test_broken_rules_at_start_stop_orthanc_with_the_reason(
+    tmp_path: Path, rules: str, message: str
+) -> None:
+    gateway, _ = make_pair(tmp_path)
+    gateway.rules_path.write_text(rules)
+    gateway.start(wait=False)
+    assert gateway.process is not None
+    try:
+        code = gateway.process.wait(30)
+    except subprocess.TimeoutExpired:
+        gateway.stop()
+        pytest.fail("Orthanc started with a broken rules file")
+    assert code != 0
+    assert message in gateway.log_path.read_text()

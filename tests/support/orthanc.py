@@ -1,0 +1,217 @@
+"""Real Orthanc processes for the tests: a gateway with the plugin, and plain destinations."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import requests
+
+ROOT = Path(__file__).resolve().parents[2]
+PLUGIN = "/usr/share/orthanc/plugins/libOrthancPython.so"
+USER, PASSWORD = "rtgw", "test-password"
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+class OrthancProcess:
+    """One Orthanc with its own folder and ports; start, stop, kill -9 and start again."""
+
+    def __init__(
+        self,
+        folder: Path,
+        aet: str,
+        *,
+        plugin: bool = False,
+        rules: str | None = None,
+        modalities: dict[str, "OrthancProcess | tuple[str, int]"] | None = None,
+        gateway_settings: dict[str, Any] | None = None,
+        stable_age: int = 2,
+        extra: dict[str, Any] | None = None,
+    ) -> None:
+        self.folder = folder
+        self.aet = aet
+        self.plugin = plugin
+        self.http_port = free_port()
+        self.dicom_port = free_port()
+        self.process: subprocess.Popen[bytes] | None = None
+        folder.mkdir(parents=True, exist_ok=True)
+        self.log_path = folder / "orthanc.log"
+        self.rules_path = folder / "lua-free-rules.yaml"
+        if rules is not None:
+            self.rules_path.write_text(rules)
+        self.config: dict[str, Any] = {
+            "Name": aet,
+            "DicomAet": aet,
+            "DicomPort": self.dicom_port,
+            "HttpPort": self.http_port,
+            "StorageDirectory": str(folder / "storage"),
+            "IndexDirectory": str(folder / "storage"),
+            "StableAge": stable_age,
+            "RemoteAccessAllowed": False,
+            "AuthenticationEnabled": True,
+            "RegisteredUsers": {USER: PASSWORD},
+            "DicomAlwaysAllowStore": True,
+            "DicomCheckCalledAet": False,
+            "DicomScpTimeout": 10,
+            "DicomScuTimeout": 5,
+            "DicomModalities": {},
+            "SaveJobs": False,
+            "Plugins": [],
+        }
+        for name, peer in (modalities or {}).items():
+            self.add_modality(name, peer)
+        if plugin:
+            self.config["Plugins"] = [PLUGIN]
+            self.config["PythonScript"] = str(ROOT / "orthanc_plugin" / "entry.py")
+            self.config["RtGateway"] = {
+                "RulesFile": str(self.rules_path),
+                "Database": str(folder / "gateway" / "gateway.sqlite"),
+                "TransactionLogFolder": str(folder / "gateway" / "logs"),
+                "QuarantineFolder": str(folder / "gateway" / "quarantine"),
+                "Workers": 2,
+                "PollIntervalSeconds": 0.2,
+                "Retry": {"MaxAttempts": 6, "BaseDelaySeconds": 1, "MaxDelaySeconds": 4},
+                **(gateway_settings or {}),
+            }
+        self.config.update(extra or {})
+
+    def add_modality(self, name: str, peer: "OrthancProcess | tuple[str, int]") -> None:
+        if isinstance(peer, OrthancProcess):
+            self.config["DicomModalities"][name] = [peer.aet, "127.0.0.1", peer.dicom_port]
+        else:
+            self.config["DicomModalities"][name] = [peer[0], "127.0.0.1", peer[1]]
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.http_port}"
+
+    @property
+    def gateway_db(self) -> Path:
+        return Path(self.config["RtGateway"]["Database"])
+
+    def start(self, *, wait: bool = True, config_overrides: dict[str, Any] | None = None) -> None:
+        config = dict(self.config)
+        config.update(config_overrides or {})
+        config_path = self.folder / "orthanc.json"
+        config_path.write_text(json.dumps(config, indent=2))
+        env = dict(os.environ, TCP_NODELAY="1")
+        log = self.log_path.open("ab")
+        self.process = subprocess.Popen(
+            ["Orthanc", str(config_path)], stdout=log, stderr=subprocess.STDOUT, env=env,
+            cwd=self.folder,
+        )
+        if wait:
+            self.wait_ready()
+
+    def wait_ready(self, timeout: float = 30.0) -> None:
+        deadline = time.time() + timeout
+        while time.time() < deadline:
+            if self.process is not None and self.process.poll() is not None:
+                raise RuntimeError(
+                    f"Orthanc {self.aet} exited with {self.process.returncode}:\n{self.log_tail()}"
+                )
+            try:
+                if requests.get(f"{self.url}/system", auth=(USER, PASSWORD), timeout=1).ok:
+                    if not self.plugin or self._plugin_ready():
+                        return
+            except requests.RequestException:
+                pass
+            time.sleep(0.1)
+        raise TimeoutError(f"Orthanc {self.aet} not ready:\n{self.log_tail()}")
+
+    def _plugin_ready(self) -> bool:
+        return requests.get(f"{self.url}/rt-gateway/stats", auth=(USER, PASSWORD), timeout=2).ok
+
+    def stop(self) -> None:
+        if self.process is None:
+            return
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(30)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait(10)
+        self.process = None
+
+    def kill9(self) -> None:
+        assert self.process is not None
+        self.process.kill()
+        self.process.wait(10)
+        self.process = None
+
+    def log_tail(self, lines: int = 40) -> str:
+        if not self.log_path.exists():
+            return ""
+        return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+
+    # -- REST --------------------------------------------------------------------------------------
+    def get(self, path: str, **kwargs: Any) -> requests.Response:
+        return requests.get(self.url + path, auth=(USER, PASSWORD), timeout=30, **kwargs)
+
+    def post(self, path: str, body: Any = None, **kwargs: Any) -> requests.Response:
+        data = body if isinstance(body, bytes | str) or body is None else json.dumps(body)
+        return requests.post(self.url + path, data=data, auth=(USER, PASSWORD), timeout=60,
+                             **kwargs)
+
+    def delete(self, path: str) -> requests.Response:
+        return requests.delete(self.url + path, auth=(USER, PASSWORD), timeout=30)
+
+    def json(self, path: str, **kwargs: Any) -> Any:
+        response = self.get(path, **kwargs)
+        response.raise_for_status()
+        return response.json()
+
+    def instance_count(self) -> int:
+        return int(self.json("/statistics")["CountInstances"])
+
+    def sop_instance_uids(self) -> set[str]:
+        uids = set()
+        for item in self.json("/instances", params={"expand": ""}):
+            uids.add(item["MainDicomTags"]["SOPInstanceUID"])
+        return uids
+
+    def reset_storage(self) -> None:
+        """Delete every patient (between tests sharing one process)."""
+        for patient in self.json("/patients"):
+            self.delete(f"/patients/{patient}")
+
+
+def storescu(
+    files: Sequence[Path], port: int, *, calling: str, called: str = "ANY", check: bool = True
+) -> subprocess.CompletedProcess[str]:
+    env = dict(os.environ, TCP_NODELAY="1")
+    command = ["storescu", "-aet", calling, "-aec", called, "127.0.0.1", str(port),
+               *map(str, files)]
+    result = subprocess.run(command, capture_output=True, text=True, env=env, timeout=300)
+    if check and result.returncode != 0:
+        raise RuntimeError(f"storescu failed ({result.returncode}): {result.stderr}")
+    return result
+
+
+def wait_until(predicate: Any, timeout: float, message: str, interval: float = 0.2) -> Any:
+    deadline = time.time() + timeout
+    last = None
+    while time.time() < deadline:
+        last = predicate()
+        if last:
+            return last
+        time.sleep(interval)
+    raise AssertionError(f"timed out after {timeout}s: {message} (last value {last!r})")
+
+
+def remove_tree(path: Path) -> None:
+    shutil.rmtree(path, ignore_errors=True)

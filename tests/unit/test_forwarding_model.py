@@ -1,0 +1,33 @@
+from orthanc_plugin.forwarding.model import (
+    FailureKind,
+    OutgoingInstance,
+    classify_failure,
+    delivered_before_failure,
+    order_for_sending,
+)
+
+
+def test_plan_is_sent_images_first_then_structure_plan_dose() -> None:
+    items = [
+        OutgoingInstance("d", "RTDOSE"),
+        OutgoingInstance("p", "RTPLAN"),
+        OutgoingInstance("ct2", "CT", "s1", 2),
+        OutgoingInstance("s", "RTSTRUCT"),
+        OutgoingInstance("ct1", "CT", "s1", 1),
+    ]
+    assert [i.instance_id for i in order_for_sending(items)] == ["ct1", "ct2", "s", "p", "d"]
+
+
+def test_receiver_refusal_is_told_apart_from_a_network_failure() -> None:
+    refused = classify_failure('C-STORE SCU to AET "X" has failed with DIMSE status 0xA700')
+    assert refused.kind is FailureKind.REFUSED and refused.status == "0xA700"
+    down = classify_failure('DicomAssociation - connecting to AET "X": Connection refused')
+    assert down.kind is FailureKind.RETRYABLE
+    assert classify_failure("x", http_status=404).kind is FailureKind.UNKNOWN_TARGET
+
+
+def test_delivered_count_is_exact_from_whole_percent_progress_up_to_40() -> None:
+    for size in range(1, 41):
+        for delivered in range(size):
+            progress = int(100 * delivered / size)  # Orthanc truncates to a whole percent
+            assert delivered_before_failure(progress, size) == delivered, (size, delivered)

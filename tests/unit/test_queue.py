@@ -1,0 +1,106 @@
+import time
+from pathlib import Path
+
+import pytest
+
+from orthanc_plugin.audit.tables import SCHEMA as AUDIT_SCHEMA
+from orthanc_plugin.config import RetryPolicySettings
+from orthanc_plugin.db import META_SCHEMA, Database
+from orthanc_plugin.jobs.queue import JobQueue, JobSpec
+from orthanc_plugin.jobs.retry import decide
+from orthanc_plugin.jobs.tables import SCHEMA as JOBS_SCHEMA
+
+POLICY = RetryPolicySettings(max_attempts=3, base_delay_seconds=0, max_delay_seconds=0)
+
+
+@pytest.fixture
+def queue(tmp_path: Path) -> JobQueue:
+    db = Database(tmp_path / "q.sqlite", [META_SCHEMA, AUDIT_SCHEMA, JOBS_SCHEMA])
+    return JobQueue(db, POLICY)
+
+
+def spec(target: str = "ARCHIVE", resource: str = "study-1") -> JobSpec:
+    return JobSpec(rule="r", action="forward", trigger="stable-study", level="study",
+                   resource_id=resource, target=target)
+
+
+def enqueue(queue: JobQueue, ids: list[str], **kwargs: str) -> tuple[int | None, int]:
+    with queue.db.transaction() as connection:
+        return queue.enqueue(connection, spec(**kwargs), ids)
+
+
+def test_an_instance_is_queued_once_per_rule_and_target(queue: JobQueue) -> None:
+    job, count = enqueue(queue, ["a", "b"])
+    assert job is not None and count == 2
+    assert enqueue(queue, ["a", "b"]) == (None, 0)          # a replay queues nothing
+    second, count = enqueue(queue, ["a", "b", "c"])          # the study grew: only c
+    assert second is not None and count == 1
+    other, count = enqueue(queue, ["a"], target="ORGANO")    # another target is another job
+    assert other is not None and count == 1
+
+
+def test_claim_groups_jobs_of_one_target_and_keeps_order(queue: JobQueue) -> None:
+    for name in ["i1", "i2", "i3"]:
+        enqueue(queue, [name], resource=name)
+    enqueue(queue, ["x"], target="ORGANO", resource="x")
+    claim = queue.claim(max_items=10)
+    assert claim is not None and claim.target == "ARCHIVE"
+    assert [item.instance_id for item in claim.items] == ["i1", "i2", "i3"]
+    assert queue.claim(max_items=10).target == "ORGANO"
+    assert queue.claim(max_items=10) is None
+
+
+def test_partial_delivery_then_retry_then_park(queue: JobQueue) -> None:
+    job_id, _ = enqueue(queue, ["a", "b", "c"])
+    claim = queue.claim(10)
+    queue.mark_sent(claim.items[:1], {"a": 10})
+    assert queue.settle(claim.job_ids, "connection refused", "network")[job_id] == "pending"
+    claim = queue.claim(10)
+    assert [i.instance_id for i in claim.items] == ["b", "c"]   # only what was not sent
+    queue.settle(claim.job_ids, "connection refused", "network")
+    claim = queue.claim(10)
+    assert queue.settle(claim.job_ids, "connection refused", "network")[job_id] == "dead"
+    assert queue.claim(10) is None
+    assert queue.retry_by_hand(job_id)
+    claim = queue.claim(10)
+    queue.mark_sent(claim.items, {})
+    assert queue.settle(claim.job_ids, None, None)[job_id] == "done"
+    assert queue.get(job_id)["sent"] == 3
+
+
+def test_refused_instance_parks_the_job_after_the_rest_is_sent(queue: JobQueue) -> None:
+    job_id, _ = enqueue(queue, ["a", "b"])
+    claim = queue.claim(10)
+    queue.mark_refused(claim.items[0], "0xA700")
+    queue.mark_sent(claim.items[1:], {})
+    assert queue.settle(claim.job_ids, None, None)[job_id] == "dead"
+    job = queue.get(job_id)
+    assert job["refused"] == [{"instance": "a", "status": "0xA700"}]
+    assert not queue.retry_by_hand(job_id + 100)
+
+
+def test_running_jobs_are_requeued_after_a_crash(queue: JobQueue) -> None:
+    enqueue(queue, ["a"])
+    assert queue.claim(10) is not None
+    assert queue.claim(10) is None
+    assert queue.recover_after_crash() == 1
+    assert queue.claim(10) is not None
+
+
+def test_backoff_doubles_up_to_the_cap_then_gives_up() -> None:
+    policy = RetryPolicySettings(max_attempts=5, base_delay_seconds=2, max_delay_seconds=10)
+    assert [decide(n, policy).delay_seconds for n in range(1, 5)] == [2, 4, 8, 10]
+    assert decide(5, policy).retry is False
+
+
+def test_next_due_reflects_backoff(tmp_path: Path) -> None:
+    db = Database(tmp_path / "q.sqlite", [META_SCHEMA, AUDIT_SCHEMA, JOBS_SCHEMA])
+    queue = JobQueue(db, RetryPolicySettings(5, 30, 60))
+    with db.transaction() as connection:
+        queue.enqueue(connection, spec(), ["a"])
+    claim = queue.claim(10)
+    queue.settle(claim.job_ids, "down", "network")
+    due = queue.next_due_in()
+    assert due is not None and 25 < due <= 30
+    assert queue.claim(10) is None
+    assert time.time() > 0
