@@ -187,7 +187,8 @@ class Gateway:
 def build_gateway(host: Host, orthanc_config: dict[str, Any], config_dir: Path) -> Gateway:
     """Read the settings and the rules; a broken rules file raises and Orthanc does not start."""
     config = parse_config(orthanc_config, config_dir)
-    ruleset = load_rules_file(config.rules_file, set(config.known_modalities))
+    # No DicomModalities in the file: they may live in Orthanc's database, checked at reload.
+    ruleset = load_rules_file(config.rules_file, set(config.known_modalities) or None)
     return Gateway(host, config, ruleset)
 
 

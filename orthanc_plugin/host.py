@@ -96,16 +96,22 @@ def register(gateway: Gateway, router: Router) -> None:
             )
         except Exception:  # noqa: BLE001 - answer 500 rather than kill the HTTP thread
             orthanc.LogError("RtGateway: REST " + uri + ": " + traceback.format_exc())
-            output.SendHttpStatus(500, b'{"error": "internal error, see the Orthanc log"}')
+            _send_status(output, 500, b'{"error": "internal error, see the Orthanc log"}')
             return
         if response.status == 200:
             output.AnswerBuffer(response.body, response.content_type)
         else:
-            output.SendHttpStatus(response.status, response.body)
+            _send_status(output, response.status, response.body)
 
     orthanc.RegisterOnStoredInstanceCallback(on_stored)
     orthanc.RegisterOnChangeCallback(on_change)
     orthanc.RegisterRestCallback("/rt-gateway/(.*)", on_rest)
+
+
+def _send_status(output: Any, status: int, body: bytes) -> None:
+    # The 4.0 wrapper maps `const char* body, uint32_t size` to (str, int).
+    text = body.decode("utf-8", "replace")
+    output.SendHttpStatus(status, text, len(text.encode("utf-8")))
 
 
 def _origin_name(dicom: Any) -> str:

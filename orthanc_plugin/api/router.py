@@ -7,6 +7,7 @@ import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
+from urllib.parse import unquote_plus
 
 PREFIX = "/rt-gateway/"
 
@@ -72,7 +73,9 @@ class Router:
             if route_method != method:
                 allowed.append(route_method)
                 continue
-            request = Request(method, path, dict(query), body, match.groupdict())
+            # Orthanc hands query values over still URL-encoded ("a%20b", "a+b").
+            decoded = {unquote_plus(k): unquote_plus(v) for k, v in query.items()}
+            request = Request(method, path, decoded, body, match.groupdict())
             try:
                 return handler(request)
             except ApiError as error:

@@ -1,0 +1,139 @@
+"""bench/relay: how much the gateway adds to a C-STORE relay and to ingest. Prints JSON.
+
+Sends N CT slices (512x512) with DCMTK's storescu and measures, in the same run:
+- direct: modality -> target, time until the target has stored every slice (the baseline);
+- relay_instance / relay_stable: modality -> gateway (forward-all rule, `on: instance` or
+  `on: stable-study`) -> target, time until the target has every slice;
+- ingest_plain / ingest_plugin: storescu duration into a plain Orthanc and into the gateway.
+Each measurement is the median of --rounds rounds, each with fresh UIDs. Ratios are what to read:
+the machine is shared and absolute seconds move with its load.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from pydicom.uid import generate_uid  # noqa: E402
+
+from tests.support.orthanc import OrthancProcess, storescu  # noqa: E402
+from tests.support.rtset import make_ct_series, write_datasets  # noqa: E402
+
+RULES = """
+rules:
+  - name: forward all
+    on: {trigger}
+    match: {{calling_aet: MODALITY}}
+    actions:
+      - forward: TARGET
+"""
+NO_MATCH_RULES = """
+rules:
+  - name: matches nothing
+    on: instance
+    match: {calling_aet: NOBODY}
+    actions:
+      - forward: TARGET
+"""
+
+
+def make_slices(folder: Path, slices: int, size: int) -> list[Path]:
+    series = make_ct_series(
+        patient_id=f"BENCH-{generate_uid()[-8:]}", patient_name="Bench^Relay",
+        study_uid=generate_uid(), frame_of_reference_uid=generate_uid(),
+        n_slices=slices, rows=size, columns=size,
+    )
+    return write_datasets(series, folder)
+
+
+def wait_for_count(peer: OrthancProcess, count: int, timeout: float = 300) -> float:
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if peer.instance_count() >= count:
+            return time.perf_counter()
+        time.sleep(0.02)
+    raise TimeoutError(f"{peer.aet} has {peer.instance_count()} of {count} instances")
+
+
+def timed_send(files: list[Path], sender_port: int, target: OrthancProcess, called: str) -> float:
+    target.reset_storage()
+    start = time.perf_counter()
+    storescu(files, sender_port, calling="MODALITY", called=called)
+    return wait_for_count(target, len(files)) - start
+
+
+def timed_ingest(files: list[Path], receiver: OrthancProcess) -> float:
+    receiver.reset_storage()
+    start = time.perf_counter()
+    storescu(files, receiver.dicom_port, calling="MODALITY", called=receiver.aet)
+    return time.perf_counter() - start
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--slices", type=int, default=200)
+    parser.add_argument("--size", type=int, default=512)
+    parser.add_argument("--rounds", type=int, default=3)
+    args = parser.parse_args()
+
+    work = Path(tempfile.mkdtemp(prefix="rtgw-bench-"))
+    target = OrthancProcess(work / "target", "TARGET")
+    plain = OrthancProcess(work / "plain", "PLAIN")
+    gateways = {
+        trigger: OrthancProcess(
+            work / f"gw-{trigger}", "RTGATEWAY", plugin=True,
+            rules=RULES.format(trigger=trigger), modalities={"TARGET": target}, stable_age=1,
+        )
+        for trigger in ("instance", "stable-study")
+    }
+    idle_gateway = OrthancProcess(
+        work / "gw-idle", "RTGATEWAY", plugin=True, rules=NO_MATCH_RULES,
+        modalities={"TARGET": target},
+    )
+    processes = [target, plain, idle_gateway, *gateways.values()]
+    times: dict[str, list[float]] = {k: [] for k in (
+        "direct", "relay_instance", "relay_stable", "ingest_plain", "ingest_plugin")}
+    try:
+        for process in processes:
+            process.start()
+        for round_number in range(args.rounds):
+            files = make_slices(work / f"round-{round_number}", args.slices, args.size)
+            times["direct"].append(timed_send(files, target.dicom_port, target, "TARGET"))
+            times["ingest_plain"].append(timed_ingest(files, plain))
+            times["ingest_plugin"].append(timed_ingest(files, idle_gateway))
+            times["relay_instance"].append(
+                timed_send(files, gateways["instance"].dicom_port, target, "RTGATEWAY"))
+            times["relay_stable"].append(
+                timed_send(files, gateways["stable-study"].dicom_port, target, "RTGATEWAY"))
+            shutil.rmtree(work / f"round-{round_number}")
+    finally:
+        for process in processes:
+            process.stop()
+    median = {key: statistics.median(values) for key, values in times.items()}
+    result = {
+        "benchmark": "relay",
+        "slices": args.slices,
+        "size": f"{args.size}x{args.size}",
+        "rounds": args.rounds,
+        "seconds_median": {k: round(v, 3) for k, v in median.items()},
+        "seconds_all": {k: [round(x, 3) for x in v] for k, v in times.items()},
+        "ratio_relay_instance_to_direct": round(median["relay_instance"] / median["direct"], 3),
+        "ratio_relay_stable_to_direct": round(median["relay_stable"] / median["direct"], 3),
+        "stable_age_seconds_included_in_relay_stable": 1,
+        "ratio_ingest_plugin_to_plain": round(median["ingest_plugin"] / median["ingest_plain"], 3),
+        "goals": {"relay_instance_to_direct": 1.3, "ingest_plugin_to_plain": 1.1},
+    }
+    print(json.dumps(result, indent=2))
+    shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()

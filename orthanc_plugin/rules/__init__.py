@@ -1,0 +1,53 @@
+"""The rules: which received DICOM the gateway acts on, and how. Pure Python, no `orthanc`."""
+
+from orthanc_plugin.rules.errors import RulesError
+from orthanc_plugin.rules.facts import InstanceFacts
+from orthanc_plugin.rules.matching import Evaluation, evaluate
+from orthanc_plugin.rules.model import (
+    Action,
+    AllOf,
+    AnyOf,
+    Condition,
+    FactCondition,
+    ForwardAction,
+    Not,
+    PlanLabelCondition,
+    Rule,
+    RuleSet,
+    TagCondition,
+    Trigger,
+)
+from orthanc_plugin.rules.schema import load_rules_file, load_rules_text
+from orthanc_plugin.rules.schema_actions import ACTION_PARSERS, ActionContext, ActionParser
+from orthanc_plugin.rules.values import AnyValue, Cidr, Contains, Equals, Glob, Regex, ValueSpec
+
+__all__ = [
+    "ACTION_PARSERS",
+    "Action",
+    "ActionContext",
+    "ActionParser",
+    "AllOf",
+    "AnyOf",
+    "AnyValue",
+    "Cidr",
+    "Condition",
+    "Contains",
+    "Equals",
+    "Evaluation",
+    "FactCondition",
+    "ForwardAction",
+    "Glob",
+    "InstanceFacts",
+    "Not",
+    "PlanLabelCondition",
+    "Regex",
+    "Rule",
+    "RuleSet",
+    "RulesError",
+    "TagCondition",
+    "Trigger",
+    "ValueSpec",
+    "evaluate",
+    "load_rules_file",
+    "load_rules_text",
+]

@@ -1,0 +1,121 @@
+"""What a loaded rules file is: rules, their condition trees and their actions. Data only."""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import Any, TypeAlias
+
+from orthanc_plugin.rules.values import ValueSpec
+
+
+class Trigger(StrEnum):
+    INSTANCE = "instance"
+    STABLE_STUDY = "stable-study"
+
+
+# -- actions -----------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class ForwardAction:
+    """C-STORE the matched instances to each target (names of Orthanc DicomModalities)."""
+
+    targets: tuple[str, ...]
+
+
+# Later action types (anonymize, export, overlay) join this union and the parser registry in
+# schema_actions.py; consumers pick the types they handle with isinstance.
+Action: TypeAlias = ForwardAction
+
+
+# -- conditions --------------------------------------------------------------------------------
+# Every condition keeps `path`, where it was written relative to the rule (e.g.
+# "match.any[1].calling_aet"), because the why-not report and the audit name it.
+
+
+@dataclass(frozen=True)
+class FactCondition:
+    """calling_aet, called_aet, remote_ip, modality, sop_class or source: one fact per instance."""
+
+    path: str
+    key: str
+    spec: ValueSpec
+
+
+@dataclass(frozen=True)
+class PlanLabelCondition:
+    """Holds for an instance when any RTPlanLabel of its study satisfies the spec."""
+
+    path: str
+    spec: ValueSpec
+
+
+@dataclass(frozen=True)
+class TagCondition:
+    """A DICOM attribute, by keyword, compared as text; a missing value fails."""
+
+    path: str
+    keyword: str
+    spec: ValueSpec
+
+
+@dataclass(frozen=True)
+class AllOf:
+    """A `match` mapping: every condition must hold for the same instance."""
+
+    path: str
+    conditions: tuple[Condition, ...]
+
+
+@dataclass(frozen=True)
+class Not:
+    path: str
+    condition: AllOf
+
+
+@dataclass(frozen=True)
+class AnyOf:
+    path: str
+    options: tuple[AllOf, ...]
+
+
+Condition: TypeAlias = FactCondition | PlanLabelCondition | TagCondition | AllOf | Not | AnyOf
+
+
+# -- rules -------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Rule:
+    name: str
+    enabled: bool
+    on: Trigger
+    match: AllOf
+    actions: tuple[Action, ...]
+    include_gateway_output: bool = False
+    description: str = ""
+    # The rule as written, for GET /rules; left out of equality and hashing because a dict has
+    # neither a stable identity nor a hash, and the parsed fields already say what the rule does.
+    source: dict[str, Any] = field(default_factory=dict, compare=False, hash=False)
+
+    def to_json(self) -> dict[str, Any]:
+        """The rule as written, with the defaults it relied on made explicit."""
+        written = copy.deepcopy(self.source)
+        written.update(
+            name=self.name,
+            description=self.description,
+            enabled=self.enabled,
+            on=self.on.value,
+            include_gateway_output=self.include_gateway_output,
+        )
+        return written
+
+
+@dataclass(frozen=True)
+class RuleSet:
+    rules: tuple[Rule, ...]
+    sha256: str  # of the file's bytes: audit rows name the exact rules that decided
+
+    def for_trigger(self, trigger: Trigger) -> list[Rule]:
+        return [rule for rule in self.rules if rule.enabled and rule.on == trigger]
+
+    def to_json(self) -> list[dict[str, Any]]:
+        return [rule.to_json() for rule in self.rules]

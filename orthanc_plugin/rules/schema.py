@@ -1,0 +1,119 @@
+"""Loads and validates the rules file; every error names the exact place, e.g. `rules[2].on`."""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import os
+from collections.abc import Collection
+from pathlib import Path
+from typing import Any
+
+from orthanc_plugin.rules.errors import RulesError
+from orthanc_plugin.rules.model import Rule, RuleSet, Trigger
+from orthanc_plugin.rules.schema_actions import ActionContext, parse_actions
+from orthanc_plugin.rules.schema_match import parse_match
+from orthanc_plugin.rules.wording import kind_of, one_of
+from orthanc_plugin.rules.yaml_text import FILE_PATH, parse_yaml
+
+__all__ = ["RulesError", "load_rules_file", "load_rules_text"]
+
+RULE_KEYS = ("name", "description", "enabled", "on", "match", "actions", "include_gateway_output")
+_TRIGGERS = tuple(trigger.value for trigger in Trigger)
+_MISSING_HINTS = {
+    "on": f" (expected one of: {one_of(_TRIGGERS)})",
+    # Forwarding everything must be a visible decision, not a forgotten key.
+    "match": " (write 'match: {}' to match every instance)",
+    "actions": " (expected a list such as [{forward: [ARCHIVE]}])",
+}
+
+
+def load_rules_file(
+    path: str | os.PathLike[str], known_targets: Collection[str] | None = None
+) -> RuleSet:
+    try:
+        data = Path(path).read_bytes()
+    except OSError as error:
+        raise RulesError(FILE_PATH, f"cannot read {path}: {error.strerror or error}") from error
+    try:
+        text = data.decode("utf-8-sig")
+    except UnicodeDecodeError as error:
+        raise RulesError(FILE_PATH, f"{path} is not UTF-8 text: {error}") from error
+    return _rule_set(text, hashlib.sha256(data).hexdigest(), known_targets)
+
+
+def load_rules_text(text: str, known_targets: Collection[str] | None = None) -> RuleSet:
+    """`known_targets=None` skips the target check (no Orthanc to ask, e.g. a CI lint)."""
+    return _rule_set(text, hashlib.sha256(text.encode("utf-8")).hexdigest(), known_targets)
+
+
+def _rule_set(text: str, sha256: str, known_targets: Collection[str] | None) -> RuleSet:
+    document = parse_yaml(text)
+    if document is None:
+        raise RulesError(FILE_PATH, "the file is empty (expected a mapping with a 'rules' list)")
+    if not isinstance(document, dict):
+        raise RulesError(
+            FILE_PATH, f"expected a mapping with a 'rules' list, got {kind_of(document)}"
+        )
+    for key in document:
+        if key != "rules":
+            raise RulesError(FILE_PATH, f"unknown key '{key}' (expected one of: rules)")
+    if "rules" not in document:
+        raise RulesError(FILE_PATH, "missing 'rules' (expected a list of rules)")
+    raw_rules = document["rules"]
+    if not isinstance(raw_rules, list):
+        raise RulesError("rules", f"expected a list of rules, got {kind_of(raw_rules)}")
+    context = ActionContext(known_targets)
+    rules: list[Rule] = []
+    first_index: dict[str, int] = {}
+    for index, raw in enumerate(raw_rules):
+        rule = _rule(raw, f"rules[{index}]", context)
+        if rule.name in first_index:
+            raise RulesError(
+                f"rules[{index}].name",
+                f"duplicate rule name '{rule.name}' (also rules[{first_index[rule.name]}])",
+            )
+        first_index[rule.name] = index
+        rules.append(rule)
+    return RuleSet(tuple(rules), sha256)
+
+
+def _rule(raw: Any, path: str, context: ActionContext) -> Rule:
+    if not isinstance(raw, dict):
+        raise RulesError(path, f"expected a rule mapping, got {kind_of(raw)}")
+    for key in raw:
+        if key not in RULE_KEYS:
+            raise RulesError(path, f"unknown key '{key}' (expected one of: {one_of(RULE_KEYS)})")
+    for key in ("name", "on", "match", "actions"):
+        if key not in raw:
+            raise RulesError(path, f"missing '{key}'{_MISSING_HINTS.get(key, '')}")
+    name = raw["name"]
+    if not isinstance(name, str) or not name.strip():
+        raise RulesError(f"{path}.name", f"expected a non-empty name, got {kind_of(name)}")
+    description = raw.get("description") or ""
+    if not isinstance(description, str):
+        raise RulesError(f"{path}.description", f"expected text, got {kind_of(description)}")
+    return Rule(
+        name=name,
+        enabled=_flag(raw, "enabled", path, default=True),
+        on=_trigger(raw["on"], f"{path}.on"),
+        match=parse_match(raw["match"], prefix=f"{path}."),
+        actions=parse_actions(raw["actions"], f"{path}.actions", context),
+        include_gateway_output=_flag(raw, "include_gateway_output", path, default=False),
+        description=description,
+        source=copy.deepcopy(raw),
+    )
+
+
+def _flag(raw: dict[str, Any], key: str, path: str, default: bool) -> bool:
+    value = raw.get(key, default)
+    if not isinstance(value, bool):
+        raise RulesError(f"{path}.{key}", f"expected true or false, got {kind_of(value)}")
+    return value
+
+
+def _trigger(raw: Any, path: str) -> Trigger:
+    if raw not in _TRIGGERS:
+        expected = one_of(_TRIGGERS)
+        raise RulesError(path, f"unknown trigger {kind_of(raw)} (expected one of: {expected})")
+    return Trigger(raw)

@@ -1,0 +1,87 @@
+"""Reads a rule's `actions`. A new action type is one parser added to ACTION_PARSERS."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Collection
+from dataclasses import dataclass
+from typing import Any
+
+from orthanc_plugin.rules.errors import RulesError
+from orthanc_plugin.rules.model import Action, ForwardAction
+from orthanc_plugin.rules.wording import kind_of, one_of
+
+
+@dataclass(frozen=True)
+class ActionContext:
+    """What parsers may check against; None means "do not check" (e.g. offline validation)."""
+
+    known_targets: Collection[str] | None = None
+
+
+# (the value written under the action's name, its path, context) -> the action, or RulesError.
+ActionParser = Callable[[Any, str, ActionContext], Action]
+
+
+def parse_forward(raw: Any, path: str, context: ActionContext) -> ForwardAction:
+    """`forward: ARCHIVE`, `forward: [ORGANO, ARCHIVE]` or `forward: {targets: [...]}`."""
+    if isinstance(raw, dict):
+        unknown = [key for key in raw if key != "targets"]
+        if unknown or "targets" not in raw:
+            what = f"unknown key '{unknown[0]}'" if unknown else "missing 'targets'"
+            raise RulesError(path, f"{what} (expected one of: targets)")
+        path, raw = f"{path}.targets", raw["targets"]
+        if not isinstance(raw, list):
+            raise RulesError(path, f"expected a list of target names, got {kind_of(raw)}")
+    if isinstance(raw, str):
+        return ForwardAction((_target(raw, path, context),))
+    if not isinstance(raw, list):
+        raise RulesError(path, f"expected a target name or a list of them, got {kind_of(raw)}")
+    if not raw:
+        raise RulesError(path, "expected at least one target")
+    targets: list[str] = []
+    for index, item in enumerate(raw):
+        here = f"{path}[{index}]"
+        if not isinstance(item, str):
+            raise RulesError(here, f"expected a target name, got {kind_of(item)}")
+        target = _target(item, here, context)
+        if target in targets:
+            # Sending twice to the same modality is never wanted and would double the jobs.
+            raise RulesError(here, f"duplicate target '{target}'")
+        targets.append(target)
+    return ForwardAction(tuple(targets))
+
+
+def _target(name: str, path: str, context: ActionContext) -> str:
+    if not name.strip():
+        raise RulesError(path, "expected a target name, got empty text")
+    known = context.known_targets
+    if known is not None and name not in known:
+        listed = one_of(known) if known else "none"
+        raise RulesError(path, f"unknown target '{name}' (known: {listed})")
+    return name
+
+
+ACTION_PARSERS: dict[str, ActionParser] = {
+    "forward": parse_forward,
+}
+
+
+def parse_actions(raw: Any, path: str, context: ActionContext) -> tuple[Action, ...]:
+    if not isinstance(raw, list):
+        raise RulesError(path, f"expected a list of actions, got {kind_of(raw)}")
+    if not raw:
+        raise RulesError(path, "expected at least one action")
+    return tuple(_action(item, f"{path}[{index}]", context) for index, item in enumerate(raw))
+
+
+def _action(raw: Any, path: str, context: ActionContext) -> Action:
+    if not isinstance(raw, dict) or len(raw) != 1:
+        got = f"{len(raw)} keys" if isinstance(raw, dict) else kind_of(raw)
+        raise RulesError(path, f"expected a mapping with one action such as forward, got {got}")
+    ((name, value),) = raw.items()
+    parser = ACTION_PARSERS.get(name)
+    if parser is None:
+        raise RulesError(
+            path, f"unknown action '{name}' (expected one of: {one_of(ACTION_PARSERS)})"
+        )
+    return parser(value, f"{path}.{name}", context)
