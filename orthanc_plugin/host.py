@@ -132,8 +132,15 @@ def install() -> None:
     """Called by entry.py when Orthanc loads the plugin; any exception stops Orthanc's start-up."""
     from orthanc_plugin.app import build_gateway
 
+    from orthanc_plugin.config import ConfigError
+    from orthanc_plugin.rules import RulesError
+
     configuration, config_dir = read_orthanc_configuration()
-    gateway = build_gateway(OrthancHost(), configuration, config_dir)
+    try:
+        gateway = build_gateway(OrthancHost(), configuration, config_dir)
+    except (RulesError, ConfigError) as error:
+        orthanc.LogError(f"RtGateway: not starting: {error}")
+        raise
     register(gateway, gateway.router)
     orthanc.LogWarning(
         f"RtGateway: loaded {len(gateway.ruleset.rules)} rule(s) from {gateway.config.rules_file}"

@@ -140,9 +140,9 @@ def test_study_stored_while_plugin_was_off_is_processed_by_replay(tmp_path: Path
 @pytest.mark.parametrize(
     ("rules", "message"),
     [
-        ("rules:\n  - name: x\n    on: stable\n    actions: [{forward: ARCHIVE}]\n",
+        ("rules:\n  - name: x\n    on: stable\n    match: {}\n    actions: [{forward: ARCHIVE}]\n",
          "rules[0].on: unknown trigger 'stable'"),
-        ("rules:\n  - name: x\n    on: instance\n    actions: [{forward: NOWHERE}]\n",
+        ("rules:\n  - name: x\n    on: instance\n    match: {}\n    actions: [{forward: NOWHERE}]\n",
          "rules[0].actions[0].forward"),
     ],
 )
@@ -159,4 +159,4 @@ def test_broken_rules_at_start_stop_orthanc_with_the_reason(
         gateway.stop()
         pytest.fail("Orthanc started with a broken rules file")
     assert code != 0
-    assert message in gateway.log_path.read_text()
+    assert f"RtGateway: not starting: {message}" in gateway.log_path.read_text()
