@@ -16,7 +16,7 @@ from orthanc_plugin.forwarding.model import (
 from orthanc_plugin.jobs.queue import Claim, ClaimedItem, JobQueue
 from orthanc_plugin.ports import Host, HostError
 
-POLL_SECONDS = 0.05
+POLL_SECONDS = 0.01
 
 
 @dataclass

@@ -11,7 +11,7 @@ CREATE TABLE IF NOT EXISTS jobs(
     state TEXT NOT NULL DEFAULT 'pending',      -- pending | running | done | dead
     attempts INTEGER NOT NULL DEFAULT 0,
     next_attempt_at REAL NOT NULL DEFAULT 0,
-    created_at TEXT NOT NULL, updated_at TEXT NOT NULL,
+    created_at TEXT NOT NULL, updated_at TEXT NOT NULL, created_epoch REAL NOT NULL DEFAULT 0,
     last_error TEXT, last_status TEXT, orthanc_job TEXT
 );
 CREATE INDEX IF NOT EXISTS jobs_ready ON jobs(state, next_attempt_at);

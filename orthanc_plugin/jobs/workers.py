@@ -11,6 +11,9 @@ from orthanc_plugin.jobs.intake import Intake
 from orthanc_plugin.jobs.queue import JobQueue
 
 IDLE_WAIT_SECONDS = 1.0
+# How long a half-full claim waits for more instances of the same target (see JobQueue.claim).
+LINGER_SECONDS = 0.1
+LINGER_WAIT_SECONDS = 0.03
 
 
 class WorkerPool:
@@ -71,7 +74,7 @@ class WorkerPool:
     def _send_loop(self) -> None:
         while not self.stopping.is_set():
             try:
-                claim = self.queue.claim(self.forwarder.max_per_association)
+                claim = self.queue.claim(self.forwarder.max_per_association, LINGER_SECONDS)
                 if claim is not None:
                     # Another sender may find more work for another target at once.
                     self.send_wakeup.set()
@@ -81,6 +84,11 @@ class WorkerPool:
             except Exception:  # noqa: BLE001
                 self.log_error("sender: " + traceback.format_exc())
                 due = self.poll_interval_seconds
-            wait = IDLE_WAIT_SECONDS if due is None else min(max(due, 0.01), IDLE_WAIT_SECONDS)
+            if due is None:
+                wait = IDLE_WAIT_SECONDS
+            elif due <= 0:
+                wait = LINGER_WAIT_SECONDS   # work is ready but lingering for a fuller claim
+            else:
+                wait = min(due, IDLE_WAIT_SECONDS)
             self.send_wakeup.wait(wait)
             self.send_wakeup.clear()
