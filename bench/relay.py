@@ -22,10 +22,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from pydicom.uid import generate_uid  # noqa: E402
+from pydicom.uid import generate_uid
 
-from tests.support.orthanc import OrthancProcess, storescu  # noqa: E402
-from tests.support.rtset import make_ct_series, write_datasets  # noqa: E402
+from tests.support.orthanc import OrthancProcess, storescu
+from tests.support.rtset import make_ct_series, write_datasets
 
 RULES = """
 rules:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import threading
 from pathlib import Path
 from typing import Any
@@ -14,13 +15,21 @@ from orthanc_plugin.audit.tables import SCHEMA as AUDIT_SCHEMA
 from orthanc_plugin.audit.translog import TransactionLog
 from orthanc_plugin.config import GatewayConfig, parse_config
 from orthanc_plugin.db import META_SCHEMA, Database
-from orthanc_plugin.forwarding.action import Forwarder
+from orthanc_plugin.forwarding.action import Forwarder, plan_forward
+from orthanc_plugin.jobs.executors import Registry
 from orthanc_plugin.jobs.intake import Intake
 from orthanc_plugin.jobs.queue import JobQueue
 from orthanc_plugin.jobs.tables import SCHEMA as JOBS_SCHEMA
 from orthanc_plugin.jobs.workers import WorkerPool
 from orthanc_plugin.ports import Host, HostError
-from orthanc_plugin.rules import RulesError, RuleSet, Trigger, evaluate, load_rules_file
+from orthanc_plugin.rules import (
+    ForwardAction,
+    RulesError,
+    RuleSet,
+    Trigger,
+    evaluate,
+    load_rules_file,
+)
 
 
 class Gateway:
@@ -38,12 +47,15 @@ class Gateway:
         self.forwarder = Forwarder(
             host, self.queue, self.recorder, self.file_sizes, config.max_instances_per_association
         )
+        self.registry = Registry()
+        self.registry.add_planner(ForwardAction, plan_forward)
+        self.registry.add_executor("forward", self.forwarder)
         self.intake = Intake(
             host, self.db, self.queue, self.recorder, lambda: self.ruleset,
-            config.stable_age_seconds, self._wake_senders,
+            config.stable_age_seconds, self._wake_senders, self.registry,
         )
         self.pool = WorkerPool(
-            self.intake, self.queue, self.forwarder, config.workers,
+            self.intake, self.queue, self.registry, config.workers,
             config.poll_interval_seconds, host.log_error,
         )
         self.router = Router()
@@ -89,10 +101,8 @@ class Gateway:
     # -- rules -------------------------------------------------------------------------------------
     def known_targets(self) -> set[str]:
         targets = set(self.config.known_modalities)
-        try:
+        with contextlib.suppress(HostError):
             targets.update(self.host.get_json("/modalities"))
-        except HostError:
-            pass
         return targets
 
     def reload_rules(self) -> RuleSet:
@@ -177,7 +187,7 @@ class Gateway:
             chunk = ids[start : start + 500]
             marks = ",".join("?" * len(chunk))
             for row in self.db.query(
-                f"SELECT instance_id, file_size FROM received WHERE instance_id IN ({marks})",  # noqa: S608
+                f"SELECT instance_id, file_size FROM received WHERE instance_id IN ({marks})",
                 chunk,
             ):
                 sizes[row["instance_id"]] = row["file_size"] or 0

@@ -12,8 +12,8 @@ import orthanc
 from orthanc_plugin.ports import HostError
 
 if TYPE_CHECKING:
-    from orthanc_plugin.app import Gateway
     from orthanc_plugin.api.routes import Router
+    from orthanc_plugin.app import Gateway
 
 
 def _is_missing(error: Exception) -> bool:
@@ -72,7 +72,7 @@ def register(gateway: Gateway, router: Router) -> None:
             gateway.record_stored_instance(
                 instance_id, dicom.GetInstanceRemoteAet(), _origin_name(dicom)
             )
-        except Exception:  # noqa: BLE001 - a callback must never break Orthanc's store path
+        except Exception:
             orthanc.LogError("RtGateway: stored-instance callback: " + traceback.format_exc())
 
     def on_change(change_type: int, level: int, resource_id: str) -> None:
@@ -83,7 +83,7 @@ def register(gateway: Gateway, router: Router) -> None:
                 gateway.stop()
             elif change_type == orthanc.ChangeType.STABLE_STUDY:
                 gateway.notify_stable_study(resource_id)
-        except Exception:  # noqa: BLE001
+        except Exception:
             orthanc.LogError("RtGateway: change callback: " + traceback.format_exc())
 
     def on_rest(output: Any, uri: str, **request: Any) -> None:
@@ -94,7 +94,7 @@ def register(gateway: Gateway, router: Router) -> None:
                 request.get("get") or {},
                 request.get("body") or b"",
             )
-        except Exception:  # noqa: BLE001 - answer 500 rather than kill the HTTP thread
+        except Exception:
             orthanc.LogError("RtGateway: REST " + uri + ": " + traceback.format_exc())
             _send_status(output, 500, b'{"error": "internal error, see the Orthanc log"}')
             return
@@ -117,7 +117,7 @@ def _send_status(output: Any, status: int, body: bytes) -> None:
 def _origin_name(dicom: Any) -> str:
     try:
         origin = dicom.GetInstanceOrigin()
-    except Exception:  # noqa: BLE001
+    except Exception:
         return ""
     names = {
         orthanc.InstanceOrigin.DICOM_PROTOCOL: "DicomProtocol",
@@ -131,7 +131,6 @@ def _origin_name(dicom: Any) -> str:
 def install() -> None:
     """Called by entry.py when Orthanc loads the plugin; any exception stops Orthanc's start-up."""
     from orthanc_plugin.app import build_gateway
-
     from orthanc_plugin.config import ConfigError
     from orthanc_plugin.rules import RulesError
 

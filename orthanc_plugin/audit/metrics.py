@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import re
 import threading
 from collections.abc import Callable
@@ -37,7 +38,5 @@ class Metrics:
             return dict(self._values)
 
     def _safe_publish(self, key: str, value: float) -> None:
-        try:
+        with contextlib.suppress(Exception):
             self._publish(key, value)
-        except Exception:  # noqa: BLE001 - metrics must never break a transfer
-            pass

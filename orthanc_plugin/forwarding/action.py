@@ -13,8 +13,10 @@ from orthanc_plugin.forwarding.model import (
     classify_failure,
     delivered_before_failure,
 )
+from orthanc_plugin.jobs.executors import PlannedJob
 from orthanc_plugin.jobs.queue import Claim, ClaimedItem, JobQueue
 from orthanc_plugin.ports import Host, HostError
+from orthanc_plugin.rules import ForwardAction
 
 POLL_SECONDS = 0.01
 
@@ -45,6 +47,7 @@ class Forwarder:
         self.recorder = recorder
         self.file_sizes = file_sizes
         self.max_per_association = max_per_association
+        self.max_items_per_claim = max_per_association * 5
 
     def run(self, claim: Claim) -> None:
         started = self.recorder.now()
@@ -148,3 +151,7 @@ class Forwarder:
                 orthanc_job=tally.orthanc_job,
                 job_state=outcome.get(job_id, ""),
             )
+
+
+def plan_forward(action: ForwardAction) -> list[PlannedJob]:
+    return [PlannedJob("forward", target) for target in action.targets]

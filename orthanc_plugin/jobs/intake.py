@@ -17,10 +17,11 @@ from orthanc_plugin.audit.clock import now_iso
 from orthanc_plugin.audit.recorder import AuditRecorder
 from orthanc_plugin.db import Database
 from orthanc_plugin.forwarding.model import OutgoingInstance, order_for_sending
+from orthanc_plugin.jobs.executors import Registry
 from orthanc_plugin.jobs.facts import SOURCE_BY_ORIGIN, FactsBuilder
 from orthanc_plugin.jobs.queue import JobQueue, JobSpec
 from orthanc_plugin.ports import Host, HostError
-from orthanc_plugin.rules import ForwardAction, Rule, RuleSet, Trigger, evaluate
+from orthanc_plugin.rules import Rule, RuleSet, Trigger, evaluate
 
 CURSOR_KEY = "changes_cursor"
 PLAN_LABEL_TAG = "300a-0002"
@@ -37,6 +38,7 @@ class Intake:
         rules: Callable[[], RuleSet],
         stable_age_seconds: float,
         wake_workers: Callable[[], None],
+        registry: Registry,
     ) -> None:
         self.host = host
         self.db = db
@@ -45,6 +47,7 @@ class Intake:
         self.rules = rules
         self.stable_age_seconds = stable_age_seconds
         self.wake_workers = wake_workers
+        self.registry = registry
         self.facts = FactsBuilder(host)
         self._callback_inbox: deque[tuple[str, str]] = deque()
         self._stable_inbox: deque[str] = deque()
@@ -143,7 +146,7 @@ class Intake:
                 info.setdefault("calling_aet", row["calling_aet"])
                 columns = ", ".join(f"{key}=?" for key in info)
                 connection.execute(
-                    f"UPDATE received SET {columns}, state='ready' WHERE seq=?",  # noqa: S608
+                    f"UPDATE received SET {columns}, state='ready' WHERE seq=?",
                     (*info.values(), row["seq"]),
                 )
                 connection.execute(
@@ -324,12 +327,11 @@ class Intake:
                 ]
             )
             for action in rule.actions:
-                if not isinstance(action, ForwardAction):
-                    continue
-                targets += action.targets
-                for target in action.targets:
+                for planned in self.registry.plan(action):
+                    target = planned.target
+                    targets += (target,)
                     spec = JobSpec(
-                        rule=rule.name, action="forward", trigger=rule.on.value, level=level,
+                        rule=rule.name, action=planned.action, trigger=rule.on.value, level=level,
                         resource_id=resource_id, target=target,
                         patient_id=first["patient_id"] or "", study_uid=first["study_uid"] or "",
                         calling_aet=first["calling_aet"] or "", remote_ip=first["remote_ip"] or "",

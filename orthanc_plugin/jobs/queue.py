@@ -5,7 +5,7 @@ from __future__ import annotations
 import hashlib
 import sqlite3
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -39,6 +39,7 @@ class ClaimedItem:
 
 @dataclass
 class Claim:
+    action: str
     target: str
     jobs: list[sqlite3.Row]
     items: list[ClaimedItem]
@@ -104,7 +105,9 @@ class JobQueue:
         due = rows[0]["due"] if rows else None
         return None if due is None else max(0.0, due - time.time())
 
-    def claim(self, max_items: int, linger_seconds: float = 0.0) -> Claim | None:
+    def claim(
+        self, max_items: int | Callable[[str], int], linger_seconds: float = 0.0
+    ) -> Claim | None:
         """Take the oldest ready job and more ready jobs for the same target, up to max_items.
 
         Grouping by target lets many one-instance jobs (an `on: instance` rule) share one
@@ -115,17 +118,19 @@ class JobQueue:
         now = time.time()
         with self.db.transaction() as connection:
             first = connection.execute(
-                "SELECT target FROM jobs WHERE state='pending' AND next_attempt_at <= ? "
+                "SELECT action, target FROM jobs WHERE state='pending' AND next_attempt_at <= ? "
                 "ORDER BY id LIMIT 1",
                 (now,),
             ).fetchone()
             if first is None:
                 return None
-            target = first["target"]
+            action, target = first["action"], first["target"]
+            if callable(max_items):
+                max_items = max_items(action)
             candidates = connection.execute(
-                "SELECT * FROM jobs WHERE state='pending' AND next_attempt_at <= ? AND target = ? "
-                "ORDER BY id LIMIT 500",
-                (now, target),
+                "SELECT * FROM jobs WHERE state='pending' AND next_attempt_at <= ? AND action = ? "
+                "AND target = ? ORDER BY id LIMIT 500",
+                (now, action, target),
             ).fetchall()
             jobs: list[sqlite3.Row] = []
             items: list[ClaimedItem] = []
@@ -146,7 +151,7 @@ class JobQueue:
                 "UPDATE jobs SET state='running', attempts=attempts+1, updated_at=? WHERE id=?",
                 [(now_iso(), job["id"]) for job in jobs],
             )
-        return Claim(target=target, jobs=jobs, items=items)
+        return Claim(action=action, target=target, jobs=jobs, items=items)
 
     def mark_sent(self, items: Sequence[ClaimedItem], sizes: dict[str, int]) -> None:
         stamp = now_iso()

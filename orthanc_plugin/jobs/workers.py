@@ -6,9 +6,9 @@ import threading
 import traceback
 from collections.abc import Callable
 
-from orthanc_plugin.forwarding.action import Forwarder
+from orthanc_plugin.jobs.executors import Registry
 from orthanc_plugin.jobs.intake import Intake
-from orthanc_plugin.jobs.queue import JobQueue
+from orthanc_plugin.jobs.queue import Claim, JobQueue
 
 IDLE_WAIT_SECONDS = 1.0
 # How long a half-full claim waits for more instances of the same target (see JobQueue.claim).
@@ -21,14 +21,14 @@ class WorkerPool:
         self,
         intake: Intake,
         queue: JobQueue,
-        forwarder: Forwarder,
+        registry: Registry,
         workers: int,
         poll_interval_seconds: float,
         log_error: Callable[[str], None],
     ) -> None:
         self.intake = intake
         self.queue = queue
-        self.forwarder = forwarder
+        self.registry = registry
         self.workers = workers
         self.poll_interval_seconds = poll_interval_seconds
         self.log_error = log_error
@@ -64,24 +64,31 @@ class WorkerPool:
             busy = False
             try:
                 busy = self.intake.step()
-            except Exception:  # noqa: BLE001 - log and go on: the cursor has not moved
+            except Exception:
                 self.log_error("intake: " + traceback.format_exc())
                 self.stopping.wait(self.poll_interval_seconds)
             if not busy:
                 self.intake_wakeup.wait(self.poll_interval_seconds)
                 self.intake_wakeup.clear()
 
+    def _run(self, claim: Claim) -> None:
+        try:
+            self.registry.executor(claim.action).run(claim)
+        except Exception as error:
+            self.log_error(f"{claim.action} to {claim.target}: " + traceback.format_exc())
+            self.queue.settle(claim.job_ids, f"internal error: {error}", "internal")
+
     def _send_loop(self) -> None:
         while not self.stopping.is_set():
             try:
-                claim = self.queue.claim(self.forwarder.max_per_association, LINGER_SECONDS)
+                claim = self.queue.claim(self.registry.max_items, LINGER_SECONDS)
                 if claim is not None:
                     # Another sender may find more work for another target at once.
                     self.send_wakeup.set()
-                    self.forwarder.run(claim)
+                    self._run(claim)
                     continue
                 due = self.queue.next_due_in()
-            except Exception:  # noqa: BLE001
+            except Exception:
                 self.log_error("sender: " + traceback.format_exc())
                 due = self.poll_interval_seconds
             if due is None:

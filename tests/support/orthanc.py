@@ -36,7 +36,7 @@ class OrthancProcess:
         *,
         plugin: bool = False,
         rules: str | None = None,
-        modalities: dict[str, "OrthancProcess | tuple[str, int]"] | None = None,
+        modalities: dict[str, OrthancProcess | tuple[str, int]] | None = None,
         gateway_settings: dict[str, Any] | None = None,
         stable_age: int = 2,
         extra: dict[str, Any] | None = None,
@@ -88,7 +88,7 @@ class OrthancProcess:
             }
         self.config.update(extra or {})
 
-    def add_modality(self, name: str, peer: "OrthancProcess | tuple[str, int]") -> None:
+    def add_modality(self, name: str, peer: OrthancProcess | tuple[str, int]) -> None:
         if isinstance(peer, OrthancProcess):
             self.config["DicomModalities"][name] = [peer.aet, "127.0.0.1", peer.dicom_port]
         else:
@@ -124,9 +124,9 @@ class OrthancProcess:
                     f"Orthanc {self.aet} exited with {self.process.returncode}:\n{self.log_tail()}"
                 )
             try:
-                if requests.get(f"{self.url}/system", auth=(USER, PASSWORD), timeout=1).ok:
-                    if not self.plugin or self._plugin_ready():
-                        return
+                system = requests.get(f"{self.url}/system", auth=(USER, PASSWORD), timeout=1)
+                if system.ok and (not self.plugin or self._plugin_ready()):
+                    return
             except requests.RequestException:
                 pass
             time.sleep(0.1)

@@ -315,6 +315,7 @@ def make_ct_series(
         ds.AcquisitionNumber = 1
         ds.KVP = "120"
         ds.PatientPosition = "HFS"
+        ds.Laterality = ""
         ds.FrameOfReferenceUID = frame_of_reference_uid
         ds.PositionReferenceIndicator = ""
         ds.ImagePositionPatient = [_ds(x0), _ds(y0), _ds(z)]
@@ -361,6 +362,9 @@ def _make_rtstruct(ct: Sequence[Dataset], now: datetime) -> Dataset:
         series_uid=generate_uid(), series_number=2, series_description="Structures",
         instance_number=1, now=now,
     )
+    # dciodvfy expects the Frame of Reference module on the structure set too.
+    ds.FrameOfReferenceUID = frame_of_reference_uid
+    ds.PositionReferenceIndicator = ""
     ds.StructureSetLabel = "RTGW"
     ds.StructureSetName = "RTGW structures"
     ds.StructureSetDate = date

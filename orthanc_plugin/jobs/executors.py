@@ -1,0 +1,58 @@
+"""How the queue meets the capabilities: rule actions become jobs, jobs go to an executor.
+
+Each capability (forwarding, de-identification, export, contours, ...) registers:
+- a planner: (rule action) -> the (job action, target) pairs to queue for the matched instances;
+- an executor: runs a claim of jobs of its job action for one target.
+The intake and the sender threads know nothing else about what the capabilities do.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from orthanc_plugin.jobs.queue import Claim
+
+
+@dataclass(frozen=True)
+class PlannedJob:
+    action: str          # job action, the key of its executor, e.g. "forward"
+    target: str          # what the job is for: a modality name, a folder, ...
+
+
+Planner = Callable[[Any], list[PlannedJob]]
+
+
+class Executor(Protocol):
+    max_items_per_claim: int
+
+    def run(self, claim: Claim) -> None: ...
+
+
+class Registry:
+    def __init__(self) -> None:
+        self.planners: dict[type, Planner] = {}
+        self.executors: dict[str, Executor] = {}
+
+    def add_planner(self, action_type: type, planner: Planner) -> None:
+        self.planners[action_type] = planner
+
+    def add_executor(self, job_action: str, executor: Executor) -> None:
+        self.executors[job_action] = executor
+
+    def plan(self, action: Any) -> list[PlannedJob]:
+        planner = self.planners.get(type(action))
+        if planner is None:
+            raise LookupError(f"no planner for action {type(action).__name__}")
+        return planner(action)
+
+    def max_items(self, job_action: str) -> int:
+        executor = self.executors.get(job_action)
+        return executor.max_items_per_claim if executor else 1
+
+    def executor(self, job_action: str) -> Executor:
+        executor = self.executors.get(job_action)
+        if executor is None:
+            raise LookupError(f"no executor for job action {job_action!r}")
+        return executor
