@@ -7,6 +7,7 @@ import threading
 from pathlib import Path
 from typing import Any
 
+from orthanc_plugin import capabilities
 from orthanc_plugin.api.gateway_routes import add_routes
 from orthanc_plugin.api.router import Router
 from orthanc_plugin.audit.metrics import Metrics
@@ -38,7 +39,9 @@ class Gateway:
         self.config = config
         self.ruleset = ruleset
         self._rules_lock = threading.Lock()
-        self.db = Database(config.database, [META_SCHEMA, AUDIT_SCHEMA, JOBS_SCHEMA])
+        self.db = Database(
+            config.database, [META_SCHEMA, AUDIT_SCHEMA, JOBS_SCHEMA, *capabilities.extra_schemas()]
+        )
         self.metrics = Metrics(host.set_metric)
         self.recorder = AuditRecorder(
             self.db, TransactionLog(config.transaction_log_folder), self.metrics
@@ -61,6 +64,7 @@ class Gateway:
         self.router = Router()
         add_routes(self.router, self)
         self._started = False
+        capabilities.install_all(self)
 
     # -- life cycle ------------------------------------------------------------------------------
     def start(self) -> None:
@@ -197,6 +201,7 @@ class Gateway:
 def build_gateway(host: Host, orthanc_config: dict[str, Any], config_dir: Path) -> Gateway:
     """Read the settings and the rules; a broken rules file raises and Orthanc does not start."""
     config = parse_config(orthanc_config, config_dir)
+    capabilities.register_rule_actions()
     # No DicomModalities in the file: they may live in Orthanc's database, checked at reload.
     ruleset = load_rules_file(config.rules_file, set(config.known_modalities) or None)
     return Gateway(host, config, ruleset)

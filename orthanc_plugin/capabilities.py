@@ -1,0 +1,46 @@
+"""The list of gateway capabilities. Each one is a package with the same shape:
+
+    model.py    pure logic and values (no `orthanc`, no SQL)
+    rule.py     its rule action: dataclass, parser (registered in ACTION_PARSERS), planner
+    action.py   the executor that runs its jobs from the durable queue
+    tables.py   its SQLite schema (SCHEMA), applied when the gateway opens its database
+    routes.py   its REST routes under /rt-gateway/
+
+and a module-level `install(gateway)` (in its `__init__.py`) that registers planners, executors,
+routes and schema. Forwarding is the reference; the others follow it.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from orthanc_plugin.app import Gateway
+
+# Packages whose rule.py registers an action parser; imported before the rules are loaded.
+RULE_MODULES: list[str] = []
+
+# Packages with an install(gateway) function, called once the gateway's core is built.
+CAPABILITIES: list[str] = []
+
+
+def register_rule_actions() -> None:
+    for name in RULE_MODULES:
+        importlib.import_module(name)
+
+
+def extra_schemas() -> list[str]:
+    schemas = []
+    for name in CAPABILITIES:
+        try:
+            tables = importlib.import_module(f"{name}.tables")
+        except ModuleNotFoundError:
+            continue
+        schemas.append(tables.SCHEMA)
+    return schemas
+
+
+def install_all(gateway: Gateway) -> None:
+    for name in CAPABILITIES:
+        importlib.import_module(name).install(gateway)
