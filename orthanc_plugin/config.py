@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -34,9 +34,13 @@ class GatewayConfig:
     stable_age_seconds: float = 60.0
     poll_interval_seconds: float = 1.0
     known_modalities: tuple[str, ...] = ()
+    # The whole RtGateway section and the folder of the configuration file: each capability reads
+    # its own sub-section (e.g. "Export", "Harvest") and resolves its paths against config_dir.
+    section: dict[str, Any] = field(default_factory=dict)
+    config_dir: Path = Path(".")
 
 
-def _resolve(base: Path, value: str) -> Path:
+def resolve_path(base: Path, value: str) -> Path:
     path = Path(value)
     return path if path.is_absolute() else (base / path).resolve()
 
@@ -57,7 +61,7 @@ def parse_config(orthanc_config: dict[str, Any], config_dir: Path) -> GatewayCon
     section = orthanc_config.get(SECTION) or {}
     if not isinstance(section, dict):
         raise ConfigError(f"{SECTION}: expected an object")
-    storage = _resolve(config_dir, str(orthanc_config.get("StorageDirectory", "OrthancStorage")))
+    storage = resolve_path(config_dir, str(orthanc_config.get("StorageDirectory", "OrthancStorage")))
     default_home = storage / "rt-gateway"
     retry_section = section.get("Retry") or {}
     if not isinstance(retry_section, dict):
@@ -69,12 +73,12 @@ def parse_config(orthanc_config: dict[str, Any], config_dir: Path) -> GatewayCon
     )
     modalities = orthanc_config.get("DicomModalities") or {}
     return GatewayConfig(
-        rules_file=_resolve(config_dir, str(section.get("RulesFile", "lua-free-rules.yaml"))),
-        database=_resolve(config_dir, str(section.get("Database", default_home / "gateway.sqlite"))),
-        transaction_log_folder=_resolve(
+        rules_file=resolve_path(config_dir, str(section.get("RulesFile", "lua-free-rules.yaml"))),
+        database=resolve_path(config_dir, str(section.get("Database", default_home / "gateway.sqlite"))),
+        transaction_log_folder=resolve_path(
             config_dir, str(section.get("TransactionLogFolder", default_home / "logs"))
         ),
-        quarantine_folder=_resolve(
+        quarantine_folder=resolve_path(
             config_dir, str(section.get("QuarantineFolder", default_home / "quarantine"))
         ),
         workers=int(_number(section, "Workers", 2, 1)),
@@ -85,4 +89,6 @@ def parse_config(orthanc_config: dict[str, Any], config_dir: Path) -> GatewayCon
         stable_age_seconds=float(orthanc_config.get("StableAge", 60)),
         poll_interval_seconds=_number(section, "PollIntervalSeconds", 1.0, 0.05),
         known_modalities=tuple(sorted(modalities)) if isinstance(modalities, dict) else (),
+        section=section,
+        config_dir=config_dir,
     )
