@@ -109,9 +109,13 @@ def register(gateway: Gateway, router: Router) -> None:
 
 
 def _send_status(output: Any, status: int, body: bytes) -> None:
-    # The 4.0 wrapper maps `const char* body, uint32_t size` to (str, int).
+    # The 4.0 wrapper maps `const char* body, uint32_t size` to (str, int); newer wrappers (the
+    # official Docker image) take the body as bytes alone.
     text = body.decode("utf-8", "replace")
-    output.SendHttpStatus(status, text, len(text.encode("utf-8")))
+    try:
+        output.SendHttpStatus(status, text, len(text.encode("utf-8")))
+    except TypeError:
+        output.SendHttpStatus(status, body)
 
 
 def _origin_name(dicom: Any) -> str:
