@@ -94,13 +94,20 @@ def main() -> None:
         )
         for trigger in ("instance", "stable-study")
     }
+    # The same gateway without MD5 checksums of stored files: what that integrity check costs.
+    gateways["instance-no-md5"] = OrthancProcess(
+        work / "gw-instance-no-md5", "RTGATEWAY", plugin=True,
+        rules=RULES.format(trigger="instance"), modalities={"TARGET": target}, stable_age=1,
+        extra={"StoreMD5ForAttachments": False},
+    )
     idle_gateway = OrthancProcess(
         work / "gw-idle", "RTGATEWAY", plugin=True, rules=NO_MATCH_RULES,
         modalities={"TARGET": target},
     )
     processes = [target, plain, idle_gateway, *gateways.values()]
     times: dict[str, list[float]] = {k: [] for k in (
-        "direct", "relay_instance", "relay_stable", "ingest_plain", "ingest_plugin")}
+        "direct", "relay_instance", "relay_instance_no_md5", "relay_stable", "ingest_plain",
+        "ingest_plugin")}
     try:
         for process in processes:
             process.start()
@@ -111,6 +118,8 @@ def main() -> None:
             times["ingest_plugin"].append(timed_ingest(files, idle_gateway))
             times["relay_instance"].append(
                 timed_send(files, gateways["instance"].dicom_port, target, "RTGATEWAY"))
+            times["relay_instance_no_md5"].append(
+                timed_send(files, gateways["instance-no-md5"].dicom_port, target, "RTGATEWAY"))
             times["relay_stable"].append(
                 timed_send(files, gateways["stable-study"].dicom_port, target, "RTGATEWAY"))
             shutil.rmtree(work / f"round-{round_number}")
@@ -126,6 +135,8 @@ def main() -> None:
         "seconds_median": {k: round(v, 3) for k, v in median.items()},
         "seconds_all": {k: [round(x, 3) for x in v] for k, v in times.items()},
         "ratio_relay_instance_to_direct": round(median["relay_instance"] / median["direct"], 3),
+        "ratio_relay_instance_no_md5_to_direct": round(
+            median["relay_instance_no_md5"] / median["direct"], 3),
         "ratio_relay_stable_to_direct": round(median["relay_stable"] / median["direct"], 3),
         "stable_age_seconds_included_in_relay_stable": 1,
         "ratio_ingest_plugin_to_plain": round(median["ingest_plugin"] / median["ingest_plain"], 3),

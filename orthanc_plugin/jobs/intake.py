@@ -26,6 +26,7 @@ from orthanc_plugin.rules import Rule, RuleSet, Trigger, evaluate
 CURSOR_KEY = "changes_cursor"
 PLAN_LABEL_TAG = "300a-0002"
 BATCH = 200
+MAX_DESCRIBE_FAILURES = 5
 
 
 class Intake:
@@ -52,6 +53,7 @@ class Intake:
         self._callback_inbox: deque[tuple[str, str]] = deque()
         self._stable_inbox: deque[str] = deque()
         self._series_cache: dict[str, dict[str, Any]] = {}
+        self._describe_failures: dict[str, int] = {}
         self.lock = threading.Lock()
 
     # -- called from Orthanc's callbacks: memory only, no I/O ---------------------------------
@@ -128,7 +130,7 @@ class Intake:
         )
         if not rows:
             return False
-        described = [(row, self._describe(row["instance_id"])) for row in rows]
+        described = [(row, self._describe_or_reason(row["instance_id"])) for row in rows]
         now = time.time()
         with self.db.transaction() as connection:
             for row, info in described:
@@ -155,6 +157,20 @@ class Intake:
                     (info["study_id"], now),
                 )
         return len(rows) == BATCH
+
+    def _describe_or_reason(self, instance_id: str) -> dict[str, Any] | str | None:
+        """Never let one instance stop the intake: after a few failures it goes to quarantine."""
+        try:
+            info = self._describe(instance_id)
+        except Exception as error:  # noqa: BLE001
+            failures = self._describe_failures.get(instance_id, 0) + 1
+            self._describe_failures[instance_id] = failures
+            if failures < MAX_DESCRIBE_FAILURES:
+                raise
+            self._describe_failures.pop(instance_id, None)
+            return f"could not be described after {failures} attempts: {error}"
+        self._describe_failures.pop(instance_id, None)
+        return info
 
     def _describe(self, instance_id: str) -> dict[str, Any] | str | None:
         """Columns for the received row; None when the instance is gone; a reason to quarantine."""
@@ -309,8 +325,16 @@ class Intake:
         rows: Sequence[sqlite3.Row],
         facts: list[Any],
     ) -> bool:
-        evaluation = evaluate(rule, facts)
         first = rows[0]
+        try:
+            evaluation = evaluate(rule, facts)
+        except Exception as error:  # noqa: BLE001 - a rule that cannot be evaluated is audited, not fatal
+            self.recorder.event(
+                "rule-error", status="error", rule=rule.name, resource_id=resource_id,
+                study_uid=first["study_uid"] or "", detail=f"{type(error).__name__}: {error}",
+                connection=connection,
+            )
+            return False
         targets: tuple[str, ...] = ()
         new_instances = 0
         if evaluation.matched:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import csv
+import io
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -106,6 +108,14 @@ def test_follow_adp_study_reaches_both_targets_in_plan_order(
     evaluation = gateway_rows(gateway, kind="evaluations", study=rtset.study_uid,
                               rule="Ethos adaptive plans")
     assert evaluation and evaluation[-1]["matched"] == 1
+
+    csv_answer = gateway.get("/rt-gateway/audit", params={"kind": "transfers", "format": "csv",
+                                                          "study": rtset.study_uid})
+    assert csv_answer.headers["Content-Type"].startswith("text/csv")
+    csv_rows = list(csv.DictReader(io.StringIO(csv_answer.text)))
+    assert {row["target"] for row in csv_rows} == {"ORGANO", "ARCHIVE"}
+    bad_filter = gateway.get("/rt-gateway/audit", params={"kind": "transfers", "colour": "red"})
+    assert bad_filter.status_code == 400 and "colour" in bad_filter.json()["error"]
 
     stats = gateway.json("/rt-gateway/stats")
     assert stats["by_rule"]["Ethos adaptive plans"]["sent"] >= 2 * len(expected)
