@@ -162,7 +162,7 @@ class Intake:
         """Never let one instance stop the intake: after a few failures it goes to quarantine."""
         try:
             info = self._describe(instance_id)
-        except Exception as error:  # noqa: BLE001
+        except Exception as error:
             failures = self._describe_failures.get(instance_id, 0) + 1
             self._describe_failures[instance_id] = failures
             if failures < MAX_DESCRIBE_FAILURES:
@@ -328,7 +328,7 @@ class Intake:
         first = rows[0]
         try:
             evaluation = evaluate(rule, facts)
-        except Exception as error:  # noqa: BLE001 - a rule that cannot be evaluated is audited, not fatal
+        except Exception as error:  # a rule that cannot be evaluated is audited, not fatal
             self.recorder.event(
                 "rule-error", status="error", rule=rule.name, resource_id=resource_id,
                 study_uid=first["study_uid"] or "", detail=f"{type(error).__name__}: {error}",
