@@ -72,7 +72,7 @@ def register(gateway: Gateway, router: Router) -> None:
             gateway.record_stored_instance(
                 instance_id, dicom.GetInstanceRemoteAet(), _origin_name(dicom)
             )
-        except Exception:
+        except Exception:  # a callback must never break Orthanc's store path
             orthanc.LogError("RtGateway: stored-instance callback: " + traceback.format_exc())
 
     def on_change(change_type: int, level: int, resource_id: str) -> None:
@@ -94,7 +94,7 @@ def register(gateway: Gateway, router: Router) -> None:
                 request.get("get") or {},
                 request.get("body") or b"",
             )
-        except Exception:
+        except Exception:  # answer 500 rather than kill the HTTP thread
             orthanc.LogError("RtGateway: REST " + uri + ": " + traceback.format_exc())
             _send_status(output, 500, b'{"error": "internal error, see the Orthanc log"}')
             return

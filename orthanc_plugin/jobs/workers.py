@@ -64,7 +64,7 @@ class WorkerPool:
             busy = False
             try:
                 busy = self.intake.step()
-            except Exception:
+            except Exception:  # log and go on: the changes cursor has not moved
                 self.log_error("intake: " + traceback.format_exc())
                 self.stopping.wait(self.poll_interval_seconds)
             if not busy:
@@ -74,7 +74,7 @@ class WorkerPool:
     def _run(self, claim: Claim) -> None:
         try:
             self.registry.executor(claim.action).run(claim)
-        except Exception as error:
+        except Exception as error:  # the jobs go back to the queue with backoff
             self.log_error(f"{claim.action} to {claim.target}: " + traceback.format_exc())
             self.queue.settle(claim.job_ids, f"internal error: {error}", "internal")
 
