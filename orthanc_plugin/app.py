@@ -50,6 +50,7 @@ class Gateway:
         self.forwarder = Forwarder(
             host, self.queue, self.recorder, self.file_sizes, config.max_instances_per_association
         )
+        self.forwarder.after_settle = self.refresh_queue_gauges
         self.registry = Registry()
         self.registry.add_planner(ForwardAction, plan_forward)
         self.registry.add_executor("forward", self.forwarder)
@@ -78,11 +79,36 @@ class Gateway:
             detail=f"{len(self.ruleset.rules)} rule(s), sha256 {self.ruleset.sha256}, "
             f"{recovered} interrupted job(s) requeued",
         )
+        self.seed_metrics()
         self.pool.start()
         self.host.log_warning(
             f"started: {len(self.ruleset.rules)} rule(s) from {self.config.rules_file}, "
             f"{self.config.workers} sender(s), database {self.config.database}"
         )
+
+    def seed_metrics(self) -> None:
+        """Prometheus counters continue from the audit after a restart instead of from zero."""
+        row = self.db.query(
+            "SELECT COALESCE(SUM(instances),0) AS n, COALESCE(SUM(bytes),0) AS b, "
+            "COALESCE(SUM(status<>'success'),0) AS f FROM transfers"
+        )[0]
+        self.metrics.gauge("rtgw_instances_sent_total", row["n"])
+        self.metrics.gauge("rtgw_bytes_sent_total", row["b"])
+        self.metrics.gauge("rtgw_transfer_failures_total", row["f"])
+        for target_row in self.db.query(
+            "SELECT target, SUM(instances) AS n, SUM(status<>'success') AS f FROM transfers "
+            "GROUP BY target"
+        ):
+            target = target_row["target"]
+            self.metrics.gauge(f"rtgw_target_{target}_instances_sent_total", target_row["n"] or 0)
+            self.metrics.gauge(f"rtgw_target_{target}_failures_total", target_row["f"] or 0)
+        self.refresh_queue_gauges()
+
+    def refresh_queue_gauges(self) -> None:
+        counts = {r["state"]: r["n"] for r in self.db.query(
+            "SELECT state, COUNT(*) AS n FROM jobs GROUP BY state")}
+        for state in ("pending", "running", "done", "dead"):
+            self.metrics.gauge(f"rtgw_jobs_{state}", counts.get(state, 0))
 
     def stop(self) -> None:
         if self._started:

@@ -48,6 +48,8 @@ class Forwarder:
         self.file_sizes = file_sizes
         self.max_per_association = max_per_association
         self.max_items_per_claim = max_per_association * 5
+        # Set by the gateway to refresh the queue gauges once jobs change state.
+        self.after_settle: Callable[[], None] = lambda: None
 
     def run(self, claim: Claim) -> None:
         started = self.recorder.now()
@@ -131,6 +133,7 @@ class Forwarder:
             for job_id in claim.job_ids:
                 self.queue.policy_exhaust(job_id)
         outcome = self.queue.settle(claim.job_ids, error, status)
+        self.after_settle()
         jobs = {job["id"]: job for job in claim.jobs}
         for job_id, tally in tallies.items():
             job = jobs[job_id]

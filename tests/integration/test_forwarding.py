@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import csv
 import io
 import threading
@@ -9,6 +10,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from pydicom.uid import generate_uid
 from pynetdicom import AE, AllStoragePresentationContexts, evt
 
 from tests.integration.conftest import keep_logs
@@ -121,7 +123,7 @@ def test_follow_adp_study_reaches_both_targets_in_plan_order(
     assert stats["by_rule"]["Ethos adaptive plans"]["sent"] >= 2 * len(expected)
     assert stats["by_target"]["ORGANO"]["sent"] >= len(expected)
     metrics = gateway.get("/tools/metrics-prometheus").text
-    assert "rtgw_instances_sent_total" in metrics
+    assert "rtgw_instances_sent_total" in metrics and "rtgw_jobs_done" in metrics
 
     log_files = list((gateway.folder / "gateway" / "logs").glob("transactions-*.log"))
     assert log_files and rtset.study_uid in log_files[0].read_text()
@@ -227,3 +229,28 @@ def test_malformed_dicom_does_not_stop_the_gateway(
     wait_until(lambda: study_sop_uids(destinations["ORGANO"], rtset.study_uid) == expected, 60,
                "good study forwarded after malformed input")
     assert gateway.json("/rt-gateway/stats")
+
+
+def test_study_that_grows_after_it_was_sent_is_sent_again_only_for_what_is_new(
+    gateway: OrthancProcess, destinations: dict[str, OrthancProcess], tmp_path: Path
+) -> None:
+    rtset = make_rt_set("GROW-1", plan_label="ADP1")
+    send(gateway, tmp_path / "first", rtset.all(), "FOLLOW")
+    expected = sop_uids(rtset.all())
+    wait_until(lambda: study_sop_uids(destinations["ARCHIVE"], rtset.study_uid) == expected, 60,
+               "first delivery")
+
+    extra = copy.deepcopy(rtset.ct[0])
+    extra.SOPInstanceUID = generate_uid()
+    extra.file_meta.MediaStorageSOPInstanceUID = extra.SOPInstanceUID
+    extra.InstanceNumber = len(rtset.ct) + 1
+    send(gateway, tmp_path / "second", [extra], "FOLLOW")
+    wait_until(
+        lambda: study_sop_uids(destinations["ARCHIVE"], rtset.study_uid)
+        == expected | {str(extra.SOPInstanceUID)},
+        60, "the new slice delivered",
+    )
+    wait_until(lambda: len(gateway_rows(gateway, kind="transfers", study=rtset.study_uid)) >= 4,
+               30, "second transfers recorded")
+    transfers = gateway_rows(gateway, kind="transfers", study=rtset.study_uid)
+    assert sorted(row["instances"] for row in transfers) == [1, 1, len(expected), len(expected)]
