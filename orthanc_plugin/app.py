@@ -63,6 +63,8 @@ class Gateway:
             config.poll_interval_seconds, host.log_error,
         )
         self.router = Router()
+        self.explorer_extension = ""  # JavaScript for Orthanc Explorer, set by the web capability
+        self.rules_text = _read_text(config.rules_file)
         add_routes(self.router, self)
         self._started = False
         capabilities.install_all(self)
@@ -144,6 +146,7 @@ class Gateway:
                 self.host.log_error(f"rules not reloaded, the previous rules stay: {error}")
                 raise
             self.ruleset = ruleset
+            self.rules_text = _read_text(self.config.rules_file)
             self.recorder.event(
                 "rules-reload", status="ok",
                 detail=f"{len(ruleset.rules)} rule(s), sha256 {ruleset.sha256}",
@@ -154,6 +157,7 @@ class Gateway:
         return {
             "file": str(self.config.rules_file),
             "sha256": self.ruleset.sha256,
+            "text": self.rules_text,
             "rules": self.ruleset.to_json(),
         }
 
@@ -192,7 +196,7 @@ class Gateway:
         except HostError:
             pass
         try:
-            matches = self.host.post_json("/tools/lookup", study)
+            matches = self.host.post_bytes("/tools/lookup", study.encode())
         except HostError:
             matches = []
         for match in matches or []:
@@ -222,6 +226,13 @@ class Gateway:
             ):
                 sizes[row["instance_id"]] = row["file_size"] or 0
         return sizes
+
+
+def _read_text(path: Path) -> str:
+    try:
+        return path.read_text(encoding="utf-8")
+    except OSError:
+        return ""
 
 
 def build_gateway(host: Host, orthanc_config: dict[str, Any], config_dir: Path) -> Gateway:

@@ -22,7 +22,7 @@ if TYPE_CHECKING:
 RULE_MODULES: list[str] = []
 
 # Packages with an install(gateway) function, called once the gateway's core is built.
-CAPABILITIES: list[str] = []
+CAPABILITIES: list[str] = ["orthanc_plugin.web"]
 
 
 def register_rule_actions() -> None:

@@ -35,6 +35,16 @@ class OrthancHost:
         answer = self._call(orthanc.RestApiPost, uri, json.dumps(body))
         return json.loads(answer) if answer.strip() else None
 
+    def get_bytes(self, uri: str) -> bytes:
+        return self._call(orthanc.RestApiGet, uri)
+
+    def post_bytes(self, uri: str, data: bytes) -> Any:
+        answer = self._call(orthanc.RestApiPost, uri, data)
+        try:
+            return json.loads(answer) if answer.strip() else None
+        except ValueError:
+            return answer
+
     def delete(self, uri: str) -> None:
         self._call(orthanc.RestApiDelete, uri)
 
@@ -106,6 +116,8 @@ def register(gateway: Gateway, router: Router) -> None:
     orthanc.RegisterOnStoredInstanceCallback(on_stored)
     orthanc.RegisterOnChangeCallback(on_change)
     orthanc.RegisterRestCallback("/rt-gateway/(.*)", on_rest)
+    if gateway.explorer_extension:
+        orthanc.ExtendOrthancExplorer(gateway.explorer_extension)
 
 
 def _send_status(output: Any, status: int, body: bytes) -> None:

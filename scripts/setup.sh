@@ -9,6 +9,7 @@ command -v Orthanc >/dev/null 2>&1 || need_apt+=(orthanc)
 [ -e /usr/share/orthanc/plugins/libOrthancPython.so ] || need_apt+=(orthanc-python)
 command -v storescu >/dev/null 2>&1 || need_apt+=(dcmtk)
 command -v dciodvfy >/dev/null 2>&1 || need_apt+=(dicom3tools)
+command -v chromium >/dev/null 2>&1 || need_apt+=(chromium)
 [ -x /usr/bin/python3 ] && /usr/bin/python3 -c 'import venv, ensurepip' 2>/dev/null \
   || need_apt+=(python3 python3-venv)
 if [ ${#need_apt[@]} -gt 0 ]; then

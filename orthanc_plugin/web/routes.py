@@ -1,0 +1,31 @@
+"""Serves the static page files; the names are fixed, so no path from a request reaches the disk."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from orthanc_plugin.api.router import ApiError, Request, Response, Router
+
+STATIC = Path(__file__).resolve().parent / "static"
+CONTENT_TYPES = {
+    ".html": "text/html; charset=utf-8",
+    ".js": "text/javascript; charset=utf-8",
+    ".css": "text/css; charset=utf-8",
+}
+PAGE_FILES = {path.name: path for path in STATIC.iterdir() if path.suffix in CONTENT_TYPES}
+
+
+def explorer_extension() -> str:
+    return (STATIC / "explorer.js").read_text(encoding="utf-8")
+
+
+def add_routes(router: Router) -> None:
+    def serve(request: Request) -> Response:
+        name = request.params.get("file") or "index.html"
+        path = PAGE_FILES.get(name)
+        if path is None:
+            raise ApiError(404, f"no page file {name!r}")
+        return Response(200, path.read_bytes(), CONTENT_TYPES[path.suffix])
+
+    router.add("GET", "ui/?", serve)
+    router.add("GET", r"ui/(?P<file>[A-Za-z0-9_.-]+)", serve)

@@ -1,0 +1,135 @@
+"""The gateway page and the Explorer panel in headless Chromium (Debian's), driven by Playwright."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from playwright.sync_api import Browser, Page, expect, sync_playwright
+
+from tests.integration.conftest import ARTIFACTS, keep_logs, require_orthanc
+from tests.support.orthanc import PASSWORD, USER, OrthancProcess, storescu, wait_until
+from tests.support.rtset import make_rt_set, write_datasets
+
+CHROMIUM = "/usr/bin/chromium"
+RULES = """
+rules:
+  - name: Ethos adaptive plans
+    on: stable-study
+    match: {calling_aet: FOLLOW, plan_label: {contains: ADP}}
+    actions:
+      - forward: ARCHIVE
+"""
+
+
+@pytest.fixture(scope="module")
+def servers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, OrthancProcess]]:
+    require_orthanc()
+    folder = tmp_path_factory.mktemp("browser")
+    archive = OrthancProcess(folder / "archive", "ARCHIVE")
+    gateway = OrthancProcess(folder / "gateway", "RTGATEWAY", plugin=True, rules=RULES,
+                             modalities={"ARCHIVE": archive})
+    archive.start()
+    gateway.start()
+    yield {"gateway": gateway, "archive": archive}
+    gateway.stop()
+    archive.stop()
+    keep_logs(gateway, "browser-gateway")
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Browser]:
+    if not Path(CHROMIUM).exists():
+        pytest.fail("Debian's chromium is not installed: run `make test`, which installs it")
+    with sync_playwright() as playwright:
+        instance = playwright.chromium.launch(
+            executable_path=CHROMIUM,
+            args=["--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                  "--disable-component-update", "--disable-sync", "--no-first-run"],
+        )
+        yield instance
+        instance.close()
+
+
+@pytest.fixture
+def page(browser: Browser, servers: dict[str, OrthancProcess]) -> Iterator[Page]:
+    context = browser.new_context(http_credentials={"username": USER, "password": PASSWORD},
+                                  viewport={"width": 1400, "height": 1000})
+    outside: list[str] = []
+    gateway_origin = servers["gateway"].url
+    context.on("request", lambda r: None if r.url.startswith(gateway_origin) else outside.append(r.url))
+    page = context.new_page()
+    yield page
+    context.close()
+    assert outside == [], f"requests left the Orthanc origin: {outside}"
+
+
+def shot(page: Page, name: str) -> None:
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    page.screenshot(path=str(ARTIFACTS / f"ui-{name}.png"), full_page=True)
+
+
+def test_rules_page_shows_rules_and_the_error_of_a_broken_reload(
+    page: Page, servers: dict[str, OrthancProcess]
+) -> None:
+    gateway = servers["gateway"]
+    page.goto(f"{gateway.url}/rt-gateway/ui/#rules")
+    expect(page.locator("#rules-yaml")).to_contain_text("Ethos adaptive plans")
+    shot(page, "rules")
+    try:
+        gateway.rules_path.write_text(RULES.replace("contains: ADP", "contain: ADP"))
+        page.click("#reload-rules")
+        expect(page.locator("#rules-message")).to_contain_text("unknown operator 'contain'")
+        expect(page.locator("#rules-message")).to_contain_text("previous rules stay in force")
+        shot(page, "rules-broken")
+    finally:
+        gateway.rules_path.write_text(RULES)
+    page.click("#reload-rules")
+    expect(page.locator("#rules-message")).to_contain_text("Reloaded: 1 rule(s)")
+
+
+def test_rules_test_form_says_why_a_rule_does_not_fire(
+    page: Page, servers: dict[str, OrthancProcess], tmp_path: Path
+) -> None:
+    gateway = servers["gateway"]
+    rtset = make_rt_set("UI-SCHED", plan_label="SCHED1")
+    storescu(write_datasets(rtset.all(), tmp_path), gateway.dicom_port, calling="FOLLOW")
+    page.goto(f"{gateway.url}/rt-gateway/ui/#rules")
+    page.fill("#test-study", rtset.study_uid)
+    page.click("#test-form button")
+    expect(page.locator("#test-result")).to_contain_text("match.plan_label")
+    expect(page.locator("#test-result")).to_contain_text("SCHED1")
+    shot(page, "rules-test")
+
+
+def test_activity_page_shows_transfers_and_success_rates(
+    page: Page, servers: dict[str, OrthancProcess], tmp_path: Path
+) -> None:
+    gateway, archive = servers["gateway"], servers["archive"]
+    rtset = make_rt_set("UI-ADP", plan_label="ADP1")
+    storescu(write_datasets(rtset.all(), tmp_path), gateway.dicom_port, calling="FOLLOW")
+    wait_until(lambda: archive.instance_count() >= len(rtset.all()), 60, "study forwarded")
+    wait_until(lambda: gateway.json("/rt-gateway/stats")["by_target"], 30, "stats")
+    page.goto(f"{gateway.url}/rt-gateway/ui/#activity")
+    expect(page.locator("#stats")).to_contain_text("ARCHIVE")
+    expect(page.locator("#stats")).to_contain_text("100 %")
+    expect(page.locator("#audit")).to_contain_text(rtset.study_uid)
+    csv_href = page.locator("#audit-csv").get_attribute("href")
+    assert csv_href and "format=csv" in csv_href
+    shot(page, "activity")
+
+
+def test_explorer_is_extended_with_the_rt_panel(
+    page: Page, servers: dict[str, OrthancProcess]
+) -> None:
+    gateway = servers["gateway"]
+    extension = gateway.get("/plugins/explorer.js").text
+    assert "rtgw-panel" in extension
+    study_id = gateway.json("/studies")[0]
+    page.goto(f"{gateway.url}/app/explorer.html#study?uuid={study_id}")
+    panel = page.locator("#study .rtgw-panel")
+    expect(panel).to_contain_text("RT plans")
+    expect(panel.locator("a")).to_have_attribute("href", "../rt-gateway/ui/")
+    expect(panel.locator(".rtgw-targets")).to_contain_text("ARCHIVE")
+    shot(page, "explorer-study")
