@@ -15,7 +15,7 @@ from pynetdicom import AE, AllStoragePresentationContexts, evt
 
 from tests.integration.conftest import keep_logs
 from tests.integration.helpers import arrival_order, gateway_rows, sop_uids, study_sop_uids
-from tests.support.orthanc import USER, OrthancProcess, free_port, storescu, wait_until
+from tests.support.orthanc import USER, OrthancProcess, free_port, send_raw_files, storescu, wait_until
 from tests.support.rtset import make_rt_set, write_datasets, write_malformed
 
 RULES = """
@@ -221,8 +221,12 @@ def test_broken_rules_at_reload_keep_the_old_rules(gateway: OrthancProcess) -> N
 def test_malformed_dicom_does_not_stop_the_gateway(
     gateway: OrthancProcess, destinations: dict[str, OrthancProcess], tmp_path: Path
 ) -> None:
-    for path in write_malformed(tmp_path / "bad"):
-        storescu([path], gateway.dicom_port, calling="FOLLOW", check=False)
+    before = gateway.instance_count()
+    statuses = send_raw_files(write_malformed(tmp_path / "bad"), gateway.dicom_port, calling="FOLLOW")
+    # Orthanc refuses the slice without SOPInstanceUID with a failure status and drops the
+    # association on the truncated one; the random bytes cannot even be sent. Nothing is stored.
+    assert statuses[0] != 0 and statuses[2] not in (None, 0), statuses
+    assert gateway.instance_count() == before
     rtset = make_rt_set("AFTER-BAD", plan_label="ADP3")
     send(gateway, tmp_path / "good", rtset.all(), "FOLLOW")
     expected = sop_uids(rtset.all())

@@ -215,3 +215,37 @@ def wait_until(predicate: Any, timeout: float, message: str, interval: float = 0
 
 def remove_tree(path: Path) -> None:
     shutil.rmtree(path, ignore_errors=True)
+
+
+def send_raw_files(files: Sequence[Path], port: int, *, calling: str) -> list[int | None]:
+    """C-STORE files as they are, even broken ones, with pynetdicom; the receiver's status per file.
+
+    storescu refuses to send a file it cannot parse; pynetdicom, in chunked mode, takes the UIDs
+    from the file meta and sends the rest of the bytes unread, as a faulty modality would.
+    """
+    from pydicom import dcmread
+    from pydicom.uid import ExplicitVRLittleEndian
+    from pynetdicom import AE, _config
+    from pynetdicom.sop_class import CTImageStorage
+
+    _config.STORE_SEND_CHUNKED_DATASET = True
+    ae = AE(ae_title=calling)
+    ae.add_requested_context(CTImageStorage, [ExplicitVRLittleEndian])
+    statuses: list[int | None] = []
+    try:
+        for path in files:
+            assoc = ae.associate("127.0.0.1", port)
+            if not assoc.is_established:
+                statuses.append(None)
+                continue
+            try:
+                dcmread(path, stop_before_pixels=True)
+                status = assoc.send_c_store(path)
+                statuses.append(int(status.Status) if status else None)
+            except Exception:  # the file itself cannot be sent: nothing reached the receiver
+                statuses.append(None)
+            finally:
+                assoc.release()
+    finally:
+        _config.STORE_SEND_CHUNKED_DATASET = False
+    return statuses
