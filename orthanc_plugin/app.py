@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import threading
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -64,6 +65,9 @@ class Gateway:
         )
         self.router = Router()
         self.explorer_extension = ""  # JavaScript for Orthanc Explorer, set by the web capability
+        # Capabilities with their own background loops (harvest) start and stop with the senders.
+        self.on_start: list[Callable[[], None]] = []
+        self.on_stop: list[Callable[[], None]] = []
         self.rules_text = _read_text(config.rules_file)
         add_routes(self.router, self)
         self._started = False
@@ -83,6 +87,8 @@ class Gateway:
         )
         self.seed_metrics()
         self.pool.start()
+        for hook in self.on_start:
+            hook()
         self.host.log_warning(
             f"started: {len(self.ruleset.rules)} rule(s) from {self.config.rules_file}, "
             f"{self.config.workers} sender(s), database {self.config.database}"
@@ -114,6 +120,8 @@ class Gateway:
 
     def stop(self) -> None:
         if self._started:
+            for hook in self.on_stop:
+                hook()
             self.pool.stop()
             self.recorder.event("gateway-stopped", status="ok")
             self._started = False

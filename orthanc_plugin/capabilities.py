@@ -19,10 +19,13 @@ if TYPE_CHECKING:
     from orthanc_plugin.app import Gateway
 
 # Packages whose rule.py registers an action parser; imported before the rules are loaded.
-RULE_MODULES: list[str] = []
+RULE_MODULES: list[str] = ["orthanc_plugin.contours.rule", "orthanc_plugin.deid.rule",
+                          "orthanc_plugin.export.rule"]
 
 # Packages with an install(gateway) function, called once the gateway's core is built.
-CAPABILITIES: list[str] = ["orthanc_plugin.web"]
+CAPABILITIES: list[str] = ["orthanc_plugin.web", "orthanc_plugin.contours", "orthanc_plugin.harvest",
+                          "orthanc_plugin.deid",
+                          "orthanc_plugin.export", "orthanc_plugin.plans", "orthanc_plugin.index"]
 
 
 def register_rule_actions() -> None:

@@ -10,6 +10,9 @@ command -v Orthanc >/dev/null 2>&1 || need_apt+=(orthanc)
 command -v storescu >/dev/null 2>&1 || need_apt+=(dcmtk)
 command -v dciodvfy >/dev/null 2>&1 || need_apt+=(dicom3tools)
 command -v chromium >/dev/null 2>&1 || need_apt+=(chromium)
+# opencv-python (pulled by rt-utils for bench/contours.py) loads libGL and GLib.
+dpkg -s libgl1 >/dev/null 2>&1 || need_apt+=(libgl1)
+dpkg -s libglib2.0-0 >/dev/null 2>&1 || need_apt+=(libglib2.0-0)
 [ -x /usr/bin/python3 ] && /usr/bin/python3 -c 'import venv, ensurepip' 2>/dev/null \
   || need_apt+=(python3 python3-venv)
 if [ ${#need_apt[@]} -gt 0 ]; then

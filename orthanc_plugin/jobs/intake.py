@@ -55,6 +55,9 @@ class Intake:
         self._series_cache: dict[str, dict[str, Any]] = {}
         self._describe_failures: dict[str, int] = {}
         self.lock = threading.Lock()
+        # Capabilities that follow described instances (plan bundles, the SQL index); each call
+        # returns True when it has more to do at once.
+        self.after_describe: list[Callable[[], bool]] = []
 
     # -- called from Orthanc's callbacks: memory only, no I/O ---------------------------------
     def note_stored(self, instance_id: str, calling_aet: str) -> None:
@@ -77,6 +80,7 @@ class Intake:
             busy = self._drain_callbacks()
             busy |= self._tail_changes()
             busy |= self._describe_new()
+            busy |= self._run_after_describe()
             busy |= self._run_instance_rules()
             busy |= self._run_stable_studies()
             return busy
@@ -157,6 +161,16 @@ class Intake:
                     (info["study_id"], now),
                 )
         return len(rows) == BATCH
+
+    def _run_after_describe(self) -> bool:
+        """One failing hook must not stop the rules: it is logged and tried again next pass."""
+        busy = False
+        for hook in self.after_describe:
+            try:
+                busy |= hook()
+            except Exception as error:
+                self.host.log_error(f"intake hook {getattr(hook, '__qualname__', hook)}: {error!r}")
+        return busy
 
     def _describe_or_reason(self, instance_id: str) -> dict[str, Any] | str | None:
         """Never let one instance stop the intake: after a few failures it goes to quarantine."""

@@ -217,6 +217,15 @@ class JobQueue:
                 (error, status, now_iso(), job_id),
             )
 
+    def postpone(self, job_ids: Sequence[int], seconds: float, reason: str) -> None:
+        """Claimed jobs wait for something (e.g. images still arriving) without spending an attempt."""
+        with self.db.transaction() as connection:
+            connection.executemany(
+                "UPDATE jobs SET state='pending', attempts=MAX(attempts-1, 0), next_attempt_at=?,"
+                " last_error=?, last_status='waiting', updated_at=? WHERE id=? AND state='running'",
+                [(time.time() + seconds, reason, now_iso(), job_id) for job_id in job_ids],
+            )
+
     def retry_by_hand(self, job_id: int) -> bool:
         """A parked (dead) job runs again from its unsent and refused instances."""
         with self.db.transaction() as connection:

@@ -13,6 +13,7 @@ from orthanc_plugin.rules.values import ValueSpec
 class Trigger(StrEnum):
     INSTANCE = "instance"
     STABLE_STUDY = "stable-study"
+    PLAN_COMPLETE = "plan-complete"   # a plan bundle became complete (orthanc_plugin.plans)
 
 
 # -- actions -----------------------------------------------------------------------------------
@@ -92,6 +93,9 @@ class Rule:
     actions: tuple[Action, ...]
     include_gateway_output: bool = False
     description: str = ""
+    # plan-complete only: after this long an incomplete bundle is forwarded or held (`then`).
+    complete_within_seconds: float | None = None
+    then: str = "hold"   # forward-incomplete | hold
     # The rule as written, for GET /rules; left out of equality and hashing because a dict has
     # neither a stable identity nor a hash, and the parsed fields already say what the rule does.
     source: dict[str, Any] = field(default_factory=dict, compare=False, hash=False)

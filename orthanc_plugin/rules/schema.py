@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 import hashlib
 import os
+import re
 from collections.abc import Collection
 from pathlib import Path
 from typing import Any
@@ -18,7 +19,12 @@ from orthanc_plugin.rules.yaml_text import FILE_PATH, parse_yaml
 
 __all__ = ["RulesError", "load_rules_file", "load_rules_text"]
 
-RULE_KEYS = ("name", "description", "enabled", "on", "match", "actions", "include_gateway_output")
+RULE_KEYS = ("name", "description", "enabled", "on", "match", "actions", "include_gateway_output",
+             "complete_within", "then")
+# What a plan-complete rule does with a bundle still incomplete after complete_within.
+THEN_CHOICES = ("forward-incomplete", "hold")
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(s|m|h|d)?\s*$")
+_UNIT_SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400, None: 1}
 _TRIGGERS = tuple(trigger.value for trigger in Trigger)
 _MISSING_HINTS = {
     "on": f" (expected one of: {one_of(_TRIGGERS)})",
@@ -93,16 +99,42 @@ def _rule(raw: Any, path: str, context: ActionContext) -> Rule:
     description = raw.get("description") or ""
     if not isinstance(description, str):
         raise RulesError(f"{path}.description", f"expected text, got {kind_of(description)}")
+    on = _trigger(raw["on"], f"{path}.on")
+    complete_within, then = _plan_options(raw, path, on)
     return Rule(
         name=name,
         enabled=_flag(raw, "enabled", path, default=True),
-        on=_trigger(raw["on"], f"{path}.on"),
+        on=on,
         match=parse_match(raw["match"], prefix=f"{path}."),
         actions=parse_actions(raw["actions"], f"{path}.actions", context),
         include_gateway_output=_flag(raw, "include_gateway_output", path, default=False),
         description=description,
+        complete_within_seconds=complete_within,
+        then=then,
         source=copy.deepcopy(raw),
     )
+
+
+def _plan_options(raw: dict[str, Any], path: str, on: Trigger) -> tuple[float | None, str]:
+    """`complete_within: 10m` and `then: forward-incomplete | hold`, for plan-complete rules only."""
+    for key in ("complete_within", "then"):
+        if key in raw and on is not Trigger.PLAN_COMPLETE:
+            raise RulesError(f"{path}.{key}", f"only for 'on: {Trigger.PLAN_COMPLETE.value}' rules")
+    if "then" in raw and "complete_within" not in raw:
+        raise RulesError(f"{path}.then", "needs 'complete_within' (how long to wait first)")
+    seconds: float | None = None
+    if "complete_within" in raw:
+        value = raw["complete_within"]
+        match = _DURATION.match(str(value)) if isinstance(value, str | int | float) else None
+        if isinstance(value, bool) or match is None:
+            raise RulesError(f"{path}.complete_within",
+                             f"expected a duration such as 90s, 10m or 2h, got {kind_of(value)}")
+        seconds = float(match.group(1)) * _UNIT_SECONDS[match.group(2)]
+    then = raw.get("then", "hold")
+    if then not in THEN_CHOICES:
+        raise RulesError(f"{path}.then",
+                         f"unknown value {kind_of(then)} (expected one of: {one_of(THEN_CHOICES)})")
+    return seconds, str(then)
 
 
 def _flag(raw: dict[str, Any], key: str, path: str, default: bool) -> bool:

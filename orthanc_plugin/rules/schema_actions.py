@@ -65,13 +65,22 @@ ACTION_PARSERS: dict[str, ActionParser] = {
     "forward": parse_forward,
 }
 
+# (the parsed actions of one rule, their path) -> the actions as the rule will run them. A capability
+# whose action changes what the later actions act on (anonymize: the following forwards send the
+# de-identified copy) folds those actions into its own here.
+ActionComposer = Callable[[tuple[Action, ...], str], tuple[Action, ...]]
+ACTION_COMPOSERS: list[ActionComposer] = []
+
 
 def parse_actions(raw: Any, path: str, context: ActionContext) -> tuple[Action, ...]:
     if not isinstance(raw, list):
         raise RulesError(path, f"expected a list of actions, got {kind_of(raw)}")
     if not raw:
         raise RulesError(path, "expected at least one action")
-    return tuple(_action(item, f"{path}[{index}]", context) for index, item in enumerate(raw))
+    actions = tuple(_action(item, f"{path}[{index}]", context) for index, item in enumerate(raw))
+    for compose in ACTION_COMPOSERS:
+        actions = compose(actions, path)
+    return actions
 
 
 def _action(raw: Any, path: str, context: ActionContext) -> Action:

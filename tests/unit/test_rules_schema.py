@@ -9,6 +9,7 @@ from typing import Any
 
 import pytest
 
+from orthanc_plugin import capabilities
 from orthanc_plugin.rules import (
     ACTION_PARSERS,
     AllOf,
@@ -30,6 +31,8 @@ from orthanc_plugin.rules import (
     load_rules_text,
 )
 from orthanc_plugin.rules.schema_actions import ActionContext
+
+capabilities.register_rule_actions()
 
 RT_PLAN_STORAGE = "1.2.840.10008.5.1.4.1.1.481.5"
 TARGETS = ("ORGANO", "ARCHIVE")
@@ -324,7 +327,7 @@ def test_unknown_trigger() -> None:
     error = error_of("rules:\n  - {name: a, on: stable, match: {}, actions: [{forward: A}]}\n")
     assert (
         str(error)
-        == "rules[0].on: unknown trigger 'stable' (expected one of: instance, stable-study)"
+        == "rules[0].on: unknown trigger 'stable' (expected one of: instance, plan-complete, stable-study)"
     )
 
 
@@ -378,7 +381,7 @@ def test_yaml_merge_keys_may_be_overridden() -> None:
         ),
         (
             "rules:\n  - {name: a, match: {}, actions: [{forward: A}]}\n",
-            "rules[0]: missing 'on' (expected one of: instance, stable-study)",
+            "rules[0]: missing 'on' (expected one of: instance, plan-complete, stable-study)",
         ),
         (
             "rules:\n  - {on: instance, match: {}, actions: [{forward: A}]}\n",
@@ -391,8 +394,8 @@ def test_yaml_merge_keys_may_be_overridden() -> None:
         (
             "rules:\n  - {name: a, enable: true, on: instance, match: {},"
             " actions: [{forward: A}]}\n",
-            "rules[0]: unknown key 'enable' (expected one of: actions, description, enabled, "
-            "include_gateway_output, match, name, on)",
+            "rules[0]: unknown key 'enable' (expected one of: actions, complete_within, "
+            "description, enabled, include_gateway_output, match, name, on, then)",
         ),
         (
             "rules:\n  - {name: a, enabled: yes, on: instance, match: {},"
@@ -406,7 +409,7 @@ def test_yaml_merge_keys_may_be_overridden() -> None:
         ),
         (
             "rules:\n  - {name: a, on: [instance], match: {}, actions: [{forward: A}]}\n",
-            "rules[0].on: unknown trigger a list (expected one of: instance, stable-study)",
+            "rules[0].on: unknown trigger a list (expected one of: instance, plan-complete, stable-study)",
         ),
         (
             "rules:\n  - {name: a, on: instance, match: [], actions: [{forward: A}]}\n",
@@ -418,7 +421,9 @@ def test_yaml_merge_keys_may_be_overridden() -> None:
         ),
         (
             "rules:\n  - {name: a, on: instance, match: {}, actions: [{foward: A}]}\n",
-            "rules[0].actions[0]: unknown action 'foward' (expected one of: forward)",
+            # Every capability's parser, as the gateway registers them (order of tests aside).
+            "rules[0].actions[0]: unknown action 'foward' (expected one of: "
+            f"{', '.join(sorted(ACTION_PARSERS))})",
         ),
         (
             "rules:\n  - {name: a, on: instance, match: {}, actions: [forward]}\n",

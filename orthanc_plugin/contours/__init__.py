@@ -1,0 +1,31 @@
+"""Contours: exact RTSTRUCT rasterization and derived image series with the masks in the overlay plane."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from orthanc_plugin.config import SECTION, ConfigError
+from orthanc_plugin.contours.action import DEFAULT_WAIT_POLL_SECONDS, OverlayExecutor
+from orthanc_plugin.contours.routes import add_routes
+from orthanc_plugin.contours.rule import JOB_ACTION, OverlayAction, plan_overlay
+
+if TYPE_CHECKING:
+    from orthanc_plugin.app import Gateway
+
+
+def install(gateway: Gateway) -> None:
+    settings = gateway.config.section.get("Contours") or {}
+    if not isinstance(settings, dict):
+        raise ConfigError(f"{SECTION}.Contours: expected an object")
+    poll = settings.get("WaitPollSeconds", DEFAULT_WAIT_POLL_SECONDS)
+    if isinstance(poll, bool) or not isinstance(poll, int | float) or poll <= 0:
+        raise ConfigError(f"{SECTION}.Contours.WaitPollSeconds: expected a number > 0, got {poll!r}")
+    gateway.registry.add_planner(OverlayAction, plan_overlay)
+    gateway.registry.add_executor(JOB_ACTION, OverlayExecutor(
+        gateway.host, gateway.db, gateway.queue, gateway.recorder, lambda: gateway.ruleset,
+        gateway._wake_senders, float(poll),
+    ))
+    add_routes(gateway.router, gateway.host)
+
+
+__all__ = ["install"]

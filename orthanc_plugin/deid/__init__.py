@@ -1,0 +1,54 @@
+"""De-identification: keyed UID mapping, PS3.15 Annex E profiles, copies stored and forwarded."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from orthanc_plugin.config import SECTION, ConfigError, resolve_path
+from orthanc_plugin.deid.action import DELETE_JOB_ACTION, AnonymizeExecutor, DeleteOriginals
+from orthanc_plugin.deid.keys import Pseudonymizer, new_secret
+from orthanc_plugin.deid.routes import add_routes
+from orthanc_plugin.deid.rule import JOB_ACTION, AnonymizeAction, plan_anonymize
+from orthanc_plugin.deid.tables import installation_secret
+
+if TYPE_CHECKING:
+    from orthanc_plugin.app import Gateway
+
+
+def install(gateway: Gateway) -> None:
+    settings = gateway.config.section.get("Deid") or {}
+    if not isinstance(settings, dict):
+        raise ConfigError(f"{SECTION}.Deid: expected an object")
+    secret_file = settings.get("SecretFile")
+    if secret_file is None:
+        secret = installation_secret(gateway.db)
+    else:
+        secret = _secret_from_file(resolve_path(gateway.config.config_dir, str(secret_file)))
+    keys = Pseudonymizer(secret)
+    gateway.registry.add_planner(AnonymizeAction, plan_anonymize)
+    gateway.registry.add_executor(JOB_ACTION, AnonymizeExecutor(
+        gateway.host, gateway.db, gateway.queue, gateway.recorder, lambda: gateway.ruleset,
+        keys, gateway._wake_senders,
+    ))
+    gateway.registry.add_executor(DELETE_JOB_ACTION, DeleteOriginals(
+        gateway.host, gateway.db, gateway.queue, gateway.recorder,
+    ))
+    add_routes(gateway.router, gateway.db)
+
+
+def _secret_from_file(path: Path) -> str:
+    """A key file kept beside the database (or on a safer volume), created 0600 when missing."""
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(descriptor, "w") as handle:
+            handle.write(new_secret())
+    text = path.read_text().strip()
+    if len(text) < 16:
+        raise ConfigError(f"{SECTION}.Deid.SecretFile: {path} holds fewer than 16 characters")
+    return text
+
+
+__all__ = ["install"]

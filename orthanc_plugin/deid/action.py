@@ -1,0 +1,246 @@
+"""The anonymize executor: original from Orthanc -> de-identified copy stored in Orthanc -> forwards.
+
+The copy is posted to Orthanc's REST API from the plugin, so it comes back with origin "Plugins"
+(source GATEWAY) and rules skip it unless include_gateway_output. The rule's following forwards
+are queued for the copies as ordinary forward jobs (retries, transfer rows, metrics). With
+keep_original: false a delete-original job removes the original once its copy is confirmed
+stored and no other job still needs it. Audit rows and log lines name the pseudonym only.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Callable
+from dataclasses import dataclass
+from io import BytesIO
+
+import pydicom
+from pydicom.errors import InvalidDicomError
+
+from orthanc_plugin.audit.clock import now_iso
+from orthanc_plugin.audit.recorder import AuditRecorder
+from orthanc_plugin.db import Database
+from orthanc_plugin.deid.keys import Pseudonymizer
+from orthanc_plugin.deid.model import DeidError, DeidResult, deidentify
+from orthanc_plugin.deid.rule import AnonymizeAction
+from orthanc_plugin.deid.tables import record_mapping
+from orthanc_plugin.jobs.queue import Claim, ClaimedItem, JobQueue, JobSpec
+from orthanc_plugin.ports import Host, HostError
+from orthanc_plugin.rules import RuleSet
+
+DELETE_JOB_ACTION = "delete-original"
+DELETE_TARGET_PREFIX = "originals-after-"
+STORED_STATUSES = ("Success", "AlreadyStored")
+DELETE_WAIT_SECONDS = 5.0
+
+
+@dataclass(frozen=True)
+class StoredCopy:
+    instance_id: str
+    study_id: str
+    result: DeidResult
+    study_uid: str
+    size: int
+
+
+class AnonymizeExecutor:
+    max_items_per_claim = 100
+
+    def __init__(
+        self,
+        host: Host,
+        db: Database,
+        queue: JobQueue,
+        recorder: AuditRecorder,
+        rules: Callable[[], RuleSet],
+        keys: Pseudonymizer,
+        wake_senders: Callable[[], None],
+    ) -> None:
+        self.host = host
+        self.db = db
+        self.queue = queue
+        self.recorder = recorder
+        self.rules = rules
+        self.keys = keys
+        self.wake_senders = wake_senders
+
+    def run(self, claim: Claim) -> None:
+        for job in claim.jobs:
+            self._run_job(job, [item for item in claim.items if item.job_id == job["id"]])
+
+    def _run_job(self, job: sqlite3.Row, items: list[ClaimedItem]) -> None:
+        action = self._action(job)
+        if action is None:
+            reason = (f"rule '{job['rule']}' has no anonymize action for {job['target']} any more "
+                      "(rules reloaded?)")
+            self._event(job, "anonymize-failed", "failed", reason)
+            self.queue.policy_exhaust(job["id"])
+            self.queue.settle([job["id"]], reason, "no-action")
+            return
+        copies: list[tuple[ClaimedItem, StoredCopy]] = []
+        error: str | None = None
+        for item in items:
+            try:
+                copies.append((item, self._one(job, item, action)))
+            except (DeidError, InvalidDicomError) as problem:
+                reason = f"cannot be de-identified: {problem}"
+                with self.db.transaction() as connection:
+                    self.recorder.quarantine(connection, item.instance_id, f"anonymize: {reason}",
+                                             detail=f"job {job['id']}")
+                self._refuse(item, reason, "invalid-input")
+            except HostError as problem:
+                if problem.missing:  # deleted before we got to it: nothing left to copy
+                    self._refuse(item, "the original is no longer in Orthanc", "gone")
+                    continue
+                error = f"Orthanc: {problem}"
+                self._event(job, "anonymize-error", "retry", error)
+                break
+        self._queue_followers(job, action, copies)
+        outcome = self.queue.settle([job["id"]], error, "host" if error else None)
+        if copies:
+            first = copies[0][1]
+            self._event(
+                job, "anonymize-stored", "ok",
+                f"{len(copies)} instance(s) as {first.result.new_patient_id}, "
+                f"{action.settings.describe()}, job {outcome.get(job['id'], '')}",
+                patient=first.result.new_patient_id, study=first.study_uid,
+            )
+
+    def _action(self, job: sqlite3.Row) -> AnonymizeAction | None:
+        for rule in self.rules().rules:
+            if rule.name != job["rule"]:
+                continue
+            for action in rule.actions:
+                if isinstance(action, AnonymizeAction) and action.job_target == job["target"]:
+                    return action
+        return None
+
+    def _one(self, job: sqlite3.Row, item: ClaimedItem, action: AnonymizeAction) -> StoredCopy:
+        original = self.host.get_bytes(f"/instances/{item.instance_id}/file")
+        ds = pydicom.dcmread(BytesIO(original))
+        result = deidentify(ds, action.settings, self.keys)
+        buffer = BytesIO()
+        ds.save_as(buffer, enforce_file_format=True)
+        data = buffer.getvalue()
+        answer = self.host.post_bytes("/instances", data)
+        if not isinstance(answer, dict) or answer.get("Status") not in STORED_STATUSES:
+            raise HostError(f"POST /instances did not confirm the copy: {answer!r}")
+        copy = StoredCopy(str(answer["ID"]), str(answer.get("ParentStudy", "")), result,
+                          str(ds.StudyInstanceUID), len(data))
+        with self.db.transaction() as connection:
+            record_mapping(connection, result, self.keys.date_offset_days(result.original_patient_id))
+            connection.execute(
+                "INSERT OR REPLACE INTO deid_copies(original_instance_id, target, copy_instance_id,"
+                " new_sop_instance_uid, new_patient_id, job_id, settings, stored_at)"
+                " VALUES(?,?,?,?,?,?,?,?)",
+                (item.instance_id, job["target"], copy.instance_id, str(ds.SOPInstanceUID),
+                 result.new_patient_id, job["id"], action.settings.describe(), now_iso()),
+            )
+        self.queue.mark_sent([item], {item.instance_id: len(data)})
+        return copy
+
+    def _queue_followers(
+        self, job: sqlite3.Row, action: AnonymizeAction, copies: list[tuple[ClaimedItem, StoredCopy]]
+    ) -> None:
+        if not copies:
+            return
+        first = copies[0][1]
+        queued = []
+        with self.db.transaction() as connection:
+            for target in action.targets:
+                spec = JobSpec(
+                    rule=job["rule"], action="forward", trigger=job["trigger"], level="study",
+                    resource_id=first.study_id, target=target,
+                    patient_id=first.result.new_patient_id, study_uid=first.study_uid,
+                    calling_aet=job["calling_aet"], remote_ip=job["remote_ip"],
+                )
+                job_id, count = self.queue.enqueue(connection, spec, [c.instance_id for _, c in copies])
+                if job_id is not None:
+                    queued.append(f"job {job_id}: {count} copy(ies) to {target}")
+            if not action.keep_original:
+                spec = JobSpec(
+                    rule=job["rule"], action=DELETE_JOB_ACTION, trigger=job["trigger"],
+                    # Its own target: the queue assigns an instance once per (rule, target),
+                    # and the anonymize job already holds these originals for job["target"].
+                    level=job["level"], resource_id=job["resource_id"],
+                    target=f"{DELETE_TARGET_PREFIX}{job['target']}",
+                    patient_id=first.result.new_patient_id, study_uid=first.study_uid,
+                    calling_aet=job["calling_aet"], remote_ip=job["remote_ip"],
+                )
+                job_id, count = self.queue.enqueue(connection, spec, [i.instance_id for i, _ in copies])
+                if job_id is not None:
+                    queued.append(f"job {job_id}: delete {count} original(s)")
+        if queued:
+            self._event(job, "anonymize-followers-queued", "ok", "; ".join(queued),
+                        patient=first.result.new_patient_id, study=first.study_uid)
+            self.wake_senders()
+
+    def _refuse(self, item: ClaimedItem, reason: str, status: str) -> None:
+        self.queue.mark_refused(item, status)
+        self.queue.note_refusal(item.job_id, reason, status)
+
+    def _event(
+        self, job: sqlite3.Row, event: str, status: str, detail: str, *, patient: str = "",
+        study: str = "",
+    ) -> None:
+        # The job row holds the original patient ID and study UID: the audit names the copy.
+        self.recorder.event(
+            event, status=status, detail=detail, rule=job["rule"], target=job["target"],
+            job_id=job["id"], resource_id=job["resource_id"], patient_id=patient, study_uid=study,
+        )
+
+
+class DeleteOriginals:
+    """Deletes originals whose copy Orthanc confirmed, once no other queued job still needs them."""
+
+    max_items_per_claim = 200
+
+    def __init__(self, host: Host, db: Database, queue: JobQueue, recorder: AuditRecorder) -> None:
+        self.host = host
+        self.db = db
+        self.queue = queue
+        self.recorder = recorder
+
+    def run(self, claim: Claim) -> None:
+        waiting = [item for item in claim.items if self._still_needed(item)]
+        if waiting:
+            self.queue.postpone(claim.job_ids, DELETE_WAIT_SECONDS,
+                                f"{len(waiting)} original(s) still queued for other jobs")
+            return
+        error = None
+        deleted = 0
+        for item in claim.items:
+            try:
+                self.host.delete(f"/instances/{item.instance_id}")
+            except HostError as problem:
+                if not problem.missing:
+                    error = f"Orthanc: {problem}"
+                    break
+            with self.db.transaction() as connection:
+                connection.execute(
+                    "UPDATE deid_copies SET original_deleted_at=? WHERE original_instance_id=?",
+                    (now_iso(), item.instance_id),
+                )
+            self.queue.mark_sent([item], {})
+            deleted += 1
+        self.queue.settle(claim.job_ids, error, "host" if error else None)
+        for job in claim.jobs:
+            self.recorder.event(
+                "original-deleted", status="retry" if error else "ok",
+                detail=f"{deleted} original(s) deleted after their copy was stored" + (
+                    f"; {error}" if error else ""),
+                rule=job["rule"], target=job["target"], job_id=job["id"],
+                resource_id=job["resource_id"], patient_id=job["patient_id"],
+                study_uid=job["study_uid"],
+            )
+
+    def _still_needed(self, item: ClaimedItem) -> bool:
+        rows = self.db.query(
+            "SELECT 1 FROM job_items i JOIN jobs j ON j.id = i.job_id WHERE i.instance_id=? "
+            "AND i.state='pending' AND j.action<>? AND j.state IN ('pending','running') LIMIT 1",
+            (item.instance_id, DELETE_JOB_ACTION),
+        )
+        copied = self.db.query(
+            "SELECT 1 FROM deid_copies WHERE original_instance_id=? LIMIT 1", (item.instance_id,)
+        )
+        return bool(rows) or not copied

@@ -1,0 +1,102 @@
+"""The de-identification mapping, kept so a study can be re-linked by someone allowed to.
+
+Original patient ID -> pseudonym and date offset; original UID -> new UID; original instance ->
+its stored copy. Read only through the authenticated route GET /rt-gateway/deid/mappings.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from typing import Any
+
+from orthanc_plugin.audit.clock import now_iso
+from orthanc_plugin.db import Database
+from orthanc_plugin.deid.keys import new_secret
+from orthanc_plugin.deid.model import DeidResult
+
+SECRET_KEY = "deid_secret"
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS deid_patients(
+    original_patient_id TEXT PRIMARY KEY,
+    new_patient_id TEXT NOT NULL,
+    date_offset_days INTEGER,
+    first_seen TEXT NOT NULL,
+    last_seen TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS deid_patients_new ON deid_patients(new_patient_id);
+CREATE TABLE IF NOT EXISTS deid_uids(
+    original_uid TEXT PRIMARY KEY,
+    new_uid TEXT NOT NULL,
+    keyword TEXT,
+    original_patient_id TEXT,
+    first_seen TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS deid_uids_patient ON deid_uids(original_patient_id);
+CREATE INDEX IF NOT EXISTS deid_uids_new ON deid_uids(new_uid);
+CREATE TABLE IF NOT EXISTS deid_copies(
+    original_instance_id TEXT NOT NULL,
+    target TEXT NOT NULL,
+    copy_instance_id TEXT NOT NULL,
+    new_sop_instance_uid TEXT NOT NULL,
+    new_patient_id TEXT NOT NULL,
+    job_id INTEGER,
+    settings TEXT,
+    stored_at TEXT NOT NULL,
+    original_deleted_at TEXT,
+    PRIMARY KEY(original_instance_id, target)
+);
+CREATE INDEX IF NOT EXISTS deid_copies_copy ON deid_copies(copy_instance_id);
+"""
+
+
+def installation_secret(db: Database) -> str:
+    """The per-installation HMAC key, created once; two threads racing keep the first one written."""
+    with db.transaction() as connection:
+        connection.execute(
+            "INSERT OR IGNORE INTO meta(key, value) VALUES(?, ?)", (SECRET_KEY, new_secret())
+        )
+        row = connection.execute("SELECT value FROM meta WHERE key=?", (SECRET_KEY,)).fetchone()
+    return str(row["value"])
+
+
+def record_mapping(
+    connection: sqlite3.Connection, result: DeidResult, date_offset_days: int
+) -> None:
+    stamp = now_iso()
+    connection.execute(
+        "INSERT INTO deid_patients(original_patient_id, new_patient_id, date_offset_days,"
+        " first_seen, last_seen) VALUES(?,?,?,?,?) ON CONFLICT(original_patient_id)"
+        " DO UPDATE SET last_seen=excluded.last_seen",
+        (result.original_patient_id, result.new_patient_id, date_offset_days, stamp, stamp),
+    )
+    connection.executemany(
+        "INSERT OR IGNORE INTO deid_uids(original_uid, new_uid, keyword, original_patient_id,"
+        " first_seen) VALUES(?,?,?,?,?)",
+        [(old, new, keyword, result.original_patient_id, stamp)
+         for old, (new, keyword) in result.uids.items()],
+    )
+
+
+def mapping_for(db: Database, patient: str) -> dict[str, Any] | None:
+    """The mapping of one patient, found by its original or its de-identified ID."""
+    rows = db.query(
+        "SELECT * FROM deid_patients WHERE original_patient_id=? OR new_patient_id=?",
+        (patient, patient),
+    )
+    if not rows:
+        return None
+    row = dict(rows[0])
+    uids = db.query(
+        "SELECT original_uid, new_uid, keyword FROM deid_uids WHERE original_patient_id=? "
+        "ORDER BY first_seen, keyword",
+        (row["original_patient_id"],),
+    )
+    copies = db.query(
+        "SELECT original_instance_id, copy_instance_id, new_sop_instance_uid, target, stored_at,"
+        " original_deleted_at FROM deid_copies WHERE new_patient_id=? ORDER BY stored_at",
+        (row["new_patient_id"],),
+    )
+    row["uids"] = [dict(u) for u in uids]
+    row["copies"] = [dict(c) for c in copies]
+    return row

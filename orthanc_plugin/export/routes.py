@@ -1,0 +1,24 @@
+"""GET /rt-gateway/export/transfers[?patient=&sop=&destination=&rule=&format=csv]: the FileTransfer table."""
+
+from __future__ import annotations
+
+from orthanc_plugin.api.router import ApiError, Request, Response, Router, csv_response, json_response
+from orthanc_plugin.audit.queries import to_csv
+from orthanc_plugin.db import Database
+from orthanc_plugin.export.tables import transfers
+
+
+def add_routes(router: Router, db: Database) -> None:
+    def get_transfers(request: Request) -> Response:
+        limit = request.query.get("limit", "1000")
+        if not limit.isdigit():
+            raise ApiError(400, "limit: expected a whole number")
+        try:
+            rows = transfers(db, dict(request.query), int(limit))
+        except KeyError as error:
+            raise ApiError(400, str(error.args[0])) from None
+        if request.query.get("format") == "csv":
+            return csv_response(to_csv(rows))
+        return json_response(rows)
+
+    router.add("GET", "export/transfers", get_transfers)

@@ -1,0 +1,387 @@
+"""Runs harvests: walks patient -> study -> series with C-FIND, C-MOVEs each series to the gateway,
+validates it, writes the ZIPs and the inventory. Every step is committed before the next one.
+
+The harvest has its own loop rather than jobs of the durable queue: its unit of work is a row of
+harvest_items (a query or a series move), not a list of stored instances, those rows already are
+the durable state (a job per step would only copy them), and a walk that lasts weeks must not hold
+the forwarding senders. The loop's threads start and stop with the gateway.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+import time
+import traceback
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from orthanc_plugin.audit.recorder import AuditRecorder
+from orthanc_plugin.harvest.model import (
+    HarvestDefinition,
+    ItemLevel,
+    ItemState,
+    RateLimiter,
+    RetryPolicy,
+    SelectionKind,
+    Transition,
+    after_move,
+    after_query,
+    eta_seconds,
+    parse_count,
+    zip_name,
+)
+from orthanc_plugin.harvest.outputs import (
+    harvest_folder,
+    inside,
+    inventory_csv,
+    write_atomically,
+)
+from orthanc_plugin.harvest.remote import Interrupted, OrthancQueryRetrieve
+from orthanc_plugin.harvest.store import Child, HarvestStore
+from orthanc_plugin.ports import Host, HostError
+
+IDLE_WAIT_SECONDS = 1.0
+
+
+@dataclass(frozen=True)
+class HarvestSettings:
+    folder: Path
+    threads: int = 4
+    zip_delimiter: str = "__"
+    burst: int = 1
+    poll_seconds: float = 0.2
+    move_timeout_seconds: float = 3600.0
+
+
+class HarvestRunner:
+    def __init__(self, host: Host, store: HarvestStore, recorder: AuditRecorder,
+                 settings: HarvestSettings, log_error: Callable[[str], None]) -> None:
+        self.host = host
+        self.store = store
+        self.recorder = recorder
+        self.settings = settings
+        self.log_error = log_error
+        self.stopping = threading.Event()
+        self.wakeup = threading.Event()
+        self.remote = OrthancQueryRetrieve(host, self.stopping, settings.poll_seconds,
+                                           settings.move_timeout_seconds)
+        self._limiters: dict[str, RateLimiter] = {}
+        self._limiter_lock = threading.Lock()
+        self._zip_lock = threading.Lock()
+        self._threads: list[threading.Thread] = []
+
+    # -- life cycle --------------------------------------------------------------------------------
+    def start(self) -> None:
+        self.stopping.clear()
+        resumed = self.store.recover()
+        if resumed:
+            self.recorder.event("harvest-resumed", status="ok",
+                                detail=f"{resumed} step(s) caught mid-way run again")
+        self._threads = [threading.Thread(target=self._loop, name=f"rtgw-harvest-{n}", daemon=True)
+                         for n in range(self.settings.threads)]
+        for thread in self._threads:
+            thread.start()
+
+    def stop(self, timeout: float = 10.0) -> None:
+        self.stopping.set()
+        self.wakeup.set()
+        for thread in self._threads:
+            thread.join(timeout)
+        self._threads = []
+
+    # -- commands ----------------------------------------------------------------------------------
+    def create(self, definition: HarvestDefinition) -> int:
+        harvest_id = self.store.create(definition)
+        self.recorder.event("harvest-created", status="running", target=definition.source,
+                            detail=f"harvest {harvest_id}: {definition.to_json()}")
+        self.wakeup.set()
+        return harvest_id
+
+    def pause(self, harvest_id: int) -> bool:
+        return self._command(harvest_id, "paused", ("running",))
+
+    def resume(self, harvest_id: int) -> bool:
+        resumed = self._command(harvest_id, "running", ("paused",))
+        if resumed:
+            self._finish_if_settled(harvest_id)   # all settled while paused: nothing would claim it
+        return resumed
+
+    def cancel(self, harvest_id: int) -> bool:
+        return self._command(harvest_id, "cancelled", ("running", "paused"))
+
+    def refresh(self, harvest_id: int) -> bool:
+        done = self.store.refresh(harvest_id)
+        if done:
+            self.recorder.event("harvest-refresh", status="running", detail=f"harvest {harvest_id}")
+            self.wakeup.set()
+        return done
+
+    def _command(self, harvest_id: int, state: str, only_from: tuple[str, ...]) -> bool:
+        changed = self.store.set_harvest_state(harvest_id, state, only_from)
+        if changed:
+            self.recorder.event(f"harvest-{state}", status=state, detail=f"harvest {harvest_id}")
+            self.wakeup.set()
+        return changed
+
+    # -- status ------------------------------------------------------------------------------------
+    def status(self, harvest: sqlite3.Row) -> dict[str, Any]:
+        counts = self.store.counts(harvest["id"])
+        series = counts.get(ItemLevel.SERIES.value, {})
+        settled = sum(series.get(s.value, 0) for s in (ItemState.COMPLETE, ItemState.INCOMPLETE,
+                                                       ItemState.FAILED))
+        remaining = sum(series.get(s.value, 0) for s in (ItemState.PENDING, ItemState.MOVING))
+        sums = self.store.db.query(
+            "SELECT COALESCE(SUM(expected_instances),0) AS expected, COALESCE(SUM(stored_instances),0)"
+            " AS stored, COALESCE(SUM(moves),0) AS moves FROM harvest_items WHERE harvest_id=? AND"
+            " level='series' AND state <> 'skipped'", (harvest["id"],))[0]
+        elapsed = time.time() - harvest["started_epoch"]
+        return {
+            "id": harvest["id"], "name": harvest["name"], "source": harvest["source"],
+            "state": harvest["state"], "pass": harvest["pass"], "created_at": harvest["created_at"],
+            "finished_at": harvest["finished_at"],
+            "definition": self.store.definition(harvest).to_json(),
+            "counts": counts,
+            "instances": {"expected": sums["expected"], "stored": sums["stored"]},
+            "moves": sums["moves"],
+            "rate": {"requests_last_minute": self.store.requests_last_minute(harvest["source"]),
+                     "max_requests_per_minute": harvest["max_requests_per_minute"]},
+            "eta_seconds": (eta_seconds(elapsed, settled, remaining)
+                            if harvest["state"] == "running" else None),
+            "zips": [row["zip_name"] for row in self.store.db.query(
+                "SELECT zip_name FROM harvest_items WHERE harvest_id=? AND level='patient' AND zip_name"
+                " IS NOT NULL ORDER BY patient_id", (harvest["id"],))],
+            "folder": str(harvest_folder(self.settings.folder, harvest["id"])),
+        }
+
+    def inventory(self, harvest_id: int) -> str:
+        return inventory_csv(self.store.items(harvest_id))
+
+    # -- the loop ----------------------------------------------------------------------------------
+    def _loop(self) -> None:
+        while not self.stopping.is_set():
+            try:
+                item = self.store.claim()
+                if item is not None:
+                    self.wakeup.set()   # another thread may take the next row at once
+                    self._run(item)
+                    continue
+                due = self.store.next_due_in()
+            except Exception:
+                self.log_error("harvest: " + traceback.format_exc())
+                due = IDLE_WAIT_SECONDS
+            self.wakeup.wait(IDLE_WAIT_SECONDS if due is None else min(max(due, 0.01), IDLE_WAIT_SECONDS))
+            self.wakeup.clear()
+
+    def _run(self, item: sqlite3.Row) -> None:
+        harvest = self.store.harvest(item["harvest_id"])
+        assert harvest is not None
+        definition = self.store.definition(harvest)
+        policy = RetryPolicy(definition.max_attempts, definition.retry_delay_seconds,
+                             definition.retry_max_delay_seconds)
+        try:
+            if item["level"] == ItemLevel.SERIES.value:
+                self._move_series(item, definition, policy)
+            else:
+                self._query(item, definition, policy)
+        except Interrupted:
+            return   # left in flight; recover() runs it again at the next start
+        except Exception as error:   # never lose the row: it goes back with backoff
+            self.log_error(f"harvest {item['harvest_id']} item {item['id']}: " + traceback.format_exc())
+            self.store.settle(item["id"], after_query(False, item["attempts"], policy,
+                                                       f"internal error: {error}"))
+        try:
+            self._after_step(item)
+        except Interrupted:
+            return   # a ZIP not written now is written at the next step of the patient or a refresh
+
+    def _after_step(self, item: sqlite3.Row) -> None:
+        if item["patient_item_id"] is not None:
+            self._write_zip_if_settled(item["harvest_id"], item["patient_item_id"])
+        self._finish_if_settled(item["harvest_id"])
+
+    def _finish_if_settled(self, harvest_id: int) -> None:
+        if self.store.finish_if_settled(harvest_id):
+            folder = harvest_folder(self.settings.folder, harvest_id)
+            write_atomically(inside(folder, "inventory.csv"), self.inventory(harvest_id).encode())
+            counts = self.store.counts(harvest_id).get(ItemLevel.SERIES.value, {})
+            self.recorder.event("harvest-done", status="done",
+                                detail=f"harvest {harvest_id}: series {counts}")
+
+    # -- rate --------------------------------------------------------------------------------------
+    def _throttle(self, source: str, cap: int) -> None:
+        with self._limiter_lock:
+            cap = min(cap, self.store.active_caps().get(source, cap))
+            limiter = self._limiters.get(source)
+            if limiter is None:
+                limiter = self._limiters[source] = RateLimiter(cap, self.settings.burst)
+            elif limiter.per_minute != cap:
+                limiter.configure(cap, self.settings.burst)
+            wait = limiter.reserve()
+        if wait > 0 and self.stopping.wait(wait):
+            raise Interrupted("stopping while waiting for the rate limit")
+
+    def _request(self, item: sqlite3.Row, definition: HarvestDefinition, kind: str,
+                 call: Callable[[], Any]) -> Any:
+        """One request to the source, through its token bucket, recorded whatever the outcome."""
+        self._throttle(definition.source, definition.max_requests_per_minute)
+        sent_at = time.time()
+        try:
+            result = call()
+        except HostError as error:
+            self.store.record_request(item, definition.source, kind, "error", str(error)[:500], sent_at)
+            raise
+        self.store.record_request(item, definition.source, kind, "ok", None, sent_at)
+        return result
+
+    # -- queries -----------------------------------------------------------------------------------
+    def _query(self, item: sqlite3.Row, definition: HarvestDefinition, policy: RetryPolicy) -> None:
+        level, query = self._query_for(item, definition)
+        try:
+            query_id, answers = self._request(
+                item, definition, "C-FIND", lambda: self.remote.find(definition.source, level, query))
+        except HostError as error:
+            self.store.settle(item["id"], after_query(False, item["attempts"], policy, str(error)))
+            return
+        children = self._children(item, definition, query_id, answers)
+        if item["level"] != ItemLevel.STUDY.value:
+            self.remote.forget(query_id)   # only series answers are retrieved from later
+        self.store.add_children(item, children, after_query(True, item["attempts"], policy))
+
+    @staticmethod
+    def _query_for(item: sqlite3.Row, definition: HarvestDefinition) -> tuple[str, dict[str, str]]:
+        filters = dict(definition.study_filters)
+        study_keys = {"StudyInstanceUID": "", "StudyDescription": "",
+                      "StudyDate": filters.get("StudyDate", ""),
+                      "ModalitiesInStudy": filters.get("ModalitiesInStudy", "")}
+        level = ItemLevel(item["level"])
+        if level is ItemLevel.SELECTION:
+            if definition.selection.kind is SelectionKind.REGEX:
+                return "Patient", {"PatientID": "*", "PatientName": ""}
+            return "Study", {"PatientID": "", "PatientName": "", **study_keys,
+                             **dict(definition.selection.query)}
+        if level is ItemLevel.PATIENT:
+            return "Study", {"PatientID": item["patient_id"], **study_keys}
+        return "Series", {"PatientID": item["patient_id"], "StudyInstanceUID": item["study_uid"],
+                          "SeriesInstanceUID": "", "Modality": "", "SeriesDescription": "",
+                          "NumberOfSeriesRelatedInstances": ""}
+
+    @staticmethod
+    def _children(item: sqlite3.Row, definition: HarvestDefinition, query_id: str,
+                  answers: list[dict[str, Any]]) -> list[Child]:
+        walk_studies = "study" in definition.levels
+        walk_series = definition.retrieves
+        below = {True: ItemState.PENDING, False: ItemState.DONE}
+        children: list[Child] = []
+        level = ItemLevel(item["level"])
+        for index, answer in enumerate(answers):
+            patient_id = str(answer.get("PatientID", ""))
+            if level is ItemLevel.SELECTION:
+                if not definition.selection.matches(patient_id) or not patient_id:
+                    continue
+                if definition.selection.kind is SelectionKind.REGEX or not walk_studies:
+                    children.append(Child(ItemLevel.PATIENT, patient_id, state=below[walk_studies]))
+                    continue
+            if level in (ItemLevel.SELECTION, ItemLevel.PATIENT):
+                # A PatientID with wildcard characters could match others: keep exact matches.
+                if level is ItemLevel.PATIENT and patient_id != item["patient_id"]:
+                    continue
+                study_uid = str(answer.get("StudyInstanceUID", ""))
+                if study_uid:
+                    children.append(Child(ItemLevel.STUDY, patient_id, study_uid,
+                                          description=str(answer.get("StudyDescription", "")),
+                                          state=below[walk_series]))
+                continue
+            series_uid = str(answer.get("SeriesInstanceUID", ""))
+            if not series_uid:
+                continue
+            modality = str(answer.get("Modality", ""))
+            children.append(Child(
+                ItemLevel.SERIES, item["patient_id"], item["study_uid"], series_uid, modality,
+                str(answer.get("SeriesDescription", "")),
+                parse_count(answer.get("NumberOfSeriesRelatedInstances")),
+                ItemState.PENDING if definition.keeps_modality(modality) else ItemState.SKIPPED,
+                query_id, index,
+            ))
+        if level is ItemLevel.SELECTION and not walk_studies:
+            unique = {child.patient_id: child for child in children}
+            children = list(unique.values())
+        return children
+
+    # -- series ------------------------------------------------------------------------------------
+    def _move_series(self, item: sqlite3.Row, definition: HarvestDefinition, policy: RetryPolicy) -> None:
+        expected = item["expected_instances"]
+        orthanc_id, stored = self.remote.stored_series(item["series_uid"])
+        if after_move(True, expected, stored, item["attempts"], policy).state is ItemState.COMPLETE:
+            # Already here whole (a resumed step, or an earlier harvest): no C-MOVE.
+            self.store.settle(item["id"], Transition(ItemState.COMPLETE),
+                              stored_instances=stored, orthanc_series_id=orthanc_id)
+            return
+        try:
+            query_id, index = self._retrieve_handle(item, definition)
+            job_id = self._request(item, definition, "C-MOVE",
+                                   lambda: self.remote.retrieve(query_id, index))
+        except HostError as error:
+            self.store.settle(item["id"], after_move(False, expected, stored, item["attempts"], policy,
+                                                     str(error)), stored_instances=stored)
+            return
+        self.store.update(item["id"], orthanc_job=job_id)
+        outcome = self.remote.wait_job(job_id)
+        expected = self.store.item(item["id"])["expected_instances"]
+        orthanc_id, stored = self.remote.stored_series(item["series_uid"])
+        transition = after_move(outcome.ok, expected, stored, item["attempts"], policy, outcome.error)
+        self.store.settle(item["id"], transition, stored_instances=stored, orthanc_series_id=orthanc_id)
+        if transition.state is ItemState.INCOMPLETE:
+            self.recorder.event("harvest-series-incomplete", status="incomplete",
+                                patient_id=item["patient_id"], study_uid=item["study_uid"],
+                                resource_id=item["series_uid"], detail=transition.error or "")
+
+    def _retrieve_handle(self, item: sqlite3.Row, definition: HarvestDefinition) -> tuple[str, int]:
+        """The Orthanc query answer to retrieve the series from; a fresh C-FIND if it is gone.
+
+        Orthanc keeps a bounded number of queries and none across a restart.
+        """
+        query_id, index = item["query_id"], item["answer_index"]
+        known = query_id and index is not None
+        if known and self.remote.answer_series_uid(query_id, index) == item["series_uid"]:
+            return query_id, index
+        query = {"PatientID": item["patient_id"], "StudyInstanceUID": item["study_uid"],
+                 "SeriesInstanceUID": item["series_uid"], "NumberOfSeriesRelatedInstances": ""}
+        query_id, answers = self._request(
+            item, definition, "C-FIND", lambda: self.remote.find(definition.source, "Series", query))
+        if not answers:
+            raise HostError(f"series {item['series_uid']} no longer found at {definition.source}")
+        expected = parse_count(answers[0].get("NumberOfSeriesRelatedInstances"))
+        self.store.update(item["id"], query_id=query_id, answer_index=0,
+                          expected_instances=expected if expected is not None else item["expected_instances"])
+        return query_id, 0
+
+    # -- ZIP ---------------------------------------------------------------------------------------
+    def _write_zip_if_settled(self, harvest_id: int, patient_item_id: int) -> None:
+        """One ZIP per patient once nothing of the patient is left to do, again when it gains series."""
+        with self._zip_lock:
+            if self.store.patient_active(patient_item_id):
+                return
+            patient = self.store.item(patient_item_id)
+            series = self.store.complete_series(patient_item_id)
+            if not series or len(series) == patient["zip_series_count"]:
+                return
+            folder = harvest_folder(self.settings.folder, harvest_id)
+            name = zip_name(patient["patient_id"], len(series), self.settings.zip_delimiter)
+            path = inside(folder, name)
+            try:
+                data = self.remote.archive([row["orthanc_series_id"] for row in series])
+            except HostError as error:
+                self.recorder.event("harvest-zip", status="failed", patient_id=patient["patient_id"],
+                                    detail=f"{name}: {error}")
+                return
+            write_atomically(path, data)
+            previous = patient["zip_name"]
+            self.store.update(patient_item_id, zip_name=name, zip_series_count=len(series))
+            if previous and previous != name:
+                # The name carries the count: the older, smaller ZIP would only mislead.
+                inside(folder, previous).unlink(missing_ok=True)
+            self.recorder.event("harvest-zip", status="ok", patient_id=patient["patient_id"],
+                                target=str(path), detail=f"{len(series)} series, {len(data)} bytes")

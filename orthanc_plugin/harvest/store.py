@@ -1,0 +1,317 @@
+"""Reads and writes the harvest tables; every step's outcome is committed before the next starts."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from orthanc_plugin.audit.clock import now_iso
+from orthanc_plugin.db import Database
+from orthanc_plugin.harvest.model import (
+    ACTIVE_STATES,
+    IN_FLIGHT_STATES,
+    HarvestDefinition,
+    ItemLevel,
+    ItemState,
+    SelectionKind,
+    Transition,
+    parse_definition,
+    resume_state,
+    start_state,
+)
+
+DEPTH = {ItemLevel.SELECTION: 0, ItemLevel.PATIENT: 1, ItemLevel.STUDY: 2, ItemLevel.SERIES: 3}
+_ACTIVE = tuple(s.value for s in ACTIVE_STATES)
+_IN_FLIGHT = tuple(s.value for s in IN_FLIGHT_STATES)
+
+
+@dataclass(frozen=True)
+class Child:
+    """A row found by a query, to record under its parent."""
+
+    level: ItemLevel
+    patient_id: str
+    study_uid: str = ""
+    series_uid: str = ""
+    modality: str = ""
+    description: str = ""
+    expected_instances: int | None = None
+    state: ItemState = ItemState.PENDING
+    query_id: str | None = None
+    answer_index: int | None = None
+
+
+def _marks(values: tuple[str, ...]) -> str:
+    return ",".join("?" * len(values))
+
+
+class HarvestStore:
+    def __init__(self, db: Database) -> None:
+        self.db = db
+
+    # -- harvests ----------------------------------------------------------------------------------
+    def create(self, definition: HarvestDefinition) -> int:
+        stamp = now_iso()
+        with self.db.transaction() as connection:
+            cursor = connection.execute(
+                "INSERT INTO harvests(name, source, definition, concurrency, max_requests_per_minute,"
+                " created_at, started_epoch, updated_at) VALUES(?,?,?,?,?,?,?,?)",
+                (definition.name, definition.source, json.dumps(definition.to_json()),
+                 definition.concurrency, definition.max_requests_per_minute, stamp, time.time(), stamp),
+            )
+            harvest_id = int(cursor.lastrowid or 0)
+            if definition.selection.kind is SelectionKind.IDS:
+                patient_state = ItemState.PENDING if "study" in definition.levels else ItemState.DONE
+                for patient_id in definition.selection.patient_ids:
+                    self._insert(connection, harvest_id, None, None,
+                                 Child(ItemLevel.PATIENT, patient_id, state=patient_state), 1)
+            else:
+                self._insert(connection, harvest_id, None, None, Child(ItemLevel.SELECTION, ""), 1)
+        return harvest_id
+
+    def harvest(self, harvest_id: int) -> sqlite3.Row | None:
+        rows = self.db.query("SELECT * FROM harvests WHERE id=?", (harvest_id,))
+        return rows[0] if rows else None
+
+    def definition(self, harvest: sqlite3.Row) -> HarvestDefinition:
+        return parse_definition(json.loads(harvest["definition"]))
+
+    def harvests(self) -> list[sqlite3.Row]:
+        return self.db.query("SELECT * FROM harvests ORDER BY id")
+
+    def set_harvest_state(self, harvest_id: int, state: str, only_from: tuple[str, ...]) -> bool:
+        with self.db.transaction() as connection:
+            cursor = connection.execute(
+                f"UPDATE harvests SET state=?, updated_at=? WHERE id=? AND state IN ({_marks(only_from)})",
+                (state, now_iso(), harvest_id, *only_from),
+            )
+            return cursor.rowcount > 0
+
+    def refresh(self, harvest_id: int) -> bool:
+        """A new pass: walk the queries again for new studies and series; retry what failed.
+
+        Complete series stay complete: only what the new queries find is moved.
+        """
+        stamp = now_iso()
+        with self.db.transaction() as connection:
+            cursor = connection.execute(
+                "UPDATE harvests SET state='running', pass=pass+1, updated_at=?, finished_at=NULL "
+                "WHERE id=? AND state IN ('done','running','paused')",
+                (stamp, harvest_id),
+            )
+            if cursor.rowcount == 0:
+                return False
+            harvest = connection.execute("SELECT * FROM harvests WHERE id=?", (harvest_id,)).fetchone()
+            levels = parse_definition(json.loads(harvest["definition"])).levels
+            walked = [ItemLevel.SELECTION.value, ItemLevel.PATIENT.value]
+            if "series" in levels:
+                walked.append(ItemLevel.STUDY.value)
+            if "study" not in levels:
+                walked.remove(ItemLevel.PATIENT.value)
+            connection.execute(
+                f"UPDATE harvest_items SET state='pending', attempts=0, next_attempt_at=0, updated_at=? "
+                f"WHERE harvest_id=? AND level IN ({_marks(tuple(walked))}) AND state IN ('done','failed')",
+                (stamp, harvest_id, *walked),
+            )
+            connection.execute(
+                "UPDATE harvest_items SET state='pending', attempts=0, next_attempt_at=0, updated_at=? "
+                "WHERE harvest_id=? AND level='series' AND state IN ('failed','incomplete')",
+                (stamp, harvest_id),
+            )
+        return True
+
+    def finish_if_settled(self, harvest_id: int) -> bool:
+        """A running harvest with nothing left to do is done; true the first time only."""
+        with self.db.transaction() as connection:
+            active = connection.execute(
+                f"SELECT COUNT(*) FROM harvest_items WHERE harvest_id=? AND state IN ({_marks(_ACTIVE)})",
+                (harvest_id, *_ACTIVE),
+            ).fetchone()[0]
+            if active:
+                return False
+            cursor = connection.execute(
+                "UPDATE harvests SET state='done', finished_at=?, updated_at=? "
+                "WHERE id=? AND state='running'",
+                (now_iso(), now_iso(), harvest_id),
+            )
+            return cursor.rowcount > 0
+
+    # -- items -------------------------------------------------------------------------------------
+    def recover(self) -> int:
+        """Rows caught mid-step by a crash, a kill or a stop run that step again."""
+        count = 0
+        with self.db.transaction() as connection:
+            for state in _IN_FLIGHT:
+                cursor = connection.execute(
+                    "UPDATE harvest_items SET state=?, next_attempt_at=0, updated_at=? WHERE state=?",
+                    (resume_state(ItemState(state)).value, now_iso(), state),
+                )
+                count += cursor.rowcount
+        return count
+
+    def claim(self) -> sqlite3.Row | None:
+        """The next ready row of a running harvest that has a free slot, marked in flight."""
+        now = time.time()
+        with self.db.transaction() as connection:
+            row = connection.execute(
+                f"SELECT i.* FROM harvest_items i JOIN harvests h ON h.id = i.harvest_id "
+                f"WHERE h.state='running' AND i.state='pending' AND i.next_attempt_at <= ? "
+                f"AND (SELECT COUNT(*) FROM harvest_items j WHERE j.harvest_id = h.id "
+                f"     AND j.state IN ({_marks(_IN_FLIGHT)})) < h.concurrency "
+                f"ORDER BY i.depth DESC, i.id LIMIT 1",
+                (now, *_IN_FLIGHT),
+            ).fetchone()
+            if row is None:
+                return None
+            state = start_state(ItemLevel(row["level"]))
+            connection.execute(
+                "UPDATE harvest_items SET state=?, attempts=attempts+1, updated_at=? WHERE id=?",
+                (state.value, now_iso(), row["id"]),
+            )
+            return connection.execute("SELECT * FROM harvest_items WHERE id=?", (row["id"],)).fetchone()
+
+    def next_due_in(self) -> float | None:
+        rows = self.db.query(
+            "SELECT MIN(i.next_attempt_at) AS due FROM harvest_items i JOIN harvests h "
+            "ON h.id=i.harvest_id WHERE h.state='running' AND i.state='pending'"
+        )
+        due = rows[0]["due"] if rows else None
+        return None if due is None else max(0.0, due - time.time())
+
+    def settle(self, item_id: int, transition: Transition, **columns: Any) -> None:
+        names = ["state=?", "next_attempt_at=?", "last_error=?", "updated_at=?"]
+        values: list[Any] = [transition.state.value, time.time() + transition.retry_in_seconds,
+                             transition.error, now_iso()]
+        for name, value in columns.items():
+            names.append(f"{name}=?")
+            values.append(value)
+        with self.db.transaction() as connection:
+            connection.execute(
+                f"UPDATE harvest_items SET {', '.join(names)} WHERE id=?", (*values, item_id)
+            )
+
+    def update(self, item_id: int, **columns: Any) -> None:
+        names = [f"{name}=?" for name in columns]
+        with self.db.transaction() as connection:
+            connection.execute(
+                f"UPDATE harvest_items SET {', '.join(names)}, updated_at=? WHERE id=?",
+                (*columns.values(), now_iso(), item_id),
+            )
+
+    def add_children(self, parent: sqlite3.Row, children: list[Child], transition: Transition) -> int:
+        """Record what a query found and settle the parent, in one transaction."""
+        added = 0
+        with self.db.transaction() as connection:
+            harvest = connection.execute(
+                "SELECT pass FROM harvests WHERE id=?", (parent["harvest_id"],)).fetchone()
+            for child in children:
+                patient_item = parent["patient_item_id"]
+                if child.level is ItemLevel.STUDY and parent["level"] == ItemLevel.SELECTION.value:
+                    patient_item = self._patient_row(connection, parent, child.patient_id, harvest["pass"])
+                added += self._insert(connection, parent["harvest_id"], parent["id"], patient_item, child,
+                                      harvest["pass"])
+            connection.execute(
+                "UPDATE harvest_items SET state=?, next_attempt_at=0, last_error=?, updated_at=? WHERE id=?",
+                (transition.state.value, transition.error, now_iso(), parent["id"]),
+            )
+        return added
+
+    def _patient_row(self, connection: sqlite3.Connection, parent: sqlite3.Row, patient_id: str,
+                     harvest_pass: int) -> int:
+        """A query selection finds studies directly: their patient rows are recorded as done."""
+        self._insert(connection, parent["harvest_id"], parent["id"], None,
+                     Child(ItemLevel.PATIENT, patient_id, state=ItemState.DONE), harvest_pass)
+        return int(connection.execute(
+            "SELECT id FROM harvest_items WHERE harvest_id=? AND level='patient' AND patient_id=?",
+            (parent["harvest_id"], patient_id)).fetchone()[0])
+
+    @staticmethod
+    def _insert(connection: sqlite3.Connection, harvest_id: int, parent_id: int | None,
+                patient_item_id: int | None, child: Child, harvest_pass: int) -> int:
+        """Insert a row once; a row found again (a refresh) keeps its state. 1 if new."""
+        key = (harvest_id, child.level.value, child.patient_id, child.study_uid, child.series_uid)
+        existing = connection.execute(
+            "SELECT id, state, stored_instances FROM harvest_items WHERE harvest_id=? AND level=? "
+            "AND patient_id=? AND study_uid=? AND series_uid=?", key).fetchone()
+        if existing is not None:
+            state = existing["state"]
+            if (state == ItemState.COMPLETE.value and child.expected_instances is not None
+                    and child.expected_instances > (existing["stored_instances"] or 0)):
+                state = ItemState.PENDING.value   # the series grew at the source: fetch it again
+            connection.execute(
+                "UPDATE harvest_items SET query_id=?, answer_index=?, state=?, updated_at=?,"
+                " expected_instances=COALESCE(?, expected_instances) WHERE id=?",
+                (child.query_id, child.answer_index, state, now_iso(), child.expected_instances,
+                 existing["id"]))
+            return 0
+        cursor = connection.execute(
+            "INSERT INTO harvest_items(harvest_id, parent_id, patient_item_id, level, depth, patient_id,"
+            " study_uid, series_uid, modality, description, state, expected_instances, query_id,"
+            " answer_index, found_in_pass, updated_at) VALUES(?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+            (harvest_id, parent_id, patient_item_id, child.level.value, DEPTH[child.level],
+             child.patient_id, child.study_uid, child.series_uid, child.modality, child.description,
+             child.state.value, child.expected_instances, child.query_id, child.answer_index,
+             harvest_pass, now_iso()),
+        )
+        if child.level is ItemLevel.PATIENT and patient_item_id is None:
+            connection.execute("UPDATE harvest_items SET patient_item_id=id WHERE id=?", (cursor.lastrowid,))
+        return 1
+
+    def item(self, item_id: int) -> sqlite3.Row:
+        return self.db.query("SELECT * FROM harvest_items WHERE id=?", (item_id,))[0]
+
+    def items(self, harvest_id: int) -> list[sqlite3.Row]:
+        return self.db.query(
+            "SELECT * FROM harvest_items WHERE harvest_id=? AND level <> 'selection' "
+            "ORDER BY patient_id, depth, study_uid, series_uid", (harvest_id,))
+
+    def patient_active(self, patient_item_id: int) -> int:
+        return int(self.db.query(
+            f"SELECT COUNT(*) AS n FROM harvest_items WHERE (patient_item_id=? OR id=?) "
+            f"AND state IN ({_marks(_ACTIVE)})", (patient_item_id, patient_item_id, *_ACTIVE))[0]["n"])
+
+    def complete_series(self, patient_item_id: int) -> list[sqlite3.Row]:
+        return self.db.query(
+            "SELECT * FROM harvest_items WHERE patient_item_id=? AND level='series' AND state='complete' "
+            "ORDER BY study_uid, series_uid", (patient_item_id,))
+
+    def counts(self, harvest_id: int) -> dict[str, dict[str, int]]:
+        counts: dict[str, dict[str, int]] = {}
+        for row in self.db.query(
+            "SELECT level, state, COUNT(*) AS n FROM harvest_items WHERE harvest_id=? GROUP BY level, state",
+            (harvest_id,),
+        ):
+            counts.setdefault(row["level"], {})[row["state"]] = row["n"]
+        return counts
+
+    # -- requests ----------------------------------------------------------------------------------
+    def record_request(self, item: sqlite3.Row, source: str, kind: str, outcome: str,
+                       detail: str | None, at_epoch: float) -> None:
+        with self.db.transaction() as connection:
+            connection.execute(
+                "INSERT INTO harvest_requests(at, at_epoch, harvest_id, item_id, source, kind, level,"
+                " outcome, detail) VALUES(?,?,?,?,?,?,?,?,?)",
+                (now_iso(), at_epoch, item["harvest_id"], item["id"], source, kind, item["level"],
+                 outcome, detail),
+            )
+            if kind == "C-MOVE":
+                connection.execute("UPDATE harvest_items SET moves=moves+1 WHERE id=?", (item["id"],))
+
+    def requests(self, harvest_id: int) -> list[sqlite3.Row]:
+        return self.db.query(
+            "SELECT r.*, i.series_uid FROM harvest_requests r JOIN harvest_items i ON i.id=r.item_id "
+            "WHERE r.harvest_id=? ORDER BY r.id", (harvest_id,))
+
+    def requests_last_minute(self, source: str) -> int:
+        return int(self.db.query(
+            "SELECT COUNT(*) AS n FROM harvest_requests WHERE source=? AND at_epoch > ?",
+            (source, time.time() - 60))[0]["n"])
+
+    def active_caps(self) -> dict[str, int]:
+        """The lowest cap of the running harvests of each source: one bucket per source."""
+        return {row["source"]: row["cap"] for row in self.db.query(
+            "SELECT source, MIN(max_requests_per_minute) AS cap FROM harvests WHERE state='running' "
+            "GROUP BY source")}

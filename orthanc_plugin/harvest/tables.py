@@ -1,0 +1,68 @@
+"""The harvest tables in the gateway's SQLite: definitions, the walked tree, every request sent."""
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS harvests(
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    name TEXT NOT NULL DEFAULT '',
+    source TEXT NOT NULL,
+    definition TEXT NOT NULL,              -- the parsed definition as JSON
+    state TEXT NOT NULL DEFAULT 'running', -- running, paused, cancelled, done
+    pass INTEGER NOT NULL DEFAULT 1,       -- incremented by each refresh (a new walk)
+    concurrency INTEGER NOT NULL,
+    max_requests_per_minute INTEGER NOT NULL,
+    created_at TEXT NOT NULL,
+    started_epoch REAL NOT NULL,
+    updated_at TEXT NOT NULL,
+    finished_at TEXT
+);
+
+-- One row per selection query, patient, study and series. A series row's state says whether it
+-- is stored whole; a restart only resumes rows that are pending or were caught mid-step.
+CREATE TABLE IF NOT EXISTS harvest_items(
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    harvest_id INTEGER NOT NULL REFERENCES harvests(id),
+    parent_id INTEGER,
+    patient_item_id INTEGER,               -- the patient row this row belongs to
+    level TEXT NOT NULL,                   -- selection, patient, study, series
+    depth INTEGER NOT NULL,                -- 0..3: deeper rows run first, patients finish early
+    patient_id TEXT NOT NULL DEFAULT '',
+    study_uid TEXT NOT NULL DEFAULT '',
+    series_uid TEXT NOT NULL DEFAULT '',
+    modality TEXT NOT NULL DEFAULT '',
+    description TEXT NOT NULL DEFAULT '',
+    state TEXT NOT NULL DEFAULT 'pending',
+    attempts INTEGER NOT NULL DEFAULT 0,
+    moves INTEGER NOT NULL DEFAULT 0,      -- C-MOVE requests sent for this series
+    next_attempt_at REAL NOT NULL DEFAULT 0,
+    expected_instances INTEGER,            -- NumberOfSeriesRelatedInstances at the source
+    stored_instances INTEGER,              -- counted in the gateway's Orthanc
+    orthanc_series_id TEXT,
+    query_id TEXT,                         -- Orthanc /queries/{id} holding this series' answer
+    answer_index INTEGER,
+    orthanc_job TEXT,
+    zip_name TEXT,                         -- patient rows: the ZIP written last
+    zip_series_count INTEGER,
+    last_error TEXT,
+    found_in_pass INTEGER NOT NULL DEFAULT 1,
+    updated_at TEXT NOT NULL,
+    UNIQUE(harvest_id, level, patient_id, study_uid, series_uid)
+);
+CREATE INDEX IF NOT EXISTS harvest_items_ready ON harvest_items(state, next_attempt_at);
+CREATE INDEX IF NOT EXISTS harvest_items_by_harvest ON harvest_items(harvest_id, state);
+CREATE INDEX IF NOT EXISTS harvest_items_by_patient ON harvest_items(patient_item_id, level, state);
+
+-- Every C-FIND and C-MOVE sent to a source: the audit of the request rate.
+CREATE TABLE IF NOT EXISTS harvest_requests(
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    at TEXT NOT NULL,
+    at_epoch REAL NOT NULL,
+    harvest_id INTEGER NOT NULL,
+    item_id INTEGER NOT NULL,
+    source TEXT NOT NULL,
+    kind TEXT NOT NULL,                    -- C-FIND or C-MOVE
+    level TEXT NOT NULL,
+    outcome TEXT NOT NULL,                 -- ok or error
+    detail TEXT
+);
+CREATE INDEX IF NOT EXISTS harvest_requests_by_source ON harvest_requests(source, at_epoch);
+"""

@@ -1,0 +1,46 @@
+"""Conquest-compatible SQL index of what Orthanc stores, with RT metrics; read-only queries."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from orthanc_plugin.config import SECTION, ConfigError, resolve_path
+from orthanc_plugin.index.follower import IndexFollower
+from orthanc_plugin.index.model import DEFAULT_LAYOUT, DicomSqlError, Layout, parse_dicom_sql
+from orthanc_plugin.index.plan_details import plan_metrics
+from orthanc_plugin.index.routes import add_routes
+from orthanc_plugin.index.store import IndexStore
+from orthanc_plugin.plans.routes import add_detail_provider
+
+if TYPE_CHECKING:
+    from orthanc_plugin.app import Gateway
+
+
+def install(gateway: Gateway) -> None:
+    settings = gateway.config.section.get("Index") or {}
+    if not isinstance(settings, dict):
+        raise ConfigError(f"{SECTION}.Index: expected an object")
+    if settings.get("Enabled", True) is False:
+        return
+    base = gateway.config.config_dir
+    default = gateway.config.database.parent / "conquest.sqlite"
+    path = resolve_path(base, str(settings.get("Database", default)))
+    store = IndexStore(path, _layout(settings, base))
+    gateway.intake.after_describe.append(IndexFollower(gateway, store).step)
+    add_routes(gateway, store)
+    add_detail_provider(gateway, lambda plan: plan_metrics(store, plan))
+
+
+def _layout(settings: dict[str, Any], base: Path) -> Layout:
+    """A Conquest-format dicom.sql (RtGateway.Index.DicomSql) adds or replaces columns."""
+    if not settings.get("DicomSql"):
+        return DEFAULT_LAYOUT
+    path = resolve_path(base, str(settings["DicomSql"]))
+    try:
+        return parse_dicom_sql(path.read_text(encoding="utf-8", errors="replace"))
+    except (OSError, DicomSqlError) as error:
+        raise ConfigError(f"{SECTION}.Index.DicomSql: {path}: {error}") from error
+
+
+__all__ = ["install"]

@@ -1,0 +1,31 @@
+"""RT metrics of a plan bundle from the index, for GET /rt-gateway/plans/{id}."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from orthanc_plugin.index.store import IndexStore
+
+
+def plan_metrics(store: IndexStore, plan: dict[str, Any]) -> dict[str, Any]:
+    by_modality: dict[str, list[str]] = {}
+    for member in plan.get("objects", []):
+        by_modality.setdefault(member["modality"], []).append(member["sop_instance_uid"])
+
+    def rows(sql: str, uids: list[str]) -> list[dict[str, Any]]:
+        if not uids:
+            return []
+        marks = ",".join("?" * len(uids))
+        return [dict(row) for row in store.db.query(sql.format(marks=marks), uids)]
+
+    plans = rows("SELECT * FROM RTplans WHERE SOPInstanc IN ({marks})", [plan["id"]])
+    metrics: dict[str, Any] = dict(plans[0]) if plans else {}
+    metrics["beams"] = rows("SELECT * FROM RTbeams WHERE SOPInstanc IN ({marks}) ORDER BY BeamNumber",
+                            [plan["id"]])
+    return {
+        "metrics": metrics,
+        "rois": rows("SELECT * FROM RTrois WHERE SOPInstanc IN ({marks}) ORDER BY ROINumber",
+                     by_modality.get("RTSTRUCT", [])),
+        "doses": rows("SELECT * FROM RTdoses WHERE SOPInstanc IN ({marks})",
+                      by_modality.get("RTDOSE", [])),
+    }

@@ -1,0 +1,27 @@
+"""Plans as one unit: bundles from references, the plan-complete trigger, manual send."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from orthanc_plugin.config import SECTION, ConfigError
+from orthanc_plugin.plans.routes import add_routes
+from orthanc_plugin.plans.tracker import PlanTracker
+
+if TYPE_CHECKING:
+    from orthanc_plugin.app import Gateway
+
+
+def install(gateway: Gateway) -> None:
+    settings = gateway.config.section.get("Plans") or {}
+    if not isinstance(settings, dict):
+        raise ConfigError(f"{SECTION}.Plans: expected an object")
+    expected = settings.get("ExpectedDoses", 1)
+    if isinstance(expected, bool) or not isinstance(expected, int) or expected < 0:
+        raise ConfigError(f"{SECTION}.Plans.ExpectedDoses: expected a whole number >= 0, got {expected!r}")
+    tracker = PlanTracker(gateway, expected_doses=expected)
+    gateway.intake.after_describe.append(tracker.step)
+    add_routes(gateway)
+
+
+__all__ = ["install"]

@@ -1,0 +1,117 @@
+"""REST: GET /rt-gateway/plans, GET /rt-gateway/plans/{id}, POST /rt-gateway/plans/send."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import sqlite3
+import weakref
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+from orthanc_plugin.api.router import ApiError, Request, Response, csv_response, json_response
+from orthanc_plugin.plans.manual import send_plans
+
+if TYPE_CHECKING:
+    from orthanc_plugin.app import Gateway
+
+CSV_COLUMNS = ("id", "patient_id", "patient_name", "label", "name", "date", "complete",
+               "missing", "calling_aet", "objects")
+
+
+def plan_json(row: sqlite3.Row) -> dict[str, Any]:
+    return {
+        "id": row["plan_uid"],
+        "plan_instance_id": row["plan_instance_id"],
+        "patient_id": row["patient_id"],
+        "patient_name": row["patient_name"],
+        "study_uid": row["study_uid"],
+        "label": row["plan_label"],
+        "name": row["plan_name"],
+        "date": row["plan_date"],
+        "complete": bool(row["complete"]),
+        "missing": json.loads(row["missing_json"]),
+        "calling_aet": row["calling_aet"],
+        "objects": json.loads(row["members_json"]),
+        "updated_at": row["updated_at"],
+    }
+
+
+def _filtered(gateway: Gateway, query: dict[str, str] | Any) -> list[sqlite3.Row]:
+    clauses, values = [], []
+    if query.get("label"):
+        clauses.append("plan_label LIKE ? ESCAPE '\\'")
+        values.append("%" + _like(query["label"]) + "%")
+    if query.get("patient"):
+        clauses.append("patient_id = ?")
+        values.append(query["patient"])
+    if query.get("since"):
+        clauses.append("plan_date >= ?")
+        values.append(query["since"].replace("-", ""))
+    if query.get("complete") in ("true", "false"):
+        clauses.append("complete = ?")
+        values.append(int(query["complete"] == "true"))
+    where = f"WHERE {' AND '.join(clauses)}" if clauses else ""
+    return gateway.db.query(
+        f"SELECT * FROM plan_bundles {where} ORDER BY patient_id, plan_date, plan_label", values
+    )
+
+
+def _like(text: str) -> str:
+    return text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+
+
+def _csv(plans: list[dict[str, Any]]) -> str:
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=CSV_COLUMNS, extrasaction="ignore")
+    writer.writeheader()
+    for plan in plans:
+        writer.writerow({**plan, "missing": "; ".join(plan["missing"]),
+                         "objects": len(plan["objects"])})
+    return buffer.getvalue()
+
+
+def add_routes(gateway: Gateway) -> None:
+    def list_plans(request: Request) -> Response:
+        plans = [plan_json(row) for row in _filtered(gateway, request.query)]
+        if request.query.get("format") == "csv":
+            return csv_response(_csv(plans))
+        return json_response(plans)
+
+    def get_plan(request: Request) -> Response:
+        rows = gateway.db.query("SELECT * FROM plan_bundles WHERE plan_uid=?", (request.params["id"],))
+        if not rows:
+            raise ApiError(404, f"no plan {request.params['id']!r}")
+        plan = plan_json(rows[0])
+        plan["rule_runs"] = [dict(row) for row in gateway.db.query(
+            "SELECT rule, outcome, at, missing_json, jobs FROM plan_rule_runs WHERE plan_uid=? "
+            "ORDER BY at", (plan["id"],))]
+        for provider in DETAIL_PROVIDERS.get(gateway, ()):
+            plan.update(provider(plan))
+        if request.query.get("format") == "csv":
+            return csv_response(_csv([plan]))
+        return json_response(plan)
+
+    def send(request: Request) -> Response:
+        body = request.json()
+        if not isinstance(body, dict):
+            raise ApiError(400, "body: expected an object with plans and targets")
+        plans, targets = body.get("plans"), body.get("targets")
+        if not (isinstance(plans, list) and all(isinstance(p, str) for p in plans)
+                and isinstance(targets, list) and all(isinstance(t, str) for t in targets)):
+            raise ApiError(400, "body: expected {\"plans\": [plan ids], \"targets\": [names]}")
+        return json_response({"jobs": send_plans(gateway, plans, targets)})
+
+    gateway.router.add("GET", "plans", list_plans)
+    gateway.router.add("POST", "plans/send", send)
+    gateway.router.add("GET", "plans/(?P<id>[^/]+)", get_plan)
+
+
+# Other capabilities (the RT index) add fields to GET plans/{id}: plan -> extra fields.
+DetailProvider = Callable[[dict[str, Any]], dict[str, Any]]
+DETAIL_PROVIDERS: weakref.WeakKeyDictionary[Gateway, list[DetailProvider]] = weakref.WeakKeyDictionary()
+
+
+def add_detail_provider(gateway: Gateway, provider: DetailProvider) -> None:
+    DETAIL_PROVIDERS.setdefault(gateway, []).append(provider)

@@ -1,0 +1,91 @@
+from pathlib import Path
+
+import pytest
+
+from orthanc_plugin.db import META_SCHEMA, Database
+from orthanc_plugin.harvest.model import ItemLevel, ItemState, Transition, parse_definition
+from orthanc_plugin.harvest.store import Child, HarvestStore
+from orthanc_plugin.harvest.tables import SCHEMA
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> HarvestStore:
+    return HarvestStore(Database(tmp_path / "h.sqlite", [META_SCHEMA, SCHEMA]))
+
+
+def harvest(store: HarvestStore, **extra: object) -> int:
+    return store.create(parse_definition({"source": "PACS", "patients": ["P1", "P2"], **extra}))
+
+
+def series(uid: str, expected: int = 3, state: ItemState = ItemState.PENDING) -> Child:
+    return Child(ItemLevel.SERIES, "P1", "S1", uid, "CT", expected_instances=expected, state=state)
+
+
+def walk_to_series(store: HarvestStore, harvest_id: int, uids: list[str]) -> None:
+    patient = store.claim()
+    assert patient is not None and patient["level"] == "patient"
+    store.add_children(patient, [Child(ItemLevel.STUDY, "P1", "S1")], Transition(ItemState.DONE))
+    study = store.claim()
+    assert study is not None and study["level"] == "study"   # deeper rows first
+    store.add_children(study, [series(uid) for uid in uids], Transition(ItemState.DONE))
+
+
+def test_claims_go_deepest_first_and_respect_the_concurrency(store: HarvestStore) -> None:
+    harvest_id = harvest(store, concurrency=2)
+    walk_to_series(store, harvest_id, ["A", "B", "C"])
+    first, second = store.claim(), store.claim()
+    assert first is not None and second is not None
+    assert {first["series_uid"], second["series_uid"]} == {"A", "B"}
+    assert first["state"] == "moving" and first["attempts"] == 1
+    assert store.claim() is None                   # two in flight: the third waits
+    store.settle(first["id"], Transition(ItemState.COMPLETE), stored_instances=3)
+    third = store.claim()
+    assert third is not None and third["series_uid"] == "C"
+
+
+def test_a_cut_resumes_only_what_was_in_flight(store: HarvestStore) -> None:
+    harvest_id = harvest(store, concurrency=3)
+    walk_to_series(store, harvest_id, ["A", "B"])
+    done, cut = store.claim(), store.claim()
+    assert done is not None and cut is not None
+    store.settle(done["id"], Transition(ItemState.COMPLETE), stored_instances=3)
+    assert store.recover() == 1
+    states = {row["series_uid"]: row["state"] for row in store.items(harvest_id) if row["level"] == "series"}
+    assert states == {done["series_uid"]: "complete", cut["series_uid"]: "pending"}
+    again = store.claim()
+    assert again is not None and again["id"] == cut["id"] and again["attempts"] == 2
+
+
+def test_paused_harvests_are_not_claimed(store: HarvestStore) -> None:
+    harvest_id = harvest(store)
+    assert store.set_harvest_state(harvest_id, "paused", ("running",))
+    assert store.claim() is None
+    assert store.set_harvest_state(harvest_id, "running", ("paused",))
+    assert store.claim() is not None
+
+
+def test_a_refresh_walks_again_and_keeps_complete_series(store: HarvestStore) -> None:
+    harvest_id = harvest(store, concurrency=4)
+    walk_to_series(store, harvest_id, ["A", "B"])
+    a, b = store.claim(), store.claim()
+    assert a is not None and b is not None
+    store.settle(a["id"], Transition(ItemState.COMPLETE), stored_instances=3)
+    store.settle(b["id"], Transition(ItemState.FAILED, 0, "refused"))
+    other = store.claim()   # P2 has no studies
+    assert other is not None and other["patient_id"] == "P2"
+    store.add_children(other, [], Transition(ItemState.DONE))
+    assert store.finish_if_settled(harvest_id)
+    assert not store.finish_if_settled(harvest_id)   # reported once
+
+    assert store.refresh(harvest_id)
+    rows = {(row["level"], row["series_uid"]): row["state"] for row in store.items(harvest_id)}
+    assert rows[("series", "A")] == "complete" and rows[("series", "B")] == "pending"
+    assert rows[("study", "")] == "pending" and rows[("patient", "")] == "pending"
+    study = next(row for row in store.items(harvest_id) if row["level"] == "study")
+    # the study is found again with A grown at the source and a new series C
+    added = store.add_children(study, [series("A", expected=4), series("B"), series("C")],
+                               Transition(ItemState.DONE))
+    assert added == 1
+    rows = {row["series_uid"]: row["state"] for row in store.items(harvest_id) if row["level"] == "series"}
+    assert rows == {"A": "pending", "B": "pending", "C": "pending"}
+    assert store.harvest(harvest_id)["pass"] == 2   # type: ignore[index]

@@ -1,0 +1,159 @@
+"""The Conquest-compatible index: layout, dicom.sql, RT metrics, deletion, read-only queries."""
+
+from __future__ import annotations
+
+import sqlite3
+from pathlib import Path
+
+import pytest
+
+from orthanc_plugin.index import rt_metrics
+from orthanc_plugin.index.model import DEFAULT_LAYOUT, DicomSqlError, parse_dicom_sql
+from orthanc_plugin.index.query import QueryError, run_query
+from orthanc_plugin.index.store import IndexStore
+from tests.support.rtset import RtSet, make_rt_set
+
+CONQUEST_COLUMNS = (
+    "PatientID PatientNam PatientBir PatientSex StudyInsta StudyDate StudyTime StudyID StudyDescr "
+    "AccessionN ReferPhysi PatientsAg PatientsWe StudyModal SeriesInst SeriesNumb SeriesDate "
+    "SeriesTime SeriesDesc Modality PatientPos ContrastBo Manufactur ModelName BodyPartEx "
+    "ProtocolNa FrameOfRef SOPInstanc SOPClassUI ImageNumbe ImageDate ImageTime EchoNumber "
+    "NumberOfFr AcqDate AcqTime ReceivingC AcqNumber SliceLocat SamplesPer PhotoMetri Rows Colums "
+    "BitsStored ImageType ImageID ObjectFile DeviceName AccessTime qTimeStamp qFlags qSpare"
+).split()
+
+
+@pytest.fixture(scope="module")
+def rtset() -> RtSet:
+    return make_rt_set("IDX-1", plan_label="ADP1", n_slices=6, rows=32, columns=32)
+
+
+@pytest.fixture()
+def store(tmp_path: Path, rtset: RtSet) -> IndexStore:
+    index = IndexStore(tmp_path / "conquest.sqlite", DEFAULT_LAYOUT)
+    for number, ds in enumerate(rtset.all()):
+        index.put(ds, f"orthanc-{number}", "ab" * 32 if ds.Modality != "CT" else None)
+    return index
+
+
+def columns(store: IndexStore) -> set[str]:
+    found: set[str] = set()
+    for table in ("DICOMpatients", "DICOMstudies", "DICOMseries", "DICOMimages"):
+        found |= {row["name"] for row in store.db.query(f"PRAGMA table_info({table})")}
+    return found
+
+
+def test_conquest_tables_and_truncated_columns(store: IndexStore) -> None:
+    assert set(CONQUEST_COLUMNS) <= columns(store)
+
+
+def test_conquest_queries_run_unchanged(store: IndexStore, rtset: RtSet) -> None:
+    result = run_query(store.path, "select seriesinst from dicomseries where modality='RTPLAN'")
+    assert result.rows == [(str(rtset.rtplan.SeriesInstanceUID),)]
+    images = run_query(store.path, "select count(*), min(ObjectFile) from DICOMimages "
+                                   "where ImagePat='IDX-1'")
+    assert images.rows == [(len(rtset.all()), "orthanc-0")]
+    study = run_query(store.path, "select StudyModal, PatientNam from DICOMstudies")
+    assert study.rows == [("CT\\RTDOSE\\RTPLAN\\RTSTRUCT", "Test^Patient")]
+
+
+def test_rt_metrics_equal_the_known_values(store: IndexStore, rtset: RtSet) -> None:
+    plan = run_query(store.path, "select PlanLabel, Fractions, PrescriptionGy, BeamCount, TotalMU,"
+                                 " SHA256 from RTplans").as_json()["rows"][0]
+    # 60 Gy in 20 fractions over 4 beams: 0.75 Gy per beam, 1.15 MU per cGy.
+    assert plan == {"PlanLabel": "ADP1", "Fractions": 20, "PrescriptionGy": 60.0, "BeamCount": 4,
+                    "TotalMU": pytest.approx(4 * 86.25), "SHA256": "ab" * 32}
+    beams = run_query(store.path, "select BeamName, Energy, GantryStart, MU from RTbeams "
+                                  "order by BeamNumber").rows
+    assert beams == [(f"G{a:03d}", 6.0, float(a), 86.25) for a in (0, 90, 180, 270)]
+    struct = run_query(store.path, "select ROICount, ROINames from RTstructs").rows
+    assert struct == [(3, "BODY\\PTV\\Rectum")]
+    dose = run_query(store.path, "select Units, Summation, DoseMinGy, DoseMaxGy, SpacingRow "
+                                 "from RTdoses").rows[0]
+    assert dose[:2] == ("GY", "PLAN")
+    assert dose[2] == pytest.approx(0.0) and dose[3] == pytest.approx(61.8, abs=1e-4)
+    assert dose[4] == 2.5
+    refs = run_query(store.path, "select RefKind, count(*) from RTreferences group by RefKind "
+                                 "order by RefKind").rows
+    assert refs == [("image", 6), ("plan", 1), ("structure-set", 1)]
+
+
+def test_removing_the_last_image_of_each_level_removes_the_level(
+    store: IndexStore, rtset: RtSet
+) -> None:
+    store.remove(str(rtset.rtplan.SOPInstanceUID))
+    assert run_query(store.path, "select count(*) from RTplans").rows == [(0,)]
+    assert run_query(store.path, "select count(*) from dicomseries where modality='RTPLAN'"
+                     ).rows == [(0,)]
+    for ds in rtset.all():
+        store.remove(str(ds.SOPInstanceUID))
+    for table in ("DICOMimages", "DICOMseries", "DICOMstudies", "DICOMpatients"):
+        assert run_query(store.path, f"select count(*) from {table}").rows == [(0,)]
+
+
+@pytest.mark.parametrize("sql", [
+    "delete from DICOMimages",
+    "update DICOMseries set Modality='X'",
+    "create table evil(x)",
+    "pragma query_only=OFF",
+    "attach database 'other.sqlite' as other",
+])
+def test_writes_are_refused_by_sqlite(store: IndexStore, sql: str) -> None:
+    before = run_query(store.path, "select count(*) from DICOMimages").rows
+    try:
+        run_query(store.path, sql)
+    except QueryError:
+        pass
+    assert run_query(store.path, "select count(*) from DICOMimages").rows == before
+    with pytest.raises(QueryError):
+        run_query(store.path, "delete from DICOMimages")
+    assert "evil" not in {r[0] for r in run_query(
+        store.path, "select name from sqlite_master").rows}
+
+
+def test_write_refusal_comes_from_sqlite(store: IndexStore) -> None:
+    with pytest.raises(QueryError, match="readonly|read-only|query_only"):
+        run_query(store.path, "DeLeTe/**/FROM DICOMimages")
+
+
+def test_dicom_sql_adds_a_column_to_an_existing_index(tmp_path: Path, rtset: RtSet) -> None:
+    first = IndexStore(tmp_path / "c.sqlite", DEFAULT_LAYOUT)
+    first.put(rtset.ct[0], "x", None)
+    text = """/* site layout */
+*Image*
+{
+    { 0x0008, 0x0018, "SOPInstanceUID", 64, SQL_C_CHAR, DT_UI },
+    { 0x0018, 0x0050, "SliceThickness", 16, SQL_C_CHAR, DT_STR },
+    { 0x0020, 0x000e, "SeriesInstanceUID", 64, SQL_C_CHAR, DT_UI }
+}
+*WorkList*
+{
+    { 0x0008, 0x0050, "AccessionNumber", 16, SQL_C_CHAR, DT_STR, "OBR.3" }
+}
+"""
+    layout = parse_dicom_sql(text)
+    assert [c.name for c in layout.of("image")] == ["SOPInstanc", "SliceThick", "SeriesInst"]
+    assert layout.of("series") == DEFAULT_LAYOUT.of("series")
+    second = IndexStore(tmp_path / "c.sqlite", layout)
+    second.put(rtset.ct[1], "y", None)
+    rows = run_query(second.path, "select SliceThick from DICOMimages order by ObjectFile").rows
+    assert rows == [(None,), ("2.5",)]
+
+
+def test_dicom_sql_without_levels_is_refused() -> None:
+    with pytest.raises(DicomSqlError):
+        parse_dicom_sql("nothing here")
+
+
+def test_rt_reference_kinds(rtset: RtSet) -> None:
+    assert rt_metrics.references(rtset.rtplan) == [
+        ("structure-set", str(rtset.rtstruct.SOPInstanceUID))]
+    assert rt_metrics.references(rtset.ct[0]) == []
+
+
+def test_read_only_connection_cannot_write_directly(store: IndexStore) -> None:
+    from orthanc_plugin.index.query import read_only_connection
+
+    connection = read_only_connection(store.path)
+    with pytest.raises(sqlite3.OperationalError):
+        connection.execute("insert into DICOMpatients(PatientID) values('x')")
