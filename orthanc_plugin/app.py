@@ -135,6 +135,10 @@ class Gateway:
         self.intake.note_stable_study(study_id)
         self.pool.wake_intake()
 
+    def notify_deleted_instance(self, instance_id: str) -> None:
+        self.intake.note_deleted(instance_id)
+        self.pool.wake_intake()
+
     def _wake_senders(self) -> None:
         self.pool.wake_senders()
 

@@ -24,7 +24,7 @@ RULE_MODULES: list[str] = ["orthanc_plugin.contours.rule", "orthanc_plugin.deid.
 
 # Packages with an install(gateway) function, called once the gateway's core is built.
 CAPABILITIES: list[str] = ["orthanc_plugin.web", "orthanc_plugin.contours", "orthanc_plugin.harvest",
-                          "orthanc_plugin.deid",
+                          "orthanc_plugin.deid", "orthanc_plugin.importer",
                           "orthanc_plugin.export", "orthanc_plugin.plans", "orthanc_plugin.index"]
 
 

@@ -93,6 +93,10 @@ def register(gateway: Gateway, router: Router) -> None:
                 gateway.stop()
             elif change_type == orthanc.ChangeType.STABLE_STUDY:
                 gateway.notify_stable_study(resource_id)
+            elif (change_type == orthanc.ChangeType.DELETED
+                  and level == orthanc.ResourceType.INSTANCE):
+                # Orthanc 1.10 signals deletions to plugins but does not log them in /changes.
+                gateway.notify_deleted_instance(resource_id)
         except Exception:
             orthanc.LogError("RtGateway: change callback: " + traceback.format_exc())
 

@@ -10,6 +10,7 @@ stored and no other job still needs it. Audit rows and log lines name the pseudo
 from __future__ import annotations
 
 import sqlite3
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from io import BytesIO
@@ -32,6 +33,7 @@ DELETE_JOB_ACTION = "delete-original"
 DELETE_TARGET_PREFIX = "originals-after-"
 STORED_STATUSES = ("Success", "AlreadyStored")
 DELETE_WAIT_SECONDS = 5.0
+RECORD_BATCH = 50
 
 
 @dataclass(frozen=True)
@@ -40,6 +42,7 @@ class StoredCopy:
     study_id: str
     result: DeidResult
     study_uid: str
+    sop_instance_uid: str
     size: int
 
 
@@ -77,11 +80,17 @@ class AnonymizeExecutor:
             self.queue.policy_exhaust(job["id"])
             self.queue.settle([job["id"]], reason, "no-action")
             return
+        clock = _PhaseClock()
         copies: list[tuple[ClaimedItem, StoredCopy]] = []
         error: str | None = None
+        recorded = 0
         for item in items:
+            if len(copies) - recorded >= RECORD_BATCH:
+                self._record(job, action, copies[recorded:])
+                recorded = len(copies)
+                clock.lap("record")
             try:
-                copies.append((item, self._one(job, item, action)))
+                copies.append((item, self._one(job, item, action, clock)))
             except (DeidError, InvalidDicomError) as problem:
                 reason = f"cannot be de-identified: {problem}"
                 with self.db.transaction() as connection:
@@ -95,14 +104,17 @@ class AnonymizeExecutor:
                 error = f"Orthanc: {problem}"
                 self._event(job, "anonymize-error", "retry", error)
                 break
+        self._record(job, action, copies[recorded:])
+        clock.lap("record")
         self._queue_followers(job, action, copies)
         outcome = self.queue.settle([job["id"]], error, "host" if error else None)
         if copies:
             first = copies[0][1]
             self._event(
                 job, "anonymize-stored", "ok",
-                f"{len(copies)} instance(s) as {first.result.new_patient_id}, "
-                f"{action.settings.describe()}, job {outcome.get(job['id'], '')}",
+                f"{len(copies)} instance(s) as {first.result.new_patient_id} in "
+                f"{clock.total():.3f} s ({clock}), {action.settings.describe()}, "
+                f"job {outcome.get(job['id'], '')}",
                 patient=first.result.new_patient_id, study=first.study_uid,
             )
 
@@ -115,29 +127,46 @@ class AnonymizeExecutor:
                     return action
         return None
 
-    def _one(self, job: sqlite3.Row, item: ClaimedItem, action: AnonymizeAction) -> StoredCopy:
+    def _one(
+        self, job: sqlite3.Row, item: ClaimedItem, action: AnonymizeAction, clock: _PhaseClock
+    ) -> StoredCopy:
         original = self.host.get_bytes(f"/instances/{item.instance_id}/file")
+        clock.lap("read")
         ds = pydicom.dcmread(BytesIO(original))
         result = deidentify(ds, action.settings, self.keys)
         buffer = BytesIO()
         ds.save_as(buffer, enforce_file_format=True)
         data = buffer.getvalue()
+        clock.lap("de-identify")
         answer = self.host.post_bytes("/instances", data)
+        clock.lap("store")
         if not isinstance(answer, dict) or answer.get("Status") not in STORED_STATUSES:
             raise HostError(f"POST /instances did not confirm the copy: {answer!r}")
-        copy = StoredCopy(str(answer["ID"]), str(answer.get("ParentStudy", "")), result,
-                          str(ds.StudyInstanceUID), len(data))
+        return StoredCopy(str(answer["ID"]), str(answer.get("ParentStudy", "")), result,
+                          str(ds.StudyInstanceUID), str(ds.SOPInstanceUID), len(data))
+
+    def _record(
+        self, job: sqlite3.Row, action: AnonymizeAction, batch: list[tuple[ClaimedItem, StoredCopy]]
+    ) -> None:
+        """One transaction per batch, not per instance. A crash before it only means the copies
+        are made again on replay, which Orthanc answers with AlreadyStored: same UIDs, same bytes."""
+        if not batch:
+            return
+        stamp = now_iso()
         with self.db.transaction() as connection:
-            record_mapping(connection, result, self.keys.date_offset_days(result.original_patient_id))
-            connection.execute(
-                "INSERT OR REPLACE INTO deid_copies(original_instance_id, target, copy_instance_id,"
-                " new_sop_instance_uid, new_patient_id, job_id, settings, stored_at)"
-                " VALUES(?,?,?,?,?,?,?,?)",
-                (item.instance_id, job["target"], copy.instance_id, str(ds.SOPInstanceUID),
-                 result.new_patient_id, job["id"], action.settings.describe(), now_iso()),
-            )
-        self.queue.mark_sent([item], {item.instance_id: len(data)})
-        return copy
+            for item, copy in batch:
+                result = copy.result
+                record_mapping(connection, result,
+                               self.keys.date_offset_days(result.original_patient_id))
+                connection.execute(
+                    "INSERT OR REPLACE INTO deid_copies(original_instance_id, target,"
+                    " copy_instance_id, new_sop_instance_uid, new_patient_id, job_id, settings,"
+                    " stored_at) VALUES(?,?,?,?,?,?,?,?)",
+                    (item.instance_id, job["target"], copy.instance_id, copy.sop_instance_uid,
+                     result.new_patient_id, job["id"], action.settings.describe(), stamp),
+                )
+        self.queue.mark_sent([item for item, _ in batch],
+                             {item.instance_id: copy.size for item, copy in batch})
 
     def _queue_followers(
         self, job: sqlite3.Row, action: AnonymizeAction, copies: list[tuple[ClaimedItem, StoredCopy]]
@@ -244,3 +273,22 @@ class DeleteOriginals:
             "SELECT 1 FROM deid_copies WHERE original_instance_id=? LIMIT 1", (item.instance_id,)
         )
         return bool(rows) or not copied
+
+
+class _PhaseClock:
+    """Seconds spent per phase, for the audit: where an operator's time goes (read, store, ...)."""
+
+    def __init__(self) -> None:
+        self.started = self.last = time.perf_counter()
+        self.phases: dict[str, float] = {}
+
+    def lap(self, phase: str) -> None:
+        now = time.perf_counter()
+        self.phases[phase] = self.phases.get(phase, 0.0) + now - self.last
+        self.last = now
+
+    def total(self) -> float:
+        return time.perf_counter() - self.started
+
+    def __str__(self) -> str:
+        return ", ".join(f"{name} {seconds:.2f} s" for name, seconds in self.phases.items())

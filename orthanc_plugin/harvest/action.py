@@ -224,8 +224,11 @@ class HarvestRunner:
             raise Interrupted("stopping while waiting for the rate limit")
 
     def _request(self, item: sqlite3.Row, definition: HarvestDefinition, kind: str,
-                 call: Callable[[], Any]) -> Any:
-        """One request to the source, through its token bucket, recorded whatever the outcome."""
+                 call: Callable[[], Any], outcome: str = "ok") -> tuple[Any, int]:
+        """One request to the source, through its token bucket, recorded whatever the outcome.
+
+        Returns the answer and the id of its audit row.
+        """
         self._throttle(definition.source, definition.max_requests_per_minute)
         sent_at = time.time()
         try:
@@ -233,14 +236,13 @@ class HarvestRunner:
         except HostError as error:
             self.store.record_request(item, definition.source, kind, "error", str(error)[:500], sent_at)
             raise
-        self.store.record_request(item, definition.source, kind, "ok", None, sent_at)
-        return result
+        return result, self.store.record_request(item, definition.source, kind, outcome, None, sent_at)
 
     # -- queries -----------------------------------------------------------------------------------
     def _query(self, item: sqlite3.Row, definition: HarvestDefinition, policy: RetryPolicy) -> None:
         level, query = self._query_for(item, definition)
         try:
-            query_id, answers = self._request(
+            (query_id, answers), _ = self._request(
                 item, definition, "C-FIND", lambda: self.remote.find(definition.source, level, query))
         except HostError as error:
             self.store.settle(item["id"], after_query(False, item["attempts"], policy, str(error)))
@@ -321,14 +323,17 @@ class HarvestRunner:
             return
         try:
             query_id, index = self._retrieve_handle(item, definition)
-            job_id = self._request(item, definition, "C-MOVE",
-                                   lambda: self.remote.retrieve(query_id, index))
+            # The retrieve only starts an Orthanc job: the request's outcome is the job's.
+            job_id, request_id = self._request(item, definition, "C-MOVE",
+                                               lambda: self.remote.retrieve(query_id, index), "sent")
         except HostError as error:
             self.store.settle(item["id"], after_move(False, expected, stored, item["attempts"], policy,
                                                      str(error)), stored_instances=stored)
             return
         self.store.update(item["id"], orthanc_job=job_id)
         outcome = self.remote.wait_job(job_id)
+        self.store.finish_request(request_id, "ok" if outcome.ok else "error",
+                                  None if outcome.error is None else outcome.error[:500])
         expected = self.store.item(item["id"])["expected_instances"]
         orthanc_id, stored = self.remote.stored_series(item["series_uid"])
         transition = after_move(outcome.ok, expected, stored, item["attempts"], policy, outcome.error)
@@ -349,7 +354,7 @@ class HarvestRunner:
             return query_id, index
         query = {"PatientID": item["patient_id"], "StudyInstanceUID": item["study_uid"],
                  "SeriesInstanceUID": item["series_uid"], "NumberOfSeriesRelatedInstances": ""}
-        query_id, answers = self._request(
+        (query_id, answers), _ = self._request(
             item, definition, "C-FIND", lambda: self.remote.find(definition.source, "Series", query))
         if not answers:
             raise HostError(f"series {item['series_uid']} no longer found at {definition.source}")

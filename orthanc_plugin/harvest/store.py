@@ -289,9 +289,9 @@ class HarvestStore:
 
     # -- requests ----------------------------------------------------------------------------------
     def record_request(self, item: sqlite3.Row, source: str, kind: str, outcome: str,
-                       detail: str | None, at_epoch: float) -> None:
+                       detail: str | None, at_epoch: float) -> int:
         with self.db.transaction() as connection:
-            connection.execute(
+            cursor = connection.execute(
                 "INSERT INTO harvest_requests(at, at_epoch, harvest_id, item_id, source, kind, level,"
                 " outcome, detail) VALUES(?,?,?,?,?,?,?,?,?)",
                 (now_iso(), at_epoch, item["harvest_id"], item["id"], source, kind, item["level"],
@@ -299,6 +299,13 @@ class HarvestStore:
             )
             if kind == "C-MOVE":
                 connection.execute("UPDATE harvest_items SET moves=moves+1 WHERE id=?", (item["id"],))
+            return int(cursor.lastrowid or 0)
+
+    def finish_request(self, request_id: int, outcome: str, detail: str | None) -> None:
+        """A C-MOVE is only known to have worked once its Orthanc job ended."""
+        with self.db.transaction() as connection:
+            connection.execute("UPDATE harvest_requests SET outcome=?, detail=? WHERE id=?",
+                               (outcome, detail, request_id))
 
     def requests(self, harvest_id: int) -> list[sqlite3.Row]:
         return self.db.query(

@@ -52,8 +52,12 @@ class Intake:
         self.facts = FactsBuilder(host)
         self._callback_inbox: deque[tuple[str, str]] = deque()
         self._stable_inbox: deque[str] = deque()
+        self._deleted_inbox: deque[str] = deque()
         self._series_cache: dict[str, dict[str, Any]] = {}
         self._describe_failures: dict[str, int] = {}
+        # Capabilities that store instances themselves on behalf of an outside source (the import
+        # folder) name it here: instance ID -> source, or None when the instance is not theirs.
+        self.source_overrides: list[Callable[[str], str | None]] = []
         self.lock = threading.Lock()
         # Capabilities that follow described instances (plan bundles, the SQL index); each call
         # returns True when it has more to do at once.
@@ -65,6 +69,9 @@ class Intake:
 
     def note_stable_study(self, study_id: str) -> None:
         self._stable_inbox.append(study_id)
+
+    def note_deleted(self, instance_id: str) -> None:
+        self._deleted_inbox.append(instance_id)
 
     # -- the loop body -------------------------------------------------------------------------
     def initialise_cursor(self) -> None:
@@ -86,7 +93,7 @@ class Intake:
             return busy
 
     def _drain_callbacks(self) -> bool:
-        if not self._callback_inbox and not self._stable_inbox:
+        if not self._callback_inbox and not self._stable_inbox and not self._deleted_inbox:
             return False
         stamp = now_iso()
         with self.db.transaction() as connection:
@@ -99,6 +106,11 @@ class Intake:
                 )
             while self._stable_inbox:
                 _signal_stable(connection, self._stable_inbox.popleft())
+            while self._deleted_inbox:
+                connection.execute(
+                    "UPDATE received SET state='gone' WHERE instance_id=?",
+                    (self._deleted_inbox.popleft(),),
+                )
         return True
 
     def _tail_changes(self) -> bool:
@@ -217,7 +229,7 @@ class Intake:
             "called_aet": metadata.get("CalledAET", ""),
             "remote_ip": metadata.get("RemoteIP", ""),
             "origin": origin,
-            "source": SOURCE_BY_ORIGIN.get(origin, "DICOM"),
+            "source": self._source(instance_id, origin),
             "sop_class_uid": metadata.get("SopClassUid", ""),
             "modality": modality,
             "patient_id": study_tags.get("PatientID", ""),
@@ -230,6 +242,13 @@ class Intake:
             "plan_label": plan_label,
             "file_size": int(instance.get("FileSize", 0)),
         }
+
+    def _source(self, instance_id: str, origin: str) -> str:
+        source = SOURCE_BY_ORIGIN.get(origin, "DICOM")
+        if source == "GATEWAY":  # only the plugin's own stores can be on behalf of another source
+            for override in self.source_overrides:
+                source = override(instance_id) or source
+        return source
 
     def _series(self, series_id: str) -> dict[str, Any]:
         cached = self._series_cache.get(series_id)

@@ -11,6 +11,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from orthanc_plugin.api.router import ApiError, Request, Response, csv_response, json_response
+from orthanc_plugin.plans.dvh_store import plan_dvh
 from orthanc_plugin.plans.manual import send_plans
 
 if TYPE_CHECKING:
@@ -87,6 +88,8 @@ def add_routes(gateway: Gateway) -> None:
         plan["rule_runs"] = [dict(row) for row in gateway.db.query(
             "SELECT rule, outcome, at, missing_json, jobs FROM plan_rule_runs WHERE plan_uid=? "
             "ORDER BY at", (plan["id"],))]
+        if request.query.get("dvh", "true") != "false":
+            plan["dvh"] = plan_dvh(gateway, plan)
         for provider in DETAIL_PROVIDERS.get(gateway, ()):
             plan.update(provider(plan))
         if request.query.get("format") == "csv":

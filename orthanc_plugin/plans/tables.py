@@ -38,4 +38,10 @@ CREATE TABLE IF NOT EXISTS plan_rule_runs(
     at TEXT NOT NULL, missing_json TEXT, jobs INTEGER NOT NULL DEFAULT 0,
     PRIMARY KEY(rule, plan_uid, outcome)
 );
+
+-- Computed DVHs of complete bundles (GET plans/{id}), valid while the members are the same.
+CREATE TABLE IF NOT EXISTS plan_dvh(
+    plan_uid TEXT PRIMARY KEY, members_sha256 TEXT NOT NULL, dvh_json TEXT NOT NULL,
+    computed_at TEXT NOT NULL
+);
 """

@@ -270,6 +270,13 @@ def test_a_source_down_mid_harvest_is_waited_for(
     gateway.reset_storage()
     harvest_id = start_harvest(gateway, patients=["HVA1"], max_requests_per_minute=100, concurrency=1,
                                retry_delay_seconds=0.5, retry_max_delay_seconds=1, max_attempts=100)
+    # Paused: what was in flight ends, nothing new starts until resumed.
+    assert gateway.post(f"/rt-gateway/harvests/{harvest_id}/pause").json()["state"] == "paused"
+    time.sleep(1.5)
+    paused_moves = status(gateway, harvest_id)["moves"]
+    time.sleep(1.5)
+    assert status(gateway, harvest_id)["moves"] == paused_moves
+    assert gateway.post(f"/rt-gateway/harvests/{harvest_id}/resume").json()["state"] == "running"
     wait_until(lambda: status(gateway, harvest_id)["counts"].get("series", {}).get("complete", 0) >= 2,
                90, "two series complete")
     source.stop()

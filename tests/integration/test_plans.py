@@ -194,6 +194,10 @@ def test_conquest_index_answers_old_queries_and_refuses_writes(
     assert [beam["MU"] for beam in detail["metrics"]["beams"]] == [86.25] * 4
     assert [roi["ROIName"] for roi in detail["rois"]] == ["BODY", "PTV", "Rectum"]
     assert abs(detail["doses"][0]["DoseMaxGy"] - 61.8) < 1e-3
+    dvh = {row["roi"]: row for row in detail["dvh"]["computed"]}
+    assert set(dvh) == {"BODY", "PTV", "Rectum"} and detail["dvh"]["prescription_gy"] == 60.0
+    assert abs(dvh["PTV"]["Dmax"] - 61.8) < 1e-3 and dvh["PTV"]["V_prescription_pct"] > 90
+    assert dvh["Rectum"]["Dmean"] < dvh["PTV"]["Dmean"]
 
     # Deleted in Orthanc, gone from the index.
     plan_instance = gateway.post("/tools/lookup", str(rtset.rtplan.SOPInstanceUID)).json()[0]["ID"]

@@ -1,0 +1,231 @@
+"""The import folder poller: complete files -> Orthanc (source IMPORT_FOLDER) or quarantine.
+
+One file (or one ZIP member) in memory at a time, so a folder of any size imports in bounded
+memory. A file is removed only when clear_after_import is on and everything in it is stored in
+Orthanc, already was (duplicate), or sits in the quarantine folder with its reason.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import os
+import shutil
+import threading
+import time
+import traceback
+import zipfile
+from collections.abc import Callable, Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+
+from orthanc_plugin.audit.recorder import AuditRecorder
+from orthanc_plugin.importer.model import (
+    ZIP_MAGIC,
+    ImportSettings,
+    NotImportable,
+    Stability,
+    inspect_dicom,
+    wanted,
+)
+from orthanc_plugin.importer.tables import ImportTables
+from orthanc_plugin.ports import Host, HostError
+
+
+class ImportWatcher:
+    def __init__(
+        self,
+        host: Host,
+        tables: ImportTables,
+        recorder: AuditRecorder,
+        settings: ImportSettings,
+        log_error: Callable[[str], None],
+    ) -> None:
+        self.host = host
+        self.tables = tables
+        self.recorder = recorder
+        self.settings = settings
+        self.log_error = log_error
+        self.stability = Stability(settings.stable_seconds)
+        self.wakeup = threading.Event()
+        self.stopping = threading.Event()
+        self.thread: threading.Thread | None = None
+
+    # -- life cycle ----------------------------------------------------------------------------
+    def start(self) -> None:
+        if self.settings.folder is None or self.thread is not None:
+            return
+        self.stopping.clear()
+        self.thread = threading.Thread(target=self._loop, name="rtgw-import", daemon=True)
+        self.thread.start()
+
+    def stop(self) -> None:
+        self.stopping.set()
+        self.wakeup.set()
+        if self.thread is not None:
+            self.thread.join(10)
+            self.thread = None
+
+    def _loop(self) -> None:
+        while not self.stopping.is_set():
+            try:
+                self.scan()
+            except Exception:  # a bad file or a vanished folder must not end the importer
+                self.log_error("import folder: " + traceback.format_exc())
+            self.wakeup.wait(self.settings.poll_seconds)
+            self.wakeup.clear()
+
+    # -- one pass ------------------------------------------------------------------------------
+    def scan(self) -> int:
+        """Take every complete file; returns how many were taken."""
+        folder = self.settings.folder
+        if folder is None or not folder.is_dir():
+            return 0
+        taken = 0
+        present: set[str] = set()
+        now = time.time()
+        for path in self._files(folder):
+            if self.stopping.is_set():
+                break
+            relative = path.relative_to(folder).as_posix()
+            if not wanted(relative, self.settings.include, self.settings.exclude):
+                continue
+            try:
+                stat = path.stat()
+            except FileNotFoundError:
+                continue
+            present.add(relative)
+            if self.tables.already_taken(relative, stat.st_size, stat.st_mtime_ns):
+                continue
+            if not self.stability.ready(relative, stat.st_size, stat.st_mtime_ns, now):
+                continue
+            self.stability.forget(relative)
+            self._take(path, relative, stat.st_size, stat.st_mtime_ns)
+            taken += 1
+        self.stability.keep_only(present)
+        return taken
+
+    def _files(self, folder: Path) -> Iterator[Path]:
+        quarantine = self.settings.quarantine.resolve()
+        for root, dirs, names in os.walk(folder):
+            here = Path(root)
+            if here.resolve() == quarantine or quarantine in here.resolve().parents:
+                dirs[:] = []
+                continue
+            dirs.sort()
+            for name in sorted(names):
+                yield here / name
+            if not self.settings.recursive:
+                dirs[:] = []
+
+    def _take(self, path: Path, relative: str, size: int, mtime_ns: int) -> None:
+        digest, head = _sha256_and_head(path)
+        if self.tables.stored_before(digest):
+            self.tables.record(relative, size, mtime_ns, digest, "duplicate",
+                               detail="same content already imported")
+            self.recorder.event("import-duplicate", status="skipped", resource_id=relative,
+                                detail="same content already imported")
+            self._clear(path)
+            return
+        if head == ZIP_MAGIC:  # members are read one at a time, never the whole archive
+            self._take_zip(path, relative, size, mtime_ns, digest)
+            return
+        try:
+            instance_id = self._store(path.read_bytes())
+        except NotImportable as problem:
+            self._quarantine_file(path, relative, str(problem))
+            self.tables.record(relative, size, mtime_ns, digest, "quarantined", detail=str(problem))
+            return
+        self.tables.record(relative, size, mtime_ns, digest, "stored", instance_id)
+        self.recorder.event("imported", status="ok", resource_id=instance_id, detail=relative)
+        self._clear(path)
+
+    def _take_zip(self, path: Path, relative: str, size: int, mtime_ns: int, digest: str) -> None:
+        stored = failed = duplicates = 0
+        try:
+            archive = zipfile.ZipFile(path)
+        except zipfile.BadZipFile as problem:
+            reason = f"not a readable ZIP file: {problem}"
+            self._quarantine_file(path, relative, reason)
+            self.tables.record(relative, size, mtime_ns, digest, "quarantined", detail=reason)
+            return
+        with archive:
+            for member in archive.infolist():
+                if member.is_dir():
+                    continue
+                label = f"{relative}!{member.filename}"
+                data = archive.read(member)
+                member_digest = hashlib.sha256(data).hexdigest()
+                if self.tables.stored_before(member_digest):
+                    self.tables.record(label, member.file_size, None, member_digest, "duplicate")
+                    duplicates += 1
+                    continue
+                try:
+                    instance_id = self._store(data)
+                except NotImportable as problem:
+                    self._quarantine_bytes(data, label, str(problem))
+                    self.tables.record(label, member.file_size, None, member_digest, "quarantined",
+                                       detail=str(problem))
+                    failed += 1
+                    continue
+                self.tables.record(label, member.file_size, None, member_digest, "stored",
+                                   instance_id)
+                stored += 1
+        summary = f"{stored} stored, {duplicates} duplicate(s), {failed} quarantined"
+        self.tables.record(relative, size, mtime_ns, digest, "taken", detail=summary)
+        self.recorder.event("imported-zip", status="ok" if not failed else "partial",
+                            resource_id=relative, detail=summary)
+        self._clear(path)  # every member is in Orthanc or in the quarantine folder
+
+    def _store(self, data: bytes) -> str:
+        """The Orthanc ID of the stored instance; NotImportable when it is not (reason given)."""
+        expected = inspect_dicom(data)
+        self.tables.expect_instance(expected)
+        try:
+            answer = self.host.post_bytes("/instances", data)
+        except HostError as error:
+            raise NotImportable(f"refused by Orthanc: {error}") from None
+        if not isinstance(answer, dict) or "ID" not in answer:
+            raise NotImportable(f"refused by Orthanc: {answer!r}")
+        instance_id = str(answer["ID"])
+        if instance_id != expected:
+            self.tables.expect_instance(instance_id)
+        return instance_id
+
+    # -- files out of the folder ---------------------------------------------------------------
+    def _clear(self, path: Path) -> None:
+        if self.settings.clear_after_import:
+            with contextlib.suppress(FileNotFoundError):
+                path.unlink()
+
+    def _quarantine_target(self, label: str) -> Path:
+        self.settings.quarantine.mkdir(parents=True, exist_ok=True)
+        stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S%f")
+        flat = label.replace("/", "__").replace("!", "__").replace("\\", "__").lstrip(".")
+        return self.settings.quarantine / f"{stamp}_{flat}"
+
+    def _quarantine_file(self, path: Path, relative: str, reason: str) -> None:
+        target = self._quarantine_target(relative)
+        shutil.move(str(path), target)  # moved, never deleted: a person decides what it was
+        self._write_reason(target, relative, reason)
+
+    def _quarantine_bytes(self, data: bytes, label: str, reason: str) -> None:
+        target = self._quarantine_target(label)
+        target.write_bytes(data)
+        self._write_reason(target, label, reason)
+
+    def _write_reason(self, target: Path, label: str, reason: str) -> None:
+        target.with_name(target.name + ".reason").write_text(f"{label}\n{reason}\n")
+        with self.recorder.db.transaction() as connection:
+            self.recorder.quarantine(connection, f"import:{label}", f"import: {reason}",
+                                     detail=str(target))
+
+
+def _sha256_and_head(path: Path) -> tuple[str, bytes]:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        head = handle.read(4)
+        digest.update(head)
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest(), head

@@ -1,0 +1,48 @@
+"""DVHs of complete bundles, computed on first request from the files in Orthanc, then kept."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from io import BytesIO
+from typing import TYPE_CHECKING, Any
+
+from pydicom import dcmread
+
+from orthanc_plugin.audit.clock import now_iso
+from orthanc_plugin.plans.dvh_source import DvhInputError, bundle_dvhs
+from orthanc_plugin.ports import HostError
+
+if TYPE_CHECKING:
+    from orthanc_plugin.app import Gateway
+
+
+def plan_dvh(gateway: Gateway, plan: dict[str, Any]) -> dict[str, Any] | None:
+    """None for an incomplete bundle; the cached DVH while the members stay the same."""
+    if not plan["complete"]:
+        return None
+    members = {m["modality"]: m for m in plan["objects"] if m["modality"] != "CT"}
+    if "RTSTRUCT" not in members or "RTDOSE" not in members:
+        return None
+    key = hashlib.sha256(json.dumps(plan["objects"], sort_keys=True).encode()).hexdigest()
+    cached = gateway.db.query("SELECT members_sha256, dvh_json FROM plan_dvh WHERE plan_uid=?",
+                              (plan["id"],))
+    if cached and cached[0]["members_sha256"] == key:
+        return dict(json.loads(cached[0]["dvh_json"]))
+
+    def read(instance_id: str, pixels: bool = False) -> Any:
+        data = gateway.host.get_bytes(f"/instances/{instance_id}/file")
+        return dcmread(BytesIO(data), stop_before_pixels=not pixels, force=True)
+
+    try:
+        result = bundle_dvhs(read(members["RTSTRUCT"]["instance_id"]),
+                             read(members["RTDOSE"]["instance_id"], pixels=True),
+                             read(plan["plan_instance_id"]))
+    except (HostError, DvhInputError, ValueError, AttributeError) as error:
+        return {"error": f"no DVH: {type(error).__name__}: {error}"}
+    result["dose_sop_instance_uid"] = members["RTDOSE"]["sop_instance_uid"]
+    with gateway.db.transaction() as connection:
+        connection.execute(
+            "INSERT OR REPLACE INTO plan_dvh(plan_uid, members_sha256, dvh_json, computed_at)"
+            " VALUES(?,?,?,?)", (plan["id"], key, json.dumps(result), now_iso()))
+    return result

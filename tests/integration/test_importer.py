@@ -1,0 +1,148 @@
+"""The import folder end to end: files and ZIPs dropped in a folder, stored into a real Orthanc,
+run through the rules as IMPORT_FOLDER; broken files quarantined with a reason; duplicates not."""
+
+from __future__ import annotations
+
+import shutil
+import time
+import zipfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.integration.conftest import keep_logs, require_orthanc
+from tests.integration.helpers import gateway_rows
+from tests.support.orthanc import OrthancProcess, wait_until
+from tests.support.rtset import make_ct_series, make_rt_set, write_datasets, write_malformed
+
+RULES = """
+rules:
+  - name: structures from the import folder
+    on: instance
+    match: {{source: IMPORT_FOLDER, modality: RTSTRUCT}}
+    actions:
+      - export: {export}
+"""
+
+
+@pytest.fixture(scope="module")
+def folders(workdir: Path) -> dict[str, Path]:
+    paths = {name: workdir / name for name in ("incoming", "quarantine", "export")}
+    for path in paths.values():
+        path.mkdir()
+    return paths
+
+
+@pytest.fixture(scope="module")
+def gateway(workdir: Path, folders: dict[str, Path]) -> Iterator[OrthancProcess]:
+    require_orthanc()
+    process = OrthancProcess(
+        workdir / "gateway", "RTGATEWAY", plugin=True, rules=RULES.format(export=folders["export"]),
+        gateway_settings={"Import": {
+            "Folder": str(folders["incoming"]), "QuarantineFolder": str(folders["quarantine"]),
+            "ClearAfterImport": True, "PollSeconds": 0.3, "StableSeconds": 0.3,
+        }},
+    )
+    process.start()
+    yield process
+    process.stop()
+    keep_logs(process, "importer-gateway")
+
+
+def progress(gateway: OrthancProcess) -> dict:
+    return gateway.json("/rt-gateway/import/progress")
+
+
+def files_left(folder: Path) -> list[Path]:
+    return [p for p in folder.rglob("*") if p.is_file()]
+
+
+def test_nested_folders_and_a_zip_are_imported_and_run_through_the_rules(
+    gateway: OrthancProcess, folders: dict[str, Path], tmp_path: Path
+) -> None:
+    rtset = make_rt_set("IMPORT-1", n_slices=4)
+    staging = tmp_path / "staging"
+    paths = write_datasets(rtset.all(), staging)
+    nested = folders["incoming"] / "site" / "2024" / "ct"
+    nested.mkdir(parents=True)
+    for path in paths[:3]:
+        shutil.copy(path, nested / path.name)
+    archive = staging / "rest.zip"
+    with zipfile.ZipFile(archive, "w") as zipped:
+        for path in paths[3:]:
+            zipped.write(path, f"inner/{path.name}")
+    shutil.move(archive, folders["incoming"] / "rest.zip")
+
+    wait_until(lambda: progress(gateway)["stored"] >= len(paths), 60, "all imported")
+    study = gateway.post("/tools/lookup", rtset.study_uid).json()
+    assert study and len(gateway.json(f"/studies/{study[0]['ID']}/instances")) == len(paths)
+    received = gateway_rows(gateway, kind="received", study=rtset.study_uid)
+    assert {row["source"] for row in received} == {"IMPORT_FOLDER"}
+    sop = str(rtset.rtstruct.SOPInstanceUID)
+    wait_until(lambda: list(folders["export"].glob(f"*{sop}*")), 60, "rule fired on the import")
+    wait_until(lambda: files_left(folders["incoming"]) == [], 30, "imported files cleared")
+    events = gateway_rows(gateway, kind="events")
+    zipped_summary = f"{len(paths) - 3} stored, 0 duplicate(s), 0 quarantined"
+    assert any(e["event"] == "imported-zip" and e["detail"] == zipped_summary for e in events)
+
+
+def test_broken_files_go_to_quarantine_with_a_reason(
+    gateway: OrthancProcess, folders: dict[str, Path], tmp_path: Path
+) -> None:
+    before = gateway.instance_count()
+    bad = write_malformed(tmp_path / "bad")
+    text = tmp_path / "notes.txt"
+    text.write_text("not DICOM at all")
+    for path in [*bad, text]:
+        shutil.copy(path, folders["incoming"] / path.name)
+    wait_until(lambda: progress(gateway)["quarantined"] >= 4, 60, "all quarantined")
+    reasons = {p.read_text().splitlines()[0]: p.read_text() for p in
+               folders["quarantine"].glob("*.reason")}
+    assert "truncated" in reasons["truncated.dcm"]
+    assert "not a DICOM file" in reasons["random-bytes.dcm"]
+    assert "no SOPInstanceUID" in reasons["no-sop-instance-uid.dcm"]
+    assert "not a DICOM file" in reasons["notes.txt"]
+    # Moved, not lost: each bad file sits beside its reason, byte for byte.
+    kept = {p.name.split("_", 1)[1]: p for p in folders["quarantine"].iterdir()
+            if not p.name.endswith(".reason")}
+    assert kept["notes.txt"].read_text() == "not DICOM at all"
+    assert kept["truncated.dcm"].read_bytes() == bad[0].read_bytes()
+    assert gateway.instance_count() == before
+    assert files_left(folders["incoming"]) == []
+    quarantine_rows = gateway_rows(gateway, kind="quarantine")
+    assert any(r["instance_id"] == "import:notes.txt" for r in quarantine_rows)
+
+
+def test_the_same_file_twice_is_stored_once(
+    gateway: OrthancProcess, folders: dict[str, Path], tmp_path: Path
+) -> None:
+    (path,) = write_datasets(make_rt_set("IMPORT-DUP", n_slices=1).ct, tmp_path)
+    before = progress(gateway)
+    shutil.copy(path, folders["incoming"] / "first.dcm")
+    wait_until(lambda: progress(gateway)["stored"] == before["stored"] + 1, 60, "stored")
+    count = gateway.instance_count()
+    shutil.copy(path, folders["incoming"] / "again.dcm")
+    wait_until(lambda: progress(gateway)["duplicate"] == before["duplicate"] + 1, 60, "duplicate")
+    assert gateway.instance_count() == count
+    assert progress(gateway)["stored"] == before["stored"] + 1
+    wait_until(lambda: files_left(folders["incoming"]) == [], 30, "cleared")
+
+
+def test_a_folder_of_2000_files(gateway: OrthancProcess, folders: dict[str, Path],
+                                tmp_path: Path) -> None:
+    series = make_ct_series(patient_id="IMPORT-BULK", patient_name="Bulk^Import",
+                            study_uid="1.2.826.0.1.3680043.8.498.77", n_slices=2000, rows=8,
+                            columns=8, frame_of_reference_uid="1.2.826.0.1.3680043.8.498.78")
+    staging = tmp_path / "bulk"
+    write_datasets(series, staging)
+    before = progress(gateway)["stored"]
+    start = time.perf_counter()
+    shutil.move(staging, folders["incoming"] / "bulk")
+    wait_until(lambda: progress(gateway)["stored"] >= before + 2000, 150, "2000 imported",
+               interval=1.0)
+    seconds = time.perf_counter() - start
+    print(f"2000 files imported in {seconds:.1f} s ({2000 / seconds:.0f} files/s)")
+    study = gateway.post("/tools/lookup", "1.2.826.0.1.3680043.8.498.77").json()
+    assert len(gateway.json(f"/studies/{study[0]['ID']}/instances")) == 2000
+    wait_until(lambda: files_left(folders["incoming"]) == [], 60, "cleared")

@@ -1,0 +1,108 @@
+"""DVH against analytic cases: a box in a linear dose ramp, a ring (hole), a uniform cylinder."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+from orthanc_plugin.plans.dvh import Contour, DoseGrid, dvh
+
+
+def ramp_grid(a: float = 10.0, b: float = 0.5) -> DoseGrid:
+    xs = np.arange(-50.0, 50.01, 2.5)
+    ys = np.arange(-50.0, 50.01, 2.5)
+    zs = np.arange(-20.0, 20.01, 2.5)
+    dose = np.broadcast_to(a + b * xs[None, None, :], (len(zs), len(ys), len(xs))).copy()
+    return DoseGrid(xs, ys, zs, dose)
+
+
+def box(x0: float, x1: float, y0: float, y1: float, z: float) -> Contour:
+    return Contour(z, np.array([[x0, y0], [x1, y0], [x1, y1], [x0, y1]]))
+
+
+def test_box_in_a_linear_ramp_matches_the_analytic_dvh() -> None:
+    # D(x) = 10 + 0.5 x over x in [-20, 20]: uniform in [0, 20] Gy across the volume.
+    planes = [-5.0, -2.5, 0.0, 2.5, 5.0]
+    result = dvh([box(-20, 20, -10, 10, z) for z in planes], ramp_grid(), prescription_gy=15.0)
+    assert result is not None
+    assert result.volume_cc == pytest.approx(40 * 20 * 2.5 * 5 / 1000, rel=1e-6)
+    assert result.d_mean == pytest.approx(10.0, abs=0.01)
+    # Samples sit at sub-voxel centres, half a sample (0.3125 mm -> 0.16 Gy) inside the edges.
+    half_sample_gy = 0.5 * 2.5 / 4 / 2
+    assert result.d_min == pytest.approx(0.0 + half_sample_gy, abs=1e-6)
+    assert result.d_max == pytest.approx(20.0 - half_sample_gy, abs=1e-6)
+    assert result.d95 == pytest.approx(1.0, abs=0.2)      # 5 % of 20 Gy
+    assert result.d2 == pytest.approx(19.6, abs=0.2)      # 98 % of 20 Gy
+    assert result.v_prescription_pct == pytest.approx(25.0, abs=0.5)  # D >= 15 Gy: x >= 10
+
+
+def test_inner_contour_is_a_hole_under_the_even_odd_rule() -> None:
+    grid = ramp_grid(a=5.0, b=0.0)
+    outer = [box(-20, 20, -20, 20, z) for z in (0.0, 2.5)]
+    inner = [box(-10, 10, -10, 10, z) for z in (0.0, 2.5)]
+    result = dvh(outer + inner, grid)
+    assert result is not None
+    assert result.volume_cc == pytest.approx((40 * 40 - 20 * 20) * 2.5 * 2 / 1000, rel=1e-6)
+    assert result.d_min == result.d_max == pytest.approx(5.0)
+
+
+def test_cylinder_volume_converges_with_supersampling() -> None:
+    grid = ramp_grid(a=2.0, b=0.0)
+    angles = np.linspace(0, 2 * math.pi, 256, endpoint=False)
+    circle = np.stack([15 * np.cos(angles), 15 * np.sin(angles)], axis=1)
+    planes = [Contour(z, circle) for z in np.arange(-10.0, 10.01, 2.5)]
+    exact = math.pi * 15**2 * 2.5 * len(planes) / 1000
+    coarse = dvh(planes, grid, supersampling=1)
+    fine = dvh(planes, grid, supersampling=8)
+    assert coarse is not None and fine is not None
+    assert abs(fine.volume_cc - exact) < abs(coarse.volume_cc - exact) + 1e-9
+    assert fine.volume_cc == pytest.approx(exact, rel=0.005)
+    assert fine.d_mean == pytest.approx(2.0)
+
+
+def test_outside_the_dose_grid_counts_as_zero_dose() -> None:
+    result = dvh([box(40, 60, -5, 5, 0.0)], ramp_grid(a=10.0, b=0.0), prescription_gy=10.0)
+    assert result is not None
+    assert result.d_min == 0.0 and result.d_max == pytest.approx(10.0)
+    assert result.v_prescription_pct == pytest.approx(50.0, abs=7.0)
+
+
+def test_no_contour_no_dvh() -> None:
+    assert dvh([], ramp_grid()) is None
+
+
+def test_synthetic_plan_dvh_from_dicom_objects() -> None:
+    from pydicom.dataset import Dataset
+
+    from orthanc_plugin.plans.dvh_source import bundle_dvhs
+    from tests.support.rtset import make_rt_set
+
+    rtset = make_rt_set("DVH", n_slices=12, rows=64, columns=64)
+    assert rtset.rtdose is not None
+    dose = rtset.rtdose.copy()
+    # A planning-system DVH for the PTV, stored next to the computed one.
+    item = Dataset()
+    ref = Dataset()
+    ref.ReferencedROINumber = 2
+    item.DVHReferencedROISequence = [ref]
+    item.DVHType, item.DoseUnits = "CUMULATIVE", "GY"
+    item.DVHMinimumDose, item.DVHMaximumDose, item.DVHMeanDose = 59.0, 61.8, 61.5
+    dose.DVHSequence = [item]
+    result = bundle_dvhs(rtset.rtstruct, dose, rtset.rtplan)
+    by_roi = {row["roi"]: row for row in result["computed"]}
+    assert set(by_roi) == {"BODY", "PTV", "Rectum"}
+    ptv = by_roi["PTV"]
+    # PTV: a 64-gon of radius 6.4 mm on slices 3..8 (2.5 mm apart), flat 61.8 Gy inside.
+    radius, sides, slices = 0.10 * 63, 64, 6
+    area = sides / 2 * radius**2 * math.sin(2 * math.pi / sides)
+    assert ptv["volume_cc"] == pytest.approx(area * 2.5 * slices / 1000, rel=0.03)
+    assert ptv["Dmax"] == pytest.approx(61.8, abs=1e-3)
+    assert ptv["D2"] == pytest.approx(61.8, abs=1e-3)
+    assert 58.0 < ptv["D95"] <= 61.8 and 55.0 < ptv["Dmin"] <= ptv["D95"]
+    assert ptv["V_prescription_pct"] > 90.0
+    assert by_roi["Rectum"]["Dmean"] < ptv["Dmean"]
+    assert result["prescription_gy"] == 60.0
+    assert result["planning_system"] == {"PTV": {"Dmin": 59.0, "Dmean": 61.5, "Dmax": 61.8,
+                                                 "type": "CUMULATIVE", "dose_units": "GY"}}
