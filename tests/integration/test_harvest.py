@@ -20,10 +20,20 @@ from typing import Any
 
 import pydicom
 import pytest
+import requests
+from pydicom.dataset import Dataset
+from pynetdicom import AE, evt
+from pynetdicom.sop_class import (
+    CTImageStorage,
+    PatientRootQueryRetrieveInformationModelFind,
+    PatientRootQueryRetrieveInformationModelMove,
+    StudyRootQueryRetrieveInformationModelFind,
+    StudyRootQueryRetrieveInformationModelMove,
+)
 
 from tests.integration.conftest import keep_logs, require_orthanc
 from tests.integration.helpers import sop_uids
-from tests.support.orthanc import OrthancProcess, storescu, wait_until
+from tests.support.orthanc import PASSWORD, USER, OrthancProcess, free_port, storescu, wait_until
 from tests.support.rtset import RtSet, make_ct_series, make_rt_set, write_datasets
 
 SOURCE = "HVSOURCE"
@@ -288,3 +298,73 @@ def test_a_source_down_mid_harvest_is_waited_for(
     assert gateway.sop_instance_uids() == sop_uids([ds for s in pacs_data["HVA1"] for ds in s.all()])
     audit = gateway.json(f"/rt-gateway/harvests/{harvest_id}/requests")
     assert any(row["outcome"] == "error" for row in audit)   # the outage was met, then waited out
+
+
+class ShortPacs:
+    """A PACS whose C-FIND announces more instances than its C-MOVE delivers (pynetdicom)."""
+
+    def __init__(self, gateway: OrthancProcess, announced: int, delivered: int) -> None:
+        self.port = free_port()
+        self.gateway = gateway
+        self.slices = make_ct_series(patient_id="HVSHORT", patient_name="Short^Series",
+                                     study_uid=pydicom.uid.generate_uid(),
+                                     frame_of_reference_uid=pydicom.uid.generate_uid(), n_slices=announced)
+        self.delivered = delivered
+        self.moves = 0
+        ae = AE(ae_title="SHORTPACS")
+        for context in (PatientRootQueryRetrieveInformationModelFind,
+                        StudyRootQueryRetrieveInformationModelFind,
+                        PatientRootQueryRetrieveInformationModelMove,
+                        StudyRootQueryRetrieveInformationModelMove):
+            ae.add_supported_context(context)
+        ae.add_requested_context(CTImageStorage)
+        self.server = ae.start_server(("127.0.0.1", self.port), block=False, evt_handlers=[
+            (evt.EVT_C_FIND, self._find), (evt.EVT_C_MOVE, self._move)])
+
+    def _find(self, event: evt.Event) -> Iterator[tuple[int, Dataset | None]]:
+        first = self.slices[0]
+        answer = Dataset()
+        answer.QueryRetrieveLevel = event.identifier.QueryRetrieveLevel
+        answer.PatientID, answer.StudyInstanceUID = first.PatientID, first.StudyInstanceUID
+        if answer.QueryRetrieveLevel == "SERIES":
+            answer.SeriesInstanceUID, answer.Modality = first.SeriesInstanceUID, "CT"
+            answer.NumberOfSeriesRelatedInstances = str(len(self.slices))
+        yield 0xFF00, answer
+
+    def _move(self, event: evt.Event) -> Iterator[Any]:
+        self.moves += 1
+        yield "127.0.0.1", self.gateway.dicom_port
+        yield self.delivered
+        for dataset in self.slices[: self.delivered]:
+            yield 0xFF00, dataset
+
+    def close(self) -> None:
+        self.server.shutdown()
+
+
+def test_a_series_that_stays_short_is_reported_incomplete_with_both_counts(
+    processes: tuple[SourcePacs, OrthancProcess]
+) -> None:
+    _, gateway = processes
+    pacs = ShortPacs(gateway, announced=4, delivered=2)
+    try:
+        put = requests.put(f"{gateway.url}/modalities/SHORTPACS", auth=(USER, PASSWORD), timeout=30,
+                           data=json.dumps(["SHORTPACS", "127.0.0.1", pacs.port]))
+        assert put.ok, put.text
+        answer = gateway.post("/rt-gateway/harvests", {
+            "source": "SHORTPACS", "patients": ["HVSHORT"], "max_attempts": 2,
+            "retry_delay_seconds": 0.2, "retry_max_delay_seconds": 0.2})
+        assert answer.status_code == 200, answer.text
+        final = wait_done(gateway, answer.json()["id"], timeout=60)
+    finally:
+        pacs.close()
+    assert final["counts"]["series"] == {"incomplete": 1}
+    assert pacs.moves == 2                      # retried once, then given up
+    rows = list(csv.DictReader(io.StringIO(
+        gateway.get(f"/rt-gateway/harvests/{final['id']}/inventory.csv").text)))
+    series = next(row for row in rows if row["level"] == "series")
+    counts = (series["state"], series["expected_instances"], series["stored_instances"])
+    assert counts == ("incomplete", "4", "2")
+    assert "2 of 4 instance(s) stored" in series["last_error"]
+    assert final["zips"] == []                  # nothing complete: no ZIP
+
