@@ -57,12 +57,32 @@ class DvhResult:
     v_prescription_pct: float | None
     samples: int
     supersampling: int = DEFAULT_SUPERSAMPLING
+    # The cumulative curve: % of the volume receiving at least each dose, for plotting.
+    curve_dose_gy: tuple[float, ...] = ()
+    curve_volume_pct: tuple[float, ...] = ()
 
-    def as_json(self) -> dict[str, float | int | None]:
+    def as_json(self) -> dict[str, object]:
         return {"volume_cc": self.volume_cc, "Dmin": self.d_min, "Dmean": self.d_mean,
                 "Dmax": self.d_max, "D95": self.d95, "D2": self.d2,
                 "V_prescription_pct": self.v_prescription_pct, "samples": self.samples,
-                "supersampling": self.supersampling}
+                "supersampling": self.supersampling,
+                "dose_gy": list(self.curve_dose_gy), "volume_pct": list(self.curve_volume_pct)}
+
+
+CURVE_POINTS = 101
+
+
+def cumulative_curve(dose: np.ndarray, weight: np.ndarray) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """Volume-weighted cumulative DVH on CURVE_POINTS doses from 0 to the maximum."""
+    order = np.argsort(dose)
+    ascending, weights = dose[order], weight[order]
+    at_least = np.cumsum(weights[::-1])[::-1]          # volume with dose >= ascending[i]
+    total = float(at_least[0])
+    doses = np.linspace(0.0, float(ascending[-1]), CURVE_POINTS)
+    index = np.searchsorted(ascending, doses - 1e-9, side="left")
+    volumes = np.where(index < len(ascending), at_least[np.minimum(index, len(ascending) - 1)], 0.0)
+    return (tuple(round(float(d), 4) for d in doses),
+            tuple(round(float(v) / total * 100.0, 3) for v in volumes))
 
 
 def _inside_even_odd(polygons: Sequence[np.ndarray], xs: np.ndarray, ys: np.ndarray) -> np.ndarray:
@@ -178,9 +198,10 @@ def dvh(
     v_rx = None
     if prescription_gy:
         v_rx = float(weight[dose >= prescription_gy - 1e-9].sum() / total * 100.0)
+    curve_dose, curve_volume = cumulative_curve(dose, weight)
     return DvhResult(
         volume_cc=total / 1000.0, d_min=float(dose.min()),
         d_mean=float((dose * weight).sum() / total), d_max=float(dose.max()),
         d95=d_at(95.0), d2=d_at(2.0), v_prescription_pct=v_rx, samples=len(dose),
-        supersampling=supersampling,
+        supersampling=supersampling, curve_dose_gy=curve_dose, curve_volume_pct=curve_volume,
     )

@@ -133,3 +133,36 @@ def test_explorer_is_extended_with_the_rt_panel(
     expect(panel.locator("a")).to_have_attribute("href", "../rt-gateway/ui/")
     expect(panel.locator(".rtgw-targets")).to_contain_text("ARCHIVE")
     shot(page, "explorer-study")
+
+
+def test_plans_tree_send_by_hand_and_dvh_plot(
+    page: Page, servers: dict[str, OrthancProcess], tmp_path: Path
+) -> None:
+    gateway, archive = servers["gateway"], servers["archive"]
+    rtset = make_rt_set("UI-MANUAL", plan_label="MANUAL1")
+    storescu(write_datasets(rtset.all(), tmp_path), gateway.dicom_port, calling="TPS")
+    wait_until(
+        lambda: [p for p in gateway.json("/rt-gateway/plans")
+                 if p.get("label") == "MANUAL1" and p.get("complete")],
+        60, "the plan is known and complete",
+    )
+    page.goto(f"{gateway.url}/rt-gateway/ui/#plans")
+    plan = page.locator("li.plan", has_text="MANUAL1")
+    expect(plan).to_contain_text("complete")
+    expect(plan).to_contain_text("RTDOSE")
+    plan.locator("input.plan-check").check()
+    page.locator("input.target-check[value=ARCHIVE]").check()
+    shot(page, "plans-selected")
+    page.click("#send")
+    expect(page.locator("#send-message")).to_contain_text("1 job(s) queued")
+    expect(page.locator("#send-jobs .badge").first).to_have_text("done", timeout=60_000)
+    wanted = {str(ds.SOPInstanceUID) for ds in rtset.all()}
+    wait_until(lambda: wanted <= archive.sop_instance_uids(), 30, "plan at the destination")
+    shot(page, "plans-sent")
+
+    plan.locator("a.plan-link").click()
+    expect(page.locator("#plan-detail")).to_be_visible()
+    expect(page.locator("#dvh polyline.dvh-curve").first).to_be_attached(timeout=60_000)
+    assert page.locator("#dvh polyline.dvh-curve").count() >= 2
+    expect(page.locator("#plan-beams")).to_contain_text("6")
+    shot(page, "plan-detail")

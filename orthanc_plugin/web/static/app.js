@@ -165,7 +165,7 @@ async function showPlan(id) {
   const scalars = Object.entries(metrics).filter(([, v]) => v === null || typeof v !== "object");
   table($("#plan-metrics"), scalars.map(([k, v]) => ({ metric: k, value: v })));
   table($("#plan-beams"), metrics.beams || plan.beams || []);
-  $("#plan-rois").replaceChildren(...(plan.rois || plan.roi_names || metrics.rois || []).map((r) => element("li", {}, typeof r === "string" ? r : planField(r, "name", "roi_name"))));
+  $("#plan-rois").replaceChildren(...(plan.rois || plan.roi_names || metrics.rois || []).map((r) => element("li", {}, typeof r === "string" ? r : [planField(r, "ROIName", "name", "roi_name"), planField(r, "ROIType", "type")].join(" ").trim())));
   table($("#plan-dose"), [].concat(plan.dose || plan.doses || metrics.dose || []));
   drawDvh(plan.dvh || []);
 }
@@ -174,7 +174,8 @@ function dvhCurves(dvh) {
   // Accepts {computed: [...], tps: [...]} or a list of curves with a `source`.
   const curves = [];
   const add = (list, source) => { for (const c of list || []) curves.push({ ...c, source: c.source || source }); };
-  if (Array.isArray(dvh)) add(dvh, "computed"); else { add(dvh.computed, "computed"); add(dvh.tps || dvh.planning_system, "planning system"); }
+  const asList = (value) => Array.isArray(value) ? value : Object.entries(value || {}).map(([roi, c]) => ({ roi, ...c }));
+  if (Array.isArray(dvh)) add(dvh, "computed"); else { add(asList(dvh.computed), "computed"); add(asList(dvh.tps || dvh.planning_system), "planning system"); }
   return curves.map((c) => ({
     name: planField(c, "roi", "name", "structure", "roi_name"),
     source: c.source,
