@@ -27,7 +27,7 @@ def install(gateway: Gateway) -> None:
     default = gateway.config.database.parent / "conquest.sqlite"
     path = resolve_path(base, str(settings.get("Database", default)))
     store = IndexStore(path, _layout(settings, base))
-    gateway.intake.after_describe.append(IndexFollower(gateway, store).step)
+    gateway.intake.when_quiet.append(IndexFollower(gateway, store).step)
     add_routes(gateway, store)
     add_detail_provider(gateway, lambda plan: plan_metrics(store, plan))
 

@@ -1,4 +1,5 @@
-"""Keeps the index in step with what Orthanc stores: an intake hook (Intake.after_describe).
+"""Keeps the index in step with what Orthanc stores: an intake hook (Intake.when_quiet: it
+waits while instances are arriving and catches up right after).
 
 Instances go in once described (in the order received); deleted ones (the intake marks them
 'gone' from Orthanc's change log) come out. The cursor lives in the gateway database.

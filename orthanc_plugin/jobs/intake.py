@@ -62,6 +62,8 @@ class Intake:
         # Capabilities that follow described instances (plan bundles, the SQL index); each call
         # returns True when it has more to do at once.
         self.after_describe: list[Callable[[], bool]] = []
+        # Hooks that may wait until no instance is arriving (e.g. the SQL index).
+        self.when_quiet: list[Callable[[], bool]] = []
 
     # -- called from Orthanc's callbacks: memory only, no I/O ---------------------------------
     def note_stored(self, instance_id: str, calling_aet: str) -> None:
@@ -84,12 +86,17 @@ class Intake:
     def step(self) -> bool:
         """One pass; returns True when there may be more to do at once."""
         with self.lock:
-            busy = self._drain_callbacks()
-            busy |= self._tail_changes()
-            busy |= self._describe_new()
-            busy |= self._run_after_describe()
+            arriving = self._drain_callbacks()
+            arriving |= self._tail_changes()
+            arriving |= self._describe_new()
+            busy = arriving | self._run_after_describe(self.after_describe)
             busy |= self._run_instance_rules()
             busy |= self._run_stable_studies()
+            if not arriving and not self.queue.has_work_now():
+                # Deferred while instances arrive or jobs run: reading whole files through the SDK
+                # holds the GIL (callbacks, senders wait) and takes CPU from Orthanc's own ingest
+                # and sends; the work catches up as soon as it is quiet.
+                busy |= self._run_after_describe(self.when_quiet)
             return busy
 
     def _drain_callbacks(self) -> bool:
@@ -174,10 +181,10 @@ class Intake:
                 )
         return len(rows) == BATCH
 
-    def _run_after_describe(self) -> bool:
+    def _run_after_describe(self, hooks: list[Callable[[], bool]]) -> bool:
         """One failing hook must not stop the rules: it is logged and tried again next pass."""
         busy = False
-        for hook in self.after_describe:
+        for hook in hooks:
             try:
                 busy |= hook()
             except Exception as error:

@@ -100,13 +100,22 @@ class JobQueue:
             )
             return cursor.rowcount
 
+    def has_work_now(self) -> bool:
+        """Jobs running or due now (not those waiting out a backoff)."""
+        return bool(self.db.query(
+            "SELECT 1 FROM jobs WHERE state='running' OR (state='pending' AND next_attempt_at <= ?) "
+            "LIMIT 1", (time.time(),)))
+
     def next_due_in(self) -> float | None:
         rows = self.db.query("SELECT MIN(next_attempt_at) AS due FROM jobs WHERE state='pending'")
         due = rows[0]["due"] if rows else None
         return None if due is None else max(0.0, due - time.time())
 
     def claim(
-        self, max_items: int | Callable[[str], int], linger_seconds: float = 0.0
+        self,
+        max_items: int | Callable[[str], int],
+        linger_seconds: float = 0.0,
+        linger_until_items: int = 40,
     ) -> Claim | None:
         """Take the oldest ready job and more ready jobs for the same target, up to max_items.
 
@@ -145,7 +154,9 @@ class JobQueue:
                 jobs.append(job)
                 items.extend(ClaimedItem(job["id"], row["instance_id"]) for row in pending)
             newest = max(job["created_epoch"] for job in jobs)
-            if len(items) < max_items and now - newest < linger_seconds:
+            # Linger only until one association's worth is ready, never for a whole claim: while
+            # instances keep arriving, "wait for a full claim" would wait for the end of ingest.
+            if len(items) < min(max_items, linger_until_items) and now - newest < linger_seconds:
                 return None
             connection.executemany(
                 "UPDATE jobs SET state='running', attempts=attempts+1, updated_at=? WHERE id=?",

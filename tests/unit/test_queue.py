@@ -104,3 +104,15 @@ def test_next_due_reflects_backoff(tmp_path: Path) -> None:
     assert due is not None and 25 < due <= 30
     assert queue.claim(10) is None
     assert time.time() > 0
+
+
+def test_linger_waits_for_one_association_not_for_a_whole_claim(queue: JobQueue) -> None:
+    for number in range(10):
+        enqueue(queue, [f"i{number}"], resource=f"i{number}")
+    # Jobs still arriving and fewer than one association's worth: wait.
+    assert queue.claim(200, linger_seconds=60, linger_until_items=40) is None
+    for number in range(10, 45):
+        enqueue(queue, [f"i{number}"], resource=f"i{number}")
+    # 45 ready: an association can be filled, so no more waiting even though jobs keep coming.
+    claim = queue.claim(200, linger_seconds=60, linger_until_items=40)
+    assert claim is not None and len(claim.items) == 45
