@@ -30,6 +30,7 @@ from orthanc_plugin.rules import (
     RuleSet,
     Trigger,
     evaluate,
+    explain_each,
     load_rules_file,
 )
 
@@ -197,6 +198,7 @@ class Gateway:
                     "reason": evaluation.reason,
                     "instances": len(evaluation.instance_ids),
                     "targets": targets,
+                    "conditions": explain_each(rule.match, facts),
                 }
             )
         return {"study": study_id, "instances": len(rows), "plan_labels": labels, "rules": results}

@@ -20,6 +20,7 @@ from orthanc_plugin.rules.model import (
 from orthanc_plugin.rules.schema import load_rules_file, load_rules_text
 from orthanc_plugin.rules.schema_actions import ACTION_PARSERS, ActionContext, ActionParser
 from orthanc_plugin.rules.values import AnyValue, Cidr, Contains, Equals, Glob, Regex, ValueSpec
+from orthanc_plugin.rules.why_not import explain_each
 
 __all__ = [
     "ACTION_PARSERS",
@@ -48,6 +49,7 @@ __all__ = [
     "Trigger",
     "ValueSpec",
     "evaluate",
+    "explain_each",
     "load_rules_file",
     "load_rules_text",
 ]

@@ -8,6 +8,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from orthanc_plugin.rules.checks import Subject, holds
+from orthanc_plugin.rules.facts import InstanceFacts
 from orthanc_plugin.rules.model import (
     AllOf,
     AnyOf,
@@ -82,3 +83,20 @@ def _tag_fails(condition: TagCondition, subjects: Sequence[Subject]) -> str:
     reason = _values_fail(keyword, condition.spec, values)
     missing = len(subjects) - len(values)
     return reason + (f"; {missing} instance(s) have no value for it" if missing else "")
+
+
+def explain_each(match: AllOf, facts: Sequence[InstanceFacts]) -> list[dict[str, object]]:
+    """Every top-level condition of a rule with whether it holds, for how many instances, and
+    why not: what a person testing a rule against a study wants to see, condition by condition."""
+    subjects = [Subject(item) for item in facts]
+    report: list[dict[str, object]] = []
+    for condition in match.conditions:
+        count = sum(1 for subject in subjects if holds(condition, subject))
+        report.append({
+            "condition": condition.path,
+            "holds": count > 0,
+            "instances": count,
+            "reason": (f"holds for {count} of {len(subjects)} instance(s)" if count
+                       else _reason(condition, subjects)),
+        })
+    return report

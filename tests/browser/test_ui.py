@@ -100,6 +100,9 @@ def test_rules_test_form_says_why_a_rule_does_not_fire(
     page.click("#test-form button")
     expect(page.locator("#test-result")).to_contain_text("match.plan_label")
     expect(page.locator("#test-result")).to_contain_text("SCHED1")
+    # Condition by condition: the calling AE holds, the plan label fails.
+    expect(page.locator("#test-result li.holds")).to_contain_text("match.calling_aet: holds for")
+    expect(page.locator("#test-result li.fails")).to_contain_text("match.plan_label")
     shot(page, "rules-test")
 
 

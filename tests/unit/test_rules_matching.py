@@ -327,3 +327,18 @@ def test_why_not_nested_any_and_not() -> None:
     assert why("not: {modality: CT}", instance) == (
         "match.not: every instance satisfies the conditions under 'not'"
     )
+
+
+def test_explain_each_reports_every_condition_holding_or_not() -> None:
+    from orthanc_plugin.rules import InstanceFacts, explain_each, load_rules_text
+
+    rule = load_rules_text(
+        "rules:\n  - name: r\n    on: stable-study\n"
+        "    match: {calling_aet: FOLLOW, plan_label: {contains: ADP}}\n"
+        "    actions: [{forward: X}]\n"
+    ).rules[0]
+    facts = [InstanceFacts("a", calling_aet="FOLLOW", study_plan_labels=("SCHED1",))]
+    report = explain_each(rule.match, facts)
+    assert [(r["condition"], r["holds"]) for r in report] == [
+        ("match.calling_aet", True), ("match.plan_label", False)]
+    assert "SCHED1" in str(report[1]["reason"])

@@ -246,6 +246,8 @@ $("#test-form").addEventListener("submit", async (event) => {
     table(result, answer.rules.map((r) => ({
       rule: r.rule, on: r.on, "would fire": r.would_fire ? "yes" : "no",
       "failed condition": r.failed_condition || "", why: r.reason, instances: r.instances, targets: r.targets.join(", "),
+      conditions: element("ul", { class: "conditions" }, ...(r.conditions || []).map((c) =>
+        element("li", { class: c.holds ? "holds" : "fails" }, `${c.holds ? "✔" : "✘"} ${c.condition}: ${c.reason}`))),
     })));
   } catch (error) {
     result.replaceChildren(element("tr", {}, element("td", { class: "message error" }, error.message)));
