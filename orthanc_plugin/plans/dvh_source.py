@@ -70,8 +70,28 @@ def planning_system_dvhs(dose: Dataset, rtstruct: Dataset) -> dict[str, dict[str
         found[name] = {"Dmin": _number(item, "DVHMinimumDose"),
                        "Dmean": _number(item, "DVHMeanDose"),
                        "Dmax": _number(item, "DVHMaximumDose"), "type": str(item.get("DVHType", "")),
-                       "dose_units": str(item.get("DoseUnits", ""))}
+                       "dose_units": str(item.get("DoseUnits", "")),
+                       **planning_system_curve(item)}
     return found
+
+
+def planning_system_curve(item: Dataset) -> dict[str, list[float]]:
+    """The planning system's DVHData as a cumulative curve in Gy and % of volume, for plotting.
+
+    DVHData holds (bin width, volume) pairs; a differential DVH is summed from the top dose down.
+    """
+    raw = [float(value) for value in (item.get("DVHData") or [])]
+    if len(raw) < 2:
+        return {}
+    widths, volumes = np.array(raw[0::2]), np.array(raw[1::2])
+    scale = float(item.get("DVHDoseScaling", 1.0) or 1.0)
+    to_gy = 0.01 if str(item.get("DoseUnits", "GY")).upper() == "CGY" else 1.0
+    edges = np.concatenate([[0.0], np.cumsum(widths)[:-1]]) * scale * to_gy
+    if str(item.get("DVHType", "CUMULATIVE")).upper() == "DIFFERENTIAL":
+        volumes = np.cumsum(volumes[::-1])[::-1]
+    total = float(volumes[0]) if volumes[0] > 0 else float(volumes.max() or 1.0)
+    return {"dose_gy": [round(float(d), 4) for d in edges],
+            "volume_pct": [round(float(v) / total * 100.0, 3) for v in volumes]}
 
 
 def _number(item: Dataset, keyword: str) -> float | None:
