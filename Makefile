@@ -17,4 +17,6 @@ lint: setup
 	.venv/bin/ruff check .
 
 bench: setup
-	TCP_NODELAY=1 .venv/bin/python bench/relay.py
+	mkdir -p bench/results
+	for b in relay contours deid plans_index harvest; do \
+	  TCP_NODELAY=1 .venv/bin/python bench/$$b.py > bench/results/$$b.json || exit 1; done
