@@ -69,6 +69,8 @@ class Gateway:
         # Capabilities with their own background loops (harvest) start and stop with the senders.
         self.on_start: list[Callable[[], None]] = []
         self.on_stop: list[Callable[[], None]] = []
+        # Called with the rules in force once started and after each good reload (harvests: sections).
+        self.on_rules_loaded: list[Callable[[RuleSet], None]] = []
         self.rules_text = _read_text(config.rules_file)
         add_routes(self.router, self)
         self._started = False
@@ -90,6 +92,8 @@ class Gateway:
         self.pool.start()
         for hook in self.on_start:
             hook()
+        for rules_hook in self.on_rules_loaded:
+            rules_hook(self.ruleset)
         self.host.log_warning(
             f"started: {len(self.ruleset.rules)} rule(s) from {self.config.rules_file}, "
             f"{self.config.workers} sender(s), database {self.config.database}"
@@ -164,6 +168,9 @@ class Gateway:
                 "rules-reload", status="ok",
                 detail=f"{len(ruleset.rules)} rule(s), sha256 {ruleset.sha256}",
             )
+            if self._started:
+                for hook in self.on_rules_loaded:
+                    hook(ruleset)
             return ruleset
 
     def describe_rules(self) -> dict[str, Any]:

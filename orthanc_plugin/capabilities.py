@@ -18,9 +18,10 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     from orthanc_plugin.app import Gateway
 
-# Packages whose rule.py registers an action parser; imported before the rules are loaded.
+# Packages whose rule.py registers an action (or top-level section) parser; imported before the
+# rules are loaded.
 RULE_MODULES: list[str] = ["orthanc_plugin.contours.rule", "orthanc_plugin.deid.rule",
-                          "orthanc_plugin.export.rule"]
+                          "orthanc_plugin.export.rule", "orthanc_plugin.harvest.rule"]
 
 # Packages with an install(gateway) function, called once the gateway's core is built.
 CAPABILITIES: list[str] = ["orthanc_plugin.web", "orthanc_plugin.contours", "orthanc_plugin.harvest",

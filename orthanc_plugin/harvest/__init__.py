@@ -8,6 +8,7 @@ from orthanc_plugin.config import SECTION, ConfigError, resolve_path
 from orthanc_plugin.harvest.action import HarvestRunner, HarvestSettings
 from orthanc_plugin.harvest.model import safe_delimiter
 from orthanc_plugin.harvest.routes import add_routes
+from orthanc_plugin.harvest.rules_sync import RulesHarvests
 from orthanc_plugin.harvest.store import HarvestStore
 
 if TYPE_CHECKING:
@@ -46,6 +47,8 @@ def install(gateway: Gateway) -> None:
                            gateway.host.log_error)
     gateway.on_start.append(runner.start)
     gateway.on_stop.append(runner.stop)
+    gateway.on_rules_loaded.append(
+        RulesHarvests(runner, gateway.known_targets, gateway.host.log_error).sync)
     add_routes(gateway.router, gateway, runner)
 
 

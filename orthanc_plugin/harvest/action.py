@@ -93,8 +93,8 @@ class HarvestRunner:
         self._threads = []
 
     # -- commands ----------------------------------------------------------------------------------
-    def create(self, definition: HarvestDefinition) -> int:
-        harvest_id = self.store.create(definition)
+    def create(self, definition: HarvestDefinition, rules_sha256: str | None = None) -> int:
+        harvest_id = self.store.create(definition, rules_sha256)
         self.recorder.event("harvest-created", status="running", target=definition.source,
                             detail=f"harvest {harvest_id}: {definition.to_json()}")
         self.wakeup.set()

@@ -44,6 +44,11 @@ class Child:
     answer_index: int | None = None
 
 
+def canonical_json(definition: HarvestDefinition) -> str:
+    """The parsed definition in one spelling: `[ct]` and `[CT]`, or reordered keys, compare equal."""
+    return json.dumps(definition.to_json(), sort_keys=True, separators=(",", ":"))
+
+
 def _marks(values: tuple[str, ...]) -> str:
     return ",".join("?" * len(values))
 
@@ -53,7 +58,9 @@ class HarvestStore:
         self.db = db
 
     # -- harvests ----------------------------------------------------------------------------------
-    def create(self, definition: HarvestDefinition) -> int:
+    def create(self, definition: HarvestDefinition, rules_sha256: str | None = None) -> int:
+        """rules_sha256: the harvest comes from the rules file; its next version is recorded with it,
+        in the same transaction, so a crash cannot leave a harvest the rules would start again."""
         stamp = now_iso()
         with self.db.transaction() as connection:
             cursor = connection.execute(
@@ -63,6 +70,14 @@ class HarvestStore:
                  definition.concurrency, definition.max_requests_per_minute, stamp, time.time(), stamp),
             )
             harvest_id = int(cursor.lastrowid or 0)
+            if rules_sha256 is not None:
+                connection.execute(
+                    "INSERT INTO harvest_rule_versions(name, version, harvest_id, definition, rules_sha256,"
+                    " created_at) SELECT ?, COALESCE(MAX(version), 0) + 1, ?, ?, ?, ? "
+                    "FROM harvest_rule_versions WHERE name=?",
+                    (definition.name, harvest_id, canonical_json(definition), rules_sha256, stamp,
+                     definition.name),
+                )
             if definition.selection.kind is SelectionKind.IDS:
                 patient_state = ItemState.PENDING if "study" in definition.levels else ItemState.DONE
                 for patient_id in definition.selection.patient_ids:
@@ -71,6 +86,12 @@ class HarvestStore:
             else:
                 self._insert(connection, harvest_id, None, None, Child(ItemLevel.SELECTION, ""), 1)
         return harvest_id
+
+    def rule_version(self, name: str) -> sqlite3.Row | None:
+        """The version in force of a harvest defined in the rules file (the highest), or None."""
+        rows = self.db.query(
+            "SELECT * FROM harvest_rule_versions WHERE name=? ORDER BY version DESC LIMIT 1", (name,))
+        return rows[0] if rows else None
 
     def harvest(self, harvest_id: int) -> sqlite3.Row | None:
         rows = self.db.query("SELECT * FROM harvests WHERE id=?", (harvest_id,))

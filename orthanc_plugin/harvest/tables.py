@@ -65,4 +65,16 @@ CREATE TABLE IF NOT EXISTS harvest_requests(
     detail TEXT
 );
 CREATE INDEX IF NOT EXISTS harvest_requests_by_source ON harvest_requests(source, at_epoch);
+
+-- Harvests defined in the rules file, by name: each changed definition is a new version with a
+-- harvest of its own; the highest version is the one in force.
+CREATE TABLE IF NOT EXISTS harvest_rule_versions(
+    name TEXT NOT NULL,
+    version INTEGER NOT NULL,
+    harvest_id INTEGER NOT NULL REFERENCES harvests(id),
+    definition TEXT NOT NULL,              -- the parsed definition as canonical JSON (sorted keys)
+    rules_sha256 TEXT NOT NULL,            -- the rules file that brought this version
+    created_at TEXT NOT NULL,
+    PRIMARY KEY(name, version)
+);
 """

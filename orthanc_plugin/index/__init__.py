@@ -7,11 +7,14 @@ from typing import TYPE_CHECKING, Any
 
 from orthanc_plugin.config import SECTION, ConfigError, resolve_path
 from orthanc_plugin.index.follower import IndexFollower
+from orthanc_plugin.index.maintenance_routes import add_maintenance_routes
 from orthanc_plugin.index.model import DEFAULT_LAYOUT, DicomSqlError, Layout, parse_dicom_sql
-from orthanc_plugin.index.plan_details import plan_metrics
+from orthanc_plugin.index.plan_details import max_dose_by_plan, plan_metrics
+from orthanc_plugin.index.rebuild import IndexRebuilder
 from orthanc_plugin.index.routes import add_routes
+from orthanc_plugin.index.series_actions import SeriesActions
 from orthanc_plugin.index.store import IndexStore
-from orthanc_plugin.plans.routes import add_detail_provider
+from orthanc_plugin.plans.routes import add_detail_provider, add_max_dose_provider
 
 if TYPE_CHECKING:
     from orthanc_plugin.app import Gateway
@@ -27,9 +30,14 @@ def install(gateway: Gateway) -> None:
     default = gateway.config.database.parent / "conquest.sqlite"
     path = resolve_path(base, str(settings.get("Database", default)))
     store = IndexStore(path, _layout(settings, base))
-    gateway.intake.when_quiet.append(IndexFollower(gateway, store).step)
+    follower = IndexFollower(gateway, store)
+    gateway.intake.when_quiet.append(follower.step)
     add_routes(gateway, store)
+    copy_root = resolve_path(base, str(settings.get("CopyRoot", gateway.config.database.parent / "copies")))
+    add_maintenance_routes(gateway, IndexRebuilder(gateway, store, follower),
+                           SeriesActions(gateway, store, copy_root))
     add_detail_provider(gateway, lambda plan: plan_metrics(store, plan))
+    add_max_dose_provider(gateway, lambda plans: max_dose_by_plan(store, plans))
 
 
 def _layout(settings: dict[str, Any], base: Path) -> Layout:

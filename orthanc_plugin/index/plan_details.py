@@ -29,3 +29,23 @@ def plan_metrics(store: IndexStore, plan: dict[str, Any]) -> dict[str, Any]:
         "doses": rows("SELECT * FROM RTdoses WHERE SOPInstanc IN ({marks})",
                       by_modality.get("RTDOSE", [])),
     }
+
+
+def max_dose_by_plan(store: IndexStore, plans: list[dict[str, Any]]) -> dict[str, float | None]:
+    """Plan id -> the highest DoseMaxGy of the bundle's RTDOSE objects (None: no dose indexed)."""
+    doses_of = {plan["id"]: [member["sop_instance_uid"] for member in plan.get("objects", [])
+                             if member["modality"] == "RTDOSE"] for plan in plans}
+    uids = sorted({uid for members in doses_of.values() for uid in members})
+    maxima: dict[str, float] = {}
+    for start in range(0, len(uids), 500):   # SQLite caps the number of parameters
+        chunk = uids[start:start + 500]
+        marks = ",".join("?" * len(chunk))
+        for row in store.db.query(
+                f"SELECT SOPInstanc, DoseMaxGy FROM RTdoses WHERE SOPInstanc IN ({marks})", chunk):
+            if row["DoseMaxGy"] is not None:
+                maxima[row["SOPInstanc"]] = float(row["DoseMaxGy"])
+    answer: dict[str, float | None] = {}
+    for plan_id, members in doses_of.items():
+        values = [maxima[uid] for uid in members if uid in maxima]
+        answer[plan_id] = max(values) if values else None
+    return answer

@@ -144,6 +144,17 @@ class IndexStore:
                 connection.execute(f'DELETE FROM {TABLES[level]} WHERE "{key}"=?', (parent,))
                 parent = found[0] if found else None
 
+    def clear(self) -> None:
+        """Every row out, tables kept: the start of a full rebuild."""
+        with self.db.transaction() as connection:
+            for table in (*TABLES.values(), *RT_TABLES_BY_SOP):
+                connection.execute(f"DELETE FROM {table}")
+
+    def has_image(self, sop_instance_uid: str) -> bool:
+        key = self.layout.key("image").name
+        return bool(self.db.query(f'SELECT 1 FROM DICOMimages WHERE "{key}"=? LIMIT 1',
+                                  (sop_instance_uid,)))
+
     @staticmethod
     def _delete_rt(connection: sqlite3.Connection, sop: str) -> None:
         for table in RT_TABLES_BY_SOP:

@@ -18,7 +18,7 @@ if TYPE_CHECKING:
     from orthanc_plugin.app import Gateway
 
 CSV_COLUMNS = ("id", "patient_id", "patient_name", "label", "name", "date", "complete",
-               "missing", "calling_aet", "objects")
+               "missing", "calling_aet", "objects", "max_dose_gy")
 
 
 def plan_json(row: sqlite3.Row) -> dict[str, Any]:
@@ -76,6 +76,7 @@ def _csv(plans: list[dict[str, Any]]) -> str:
 def add_routes(gateway: Gateway) -> None:
     def list_plans(request: Request) -> Response:
         plans = [plan_json(row) for row in _filtered(gateway, request.query)]
+        plans = _with_max_dose(gateway, plans, request.query.get("max_dose_gt"))
         if request.query.get("format") == "csv":
             return csv_response(_csv(plans))
         return json_response(plans)
@@ -111,6 +112,27 @@ def add_routes(gateway: Gateway) -> None:
     gateway.router.add("GET", "plans/(?P<id>[^/]+)", get_plan)
 
 
+def _with_max_dose(gateway: Gateway, plans: list[dict[str, Any]], above: str | None) -> list[dict[str, Any]]:
+    """Adds max_dose_gy (the highest RTDOSE maximum, from the RT index) and applies max_dose_gt."""
+    threshold = None
+    if above:
+        try:
+            threshold = float(above)
+        except ValueError as error:
+            raise ApiError(400, f"max_dose_gt: expected a number of Gy, got {above!r}") from error
+    providers = MAX_DOSE_PROVIDERS.get(gateway, [])
+    if not providers:
+        if threshold is not None:
+            raise ApiError(400, "max_dose_gt: needs the RT index (RtGateway.Index.Enabled)")
+        return plans
+    maxima = providers[0](plans)
+    for plan in plans:
+        plan["max_dose_gy"] = maxima.get(plan["id"])
+    if threshold is None:
+        return plans
+    return [plan for plan in plans if plan["max_dose_gy"] is not None and plan["max_dose_gy"] > threshold]
+
+
 # Other capabilities (the RT index) add fields to GET plans/{id}: plan -> extra fields.
 DetailProvider = Callable[[dict[str, Any]], dict[str, Any]]
 DETAIL_PROVIDERS: weakref.WeakKeyDictionary[Gateway, list[DetailProvider]] = weakref.WeakKeyDictionary()
@@ -118,3 +140,12 @@ DETAIL_PROVIDERS: weakref.WeakKeyDictionary[Gateway, list[DetailProvider]] = wea
 
 def add_detail_provider(gateway: Gateway, provider: DetailProvider) -> None:
     DETAIL_PROVIDERS.setdefault(gateway, []).append(provider)
+
+
+# The RT index gives the max dose of listed plans: plans -> {plan id: Gy or None}.
+MaxDoseProvider = Callable[[list[dict[str, Any]]], dict[str, float | None]]
+MAX_DOSE_PROVIDERS: weakref.WeakKeyDictionary[Gateway, list[MaxDoseProvider]] = weakref.WeakKeyDictionary()
+
+
+def add_max_dose_provider(gateway: Gateway, provider: MaxDoseProvider) -> None:
+    MAX_DOSE_PROVIDERS.setdefault(gateway, []).append(provider)

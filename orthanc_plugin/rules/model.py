@@ -117,6 +117,9 @@ class Rule:
 class RuleSet:
     rules: tuple[Rule, ...]
     sha256: str  # of the file's bytes: audit rows name the exact rules that decided
+    # Extra top-level sections as their registered parsers returned them (schema.SECTION_PARSERS),
+    # e.g. "harvests"; opaque here so the rules package imports no capability.
+    sections: dict[str, Any] = field(default_factory=dict, hash=False)
 
     def for_trigger(self, trigger: Trigger) -> list[Rule]:
         return [rule for rule in self.rules if rule.enabled and rule.on == trigger]

@@ -6,7 +6,7 @@ import copy
 import hashlib
 import os
 import re
-from collections.abc import Collection
+from collections.abc import Callable, Collection
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +17,7 @@ from orthanc_plugin.rules.schema_match import parse_match
 from orthanc_plugin.rules.wording import kind_of, one_of
 from orthanc_plugin.rules.yaml_text import FILE_PATH, parse_yaml
 
-__all__ = ["RulesError", "load_rules_file", "load_rules_text"]
+__all__ = ["SECTION_PARSERS", "RulesError", "SectionParser", "load_rules_file", "load_rules_text"]
 
 RULE_KEYS = ("name", "description", "enabled", "on", "match", "actions", "include_gateway_output",
              "complete_within", "then")
@@ -26,6 +26,11 @@ THEN_CHOICES = ("forward-incomplete", "hold")
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(s|m|h|d)?\s*$")
 _UNIT_SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400, None: 1}
 _TRIGGERS = tuple(trigger.value for trigger in Trigger)
+# Extra top-level sections of the rules file, e.g. `harvests:`, each read by the capability that
+# owns it (registered at import, like ACTION_PARSERS): (the value, its path, context) -> what
+# RuleSet.sections keeps under that key, or RulesError. The rules package never imports them.
+SectionParser = Callable[[Any, str, ActionContext], Any]
+SECTION_PARSERS: dict[str, SectionParser] = {}
 _MISSING_HINTS = {
     "on": f" (expected one of: {one_of(_TRIGGERS)})",
     # Forwarding everything must be a visible decision, not a forgotten key.
@@ -62,8 +67,9 @@ def _rule_set(text: str, sha256: str, known_targets: Collection[str] | None) -> 
             FILE_PATH, f"expected a mapping with a 'rules' list, got {kind_of(document)}"
         )
     for key in document:
-        if key != "rules":
-            raise RulesError(FILE_PATH, f"unknown key '{key}' (expected one of: rules)")
+        if key != "rules" and key not in SECTION_PARSERS:
+            expected = one_of(["rules", *SECTION_PARSERS])
+            raise RulesError(FILE_PATH, f"unknown key '{key}' (expected one of: {expected})")
     if "rules" not in document:
         raise RulesError(FILE_PATH, "missing 'rules' (expected a list of rules)")
     raw_rules = document["rules"]
@@ -81,7 +87,9 @@ def _rule_set(text: str, sha256: str, known_targets: Collection[str] | None) -> 
             )
         first_index[rule.name] = index
         rules.append(rule)
-    return RuleSet(tuple(rules), sha256)
+    sections = {key: SECTION_PARSERS[key](document[key], key, context)
+                for key in document if key in SECTION_PARSERS}
+    return RuleSet(tuple(rules), sha256, sections)
 
 
 def _rule(raw: Any, path: str, context: ActionContext) -> Rule:

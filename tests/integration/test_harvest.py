@@ -368,3 +368,67 @@ def test_a_series_that_stays_short_is_reported_incomplete_with_both_counts(
     assert "2 of 4 instance(s) stored" in series["last_error"]
     assert final["zips"] == []                  # nothing complete: no ZIP
 
+
+
+RULES_HARVEST = """\
+rules: []
+harvests:
+  - name: rules-hva2
+    source: HVSOURCE
+    patients: [HVA2]
+    modalities: %s
+    max_requests_per_minute: 600
+    retry_delay_seconds: 1
+    retry_max_delay_seconds: 2
+"""
+
+
+def harvests_named(gateway: OrthancProcess, name: str) -> list[dict[str, Any]]:
+    return [h for h in gateway.json("/rt-gateway/harvests") if h["name"] == name]
+
+
+def test_a_harvest_in_the_rules_file_runs_at_start_and_a_reload_does_not_start_it_again(
+    processes: tuple[SourcePacs, OrthancProcess], pacs_data: dict[str, list[RtSet]]
+) -> None:
+    source, gateway = processes
+    gateway.reset_storage()
+    gateway.stop()
+    gateway.rules_path.write_text(RULES_HARVEST % "[]")
+    mark = source.log_mark()
+    gateway.start()
+
+    (started,) = wait_until(lambda: harvests_named(gateway, "rules-hva2"), 30, "the rules harvest")
+    final = wait_done(gateway, started["id"])
+    states = series_states(gateway, started["id"])
+    assert set(states.values()) == {"complete"} and series_uids(pacs_data["HVA2"]) <= set(states)
+    moves = source.moves_per_series(mark)
+    assert set(moves) == set(states) and set(moves.values()) == {1}
+
+    # The same file again: nothing new, not a single request to the source.
+    mark = source.log_mark()
+    reload = gateway.post("/rt-gateway/rules/reload")
+    assert reload.status_code == 200, reload.text
+    time.sleep(3)
+    assert source.request_times(mark) == []
+    (again,) = harvests_named(gateway, "rules-hva2")
+    assert again["id"] == final["id"] and again["state"] == "done" and again["moves"] == final["moves"]
+
+    # A broken harvest refuses the whole file; the rules in force stay.
+    gateway.rules_path.write_text(RULES_HARVEST.replace("[HVA2]", "{StudyDate: 2020/01/01}") % "[]")
+    refused = gateway.post("/rt-gateway/rules/reload")
+    assert refused.status_code == 400 and refused.json()["path"] == "harvests[0].patients.StudyDate"
+    assert refused.json()["rules_in_force"] == reload.json()["sha256"]
+
+    # A changed definition is a new version: it walks again but moves no series stored whole.
+    mark = source.log_mark()
+    gateway.rules_path.write_text(RULES_HARVEST % "[CT]")
+    assert gateway.post("/rt-gateway/rules/reload").status_code == 200
+    old, new = wait_until(lambda: len(h := harvests_named(gateway, "rules-hva2")) == 2 and h, 30,
+                          "a second version")
+    assert old["id"] == final["id"] and old["state"] == "done"
+    newest = wait_done(gateway, new["id"])
+    assert newest["definition"]["modalities"] == ["CT"]
+    assert newest["counts"]["series"]["complete"] >= 1 and newest["moves"] == 0
+    assert source.moves_per_series(mark) == Counter()
+    gateway.rules_path.write_text("rules: []\n")
+    assert gateway.post("/rt-gateway/rules/reload").status_code == 200
