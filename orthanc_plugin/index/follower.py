@@ -21,7 +21,9 @@ if TYPE_CHECKING:
     from orthanc_plugin.app import Gateway
 
 CURSOR_KEY = "index_cursor"
-BATCH = 200
+# Small batches: the follower runs in the intake thread and must hand it back quickly when
+# instances start arriving again.
+BATCH = 20
 MAX_READ_FAILURES = 3
 
 
