@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import threading
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -74,6 +75,7 @@ class Gateway:
         self.rules_text = _read_text(config.rules_file)
         add_routes(self.router, self)
         self._started = False
+        self._gauges_refreshed_at = float("-inf")
         capabilities.install_all(self)
 
     # -- life cycle ------------------------------------------------------------------------------
@@ -118,6 +120,12 @@ class Gateway:
         self.refresh_queue_gauges()
 
     def refresh_queue_gauges(self) -> None:
+        # Called after every settled claim: counting the whole jobs table each time would grow
+        # with the table on the sending path, so at most once a second.
+        now = time.monotonic()
+        if now - self._gauges_refreshed_at < 1.0:
+            return
+        self._gauges_refreshed_at = now
         counts = {r["state"]: r["n"] for r in self.db.query(
             "SELECT state, COUNT(*) AS n FROM jobs GROUP BY state")}
         for state in ("pending", "running", "done", "dead"):

@@ -6,6 +6,7 @@ import json
 import traceback
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+from urllib.parse import unquote_plus
 
 import orthanc
 
@@ -105,7 +106,8 @@ def register(gateway: Gateway, router: Router) -> None:
             response = router.dispatch(
                 request.get("method", "GET"),
                 uri,
-                request.get("get") or {},
+                # Orthanc 1.10 hands query values over still URL-encoded ("a%20b", "a+b").
+                {unquote_plus(k): unquote_plus(v) for k, v in (request.get("get") or {}).items()},
                 request.get("body") or b"",
             )
         except Exception:  # answer 500 rather than kill the HTTP thread

@@ -7,7 +7,6 @@ import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
-from urllib.parse import unquote_plus
 
 PREFIX = "/rt-gateway/"
 
@@ -73,9 +72,7 @@ class Router:
             if route_method != method:
                 allowed.append(route_method)
                 continue
-            # Orthanc hands query values over still URL-encoded ("a%20b", "a+b").
-            decoded = {unquote_plus(k): unquote_plus(v) for k, v in query.items()}
-            request = Request(method, path, decoded, body, match.groupdict())
+            request = Request(method, path, dict(query), body, match.groupdict())
             try:
                 return handler(request)
             except ApiError as error:

@@ -20,6 +20,7 @@ from orthanc_plugin.contours.overlay import OverlayBuild, build_overlay_series
 from orthanc_plugin.contours.rule import OverlayAction
 from orthanc_plugin.contours.sources import find_images, read_instance, read_rtstruct
 from orthanc_plugin.db import Database
+from orthanc_plugin.jobs.executors import action_of_job, jobs_with_items
 from orthanc_plugin.jobs.queue import Claim, ClaimedItem, JobQueue, JobSpec
 from orthanc_plugin.ports import Host, HostError
 from orthanc_plugin.rules import RuleSet
@@ -53,8 +54,8 @@ class OverlayExecutor:
         self.wait_poll_seconds = wait_poll_seconds
 
     def run(self, claim: Claim) -> None:
-        for job in claim.jobs:
-            self._run_job(job, [item for item in claim.items if item.job_id == job["id"]])
+        for job, items in jobs_with_items(claim):
+            self._run_job(job, items)
 
     # -- one job -----------------------------------------------------------------------------------
     def _run_job(self, job: sqlite3.Row, items: list[ClaimedItem]) -> None:
@@ -63,8 +64,7 @@ class OverlayExecutor:
             reason = (f"rule '{job['rule']}' has no overlay action for {job['target']} any more "
                       "(rules reloaded?)")
             self._event(job, "overlay-failed", "failed", reason)
-            self.queue.policy_exhaust(job["id"])
-            self.queue.settle([job["id"]], reason, "no-action")
+            self.queue.park(job["id"], reason, "no-action")
             return
         error: str | None = None
         for item in items:
@@ -97,13 +97,7 @@ class OverlayExecutor:
             self._event(job, "overlay-done", "ok", f"{len(items)} RTSTRUCT(s)")
 
     def _action(self, job: sqlite3.Row) -> OverlayAction | None:
-        for rule in self.rules().rules:
-            if rule.name != job["rule"]:
-                continue
-            for action in rule.actions:
-                if isinstance(action, OverlayAction) and action.job_target == job["target"]:
-                    return action
-        return None
+        return action_of_job(self.rules(), job, OverlayAction)
 
     def _one(self, job: sqlite3.Row, item: ClaimedItem, action: OverlayAction) -> None:
         modality = self.host.get_json(f"/instances/{item.instance_id}/series")[

@@ -16,9 +16,11 @@ from orthanc_plugin.contours.planes import Plane
 from orthanc_plugin.jobs.executors import PlannedJob
 from orthanc_plugin.rules.errors import RulesError
 from orthanc_plugin.rules.schema_actions import ACTION_PARSERS, ActionContext, parse_forward
+from orthanc_plugin.rules.schema_values import name_list
 from orthanc_plugin.rules.wording import kind_of, one_of
 
 JOB_ACTION = "overlay"
+GLOB = "a name or glob"
 # The job target of an overlay that is only stored in the gateway's Orthanc, not forwarded.
 LOCAL_TARGET = "ORTHANC"
 DEFAULT_WAIT_SECONDS = 600.0
@@ -52,7 +54,7 @@ def parse_overlay(raw: Any, path: str, context: ActionContext) -> OverlayAction:
             raise RulesError(f"{path}.{key}", f"unknown option (expected one of: {one_of(KEYS)})")
     planes = tuple(
         _plane(item, f"{path}.planes[{n}]")
-        for n, item in enumerate(_names(raw.get("planes", ["axial"]), f"{path}.planes"))
+        for n, item in enumerate(name_list(raw.get("planes", ["axial"]), f"{path}.planes", GLOB))
     )
     if not planes:
         raise RulesError(f"{path}.planes", "expected at least one plane")
@@ -65,8 +67,8 @@ def parse_overlay(raw: Any, path: str, context: ActionContext) -> OverlayAction:
     targets: tuple[str, ...] = ()
     if "forward" in raw:
         targets = parse_forward(raw["forward"], f"{path}.forward", context).targets
-    ignore = _names(raw.get("ignore", []), f"{path}.ignore")
-    keep = _names(raw.get("keep", []), f"{path}.keep")
+    ignore = name_list(raw.get("ignore", []), f"{path}.ignore", GLOB)
+    keep = name_list(raw.get("keep", []), f"{path}.keep", GLOB)
     options = OverlayOptions(
         ignore=ignore,
         keep=keep,
@@ -94,17 +96,6 @@ def _series_number(raw: Any, path: str) -> int | None:
     return int(text)
 
 
-def _names(raw: Any, path: str) -> tuple[str, ...]:
-    if isinstance(raw, str):
-        raw = [raw]
-    if not isinstance(raw, list):
-        raise RulesError(path, f"expected a name or a list of names, got {kind_of(raw)}")
-    names = []
-    for index, item in enumerate(raw):
-        if not isinstance(item, str) or not item.strip():
-            raise RulesError(f"{path}[{index}]", f"expected a name or glob, got {kind_of(item)}")
-        names.append(item.strip())
-    return tuple(names)
 
 
 def _plane(name: str, path: str) -> Plane:

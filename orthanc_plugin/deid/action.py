@@ -25,6 +25,7 @@ from orthanc_plugin.deid.keys import Pseudonymizer
 from orthanc_plugin.deid.model import DeidError, DeidResult, deidentify
 from orthanc_plugin.deid.rule import AnonymizeAction
 from orthanc_plugin.deid.tables import record_mapping
+from orthanc_plugin.jobs.executors import action_of_job, jobs_with_items
 from orthanc_plugin.jobs.queue import Claim, ClaimedItem, JobQueue, JobSpec
 from orthanc_plugin.ports import Host, HostError
 from orthanc_plugin.rules import RuleSet
@@ -68,8 +69,8 @@ class AnonymizeExecutor:
         self.wake_senders = wake_senders
 
     def run(self, claim: Claim) -> None:
-        for job in claim.jobs:
-            self._run_job(job, [item for item in claim.items if item.job_id == job["id"]])
+        for job, items in jobs_with_items(claim):
+            self._run_job(job, items)
 
     def _run_job(self, job: sqlite3.Row, items: list[ClaimedItem]) -> None:
         action = self._action(job)
@@ -77,8 +78,7 @@ class AnonymizeExecutor:
             reason = (f"rule '{job['rule']}' has no anonymize action for {job['target']} any more "
                       "(rules reloaded?)")
             self._event(job, "anonymize-failed", "failed", reason)
-            self.queue.policy_exhaust(job["id"])
-            self.queue.settle([job["id"]], reason, "no-action")
+            self.queue.park(job["id"], reason, "no-action")
             return
         clock = _PhaseClock()
         copies: list[tuple[ClaimedItem, StoredCopy]] = []
@@ -119,13 +119,7 @@ class AnonymizeExecutor:
             )
 
     def _action(self, job: sqlite3.Row) -> AnonymizeAction | None:
-        for rule in self.rules().rules:
-            if rule.name != job["rule"]:
-                continue
-            for action in rule.actions:
-                if isinstance(action, AnonymizeAction) and action.job_target == job["target"]:
-                    return action
-        return None
+        return action_of_job(self.rules(), job, AnonymizeAction)
 
     def _one(
         self, job: sqlite3.Row, item: ClaimedItem, action: AnonymizeAction, clock: _PhaseClock

@@ -20,6 +20,7 @@ from orthanc_plugin.jobs.executors import PlannedJob
 from orthanc_plugin.rules.errors import RulesError
 from orthanc_plugin.rules.model import Action, ForwardAction
 from orthanc_plugin.rules.schema_actions import ACTION_COMPOSERS, ACTION_PARSERS, ActionContext
+from orthanc_plugin.rules.schema_values import name_list
 from orthanc_plugin.rules.wording import kind_of, one_of
 
 JOB_ACTION = "anonymize"
@@ -56,7 +57,7 @@ def parse_anonymize(raw: Any, path: str, context: ActionContext) -> AnonymizeAct
         raise RulesError(f"{path}.profile", f"unknown profile {kind_of(profile_name)} "
                          f"(expected one of: {one_of(p.value for p in Profile)})") from None
     options = set()
-    for index, name in enumerate(_names(raw.get("options", []), f"{path}.options")):
+    for index, name in enumerate(name_list(raw.get("options", []), f"{path}.options")):
         try:
             options.add(Option(name))
         except ValueError:
@@ -74,7 +75,7 @@ def parse_anonymize(raw: Any, path: str, context: ActionContext) -> AnonymizeAct
     settings = DeidSettings(
         profile=profile,
         options=frozenset(options),
-        keep_private_creators=_names(raw.get("keep_private_creators", []),
+        keep_private_creators=name_list(raw.get("keep_private_creators", []),
                                      f"{path}.keep_private_creators"),
         patient_id_pattern=pattern,
     )
@@ -112,17 +113,6 @@ def plan_anonymize(action: AnonymizeAction) -> list[PlannedJob]:
     return [PlannedJob(JOB_ACTION, action.job_target)]
 
 
-def _names(raw: Any, path: str) -> tuple[str, ...]:
-    if isinstance(raw, str):
-        raw = [raw]
-    if not isinstance(raw, list):
-        raise RulesError(path, f"expected a name or a list of names, got {kind_of(raw)}")
-    names = []
-    for index, item in enumerate(raw):
-        if not isinstance(item, str) or not item.strip():
-            raise RulesError(f"{path}[{index}]", f"expected a name, got {kind_of(item)}")
-        names.append(item.strip())
-    return tuple(names)
 
 
 ACTION_PARSERS["anonymize"] = parse_anonymize

@@ -20,6 +20,7 @@ from orthanc_plugin.export.exporter import Source, export_instance
 from orthanc_plugin.export.files import DestinationUnavailable
 from orthanc_plugin.export.model import Decision
 from orthanc_plugin.export.rule import ExportAction
+from orthanc_plugin.jobs.executors import action_of_job, jobs_with_items
 from orthanc_plugin.jobs.queue import Claim, ClaimedItem, JobQueue
 from orthanc_plugin.ports import Host, HostError
 from orthanc_plugin.rules import RuleSet
@@ -45,8 +46,8 @@ class ExportExecutor:
         self.config_dir = config_dir
 
     def run(self, claim: Claim) -> None:
-        for job in claim.jobs:
-            self._run_job(job, [item for item in claim.items if item.job_id == job["id"]])
+        for job, items in jobs_with_items(claim):
+            self._run_job(job, items)
 
     def _run_job(self, job: sqlite3.Row, items: list[ClaimedItem]) -> None:
         action = self._action(job)
@@ -54,8 +55,7 @@ class ExportExecutor:
             reason = (f"rule '{job['rule']}' has no export to {job['target']} any more "
                       "(rules reloaded?)")
             self._event(job, "export-failed", "failed", reason, job["resource_id"])
-            self.queue.policy_exhaust(job["id"])
-            self.queue.settle([job["id"]], reason, "no-action")
+            self.queue.park(job["id"], reason, "no-action")
             return
         folder = resolve_path(self.config_dir, action.folder)
         error: str | None = None
@@ -96,13 +96,7 @@ class ExportExecutor:
         self.queue.settle([job["id"]], error, status)
 
     def _action(self, job: sqlite3.Row) -> ExportAction | None:
-        for rule in self.rules().rules:
-            if rule.name != job["rule"]:
-                continue
-            for action in rule.actions:
-                if isinstance(action, ExportAction) and action.job_target == job["target"]:
-                    return action
-        return None
+        return action_of_job(self.rules(), job, ExportAction)
 
     def _event(self, job: sqlite3.Row, event: str, status: str, detail: str, resource: str) -> None:
         self.recorder.event(

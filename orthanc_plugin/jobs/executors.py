@@ -12,7 +12,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from orthanc_plugin.jobs.queue import Claim
+from orthanc_plugin.jobs.queue import Claim, ClaimedItem
 
 
 @dataclass(frozen=True)
@@ -56,3 +56,25 @@ class Registry:
         if executor is None:
             raise LookupError(f"no executor for job action {job_action!r}")
         return executor
+
+
+def jobs_with_items(claim: Claim) -> list[tuple[Any, list[ClaimedItem]]]:
+    """The claim's jobs, each with its own items in claim order."""
+    by_job: dict[int, list[ClaimedItem]] = {job["id"]: [] for job in claim.jobs}
+    for item in claim.items:
+        by_job[item.job_id].append(item)
+    return [(job, by_job[job["id"]]) for job in claim.jobs]
+
+
+def action_of_job(ruleset: Any, job: Any, action_type: type) -> Any | None:
+    """The rule action a queued job was made for, if the rules in force still have it.
+
+    Jobs outlive reloads: a renamed rule or a removed action leaves jobs without their action.
+    """
+    for rule in ruleset.rules:
+        if rule.name != job["rule"]:
+            continue
+        for action in rule.actions:
+            if isinstance(action, action_type) and action.job_target == job["target"]:
+                return action
+    return None

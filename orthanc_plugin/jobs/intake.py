@@ -278,10 +278,13 @@ class Intake:
         ruleset = self.rules()
         rules = ruleset.for_trigger(Trigger.INSTANCE)
         queued = False
+        labels_by_study: dict[str, tuple[str, ...]] = {}
         with self.db.transaction() as connection:
             for row in rows:
-                labels = _plan_labels(connection, row["study_id"])
-                facts = self.facts.build([row], labels)
+                # Every row of the batch is already described: a study's labels cannot change here.
+                if row["study_id"] not in labels_by_study:
+                    labels_by_study[row["study_id"]] = _plan_labels(connection, row["study_id"])
+                facts = self.facts.build([row], labels_by_study[row["study_id"]])
                 for rule in rules:
                     queued |= self._apply(connection, ruleset, rule, "instance",
                                           row["instance_id"], [row], facts)

@@ -221,6 +221,11 @@ class JobQueue:
                 (self.policy.max_attempts, job_id),
             )
 
+    def park(self, job_id: int, reason: str, status: str) -> None:
+        """Dead-letter a job at once: retrying cannot help (e.g. its rule action is gone)."""
+        self.policy_exhaust(job_id)
+        self.settle([job_id], reason, status)
+
     def note_refusal(self, job_id: int, error: str, status: str) -> None:
         with self.db.transaction() as connection:
             connection.execute(

@@ -132,3 +132,17 @@ def _cidr(text: str, path: str) -> Cidr:
         return Cidr(ipaddress.ip_network(text.strip(), strict=False))
     except ValueError as error:
         raise RulesError(path, f"invalid network: {error}") from error
+
+
+def name_list(raw: Any, path: str, what: str = "a name") -> tuple[str, ...]:
+    """A name or a list of names (ROI globs, options, private creators), stripped and non-empty."""
+    if isinstance(raw, str):
+        raw = [raw]
+    if not isinstance(raw, list):
+        raise RulesError(path, f"expected a name or a list of names, got {kind_of(raw)}")
+    names = []
+    for index, item in enumerate(raw):
+        if not isinstance(item, str) or not item.strip():
+            raise RulesError(f"{path}[{index}]", f"expected {what}, got {kind_of(item)}")
+        names.append(item.strip())
+    return tuple(names)
