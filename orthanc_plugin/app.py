@@ -22,6 +22,7 @@ from orthanc_plugin.forwarding.action import Forwarder, plan_forward
 from orthanc_plugin.jobs.executors import Registry
 from orthanc_plugin.jobs.intake import Intake
 from orthanc_plugin.jobs.queue import JobQueue
+from orthanc_plugin.jobs.tables import ADDED_COLUMNS
 from orthanc_plugin.jobs.tables import SCHEMA as JOBS_SCHEMA
 from orthanc_plugin.jobs.workers import WorkerPool
 from orthanc_plugin.ports import Host, HostError
@@ -33,7 +34,11 @@ from orthanc_plugin.rules import (
     evaluate,
     explain_each,
     load_rules_file,
+    load_rules_text,
 )
+
+RULES_TEXT_KEY = "rules_in_force_text"
+RULES_SHA_KEY = "rules_in_force_sha256"
 
 
 class Gateway:
@@ -45,6 +50,8 @@ class Gateway:
         self.db = Database(
             config.database, [META_SCHEMA, AUDIT_SCHEMA, JOBS_SCHEMA, *capabilities.extra_schemas()]
         )
+        for table, columns in ADDED_COLUMNS.items():
+            self.db.ensure_columns(table, columns)
         self.metrics = Metrics(host.set_metric)
         self.recorder = AuditRecorder(
             self.db, TransactionLog(config.transaction_log_folder), self.metrics
@@ -65,6 +72,11 @@ class Gateway:
             self.intake, self.queue, self.registry, config.workers,
             config.poll_interval_seconds, host.log_error,
         )
+        # The lead worker wakes the other worker processes too (set by the worker's main).
+        self.wake_other_workers: Callable[[], None] = lambda: None
+        self._rules_checked_at = 0.0
+        self._followed_rules_sha = ""
+        self.pool.before_claim = self.follow_published_rules
         self.router = Router()
         self.explorer_extension = ""  # JavaScript for Orthanc Explorer, set by the web capability
         # Capabilities with their own background loops (harvest) start and stop with the senders.
@@ -79,11 +91,16 @@ class Gateway:
         capabilities.install_all(self)
 
     # -- life cycle ------------------------------------------------------------------------------
-    def start(self) -> None:
+    def start(self, *, lead: bool = True, generation: str = "") -> None:
+        """The lead worker runs the intake and the capabilities' loops; every worker runs jobs."""
         if self._started:
             return
         self._started = True
-        recovered = self.queue.recover_after_crash()
+        if not lead:
+            self.pool.start(intake=False)
+            return
+        recovered = self.queue.recover_after_crash(generation)
+        self.publish_rules()
         self.intake.initialise_cursor()
         self.recorder.event(
             "gateway-started", status="ok",
@@ -91,14 +108,14 @@ class Gateway:
             f"{recovered} interrupted job(s) requeued",
         )
         self.seed_metrics()
-        self.pool.start()
+        self.pool.start(intake=True)
         for hook in self.on_start:
             hook()
         for rules_hook in self.on_rules_loaded:
             rules_hook(self.ruleset)
         self.host.log_warning(
             f"started: {len(self.ruleset.rules)} rule(s) from {self.config.rules_file}, "
-            f"{self.config.workers} sender(s), database {self.config.database}"
+            f"{self.config.workers} worker process(es), database {self.config.database}"
         )
 
     def seed_metrics(self) -> None:
@@ -154,6 +171,46 @@ class Gateway:
 
     def _wake_senders(self) -> None:
         self.pool.wake_senders()
+        self.wake_other_workers()
+
+    def metrics_snapshot(self) -> dict[str, float]:
+        """Counters from the database, so every worker's transfers count and a restart continues."""
+        self._gauges_refreshed_at = float("-inf")
+        self.seed_metrics()
+        row = self.db.query(
+            "SELECT (SELECT COUNT(*) FROM evaluations) AS e, "
+            "(SELECT COUNT(*) FROM evaluations WHERE matched=1 AND new_instances>0) AS m, "
+            "(SELECT COUNT(*) FROM quarantine) AS q")[0]
+        self.metrics.gauge("rtgw_rule_evaluations_total", row["e"])
+        self.metrics.gauge("rtgw_rule_matches_total", row["m"])
+        self.metrics.gauge("rtgw_quarantined_total", row["q"])
+        return self.metrics.snapshot()
+
+    # -- rules shared by the worker processes ----------------------------------------------------
+    def publish_rules(self) -> None:
+        """The lead's rules in force, for the other workers (a reload happens in the lead only)."""
+        with self.db.transaction() as connection:
+            self.db.set_meta(RULES_TEXT_KEY, self.rules_text, connection)
+            self.db.set_meta(RULES_SHA_KEY, self.ruleset.sha256, connection)
+        self._followed_rules_sha = self.ruleset.sha256
+
+    def follow_published_rules(self) -> None:
+        now = time.monotonic()
+        if now - self._rules_checked_at < 1.0:
+            return
+        self._rules_checked_at = now
+        published = self.db.get_meta(RULES_SHA_KEY)
+        if not published or published == self._followed_rules_sha:
+            return
+        text = self.db.get_meta(RULES_TEXT_KEY) or ""
+        try:
+            ruleset = load_rules_text(text, None)
+        except RulesError as error:  # the lead validated it; log and keep what is in force
+            self.host.log_error(f"published rules not loaded: {error}")
+            return
+        with self._rules_lock:
+            self.ruleset, self.rules_text = ruleset, text
+            self._followed_rules_sha = published
 
     # -- rules -------------------------------------------------------------------------------------
     def known_targets(self) -> set[str]:
@@ -172,6 +229,7 @@ class Gateway:
                 raise
             self.ruleset = ruleset
             self.rules_text = _read_text(self.config.rules_file)
+            self.publish_rules()
             self.recorder.event(
                 "rules-reload", status="ok",
                 detail=f"{len(ruleset.rules)} rule(s), sha256 {ruleset.sha256}",
@@ -192,11 +250,7 @@ class Gateway:
     def test_rules(self, study: str) -> dict[str, Any]:
         """Which rules would fire on a study and why (not); nothing is queued or sent."""
         study_id = self._resolve_study(study)
-        with self.intake.lock:
-            self.intake.adopt_study_instances(study_id)
-        rows = self.db.query(
-            "SELECT * FROM received WHERE study_id=? AND state='ready' ORDER BY seq", (study_id,)
-        )
+        rows: list[Any] = self.intake.study_rows_without_adopting(study_id)
         labels = tuple(sorted({r["plan_label"] for r in rows if r["plan_label"]}))
         facts = self.intake.facts.build(rows, labels)
         results = []

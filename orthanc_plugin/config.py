@@ -21,6 +21,21 @@ class RetryPolicySettings:
 
 
 @dataclass(frozen=True)
+class WorkerSettings:
+    """How the worker processes run and reach Orthanc (ARCHITECTURE.md: the work leaves Orthanc)."""
+
+    threads_per_worker: int = 2
+    memory_limit_mb: int = 3072
+    job_time_limit_seconds: float = 1800.0
+    nice: int = 10
+    orthanc_url: str = "http://127.0.0.1:8042"
+    http_user: str = ""
+    http_password: str = ""
+    python: str = ""
+    max_body_bytes: int = 64 << 20
+
+
+@dataclass(frozen=True)
 class GatewayConfig:
     rules_file: Path
     database: Path
@@ -38,6 +53,7 @@ class GatewayConfig:
     # its own sub-section (e.g. "Export", "Harvest") and resolves its paths against config_dir.
     section: dict[str, Any] = field(default_factory=dict)
     config_dir: Path = Path(".")
+    worker: WorkerSettings = WorkerSettings()
 
 
 def resolve_path(base: Path, value: str) -> Path:
@@ -91,4 +107,37 @@ def parse_config(orthanc_config: dict[str, Any], config_dir: Path) -> GatewayCon
         known_modalities=tuple(sorted(modalities)) if isinstance(modalities, dict) else (),
         section=section,
         config_dir=config_dir,
+        worker=_worker_settings(orthanc_config, section),
+    )
+
+
+def _worker_settings(orthanc_config: dict[str, Any], section: dict[str, Any]) -> WorkerSettings:
+    scheme = "https" if orthanc_config.get("SslEnabled") else "http"
+    default_url = f"{scheme}://127.0.0.1:{int(orthanc_config.get('HttpPort', 8042))}"
+    user = section.get("HttpUser")
+    password = section.get("HttpPassword")
+    users = orthanc_config.get("RegisteredUsers") or {}
+    if user is None and isinstance(users, dict) and users:
+        # Orthanc's own first user: the workers need no credential of their own by default.
+        user = sorted(users)[0]
+        password = users[user]
+    for key, value in (("HttpUser", user), ("HttpPassword", password)):
+        if value is not None and not isinstance(value, str):
+            raise ConfigError(f"{SECTION}.{key}: expected text")
+    url = section.get("OrthancUrl", default_url)
+    if not isinstance(url, str) or not url.startswith(("http://", "https://")):
+        raise ConfigError(f"{SECTION}.OrthancUrl: expected an http(s) URL, got {url!r}")
+    python = section.get("WorkerPython", "")
+    if not isinstance(python, str):
+        raise ConfigError(f"{SECTION}.WorkerPython: expected a path")
+    return WorkerSettings(
+        threads_per_worker=int(_number(section, "ThreadsPerWorker", 2, 1)),
+        memory_limit_mb=int(_number(section, "WorkerMemoryLimitMB", 3072, 0)),
+        job_time_limit_seconds=_number(section, "JobTimeLimitSeconds", 1800, 0),
+        nice=int(_number(section, "WorkerNice", 10, 0)),
+        orthanc_url=url,
+        http_user=user or "",
+        http_password=password or "",
+        python=python,
+        max_body_bytes=int(_number(section, "MaxRequestBodyMB", 64, 1)) << 20,
     )

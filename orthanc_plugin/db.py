@@ -19,6 +19,14 @@ class Database:
         for schema in schemas:
             self.connection().executescript(schema)
 
+    def ensure_columns(self, table: str, columns: dict[str, str]) -> None:
+        """Columns added after a table was first created: an older database gains them in place."""
+        with self.transaction() as connection:
+            present = {row["name"] for row in connection.execute(f"PRAGMA table_info({table})")}
+            for name, declaration in columns.items():
+                if name not in present:
+                    connection.execute(f"ALTER TABLE {table} ADD COLUMN {name} {declaration}")
+
     def connection(self) -> sqlite3.Connection:
         connection = getattr(self._local, "connection", None)
         if connection is None:

@@ -1,72 +1,37 @@
-"""The only module that imports `orthanc`: REST calls, metrics, logging and callback registration."""
+"""The only module that imports `orthanc`: callbacks in, routes out, nothing else.
+
+What stays inside Orthanc's interpreter is deliberately small (ARCHITECTURE.md): the callbacks send
+a datagram and return; the REST callback forwards to the lead worker over a Unix socket (a socket
+wait releases the GIL); the supervisor starts and watches the worker processes. No thread of the
+plugin calls an SDK function that stores, modifies, sends or waits on Orthanc: the only SDK calls
+are logging, metrics and the answers to Orthanc's own REST threads.
+"""
 
 from __future__ import annotations
 
 import json
+import threading
 import traceback
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 from urllib.parse import unquote_plus
 
 import orthanc
 
-from orthanc_plugin.ports import HostError
+from orthanc_plugin.channels import DELETED, STABLE, STORED, channels_for
+from orthanc_plugin.config import ConfigError, parse_config
+from orthanc_plugin.supervisor.notes import NoteSender
+from orthanc_plugin.supervisor.processes import (
+    Supervisor,
+    WorkerCommand,
+    validate_in_worker,
+    worker_python,
+)
+from orthanc_plugin.supervisor.proxy import ApiProxy
 
-if TYPE_CHECKING:
-    from orthanc_plugin.api.routes import Router
-    from orthanc_plugin.app import Gateway
-
-
-def _is_missing(error: Exception) -> bool:
-    # The 4.0 plugin raises OrthancException whose text carries Orthanc's error name.
-    text = str(error)
-    return "Unknown resource" in text or "Inexistent item" in text or "(17)" in text
-
-
-class OrthancHost:
-    """Calls Orthanc's own REST API in-process through the SDK (no HTTP, no credentials)."""
-
-    def get_json(self, uri: str) -> Any:
-        return json.loads(self._call(orthanc.RestApiGet, uri))
-
-    def get_text(self, uri: str) -> str:
-        return self._call(orthanc.RestApiGet, uri).decode("utf-8", "replace")
-
-    def post_json(self, uri: str, body: Any) -> Any:
-        answer = self._call(orthanc.RestApiPost, uri, json.dumps(body))
-        return json.loads(answer) if answer.strip() else None
-
-    def get_bytes(self, uri: str) -> bytes:
-        return self._call(orthanc.RestApiGet, uri)
-
-    def post_bytes(self, uri: str, data: bytes) -> Any:
-        answer = self._call(orthanc.RestApiPost, uri, data)
-        try:
-            return json.loads(answer) if answer.strip() else None
-        except ValueError:
-            return answer
-
-    def delete(self, uri: str) -> None:
-        self._call(orthanc.RestApiDelete, uri)
-
-    def set_metric(self, name: str, value: float) -> None:
-        orthanc.SetMetricsValue(name, float(value), orthanc.MetricsType.DEFAULT)
-
-    def log_info(self, message: str) -> None:
-        orthanc.LogInfo(f"RtGateway: {message}")
-
-    def log_warning(self, message: str) -> None:
-        orthanc.LogWarning(f"RtGateway: {message}")
-
-    def log_error(self, message: str) -> None:
-        orthanc.LogError(f"RtGateway: {message}")
-
-    @staticmethod
-    def _call(function: Any, *args: Any) -> bytes:
-        try:
-            return function(*args)
-        except orthanc.OrthancException as error:
-            raise HostError(f"{args[0]}: {error}", missing=_is_missing(error)) from error
+ROOT = Path(__file__).resolve().parent.parent
+EXPLORER_JS = ROOT / "orthanc_plugin" / "web" / "static" / "explorer.js"
+METRICS_PERIOD_SECONDS = 2.0
 
 
 def read_orthanc_configuration() -> tuple[dict[str, Any], Path]:
@@ -75,55 +40,80 @@ def read_orthanc_configuration() -> tuple[dict[str, Any], Path]:
     return configuration, (path if path.is_dir() else path.parent)
 
 
-def register(gateway: Gateway, router: Router) -> None:
+class Plugin:
+    def __init__(self, supervisor: Supervisor, notes: NoteSender, proxy: ApiProxy) -> None:
+        self.supervisor = supervisor
+        self.notes = notes
+        self.proxy = proxy
+        self._stopping = threading.Event()
+
+    def start(self) -> None:
+        self.supervisor.start()
+        threading.Thread(target=self._copy_metrics, name="rtgw-metrics", daemon=True).start()
+
+    def stop(self) -> None:
+        self._stopping.set()
+        self.supervisor.stop()
+
+    def _copy_metrics(self) -> None:
+        # SetMetricsValue takes only the metrics registry's own short lock, never the store path's.
+        while not self._stopping.wait(METRICS_PERIOD_SECONDS):
+            try:
+                values = self.proxy.get_json("/rt-gateway/internal/metrics")
+            except (OSError, ValueError):
+                continue
+            if isinstance(values, dict):
+                for name, value in values.items():
+                    orthanc.SetMetricsValue(str(name), float(value), orthanc.MetricsType.DEFAULT)
+
+
+def register(plugin: Plugin) -> None:
     """One dispatcher per callback type, as the Python plugin allows only one of each."""
 
     def on_stored(dicom: Any, instance_id: str) -> None:
         try:
-            gateway.record_stored_instance(
-                instance_id, dicom.GetInstanceRemoteAet(), _origin_name(dicom)
-            )
+            plugin.notes.send(STORED, instance_id, dicom.GetInstanceRemoteAet())
         except Exception:  # a callback must never break Orthanc's store path
             orthanc.LogError("RtGateway: stored-instance callback: " + traceback.format_exc())
 
     def on_change(change_type: int, level: int, resource_id: str) -> None:
         try:
             if change_type == orthanc.ChangeType.ORTHANC_STARTED:
-                gateway.start()
+                plugin.start()
             elif change_type == orthanc.ChangeType.ORTHANC_STOPPED:
-                gateway.stop()
+                plugin.stop()
             elif change_type == orthanc.ChangeType.STABLE_STUDY:
-                gateway.notify_stable_study(resource_id)
+                plugin.notes.send(STABLE, resource_id)
             elif (change_type == orthanc.ChangeType.DELETED
                   and level == orthanc.ResourceType.INSTANCE):
                 # Orthanc 1.10 signals deletions to plugins but does not log them in /changes.
-                gateway.notify_deleted_instance(resource_id)
+                plugin.notes.send(DELETED, resource_id)
         except Exception:
             orthanc.LogError("RtGateway: change callback: " + traceback.format_exc())
 
     def on_rest(output: Any, uri: str, **request: Any) -> None:
         try:
-            response = router.dispatch(
-                request.get("method", "GET"),
-                uri,
-                # Orthanc 1.10 hands query values over still URL-encoded ("a%20b", "a+b").
-                {unquote_plus(k): unquote_plus(v) for k, v in (request.get("get") or {}).items()},
-                request.get("body") or b"",
-            )
+            # Orthanc 1.10 hands query values over still URL-encoded ("a%20b", "a+b").
+            query = {unquote_plus(k): unquote_plus(v) for k, v in (request.get("get") or {}).items()}
+            body = request.get("body") or b""
+            if isinstance(body, str):
+                body = body.encode("utf-8")
+            answer = plugin.proxy.forward(request.get("method", "GET"), uri, query, body,
+                                          request.get("headers") or {})
         except Exception:  # answer 500 rather than kill the HTTP thread
             orthanc.LogError("RtGateway: REST " + uri + ": " + traceback.format_exc())
             _send_status(output, 500, b'{"error": "internal error, see the Orthanc log"}')
             return
-        if response.status == 200:
-            output.AnswerBuffer(response.body, response.content_type)
+        if answer.status == 200:
+            output.AnswerBuffer(answer.body, answer.content_type)
         else:
-            _send_status(output, response.status, response.body)
+            _send_status(output, answer.status, answer.body)
 
     orthanc.RegisterOnStoredInstanceCallback(on_stored)
     orthanc.RegisterOnChangeCallback(on_change)
     orthanc.RegisterRestCallback("/rt-gateway/(.*)", on_rest)
-    if gateway.explorer_extension:
-        orthanc.ExtendOrthancExplorer(gateway.explorer_extension)
+    if EXPLORER_JS.exists():
+        orthanc.ExtendOrthancExplorer(EXPLORER_JS.read_text(encoding="utf-8"))
 
 
 def _send_status(output: Any, status: int, body: bytes) -> None:
@@ -136,33 +126,35 @@ def _send_status(output: Any, status: int, body: bytes) -> None:
         output.SendHttpStatus(status, body)
 
 
-def _origin_name(dicom: Any) -> str:
-    try:
-        origin = dicom.GetInstanceOrigin()
-    except Exception:
-        return ""
-    names = {
-        orthanc.InstanceOrigin.DICOM_PROTOCOL: "DicomProtocol",
-        orthanc.InstanceOrigin.REST_API: "RestApi",
-        orthanc.InstanceOrigin.PLUGIN: "Plugins",
-        orthanc.InstanceOrigin.LUA: "Lua",
-    } if hasattr(orthanc, "InstanceOrigin") else {}
-    return names.get(origin, str(origin))
-
-
 def install() -> None:
     """Called by entry.py when Orthanc loads the plugin; any exception stops Orthanc's start-up."""
-    from orthanc_plugin.app import build_gateway
-    from orthanc_plugin.config import ConfigError
-    from orthanc_plugin.rules import RulesError
-
     configuration, config_dir = read_orthanc_configuration()
     try:
-        gateway = build_gateway(OrthancHost(), configuration, config_dir)
-    except (RulesError, ConfigError) as error:
+        config = parse_config(configuration, config_dir)
+    except ConfigError as error:
         orthanc.LogError(f"RtGateway: not starting: {error}")
         raise
-    register(gateway, gateway.router)
+    channels = channels_for(config.database)
+    command = WorkerCommand(worker_python(config.worker.python, ROOT), ROOT, channels,
+                            config.workers)
+    envelope = json.dumps({"orthanc": configuration, "config_dir": str(config_dir)})
+    # The rules file, the settings and the worker interpreter are checked before Orthanc serves.
+    problem = validate_in_worker(command, envelope)
+    if problem:
+        orthanc.LogError(f"RtGateway: not starting: {problem}")
+        raise RuntimeError(problem)
+    supervisor = Supervisor(command, envelope, _log_warning, _log_error)
+    plugin = Plugin(supervisor, NoteSender(channels.worker_socket(0)), ApiProxy(channels.api_socket))
+    register(plugin)
     orthanc.LogWarning(
-        f"RtGateway: loaded {len(gateway.ruleset.rules)} rule(s) from {gateway.config.rules_file}"
+        f"RtGateway: loaded; {config.workers} worker process(es) with {command.python}, "
+        f"channels in {channels.folder}"
     )
+
+
+def _log_warning(message: str) -> None:
+    orthanc.LogWarning(f"RtGateway: {message}")
+
+
+def _log_error(message: str) -> None:
+    orthanc.LogError(f"RtGateway: {message}")

@@ -22,6 +22,10 @@ JOB_STATES = ("pending", "running", "done", "dead")
 
 
 def add_routes(router: Router, gateway: Gateway) -> None:
+    def internal_metrics(_: Request) -> Response:
+        # Read by the plugin, which copies the values into Orthanc's Prometheus registry.
+        return json_response(gateway.metrics_snapshot())
+
     def get_rules(_: Request) -> Response:
         return json_response(gateway.describe_rules())
 
@@ -75,6 +79,7 @@ def add_routes(router: Router, gateway: Gateway) -> None:
     def get_stats(_: Request) -> Response:
         return json_response(stats(gateway.db))
 
+    router.add("GET", "internal/metrics", internal_metrics)
     router.add("GET", "rules", get_rules)
     router.add("POST", "rules/reload", reload_rules)
     router.add("POST", "rules/test", test_rules)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 PREFIX = "/rt-gateway/"
@@ -18,6 +18,8 @@ class Request:
     query: Mapping[str, str]
     body: bytes
     params: Mapping[str, str]
+    # The browser's headers that matter to a route (lower-case names), passed on by the plugin.
+    headers: Mapping[str, str] = field(default_factory=dict)
 
     def json(self) -> Any:
         if not self.body.strip():
@@ -61,7 +63,8 @@ class Router:
         self._routes.append((method, re.compile(f"^{pattern}$"), handler))
 
     def dispatch(
-        self, method: str, uri: str, query: Mapping[str, str], body: bytes
+        self, method: str, uri: str, query: Mapping[str, str], body: bytes,
+        headers: Mapping[str, str] | None = None,
     ) -> Response:
         path = uri[len(PREFIX):] if uri.startswith(PREFIX) else uri.lstrip("/")
         allowed: list[str] = []
@@ -72,7 +75,7 @@ class Router:
             if route_method != method:
                 allowed.append(route_method)
                 continue
-            request = Request(method, path, dict(query), body, match.groupdict())
+            request = Request(method, path, dict(query), body, match.groupdict(), dict(headers or {}))
             try:
                 return handler(request)
             except ApiError as error:

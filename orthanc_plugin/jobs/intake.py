@@ -358,6 +358,25 @@ class Intake:
         while self._describe_new():
             pass
 
+    def study_rows_without_adopting(self, study_id: str) -> list[dict[str, Any]]:
+        """The study's instances as received rows, for a dry run: instances the intake has not
+        seen (stored before its cursor) are described in memory and never enter the intake, so
+        testing the rules on an old study cannot queue or send anything."""
+        rows = [dict(row) for row in self.db.query(
+            "SELECT * FROM received WHERE study_id=? AND state='ready' ORDER BY seq", (study_id,))]
+        known = {row["instance_id"] for row in rows}
+        try:
+            instances = self.host.get_json(f"/studies/{study_id}/instances")
+        except HostError:
+            return rows
+        for item in instances:
+            if item["ID"] in known:
+                continue
+            info = self._describe(item["ID"])
+            if isinstance(info, dict):
+                rows.append({"seq": 0, "instance_id": item["ID"], "state": "ready", **info})
+        return rows
+
     def _apply(
         self,
         connection: sqlite3.Connection,

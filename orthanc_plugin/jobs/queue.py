@@ -54,10 +54,15 @@ def idempotency_key(spec: JobSpec, instance_ids: Sequence[str]) -> str:
     return f"{spec.rule}|{spec.action}|{spec.level}:{spec.resource_id}|{spec.target}|{digest}"
 
 
+POISON_AFTER_CRASHES = 2
+
+
 class JobQueue:
     def __init__(self, db: Database, policy: RetryPolicySettings) -> None:
         self.db = db
         self.policy = policy
+        # "<generation>:<pid>": which worker process of which generation holds a claim.
+        self.claimant = ""
 
     def enqueue(
         self, connection: sqlite3.Connection, spec: JobSpec, instance_ids: Sequence[str]
@@ -90,14 +95,54 @@ class JobQueue:
         )
         return job_id, len(fresh)
 
-    def recover_after_crash(self) -> int:
-        """Jobs left 'running' by a crash or kill run again: their unsent items are still pending."""
+    def recover_after_crash(self, generation: str = "") -> int:
+        """Jobs left 'running' by an earlier generation of workers (Orthanc stopped, killed or
+        crashed) run again from their unsent items. Jobs of this generation's workers are theirs."""
+        mine = f"{generation}:%" if generation else ""
         with self.db.transaction() as connection:
             cursor = connection.execute(
                 "UPDATE jobs SET state='pending', next_attempt_at=0, updated_at=? "
-                "WHERE state='running'",
-                (now_iso(),),
+                "WHERE state='running' AND (claimed_by IS NULL OR ?='' OR claimed_by NOT LIKE ?)",
+                (now_iso(), mine, mine),
             )
+            return cursor.rowcount
+
+    def reclaim_from_crashed(self, claimant: str, reason: str) -> tuple[list[int], list[int]]:
+        """The jobs a dead worker was running: back to pending, or parked as poison when this was
+        their second crash. Returns (requeued, poisoned) job ids."""
+        requeued: list[int] = []
+        poisoned: list[int] = []
+        stamp = now_iso()
+        with self.db.transaction() as connection:
+            rows = connection.execute(
+                "SELECT id, crashes FROM jobs WHERE state='running' AND claimed_by=?", (claimant,)
+            ).fetchall()
+            for row in rows:
+                crashes = row["crashes"] + 1
+                if crashes >= POISON_AFTER_CRASHES:
+                    connection.execute(
+                        "UPDATE jobs SET state='dead', crashes=?, last_status='poison', "
+                        "last_error=?, updated_at=? WHERE id=?",
+                        (crashes, f"poison: its run ended the worker {crashes} times "
+                         f"(last: {reason}); not retried automatically", stamp, row["id"]))
+                    poisoned.append(row["id"])
+                else:
+                    connection.execute(
+                        "UPDATE jobs SET state='pending', crashes=?, next_attempt_at=0, "
+                        "last_error=?, last_status='worker-crash', updated_at=? WHERE id=?",
+                        (crashes, f"its worker ended: {reason}", stamp, row["id"]))
+                    requeued.append(row["id"])
+        return requeued, poisoned
+
+    def release_claims(self) -> int:
+        """At a clean stop: this worker's running jobs go back to pending, no attempt spent."""
+        if not self.claimant:
+            return 0
+        with self.db.transaction() as connection:
+            cursor = connection.execute(
+                "UPDATE jobs SET state='pending', attempts=MAX(attempts-1, 0), next_attempt_at=0,"
+                " updated_at=? WHERE state='running' AND claimed_by=?",
+                (now_iso(), self.claimant))
             return cursor.rowcount
 
     def has_work_now(self) -> bool:
@@ -159,8 +204,9 @@ class JobQueue:
             if len(items) < min(max_items, linger_until_items) and now - newest < linger_seconds:
                 return None
             connection.executemany(
-                "UPDATE jobs SET state='running', attempts=attempts+1, updated_at=? WHERE id=?",
-                [(now_iso(), job["id"]) for job in jobs],
+                "UPDATE jobs SET state='running', attempts=attempts+1, updated_at=?, claimed_by=? "
+                "WHERE id=?",
+                [(now_iso(), self.claimant, job["id"]) for job in jobs],
             )
         return Claim(action=action, target=target, jobs=jobs, items=items)
 
@@ -246,8 +292,8 @@ class JobQueue:
         """A parked (dead) job runs again from its unsent and refused instances."""
         with self.db.transaction() as connection:
             cursor = connection.execute(
-                "UPDATE jobs SET state='pending', attempts=0, next_attempt_at=0, updated_at=? "
-                "WHERE id=? AND state='dead'",
+                "UPDATE jobs SET state='pending', attempts=0, crashes=0, next_attempt_at=0, "
+                "updated_at=? WHERE id=? AND state='dead'",
                 (now_iso(), job_id),
             )
             if cursor.rowcount == 0:

@@ -12,7 +12,9 @@ CREATE TABLE IF NOT EXISTS jobs(
     attempts INTEGER NOT NULL DEFAULT 0,
     next_attempt_at REAL NOT NULL DEFAULT 0,
     created_at TEXT NOT NULL, updated_at TEXT NOT NULL, created_epoch REAL NOT NULL DEFAULT 0,
-    last_error TEXT, last_status TEXT, orthanc_job TEXT
+    last_error TEXT, last_status TEXT, orthanc_job TEXT,
+    claimed_by TEXT,                            -- "<generation>:<pid>" of the worker running it
+    crashes INTEGER NOT NULL DEFAULT 0          -- runs that ended their worker; 2 = poison
 );
 CREATE INDEX IF NOT EXISTS jobs_ready ON jobs(state, next_attempt_at);
 CREATE INDEX IF NOT EXISTS jobs_rule_target ON jobs(rule, target);
@@ -37,3 +39,6 @@ CREATE TABLE IF NOT EXISTS study_progress(
     stable_signalled INTEGER NOT NULL DEFAULT 0
 );
 """
+
+# Columns that databases created by an earlier version lack (Database.ensure_columns).
+ADDED_COLUMNS = {"jobs": {"claimed_by": "TEXT", "crashes": "INTEGER NOT NULL DEFAULT 0"}}

@@ -1,10 +1,13 @@
-"""Background threads: one intake loop and N senders, each surviving any error it meets."""
+"""Background threads of a worker process: the intake loop (lead worker only) and N executor
+threads, each surviving any error it meets."""
 
 from __future__ import annotations
 
 import threading
+import time
 import traceback
 from collections.abc import Callable
+from typing import Protocol
 
 from orthanc_plugin.jobs.executors import Registry
 from orthanc_plugin.jobs.intake import Intake
@@ -14,6 +17,16 @@ IDLE_WAIT_SECONDS = 1.0
 # How long a half-full claim waits for more instances of the same target (see JobQueue.claim).
 LINGER_SECONDS = 0.1
 LINGER_WAIT_SECONDS = 0.03
+
+
+class ClaimWatch(Protocol):
+    """Told when a claim starts and ends (the worker's job clock and memory guard)."""
+
+    def started(self, description: str) -> None: ...
+
+    def finished(self) -> None: ...
+
+    def out_of_memory(self, description: str) -> None: ...
 
 
 class WorkerPool:
@@ -26,6 +39,9 @@ class WorkerPool:
         poll_interval_seconds: float,
         log_error: Callable[[str], None],
     ) -> None:
+        self.watch: ClaimWatch | None = None
+        # Called before each claim (e.g. to pick up rules reloaded by the lead worker).
+        self.before_claim: Callable[[], None] = lambda: None
         self.intake = intake
         self.queue = queue
         self.registry = registry
@@ -37,8 +53,11 @@ class WorkerPool:
         self.send_wakeup = threading.Event()
         self.threads: list[threading.Thread] = []
 
-    def start(self) -> None:
-        self.threads = [threading.Thread(target=self._intake_loop, name="rtgw-intake", daemon=True)]
+    def start(self, *, intake: bool = True) -> None:
+        self.threads = []
+        if intake:
+            self.threads.append(
+                threading.Thread(target=self._intake_loop, name="rtgw-intake", daemon=True))
         self.threads += [
             threading.Thread(target=self._send_loop, name=f"rtgw-sender-{n}", daemon=True)
             for n in range(self.workers)
@@ -50,8 +69,9 @@ class WorkerPool:
         self.stopping.set()
         self.intake_wakeup.set()
         self.send_wakeup.set()
+        deadline = time.monotonic() + timeout
         for thread in self.threads:
-            thread.join(timeout)
+            thread.join(max(0.0, deadline - time.monotonic()))
 
     def wake_intake(self) -> None:
         self.intake_wakeup.set()
@@ -72,15 +92,27 @@ class WorkerPool:
                 self.intake_wakeup.clear()
 
     def _run(self, claim: Claim) -> None:
+        description = f"{claim.action} to {claim.target} (jobs {claim.job_ids[:10]})"
+        if self.watch is not None:
+            self.watch.started(description)
         try:
             self.registry.executor(claim.action).run(claim)
+        except MemoryError:
+            # Counted as a crash of this job by the supervisor: twice and it is parked as poison.
+            if self.watch is not None:
+                self.watch.out_of_memory(description)
+            raise
         except Exception as error:  # the jobs go back to the queue with backoff
             self.log_error(f"{claim.action} to {claim.target}: " + traceback.format_exc())
             self.queue.settle(claim.job_ids, f"internal error: {error}", "internal")
+        finally:
+            if self.watch is not None:
+                self.watch.finished()
 
     def _send_loop(self) -> None:
         while not self.stopping.is_set():
             try:
+                self.before_claim()
                 claim = self.queue.claim(self.registry.max_items, LINGER_SECONDS)
                 if claim is not None:
                     # Another sender may find more work for another target at once.

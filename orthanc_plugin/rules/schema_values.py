@@ -8,6 +8,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+import re2
+
 from orthanc_plugin.rules.errors import RulesError
 from orthanc_plugin.rules.values import (
     AnyValue,
@@ -118,11 +120,23 @@ def _equals(text: str, path: str, grammar: ValueGrammar, ignore_case: bool) -> E
     return Equals(text, ignore_case)
 
 
+MAX_PATTERN_CHARS = 2000
+
+
 def _regex(text: str, path: str, ignore_case: bool) -> Regex:
+    # RE2 runs in time linear in the text: a pattern such as ^(a+)+$ cannot freeze the gateway.
+    # What RE2 cannot do in linear time (back-references, look-around) is refused at load.
+    if len(text) > MAX_PATTERN_CHARS:
+        raise RulesError(path, f"regular expression longer than {MAX_PATTERN_CHARS} characters")
+    options = re2.Options()
+    options.case_sensitive = not ignore_case
+    options.log_errors = False
+    options.max_mem = 8 << 20
     try:
-        pattern = re.compile(text, re.IGNORECASE if ignore_case else 0)
-    except re.error as error:
-        raise RulesError(path, f"invalid regular expression '{text}': {error}") from error
+        pattern = re2.compile(text, options)
+    except re2.error as error:
+        reason = error.args[0].decode() if error.args and isinstance(error.args[0], bytes) else error
+        raise RulesError(path, f"invalid regular expression '{text}': {reason} (RE2)") from error
     return Regex(pattern, ignore_case)
 
 

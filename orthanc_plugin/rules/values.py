@@ -3,10 +3,9 @@
 from __future__ import annotations
 
 import ipaddress
-import re
 from dataclasses import dataclass
 from fnmatch import fnmatchcase
-from typing import TypeAlias
+from typing import Any, TypeAlias
 
 IpNetwork: TypeAlias = ipaddress.IPv4Network | ipaddress.IPv6Network
 
@@ -53,7 +52,7 @@ class Contains:
 @dataclass(frozen=True)
 class Regex:
     # Compiled when the rules load, so a bad pattern is refused then and never costs per instance.
-    pattern: re.Pattern[str]
+    pattern: Any  # an RE2 pattern (linear-time matching)
     ignore_case: bool = False
 
     def test(self, text: str) -> bool:

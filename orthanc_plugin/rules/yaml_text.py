@@ -25,8 +25,29 @@ _TEXT_INSTEAD = {
 }
 _MERGE_TAG = "tag:yaml.org,2002:merge"
 
+# A rules file is a few kilobytes written by hand. These bounds refuse, within milliseconds, what
+# no hand writes: a nine-line alias bomb expands to billions of nodes, and 3,000 nested `not`
+# would exhaust Python's recursion limit in the parser and the schema check.
+MAX_TEXT_BYTES = 1 << 20
+MAX_DEPTH = 40
+MAX_EXPANDED_NODES = 100_000
+
 
 class _RulesLoader(yaml.SafeLoader):
+    _depth = 0
+
+    def compose_node(self, parent: Any, index: Any) -> Any:
+        self._depth += 1
+        try:
+            if self._depth > MAX_DEPTH:
+                mark = self.peek_event().start_mark
+                raise yaml.composer.ComposerError(
+                    None, None, f"nested deeper than {MAX_DEPTH} levels", mark
+                )
+            return super().compose_node(parent, index)
+        finally:
+            self._depth -= 1
+
     def construct_mapping(self, node: yaml.Node, deep: bool = False) -> dict[Any, Any]:
         if isinstance(node, yaml.MappingNode):
             seen: set[str] = set()
@@ -53,9 +74,19 @@ _RulesLoader.add_implicit_resolver(
 
 def parse_yaml(text: str) -> Any:
     """The document as plain data; raises RulesError (path `<file>`) with the line of a problem."""
+    if len(text.encode("utf-8", "replace")) > MAX_TEXT_BYTES:
+        raise RulesError(FILE_PATH, f"larger than {MAX_TEXT_BYTES // 1024} KiB")
     try:
         # A SafeLoader subclass: no Python objects can be built from the file.
-        return yaml.load(text, Loader=_RulesLoader)
+        loader = _RulesLoader(text)
+        try:
+            node = loader.get_single_node()
+            if node is None:
+                return None
+            _check_expanded_size(node)
+            return loader.construct_document(node)
+        finally:
+            loader.dispose()
     except yaml.MarkedYAMLError as error:
         mark = error.problem_mark or error.context_mark
         problem = ", ".join(part for part in (error.context, error.problem) if part)
@@ -63,3 +94,24 @@ def parse_yaml(text: str) -> Any:
         raise RulesError(FILE_PATH, f"YAML error{where}: {problem or 'invalid YAML'}") from error
     except yaml.YAMLError as error:
         raise RulesError(FILE_PATH, f"YAML error: {error}") from error
+
+
+def _check_expanded_size(root: yaml.Node) -> None:
+    """Count nodes as the rules engine would see them, aliases expanded, and stop at the bound."""
+    count = 0
+    stack: list[yaml.Node] = [root]
+    while stack:
+        node = stack.pop()
+        count += 1
+        if count > MAX_EXPANDED_NODES:
+            raise RulesError(
+                FILE_PATH,
+                f"more than {MAX_EXPANDED_NODES} values once aliases are expanded "
+                f"(an alias bomb?), refused",
+            )
+        if isinstance(node, yaml.SequenceNode):
+            stack.extend(node.value)
+        elif isinstance(node, yaml.MappingNode):
+            for key, value in node.value:
+                stack.append(key)
+                stack.append(value)

@@ -1,0 +1,65 @@
+"""Where the plugin and its worker processes meet: a private folder of Unix sockets, and the notes.
+
+The plugin (inside Orthanc) never waits on a worker for long and never holds anything of Orthanc's
+while it talks to one: notes are datagrams sent without blocking (a lost note costs only latency,
+since the workers read Orthanc's durable `/changes` log anyway), and REST requests go to the lead
+worker's HTTP server on a stream socket, during which the plugin's thread has released the GIL.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+# sun_path holds 108 bytes; deep test folders exceed it, so long paths move to a private temp dir.
+_MAX_SOCKET_PATH = 100
+
+STORED = "S"      # S <instance id> <calling AET>
+STABLE = "T"      # T <study id>
+DELETED = "D"     # D <instance id>
+WAKE = "W"        # W (queue has new work)
+NOTE_KINDS = (STORED, STABLE, DELETED, WAKE)
+
+
+@dataclass(frozen=True)
+class Channels:
+    folder: Path
+
+    @property
+    def api_socket(self) -> Path:
+        return self.folder / "api.sock"
+
+    def worker_socket(self, index: int) -> Path:
+        return self.folder / f"worker-{index}.sock"
+
+    def pid_file(self, index: int) -> Path:
+        return self.folder / f"worker-{index}.pid"
+
+    @property
+    def lock_file(self) -> Path:
+        return self.folder / "generation.lock"
+
+
+def channels_for(database: Path) -> Channels:
+    """One folder per gateway database, mode 0700: only Orthanc's user reaches the worker API."""
+    folder = database.parent / "run"
+    if len(str(folder / "worker-99.sock")) > _MAX_SOCKET_PATH:
+        digest = hashlib.sha256(str(database).encode()).hexdigest()[:16]
+        folder = Path(tempfile.gettempdir()) / f"rtgw-{os.getuid()}-{digest}"
+    folder.mkdir(parents=True, exist_ok=True, mode=0o700)
+    os.chmod(folder, 0o700)
+    return Channels(folder)
+
+
+def encode_note(kind: str, *fields: str) -> bytes:
+    return " ".join((kind, *(field.replace(" ", "\x1f") for field in fields))).encode()
+
+
+def decode_note(data: bytes) -> tuple[str, list[str]] | None:
+    parts = data.decode("utf-8", "replace").split(" ")
+    if not parts or parts[0] not in NOTE_KINDS:
+        return None
+    return parts[0], [part.replace("\x1f", " ") for part in parts[1:]]

@@ -1,0 +1,1 @@
+"""The worker process: the gateway's real work, outside Orthanc's interpreter, Orthanc over HTTP."""

@@ -1,0 +1,172 @@
+"""`python -m orthanc_plugin.worker`: one worker process of the gateway.
+
+Worker 0 is the lead: the intake from Orthanc's `/changes`, the REST routes (behind the plugin's
+proxy), the capabilities' own loops (import folder, harvest, SQL index, plan tracking) and job
+executors. Every other worker runs job executors only. All of them reach Orthanc over HTTP and share
+the gateway's SQLite database, whose transactions make a claim belong to one worker.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import sys
+import threading
+from pathlib import Path
+from typing import Any
+
+from orthanc_plugin.app import RULES_TEXT_KEY, Gateway, build_gateway
+from orthanc_plugin.channels import DELETED, STABLE, STORED, WAKE, Channels
+from orthanc_plugin.config import ConfigError, GatewayConfig, parse_config
+from orthanc_plugin.rules import RulesError
+from orthanc_plugin.worker.api_server import ApiServer
+from orthanc_plugin.worker.guard import (
+    EXIT_CONFIG,
+    JobClock,
+    die_with_parent,
+    limit_memory,
+    lower_priority,
+)
+from orthanc_plugin.worker.http_host import HttpHost
+from orthanc_plugin.worker.note_inbox import NoteInbox, WakeSender
+
+STOP_BUDGET_SECONDS = 5.0
+
+
+def _arguments(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="orthanc_plugin.worker")
+    parser.add_argument("--index", type=int, default=0)
+    parser.add_argument("--generation", default="")
+    parser.add_argument("--parent", type=int, default=0)
+    parser.add_argument("--channels", required=True)
+    parser.add_argument("--crashed-pid", type=int, default=0)
+    parser.add_argument("--crash-reason", default="")
+    parser.add_argument("--check", action="store_true",
+                        help="build the gateway from the configuration on stdin, then exit")
+    return parser.parse_args(argv)
+
+
+def _read_envelope() -> tuple[dict[str, Any], Path]:
+    envelope = json.loads(sys.stdin.buffer.readline() or b"{}")
+    return envelope.get("orthanc") or {}, Path(envelope.get("config_dir") or ".")
+
+
+def _host_for(config: GatewayConfig, label: str) -> HttpHost:
+    settings = config.worker
+    auth = (settings.http_user, settings.http_password) if settings.http_user else None
+    return HttpHost(settings.orthanc_url, auth, label)
+
+
+def check(orthanc_config: dict[str, Any], config_dir: Path) -> int:
+    try:
+        config = parse_config(orthanc_config, config_dir)
+        build_gateway(_host_for(config, "check"), orthanc_config, config_dir)
+    except (RulesError, ConfigError) as error:
+        sys.stderr.write(f"RtGateway: not starting: {error}\n")
+        return EXIT_CONFIG
+    return 0
+
+
+def _build(orthanc_config: dict[str, Any], config_dir: Path, host: HttpHost) -> Gateway:
+    try:
+        return build_gateway(host, orthanc_config, config_dir)
+    except RulesError as error:
+        # The file changed since Orthanc started and is broken now: the rules in force stay.
+        config = parse_config(orthanc_config, config_dir)
+        from orthanc_plugin.db import META_SCHEMA, Database
+        from orthanc_plugin.rules import load_rules_text
+
+        text = Database(config.database, [META_SCHEMA]).get_meta(RULES_TEXT_KEY)
+        if not text:
+            raise
+        host.log_error(f"rules file refused ({error}); the rules in force stay")
+        return Gateway(host, config, load_rules_text(text, None))
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _arguments(argv)
+    orthanc_config, config_dir = _read_envelope()
+    if args.check:
+        return check(orthanc_config, config_dir)
+    if args.parent:
+        die_with_parent(args.parent)
+    channels = Channels(Path(args.channels))
+    label = f"worker {args.index}"
+    try:
+        config = parse_config(orthanc_config, config_dir)
+    except ConfigError as error:
+        sys.stderr.write(f"RtGateway {label}: {error}\n")
+        return EXIT_CONFIG
+    lower_priority(config.worker.nice)
+    limit_memory(config.worker.memory_limit_mb)
+    channels.pid_file(args.index).write_text(str(os.getpid()))
+    host = _host_for(config, label)
+    gateway = _build(orthanc_config, config_dir, host)
+    gateway.pool.workers = config.worker.threads_per_worker
+    gateway.queue.claimant = f"{args.generation}:{os.getpid()}"
+    clock = JobClock(config.worker.job_time_limit_seconds, host.log_error)
+    gateway.pool.watch = clock
+    clock.start_watchdog()
+    if args.crashed_pid:
+        _reclaim(gateway, f"{args.generation}:{args.crashed_pid}", args.crash_reason)
+
+    lead = args.index == 0
+    inbox = NoteInbox(channels.worker_socket(args.index), _note_handler(gateway, lead),
+                      host.log_error)
+    inbox.start()
+    api: ApiServer | None = None
+    if lead:
+        others = [channels.worker_socket(i) for i in range(1, config.workers)]
+        gateway.wake_other_workers = WakeSender(others).wake
+        gateway.start(lead=True, generation=args.generation)
+        api = ApiServer(channels.api_socket, gateway.router, host.log_error,
+                        config.worker.max_body_bytes)
+        api.start()
+    else:
+        gateway.start(lead=False, generation=args.generation)
+
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    signal.signal(signal.SIGINT, lambda *_: stop.set())
+    while not stop.wait(1.0):
+        pass
+    # A clean stop: no new claims, claims in flight go back to the queue unspent.
+    gateway.pool.stop(STOP_BUDGET_SECONDS)
+    released = gateway.queue.release_claims()
+    if released:
+        host.log_warning(f"stopping: {released} running job(s) back to the queue")
+    if lead:
+        gateway.stop()
+        if api is not None:
+            api.stop()
+    os._exit(0)
+
+
+def _reclaim(gateway: Gateway, claimant: str, reason: str) -> None:
+    requeued, poisoned = gateway.queue.reclaim_from_crashed(claimant, reason)
+    for job_id in requeued:
+        gateway.recorder.event("worker-crashed", status="pending", job_id=job_id,
+                               detail=f"its worker ended ({reason}); the job runs again")
+    for job_id in poisoned:
+        gateway.recorder.event("job-poison", status="poison", job_id=job_id,
+                               detail=f"its run ended the worker twice (last: {reason}); parked, "
+                               "retry by hand after fixing the cause")
+        gateway.host.log_error(f"job {job_id} parked as poison: {reason}")
+
+
+def _note_handler(gateway: Gateway, lead: bool) -> Any:
+    def handle(kind: str, fields: list[str]) -> None:
+        if kind == WAKE:
+            gateway.pool.wake_senders()
+        elif not lead:
+            return
+        elif kind == STORED and fields:
+            gateway.record_stored_instance(fields[0], fields[1] if len(fields) > 1 else "", "")
+        elif kind == STABLE and fields:
+            gateway.notify_stable_study(fields[0])
+        elif kind == DELETED and fields:
+            gateway.notify_deleted_instance(fields[0])
+
+    return handle
