@@ -21,6 +21,8 @@ from orthanc_plugin.db import META_SCHEMA, Database
 from orthanc_plugin.forwarding.action import Forwarder, plan_forward
 from orthanc_plugin.jobs.executors import Registry
 from orthanc_plugin.jobs.intake import Intake
+from orthanc_plugin.jobs.own_output import SCHEMA as OWN_OUTPUT_SCHEMA
+from orthanc_plugin.jobs.own_output import own_output_source
 from orthanc_plugin.jobs.queue import JobQueue
 from orthanc_plugin.jobs.tables import ADDED_COLUMNS
 from orthanc_plugin.jobs.tables import SCHEMA as JOBS_SCHEMA
@@ -48,7 +50,8 @@ class Gateway:
         self.ruleset = ruleset
         self._rules_lock = threading.Lock()
         self.db = Database(
-            config.database, [META_SCHEMA, AUDIT_SCHEMA, JOBS_SCHEMA, *capabilities.extra_schemas()]
+            config.database, [META_SCHEMA, AUDIT_SCHEMA, JOBS_SCHEMA, OWN_OUTPUT_SCHEMA,
+             *capabilities.extra_schemas()]
         )
         for table, columns in ADDED_COLUMNS.items():
             self.db.ensure_columns(table, columns)
@@ -68,6 +71,7 @@ class Gateway:
             host, self.db, self.queue, self.recorder, lambda: self.ruleset,
             config.stable_age_seconds, self._wake_senders, self.registry,
         )
+        self.intake.source_overrides.append(own_output_source(self.db))
         self.pool = WorkerPool(
             self.intake, self.queue, self.registry, config.workers,
             config.poll_interval_seconds, host.log_error,

@@ -21,6 +21,7 @@ from orthanc_plugin.contours.rule import OverlayAction
 from orthanc_plugin.contours.sources import find_images, read_instance, read_rtstruct
 from orthanc_plugin.db import Database
 from orthanc_plugin.jobs.executors import action_of_job, jobs_with_items
+from orthanc_plugin.jobs.own_output import store_own_instance
 from orthanc_plugin.jobs.queue import Claim, ClaimedItem, JobQueue, JobSpec
 from orthanc_plugin.ports import Host, HostError
 from orthanc_plugin.rules import RuleSet
@@ -130,7 +131,7 @@ class OverlayExecutor:
                 buffer = BytesIO()
                 ds.save_as(buffer, enforce_file_format=True)
                 data = buffer.getvalue()
-                answer = self.host.post_bytes("/instances", data)
+                answer = store_own_instance(self.host, self.db, ds, data, "overlay")
                 if not isinstance(answer, dict) or "ID" not in answer:
                     raise HostError(f"POST /instances answered {answer!r}")
                 ids.append(str(answer["ID"]))

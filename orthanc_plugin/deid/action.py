@@ -26,6 +26,7 @@ from orthanc_plugin.deid.model import DeidError, DeidResult, deidentify
 from orthanc_plugin.deid.rule import AnonymizeAction
 from orthanc_plugin.deid.tables import record_mapping
 from orthanc_plugin.jobs.executors import action_of_job, jobs_with_items
+from orthanc_plugin.jobs.own_output import store_own_instance
 from orthanc_plugin.jobs.queue import Claim, ClaimedItem, JobQueue, JobSpec
 from orthanc_plugin.ports import Host, HostError
 from orthanc_plugin.rules import RuleSet
@@ -132,7 +133,7 @@ class AnonymizeExecutor:
         ds.save_as(buffer, enforce_file_format=True)
         data = buffer.getvalue()
         clock.lap("de-identify")
-        answer = self.host.post_bytes("/instances", data)
+        answer = store_own_instance(self.host, self.db, ds, data, "deid")
         clock.lap("store")
         if not isinstance(answer, dict) or answer.get("Status") not in STORED_STATUSES:
             raise HostError(f"POST /instances did not confirm the copy: {answer!r}")

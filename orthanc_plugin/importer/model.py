@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import fnmatch
-import hashlib
 from dataclasses import dataclass
 from io import BytesIO
 from pathlib import Path, PurePosixPath
@@ -13,6 +12,7 @@ import pydicom
 from pydicom.errors import InvalidDicomError
 
 from orthanc_plugin.config import SECTION, ConfigError, resolve_path
+from orthanc_plugin.jobs.own_output import orthanc_instance_id
 
 SOURCE = "IMPORT_FOLDER"
 ZIP_MAGIC = b"PK\x03\x04"
@@ -99,14 +99,6 @@ class Stability:
         for key in list(self._last):
             if key not in keys:
                 del self._last[key]
-
-
-def orthanc_instance_id(patient_id: str, study_uid: str, series_uid: str, sop_uid: str) -> str:
-    """Orthanc's instance identifier: SHA-1 of the four keys, as five groups of eight hex digits."""
-    digest = hashlib.sha1(
-        "|".join((patient_id, study_uid, series_uid, sop_uid)).encode(), usedforsecurity=False
-    ).hexdigest()
-    return "-".join(digest[i : i + 8] for i in range(0, 40, 8))
 
 
 class NotImportable(ValueError):

@@ -252,9 +252,11 @@ class Intake:
 
     def _source(self, instance_id: str, origin: str) -> str:
         source = SOURCE_BY_ORIGIN.get(origin, "DICOM")
-        if source == "GATEWAY":  # only the plugin's own stores can be on behalf of another source
+        if source in ("GATEWAY", "REST"):  # the workers store through the REST API
             for override in self.source_overrides:
-                source = override(instance_id) or source
+                named = override(instance_id)
+                if named:
+                    return named
         return source
 
     def _series(self, series_id: str) -> dict[str, Any]:
