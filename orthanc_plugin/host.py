@@ -135,8 +135,10 @@ def install() -> None:
         orthanc.LogError(f"RtGateway: not starting: {error}")
         raise
     channels = channels_for(config.database)
+    # Process 0 is the lead (intake, routes, the capabilities' loops), 1..Workers run the jobs:
+    # a job that crashes its process never takes the routes or the intake down with it.
     command = WorkerCommand(worker_python(config.worker.python, ROOT), ROOT, channels,
-                            config.workers)
+                            config.workers + 1)
     envelope = json.dumps({"orthanc": configuration, "config_dir": str(config_dir)})
     # The rules file, the settings and the worker interpreter are checked before Orthanc serves.
     problem = validate_in_worker(command, envelope)
@@ -147,7 +149,8 @@ def install() -> None:
     plugin = Plugin(supervisor, NoteSender(channels.worker_socket(0)), ApiProxy(channels.api_socket))
     register(plugin)
     orthanc.LogWarning(
-        f"RtGateway: loaded; {config.workers} worker process(es) with {command.python}, "
+        f"RtGateway: loaded; a lead and {config.workers} job worker process(es) with "
+        f"{command.python}, "
         f"channels in {channels.folder}"
     )
 

@@ -6,6 +6,7 @@ from typing import TYPE_CHECKING
 
 from orthanc_plugin.config import SECTION, ConfigError
 from orthanc_plugin.contours.action import DEFAULT_WAIT_POLL_SECONDS, OverlayExecutor
+from orthanc_plugin.contours.model import ContourLimits, configure_limits
 from orthanc_plugin.contours.routes import add_routes
 from orthanc_plugin.contours.rule import JOB_ACTION, OverlayAction, plan_overlay
 
@@ -20,12 +21,23 @@ def install(gateway: Gateway) -> None:
     poll = settings.get("WaitPollSeconds", DEFAULT_WAIT_POLL_SECONDS)
     if isinstance(poll, bool) or not isinstance(poll, int | float) or poll <= 0:
         raise ConfigError(f"{SECTION}.Contours.WaitPollSeconds: expected a number > 0, got {poll!r}")
+    configure_limits(ContourLimits(
+        max_points_per_contour=_whole(settings, "MaxPointsPerContour", 50_000),
+        max_points_per_structure_set=_whole(settings, "MaxPointsPerStructureSet", 5_000_000),
+    ))
     gateway.registry.add_planner(OverlayAction, plan_overlay)
     gateway.registry.add_executor(JOB_ACTION, OverlayExecutor(
         gateway.host, gateway.db, gateway.queue, gateway.recorder, lambda: gateway.ruleset,
         gateway._wake_senders, float(poll),
     ))
     add_routes(gateway.router, gateway.host)
+
+
+def _whole(settings: dict[str, object], key: str, default: int) -> int:
+    value = settings.get(key, default)
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ConfigError(f"{SECTION}.Contours.{key}: expected a whole number >= 1, got {value!r}")
+    return value
 
 
 __all__ = ["install"]

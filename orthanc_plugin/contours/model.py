@@ -159,6 +159,24 @@ def roi_selected(name: str, ignore: Sequence[str], keep: Sequence[str]) -> bool:
     return not matches(ignore)
 
 
+@dataclass(frozen=True)
+class ContourLimits:
+    """Beyond these a structure set is refused with the reason (audit + quarantine), not rasterized:
+    a real body contour has a few thousand points; a 100,000-point contour is an error or an attack."""
+
+    max_points_per_contour: int = 50_000
+    max_points_per_structure_set: int = 5_000_000
+
+
+DEFAULT_LIMITS = ContourLimits()
+_limits = DEFAULT_LIMITS
+
+
+def configure_limits(limits: ContourLimits) -> None:
+    global _limits
+    _limits = limits
+
+
 def parse_structure_set(ds: Dataset) -> StructureSet:
     if str(ds.get("Modality", "")) != "RTSTRUCT" and "ROIContourSequence" not in ds:
         raise ContourError("not an RTSTRUCT: no ROIContourSequence")
@@ -180,13 +198,26 @@ def parse_structure_set(ds: Dataset) -> StructureSet:
                     for image in series.get("ContourImageSequence", [])
                 ]
     rois = []
+    total_points = 0
     for item in ds.get("ROIContourSequence", []):
         number = int(item.get("ReferencedROINumber", 0))
         colour = tuple(int(v) for v in item.get("ROIDisplayColor", [255, 0, 0]))[:3]
         contours = tuple(
             _contour(contour, index) for index, contour in enumerate(item.get("ContourSequence", []))
         )
-        rois.append(Roi(number, names.get(number, f"ROI {number}"), contours,
+        name = names.get(number, f"ROI {number}")
+        for contour in contours:
+            total_points += len(contour.points)
+            if len(contour.points) > _limits.max_points_per_contour:
+                raise ContourError(
+                    f"ROI '{name}' contour {contour.number} has {len(contour.points)} points, more "
+                    f"than the limit of {_limits.max_points_per_contour} "
+                    "(RtGateway.Contours.MaxPointsPerContour)")
+        if total_points > _limits.max_points_per_structure_set:
+            raise ContourError(
+                f"the structure set has more than {_limits.max_points_per_structure_set} contour "
+                "points (RtGateway.Contours.MaxPointsPerStructureSet)")
+        rois.append(Roi(number, name, contours,
                         colour if len(colour) == 3 else (255, 0, 0)))  # type: ignore[arg-type]
     return StructureSet(
         sop_instance_uid=str(ds.get("SOPInstanceUID", "")),

@@ -131,6 +131,11 @@ def _pixel_coordinates(
     return x, y, slices, following
 
 
+# Crossings held at once: a band of rows is filled at a time, so memory grows with the mask and
+# this bound, not with points x rows crossed (two 100,000-point contours once needed 1.8 GB).
+MAX_CROSSINGS_PER_BAND = 2_000_000
+
+
 def _fill(name: str, placed: Sequence[tuple[Contour, int]], geometry: SeriesGeometry) -> RoiMask:
     shape = geometry.shape
     _, rows, columns = shape
@@ -144,10 +149,40 @@ def _fill(name: str, placed: Sequence[tuple[Contour, int]], geometry: SeriesGeom
     low, high = np.minimum(y1, y2), np.maximum(y1, y2)
     first_row = np.clip(np.ceil(low), 0, rows).astype(np.int64)
     end_row = np.clip(np.ceil(high), 0, rows).astype(np.int64)
-    counts = np.maximum(end_row - first_row, 0)
+    crossing = end_row > first_row
+    if not crossing.any():
+        return empty
+    # The box every span can reach: the difference array is the only mask-sized allocation.
+    k0, k1 = int(slices[crossing].min()), int(slices[crossing].max()) + 1
+    j0, j1 = int(first_row[crossing].min()), int(end_row[crossing].max())
+    i0 = int(np.clip(np.ceil(min(x1.min(), x2.min())), 0, columns))
+    i1 = int(np.clip(np.ceil(max(x1.max(), x2.max())), 0, columns))
+    if i1 <= i0:
+        return empty
+    difference = np.zeros((k1 - k0, j1 - j0, i1 - i0 + 1), dtype=np.int8)
+    band = max(1, MAX_CROSSINGS_PER_BAND // max(1, int(crossing.sum())))
+    painted = False
+    for band_start in range(j0, j1, band):
+        band_end = min(band_start + band, j1)
+        start = np.maximum(first_row, band_start)
+        counts = np.maximum(np.minimum(end_row, band_end) - start, 0)
+        painted |= _paint_band(difference, (k0, j0, i0), columns, x1, y1, x2, y2, slices,
+                               start, counts)
+    if not painted:
+        return empty
+    data = np.cumsum(difference, axis=2, dtype=np.int8)[:, :, : i1 - i0] > 0
+    return RoiMask(name, shape, (k0, j0, i0), data)
+
+
+def _paint_band(
+    difference: np.ndarray, corner: tuple[int, int, int], columns: int,
+    x1: np.ndarray, y1: np.ndarray, x2: np.ndarray, y2: np.ndarray, slices: np.ndarray,
+    first_row: np.ndarray, counts: np.ndarray,
+) -> bool:
+    """Crossings of one band of rows, paired into inside spans, added to the difference array."""
     total = int(counts.sum())
     if total == 0:
-        return empty
+        return False
     edge = np.repeat(np.arange(len(x1)), counts)
     row = first_row[edge] + (np.arange(total) - np.repeat(np.cumsum(counts) - counts, counts))
     t = (row - y1[edge]) / (y2[edge] - y1[edge])
@@ -162,18 +197,12 @@ def _fill(name: str, placed: Sequence[tuple[Contour, int]], geometry: SeriesGeom
     span_end = np.clip(np.ceil(cross_x[1::2]), 0, columns).astype(np.int64)
     keep = span_end > span_start
     if not keep.any():
-        return empty
-    span_k, span_row = span_k[keep], span_row[keep]
-    span_start, span_end = span_start[keep], span_end[keep]
-    k0, j0, i0 = int(span_k.min()), int(span_row.min()), int(span_start.min())
-    nk, nj = int(span_k.max()) - k0 + 1, int(span_row.max()) - j0 + 1
-    ni = int(span_end.max()) - i0
-    difference = np.zeros((nk, nj, ni + 1), dtype=np.int8)
-    line = (span_k - k0, span_row - j0)
-    np.add.at(difference, (*line, span_start - i0), 1)
-    np.add.at(difference, (*line, span_end - i0), -1)
-    data = np.cumsum(difference, axis=2, dtype=np.int8)[:, :, :ni] > 0
-    return RoiMask(name, shape, (k0, j0, i0), data)
+        return False
+    k0, j0, i0 = corner
+    line = (span_k[keep] - k0, span_row[keep] - j0)
+    np.add.at(difference, (*line, span_start[keep] - i0), 1)
+    np.add.at(difference, (*line, span_end[keep] - i0), -1)
+    return True
 
 
 def merged_mask(results: Sequence[RasterResult], shape: tuple[int, int, int]) -> np.ndarray:

@@ -1,8 +1,9 @@
 """`python -m orthanc_plugin.worker`: one worker process of the gateway.
 
 Worker 0 is the lead: the intake from Orthanc's `/changes`, the REST routes (behind the plugin's
-proxy), the capabilities' own loops (import folder, harvest, SQL index, plan tracking) and job
-executors. Every other worker runs job executors only. All of them reach Orthanc over HTTP and share
+proxy) and the capabilities' own loops (import folder, harvest, SQL index, plan tracking). Workers
+1..Workers run the queued jobs (forward, anonymize, export, overlay, ...), so a job that ends its
+process (memory, time limit, a crash) never takes the routes or the intake with it. All of them reach Orthanc over HTTP and share
 the gateway's SQLite database, whose transactions make a claim belong to one worker.
 """
 
@@ -104,7 +105,8 @@ def main(argv: list[str] | None = None) -> int:
     channels.pid_file(args.index).write_text(str(os.getpid()))
     host = _host_for(config, label)
     gateway = _build(orthanc_config, config_dir, host)
-    gateway.pool.workers = config.worker.threads_per_worker
+    lead = args.index == 0
+    gateway.pool.workers = 0 if lead else config.worker.threads_per_worker
     gateway.queue.claimant = f"{args.generation}:{os.getpid()}"
     clock = JobClock(config.worker.job_time_limit_seconds, host.log_error)
     gateway.pool.watch = clock
@@ -112,13 +114,12 @@ def main(argv: list[str] | None = None) -> int:
     if args.crashed_pid:
         _reclaim(gateway, f"{args.generation}:{args.crashed_pid}", args.crash_reason)
 
-    lead = args.index == 0
     inbox = NoteInbox(channels.worker_socket(args.index), _note_handler(gateway, lead),
                       host.log_error)
     inbox.start()
     api: ApiServer | None = None
     if lead:
-        others = [channels.worker_socket(i) for i in range(1, config.workers)]
+        others = [channels.worker_socket(i) for i in range(1, config.workers + 1)]
         gateway.wake_other_workers = WakeSender(others).wake
         gateway.start(lead=True, generation=args.generation)
         api = ApiServer(channels.api_socket, gateway.router, host.log_error,

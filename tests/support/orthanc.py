@@ -249,3 +249,26 @@ def send_raw_files(files: Sequence[Path], port: int, *, calling: str) -> list[in
     finally:
         _config.STORE_SEND_CHUNKED_DATASET = False
     return statuses
+
+
+def worker_pids(gateway: OrthancProcess) -> list[int]:
+    """The gateway's worker processes, found by their channels folder (orphans included)."""
+    from orthanc_plugin.channels import channels_for
+
+    folder = str(channels_for(gateway.gateway_db).folder).encode()
+    pids = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            argv = (entry / "cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if b"orthanc_plugin.worker" in argv and folder in argv and b"--check" not in argv:
+            pids.append(int(entry.name))
+    return sorted(pids)
+
+
+def parent_of(pid: int) -> int:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return int(fields[1])
