@@ -64,6 +64,8 @@ class Gateway:
             host, self.queue, self.recorder, self.file_sizes, config.max_instances_per_association
         )
         self.forwarder.after_settle = self.refresh_queue_gauges
+        # Set at a requested stop: executors end their claims at the next safe boundary.
+        self.stopping = threading.Event()
         self.registry = Registry()
         self.registry.add_planner(ForwardAction, plan_forward)
         self.registry.add_executor("forward", self.forwarder)
@@ -72,6 +74,7 @@ class Gateway:
             config.stable_age_seconds, self._wake_senders, self.registry,
         )
         self.intake.source_overrides.append(own_output_source(self.db))
+        self.forwarder.stopping = self.stopping
         self.pool = WorkerPool(
             self.intake, self.queue, self.registry, config.workers,
             config.poll_interval_seconds, host.log_error,

@@ -53,7 +53,9 @@ class Plugin:
 
     def stop(self) -> None:
         self._stopping.set()
-        self.supervisor.stop()
+        orthanc.LogWarning("RtGateway: Orthanc is stopping: stopping the workers")
+        self.supervisor.stop(timeout=4.0)
+        orthanc.LogWarning("RtGateway: workers stopped")
 
     def _copy_metrics(self) -> None:
         # SetMetricsValue takes only the metrics registry's own short lock, never the store path's.

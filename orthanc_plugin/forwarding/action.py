@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -50,6 +51,9 @@ class Forwarder:
         self.max_items_per_claim = max_per_association * 5
         # Set by the gateway to refresh the queue gauges once jobs change state.
         self.after_settle: Callable[[], None] = lambda: None
+        # Set by the gateway: a stop ends a claim at the next association boundary, so nothing
+        # in flight is cut (a cut chunk would be sent again after the restart).
+        self.stopping: threading.Event = threading.Event()
 
     def run(self, claim: Claim) -> None:
         started = self.recorder.now()
@@ -57,7 +61,11 @@ class Forwarder:
         sizes = self.file_sizes([item.instance_id for item in claim.items])
         remaining = list(claim.items)
         stop_failure: StoreFailure | None = None
+        interrupted = False
         while remaining:
+            if self.stopping.is_set():
+                interrupted = True
+                break
             chunk = remaining[: self.max_per_association]
             delivered, failure, orthanc_job = self._send_chunk(claim.target, chunk)
             self.queue.mark_sent(chunk[:delivered], sizes)
@@ -81,6 +89,8 @@ class Forwarder:
                 tallies[item.job_id].failure = failure
             break
         self._settle(claim, tallies, stop_failure)
+        if interrupted:
+            self.queue.resume_soon(claim.job_ids, "interrupted by a stop of the gateway")
 
     def _send_chunk(
         self, target: str, chunk: Sequence[ClaimedItem]

@@ -288,6 +288,15 @@ class JobQueue:
                 [(time.time() + seconds, reason, now_iso(), job_id) for job_id in job_ids],
             )
 
+    def resume_soon(self, job_ids: Sequence[int], reason: str) -> None:
+        """Jobs settled back to pending by an interruption, not a failure: no attempt spent, no
+        backoff."""
+        with self.db.transaction() as connection:
+            connection.executemany(
+                "UPDATE jobs SET attempts=MAX(attempts-1, 0), next_attempt_at=0, last_error=?, "
+                "last_status='interrupted', updated_at=? WHERE id=? AND state='pending'",
+                [(reason, now_iso(), job_id) for job_id in job_ids])
+
     def retry_by_hand(self, job_id: int) -> bool:
         """A parked (dead) job runs again from its unsent and refused instances."""
         with self.db.transaction() as connection:

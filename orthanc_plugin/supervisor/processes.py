@@ -98,6 +98,7 @@ class Supervisor:
         self._thread: threading.Thread | None = None
         self._lock_fd: int | None = None
         self._slots_lock = threading.Lock()
+        self._deadline = 0.0
 
     # -- life cycle --------------------------------------------------------------------------------
     def start(self) -> None:
@@ -107,28 +108,37 @@ class Supervisor:
         self._thread.start()
 
     def stop(self, timeout: float = 8.0) -> None:
-        """SIGTERM to every worker, SIGKILL to what is left at the deadline; then free the lock."""
-        self._stopping.set()
-        deadline = time.monotonic() + timeout
+        """SIGTERM to every worker, SIGKILL to what is left at the deadline; then free the lock.
+
+        The waiting happens on the supervising thread itself: were it to end first, PDEATHSIG
+        would SIGKILL every worker before it could hand its claims back."""
+        self._deadline = time.monotonic() + timeout
         with self._slots_lock:
             processes = [slot.process for slot in self.slots if slot.process is not None]
+        self._stopping.set()
         for process in processes:
             with contextlib.suppress(ProcessLookupError):
                 process.send_signal(signal.SIGTERM)
+        if self._thread is not None:
+            self._thread.join(timeout + 3)
+        self.log_warning("workers ended: " + ", ".join(
+            f"pid {p.pid} {exit_reason(p.returncode) if p.returncode is not None else 'running'}"
+            for p in processes))
+        if self._lock_fd is not None:
+            os.close(self._lock_fd)
+            self._lock_fd = None
+
+    def _wait_for_workers(self) -> None:
+        with self._slots_lock:
+            processes = [slot.process for slot in self.slots if slot.process is not None]
         for process in processes:
-            remaining = max(0.0, deadline - time.monotonic())
             try:
-                process.wait(remaining)
+                process.wait(max(0.0, self._deadline - time.monotonic()))
             except subprocess.TimeoutExpired:
                 with contextlib.suppress(ProcessLookupError):
                     process.kill()
                 with contextlib.suppress(subprocess.TimeoutExpired):
                     process.wait(2)
-        if self._thread is not None:
-            self._thread.join(2)
-        if self._lock_fd is not None:
-            os.close(self._lock_fd)
-            self._lock_fd = None
 
     def worker_states(self) -> list[dict[str, object]]:
         with self._slots_lock:
@@ -147,6 +157,7 @@ class Supervisor:
             while not self._stopping.is_set():
                 self._tend()
                 self._stopping.wait(0.2)
+            self._wait_for_workers()
         except Exception as error:  # never let the supervisor die silently
             self.log_error(f"supervisor: {error!r}")
 

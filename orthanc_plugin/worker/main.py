@@ -3,8 +3,9 @@
 Worker 0 is the lead: the intake from Orthanc's `/changes`, the REST routes (behind the plugin's
 proxy) and the capabilities' own loops (import folder, harvest, SQL index, plan tracking). Workers
 1..Workers run the queued jobs (forward, anonymize, export, overlay, ...), so a job that ends its
-process (memory, time limit, a crash) never takes the routes or the intake with it. All of them reach Orthanc over HTTP and share
-the gateway's SQLite database, whose transactions make a claim belong to one worker.
+process (memory, time limit, a crash) never takes the routes or the intake with it. All of them
+reach Orthanc over HTTP and share the gateway's SQLite database, whose transactions make a claim
+belong to one worker.
 """
 
 from __future__ import annotations
@@ -33,7 +34,10 @@ from orthanc_plugin.worker.guard import (
 from orthanc_plugin.worker.http_host import HttpHost
 from orthanc_plugin.worker.note_inbox import NoteInbox, WakeSender
 
-STOP_BUDGET_SECONDS = 5.0
+# Orthanc's REST API stops answering once Orthanc signals its stop (measured on 1.10: requests
+# hang until the HTTP server closes), so waiting longer for in-flight claims gains nothing; they go
+# back to the queue and their in-flight instances are verified at the destination before a resend.
+STOP_BUDGET_SECONDS = 1.5
 
 
 def _arguments(argv: list[str] | None) -> argparse.Namespace:
@@ -133,11 +137,12 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGINT, lambda *_: stop.set())
     while not stop.wait(1.0):
         pass
-    # A clean stop: no new claims, claims in flight go back to the queue unspent.
+    # A clean stop: no new claims; claims in flight end at their next association boundary;
+    # what is still running at the budget's end goes back to the queue unspent.
+    gateway.stopping.set()
     gateway.pool.stop(STOP_BUDGET_SECONDS)
     released = gateway.queue.release_claims()
-    if released:
-        host.log_warning(f"stopping: {released} running job(s) back to the queue")
+    host.log_warning(f"stopped on request; {released} running job(s) back to the queue")
     if lead:
         gateway.stop()
         if api is not None:
