@@ -5,7 +5,7 @@ from __future__ import annotations
 import contextlib
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -16,9 +16,10 @@ from orthanc_plugin.audit.metrics import Metrics
 from orthanc_plugin.audit.recorder import AuditRecorder
 from orthanc_plugin.audit.tables import SCHEMA as AUDIT_SCHEMA
 from orthanc_plugin.audit.translog import TransactionLog
-from orthanc_plugin.config import GatewayConfig, parse_config
+from orthanc_plugin.config import SECTION, ConfigError, GatewayConfig, parse_config
 from orthanc_plugin.db import META_SCHEMA, Database
 from orthanc_plugin.forwarding.action import Forwarder, plan_forward
+from orthanc_plugin.forwarding.verify import InFlightVerifier, InstanceKeys
 from orthanc_plugin.jobs.executors import Registry
 from orthanc_plugin.jobs.intake import Intake
 from orthanc_plugin.jobs.own_output import SCHEMA as OWN_OUTPUT_SCHEMA
@@ -61,7 +62,8 @@ class Gateway:
         )
         self.queue = JobQueue(self.db, config.retry)
         self.forwarder = Forwarder(
-            host, self.queue, self.recorder, self.file_sizes, config.max_instances_per_association
+            host, self.queue, self.recorder, self.file_sizes, config.max_instances_per_association,
+            InFlightVerifier(host, self.instance_keys, verify_mode(config.section)),
         )
         self.forwarder.after_settle = self.refresh_queue_gauges
         # Set at a requested stop: executors end their claims at the next safe boundary.
@@ -304,6 +306,24 @@ class Gateway:
             self._wake_senders()
         return retried
 
+    def instance_keys(self, instance_ids: Sequence[str]) -> dict[str, InstanceKeys]:
+        keys: dict[str, InstanceKeys] = {}
+        for start in range(0, len(instance_ids), 500):
+            chunk = list(instance_ids[start : start + 500])
+            marks = ",".join("?" * len(chunk))
+            for row in self.db.query(
+                "SELECT instance_id, study_uid, series_uid, sop_instance_uid FROM received "
+                f"WHERE instance_id IN ({marks}) AND sop_instance_uid IS NOT NULL", chunk):
+                keys[row["instance_id"]] = InstanceKeys(
+                    row["study_uid"] or "", row["series_uid"] or "", row["sop_instance_uid"])
+        for instance_id in instance_ids:
+            if instance_id not in keys:
+                with contextlib.suppress(HostError, KeyError):
+                    tags = self.host.get_json(f"/instances/{instance_id}/tags?simplify")
+                    keys[instance_id] = InstanceKeys(
+                        tags["StudyInstanceUID"], tags["SeriesInstanceUID"], tags["SOPInstanceUID"])
+        return keys
+
     def file_sizes(self, instance_ids: list[str] | Any) -> dict[str, int]:
         ids = list(instance_ids)
         sizes: dict[str, int] = {}
@@ -316,6 +336,18 @@ class Gateway:
             ):
                 sizes[row["instance_id"]] = row["file_size"] or 0
         return sizes
+
+
+def verify_mode(section: dict[str, Any]) -> Callable[[str], str]:
+    """RtGateway.Forwarding.Verify: per modality name, how to learn what a receiver holds after a
+    crash: "c-find" (default) or "resend" for a node that answers no C-FIND."""
+    forwarding = section.get("Forwarding") or {}
+    raw = forwarding.get("Verify") or {} if isinstance(forwarding, dict) else {}
+    if not isinstance(raw, dict) or any(v not in ("c-find", "resend") for v in raw.values()):
+        raise ConfigError(
+            f"{SECTION}.Forwarding.Verify: expected {{modality: \"c-find\" | \"resend\"}}")
+    default = str(raw.get("*", "c-find"))
+    return lambda target: str(raw.get(target, default))
 
 
 def _read_text(path: Path) -> str:

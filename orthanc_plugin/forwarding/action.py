@@ -14,6 +14,7 @@ from orthanc_plugin.forwarding.model import (
     classify_failure,
     delivered_before_failure,
 )
+from orthanc_plugin.forwarding.verify import InFlightVerifier
 from orthanc_plugin.jobs.executors import PlannedJob
 from orthanc_plugin.jobs.queue import Claim, ClaimedItem, JobQueue
 from orthanc_plugin.ports import Host, HostError
@@ -42,8 +43,10 @@ class Forwarder:
         recorder: AuditRecorder,
         file_sizes: Callable[[Sequence[str]], dict[str, int]],
         max_per_association: int,
+        verifier: InFlightVerifier | None = None,
     ) -> None:
         self.host = host
+        self.verifier = verifier
         self.queue = queue
         self.recorder = recorder
         self.file_sizes = file_sizes
@@ -59,7 +62,7 @@ class Forwarder:
         started = self.recorder.now()
         tallies = {job_id: _JobTally(started_at=started) for job_id in claim.job_ids}
         sizes = self.file_sizes([item.instance_id for item in claim.items])
-        remaining = list(claim.items)
+        remaining = self._after_verifying(claim, tallies, sizes)
         stop_failure: StoreFailure | None = None
         interrupted = False
         while remaining:
@@ -68,7 +71,15 @@ class Forwarder:
                 break
             chunk = remaining[: self.max_per_association]
             delivered, failure, orthanc_job = self._send_chunk(claim.target, chunk)
+            if failure is not None and failure.kind is FailureKind.SOURCE_GONE:
+                gone = self._skip_gone(claim, chunk, tallies)
+                if gone:
+                    remaining = [item for item in remaining if item not in gone]
+                    continue
+                failure = StoreFailure(FailureKind.UNKNOWN_TARGET, "unknown-target",
+                                       failure.message)
             self.queue.mark_sent(chunk[:delivered], sizes)
+            self.queue.clear_in_flight(chunk[delivered:])
             for item in chunk[:delivered]:
                 tally = tallies[item.job_id]
                 tally.sent += 1
@@ -92,6 +103,47 @@ class Forwarder:
         if interrupted:
             self.queue.resume_soon(claim.job_ids, "interrupted by a stop of the gateway")
 
+    def _after_verifying(
+        self, claim: Claim, tallies: dict[int, _JobTally], sizes: dict[str, int]
+    ) -> list[ClaimedItem]:
+        """Items left in flight by a stopped or dead worker: what the receiver confirmed is
+        recorded as sent and left out; the rest is sent again (verify.py)."""
+        uncertain = [item for item in claim.items if item.in_flight_job]
+        if not uncertain or self.verifier is None:
+            return list(claim.items)
+        verdict = self.verifier.verify(claim.target, uncertain)
+        self.queue.mark_sent(verdict.delivered, sizes, status="verified")
+        self.queue.clear_in_flight(verdict.resend)
+        for item in verdict.delivered:
+            tallies[item.job_id].sent += 1
+            tallies[item.job_id].bytes += sizes.get(item.instance_id, 0)
+        self.recorder.event(
+            "in-flight-verified", status="ok", target=claim.target,
+            job_id=claim.job_ids[0],
+            detail=f"{len(verdict.delivered)} of {len(uncertain)} already at {claim.target}, "
+                   f"{len(verdict.resend)} sent again ({verdict.how})")
+        done = {(item.job_id, item.instance_id) for item in verdict.delivered}
+        return [item for item in claim.items if (item.job_id, item.instance_id) not in done]
+
+    def _skip_gone(
+        self, claim: Claim, chunk: Sequence[ClaimedItem], tallies: dict[int, _JobTally]
+    ) -> list[ClaimedItem]:
+        """Orthanc answered 404 to the store: the instances deleted meanwhile are skipped, each
+        with an audit line; the others go on. None gone means the target itself is unknown."""
+        gone = []
+        for item in chunk:
+            try:
+                self.host.get_json(f"/instances/{item.instance_id}")
+            except HostError as error:
+                if error.missing:
+                    gone.append(item)
+        for item in gone:
+            reason = "source instance deleted from Orthanc before it was sent"
+            self.queue.mark_gone(item, reason)
+            self.recorder.event("source-gone", status="skipped", target=claim.target,
+                                job_id=item.job_id, resource_id=item.instance_id, detail=reason)
+        return gone
+
     def _send_chunk(
         self, target: str, chunk: Sequence[ClaimedItem]
     ) -> tuple[int, StoreFailure | None, str | None]:
@@ -103,9 +155,11 @@ class Forwarder:
         try:
             answer = self.host.post_json(f"/modalities/{target}/store", body)
         except HostError as error:
-            http_status = 404 if error.missing else None
-            return 0, classify_failure(str(error), http_status), None
+            if error.missing:  # an instance or the modality: _skip_gone tells which
+                return 0, StoreFailure(FailureKind.SOURCE_GONE, "missing", str(error)), None
+            return 0, classify_failure(str(error), None), None
         orthanc_job = str(answer["ID"])
+        self.queue.mark_in_flight(chunk, orthanc_job)
         self.queue.set_orthanc_job([item.job_id for item in chunk], orthanc_job)
         while True:
             try:

@@ -35,6 +35,9 @@ class JobSpec:
 class ClaimedItem:
     job_id: int
     instance_id: str
+    # The Orthanc store job that carried it when a worker stopped or died, and its place there.
+    in_flight_job: str = ""
+    in_flight_pos: int = 0
 
 
 @dataclass
@@ -190,14 +193,15 @@ class JobQueue:
             items: list[ClaimedItem] = []
             for job in candidates:
                 pending = connection.execute(
-                    "SELECT instance_id FROM job_items WHERE job_id=? AND state='pending' "
-                    "ORDER BY position",
+                    "SELECT instance_id, in_flight_job, in_flight_pos FROM job_items "
+                    "WHERE job_id=? AND state='pending' ORDER BY position",
                     (job["id"],),
                 ).fetchall()
                 if jobs and len(items) + len(pending) > max_items:
                     break
                 jobs.append(job)
-                items.extend(ClaimedItem(job["id"], row["instance_id"]) for row in pending)
+                items.extend(ClaimedItem(job["id"], row["instance_id"], row["in_flight_job"] or "",
+                                         row["in_flight_pos"] or 0) for row in pending)
             newest = max(job["created_epoch"] for job in jobs)
             # Linger only until one association's worth is ready, never for a whole claim: while
             # instances keep arriving, "wait for a full claim" would wait for the end of ingest.
@@ -210,19 +214,43 @@ class JobQueue:
             )
         return Claim(action=action, target=target, jobs=jobs, items=items)
 
-    def mark_sent(self, items: Sequence[ClaimedItem], sizes: dict[str, int]) -> None:
+    def mark_sent(self, items: Sequence[ClaimedItem], sizes: dict[str, int],
+                  status: str | None = None) -> None:
         stamp = now_iso()
         with self.db.transaction() as connection:
             connection.executemany(
-                "UPDATE job_items SET state='sent', sent_at=?, bytes=? "
-                "WHERE job_id=? AND instance_id=?",
-                [(stamp, sizes.get(i.instance_id, 0), i.job_id, i.instance_id) for i in items],
+                "UPDATE job_items SET state='sent', sent_at=?, bytes=?, status=?, "
+                "in_flight_job=NULL, in_flight_pos=NULL WHERE job_id=? AND instance_id=?",
+                [(stamp, sizes.get(i.instance_id, 0), status, i.job_id, i.instance_id)
+                 for i in items],
             )
+
+    def mark_in_flight(self, items: Sequence[ClaimedItem], orthanc_job: str) -> None:
+        with self.db.transaction() as connection:
+            connection.executemany(
+                "UPDATE job_items SET in_flight_job=?, in_flight_pos=? "
+                "WHERE job_id=? AND instance_id=?",
+                [(orthanc_job, pos, i.job_id, i.instance_id) for pos, i in enumerate(items)])
+
+    def clear_in_flight(self, items: Sequence[ClaimedItem]) -> None:
+        """The receiver's answer for these is known: not delivered, to be sent again."""
+        with self.db.transaction() as connection:
+            connection.executemany(
+                "UPDATE job_items SET in_flight_job=NULL, in_flight_pos=NULL "
+                "WHERE job_id=? AND instance_id=?", [(i.job_id, i.instance_id) for i in items])
+
+    def mark_gone(self, item: ClaimedItem, reason: str) -> None:
+        """The source instance no longer exists in Orthanc: nothing left to send."""
+        with self.db.transaction() as connection:
+            connection.execute(
+                "UPDATE job_items SET state='gone', status=?, in_flight_job=NULL "
+                "WHERE job_id=? AND instance_id=?", (reason, item.job_id, item.instance_id))
 
     def mark_refused(self, item: ClaimedItem, status: str) -> None:
         with self.db.transaction() as connection:
             connection.execute(
-                "UPDATE job_items SET state='refused', status=? WHERE job_id=? AND instance_id=?",
+                "UPDATE job_items SET state='refused', status=?, in_flight_job=NULL "
+                "WHERE job_id=? AND instance_id=?",
                 (status, item.job_id, item.instance_id),
             )
 
@@ -360,6 +388,7 @@ def _job_json(db: Database, row: sqlite3.Row) -> dict[str, Any]:
     counts = _item_counts(db.connection(), row["id"])
     job["instances"] = sum(counts.values())
     job["sent"] = counts.get("sent", 0)
+    job["gone"] = counts.get("gone", 0)
     job["refused"] = [
         {"instance": r["instance_id"], "status": r["status"]}
         for r in db.query(

@@ -1,12 +1,17 @@
-"""pynetdicom C-STORE receivers for the tests: count every C-STORE, refuse chosen instances, be slow."""
+"""pynetdicom receivers for the tests: count every C-STORE, refuse chosen instances, be slow,
+answer C-FIND at IMAGE level for what they hold, go down and come back on the same port."""
 
 from __future__ import annotations
 
 import threading
 import time
 from collections import Counter
+from collections.abc import Iterator
+from typing import Any
 
+from pydicom.dataset import Dataset
 from pynetdicom import AE, AllStoragePresentationContexts, evt
+from pynetdicom.sop_class import StudyRootQueryRetrieveInformationModelFind
 
 from tests.support.orthanc import free_port
 
@@ -14,19 +19,34 @@ from tests.support.orthanc import free_port
 class CountingPeer:
     """Counts each C-STORE by SOP Instance UID (so a duplicate shows), optionally slowly."""
 
-    def __init__(self, ae_title: str = "COUNTER", delay_seconds: float = 0.0) -> None:
+    def __init__(self, ae_title: str = "COUNTER", delay_seconds: float = 0.0,
+                 answer_find: bool = True) -> None:
         self.ae_title = ae_title
         self.port = free_port()
         self.delay_seconds = delay_seconds
+        self.answer_find = answer_find
         self.refuse: set[str] = set()
         self.stores: Counter[str] = Counter()
+        self.series_of: dict[str, tuple[str, str]] = {}
+        self.finds = 0
         self._lock = threading.Lock()
-        ae = AE(ae_title=ae_title)
+        self.server: Any = None
+        self.start()
+
+    def start(self) -> None:
+        ae = AE(ae_title=self.ae_title)
         ae.supported_contexts = AllStoragePresentationContexts
+        if self.answer_find:
+            ae.add_supported_context(StudyRootQueryRetrieveInformationModelFind)
         ae.maximum_associations = 20
-        self.server = ae.start_server(
-            ("127.0.0.1", self.port), block=False, evt_handlers=[(evt.EVT_C_STORE, self._store)]
-        )
+        handlers = [(evt.EVT_C_STORE, self._store), (evt.EVT_C_FIND, self._find)]
+        self.server = ae.start_server(("127.0.0.1", self.port), block=False,
+                                      evt_handlers=handlers)
+
+    def stop(self) -> None:
+        if self.server is not None:
+            self.server.shutdown()
+            self.server = None
 
     def _store(self, event: evt.Event) -> int:
         uid = str(event.request.AffectedSOPInstanceUID)
@@ -34,17 +54,44 @@ class CountingPeer:
             time.sleep(self.delay_seconds)
         if uid in self.refuse:
             return 0xA700
+        ds = event.dataset
         with self._lock:
             self.stores[uid] += 1
+            self.series_of[uid] = (str(ds.get("StudyInstanceUID", "")),
+                                   str(ds.get("SeriesInstanceUID", "")))
         return 0x0000
+
+    def _find(self, event: evt.Event) -> Iterator[tuple[int, Dataset | None]]:
+        query = event.identifier
+        with self._lock:
+            self.finds += 1
+            held = dict(self.series_of)
+        wanted = query.get("SOPInstanceUID", "")
+        wanted_uids = {str(v) for v in wanted} if isinstance(wanted, list | tuple) or (
+            hasattr(wanted, "__iter__") and not isinstance(wanted, str)) else (
+            {str(wanted)} if wanted else set(held))
+        series = str(query.get("SeriesInstanceUID", "") or "")
+        for uid in sorted(wanted_uids):
+            if uid not in held or (series and held[uid][1] != series):
+                continue
+            answer = Dataset()
+            answer.QueryRetrieveLevel = "IMAGE"
+            answer.StudyInstanceUID, answer.SeriesInstanceUID = held[uid]
+            answer.SOPInstanceUID = uid
+            yield 0xFF00, answer
+        yield 0x0000, None
 
     def distinct(self) -> int:
         with self._lock:
             return len(self.stores)
+
+    def total(self) -> int:
+        with self._lock:
+            return sum(self.stores.values())
 
     def duplicates(self) -> dict[str, int]:
         with self._lock:
             return {uid: n for uid, n in self.stores.items() if n > 1}
 
     def close(self) -> None:
-        self.server.shutdown()
+        self.stop()
