@@ -8,6 +8,7 @@ run:
 
 test: setup
 	.venv/bin/ruff check .
+	.venv/bin/mypy
 	TCP_NODELAY=1 .venv/bin/python -m pytest tests
 
 unit: setup
@@ -15,8 +16,9 @@ unit: setup
 
 lint: setup
 	.venv/bin/ruff check .
+	.venv/bin/mypy
 
 bench: setup
 	mkdir -p bench/results
-	for b in relay contours deid plans_index harvest; do \
+	for b in relay isolation contours deid plans_index harvest; do \
 	  TCP_NODELAY=1 .venv/bin/python bench/$$b.py > bench/results/$$b.json || exit 1; done

@@ -92,7 +92,7 @@ class Gateway:
         self.on_start: list[Callable[[], None]] = []
         self.on_stop: list[Callable[[], None]] = []
         # Called with the rules in force once started and after each good reload (harvests: sections).
-        self.on_rules_loaded: list[Callable[[RuleSet], None]] = []
+        self.on_rules_loaded: list[Callable[[RuleSet], object]] = []
         self.rules_text = _read_text(config.rules_file)
         add_routes(self.router, self)
         self._started = False

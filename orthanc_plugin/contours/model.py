@@ -218,7 +218,7 @@ def parse_structure_set(ds: Dataset) -> StructureSet:
                 f"the structure set has more than {_limits.max_points_per_structure_set} contour "
                 "points (RtGateway.Contours.MaxPointsPerStructureSet)")
         rois.append(Roi(number, name, contours,
-                        colour if len(colour) == 3 else (255, 0, 0)))  # type: ignore[arg-type]
+                        colour if len(colour) == 3 else (255, 0, 0)))
     return StructureSet(
         sop_instance_uid=str(ds.get("SOPInstanceUID", "")),
         series_uid=str(ds.get("SeriesInstanceUID", "")),

@@ -208,7 +208,7 @@ class Forwarder:
             else:
                 transfer_status, detail = "success", None
             self.recorder.transfer(
-                job=job,
+                job=dict(job),
                 attempt=job["attempts"] + 1,
                 status=transfer_status,
                 instances=tally.sent,

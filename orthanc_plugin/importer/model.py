@@ -39,21 +39,21 @@ def read_settings(raw: Any, config_dir: Path, default_quarantine: Path) -> Impor
     if folder is not None and (not isinstance(folder, str) or not folder.strip()):
         raise ConfigError(f"{where}.Folder: expected a folder path")
     quarantine = raw.get("QuarantineFolder")
-    patterns = {}
+    patterns: dict[str, tuple[str, ...]] = {}
     for key, default in (("Include", ("*",)), ("Exclude", DEFAULT_EXCLUDE)):
         value = raw.get(key, list(default))
         if not isinstance(value, list) or not all(isinstance(v, str) and v for v in value):
             raise ConfigError(f"{where}.{key}: expected a list of glob patterns")
         patterns[key] = tuple(value)
-    flags = {}
-    for key, default in (("Recursive", True), ("ClearAfterImport", False)):
-        value = raw.get(key, default)
+    flags: dict[str, bool] = {}
+    for key, flag_default in (("Recursive", True), ("ClearAfterImport", False)):
+        value = raw.get(key, flag_default)
         if not isinstance(value, bool):
             raise ConfigError(f"{where}.{key}: expected true or false")
         flags[key] = value
-    numbers = {}
-    for key, default in (("PollSeconds", 2.0), ("StableSeconds", 2.0)):
-        value = raw.get(key, default)
+    numbers: dict[str, float] = {}
+    for key, number_default in (("PollSeconds", 2.0), ("StableSeconds", 2.0)):
+        value = raw.get(key, number_default)
         if isinstance(value, bool) or not isinstance(value, int | float) or value < 0:
             raise ConfigError(f"{where}.{key}: expected a number >= 0")
         numbers[key] = float(value)

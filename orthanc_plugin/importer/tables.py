@@ -58,7 +58,7 @@ class ImportTables:
         return bool(self.db.query(
             "SELECT 1 FROM import_instances WHERE instance_id=?", (instance_id,)))
 
-    def record(self, path: str, size: int, mtime_ns: int, sha256: str | None, state: str,
+    def record(self, path: str, size: int, mtime_ns: int | None, sha256: str | None, state: str,
                instance_id: str = "", detail: str = "") -> None:
         with self.db.transaction() as connection:
             connection.execute(

@@ -27,7 +27,7 @@ def structure_set(ds: Dataset) -> tuple[dict[str, Any], list[dict[str, Any]]]:
                 for item in ds.get("ROIContourSequence", []) or []}
     kinds = {int(item.get("ReferencedROINumber", -1)): str(item.get("RTROIInterpretedType", ""))
              for item in ds.get("RTROIObservationsSequence", []) or []}
-    rois = []
+    rois: list[dict[str, Any]] = []
     for item in ds.get("StructureSetROISequence", []) or []:
         number = int(item.get("ROINumber", -1))
         rois.append({"ROINumber": number, "ROIName": str(item.get("ROIName", "")),
@@ -51,7 +51,7 @@ def plan(ds: Dataset) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     prescriptions = [_float(item.get("TargetPrescriptionDose"))
                      for item in ds.get("DoseReferenceSequence", []) or []]
     prescribed = [value for value in prescriptions if value is not None]
-    beams = []
+    beams: list[dict[str, Any]] = []
     for beam in ds.get("BeamSequence", []) or []:
         number = int(beam.get("BeamNumber", -1))
         points = beam.get("ControlPointSequence", []) or []

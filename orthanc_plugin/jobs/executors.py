@@ -75,6 +75,6 @@ def action_of_job(ruleset: Any, job: Any, action_type: type) -> Any | None:
         if rule.name != job["rule"]:
             continue
         for action in rule.actions:
-            if isinstance(action, action_type) and action.job_target == job["target"]:
+            if isinstance(action, action_type) and getattr(action, "job_target", None) == job["target"]:
                 return action
     return None

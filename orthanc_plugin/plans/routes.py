@@ -40,7 +40,8 @@ def plan_json(row: sqlite3.Row) -> dict[str, Any]:
 
 
 def _filtered(gateway: Gateway, query: dict[str, str] | Any) -> list[sqlite3.Row]:
-    clauses, values = [], []
+    clauses: list[str] = []
+    values: list[Any] = []
     if query.get("label"):
         clauses.append("plan_label LIKE ? ESCAPE '\\'")
         values.append("%" + _like(query["label"]) + "%")

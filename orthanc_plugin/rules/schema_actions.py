@@ -19,7 +19,8 @@ class ActionContext:
 
 
 # (the value written under the action's name, its path, context) -> the action, or RulesError.
-ActionParser = Callable[[Any, str, ActionContext], Action]
+# Each capability returns its own action type (ForwardAction, AnonymizeAction, ...).
+ActionParser = Callable[[Any, str, ActionContext], Any]
 
 
 def parse_forward(raw: Any, path: str, context: ActionContext) -> ForwardAction:
