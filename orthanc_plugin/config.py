@@ -88,6 +88,14 @@ def parse_config(orthanc_config: dict[str, Any], config_dir: Path) -> GatewayCon
         max_delay_seconds=_number(retry_section, "MaxDelaySeconds", 600.0, 0),
     )
     modalities = orthanc_config.get("DicomModalities") or {}
+    if orthanc_config.get("SaveJobs", True) and section.get("AllowSaveJobs") is not True:
+        # Measured: after a kill -9, Orthanc resumes its saved store jobs as soon as its jobs
+        # engine starts, before any plugin code runs, and re-sends what they had sent.
+        raise ConfigError(
+            'SaveJobs: Orthanc\'s "SaveJobs" is true (its default): after a crash Orthanc resumes '
+            "its own store jobs and sends again what they had sent, before the gateway can stop "
+            'them. Set "SaveJobs": false (the gateway\'s queue is the durable record), or '
+            f'"{SECTION}": {{"AllowSaveJobs": true}} to accept that risk')
     return GatewayConfig(
         rules_file=resolve_path(config_dir, str(section.get("RulesFile", "lua-free-rules.yaml"))),
         database=resolve_path(config_dir, str(section.get("Database", default_home / "gateway.sqlite"))),

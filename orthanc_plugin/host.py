@@ -18,7 +18,7 @@ from urllib.parse import unquote_plus
 
 import orthanc
 
-from orthanc_plugin.channels import DELETED, STABLE, STORED, channels_for
+from orthanc_plugin.channels import DELETED, STABLE, STORED, channels_for, gateway_store_jobs
 from orthanc_plugin.config import ConfigError, parse_config
 from orthanc_plugin.supervisor.notes import NoteSender
 from orthanc_plugin.supervisor.processes import (
@@ -41,13 +41,16 @@ def read_orthanc_configuration() -> tuple[dict[str, Any], Path]:
 
 
 class Plugin:
-    def __init__(self, supervisor: Supervisor, notes: NoteSender, proxy: ApiProxy) -> None:
+    def __init__(self, supervisor: Supervisor, notes: NoteSender, proxy: ApiProxy,
+                 database: Path) -> None:
         self.supervisor = supervisor
         self.notes = notes
         self.proxy = proxy
+        self.database = database
         self._stopping = threading.Event()
 
     def start(self) -> None:
+        self._cancel_resumed_store_jobs()
         self.supervisor.start()
         threading.Thread(target=self._copy_metrics, name="rtgw-metrics", daemon=True).start()
 
@@ -56,6 +59,30 @@ class Plugin:
         orthanc.LogWarning("RtGateway: Orthanc is stopping: stopping the workers")
         self.supervisor.stop(timeout=4.0)
         orthanc.LogWarning("RtGateway: workers stopped")
+
+    def _cancel_resumed_store_jobs(self) -> None:
+        """With Orthanc's SaveJobs on, a store job the gateway had in flight when Orthanc died is
+        resumed by Orthanc at start and would send again what it had sent. Cancelled here, on
+        Orthanc's own change thread at ORTHANC_STARTED (no plugin thread, and no store lock is
+        involved in a cancel), before any worker exists; the workers then ask the job or the
+        destination what was delivered (forwarding/verify.py)."""
+        try:
+            jobs = json.loads(orthanc.RestApiGet("/jobs?expand"))
+        except orthanc.OrthancException:
+            return
+        active = [str(job.get("ID")) for job in jobs
+                  if job.get("Type") == "DicomModalityStore"
+                  and job.get("State") in ("Pending", "Running", "Retry", "Paused")]
+        cancelled = 0
+        for job_id in gateway_store_jobs(self.database, active):
+            try:
+                orthanc.RestApiPost(f"/jobs/{job_id}/cancel", "{}")
+                cancelled += 1
+            except orthanc.OrthancException:
+                continue
+        if cancelled:
+            orthanc.LogWarning(f"RtGateway: cancelled {cancelled} store job(s) Orthanc resumed "
+                               "after a restart; their instances are verified before any resend")
 
     def _copy_metrics(self) -> None:
         # SetMetricsValue takes only the metrics registry's own short lock, never the store path's.
@@ -148,7 +175,13 @@ def install() -> None:
         orthanc.LogError(f"RtGateway: not starting: {problem}")
         raise RuntimeError(problem)
     supervisor = Supervisor(command, envelope, _log_warning, _log_error)
-    plugin = Plugin(supervisor, NoteSender(channels.worker_socket(0)), ApiProxy(channels.api_socket))
+    plugin = Plugin(supervisor, NoteSender(channels.worker_socket(0)), ApiProxy(channels.api_socket),
+                    config.database)
+    if configuration.get("SaveJobs", True):
+        orthanc.LogWarning(
+            "RtGateway: SaveJobs is on (AllowSaveJobs): store jobs Orthanc resumes after a crash "
+            "are cancelled at start and their instances verified, but what Orthanc re-sends "
+            "before that can arrive twice")
     register(plugin)
     orthanc.LogWarning(
         f"RtGateway: loaded; a lead and {config.workers} job worker process(es) with "

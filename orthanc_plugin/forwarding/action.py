@@ -160,7 +160,6 @@ class Forwarder:
             return 0, classify_failure(str(error), None), None
         orthanc_job = str(answer["ID"])
         self.queue.mark_in_flight(chunk, orthanc_job)
-        self.queue.set_orthanc_job([item.job_id for item in chunk], orthanc_job)
         while True:
             try:
                 job = self.host.get_json(f"/jobs/{orthanc_job}")

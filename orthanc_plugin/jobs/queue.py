@@ -58,6 +58,7 @@ def idempotency_key(spec: JobSpec, instance_ids: Sequence[str]) -> str:
 
 
 POISON_AFTER_CRASHES = 2
+STORE_JOB_MEMORY_SECONDS = 2 * 86400
 
 
 class JobQueue:
@@ -226,11 +227,21 @@ class JobQueue:
             )
 
     def mark_in_flight(self, items: Sequence[ClaimedItem], orthanc_job: str) -> None:
+        """An Orthanc store job now carries these items, in this order (one transaction)."""
+        now = time.time()
         with self.db.transaction() as connection:
             connection.executemany(
                 "UPDATE job_items SET in_flight_job=?, in_flight_pos=? "
                 "WHERE job_id=? AND instance_id=?",
                 [(orthanc_job, pos, i.job_id, i.instance_id) for pos, i in enumerate(items)])
+            connection.executemany(
+                "UPDATE jobs SET orthanc_job=? WHERE id=?",
+                [(orthanc_job, job_id) for job_id in sorted({i.job_id for i in items})])
+            connection.execute(
+                "INSERT OR IGNORE INTO orthanc_store_jobs(orthanc_job, created_epoch) VALUES(?,?)",
+                (orthanc_job, now))
+            connection.execute("DELETE FROM orthanc_store_jobs WHERE created_epoch < ?",
+                               (now - STORE_JOB_MEMORY_SECONDS,))
 
     def clear_in_flight(self, items: Sequence[ClaimedItem]) -> None:
         """The receiver's answer for these is known: not delivered, to be sent again."""

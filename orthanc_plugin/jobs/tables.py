@@ -35,6 +35,13 @@ CREATE TABLE IF NOT EXISTS job_items(
 );
 CREATE INDEX IF NOT EXISTS job_items_state ON job_items(job_id, state);
 
+-- Every Orthanc store job the gateway started (kept two days): with Orthanc's SaveJobs on, such a
+-- job found active when Orthanc starts was resumed by Orthanc and is cancelled (host.py).
+CREATE TABLE IF NOT EXISTS orthanc_store_jobs(
+    orthanc_job TEXT PRIMARY KEY, created_epoch REAL NOT NULL
+);
+CREATE INDEX IF NOT EXISTS orthanc_store_jobs_age ON orthanc_store_jobs(created_epoch);
+
 CREATE TABLE IF NOT EXISTS study_progress(
     study_id TEXT PRIMARY KEY,
     last_received_at REAL NOT NULL,

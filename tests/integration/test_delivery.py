@@ -200,6 +200,15 @@ def test_rules_test_on_a_study_older_than_the_cursor_queues_and_sends_nothing(
         archive.stop()
 
 
+def test_save_jobs_on_stops_orthanc_start_with_the_reason(tmp_path: Path) -> None:
+    require_orthanc()
+    gateway = OrthancProcess(tmp_path / "gateway", "RTGATEWAY", plugin=True, rules="rules: []\n",
+                             extra={"SaveJobs": True})
+    with pytest.raises(RuntimeError):
+        gateway.start()
+    assert 'RtGateway: not starting: SaveJobs: Orthanc\'s "SaveJobs" is true' in gateway.log_tail(80)
+
+
 def _answers(process: OrthancProcess) -> bool:
     try:
         return process.get("/system").ok
@@ -221,7 +230,7 @@ def test_kill_9_mid_forward_after_an_outage_delivers_every_instance_once(
               "    actions: [{forward: COUNTER}]\n",
         modalities={"COUNTER": ("COUNTER", peer.port)},
         gateway_settings={"Retry": {"MaxAttempts": 50, "BaseDelaySeconds": 1,
-                                    "MaxDelaySeconds": 3}},
+                                    "MaxDelaySeconds": 3}, "AllowSaveJobs": save_jobs},
         extra={"SaveJobs": save_jobs},
     )
     try:
@@ -254,7 +263,17 @@ def test_kill_9_mid_forward_after_an_outage_delivers_every_instance_once(
 
         wait_until(settled, 60, "queue empty")
         time.sleep(1)
-        assert peer.total() == count, f"{peer.total() - count} duplicate C-STOREs"
+        duplicates = peer.total() - count
+        print(f"SaveJobs {save_jobs}: {duplicates} duplicate C-STORE(s) of {count}")
+        if save_jobs:
+            # Orthanc resumes its saved store jobs when its jobs engine starts, before any plugin
+            # code runs; the gateway cancels them at ORTHANC_STARTED and verifies the rest. What
+            # Orthanc sends in that window is outside its reach (why SaveJobs is refused by
+            # default): measured 0 to 1 here.
+            assert duplicates <= 3, peer.duplicates()
+            assert "cancelled" in gateway.log_tail(400)
+        else:
+            assert duplicates == 0, peer.duplicates()
         verified = [e for e in gateway_rows(gateway, kind="events")
                     if e["event"] == "in-flight-verified"]
         assert verified, "the in-flight instances were checked after the restart"

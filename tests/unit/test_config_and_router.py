@@ -8,7 +8,7 @@ from orthanc_plugin.config import ConfigError, parse_config
 
 
 def test_defaults_work_without_the_section(tmp_path: Path) -> None:
-    config = parse_config({"StorageDirectory": "store"}, tmp_path)
+    config = parse_config({"StorageDirectory": "store", "SaveJobs": False}, tmp_path)
     assert config.rules_file == tmp_path / "lua-free-rules.yaml"
     assert config.database == tmp_path / "store" / "rt-gateway" / "gateway.sqlite"
     assert config.workers == 2 and config.retry.max_attempts == 8
@@ -18,7 +18,7 @@ def test_section_values_and_relative_paths(tmp_path: Path) -> None:
     config = parse_config(
         {"RtGateway": {"RulesFile": "r.yaml", "Database": "/abs/g.sqlite", "Workers": 4,
                        "Retry": {"MaxAttempts": 3}},
-         "DicomModalities": {"B": [], "A": []}},
+         "DicomModalities": {"B": [], "A": []}, "SaveJobs": False},
         tmp_path,
     )
     assert config.rules_file == tmp_path / "r.yaml"
@@ -29,7 +29,18 @@ def test_section_values_and_relative_paths(tmp_path: Path) -> None:
 
 def test_invalid_setting_is_named(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match=r"RtGateway.Workers"):
-        parse_config({"RtGateway": {"Workers": "many"}}, tmp_path)
+        parse_config({"RtGateway": {"Workers": "many"}, "SaveJobs": False}, tmp_path)
+
+
+def test_save_jobs_on_is_refused_unless_allowed(tmp_path: Path) -> None:
+    # Orthanc's default: after a crash it resumes its store jobs and sends again (measured).
+    with pytest.raises(ConfigError, match=r'"SaveJobs": false'):
+        parse_config({}, tmp_path)
+    assert parse_config({"SaveJobs": True, "RtGateway": {"AllowSaveJobs": True}}, tmp_path)
+    workers = parse_config({"SaveJobs": False, "HttpPort": 8099,
+                            "RegisteredUsers": {"b": "x", "a": "y"}}, tmp_path).worker
+    assert workers.orthanc_url == "http://127.0.0.1:8099"
+    assert (workers.http_user, workers.http_password) == ("a", "y")
 
 
 def test_router_dispatches_and_reports_405_and_404() -> None:
