@@ -20,6 +20,7 @@ from orthanc_plugin.config import SECTION, ConfigError, GatewayConfig, parse_con
 from orthanc_plugin.db import META_SCHEMA, Database
 from orthanc_plugin.forwarding.action import Forwarder, plan_forward
 from orthanc_plugin.forwarding.verify import InFlightVerifier, InstanceKeys
+from orthanc_plugin.jobs.executor_base import JobContext
 from orthanc_plugin.jobs.executors import Registry
 from orthanc_plugin.jobs.intake import Intake
 from orthanc_plugin.jobs.own_output import SCHEMA as OWN_OUTPUT_SCHEMA
@@ -86,6 +87,8 @@ class Gateway:
         self._rules_checked_at = 0.0
         self._followed_rules_sha = ""
         self.pool.before_claim = self.follow_published_rules
+        self.job_context = JobContext(host, self.db, self.queue, self.recorder,
+                                      lambda: self.ruleset, self._wake_senders)
         self.router = Router()
         self.explorer_extension = ""  # JavaScript for Orthanc Explorer, set by the web capability
         # Capabilities with their own background loops (harvest) start and stop with the senders.

@@ -26,10 +26,7 @@ def install(gateway: Gateway) -> None:
         max_points_per_structure_set=_whole(settings, "MaxPointsPerStructureSet", 5_000_000),
     ))
     gateway.registry.add_planner(OverlayAction, plan_overlay)
-    gateway.registry.add_executor(JOB_ACTION, OverlayExecutor(
-        gateway.host, gateway.db, gateway.queue, gateway.recorder, lambda: gateway.ruleset,
-        gateway._wake_senders, float(poll),
-    ))
+    gateway.registry.add_executor(JOB_ACTION, OverlayExecutor(gateway.job_context, float(poll)))
     add_routes(gateway.router, gateway.host)
 
 

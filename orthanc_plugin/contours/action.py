@@ -2,123 +2,78 @@
 
 A job whose images are not all in Orthanc yet is postponed (the sender thread is free at once)
 until the rule's wait_for_images has passed since the job was queued; then the audit says what
-was missing and the job is parked. The series is stored through Orthanc's REST API (origin
-"Plugins", so rules skip it unless include_gateway_output) and forwarded by queued forward jobs,
-which give it the forwarder's retries, transfer rows and metrics.
+was missing and the job is parked. The series is stored through Orthanc's REST API, noted first
+as the gateway's own output (rules skip it unless include_gateway_output), and forwarded by queued
+forward jobs, which give it the forwarder's retries, transfer rows and metrics. The claim loop,
+refusals, quarantine and audit are the shared executor contract's (jobs/executor_base.py).
 """
 
 from __future__ import annotations
 
 import sqlite3
 import time
-from collections.abc import Callable
+from collections.abc import Sequence
 from io import BytesIO
 
-from orthanc_plugin.audit.recorder import AuditRecorder
 from orthanc_plugin.contours.model import ContourError
 from orthanc_plugin.contours.overlay import OverlayBuild, build_overlay_series
 from orthanc_plugin.contours.rule import OverlayAction
 from orthanc_plugin.contours.sources import find_images, read_instance, read_rtstruct
-from orthanc_plugin.db import Database
-from orthanc_plugin.jobs.executors import action_of_job, jobs_with_items
+from orthanc_plugin.jobs.executor_base import ItemExecutor, JobContext, Postpone, Refuse
 from orthanc_plugin.jobs.own_output import store_own_instance
-from orthanc_plugin.jobs.queue import Claim, ClaimedItem, JobQueue, JobSpec
-from orthanc_plugin.ports import Host, HostError
-from orthanc_plugin.rules import RuleSet
+from orthanc_plugin.jobs.queue import ClaimedItem, JobSpec
+from orthanc_plugin.ports import HostError
 
 DEFAULT_WAIT_POLL_SECONDS = 5.0
 
 
-class Waiting(Exception):
-    """The referenced images are not all there yet."""
-
-
-class OverlayExecutor:
+class OverlayExecutor(ItemExecutor[OverlayAction, int]):
+    name = "overlay"
+    action_type = OverlayAction
     max_items_per_claim = 1
 
-    def __init__(
-        self,
-        host: Host,
-        db: Database,
-        queue: JobQueue,
-        recorder: AuditRecorder,
-        rules: Callable[[], RuleSet],
-        wake_senders: Callable[[], None],
-        wait_poll_seconds: float = DEFAULT_WAIT_POLL_SECONDS,
-    ) -> None:
-        self.host = host
-        self.db = db
-        self.queue = queue
-        self.recorder = recorder
-        self.rules = rules
-        self.wake_senders = wake_senders
+    def __init__(self, context: JobContext,
+                 wait_poll_seconds: float = DEFAULT_WAIT_POLL_SECONDS) -> None:
+        super().__init__(context)
         self.wait_poll_seconds = wait_poll_seconds
 
-    def run(self, claim: Claim) -> None:
-        for job, items in jobs_with_items(claim):
-            self._run_job(job, items)
-
-    # -- one job -----------------------------------------------------------------------------------
-    def _run_job(self, job: sqlite3.Row, items: list[ClaimedItem]) -> None:
-        action = self._action(job)
-        if action is None:
-            reason = (f"rule '{job['rule']}' has no overlay action for {job['target']} any more "
-                      "(rules reloaded?)")
-            self._event(job, "overlay-failed", "failed", reason)
-            self.queue.park(job["id"], reason, "no-action")
-            return
-        error: str | None = None
-        for item in items:
-            try:
-                self._one(job, item, action)
-            except Waiting as waiting:
-                waited = time.time() - float(job["created_epoch"])
-                if waited < action.wait_for_images_seconds:
-                    if job["last_status"] != "waiting":  # one audit row per wait, not per poll
-                        self._event(job, "overlay-waiting", "waiting", str(waiting), item)
-                    delay = min(self.wait_poll_seconds, action.wait_for_images_seconds - waited)
-                    self.queue.postpone([job["id"]], max(delay, 0.0), f"waiting: {waiting}")
-                    return
-                reason = f"gave up after {waited:.0f} s: {waiting}"
-                self._event(job, "overlay-images-missing", "failed", reason, item)
-                self._refuse(item, reason, "images-missing")
-            except ContourError as problem:
-                reason = str(problem)
-                self._event(job, "overlay-failed", "failed", reason, item)
-                with self.db.transaction() as connection:
-                    self.recorder.quarantine(connection, item.instance_id,
-                                             f"overlay: {reason}", detail=f"job {job['id']}")
-                self._refuse(item, reason, "invalid-input")
-            except HostError as problem:  # Orthanc busy or restarting: retry with backoff
-                error = f"Orthanc: {problem}"
-                self._event(job, "overlay-error", "retry", error, item)
-                break
-        outcome = self.queue.settle([job["id"]], error, "host" if error else None)
-        if outcome.get(job["id"]) == "done":
-            self._event(job, "overlay-done", "ok", f"{len(items)} RTSTRUCT(s)")
-
-    def _action(self, job: sqlite3.Row) -> OverlayAction | None:
-        return action_of_job(self.rules(), job, OverlayAction)
-
-    def _one(self, job: sqlite3.Row, item: ClaimedItem, action: OverlayAction) -> None:
+    def step(self, job: sqlite3.Row, item: ClaimedItem, action: OverlayAction) -> int:
         modality = self.host.get_json(f"/instances/{item.instance_id}/series")[
             "MainDicomTags"].get("Modality", "")
         if modality != "RTSTRUCT":
             # A stable-study rule hands over the images too: only structure sets make overlays.
-            self.queue.mark_sent([item], {})
-            return
-        rtstruct, structure_set = read_rtstruct(self.host, item.instance_id)
-        search = find_images(self.host, structure_set, item.instance_id)
-        if not search.complete:
-            raise Waiting(search.waiting_for)
-        started = time.perf_counter()
-        images = [read_instance(self.host, iid) for iid in search.instance_ids]
-        build = build_overlay_series(images, rtstruct, action.options)
-        self._event(job, "overlay-built", "ok", _describe_build(build, len(images),
-                                                                time.perf_counter() - started), item)
+            return 0
+        try:
+            rtstruct, structure_set = read_rtstruct(self.host, item.instance_id)
+            search = find_images(self.host, structure_set, item.instance_id)
+            if not search.complete:
+                self._wait_or_give_up(job, item, action, search.waiting_for)
+            started = time.perf_counter()
+            images = [read_instance(self.host, iid) for iid in search.instance_ids]
+            build = build_overlay_series(images, rtstruct, action.options)
+        except ContourError as problem:
+            raise Refuse(str(problem), "invalid-input", quarantine=True) from problem
+        self.event(job, "overlay-built", "ok", _describe_build(
+            build, len(images), time.perf_counter() - started), item)
         stored, size = self._store(job, item, build)
-        self.queue.mark_sent([item], {item.instance_id: size})
         self._queue_forwards(job, action, stored)
+        return size
+
+    def _wait_or_give_up(self, job: sqlite3.Row, item: ClaimedItem, action: OverlayAction,
+                         waiting_for: str) -> None:
+        waited = time.time() - float(job["created_epoch"])
+        if waited < action.wait_for_images_seconds:
+            if job["last_status"] != "waiting":  # one audit row per wait, not per poll
+                self.event(job, "overlay-waiting", "waiting", waiting_for, item)
+            delay = min(self.wait_poll_seconds, action.wait_for_images_seconds - waited)
+            raise Postpone(delay, waiting_for)
+        raise Refuse(f"gave up after {waited:.0f} s: {waiting_for}", "images-missing",
+                     event="images-missing")
+
+    def after_job(self, job: sqlite3.Row, action: OverlayAction,
+                  done: Sequence[tuple[ClaimedItem, int]], outcome: str) -> None:
+        if outcome == "done":
+            self.event(job, "overlay-done", "ok", f"{len(done)} RTSTRUCT(s)")
 
     def _store(
         self, job: sqlite3.Row, item: ClaimedItem, build: OverlayBuild
@@ -137,7 +92,7 @@ class OverlayExecutor:
                 ids.append(str(answer["ID"]))
                 total += len(data)
             stored[series.series_uid] = ids
-            self._event(job, "overlay-stored", "ok",
+            self.event(job, "overlay-stored", "ok",
                         f"{series.plane.value} series {series.series_uid}: {len(ids)} instance(s)",
                         item)
         return stored, total
@@ -161,22 +116,8 @@ class OverlayExecutor:
                     if forward_id is not None:
                         queued.append(f"job {forward_id}: {count} instance(s) to {target}")
         if queued:
-            self._event(job, "overlay-forward-queued", "ok", "; ".join(queued))
-            self.wake_senders()
-
-    def _refuse(self, item: ClaimedItem, reason: str, status: str) -> None:
-        self.queue.mark_refused(item, status)
-        self.queue.note_refusal(item.job_id, reason, status)
-
-    def _event(
-        self, job: sqlite3.Row, event: str, status: str, detail: str,
-        item: ClaimedItem | None = None,
-    ) -> None:
-        self.recorder.event(
-            event, status=status, detail=detail, rule=job["rule"], target=job["target"],
-            job_id=job["id"], resource_id=item.instance_id if item else job["resource_id"],
-            patient_id=job["patient_id"] or "", study_uid=job["study_uid"] or "",
-        )
+            self.event(job, "overlay-forward-queued", "ok", "; ".join(queued))
+            self.context.wake_workers()
 
 
 def _describe_build(build: OverlayBuild, images: int, seconds: float) -> str:

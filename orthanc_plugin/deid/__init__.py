@@ -28,10 +28,7 @@ def install(gateway: Gateway) -> None:
         secret = _secret_from_file(resolve_path(gateway.config.config_dir, str(secret_file)))
     keys = Pseudonymizer(secret)
     gateway.registry.add_planner(AnonymizeAction, plan_anonymize)
-    gateway.registry.add_executor(JOB_ACTION, AnonymizeExecutor(
-        gateway.host, gateway.db, gateway.queue, gateway.recorder, lambda: gateway.ruleset,
-        keys, gateway._wake_senders,
-    ))
+    gateway.registry.add_executor(JOB_ACTION, AnonymizeExecutor(gateway.job_context, keys))
     gateway.registry.add_executor(DELETE_JOB_ACTION, DeleteOriginals(
         gateway.host, gateway.db, gateway.queue, gateway.recorder,
     ))

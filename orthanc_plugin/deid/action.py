@@ -1,7 +1,7 @@
 """The anonymize executor: original from Orthanc -> de-identified copy stored in Orthanc -> forwards.
 
-The copy is posted to Orthanc's REST API from the plugin, so it comes back with origin "Plugins"
-(source GATEWAY) and rules skip it unless include_gateway_output. The rule's following forwards
+The copy is posted to Orthanc's REST API by a worker, noted first as the gateway's own output
+(source GATEWAY), so rules skip it unless include_gateway_output. The rule's following forwards
 are queued for the copies as ordinary forward jobs (retries, transfer rows, metrics). With
 keep_original: false a delete-original job removes the original once its copy is confirmed
 stored and no other job still needs it. Audit rows and log lines name the pseudonym only.
@@ -11,9 +11,10 @@ from __future__ import annotations
 
 import sqlite3
 import time
-from collections.abc import Callable
+from collections.abc import Sequence
 from dataclasses import dataclass
 from io import BytesIO
+from typing import Any
 
 import pydicom
 from pydicom.errors import InvalidDicomError
@@ -25,11 +26,10 @@ from orthanc_plugin.deid.keys import Pseudonymizer
 from orthanc_plugin.deid.model import DeidError, DeidResult, deidentify
 from orthanc_plugin.deid.rule import AnonymizeAction
 from orthanc_plugin.deid.tables import record_mapping
-from orthanc_plugin.jobs.executors import action_of_job, jobs_with_items
+from orthanc_plugin.jobs.executor_base import ItemExecutor, JobContext, Refuse
 from orthanc_plugin.jobs.own_output import store_own_instance
 from orthanc_plugin.jobs.queue import Claim, ClaimedItem, JobQueue, JobSpec
 from orthanc_plugin.ports import Host, HostError
-from orthanc_plugin.rules import RuleSet
 
 DELETE_JOB_ACTION = "delete-original"
 DELETE_TARGET_PREFIX = "originals-after-"
@@ -48,87 +48,28 @@ class StoredCopy:
     size: int
 
 
-class AnonymizeExecutor:
+class AnonymizeExecutor(ItemExecutor[AnonymizeAction, StoredCopy]):
+    name = "anonymize"
+    action_type = AnonymizeAction
     max_items_per_claim = 100
+    record_batch = RECORD_BATCH
 
-    def __init__(
-        self,
-        host: Host,
-        db: Database,
-        queue: JobQueue,
-        recorder: AuditRecorder,
-        rules: Callable[[], RuleSet],
-        keys: Pseudonymizer,
-        wake_senders: Callable[[], None],
-    ) -> None:
-        self.host = host
-        self.db = db
-        self.queue = queue
-        self.recorder = recorder
-        self.rules = rules
+    def __init__(self, context: JobContext, keys: Pseudonymizer) -> None:
+        super().__init__(context)
         self.keys = keys
-        self.wake_senders = wake_senders
+        # Per job (one thread runs a job): where the time went, for the audit.
+        self._clocks: dict[int, _PhaseClock] = {}
 
-    def run(self, claim: Claim) -> None:
-        for job, items in jobs_with_items(claim):
-            self._run_job(job, items)
-
-    def _run_job(self, job: sqlite3.Row, items: list[ClaimedItem]) -> None:
-        action = self._action(job)
-        if action is None:
-            reason = (f"rule '{job['rule']}' has no anonymize action for {job['target']} any more "
-                      "(rules reloaded?)")
-            self._event(job, "anonymize-failed", "failed", reason)
-            self.queue.park(job["id"], reason, "no-action")
-            return
-        clock = _PhaseClock()
-        copies: list[tuple[ClaimedItem, StoredCopy]] = []
-        error: str | None = None
-        recorded = 0
-        for item in items:
-            if len(copies) - recorded >= RECORD_BATCH:
-                self._record(job, action, copies[recorded:])
-                recorded = len(copies)
-                clock.lap("record")
-            try:
-                copies.append((item, self._one(job, item, action, clock)))
-            except (DeidError, InvalidDicomError) as problem:
-                reason = f"cannot be de-identified: {problem}"
-                with self.db.transaction() as connection:
-                    self.recorder.quarantine(connection, item.instance_id, f"anonymize: {reason}",
-                                             detail=f"job {job['id']}")
-                self._refuse(item, reason, "invalid-input")
-            except HostError as problem:
-                if problem.missing:  # deleted before we got to it: nothing left to copy
-                    self._refuse(item, "the original is no longer in Orthanc", "gone")
-                    continue
-                error = f"Orthanc: {problem}"
-                self._event(job, "anonymize-error", "retry", error)
-                break
-        self._record(job, action, copies[recorded:])
-        clock.lap("record")
-        self._queue_followers(job, action, copies)
-        outcome = self.queue.settle([job["id"]], error, "host" if error else None)
-        if copies:
-            first = copies[0][1]
-            self._event(
-                job, "anonymize-stored", "ok",
-                f"{len(copies)} instance(s) as {first.result.new_patient_id} in "
-                f"{clock.total():.3f} s ({clock}), {action.settings.describe()}, "
-                f"job {outcome.get(job['id'], '')}",
-                patient=first.result.new_patient_id, study=first.study_uid,
-            )
-
-    def _action(self, job: sqlite3.Row) -> AnonymizeAction | None:
-        return action_of_job(self.rules(), job, AnonymizeAction)
-
-    def _one(
-        self, job: sqlite3.Row, item: ClaimedItem, action: AnonymizeAction, clock: _PhaseClock
-    ) -> StoredCopy:
+    def step(self, job: sqlite3.Row, item: ClaimedItem, action: AnonymizeAction) -> StoredCopy:
+        clock = self._clocks.setdefault(job["id"], _PhaseClock())
         original = self.host.get_bytes(f"/instances/{item.instance_id}/file")
         clock.lap("read")
-        ds = pydicom.dcmread(BytesIO(original))
-        result = deidentify(ds, action.settings, self.keys)
+        try:
+            ds = pydicom.dcmread(BytesIO(original))
+            result = deidentify(ds, action.settings, self.keys)
+        except (DeidError, InvalidDicomError) as problem:
+            raise Refuse(f"cannot be de-identified: {problem}", "invalid-input",
+                         quarantine=True) from problem
         buffer = BytesIO()
         ds.save_as(buffer, enforce_file_format=True)
         data = buffer.getvalue()
@@ -139,6 +80,32 @@ class AnonymizeExecutor:
             raise HostError(f"POST /instances did not confirm the copy: {answer!r}")
         return StoredCopy(str(answer["ID"]), str(answer.get("ParentStudy", "")), result,
                           str(ds.StudyInstanceUID), str(ds.SOPInstanceUID), len(data))
+
+    def record(self, job: sqlite3.Row, action: AnonymizeAction,
+               done: Sequence[tuple[ClaimedItem, StoredCopy]]) -> None:
+        self._record(job, action, list(done))
+        if job["id"] in self._clocks:
+            self._clocks[job["id"]].lap("record")
+
+    def after_job(self, job: sqlite3.Row, action: AnonymizeAction,
+                  done: Sequence[tuple[ClaimedItem, StoredCopy]], outcome: str) -> None:
+        clock = self._clocks.pop(job["id"], _PhaseClock())
+        copies = list(done)
+        self._queue_followers(job, action, copies)
+        if copies:
+            first = copies[0][1]
+            self.event(
+                job, "anonymize-stored", "ok",
+                f"{len(copies)} instance(s) as {first.result.new_patient_id} in "
+                f"{clock.total():.3f} s ({clock}), {action.settings.describe()}, job {outcome}",
+                patient=first.result.new_patient_id, study=first.study_uid,
+            )
+
+    def event(self, job: sqlite3.Row, event: str, status: str, detail: str,
+              item: ClaimedItem | None = None, **names: Any) -> None:
+        # The job row holds the original patient ID and study UID: the audit names the copy only.
+        super().event(job, event, status, detail, item, patient=names.get("patient", ""),
+                      study=names.get("study", ""))
 
     def _record(
         self, job: sqlite3.Row, action: AnonymizeAction, batch: list[tuple[ClaimedItem, StoredCopy]]
@@ -195,23 +162,9 @@ class AnonymizeExecutor:
                 if job_id is not None:
                     queued.append(f"job {job_id}: delete {count} original(s)")
         if queued:
-            self._event(job, "anonymize-followers-queued", "ok", "; ".join(queued),
-                        patient=first.result.new_patient_id, study=first.study_uid)
-            self.wake_senders()
-
-    def _refuse(self, item: ClaimedItem, reason: str, status: str) -> None:
-        self.queue.mark_refused(item, status)
-        self.queue.note_refusal(item.job_id, reason, status)
-
-    def _event(
-        self, job: sqlite3.Row, event: str, status: str, detail: str, *, patient: str = "",
-        study: str = "",
-    ) -> None:
-        # The job row holds the original patient ID and study UID: the audit names the copy.
-        self.recorder.event(
-            event, status=status, detail=detail, rule=job["rule"], target=job["target"],
-            job_id=job["id"], resource_id=job["resource_id"], patient_id=patient, study_uid=study,
-        )
+            self.event(job, "anonymize-followers-queued", "ok", "; ".join(queued),
+                       patient=first.result.new_patient_id, study=first.study_uid)
+            self.context.wake_workers()
 
 
 class DeleteOriginals:

@@ -15,9 +15,7 @@ if TYPE_CHECKING:
 def install(gateway: Gateway) -> None:
     gateway.registry.add_planner(ExportAction, plan_export_job)
     gateway.registry.add_executor(JOB_ACTION, ExportExecutor(
-        gateway.host, gateway.db, gateway.queue, gateway.recorder, lambda: gateway.ruleset,
-        gateway.config.config_dir,
-    ))
+        gateway.job_context, gateway.config.config_dir))
     add_routes(gateway.router, gateway.db)
 
 

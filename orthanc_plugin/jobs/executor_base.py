@@ -51,25 +51,28 @@ class Postpone(Exception):
 
 
 class Refuse(Exception):
-    def __init__(self, reason: str, status: str, *, quarantine: bool = False) -> None:
+    def __init__(self, reason: str, status: str, *, quarantine: bool = False,
+                 event: str = "failed") -> None:
         super().__init__(reason)
         self.reason = reason
         self.status = status
         self.quarantine = quarantine
+        self.event = event  # the audit event is "<executor name>-<event>"
 
 
 class RetryLater(Exception):
-    def __init__(self, reason: str, status: str) -> None:
+    def __init__(self, reason: str, status: str, event: str = "error") -> None:
         super().__init__(reason)
         self.reason = reason
         self.status = status
+        self.event = event  # the audit event is "<executor name>-<event>"
 
 
 class ItemExecutor(Generic[Action, Result]):
     # The audit event prefix ("export" gives export-failed, export-error, ...).
     name: ClassVar[str] = ""
     action_type: ClassVar[type]
-    max_items_per_claim: ClassVar[int] = 1
+    max_items_per_claim: int = 1
     # Results recorded (mark_sent and the capability's own rows) in batches of this size.
     record_batch: ClassVar[int] = 1
 
@@ -128,7 +131,7 @@ class ItemExecutor(Generic[Action, Result]):
                 self.refuse(job, item, refusal)
             except RetryLater as later:
                 error, status = later.reason, later.status
-                self.event(job, f"{self.name}-error", "retry", later.reason, item)
+                self.event(job, f"{self.name}-{later.event}", "retry", later.reason, item)
                 break
             except HostError as problem:
                 if problem.missing:
@@ -143,7 +146,7 @@ class ItemExecutor(Generic[Action, Result]):
 
     # -- shared outcomes -------------------------------------------------------------------------
     def refuse(self, job: sqlite3.Row, item: ClaimedItem, refusal: Refuse) -> None:
-        self.event(job, f"{self.name}-failed", "failed", refusal.reason, item)
+        self.event(job, f"{self.name}-{refusal.event}", "failed", refusal.reason, item)
         if refusal.quarantine:
             with self.db.transaction() as connection:
                 self.recorder.quarantine(connection, item.instance_id,
