@@ -16,10 +16,9 @@ from orthanc_plugin.audit.metrics import Metrics
 from orthanc_plugin.audit.recorder import AuditRecorder
 from orthanc_plugin.audit.tables import SCHEMA as AUDIT_SCHEMA
 from orthanc_plugin.audit.translog import TransactionLog
-from orthanc_plugin.config import SECTION, ConfigError, GatewayConfig, parse_config
+from orthanc_plugin.config import GatewayConfig, parse_config
 from orthanc_plugin.db import META_SCHEMA, Database
-from orthanc_plugin.forwarding.action import Forwarder, plan_forward
-from orthanc_plugin.forwarding.verify import InFlightVerifier, InstanceKeys
+from orthanc_plugin.forwarding.verify import InstanceKeys
 from orthanc_plugin.jobs.executor_base import JobContext
 from orthanc_plugin.jobs.executors import Registry
 from orthanc_plugin.jobs.intake import Intake
@@ -31,7 +30,6 @@ from orthanc_plugin.jobs.tables import SCHEMA as JOBS_SCHEMA
 from orthanc_plugin.jobs.workers import WorkerPool
 from orthanc_plugin.ports import Host, HostError
 from orthanc_plugin.rules import (
-    ForwardAction,
     RulesError,
     RuleSet,
     Trigger,
@@ -62,22 +60,14 @@ class Gateway:
             self.db, TransactionLog(config.transaction_log_folder), self.metrics
         )
         self.queue = JobQueue(self.db, config.retry)
-        self.forwarder = Forwarder(
-            host, self.queue, self.recorder, self.file_sizes, config.max_instances_per_association,
-            InFlightVerifier(host, self.instance_keys, verify_mode(config.section)),
-        )
-        self.forwarder.after_settle = self.refresh_queue_gauges
         # Set at a requested stop: executors end their claims at the next safe boundary.
         self.stopping = threading.Event()
         self.registry = Registry()
-        self.registry.add_planner(ForwardAction, plan_forward)
-        self.registry.add_executor("forward", self.forwarder)
         self.intake = Intake(
             host, self.db, self.queue, self.recorder, lambda: self.ruleset,
             config.stable_age_seconds, self._wake_senders, self.registry,
         )
         self.intake.source_overrides.append(own_output_source(self.db))
-        self.forwarder.stopping = self.stopping
         self.pool = WorkerPool(
             self.intake, self.queue, self.registry, config.workers,
             config.poll_interval_seconds, host.log_error,
@@ -88,7 +78,7 @@ class Gateway:
         self._followed_rules_sha = ""
         self.pool.before_claim = self.follow_published_rules
         self.job_context = JobContext(host, self.db, self.queue, self.recorder,
-                                      lambda: self.ruleset, self._wake_senders)
+                                      lambda: self.ruleset, self._wake_senders, self.stopping)
         self.router = Router()
         self.explorer_extension = ""  # JavaScript for Orthanc Explorer, set by the web capability
         # Capabilities with their own background loops (harvest) start and stop with the senders.
@@ -339,18 +329,6 @@ class Gateway:
             ):
                 sizes[row["instance_id"]] = row["file_size"] or 0
         return sizes
-
-
-def verify_mode(section: dict[str, Any]) -> Callable[[str], str]:
-    """RtGateway.Forwarding.Verify: per modality name, how to learn what a receiver holds after a
-    crash: "c-find" (default) or "resend" for a node that answers no C-FIND."""
-    forwarding = section.get("Forwarding") or {}
-    raw = forwarding.get("Verify") or {} if isinstance(forwarding, dict) else {}
-    if not isinstance(raw, dict) or any(v not in ("c-find", "resend") for v in raw.values()):
-        raise ConfigError(
-            f"{SECTION}.Forwarding.Verify: expected {{modality: \"c-find\" | \"resend\"}}")
-    default = str(raw.get("*", "c-find"))
-    return lambda target: str(raw.get(target, default))
 
 
 def _read_text(path: Path) -> str:

@@ -7,7 +7,8 @@
     routes.py   its REST routes under /rt-gateway/
 
 and a module-level `install(gateway)` (in its `__init__.py`) that registers planners, executors,
-routes and schema. Forwarding is the reference; the others follow it.
+routes and schema. Executors that work instance by instance share one contract
+(jobs/executor_base.py) and write only their step.
 """
 
 from __future__ import annotations
@@ -24,9 +25,11 @@ RULE_MODULES: list[str] = ["orthanc_plugin.contours.rule", "orthanc_plugin.deid.
                           "orthanc_plugin.export.rule", "orthanc_plugin.harvest.rule"]
 
 # Packages with an install(gateway) function, called once the gateway's core is built.
-CAPABILITIES: list[str] = ["orthanc_plugin.web", "orthanc_plugin.contours", "orthanc_plugin.harvest",
-                          "orthanc_plugin.deid", "orthanc_plugin.importer",
-                          "orthanc_plugin.export", "orthanc_plugin.plans", "orthanc_plugin.index"]
+CAPABILITIES: list[str] = [
+    "orthanc_plugin.forwarding", "orthanc_plugin.web", "orthanc_plugin.contours",
+    "orthanc_plugin.harvest", "orthanc_plugin.deid", "orthanc_plugin.importer",
+    "orthanc_plugin.export", "orthanc_plugin.plans", "orthanc_plugin.index",
+]
 
 
 def register_rule_actions() -> None:

@@ -15,10 +15,8 @@ from orthanc_plugin.forwarding.model import (
     delivered_before_failure,
 )
 from orthanc_plugin.forwarding.verify import InFlightVerifier
-from orthanc_plugin.jobs.executors import PlannedJob
 from orthanc_plugin.jobs.queue import Claim, ClaimedItem, JobQueue
 from orthanc_plugin.ports import Host, HostError
-from orthanc_plugin.rules import ForwardAction
 
 POLL_SECONDS = 0.01
 
@@ -218,6 +216,3 @@ class Forwarder:
                 job_state=outcome.get(job_id, ""),
             )
 
-
-def plan_forward(action: ForwardAction) -> list[PlannedJob]:
-    return [PlannedJob("forward", target) for target in action.targets]

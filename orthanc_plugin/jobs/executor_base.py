@@ -16,6 +16,7 @@ A step answers with a result (recorded as sent) or raises one of:
 from __future__ import annotations
 
 import sqlite3
+import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar, Generic, TypeVar
@@ -41,6 +42,8 @@ class JobContext:
     recorder: AuditRecorder
     rules: Callable[[], RuleSet]
     wake_workers: Callable[[], None]
+    # Set when the worker is asked to stop: long steps end at their next safe boundary.
+    stopping: threading.Event
 
 
 class Postpone(Exception):

@@ -17,6 +17,7 @@ from orthanc_plugin.audit.clock import now_iso
 from orthanc_plugin.audit.recorder import AuditRecorder
 from orthanc_plugin.db import Database
 from orthanc_plugin.forwarding.model import OutgoingInstance, order_for_sending
+from orthanc_plugin.jobs.apply import Applied, queue_rule_actions
 from orthanc_plugin.jobs.executors import Registry
 from orthanc_plugin.jobs.facts import SOURCE_BY_ORIGIN, FactsBuilder
 from orthanc_plugin.jobs.queue import JobQueue, JobSpec
@@ -399,8 +400,7 @@ class Intake:
                 connection=connection,
             )
             return False
-        targets: tuple[str, ...] = ()
-        new_instances = 0
+        applied = Applied()
         if evaluation.matched:
             by_id = {row["instance_id"]: row for row in rows}
             ordered = order_for_sending(
@@ -414,20 +414,18 @@ class Intake:
                     for iid in evaluation.instance_ids
                 ]
             )
-            for action in rule.actions:
-                for planned in self.registry.plan(action):
-                    target = planned.target
-                    targets += (target,)
-                    spec = JobSpec(
-                        rule=rule.name, action=planned.action, trigger=rule.on.value, level=level,
-                        resource_id=resource_id, target=target,
-                        patient_id=first["patient_id"] or "", study_uid=first["study_uid"] or "",
-                        calling_aet=first["calling_aet"] or "", remote_ip=first["remote_ip"] or "",
-                    )
-                    _, count = self.queue.enqueue(
-                        connection, spec, [item.instance_id for item in ordered]
-                    )
-                    new_instances += count
+
+            def spec_for(job_action: str, target: str) -> JobSpec:
+                return JobSpec(
+                    rule=rule.name, action=job_action, trigger=rule.on.value, level=level,
+                    resource_id=resource_id, target=target,
+                    patient_id=first["patient_id"] or "", study_uid=first["study_uid"] or "",
+                    calling_aet=first["calling_aet"] or "", remote_ip=first["remote_ip"] or "",
+                )
+
+            applied = queue_rule_actions(connection, self.queue, self.registry, rule,
+                                         [item.instance_id for item in ordered], spec_for)
+        targets, new_instances = applied.targets, applied.new_instances
         self.recorder.evaluation(
             connection,
             trigger=rule.on.value, level=level, resource_id=resource_id,

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 from pydicom import dcmread
 
 from orthanc_plugin.audit.clock import now_iso
+from orthanc_plugin.jobs.apply import Applied, queue_rule_actions
 from orthanc_plugin.jobs.queue import JobSpec
 from orthanc_plugin.plans.model import RT_MODALITIES, RtObject, StoredInstance, build_bundles
 from orthanc_plugin.plans.references import REFERENCE_KEYWORDS, rt_object
@@ -184,21 +185,16 @@ class PlanTracker:
             facts = self.gateway.intake.facts.build(rows, (bundle["plan_label"] or "",))
             evaluation = evaluate(rule, facts) if rows else None
             matched = bool(evaluation and evaluation.matched)
-            job_ids: list[int] = []
-            new_instances = 0
-            targets: tuple[str, ...] = ()
+            applied = Applied()
             if matched and not hold and evaluation is not None:
                 chosen = set(evaluation.instance_ids)
                 ordered = [row["instance_id"] for row in rows if row["instance_id"] in chosen]
-                for action in rule.actions:
-                    for planned in self.gateway.registry.plan(action):
-                        targets += (planned.target,)
-                        job_id, count = self.gateway.queue.enqueue(
-                            connection, plan_job_spec(rule.name, rule.on.value, planned.action,
-                                                      planned.target, bundle), ordered)
-                        new_instances += count
-                        if job_id is not None:
-                            job_ids.append(job_id)
+                applied = queue_rule_actions(
+                    connection, self.gateway.queue, self.gateway.registry, rule, ordered,
+                    lambda job_action, target: plan_job_spec(
+                        rule.name, rule.on.value, job_action, target, bundle))
+            job_ids, new_instances, targets = (applied.job_ids, applied.new_instances,
+                                               applied.targets)
             if grace:
                 outcome = ("held" if hold else "forwarded-incomplete") if matched else "grace-not-matched"
             else:
