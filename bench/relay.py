@@ -4,7 +4,9 @@ Sends N CT slices (512x512) with DCMTK's storescu and measures, in the same run:
 - direct: modality -> target, time until the target has stored every slice (the baseline);
 - relay_instance / relay_stable: modality -> gateway (forward-all rule, `on: instance` or
   `on: stable-study`) -> target, time until the target has every slice;
-- ingest_plain / ingest_plugin: storescu duration into a plain Orthanc and into the gateway.
+- ingest_plain / ingest_plugin: storescu duration into a plain Orthanc and into the gateway;
+- lua_async / lua_send: the peer a site would write instead, Orthanc's own Lua auto-routing
+  (`OnStoredInstance` -> asynchronous `/modalities/TARGET/store`, or `SendToModality`).
 Each measurement is the median of --rounds rounds, each with fresh UIDs. Ratios are what to read:
 the machine is shared and absolute seconds move with its load.
 """
@@ -34,6 +36,17 @@ rules:
     match: {{calling_aet: MODALITY}}
     actions:
       - forward: TARGET
+"""
+LUA_ASYNC = """
+function OnStoredInstance(instanceId, tags, metadata, origin)
+  RestApiPost('/modalities/TARGET/store',
+              '{"Resources": ["' .. instanceId .. '"], "Synchronous": false}')
+end
+"""
+LUA_SEND = """
+function OnStoredInstance(instanceId, tags, metadata, origin)
+  SendToModality(instanceId, 'TARGET')
+end
 """
 NO_MATCH_RULES = """
 rules:
@@ -100,14 +113,21 @@ def main() -> None:
         rules=RULES.format(trigger="instance"), modalities={"TARGET": target}, stable_age=1,
         extra={"StoreMD5ForAttachments": False},
     )
+    luas = {}
+    for name, script in (("lua_async", LUA_ASYNC), ("lua_send", LUA_SEND)):
+        folder = work / name
+        folder.mkdir(parents=True)
+        (folder / "route.lua").write_text(script)
+        luas[name] = OrthancProcess(folder, "LUAROUTER", modalities={"TARGET": target},
+                                    extra={"LuaScripts": [str(folder / "route.lua")]})
     idle_gateway = OrthancProcess(
         work / "gw-idle", "RTGATEWAY", plugin=True, rules=NO_MATCH_RULES,
         modalities={"TARGET": target},
     )
-    processes = [target, plain, idle_gateway, *gateways.values()]
+    processes = [target, plain, idle_gateway, *gateways.values(), *luas.values()]
     times: dict[str, list[float]] = {k: [] for k in (
         "direct", "relay_instance", "relay_instance_no_md5", "relay_stable", "ingest_plain",
-        "ingest_plugin")}
+        "ingest_plugin", "lua_async", "lua_send")}
     try:
         for process in processes:
             process.start()
@@ -122,6 +142,8 @@ def main() -> None:
                 timed_send(files, gateways["instance-no-md5"].dicom_port, target, "RTGATEWAY"))
             times["relay_stable"].append(
                 timed_send(files, gateways["stable-study"].dicom_port, target, "RTGATEWAY"))
+            for name, lua in luas.items():
+                times[name].append(timed_send(files, lua.dicom_port, target, "LUAROUTER"))
             shutil.rmtree(work / f"round-{round_number}")
     finally:
         for process in processes:
@@ -138,9 +160,13 @@ def main() -> None:
         "ratio_relay_instance_no_md5_to_direct": round(
             median["relay_instance_no_md5"] / median["direct"], 3),
         "ratio_relay_stable_to_direct": round(median["relay_stable"] / median["direct"], 3),
+        "ratio_lua_async_to_direct": round(median["lua_async"] / median["direct"], 3),
+        "ratio_lua_send_to_direct": round(median["lua_send"] / median["direct"], 3),
+        "ratio_gateway_to_lua_async": round(median["relay_instance"] / median["lua_async"], 3),
         "stable_age_seconds_included_in_relay_stable": 1,
         "ratio_ingest_plugin_to_plain": round(median["ingest_plugin"] / median["ingest_plain"], 3),
-        "goals": {"relay_instance_to_direct": 1.3, "ingest_plugin_to_plain": 1.1},
+        "goals": {"relay_instance_to_direct": 1.3, "ingest_plugin_to_plain": 1.1,
+                  "gateway_to_lua_async": 1.0},
     }
     print(json.dumps(result, indent=2))
     shutil.rmtree(work, ignore_errors=True)
