@@ -5,7 +5,8 @@ In the same run, on the same gateway:
 - ingest_busy: the same while an overlay of a 160-slice 512x512 study is built on all three planes
   (started just before, in a worker process);
 and, on two gateways that differ only in `Workers`:
-- overlay_workers_1 / overlay_workers_2: time to build K overlay series queued at once.
+- overlay_workers_1 / overlay_workers_2: time to build K axial overlay series (40 slices each)
+  queued at once.
 Ratios are what to read: ingest_busy / ingest_idle (goal <= 1.1) and the overlay throughput with
 2 job workers against 1 (goal >= 1.7 on 2 cores). Each is the median of --rounds rounds.
 """
@@ -36,6 +37,11 @@ rules:
     match: {calling_aet: OVERLAY, modality: RTSTRUCT}
     actions:
       - overlay: {planes: [axial, coronal, sagittal], forward: VIEWER}
+  - name: overlay for throughput
+    on: instance
+    match: {calling_aet: THROUGHPUT, modality: RTSTRUCT}
+    actions:
+      - overlay: {planes: [axial]}
 """
 
 
@@ -114,16 +120,16 @@ def main() -> None:
             wait(lambda gw=main_gateway, n=done_before: overlay_jobs(gw, "done") > n)
 
             for workers, gateway in gateways.items():
-                sets = [make_rt_set(f"BENCH-TP-{workers}-{round_number}-{k}", n_slices=60,
-                                    rows=256, columns=256, with_dose=False)
+                sets = [make_rt_set(f"BENCH-TP-{workers}-{round_number}-{k}", n_slices=40,
+                                    rows=args.size, columns=args.size, with_dose=False)
                         for k in range(args.overlays)]
                 for k, rt in enumerate(sets):
                     storescu(write_datasets(rt.ct, folder / f"tp{workers}-{k}"),
-                             gateway.dicom_port, calling="OVERLAY")
+                             gateway.dicom_port, calling="THROUGHPUT")
                 done = overlay_jobs(gateway, "done")
                 structures = write_datasets([rt.rtstruct for rt in sets], folder / f"rs{workers}")
                 start = time.perf_counter()
-                storescu(structures, gateway.dicom_port, calling="OVERLAY")
+                storescu(structures, gateway.dicom_port, calling="THROUGHPUT")
                 wait(lambda gw=gateway, n=done + args.overlays: overlay_jobs(gw, "done") >= n)
                 times[f"overlay_workers_{workers}"].append(time.perf_counter() - start)
             shutil.rmtree(folder, ignore_errors=True)

@@ -159,8 +159,8 @@ class Gateway:
             self._started = False
 
     # -- callbacks (memory only) -------------------------------------------------------------------
-    def record_stored_instance(self, instance_id: str, remote_aet: str, origin: str) -> None:
-        self.intake.note_stored(instance_id, remote_aet)
+    def record_stored_instance(self, instance_id: str, noted: dict[str, Any]) -> None:
+        self.intake.note_stored(instance_id, noted)
         self.pool.wake_intake()
 
     def notify_stable_study(self, study_id: str) -> None:

@@ -18,7 +18,14 @@ from urllib.parse import unquote_plus
 
 import orthanc
 
-from orthanc_plugin.channels import DELETED, STABLE, STORED, channels_for, gateway_store_jobs
+from orthanc_plugin.channels import (
+    DELETED,
+    NOTED_METADATA,
+    STABLE,
+    STORED,
+    channels_for,
+    gateway_store_jobs,
+)
 from orthanc_plugin.config import ConfigError, parse_config
 from orthanc_plugin.supervisor.notes import NoteSender
 from orthanc_plugin.supervisor.processes import (
@@ -101,7 +108,9 @@ def register(plugin: Plugin) -> None:
 
     def on_stored(dicom: Any, instance_id: str) -> None:
         try:
-            plugin.notes.send(STORED, instance_id, dicom.GetInstanceRemoteAet())
+            noted = [dicom.GetInstanceMetadata(key) if dicom.HasInstanceMetadata(key) else ""
+                     for key in NOTED_METADATA]
+            plugin.notes.send(STORED, instance_id, *noted, str(dicom.GetInstanceSize()))
         except Exception:  # a callback must never break Orthanc's store path
             orthanc.LogError("RtGateway: stored-instance callback: " + traceback.format_exc())
 

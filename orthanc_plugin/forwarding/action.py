@@ -18,7 +18,10 @@ from orthanc_plugin.forwarding.verify import InFlightVerifier
 from orthanc_plugin.jobs.queue import Claim, ClaimedItem, JobQueue
 from orthanc_plugin.ports import Host, HostError
 
+# A store job of 40 slices takes a few hundred ms: poll fast at first, then less often, so the
+# polls (each a REST call Orthanc answers) do not compete with the transfer for the cores.
 POLL_SECONDS = 0.01
+POLL_MAX_SECONDS = 0.04
 
 
 @dataclass
@@ -158,6 +161,7 @@ class Forwarder:
             return 0, classify_failure(str(error), None), None
         orthanc_job = str(answer["ID"])
         self.queue.mark_in_flight(chunk, orthanc_job)
+        poll = POLL_SECONDS
         while True:
             try:
                 job = self.host.get_json(f"/jobs/{orthanc_job}")
@@ -170,7 +174,8 @@ class Forwarder:
                 details = job.get("ErrorDetails") or job.get("ErrorDescription") or state
                 delivered = delivered_before_failure(float(job.get("Progress", 0)), len(chunk))
                 return delivered, classify_failure(str(details)), orthanc_job
-            time.sleep(POLL_SECONDS)
+            time.sleep(poll)
+            poll = min(poll * 1.5, POLL_MAX_SECONDS)
 
     def _park_refused(
         self, target: str, item: ClaimedItem, failure: StoreFailure, tally: _JobTally

@@ -51,7 +51,7 @@ class Intake:
         self.wake_workers = wake_workers
         self.registry = registry
         self.facts = FactsBuilder(host)
-        self._callback_inbox: deque[tuple[str, str]] = deque()
+        self._callback_inbox: deque[tuple[str, dict[str, Any]]] = deque()
         self._stable_inbox: deque[str] = deque()
         self._deleted_inbox: deque[str] = deque()
         self._series_cache: dict[str, dict[str, Any]] = {}
@@ -67,8 +67,8 @@ class Intake:
         self.when_quiet: list[Callable[[], bool]] = []
 
     # -- called from Orthanc's callbacks: memory only, no I/O ---------------------------------
-    def note_stored(self, instance_id: str, calling_aet: str) -> None:
-        self._callback_inbox.append((instance_id, calling_aet))
+    def note_stored(self, instance_id: str, noted: dict[str, Any]) -> None:
+        self._callback_inbox.append((instance_id, noted))
 
     def note_stable_study(self, study_id: str) -> None:
         self._stable_inbox.append(study_id)
@@ -106,12 +106,19 @@ class Intake:
         stamp = now_iso()
         with self.db.transaction() as connection:
             while self._callback_inbox:
-                instance_id, calling_aet = self._callback_inbox.popleft()
+                instance_id, noted = self._callback_inbox.popleft()
                 connection.execute(
-                    "INSERT OR IGNORE INTO received(instance_id, received_at, calling_aet)"
-                    " VALUES(?,?,?)",
-                    (instance_id, stamp, calling_aet),
+                    "INSERT OR IGNORE INTO received(instance_id, received_at) VALUES(?,?)",
+                    (instance_id, stamp),
                 )
+                if noted:
+                    # What the callback read from Orthanc's metadata; the describe step then
+                    # skips its own metadata call (unless the row was described already).
+                    columns = ", ".join(f"{key}=?" for key in noted)
+                    connection.execute(
+                        f"UPDATE received SET {columns} WHERE instance_id=? AND state='new'",
+                        (*noted.values(), instance_id),
+                    )
             while self._stable_inbox:
                 _signal_stable(connection, self._stable_inbox.popleft())
             while self._deleted_inbox:
@@ -148,13 +155,14 @@ class Intake:
     # -- describing an instance from Orthanc's index ---------------------------------------------
     def _describe_new(self) -> bool:
         rows = self.db.query(
-            "SELECT seq, instance_id, calling_aet FROM received WHERE state='new' ORDER BY seq "
+            "SELECT seq, instance_id, calling_aet, called_aet, remote_ip, origin, sop_class_uid, "
+            "file_size FROM received WHERE state='new' ORDER BY seq "
             "LIMIT ?",
             (BATCH,),
         )
         if not rows:
             return False
-        described = [(row, self._describe_or_reason(row["instance_id"])) for row in rows]
+        described = [(row, self._describe_or_reason(row["instance_id"], row)) for row in rows]
         now = time.time()
         with self.db.transaction() as connection:
             for row, info in described:
@@ -192,10 +200,11 @@ class Intake:
                 self.host.log_error(f"intake hook {getattr(hook, '__qualname__', hook)}: {error!r}")
         return busy
 
-    def _describe_or_reason(self, instance_id: str) -> dict[str, Any] | str | None:
+    def _describe_or_reason(self, instance_id: str, noted: Any = None
+                            ) -> dict[str, Any] | str | None:
         """Never let one instance stop the intake: after a few failures it goes to quarantine."""
         try:
-            info = self._describe(instance_id)
+            info = self._describe(instance_id, noted)
         except Exception as error:
             failures = self._describe_failures.get(instance_id, 0) + 1
             self._describe_failures[instance_id] = failures
@@ -206,10 +215,16 @@ class Intake:
         self._describe_failures.pop(instance_id, None)
         return info
 
-    def _describe(self, instance_id: str) -> dict[str, Any] | str | None:
+    def _describe(self, instance_id: str, noted: Any = None) -> dict[str, Any] | str | None:
         """Columns for the received row; None when the instance is gone; a reason to quarantine."""
         try:
-            metadata = self.host.get_json(f"/instances/{instance_id}/metadata?expand")
+            if noted is not None and noted["sop_class_uid"]:
+                metadata = {"RemoteAET": noted["calling_aet"] or "",
+                            "CalledAET": noted["called_aet"] or "",
+                            "RemoteIP": noted["remote_ip"] or "", "Origin": noted["origin"] or "",
+                            "SopClassUid": noted["sop_class_uid"]}
+            else:
+                metadata = self.host.get_json(f"/instances/{instance_id}/metadata?expand")
             instance = self.host.get_json(f"/instances/{instance_id}")
             series = self._series(instance["ParentSeries"])
         except HostError as error:
@@ -438,6 +453,19 @@ class Intake:
             targets=targets,
         )
         return new_instances > 0
+
+
+_NOTE_COLUMNS = ("calling_aet", "called_aet", "remote_ip", "origin", "sop_class_uid")
+
+
+def noted_facts(fields: Sequence[str]) -> dict[str, Any]:
+    """The columns a stored-instance note carries (channels.NOTED_METADATA, then the size)."""
+    if len(fields) < len(_NOTE_COLUMNS) + 1:
+        return {}
+    facts: dict[str, Any] = dict(zip(_NOTE_COLUMNS, fields, strict=False))
+    size = fields[len(_NOTE_COLUMNS)]
+    facts["file_size"] = int(size) if size.isdigit() else 0
+    return facts
 
 
 def _signal_stable(connection: sqlite3.Connection, study_id: str) -> None:

@@ -99,6 +99,7 @@ class Supervisor:
         self._lock_fd: int | None = None
         self._slots_lock = threading.Lock()
         self._deadline = 0.0
+        self._reported_live: set[int] = set()
 
     # -- life cycle --------------------------------------------------------------------------------
     def start(self) -> None:
@@ -228,7 +229,10 @@ class Supervisor:
         return False
 
     def _end_stale_workers(self) -> list[int]:
-        """Workers of an earlier generation for this database (an orphan of a killed Orthanc)."""
+        """Workers of an earlier generation for this database (an orphan of a killed Orthanc).
+
+        A worker whose Orthanc still runs is not stale: that is a second Orthanc configured on the
+        same gateway database, a mistake to report, not a process to kill."""
         ended = []
         folder = str(self.command.channels.folder)
         for index in range(64):
@@ -239,10 +243,34 @@ class Supervisor:
                 continue
             if pid == os.getpid() or not is_worker_process(pid, folder):
                 continue
+            parent = parent_pid(pid)
+            if parent not in (0, 1) and parent != os.getpid() and is_orthanc_process(parent):
+                if pid not in self._reported_live:
+                    self._reported_live.add(pid)
+                    self.log_error(
+                        f"another Orthanc (pid {parent}) runs gateway workers on this database; "
+                        "no worker starts here until it stops (one gateway database per Orthanc)")
+                continue
             with contextlib.suppress(ProcessLookupError, PermissionError):
                 os.kill(pid, signal.SIGKILL)
                 ended.append(pid)
         return ended
+
+
+def parent_pid(pid: int) -> int:
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return int(fields[1])
+    except (OSError, ValueError, IndexError):
+        return 0
+
+
+def is_orthanc_process(pid: int) -> bool:
+    try:
+        executable = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")[0]
+    except OSError:
+        return False
+    return executable.rsplit(b"/", 1)[-1].lower().startswith(b"orthanc")
 
 
 def is_worker_process(pid: int, channels_folder: str) -> bool:

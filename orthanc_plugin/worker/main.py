@@ -22,6 +22,7 @@ from typing import Any
 from orthanc_plugin.app import RULES_TEXT_KEY, Gateway, build_gateway
 from orthanc_plugin.channels import DELETED, STABLE, STORED, WAKE, Channels
 from orthanc_plugin.config import ConfigError, GatewayConfig, parse_config
+from orthanc_plugin.jobs.intake import noted_facts
 from orthanc_plugin.rules import RulesError
 from orthanc_plugin.worker.api_server import ApiServer
 from orthanc_plugin.worker.guard import (
@@ -169,7 +170,7 @@ def _note_handler(gateway: Gateway, lead: bool) -> Any:
         elif not lead:
             return
         elif kind == STORED and fields:
-            gateway.record_stored_instance(fields[0], fields[1] if len(fields) > 1 else "", "")
+            gateway.record_stored_instance(fields[0], noted_facts(fields[1:]))
         elif kind == STABLE and fields:
             gateway.notify_stable_study(fields[0])
         elif kind == DELETED and fields:

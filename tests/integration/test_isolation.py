@@ -469,3 +469,29 @@ def test_worker_config_error_stops_orthanc_start_with_the_reason(tmp_path: Path)
     with pytest.raises(RuntimeError):
         gateway.start()
     assert "RtGateway: not starting: RtGateway.Contours.MaxPointsPerContour" in gateway.log_tail(80)
+
+
+def test_a_second_orthanc_on_the_same_database_does_not_take_over(tmp_path: Path) -> None:
+    """Two Orthancs pointed at one gateway database: the second reports it and starts no worker;
+    the first's workers are not killed (only orphans are)."""
+    require_orthanc()
+    rules = ("rules:\n  - name: none\n    on: instance\n    match: {calling_aet: NOBODY}\n"
+             "    actions: [{forward: X}]\n")
+    first = OrthancProcess(tmp_path / "first", "FIRST", plugin=True, rules=rules,
+                           modalities={"X": ("X", 1)})
+    second = OrthancProcess(tmp_path / "second", "SECOND", plugin=True, rules=rules,
+                            modalities={"X": ("X", 1)},
+                            gateway_settings={"Database": str(first.gateway_db)})
+    try:
+        first.start()
+        workers = wait_until(lambda: len(worker_pids(first)) == 3 and worker_pids(first), 30,
+                             "the first gateway's workers")
+        second.start(wait=False)
+        wait_until(lambda: "another Orthanc" in second.log_tail(200), 30,
+                   "the second Orthanc reports the shared database")
+        assert worker_pids(first) == workers
+        assert first.process is not None
+        assert all(parent_of(pid) == first.process.pid for pid in worker_pids(first))
+    finally:
+        second.stop()
+        first.stop()
