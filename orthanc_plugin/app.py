@@ -17,6 +17,7 @@ from orthanc_plugin.audit.recorder import AuditRecorder
 from orthanc_plugin.audit.tables import SCHEMA as AUDIT_SCHEMA
 from orthanc_plugin.audit.translog import TransactionLog
 from orthanc_plugin.config import GatewayConfig, parse_config
+from orthanc_plugin.context import CapabilityContext, Hooks
 from orthanc_plugin.db import META_SCHEMA, Database
 from orthanc_plugin.forwarding.verify import InstanceKeys
 from orthanc_plugin.jobs.executor_base import JobContext
@@ -80,17 +81,23 @@ class Gateway:
         self.job_context = JobContext(host, self.db, self.queue, self.recorder,
                                       lambda: self.ruleset, self._wake_senders, self.stopping)
         self.router = Router()
-        self.explorer_extension = ""  # JavaScript for Orthanc Explorer, set by the web capability
-        # Capabilities with their own background loops (harvest) start and stop with the senders.
-        self.on_start: list[Callable[[], None]] = []
-        self.on_stop: list[Callable[[], None]] = []
-        # Called with the rules in force once started and after each good reload (harvests: sections).
-        self.on_rules_loaded: list[Callable[[RuleSet], object]] = []
+        # The intake's hook lists are the context's: a capability plugs in by name.
+        self.hooks = Hooks(after_describe=self.intake.after_describe,
+                           when_quiet=self.intake.when_quiet,
+                           source_overrides=self.intake.source_overrides)
         self.rules_text = _read_text(config.rules_file)
         add_routes(self.router, self)
         self._started = False
         self._gauges_refreshed_at = float("-inf")
-        capabilities.install_all(self)
+        self.context = CapabilityContext(
+            host=host, db=self.db, queue=self.queue, registry=self.registry,
+            recorder=self.recorder, router=self.router, config=config, hooks=self.hooks,
+            jobs=self.job_context, facts=self.intake.facts, stopping=self.stopping,
+            rules=lambda: self.ruleset, known_targets=self.known_targets,
+            wake_workers=self._wake_senders, file_sizes=self.file_sizes,
+            instance_keys=self.instance_keys, refresh_queue_gauges=self.refresh_queue_gauges,
+        )
+        capabilities.install_all(self.context)
 
     # -- life cycle ------------------------------------------------------------------------------
     def start(self, *, lead: bool = True, generation: str = "") -> None:
@@ -111,9 +118,9 @@ class Gateway:
         )
         self.seed_metrics()
         self.pool.start(intake=True)
-        for hook in self.on_start:
+        for hook in self.hooks.on_start:
             hook()
-        for rules_hook in self.on_rules_loaded:
+        for rules_hook in self.hooks.on_rules_loaded:
             rules_hook(self.ruleset)
         self.host.log_warning(
             f"started: {len(self.ruleset.rules)} rule(s) from {self.config.rules_file}, "
@@ -152,7 +159,7 @@ class Gateway:
 
     def stop(self) -> None:
         if self._started:
-            for hook in self.on_stop:
+            for hook in self.hooks.on_stop:
                 hook()
             self.pool.stop()
             self.recorder.event("gateway-stopped", status="ok")
@@ -237,7 +244,7 @@ class Gateway:
                 detail=f"{len(ruleset.rules)} rule(s), sha256 {ruleset.sha256}",
             )
             if self._started:
-                for hook in self.on_rules_loaded:
+                for hook in self.hooks.on_rules_loaded:
                     hook(ruleset)
             return ruleset
 

@@ -6,9 +6,10 @@
     tables.py   its SQLite schema (SCHEMA), applied when the gateway opens its database
     routes.py   its REST routes under /rt-gateway/
 
-and a module-level `install(gateway)` (in its `__init__.py`) that registers planners, executors,
-routes and schema. Executors that work instance by instance share one contract
-(jobs/executor_base.py) and write only their step.
+and a module-level `install(ctx)` (in its `__init__.py`) that takes one CapabilityContext
+(context.py) and registers planners, executors, routes (`add_routes(router, ...)`) and hooks.
+Executors that work instance by instance share one contract (jobs/executor_base.py) and write
+only their step.
 """
 
 from __future__ import annotations
@@ -17,14 +18,14 @@ import importlib
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from orthanc_plugin.app import Gateway
+    from orthanc_plugin.context import CapabilityContext
 
 # Packages whose rule.py registers an action (or top-level section) parser; imported before the
 # rules are loaded.
 RULE_MODULES: list[str] = ["orthanc_plugin.contours.rule", "orthanc_plugin.deid.rule",
                           "orthanc_plugin.export.rule", "orthanc_plugin.harvest.rule"]
 
-# Packages with an install(gateway) function, called once the gateway's core is built.
+# Packages with an install(ctx) function, called once the gateway's core is built.
 CAPABILITIES: list[str] = [
     "orthanc_plugin.forwarding", "orthanc_plugin.web", "orthanc_plugin.contours",
     "orthanc_plugin.harvest", "orthanc_plugin.deid", "orthanc_plugin.importer",
@@ -48,6 +49,6 @@ def extra_schemas() -> list[str]:
     return schemas
 
 
-def install_all(gateway: Gateway) -> None:
+def install_all(context: CapabilityContext) -> None:
     for name in CAPABILITIES:
-        importlib.import_module(name).install(gateway)
+        importlib.import_module(name).install(context)

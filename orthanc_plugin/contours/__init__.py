@@ -11,11 +11,11 @@ from orthanc_plugin.contours.routes import add_routes
 from orthanc_plugin.contours.rule import JOB_ACTION, OverlayAction, plan_overlay
 
 if TYPE_CHECKING:
-    from orthanc_plugin.app import Gateway
+    from orthanc_plugin.context import CapabilityContext
 
 
-def install(gateway: Gateway) -> None:
-    settings = gateway.config.section.get("Contours") or {}
+def install(ctx: CapabilityContext) -> None:
+    settings = ctx.config.section.get("Contours") or {}
     if not isinstance(settings, dict):
         raise ConfigError(f"{SECTION}.Contours: expected an object")
     poll = settings.get("WaitPollSeconds", DEFAULT_WAIT_POLL_SECONDS)
@@ -25,9 +25,9 @@ def install(gateway: Gateway) -> None:
         max_points_per_contour=_whole(settings, "MaxPointsPerContour", 50_000),
         max_points_per_structure_set=_whole(settings, "MaxPointsPerStructureSet", 5_000_000),
     ))
-    gateway.registry.add_planner(OverlayAction, plan_overlay)
-    gateway.registry.add_executor(JOB_ACTION, OverlayExecutor(gateway.job_context, float(poll)))
-    add_routes(gateway.router, gateway.host)
+    ctx.registry.add_planner(OverlayAction, plan_overlay)
+    ctx.registry.add_executor(JOB_ACTION, OverlayExecutor(ctx.jobs, float(poll)))
+    add_routes(ctx.router, ctx.host)
 
 
 def _whole(settings: dict[str, object], key: str, default: int) -> int:

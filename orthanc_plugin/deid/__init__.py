@@ -14,25 +14,25 @@ from orthanc_plugin.deid.rule import JOB_ACTION, AnonymizeAction, plan_anonymize
 from orthanc_plugin.deid.tables import installation_secret
 
 if TYPE_CHECKING:
-    from orthanc_plugin.app import Gateway
+    from orthanc_plugin.context import CapabilityContext
 
 
-def install(gateway: Gateway) -> None:
-    settings = gateway.config.section.get("Deid") or {}
+def install(ctx: CapabilityContext) -> None:
+    settings = ctx.config.section.get("Deid") or {}
     if not isinstance(settings, dict):
         raise ConfigError(f"{SECTION}.Deid: expected an object")
     secret_file = settings.get("SecretFile")
     if secret_file is None:
-        secret = installation_secret(gateway.db)
+        secret = installation_secret(ctx.db)
     else:
-        secret = _secret_from_file(resolve_path(gateway.config.config_dir, str(secret_file)))
+        secret = _secret_from_file(resolve_path(ctx.config.config_dir, str(secret_file)))
     keys = Pseudonymizer(secret)
-    gateway.registry.add_planner(AnonymizeAction, plan_anonymize)
-    gateway.registry.add_executor(JOB_ACTION, AnonymizeExecutor(gateway.job_context, keys))
-    gateway.registry.add_executor(DELETE_JOB_ACTION, DeleteOriginals(
-        gateway.host, gateway.db, gateway.queue, gateway.recorder,
+    ctx.registry.add_planner(AnonymizeAction, plan_anonymize)
+    ctx.registry.add_executor(JOB_ACTION, AnonymizeExecutor(ctx.jobs, keys))
+    ctx.registry.add_executor(DELETE_JOB_ACTION, DeleteOriginals(
+        ctx.host, ctx.db, ctx.queue, ctx.recorder,
     ))
-    add_routes(gateway.router, gateway.db)
+    add_routes(ctx.router, ctx.db)
 
 
 def _secret_from_file(path: Path) -> str:

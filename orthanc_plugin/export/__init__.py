@@ -9,14 +9,14 @@ from orthanc_plugin.export.routes import add_routes
 from orthanc_plugin.export.rule import JOB_ACTION, ExportAction, plan_export_job
 
 if TYPE_CHECKING:
-    from orthanc_plugin.app import Gateway
+    from orthanc_plugin.context import CapabilityContext
 
 
-def install(gateway: Gateway) -> None:
-    gateway.registry.add_planner(ExportAction, plan_export_job)
-    gateway.registry.add_executor(JOB_ACTION, ExportExecutor(
-        gateway.job_context, gateway.config.config_dir))
-    add_routes(gateway.router, gateway.db)
+def install(ctx: CapabilityContext) -> None:
+    ctx.registry.add_planner(ExportAction, plan_export_job)
+    ctx.registry.add_executor(JOB_ACTION, ExportExecutor(
+        ctx.jobs, ctx.config.config_dir))
+    add_routes(ctx.router, ctx.db)
 
 
 __all__ = ["install"]

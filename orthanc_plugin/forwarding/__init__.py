@@ -11,23 +11,23 @@ from orthanc_plugin.forwarding.verify import InFlightVerifier
 from orthanc_plugin.rules import ForwardAction
 
 if TYPE_CHECKING:
-    from orthanc_plugin.app import Gateway
+    from orthanc_plugin.context import CapabilityContext
 
 
-def install(gateway: Gateway) -> None:
-    verify = verify_settings(gateway.config.section)
+def install(ctx: CapabilityContext) -> None:
+    verify = verify_settings(ctx.config.section)
     default = verify.get("*", "c-find")
     forwarder = Forwarder(
-        gateway.host, gateway.queue, gateway.recorder, gateway.file_sizes,
-        gateway.config.max_instances_per_association,
-        InFlightVerifier(gateway.host, gateway.instance_keys,
+        ctx.host, ctx.queue, ctx.recorder, ctx.file_sizes,
+        ctx.config.max_instances_per_association,
+        InFlightVerifier(ctx.host, ctx.instance_keys,
                          lambda target: verify.get(target, default)),
     )
-    forwarder.after_settle = gateway.refresh_queue_gauges
-    forwarder.stopping = gateway.stopping
-    gateway.registry.add_planner(ForwardAction, plan_forward)
-    gateway.registry.add_executor(JOB_ACTION, forwarder)
-    add_routes(gateway.router, gateway.db)
+    forwarder.after_settle = ctx.refresh_queue_gauges
+    forwarder.stopping = ctx.stopping
+    ctx.registry.add_planner(ForwardAction, plan_forward)
+    ctx.registry.add_executor(JOB_ACTION, forwarder)
+    add_routes(ctx.router, ctx.db)
 
 
 __all__ = ["install"]

@@ -12,7 +12,7 @@ from orthanc_plugin.harvest.rules_sync import RulesHarvests
 from orthanc_plugin.harvest.store import HarvestStore
 
 if TYPE_CHECKING:
-    from orthanc_plugin.app import Gateway
+    from orthanc_plugin.context import CapabilityContext
 
 
 def read_settings(section: Any, config_dir: Any, default_folder: Any) -> HarvestSettings:
@@ -40,16 +40,16 @@ def read_settings(section: Any, config_dir: Any, default_folder: Any) -> Harvest
     )
 
 
-def install(gateway: Gateway) -> None:
-    settings = read_settings(gateway.config.section.get("Harvest") or {}, gateway.config.config_dir,
-                             gateway.config.database.parent / "harvest")
-    runner = HarvestRunner(gateway.host, HarvestStore(gateway.db), gateway.recorder, settings,
-                           gateway.host.log_error)
-    gateway.on_start.append(runner.start)
-    gateway.on_stop.append(runner.stop)
-    gateway.on_rules_loaded.append(
-        RulesHarvests(runner, gateway.known_targets, gateway.host.log_error).sync)
-    add_routes(gateway.router, gateway, runner)
+def install(ctx: CapabilityContext) -> None:
+    settings = read_settings(ctx.config.section.get("Harvest") or {}, ctx.config.config_dir,
+                             ctx.config.database.parent / "harvest")
+    runner = HarvestRunner(ctx.host, HarvestStore(ctx.db), ctx.recorder, settings,
+                           ctx.host.log_error)
+    ctx.hooks.on_start.append(runner.start)
+    ctx.hooks.on_stop.append(runner.stop)
+    ctx.hooks.on_rules_loaded.append(
+        RulesHarvests(runner, ctx.known_targets, ctx.host.log_error).sync)
+    add_routes(ctx.router, ctx, runner)
 
 
 __all__ = ["install"]

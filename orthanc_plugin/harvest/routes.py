@@ -8,11 +8,11 @@ from orthanc_plugin.api.router import ApiError, Request, Response, Router, csv_r
 from orthanc_plugin.harvest.model import HarvestError, parse_definition
 
 if TYPE_CHECKING:
-    from orthanc_plugin.app import Gateway
+    from orthanc_plugin.context import CapabilityContext
     from orthanc_plugin.harvest.action import HarvestRunner
 
 
-def add_routes(router: Router, gateway: Gateway, runner: HarvestRunner) -> None:
+def add_routes(router: Router, ctx: CapabilityContext, runner: HarvestRunner) -> None:
     def harvest_or_404(request: Request) -> int:
         harvest_id = int(request.params["id"])
         if runner.store.harvest(harvest_id) is None:
@@ -21,7 +21,7 @@ def add_routes(router: Router, gateway: Gateway, runner: HarvestRunner) -> None:
 
     def create(request: Request) -> Response:
         try:
-            definition = parse_definition(request.json(), gateway.known_targets())
+            definition = parse_definition(request.json(), ctx.known_targets())
         except HarvestError as error:
             return json_response({"error": str(error), "path": error.path, "reason": error.reason}, 400)
         harvest_id = runner.create(definition)

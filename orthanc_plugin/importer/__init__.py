@@ -10,20 +10,20 @@ from orthanc_plugin.importer.tables import ImportTables
 from orthanc_plugin.importer.watcher import ImportWatcher
 
 if TYPE_CHECKING:
-    from orthanc_plugin.app import Gateway
+    from orthanc_plugin.context import CapabilityContext
 
 
-def install(gateway: Gateway) -> None:
-    settings = read_settings(gateway.config.section.get("Import") or {}, gateway.config.config_dir,
-                             gateway.config.quarantine_folder / "import")
-    tables = ImportTables(gateway.db)
-    watcher = ImportWatcher(gateway.host, tables, gateway.recorder, settings,
-                            gateway.host.log_error)
-    gateway.intake.source_overrides.append(
+def install(ctx: CapabilityContext) -> None:
+    settings = read_settings(ctx.config.section.get("Import") or {}, ctx.config.config_dir,
+                             ctx.config.quarantine_folder / "import")
+    tables = ImportTables(ctx.db)
+    watcher = ImportWatcher(ctx.host, tables, ctx.recorder, settings,
+                            ctx.host.log_error)
+    ctx.hooks.source_overrides.append(
         lambda instance_id: SOURCE if tables.is_imported(instance_id) else None)
-    gateway.on_start.append(watcher.start)
-    gateway.on_stop.append(watcher.stop)
-    add_routes(gateway.router, tables, watcher)
+    ctx.hooks.on_start.append(watcher.start)
+    ctx.hooks.on_stop.append(watcher.stop)
+    add_routes(ctx.router, tables, watcher)
 
 
 __all__ = ["install"]

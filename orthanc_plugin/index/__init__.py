@@ -17,27 +17,27 @@ from orthanc_plugin.index.store import IndexStore
 from orthanc_plugin.plans.routes import add_detail_provider, add_max_dose_provider
 
 if TYPE_CHECKING:
-    from orthanc_plugin.app import Gateway
+    from orthanc_plugin.context import CapabilityContext
 
 
-def install(gateway: Gateway) -> None:
-    settings = gateway.config.section.get("Index") or {}
+def install(ctx: CapabilityContext) -> None:
+    settings = ctx.config.section.get("Index") or {}
     if not isinstance(settings, dict):
         raise ConfigError(f"{SECTION}.Index: expected an object")
     if settings.get("Enabled", True) is False:
         return
-    base = gateway.config.config_dir
-    default = gateway.config.database.parent / "conquest.sqlite"
+    base = ctx.config.config_dir
+    default = ctx.config.database.parent / "conquest.sqlite"
     path = resolve_path(base, str(settings.get("Database", default)))
     store = IndexStore(path, _layout(settings, base))
-    follower = IndexFollower(gateway, store)
-    gateway.intake.when_quiet.append(follower.step)
-    add_routes(gateway, store)
-    copy_root = resolve_path(base, str(settings.get("CopyRoot", gateway.config.database.parent / "copies")))
-    add_maintenance_routes(gateway, IndexRebuilder(gateway, store, follower),
-                           SeriesActions(gateway, store, copy_root))
-    add_detail_provider(gateway, lambda plan: plan_metrics(store, plan))
-    add_max_dose_provider(gateway, lambda plans: max_dose_by_plan(store, plans))
+    follower = IndexFollower(ctx, store)
+    ctx.hooks.when_quiet.append(follower.step)
+    add_routes(ctx, store)
+    copy_root = resolve_path(base, str(settings.get("CopyRoot", ctx.config.database.parent / "copies")))
+    add_maintenance_routes(ctx, IndexRebuilder(ctx, store, follower),
+                           SeriesActions(ctx, store, copy_root))
+    add_detail_provider(ctx, lambda plan: plan_metrics(store, plan))
+    add_max_dose_provider(ctx, lambda plans: max_dose_by_plan(store, plans))
 
 
 def _layout(settings: dict[str, Any], base: Path) -> Layout:

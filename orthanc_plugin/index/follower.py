@@ -2,7 +2,7 @@
 waits while instances are arriving and catches up right after).
 
 Instances go in once described (in the order received); deleted ones (the intake marks them
-'gone' from Orthanc's change log) come out. The cursor lives in the gateway database.
+'gone' from Orthanc's change log) come out. The cursor lives in the ctx database.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from orthanc_plugin.index.store import IndexStore
 from orthanc_plugin.ports import HostError
 
 if TYPE_CHECKING:
-    from orthanc_plugin.app import Gateway
+    from orthanc_plugin.context import CapabilityContext
 
 CURSOR_KEY = "index_cursor"
 # Small batches: the follower runs in the intake thread and must hand it back quickly when
@@ -28,9 +28,9 @@ MAX_READ_FAILURES = 3
 
 
 class IndexFollower:
-    def __init__(self, gateway: Gateway, store: IndexStore) -> None:
-        self.gateway = gateway
-        self.db = gateway.db
+    def __init__(self, ctx: CapabilityContext, store: IndexStore) -> None:
+        self.ctx = ctx
+        self.db = ctx.db
         self.store = store
         self._failures: dict[str, int] = {}
 
@@ -57,7 +57,7 @@ class IndexFollower:
                     if failures < MAX_READ_FAILURES:
                         break
                     self._failures.pop(row["instance_id"], None)
-                    self.gateway.recorder.event(
+                    self.ctx.recorder.event(
                         "index-failed", status="error", resource_id=row["instance_id"],
                         patient_id=row["patient_id"] or "", study_uid=row["study_uid"] or "",
                         detail=f"not indexed: {type(error).__name__}: {error}")
@@ -74,7 +74,7 @@ class IndexFollower:
 
     def index_instance(self, instance_id: str, modality: str) -> str | None:
         try:
-            data = self.gateway.host.get_bytes(f"/instances/{instance_id}/file")
+            data = self.ctx.host.get_bytes(f"/instances/{instance_id}/file")
         except HostError as error:
             if error.missing:
                 return None

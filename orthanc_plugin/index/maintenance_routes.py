@@ -11,10 +11,10 @@ from orthanc_plugin.index.selection import select_series
 from orthanc_plugin.index.series_actions import SeriesActions
 
 if TYPE_CHECKING:
-    from orthanc_plugin.app import Gateway
+    from orthanc_plugin.context import CapabilityContext
 
 
-def add_maintenance_routes(gateway: Gateway, rebuilder: IndexRebuilder, actions: SeriesActions) -> None:
+def add_maintenance_routes(ctx: CapabilityContext, rebuilder: IndexRebuilder, actions: SeriesActions) -> None:
     def body_of(request: Request) -> dict[str, Any]:
         body = request.json()
         if not isinstance(body, dict):
@@ -55,7 +55,7 @@ def add_maintenance_routes(gateway: Gateway, rebuilder: IndexRebuilder, actions:
         return json_response({"deleted": actions.delete(chosen["found"]),
                               "not_in_orthanc": chosen["not_in_orthanc"]})
 
-    gateway.router.add("POST", "index/rebuild", rebuild)
-    gateway.router.add("POST", "index/series/send", send)
-    gateway.router.add("POST", "index/series/copy", copy)
-    gateway.router.add("POST", "index/series/delete", delete)
+    ctx.router.add("POST", "index/rebuild", rebuild)
+    ctx.router.add("POST", "index/series/send", send)
+    ctx.router.add("POST", "index/series/copy", copy)
+    ctx.router.add("POST", "index/series/delete", delete)

@@ -16,7 +16,7 @@ from orthanc_plugin.index.follower import IndexFollower
 from orthanc_plugin.index.store import IndexStore
 
 if TYPE_CHECKING:
-    from orthanc_plugin.app import Gateway
+    from orthanc_plugin.context import CapabilityContext
 
 DEFAULT_BATCH = 200
 MAX_BATCH = 2000
@@ -51,15 +51,15 @@ def parse_batch(body: dict[str, Any]) -> tuple[int, int]:
 
 
 class IndexRebuilder:
-    def __init__(self, gateway: Gateway, store: IndexStore, follower: IndexFollower) -> None:
-        self.gateway = gateway
+    def __init__(self, ctx: CapabilityContext, store: IndexStore, follower: IndexFollower) -> None:
+        self.ctx = ctx
         self.store = store
         self.follower = follower
 
     def batch(self, scope: RebuildScope, after: int, limit: int) -> dict[str, Any]:
         if scope.kind == "all" and after == 0:
             self.store.clear()
-            with self.gateway.db.transaction() as connection:
+            with self.ctx.db.transaction() as connection:
                 connection.execute("DELETE FROM index_entries")
         page, total = self._page(scope, after, limit)
         counts = {"examined": len(page), "indexed": 0, "already_indexed": 0, "gone": 0, "failed": 0}
@@ -73,7 +73,7 @@ class IndexRebuilder:
         done = after + len(page) >= total if total is not None else len(page) < limit
         answer = {"scope": scope.describe(), "after": after, "next": None if done else after + len(page),
                   "done": done, "total": total, **counts}
-        self.gateway.recorder.event(
+        self.ctx.recorder.event(
             "index-rebuild", status="done" if done else "batch", patient_id=scope.patient_id,
             detail=", ".join(f"{key} {value}" for key, value in answer.items() if key != "scope")
             + f" ({scope.describe()})")
@@ -84,23 +84,23 @@ class IndexRebuilder:
         series_id = str(instance.get("ParentSeries", ""))
         try:
             if series_id not in modalities:
-                series = self.gateway.host.get_json(f"/series/{series_id}")
+                series = self.ctx.host.get_json(f"/series/{series_id}")
                 modalities[series_id] = str(series.get("MainDicomTags", {}).get("Modality", ""))
             sop = self.follower.index_instance(instance_id, modalities[series_id])
         except Exception as error:
-            self.gateway.recorder.event(
+            self.ctx.recorder.event(
                 "index-failed", status="error", resource_id=instance_id,
                 detail=f"rebuild: not indexed: {type(error).__name__}: {error}")
             return "failed"
         if not sop:
             return "gone"
-        with self.gateway.db.transaction() as connection:
+        with self.ctx.db.transaction() as connection:
             connection.execute("INSERT OR REPLACE INTO index_entries(instance_id, sop_instance_uid)"
                                " VALUES(?,?)", (instance_id, sop))
         return "indexed"
 
     def _page(self, scope: RebuildScope, after: int, limit: int) -> tuple[list[dict[str, Any]], int | None]:
-        host = self.gateway.host
+        host = self.ctx.host
         if scope.kind != "patient":
             page = host.get_json(f"/instances?expand&since={after}&limit={limit}")
             return list(page), None

@@ -10,12 +10,12 @@ from orthanc_plugin.index.query import DEFAULT_MAX_ROWS, QueryError, run_query, 
 from orthanc_plugin.index.store import IndexStore
 
 if TYPE_CHECKING:
-    from orthanc_plugin.app import Gateway
+    from orthanc_plugin.context import CapabilityContext
 
 MAX_ROWS_CAP = 1_000_000
 
 
-def add_routes(gateway: Gateway, store: IndexStore) -> None:
+def add_routes(ctx: CapabilityContext, store: IndexStore) -> None:
     def query(request: Request) -> Response:
         """Body {"sql": ..., "format": "json"|"csv", "max_rows": n}, or the SQL text itself."""
         try:
@@ -48,6 +48,6 @@ def add_routes(gateway: Gateway, store: IndexStore) -> None:
     def list_tables(_: Request) -> Response:
         return json_response(table_names(store.path))
 
-    gateway.router.add("POST", "index/query", query)
-    gateway.router.add("GET", "index/tables", list_tables)
-    gateway.router.add("GET", r"index/tables/(?P<name>[A-Za-z0-9_]+)\.csv", dump_table)
+    ctx.router.add("POST", "index/query", query)
+    ctx.router.add("GET", "index/tables", list_tables)
+    ctx.router.add("GET", r"index/tables/(?P<name>[A-Za-z0-9_]+)\.csv", dump_table)

@@ -20,7 +20,7 @@ from orthanc_plugin.jobs.queue import JobSpec
 from orthanc_plugin.ports import HostError
 
 if TYPE_CHECKING:
-    from orthanc_plugin.app import Gateway
+    from orthanc_plugin.context import CapabilityContext
 
 JOB_ACTION = "forward"
 TRIGGER = "manual"
@@ -36,14 +36,14 @@ class StoredSeries:
 
 
 class SeriesActions:
-    def __init__(self, gateway: Gateway, store: IndexStore, copy_root: Path) -> None:
-        self.gateway = gateway
+    def __init__(self, ctx: CapabilityContext, store: IndexStore, copy_root: Path) -> None:
+        self.ctx = ctx
         self.store = store
         self.copy_root = copy_root
 
     def locate(self, uids: Sequence[str]) -> tuple[list[StoredSeries], list[str]]:
         """The series Orthanc stores, and the UIDs it does not."""
-        host = self.gateway.host
+        host = self.ctx.host
         found, missing = [], []
         for uid in uids:
             matches = [item for item in host.post_json(
@@ -61,7 +61,7 @@ class SeriesActions:
         return found, missing
 
     def send(self, series: list[StoredSeries], targets: Sequence[str]) -> list[dict[str, Any]]:
-        known = self.gateway.known_targets()
+        known = self.ctx.known_targets()
         unknown = [target for target in targets if target not in known]
         if unknown:
             raise ApiError(400, f"targets: unknown {', '.join(unknown)} "
@@ -69,22 +69,22 @@ class SeriesActions:
         # Each request is its own "rule": pressing Send again sends again.
         request = f"series-send {uuid.uuid4().hex[:12]}"
         answer = []
-        with self.gateway.db.transaction() as connection:
+        with self.ctx.db.transaction() as connection:
             for item in series:
                 for target in targets:
                     spec = JobSpec(rule=request, action=JOB_ACTION, trigger=TRIGGER, level="series",
                                    resource_id=item.orthanc_id, target=target,
                                    patient_id=item.patient_id, study_uid=item.study_uid)
-                    job_id, count = self.gateway.queue.enqueue(
+                    job_id, count = self.ctx.queue.enqueue(
                         connection, spec, [instance["ID"] for instance in item.instances])
-                    self.gateway.recorder.event(
+                    self.ctx.recorder.event(
                         "index-series-send", status="queued" if job_id else "nothing-to-send",
                         rule=request, target=target, job_id=job_id, resource_id=item.uid,
                         patient_id=item.patient_id, study_uid=item.study_uid,
                         detail=f"{count} instance(s)", connection=connection)
                     answer.append({"id": job_id, "series": item.uid, "target": target,
                                    "instances": count})
-        self.gateway.pool.wake_senders()
+        self.ctx.wake_workers()
         return answer
 
     def copy(self, series: list[StoredSeries], folder: str) -> list[dict[str, Any]]:
@@ -96,7 +96,7 @@ class SeriesActions:
             for instance in item.instances:
                 sop = str(instance.get("MainDicomTags", {}).get("SOPInstanceUID") or instance["ID"])
                 try:
-                    data = self.gateway.host.get_bytes(f"/instances/{instance['ID']}/file")
+                    data = self.ctx.host.get_bytes(f"/instances/{instance['ID']}/file")
                 except HostError as error:
                     if error.missing:
                         continue   # deleted meanwhile
@@ -108,7 +108,7 @@ class SeriesActions:
                 partial.replace(path)
                 written += 1
                 size += len(data)
-            self.gateway.recorder.event(
+            self.ctx.recorder.event(
                 "index-series-copy", status="copied", resource_id=item.uid,
                 patient_id=item.patient_id, study_uid=item.study_uid,
                 detail=f"{written} file(s), {size} bytes to {destination}")
@@ -120,7 +120,7 @@ class SeriesActions:
         answer = []
         for item in series:
             try:
-                self.gateway.host.delete(f"/series/{item.orthanc_id}")
+                self.ctx.host.delete(f"/series/{item.orthanc_id}")
             except HostError as error:
                 if not error.missing:
                     raise
@@ -129,10 +129,10 @@ class SeriesActions:
             for sop in filter(None, sops):
                 self.store.remove(sop)
             ids = [instance["ID"] for instance in item.instances]
-            with self.gateway.db.transaction() as connection:
+            with self.ctx.db.transaction() as connection:
                 connection.executemany("DELETE FROM index_entries WHERE instance_id=?",
                                        [(instance_id,) for instance_id in ids])
-            self.gateway.recorder.event(
+            self.ctx.recorder.event(
                 "index-series-delete", status="deleted", resource_id=item.uid,
                 patient_id=item.patient_id, study_uid=item.study_uid,
                 detail=f"{len(ids)} instance(s) deleted from Orthanc and the index")

@@ -9,19 +9,19 @@ from orthanc_plugin.plans.routes import add_routes
 from orthanc_plugin.plans.tracker import PlanTracker
 
 if TYPE_CHECKING:
-    from orthanc_plugin.app import Gateway
+    from orthanc_plugin.context import CapabilityContext
 
 
-def install(gateway: Gateway) -> None:
-    settings = gateway.config.section.get("Plans") or {}
+def install(ctx: CapabilityContext) -> None:
+    settings = ctx.config.section.get("Plans") or {}
     if not isinstance(settings, dict):
         raise ConfigError(f"{SECTION}.Plans: expected an object")
     expected = settings.get("ExpectedDoses", 1)
     if isinstance(expected, bool) or not isinstance(expected, int) or expected < 0:
         raise ConfigError(f"{SECTION}.Plans.ExpectedDoses: expected a whole number >= 0, got {expected!r}")
-    tracker = PlanTracker(gateway, expected_doses=expected)
-    gateway.intake.after_describe.append(tracker.step)
-    add_routes(gateway)
+    tracker = PlanTracker(ctx, expected_doses=expected)
+    ctx.hooks.after_describe.append(tracker.step)
+    add_routes(ctx)
 
 
 __all__ = ["install"]

@@ -14,10 +14,10 @@ from orthanc_plugin.plans.dvh_source import DvhInputError, bundle_dvhs
 from orthanc_plugin.ports import HostError
 
 if TYPE_CHECKING:
-    from orthanc_plugin.app import Gateway
+    from orthanc_plugin.context import CapabilityContext
 
 
-def plan_dvh(gateway: Gateway, plan: dict[str, Any]) -> dict[str, Any] | None:
+def plan_dvh(ctx: CapabilityContext, plan: dict[str, Any]) -> dict[str, Any] | None:
     """None for an incomplete bundle; the cached DVH while the members stay the same."""
     if not plan["complete"]:
         return None
@@ -25,13 +25,13 @@ def plan_dvh(gateway: Gateway, plan: dict[str, Any]) -> dict[str, Any] | None:
     if "RTSTRUCT" not in members or "RTDOSE" not in members:
         return None
     key = hashlib.sha256(json.dumps(plan["objects"], sort_keys=True).encode()).hexdigest()
-    cached = gateway.db.query("SELECT members_sha256, dvh_json FROM plan_dvh WHERE plan_uid=?",
+    cached = ctx.db.query("SELECT members_sha256, dvh_json FROM plan_dvh WHERE plan_uid=?",
                               (plan["id"],))
     if cached and cached[0]["members_sha256"] == key:
         return dict(json.loads(cached[0]["dvh_json"]))
 
     def read(instance_id: str, pixels: bool = False) -> Any:
-        data = gateway.host.get_bytes(f"/instances/{instance_id}/file")
+        data = ctx.host.get_bytes(f"/instances/{instance_id}/file")
         return dcmread(BytesIO(data), stop_before_pixels=not pixels, force=True)
 
     try:
@@ -41,7 +41,7 @@ def plan_dvh(gateway: Gateway, plan: dict[str, Any]) -> dict[str, Any] | None:
     except (HostError, DvhInputError, ValueError, AttributeError) as error:
         return {"error": f"no DVH: {type(error).__name__}: {error}"}
     result["dose_sop_instance_uid"] = members["RTDOSE"]["sop_instance_uid"]
-    with gateway.db.transaction() as connection:
+    with ctx.db.transaction() as connection:
         connection.execute(
             "INSERT OR REPLACE INTO plan_dvh(plan_uid, members_sha256, dvh_json, computed_at)"
             " VALUES(?,?,?,?)", (plan["id"], key, json.dumps(result), now_iso()))

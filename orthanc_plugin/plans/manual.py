@@ -11,38 +11,40 @@ from orthanc_plugin.api.router import ApiError
 from orthanc_plugin.plans.tracker import _member_rows, plan_job_spec
 
 if TYPE_CHECKING:
-    from orthanc_plugin.app import Gateway
+    from orthanc_plugin.context import CapabilityContext
 
 MANUAL_TRIGGER = "manual"
 JOB_ACTION = "forward"   # the forwarding executor sends it, in the bundle's order
 
 
-def send_plans(gateway: Gateway, plan_ids: Sequence[str], targets: Sequence[str]) -> list[dict[str, Any]]:
+def send_plans(
+    ctx: CapabilityContext, plan_ids: Sequence[str], targets: Sequence[str]
+) -> list[dict[str, Any]]:
     """One job per (plan, target); each request is its own "rule" so pressing Send again sends
     again, while a replay of the same request never sends twice."""
     if not plan_ids or not targets:
         raise ApiError(400, "body: expected {\"plans\": [plan ids], \"targets\": [modality names]}")
-    known = gateway.known_targets()
+    known = ctx.known_targets()
     unknown = [target for target in targets if target not in known]
     if unknown:
         raise ApiError(400, f"targets: unknown {', '.join(map(str, unknown))} "
                             f"(known: {', '.join(sorted(known)) or 'none'})")
     bundles = {}
     for plan_id in plan_ids:
-        rows = gateway.db.query("SELECT * FROM plan_bundles WHERE plan_uid=?", (plan_id,))
+        rows = ctx.db.query("SELECT * FROM plan_bundles WHERE plan_uid=?", (plan_id,))
         if not rows:
             raise ApiError(404, f"no plan {plan_id!r}")
         bundles[plan_id] = rows[0]
     request = f"manual-send {uuid.uuid4().hex[:12]}"
     answer: list[dict[str, Any]] = []
-    with gateway.db.transaction() as connection:
+    with ctx.db.transaction() as connection:
         for plan_id, bundle in bundles.items():
             ordered = [row["instance_id"] for row in _member_rows(connection, bundle)]
             for target in targets:
                 spec = plan_job_spec(request, MANUAL_TRIGGER, JOB_ACTION, target, bundle)
-                job_id, count = gateway.queue.enqueue(connection, spec, ordered)
+                job_id, count = ctx.queue.enqueue(connection, spec, ordered)
                 missing = json.loads(bundle["missing_json"])
-                gateway.recorder.event(
+                ctx.recorder.event(
                     "plan-manual-send", status="queued" if job_id else "nothing-to-send",
                     rule=request, target=target, job_id=job_id, resource_id=plan_id,
                     patient_id=bundle["patient_id"] or "", study_uid=bundle["study_uid"] or "",
@@ -53,5 +55,5 @@ def send_plans(gateway: Gateway, plan_ids: Sequence[str], targets: Sequence[str]
                 answer.append({"id": job_id, "plan": plan_id, "label": bundle["plan_label"],
                                "target": target, "instances": count,
                                "complete": bool(bundle["complete"]), "missing": missing})
-    gateway.pool.wake_senders()
+    ctx.wake_workers()
     return answer

@@ -15,7 +15,7 @@ from orthanc_plugin.plans.dvh_store import plan_dvh
 from orthanc_plugin.plans.manual import send_plans
 
 if TYPE_CHECKING:
-    from orthanc_plugin.app import Gateway
+    from orthanc_plugin.context import CapabilityContext
 
 CSV_COLUMNS = ("id", "patient_id", "patient_name", "label", "name", "date", "complete",
                "missing", "calling_aet", "objects", "max_dose_gy")
@@ -39,7 +39,7 @@ def plan_json(row: sqlite3.Row) -> dict[str, Any]:
     }
 
 
-def _filtered(gateway: Gateway, query: dict[str, str] | Any) -> list[sqlite3.Row]:
+def _filtered(ctx: CapabilityContext, query: dict[str, str] | Any) -> list[sqlite3.Row]:
     clauses: list[str] = []
     values: list[Any] = []
     if query.get("label"):
@@ -55,7 +55,7 @@ def _filtered(gateway: Gateway, query: dict[str, str] | Any) -> list[sqlite3.Row
         clauses.append("complete = ?")
         values.append(int(query["complete"] == "true"))
     where = f"WHERE {' AND '.join(clauses)}" if clauses else ""
-    return gateway.db.query(
+    return ctx.db.query(
         f"SELECT * FROM plan_bundles {where} ORDER BY patient_id, plan_date, plan_label", values
     )
 
@@ -74,25 +74,25 @@ def _csv(plans: list[dict[str, Any]]) -> str:
     return buffer.getvalue()
 
 
-def add_routes(gateway: Gateway) -> None:
+def add_routes(ctx: CapabilityContext) -> None:
     def list_plans(request: Request) -> Response:
-        plans = [plan_json(row) for row in _filtered(gateway, request.query)]
-        plans = _with_max_dose(gateway, plans, request.query.get("max_dose_gt"))
+        plans = [plan_json(row) for row in _filtered(ctx, request.query)]
+        plans = _with_max_dose(ctx, plans, request.query.get("max_dose_gt"))
         if request.query.get("format") == "csv":
             return csv_response(_csv(plans))
         return json_response(plans)
 
     def get_plan(request: Request) -> Response:
-        rows = gateway.db.query("SELECT * FROM plan_bundles WHERE plan_uid=?", (request.params["id"],))
+        rows = ctx.db.query("SELECT * FROM plan_bundles WHERE plan_uid=?", (request.params["id"],))
         if not rows:
             raise ApiError(404, f"no plan {request.params['id']!r}")
         plan = plan_json(rows[0])
-        plan["rule_runs"] = [dict(row) for row in gateway.db.query(
+        plan["rule_runs"] = [dict(row) for row in ctx.db.query(
             "SELECT rule, outcome, at, missing_json, jobs FROM plan_rule_runs WHERE plan_uid=? "
             "ORDER BY at", (plan["id"],))]
         if request.query.get("dvh", "true") != "false":
-            plan["dvh"] = plan_dvh(gateway, plan)
-        for provider in DETAIL_PROVIDERS.get(gateway, ()):
+            plan["dvh"] = plan_dvh(ctx, plan)
+        for provider in DETAIL_PROVIDERS.get(ctx, ()):
             plan.update(provider(plan))
         if request.query.get("format") == "csv":
             return csv_response(_csv([plan]))
@@ -106,14 +106,16 @@ def add_routes(gateway: Gateway) -> None:
         if not (isinstance(plans, list) and all(isinstance(p, str) for p in plans)
                 and isinstance(targets, list) and all(isinstance(t, str) for t in targets)):
             raise ApiError(400, "body: expected {\"plans\": [plan ids], \"targets\": [names]}")
-        return json_response({"jobs": send_plans(gateway, plans, targets)})
+        return json_response({"jobs": send_plans(ctx, plans, targets)})
 
-    gateway.router.add("GET", "plans", list_plans)
-    gateway.router.add("POST", "plans/send", send)
-    gateway.router.add("GET", "plans/(?P<id>[^/]+)", get_plan)
+    ctx.router.add("GET", "plans", list_plans)
+    ctx.router.add("POST", "plans/send", send)
+    ctx.router.add("GET", "plans/(?P<id>[^/]+)", get_plan)
 
 
-def _with_max_dose(gateway: Gateway, plans: list[dict[str, Any]], above: str | None) -> list[dict[str, Any]]:
+def _with_max_dose(
+    ctx: CapabilityContext, plans: list[dict[str, Any]], above: str | None
+) -> list[dict[str, Any]]:
     """Adds max_dose_gy (the highest RTDOSE maximum, from the RT index) and applies max_dose_gt."""
     threshold = None
     if above:
@@ -121,7 +123,7 @@ def _with_max_dose(gateway: Gateway, plans: list[dict[str, Any]], above: str | N
             threshold = float(above)
         except ValueError as error:
             raise ApiError(400, f"max_dose_gt: expected a number of Gy, got {above!r}") from error
-    providers = MAX_DOSE_PROVIDERS.get(gateway, [])
+    providers = MAX_DOSE_PROVIDERS.get(ctx, [])
     if not providers:
         if threshold is not None:
             raise ApiError(400, "max_dose_gt: needs the RT index (RtGateway.Index.Enabled)")
@@ -136,17 +138,19 @@ def _with_max_dose(gateway: Gateway, plans: list[dict[str, Any]], above: str | N
 
 # Other capabilities (the RT index) add fields to GET plans/{id}: plan -> extra fields.
 DetailProvider = Callable[[dict[str, Any]], dict[str, Any]]
-DETAIL_PROVIDERS: weakref.WeakKeyDictionary[Gateway, list[DetailProvider]] = weakref.WeakKeyDictionary()
+DETAIL_PROVIDERS: weakref.WeakKeyDictionary[CapabilityContext, list[DetailProvider]] = (
+    weakref.WeakKeyDictionary())
 
 
-def add_detail_provider(gateway: Gateway, provider: DetailProvider) -> None:
-    DETAIL_PROVIDERS.setdefault(gateway, []).append(provider)
+def add_detail_provider(ctx: CapabilityContext, provider: DetailProvider) -> None:
+    DETAIL_PROVIDERS.setdefault(ctx, []).append(provider)
 
 
 # The RT index gives the max dose of listed plans: plans -> {plan id: Gy or None}.
 MaxDoseProvider = Callable[[list[dict[str, Any]]], dict[str, float | None]]
-MAX_DOSE_PROVIDERS: weakref.WeakKeyDictionary[Gateway, list[MaxDoseProvider]] = weakref.WeakKeyDictionary()
+MAX_DOSE_PROVIDERS: weakref.WeakKeyDictionary[CapabilityContext, list[MaxDoseProvider]] = (
+    weakref.WeakKeyDictionary())
 
 
-def add_max_dose_provider(gateway: Gateway, provider: MaxDoseProvider) -> None:
-    MAX_DOSE_PROVIDERS.setdefault(gateway, []).append(provider)
+def add_max_dose_provider(ctx: CapabilityContext, provider: MaxDoseProvider) -> None:
+    MAX_DOSE_PROVIDERS.setdefault(ctx, []).append(provider)

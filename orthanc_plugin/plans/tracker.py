@@ -1,7 +1,7 @@
 """Follows described instances into plan bundles and runs the plan-complete rules.
 
 Called by the intake after each describe pass (Intake.after_describe), in the intake thread. Its
-cursor over the received table lives in the gateway database, so a restart goes on where it was.
+cursor over the received table lives in the ctx database, so a restart goes on where it was.
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ from orthanc_plugin.ports import HostError
 from orthanc_plugin.rules import Rule, Trigger, evaluate
 
 if TYPE_CHECKING:
-    from orthanc_plugin.app import Gateway
+    from orthanc_plugin.context import CapabilityContext
 
 CURSOR_KEY = "plans_cursor"
 BATCH = 200
@@ -35,10 +35,10 @@ GRACE_OUTCOMES = ("forwarded-incomplete", "held", "grace-not-matched")
 
 
 class PlanTracker:
-    def __init__(self, gateway: Gateway, expected_doses: int = 1) -> None:
-        self.gateway = gateway
-        self.db = gateway.db
-        self.host = gateway.host
+    def __init__(self, ctx: CapabilityContext, expected_doses: int = 1) -> None:
+        self.ctx = ctx
+        self.db = ctx.db
+        self.host = ctx.host
         self.expected_doses = expected_doses
         self._read_failures: dict[str, int] = {}
 
@@ -46,7 +46,7 @@ class PlanTracker:
     def step(self) -> bool:
         busy = self._follow_received()
         if self._run_rules():
-            self.gateway.pool.wake_senders()
+            self.ctx.wake_workers()
         return busy
 
     def _follow_received(self) -> bool:
@@ -68,7 +68,7 @@ class PlanTracker:
                     if failures < MAX_READ_FAILURES:
                         break
                     objects[row["instance_id"]] = None
-                    self.gateway.recorder.event(
+                    self.ctx.recorder.event(
                         "plan-references-unreadable", status="error",
                         resource_id=row["instance_id"], patient_id=row["patient_id"] or "",
                         study_uid=row["study_uid"] or "", detail=f"{type(error).__name__}: {error}",
@@ -126,7 +126,7 @@ class PlanTracker:
                  "modality": m.modality, "series_uid": m.series_uid}
                 for m in bundle.members
             ]
-            study_tags = self.gateway.intake.facts.study_tags(plan["study_id"])
+            study_tags = self.ctx.facts.study_tags(plan["study_id"])
             connection.execute(
                 "INSERT INTO plan_bundles(plan_uid, plan_instance_id, patient_id, patient_name,"
                 " study_uid, calling_aet, remote_ip, plan_label, plan_name, plan_date, complete,"
@@ -146,7 +146,7 @@ class PlanTracker:
 
     # -- plan-complete rules ---------------------------------------------------------------------
     def _run_rules(self) -> bool:
-        ruleset = self.gateway.ruleset
+        ruleset = self.ctx.rules()
         rules = ruleset.for_trigger(Trigger.PLAN_COMPLETE)
         if not rules:
             return False
@@ -179,10 +179,10 @@ class PlanTracker:
         """Fire on a complete bundle, or apply `then` to one still incomplete after the wait."""
         missing = json.loads(bundle["missing_json"])
         hold = grace and rule.then == "hold"
-        ruleset = self.gateway.ruleset
+        ruleset = self.ctx.rules()
         with self.db.transaction() as connection:
             rows = _member_rows(connection, bundle)
-            facts = self.gateway.intake.facts.build(rows, (bundle["plan_label"] or "",))
+            facts = self.ctx.facts.build(rows, (bundle["plan_label"] or "",))
             evaluation = evaluate(rule, facts) if rows else None
             matched = bool(evaluation and evaluation.matched)
             applied = Applied()
@@ -190,7 +190,7 @@ class PlanTracker:
                 chosen = set(evaluation.instance_ids)
                 ordered = [row["instance_id"] for row in rows if row["instance_id"] in chosen]
                 applied = queue_rule_actions(
-                    connection, self.gateway.queue, self.gateway.registry, rule, ordered,
+                    connection, self.ctx.queue, self.ctx.registry, rule, ordered,
                     lambda job_action, target: plan_job_spec(
                         rule.name, rule.on.value, job_action, target, bundle))
             job_ids, new_instances, targets = (applied.job_ids, applied.new_instances,
@@ -199,7 +199,7 @@ class PlanTracker:
                 outcome = ("held" if hold else "forwarded-incomplete") if matched else "grace-not-matched"
             else:
                 outcome = "fired" if matched else "not-matched"
-            self.gateway.recorder.evaluation(
+            self.ctx.recorder.evaluation(
                 connection, trigger=Trigger.PLAN_COMPLETE.value, level="plan",
                 resource_id=bundle["plan_uid"], patient_id=bundle["patient_id"] or "",
                 study_uid=bundle["study_uid"] or "", rule=rule.name, matched=matched,
@@ -213,7 +213,7 @@ class PlanTracker:
             )
             if grace and matched:
                 what = "held" if hold else f"forwarded incomplete ({new_instances} instance(s))"
-                self.gateway.recorder.event(
+                self.ctx.recorder.event(
                     "plan-incomplete", status=outcome, rule=rule.name,
                     resource_id=bundle["plan_uid"], patient_id=bundle["patient_id"] or "",
                     study_uid=bundle["study_uid"] or "",

@@ -15,10 +15,6 @@ CONTENT_TYPES = {
 PAGE_FILES = {path.name: path for path in STATIC.iterdir() if path.suffix in CONTENT_TYPES}
 
 
-def explorer_extension() -> str:
-    return (STATIC / "explorer.js").read_text(encoding="utf-8")
-
-
 def add_routes(router: Router) -> None:
     def serve(request: Request) -> Response:
         name = request.params.get("file") or "index.html"

@@ -1,0 +1,74 @@
+"""What a capability is given at install: one context object, never the whole Gateway.
+
+It names every way in: Orthanc (host), the database, the queue and the executor registry, the
+audit recorder, the router for its routes, its own configuration section, and the named hook
+points where it plugs into the gateway's life (intake hooks, start/stop, rules loaded).
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from orthanc_plugin.api.router import Router
+from orthanc_plugin.audit.recorder import AuditRecorder
+from orthanc_plugin.config import SECTION, ConfigError, GatewayConfig
+from orthanc_plugin.db import Database
+from orthanc_plugin.jobs.executor_base import JobContext
+from orthanc_plugin.jobs.executors import Registry
+from orthanc_plugin.jobs.facts import FactsBuilder
+from orthanc_plugin.jobs.queue import JobQueue
+from orthanc_plugin.ports import Host
+from orthanc_plugin.rules import RuleSet
+
+
+@dataclass
+class Hooks:
+    """Named hook points. Intake hooks run on the lead worker's intake thread."""
+
+    # Called after instances are described; return True when there is more to do at once.
+    after_describe: list[Callable[[], bool]] = field(default_factory=list)
+    # Called only while no instance arrives and no job runs (the SQL index).
+    when_quiet: list[Callable[[], bool]] = field(default_factory=list)
+    # Instance ID -> the source it was stored for (import folder), or None.
+    source_overrides: list[Callable[[str], str | None]] = field(default_factory=list)
+    # The lead worker's own loops start and stop with the gateway.
+    on_start: list[Callable[[], None]] = field(default_factory=list)
+    on_stop: list[Callable[[], None]] = field(default_factory=list)
+    # Called with the rules in force once started and after each good reload.
+    on_rules_loaded: list[Callable[[RuleSet], object]] = field(default_factory=list)
+
+
+@dataclass(eq=False)  # identity: plans/routes keys providers by context
+class CapabilityContext:
+    host: Host
+    db: Database
+    queue: JobQueue
+    registry: Registry
+    recorder: AuditRecorder
+    router: Router
+    config: GatewayConfig
+    hooks: Hooks
+    jobs: JobContext
+    facts: FactsBuilder
+    stopping: threading.Event
+    rules: Callable[[], RuleSet]
+    known_targets: Callable[[], set[str]]
+    wake_workers: Callable[[], None]
+    file_sizes: Callable[[Sequence[str]], dict[str, int]]
+    instance_keys: Callable[[Sequence[str]], dict[str, Any]]
+    refresh_queue_gauges: Callable[[], None]
+
+    @property
+    def config_dir(self) -> Path:
+        return self.config.config_dir
+
+    def section(self, name: str) -> dict[str, Any]:
+        """This capability's own sub-section of RtGateway (e.g. "Export"), {} when absent."""
+        value = self.config.section.get(name) or {}
+        if not isinstance(value, dict):
+            raise ConfigError(f"{SECTION}.{name}: expected an object")
+        return value
