@@ -10,7 +10,6 @@ are logging, metrics and the answers to Orthanc's own REST threads.
 from __future__ import annotations
 
 import json
-import threading
 import traceback
 from pathlib import Path
 from typing import Any
@@ -27,6 +26,7 @@ from orthanc_plugin.channels import (
     gateway_store_jobs,
 )
 from orthanc_plugin.config import ConfigError, parse_config
+from orthanc_plugin.supervisor.metrics import MetricsCopier
 from orthanc_plugin.supervisor.notes import NoteSender
 from orthanc_plugin.supervisor.processes import (
     Supervisor,
@@ -38,7 +38,6 @@ from orthanc_plugin.supervisor.proxy import ApiProxy
 
 ROOT = Path(__file__).resolve().parent.parent
 EXPLORER_JS = ROOT / "orthanc_plugin" / "web" / "static" / "explorer.js"
-METRICS_PERIOD_SECONDS = 2.0
 
 
 def read_orthanc_configuration() -> tuple[dict[str, Any], Path]:
@@ -54,15 +53,15 @@ class Plugin:
         self.notes = notes
         self.proxy = proxy
         self.database = database
-        self._stopping = threading.Event()
+        self.metrics = MetricsCopier(proxy, _set_metric)
 
     def start(self) -> None:
         self._cancel_resumed_store_jobs()
         self.supervisor.start()
-        threading.Thread(target=self._copy_metrics, name="rtgw-metrics", daemon=True).start()
+        self.metrics.start()
 
     def stop(self) -> None:
-        self._stopping.set()
+        self.metrics.stop()
         orthanc.LogWarning("RtGateway: Orthanc is stopping: stopping the workers")
         self.supervisor.stop(timeout=4.0)
         orthanc.LogWarning("RtGateway: workers stopped")
@@ -90,17 +89,6 @@ class Plugin:
         if cancelled:
             orthanc.LogWarning(f"RtGateway: cancelled {cancelled} store job(s) Orthanc resumed "
                                "after a restart; their instances are verified before any resend")
-
-    def _copy_metrics(self) -> None:
-        # SetMetricsValue takes only the metrics registry's own short lock, never the store path's.
-        while not self._stopping.wait(METRICS_PERIOD_SECONDS):
-            try:
-                values = self.proxy.get_json("/rt-gateway/internal/metrics")
-            except (OSError, ValueError):
-                continue
-            if isinstance(values, dict):
-                for name, value in values.items():
-                    orthanc.SetMetricsValue(str(name), float(value), orthanc.MetricsType.DEFAULT)
 
 
 def register(plugin: Plugin) -> None:
@@ -197,6 +185,10 @@ def install() -> None:
         f"{command.python}, "
         f"channels in {channels.folder}"
     )
+
+
+def _set_metric(name: str, value: float) -> None:
+    orthanc.SetMetricsValue(name, value, orthanc.MetricsType.DEFAULT)
 
 
 def _log_warning(message: str) -> None:
