@@ -348,6 +348,16 @@ def ct(patient_id: str, n_slices: int, size: int) -> list:  # type: ignore[type-
                           n_slices=n_slices, rows=size, columns=size)
 
 
+def forwarding_gateway(folder: Path, peer: CountingPeer) -> OrthancProcess:
+    """A gateway of its own that forwards everything from MOD to the counting receiver."""
+    return OrthancProcess(
+        folder / "gateway", "RTGATEWAY", plugin=True,
+        rules="rules:\n  - name: all\n    on: instance\n    match: {calling_aet: MOD}\n"
+              "    actions: [{forward: COUNTER}]\n",
+        modalities={"COUNTER": ("COUNTER", peer.port)},
+    )
+
+
 def _queue_counts(db: Path) -> dict[str, int]:
     with sqlite3.connect(db) as connection:
         return dict(connection.execute("SELECT state, COUNT(*) FROM jobs GROUP BY state"))
@@ -356,12 +366,7 @@ def _queue_counts(db: Path) -> dict[str, int]:
 def test_sigterm_with_500_queued_exits_within_10_s_and_all_arrive_once(tmp_path: Path) -> None:
     require_orthanc()
     peer = CountingPeer("COUNTER", delay_seconds=0.01)
-    gateway = OrthancProcess(
-        tmp_path / "gateway", "RTGATEWAY", plugin=True,
-        rules="rules:\n  - name: all\n    on: instance\n    match: {calling_aet: MOD}\n"
-              "    actions: [{forward: COUNTER}]\n",
-        modalities={"COUNTER": ("COUNTER", peer.port)},
-    )
+    gateway = forwarding_gateway(tmp_path, peer)
     try:
         gateway.start()
         series = ct("ISO-TERM", 500, 32)
@@ -393,12 +398,7 @@ def test_kill_9_of_orthanc_leaves_no_worker_and_one_generation_after_restart(
 ) -> None:
     require_orthanc()
     peer = CountingPeer("COUNTER", delay_seconds=0.05)
-    gateway = OrthancProcess(
-        tmp_path / "gateway", "RTGATEWAY", plugin=True,
-        rules="rules:\n  - name: all\n    on: instance\n    match: {calling_aet: MOD}\n"
-              "    actions: [{forward: COUNTER}]\n",
-        modalities={"COUNTER": ("COUNTER", peer.port)},
-    )
+    gateway = forwarding_gateway(tmp_path, peer)
     try:
         gateway.start()
         series = ct("ISO-K9", 120, 32)
