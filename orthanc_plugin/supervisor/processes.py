@@ -190,6 +190,9 @@ class Supervisor:
             process = subprocess.Popen(
                 argv, stdin=subprocess.PIPE, env=self.command.env(), cwd=self.command.root,
                 pass_fds=pass_fds, close_fds=True,
+                # Its own session: Ctrl-C or a group SIGTERM reaches Orthanc, which then stops
+                # the workers in order (claims handed back) instead of all at once.
+                start_new_session=True,
             )
         except OSError as error:
             self.log_error(f"cannot start worker {slot.index} ({argv[0]}): {error}")
