@@ -7,6 +7,7 @@ import io
 from collections.abc import Mapping
 from typing import Any
 
+from orthanc_plugin.csv_cells import safe_mapping
 from orthanc_plugin.db import Database
 
 # kind -> (table, time column, the filters that table can answer)
@@ -78,7 +79,7 @@ def to_csv(rows: list[dict[str, Any]]) -> str:
     if rows:
         writer = csv.DictWriter(buffer, fieldnames=list(rows[0]))
         writer.writeheader()
-        writer.writerows(rows)
+        writer.writerows(safe_mapping(row) for row in rows)
     return buffer.getvalue()
 
 

@@ -9,6 +9,8 @@ import sqlite3
 from collections.abc import Iterable
 from pathlib import Path
 
+from orthanc_plugin.csv_cells import safe_row
+
 INVENTORY_COLUMNS = (
     "level", "patient_id", "study_uid", "series_uid", "modality", "description", "state",
     "expected_instances", "stored_instances", "attempts", "moves", "zip_name", "last_error",
@@ -43,5 +45,6 @@ def inventory_csv(rows: Iterable[sqlite3.Row]) -> str:
     writer = csv.writer(out, lineterminator="\n")
     writer.writerow(INVENTORY_COLUMNS)
     for row in rows:
-        writer.writerow(["" if row[column] is None else row[column] for column in INVENTORY_COLUMNS])
+        writer.writerow(safe_row(
+            "" if row[column] is None else row[column] for column in INVENTORY_COLUMNS))
     return out.getvalue()

@@ -11,6 +11,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from orthanc_plugin.csv_cells import safe_row
+
 DEFAULT_MAX_ROWS = 10_000
 DEFAULT_TIME_LIMIT_SECONDS = 30.0
 
@@ -34,7 +36,7 @@ class QueryResult:
         buffer = io.StringIO()
         writer = csv.writer(buffer)
         writer.writerow(self.columns)
-        writer.writerows(self.rows)
+        writer.writerows(safe_row(row) for row in self.rows)
         return buffer.getvalue()
 
 

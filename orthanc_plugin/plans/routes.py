@@ -11,6 +11,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from orthanc_plugin.api.router import ApiError, Request, Response, csv_response, json_response
+from orthanc_plugin.csv_cells import safe_mapping
 from orthanc_plugin.plans.dvh_store import plan_dvh
 from orthanc_plugin.plans.manual import send_plans
 
@@ -69,8 +70,8 @@ def _csv(plans: list[dict[str, Any]]) -> str:
     writer = csv.DictWriter(buffer, fieldnames=CSV_COLUMNS, extrasaction="ignore")
     writer.writeheader()
     for plan in plans:
-        writer.writerow({**plan, "missing": "; ".join(plan["missing"]),
-                         "objects": len(plan["objects"])})
+        writer.writerow(safe_mapping({**plan, "missing": "; ".join(plan["missing"]),
+                                      "objects": len(plan["objects"])}))
     return buffer.getvalue()
 
 
