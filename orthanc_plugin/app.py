@@ -11,6 +11,7 @@ from typing import Any
 
 from orthanc_plugin import capabilities
 from orthanc_plugin.api.gateway_routes import add_routes
+from orthanc_plugin.api.health import HealthProbes
 from orthanc_plugin.api.router import Router
 from orthanc_plugin.audit.metrics import Metrics
 from orthanc_plugin.audit.recorder import AuditRecorder
@@ -86,6 +87,10 @@ class Gateway:
                            when_quiet=self.intake.when_quiet,
                            source_overrides=self.intake.source_overrides)
         self.rules_text = _read_text(config.rules_file)
+        # The worker's main fills in how to find the worker processes (their pid files).
+        self.health_probes = HealthProbes(
+            self.db, {"storage": config.storage_directory, "database": config.database.parent},
+            config.min_free_disk_mb, lambda: {})
         add_routes(self.router, self)
         self._started = False
         self._gauges_refreshed_at = float("-inf")

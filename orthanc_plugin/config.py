@@ -54,6 +54,8 @@ class GatewayConfig:
     section: dict[str, Any] = field(default_factory=dict)
     config_dir: Path = Path(".")
     worker: WorkerSettings = WorkerSettings()
+    storage_directory: Path = Path(".")
+    min_free_disk_mb: int = 1024
 
 
 def resolve_path(base: Path, value: str) -> Path:
@@ -116,6 +118,8 @@ def parse_config(orthanc_config: dict[str, Any], config_dir: Path) -> GatewayCon
         section=section,
         config_dir=config_dir,
         worker=_worker_settings(orthanc_config, section),
+        storage_directory=storage,
+        min_free_disk_mb=int(_number(section, "MinFreeDiskMB", 1024, 0)),
     )
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from orthanc_plugin.api.health import health
 from orthanc_plugin.api.router import (
     ApiError,
     Request,
@@ -25,6 +26,10 @@ def add_routes(router: Router, gateway: Gateway) -> None:
     def internal_metrics(_: Request) -> Response:
         # Read by the plugin, which copies the values into Orthanc's Prometheus registry.
         return json_response(gateway.metrics_snapshot())
+
+    def get_health(_: Request) -> Response:
+        status, report = health(gateway.health_probes)
+        return json_response(report, status)
 
     def get_rules(_: Request) -> Response:
         return json_response(gateway.describe_rules())
@@ -80,6 +85,7 @@ def add_routes(router: Router, gateway: Gateway) -> None:
         return json_response(stats(gateway.db))
 
     router.add("GET", "internal/metrics", internal_metrics)
+    router.add("GET", "health", get_health)
     router.add("GET", "rules", get_rules)
     router.add("POST", "rules/reload", reload_rules)
     router.add("POST", "rules/test", test_rules)

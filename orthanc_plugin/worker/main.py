@@ -16,6 +16,7 @@ import os
 import signal
 import sys
 import threading
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -124,6 +125,9 @@ def main(argv: list[str] | None = None) -> int:
     inbox.start()
     api: ApiServer | None = None
     if lead:
+        gateway.health_probes = replace(
+            gateway.health_probes,
+            worker_pids=lambda: {i: _pid_of(channels, i) for i in range(config.workers + 1)})
         others = [channels.worker_socket(i) for i in range(1, config.workers + 1)]
         gateway.wake_other_workers = WakeSender(others).wake
         gateway.start(lead=True, generation=args.generation)
@@ -149,6 +153,13 @@ def main(argv: list[str] | None = None) -> int:
         if api is not None:
             api.stop()
     os._exit(0)
+
+
+def _pid_of(channels: Channels, index: int) -> int | None:
+    try:
+        return int(channels.pid_file(index).read_text().strip())
+    except (OSError, ValueError):
+        return None
 
 
 def _reclaim(gateway: Gateway, claimant: str, reason: str) -> None:

@@ -191,6 +191,17 @@ def test_two_senders_with_import_overlay_and_anonymize_never_stall_orthanc(
     print(f"{TRIALS} trials, slowest route answer {slowest:.3f} s")
 
 
+def test_health_names_every_worker_and_the_queue(gateway: OrthancProcess) -> None:
+    answer = gateway.get("/rt-gateway/health")
+    assert answer.status_code == 200, answer.text
+    report = answer.json()
+    assert report["healthy"] and report["database_writable"]
+    assert set(report["workers"]) == {"0", "1", "2"}
+    assert all(worker["alive"] for worker in report["workers"].values())
+    assert {"storage", "database"} <= set(report["disk"])
+    assert requests.get(gateway.url + "/rt-gateway/health", timeout=10).status_code == 401
+
+
 def test_pathological_regex_is_linear_and_other_studies_flow(
     gateway: OrthancProcess, archive: OrthancProcess, workdir: Path
 ) -> None:

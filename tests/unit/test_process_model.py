@@ -188,3 +188,22 @@ def test_a_job_orthanc_forgot_is_settled_by_c_find_or_resent_by_setting() -> Non
     resend = InFlightVerifier(FakeOrthanc({}, set()), _keys, lambda _: "resend").verify(
         "T", _items("B", 3))
     assert not resend.delivered and len(resend.resend) == 3
+
+
+def test_health_reports_queue_disk_and_workers_and_says_why_not(tmp_path: Path) -> None:
+    import os
+
+    from orthanc_plugin.api.health import HealthProbes, health
+
+    db = Database(tmp_path / "h.sqlite", [META_SCHEMA, AUDIT_SCHEMA, JOBS_SCHEMA])
+    JobQueue(db, POLICY)
+    alive = HealthProbes(db, {"storage": tmp_path / "not-yet-created"}, 0,
+                         lambda: {0: os.getpid()})
+    status, report = health(alive)
+    assert status == 200 and report["healthy"] and report["database_writable"]
+    assert report["queue"]["pending"] == 0 and report["workers"]["0"]["alive"]
+    sick = HealthProbes(db, {"storage": tmp_path}, 1 << 40, lambda: {0: os.getpid(), 1: None})
+    status, report = health(sick)
+    assert status == 503 and not report["healthy"]
+    assert any("MB free" in p for p in report["problems"])
+    assert any("worker 1 is not running" in p for p in report["problems"])

@@ -1,0 +1,82 @@
+"""GET /rt-gateway/health for monitoring (and the Docker health check): 200 when healthy, 503 with
+the reasons when not. Reported: queue depth, the oldest pending job's age, parked jobs, each worker
+process, free disk where Orthanc stores and where the gateway's database lives, and whether the
+database takes a write. A target that is down is not unhealthy (the queue retries), so pending and
+parked jobs are reported, not judged."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from orthanc_plugin.db import Database
+
+
+@dataclass(frozen=True)
+class HealthProbes:
+    db: Database
+    folders: dict[str, Path]                 # what -> folder whose disk is checked
+    min_free_mb: int
+    worker_pids: Callable[[], dict[int, int | None]]   # index -> pid, None when unknown
+
+
+def health(probes: HealthProbes) -> tuple[int, dict[str, Any]]:
+    problems: list[str] = []
+    report: dict[str, Any] = {}
+    now = time.time()
+    try:
+        counts = {row["state"]: row["n"] for row in probes.db.query(
+            "SELECT state, COUNT(*) AS n FROM jobs GROUP BY state")}
+        oldest = probes.db.query(
+            "SELECT MIN(created_epoch) AS t FROM jobs WHERE state IN ('pending','running')")[0]["t"]
+        report["queue"] = {"pending": counts.get("pending", 0), "running": counts.get("running", 0),
+                           "parked": counts.get("dead", 0),
+                           "oldest_pending_seconds": round(now - oldest, 1) if oldest else None}
+        with probes.db.transaction() as connection:
+            probes.db.set_meta("health_checked_at", str(now), connection)
+        report["database_writable"] = True
+    except Exception as error:  # a full disk or a locked file: that is the answer
+        report["database_writable"] = False
+        problems.append(f"gateway database not writable: {error}")
+    disks: dict[str, Any] = {}
+    for what, folder in probes.folders.items():
+        try:
+            free_mb = shutil.disk_usage(_existing(folder)).free // (1 << 20)
+        except OSError as error:
+            problems.append(f"{what} ({folder}): {error}")
+            continue
+        disks[what] = {"folder": str(folder), "free_mb": free_mb}
+        if free_mb < probes.min_free_mb:
+            problems.append(f"{what} ({folder}): {free_mb} MB free, below {probes.min_free_mb} MB")
+    report["disk"] = disks
+    workers = {}
+    for index, pid in sorted(probes.worker_pids().items()):
+        alive = pid is not None and _alive(pid)
+        workers[str(index)] = {"pid": pid, "alive": alive}
+        if not alive:
+            problems.append(f"worker {index} is not running (the supervisor restarts it)")
+    report["workers"] = workers
+    report["healthy"] = not problems
+    report["problems"] = problems
+    return (200 if not problems else 503), report
+
+
+def _existing(folder: Path) -> Path:
+    while not folder.exists() and folder != folder.parent:
+        folder = folder.parent
+    return folder
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
