@@ -12,11 +12,10 @@ from pathlib import Path
 
 import pytest
 from pydicom.uid import generate_uid
-from pynetdicom import AE, AllStoragePresentationContexts, evt
 
 from tests.integration.conftest import keep_logs, require_orthanc
 from tests.integration.helpers import gateway_rows
-from tests.support.orthanc import OrthancProcess, free_port, storescu, wait_until
+from tests.support.orthanc import OrthancProcess, storescu, wait_until
 from tests.support.peers import CountingPeer
 from tests.support.rtset import make_ct_series, make_rt_set, write_datasets
 
@@ -24,45 +23,15 @@ BATCH = 40
 DOWN_SECONDS = 30
 
 
-class FaultyPeer:
-    """Refuses (0xA700) or aborts the association at one chosen SOP instance, once or always."""
-
-    def __init__(self) -> None:
-        self.port = free_port()
-        self.refuse: str = ""
-        self.abort_once: str = ""
-        self.stored: list[str] = []
-        self._lock = threading.Lock()
-        ae = AE(ae_title="FAULTY")
-        ae.supported_contexts = AllStoragePresentationContexts
-        self.server = ae.start_server(("127.0.0.1", self.port), block=False,
-                                      evt_handlers=[(evt.EVT_C_STORE, self._store)])
-
-    def _store(self, event: evt.Event) -> int:
-        uid = str(event.request.AffectedSOPInstanceUID)
-        if uid == self.refuse:
-            return 0xA700
-        if uid == self.abort_once:
-            self.abort_once = ""
-            event.assoc.abort()
-            return 0xA700  # never reaches the sender: the association is gone
-        with self._lock:
-            self.stored.append(uid)
-        return 0x0000
-
-    def close(self) -> None:
-        self.server.shutdown()
-
-
 @pytest.fixture(scope="module")
-def faulty() -> Iterator[FaultyPeer]:
-    peer = FaultyPeer()
+def faulty() -> Iterator[CountingPeer]:
+    peer = CountingPeer("FAULTY", answer_find=False)
     yield peer
     peer.close()
 
 
 @pytest.fixture(scope="module")
-def gateway(workdir: Path, faulty: FaultyPeer) -> Iterator[OrthancProcess]:
+def gateway(workdir: Path, faulty: CountingPeer) -> Iterator[OrthancProcess]:
     require_orthanc()
     process = OrthancProcess(
         workdir / "gateway", "RTGATEWAY", plugin=True, stable_age=1,
@@ -91,7 +60,7 @@ def item_states(gateway: OrthancProcess, study_uid: str) -> dict[str, tuple[str,
 @pytest.mark.parametrize("fault", ["refuse", "abort"])
 @pytest.mark.parametrize("position", [0, BATCH // 2, BATCH - 1])
 def test_each_instance_state_is_what_the_receiver_stored(
-    gateway: OrthancProcess, faulty: FaultyPeer, workdir: Path, fault: str, position: int
+    gateway: OrthancProcess, faulty: CountingPeer, workdir: Path, fault: str, position: int
 ) -> None:
     study_uid = generate_uid()
     series = make_ct_series(patient_id=f"DLV-{fault}-{position}", patient_name="Delivery^Test",
@@ -101,10 +70,10 @@ def test_each_instance_state_is_what_the_receiver_stored(
     ordered = sorted(series, key=lambda ds: int(ds.InstanceNumber))
     chosen = str(ordered[position].SOPInstanceUID)
     if fault == "refuse":
-        faulty.refuse = chosen
+        faulty.refuse = {chosen}
     else:
         faulty.abort_once = chosen
-    before = len(faulty.stored)
+    before = set(faulty.stored())
     storescu(write_datasets(series, workdir / f"{fault}-{position}"), gateway.dicom_port,
              calling="BATCH")
 
@@ -114,7 +83,7 @@ def test_each_instance_state_is_what_the_receiver_stored(
         return bool(jobs) and all(j["state"] in ("done", "dead") for j in jobs)
 
     wait_until(settled, 60, "the batch settled")
-    stored_now = faulty.stored[before:]
+    stored_now = [uid for uid in faulty.stored() if uid not in before]
     states = item_states(gateway, study_uid)
     assert len(states) == BATCH
     if fault == "refuse":
@@ -127,7 +96,7 @@ def test_each_instance_state_is_what_the_receiver_stored(
         # The aborted instance was never stored: it is sent again, and nothing twice.
         assert all(state[0] == "sent" for state in states.values()), states
         assert sorted(stored_now) == sorted(states)
-    faulty.refuse = ""
+    faulty.refuse = set()
 
 
 def test_instance_deleted_while_queued_is_skipped_alone(tmp_path: Path) -> None:

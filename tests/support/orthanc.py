@@ -268,7 +268,3 @@ def worker_pids(gateway: OrthancProcess) -> list[int]:
             pids.append(int(entry.name))
     return sorted(pids)
 
-
-def parent_of(pid: int) -> int:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return int(fields[1])

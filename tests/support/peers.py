@@ -26,6 +26,8 @@ class CountingPeer:
         self.delay_seconds = delay_seconds
         self.answer_find = answer_find
         self.refuse: set[str] = set()
+        # The association is aborted at this instance, once (it is not stored).
+        self.abort_once = ""
         self.stores: Counter[str] = Counter()
         self.series_of: dict[str, tuple[str, str]] = {}
         self.finds = 0
@@ -54,6 +56,10 @@ class CountingPeer:
             time.sleep(self.delay_seconds)
         if uid in self.refuse:
             return 0xA700
+        if uid and uid == self.abort_once:
+            self.abort_once = ""
+            event.assoc.abort()
+            return 0xA700  # never reaches the sender: the association is gone
         ds = event.dataset
         with self._lock:
             self.stores[uid] += 1
@@ -80,6 +86,10 @@ class CountingPeer:
             answer.SOPInstanceUID = uid
             yield 0xFF00, answer
         yield 0x0000, None
+
+    def stored(self) -> list[str]:
+        with self._lock:
+            return list(self.stores.elements())
 
     def distinct(self) -> int:
         with self._lock:
