@@ -130,6 +130,8 @@ def register(plugin: Plugin) -> None:
             orthanc.LogError("RtGateway: REST " + uri + ": " + traceback.format_exc())
             _send_status(output, 500, b'{"error": "internal error, see the Orthanc log"}')
             return
+        for name, value in answer.headers:
+            output.SetHttpHeader(name, value)
         if answer.status == 200:
             output.AnswerBuffer(answer.body, answer.content_type)
         else:

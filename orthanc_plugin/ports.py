@@ -6,11 +6,13 @@ from typing import Any, Protocol
 
 
 class HostError(Exception):
-    """A call into Orthanc failed; `missing` is true when the resource does not exist."""
+    """A call into Orthanc failed; `missing` is true when the resource does not exist,
+    `unreachable` when Orthanc did not answer at all (so the same call may work later)."""
 
-    def __init__(self, message: str, *, missing: bool = False) -> None:
+    def __init__(self, message: str, *, missing: bool = False, unreachable: bool = False) -> None:
         super().__init__(message)
         self.missing = missing
+        self.unreachable = unreachable
 
 
 class Host(Protocol):

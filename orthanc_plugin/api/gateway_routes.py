@@ -20,6 +20,7 @@ if TYPE_CHECKING:
     from orthanc_plugin.app import Gateway
 
 JOB_STATES = ("pending", "running", "done", "dead")
+MAX_JOBS_LISTED = 10_000
 
 
 def add_routes(router: Router, gateway: Gateway) -> None:
@@ -53,19 +54,18 @@ def add_routes(router: Router, gateway: Gateway) -> None:
         return json_response(gateway.test_rules(str(study)))
 
     def list_jobs(request: Request) -> Response:
-        state = request.query.get("state")
-        if state and state not in JOB_STATES:
-            raise ApiError(400, f"state: expected one of {', '.join(JOB_STATES)}")
-        return json_response(gateway.queue.list(state, int(request.query.get("limit", "200"))))
+        state = request.choice_param("state", JOB_STATES)
+        limit = request.int_param("limit", 200, minimum=1, maximum=MAX_JOBS_LISTED)
+        return json_response(gateway.queue.list(state, limit))
 
     def get_job(request: Request) -> Response:
-        job = gateway.queue.get(int(request.params["id"]))
+        job = gateway.queue.get(request.id_param())
         if job is None:
             raise ApiError(404, f"no job {request.params['id']}")
         return json_response(job)
 
     def retry_job(request: Request) -> Response:
-        job_id = int(request.params["id"])
+        job_id = request.id_param()
         if gateway.queue.get(job_id) is None:
             raise ApiError(404, f"no job {job_id}")
         if not gateway.retry_job(job_id):
@@ -77,7 +77,7 @@ def add_routes(router: Router, gateway: Gateway) -> None:
             rows = audit_rows(gateway.db, request.query)
         except AuditQueryError as error:
             raise ApiError(400, str(error)) from error
-        if request.query.get("format") == "csv":
+        if request.choice_param("format", ("json", "csv")) == "csv":
             return csv_response(to_csv(rows))
         return json_response(rows)
 

@@ -38,6 +38,9 @@ AUDIT_KINDS: dict[str, tuple[str, str, dict[str, str]]] = {
 }
 
 
+MAX_AUDIT_ROWS = 100_000
+
+
 class AuditQueryError(ValueError):
     pass
 
@@ -65,10 +68,11 @@ def audit_rows(db: Database, filters: Mapping[str, str]) -> list[dict[str, Any]]
             value = {"matched": "1", "not-matched": "0"}.get(value, value)
         clauses.append(f"{columns[name]} = ?")
         parameters.append(value)
-    try:
-        limit = int(filters.get("limit", "10000"))
-    except ValueError as error:
-        raise AuditQueryError("limit: expected an integer") from error
+    limit_text = filters.get("limit") or "10000"
+    if not limit_text.isdigit() or len(limit_text) > 12 or int(limit_text) < 1:
+        raise AuditQueryError(f"limit: expected a whole number from 1, got {limit_text[:40]!r}")
+    # Clamped, not refused: a client asking for "everything" gets the most one answer holds.
+    limit = min(int(limit_text), MAX_AUDIT_ROWS)
     where = f"WHERE {' AND '.join(clauses)}" if clauses else ""
     sql = f"SELECT * FROM {table} {where} ORDER BY {time_column}, rowid LIMIT ?"
     return [dict(row) for row in db.query(sql, [*parameters, limit])]

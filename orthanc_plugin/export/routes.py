@@ -10,14 +10,13 @@ from orthanc_plugin.export.tables import transfers
 
 def add_routes(router: Router, db: Database) -> None:
     def get_transfers(request: Request) -> Response:
-        limit = request.query.get("limit", "1000")
-        if not limit.isdigit():
-            raise ApiError(400, "limit: expected a whole number")
+        limit = request.int_param("limit", 1000, minimum=1, maximum=100_000)
+        output = request.choice_param("format", ("json", "csv"))
         try:
-            rows = transfers(db, dict(request.query), int(limit))
+            rows = transfers(db, dict(request.query), limit)
         except KeyError as error:
             raise ApiError(400, str(error.args[0])) from None
-        if request.query.get("format") == "csv":
+        if output == "csv":
             return csv_response(to_csv(rows))
         return json_response(rows)
 

@@ -29,6 +29,8 @@ class ImportSettings:
     clear_after_import: bool = False
     poll_seconds: float = 2.0
     stable_seconds: float = 2.0
+    # A file (or ZIP member) is read whole to be stored: above this it is quarantined instead.
+    max_member_bytes: int = 1024 * 1024 * 1024
 
 
 def read_settings(raw: Any, config_dir: Path, default_quarantine: Path) -> ImportSettings:
@@ -52,7 +54,8 @@ def read_settings(raw: Any, config_dir: Path, default_quarantine: Path) -> Impor
             raise ConfigError(f"{where}.{key}: expected true or false")
         flags[key] = value
     numbers: dict[str, float] = {}
-    for key, number_default in (("PollSeconds", 2.0), ("StableSeconds", 2.0)):
+    for key, number_default in (("PollSeconds", 2.0), ("StableSeconds", 2.0),
+                                ("MaxFileMB", 1024.0)):
         value = raw.get(key, number_default)
         if isinstance(value, bool) or not isinstance(value, int | float) or value < 0:
             raise ConfigError(f"{where}.{key}: expected a number >= 0")
@@ -66,6 +69,7 @@ def read_settings(raw: Any, config_dir: Path, default_quarantine: Path) -> Impor
         clear_after_import=flags["ClearAfterImport"],
         poll_seconds=max(numbers["PollSeconds"], 0.05),
         stable_seconds=numbers["StableSeconds"],
+        max_member_bytes=max(int(numbers["MaxFileMB"] * 1024 * 1024), 1),
     )
 
 
@@ -107,6 +111,17 @@ class NotImportable(ValueError):
 
 def inspect_dicom(data: bytes) -> str:
     """The Orthanc ID the instance will get; raises NotImportable with the reason."""
+    try:
+        return _inspect(data)
+    except NotImportable:
+        raise
+    except MemoryError:
+        raise
+    except Exception as error:  # a value that does not parse (IS "1.5x") is this file's problem
+        raise NotImportable(f"unreadable DICOM value: {type(error).__name__}: {error}") from None
+
+
+def _inspect(data: bytes) -> str:
     try:
         ds = pydicom.dcmread(BytesIO(data))
     except (InvalidDicomError, EOFError, ValueError, OSError) as error:

@@ -15,6 +15,7 @@ import threading
 import time
 import traceback
 import zipfile
+import zlib
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
@@ -128,9 +129,18 @@ class ImportWatcher:
             self._clear(path)
             return
         if head == ZIP_MAGIC:  # members are read one at a time, never the whole archive
-            self._take_zip(path, relative, size, mtime_ns, digest)
+            try:
+                self._take_zip(path, relative, size, mtime_ns, digest)
+            except (HostError, MemoryError):
+                raise
+            except Exception as error:  # whatever the archive does, it leaves the folder once
+                reason = f"could not be processed: {type(error).__name__}: {error}"
+                self._quarantine_file(path, relative, reason)
+                self.tables.record(relative, size, mtime_ns, digest, "quarantined", detail=reason)
             return
         try:
+            if size > self.settings.max_member_bytes:
+                raise NotImportable(f"{size} bytes, more than Import.MaxFileMB")
             instance_id = self._store(path.read_bytes())
         except NotImportable as problem:
             self._quarantine_file(path, relative, str(problem))
@@ -149,12 +159,17 @@ class ImportWatcher:
             self._quarantine_file(path, relative, reason)
             self.tables.record(relative, size, mtime_ns, digest, "quarantined", detail=reason)
             return
+        unreadable: list[str] = []
         with archive:
             for member in archive.infolist():
                 if member.is_dir():
                     continue
                 label = f"{relative}!{member.filename}"
-                data = archive.read(member)
+                try:
+                    data = _read_member(archive, member, self.settings.max_member_bytes)
+                except NotImportable as problem:
+                    unreadable.append(f"{member.filename}: {problem}")
+                    continue
                 member_digest = hashlib.sha256(data).hexdigest()
                 if self.tables.stored_before(member_digest):
                     self.tables.record(label, member.file_size, None, member_digest, "duplicate")
@@ -172,6 +187,13 @@ class ImportWatcher:
                                    instance_id)
                 stored += 1
         summary = f"{stored} stored, {duplicates} duplicate(s), {failed} quarantined"
+        if unreadable:
+            # Members that cannot be read cannot be quarantined alone: the archive goes, whole.
+            reason = (f"{len(unreadable)} member(s) unreadable ({summary}): "
+                      + "; ".join(unreadable[:20]))
+            self._quarantine_file(path, relative, reason)
+            self.tables.record(relative, size, mtime_ns, digest, "quarantined", detail=reason)
+            return
         self.tables.record(relative, size, mtime_ns, digest, "taken", detail=summary)
         self.recorder.event("imported-zip", status="ok" if not failed else "partial",
                             resource_id=relative, detail=summary)
@@ -184,6 +206,8 @@ class ImportWatcher:
         try:
             answer = self.host.post_bytes("/instances", data)
         except HostError as error:
+            if error.unreachable:
+                raise  # the file stays where it is and is tried at the next poll
             raise NotImportable(f"refused by Orthanc: {error}") from None
         if not isinstance(answer, dict) or "ID" not in answer:
             raise NotImportable(f"refused by Orthanc: {answer!r}")
@@ -219,6 +243,24 @@ class ImportWatcher:
         with self.recorder.db.transaction() as connection:
             self.recorder.quarantine(connection, f"import:{label}", f"import: {reason}",
                                      detail=str(target))
+
+
+def _read_member(archive: zipfile.ZipFile, member: zipfile.ZipInfo, limit: int) -> bytes:
+    """A member's bytes, or NotImportable: encrypted, an unknown method, corrupt, or larger
+    unpacked than `limit` (a ZIP bomb announces a small size and inflates without end)."""
+    if member.flag_bits & 0x1:
+        raise NotImportable("encrypted (a password is needed)")
+    if member.file_size > limit:
+        raise NotImportable(f"{member.file_size} bytes unpacked, more than {limit}")
+    try:
+        with archive.open(member) as handle:
+            data = handle.read(limit + 1)
+    except (RuntimeError, NotImplementedError, zipfile.BadZipFile, zlib.error, EOFError,
+            OSError) as error:
+        raise NotImportable(f"unreadable: {type(error).__name__}: {error}") from None
+    if len(data) > limit:
+        raise NotImportable(f"unpacks to more than {limit} bytes")
+    return data
 
 
 def _sha256_and_head(path: Path) -> tuple[str, bytes]:

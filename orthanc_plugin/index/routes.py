@@ -13,6 +13,7 @@ if TYPE_CHECKING:
     from orthanc_plugin.context import CapabilityContext
 
 MAX_ROWS_CAP = 1_000_000
+TABLE_DUMP_MAX_BYTES = 512 * 1024 * 1024
 
 
 def add_routes(ctx: CapabilityContext, store: IndexStore) -> None:
@@ -42,12 +43,13 @@ def add_routes(ctx: CapabilityContext, store: IndexStore) -> None:
         table = known.get(name.lower())
         if table is None:
             raise ApiError(404, f"no table {name!r} (tables: {', '.join(sorted(known.values()))})")
-        result = run_query(store.path, f'SELECT * FROM "{table}"', MAX_ROWS_CAP)
+        result = run_query(store.path, f'SELECT * FROM "{table}"', MAX_ROWS_CAP,
+                           max_result_bytes=TABLE_DUMP_MAX_BYTES)
         return csv_response(result.as_csv())
 
     def list_tables(_: Request) -> Response:
         return json_response(table_names(store.path))
 
-    ctx.router.add("POST", "index/query", query)
+    ctx.router.add("POST", "index/query", query, body_types=("text/plain", "application/sql"))
     ctx.router.add("GET", "index/tables", list_tables)
     ctx.router.add("GET", r"index/tables/(?P<name>[A-Za-z0-9_]+)\.csv", dump_table)

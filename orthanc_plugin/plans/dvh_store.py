@@ -38,8 +38,12 @@ def plan_dvh(ctx: CapabilityContext, plan: dict[str, Any]) -> dict[str, Any] | N
         result = bundle_dvhs(read(members["RTSTRUCT"]["instance_id"]),
                              read(members["RTDOSE"]["instance_id"], pixels=True),
                              read(plan["plan_instance_id"]))
-    except (HostError, DvhInputError, ValueError, AttributeError) as error:
+    except MemoryError:
+        raise
+    except (HostError, DvhInputError) as error:
         return {"error": f"no DVH: {type(error).__name__}: {error}"}
+    except Exception as error:  # a malformed object is this plan's problem, never the route's
+        return {"error": f"no DVH: malformed RT object ({type(error).__name__}: {error})"}
     result["dose_sop_instance_uid"] = members["RTDOSE"]["sop_instance_uid"]
     with ctx.db.transaction() as connection:
         connection.execute(

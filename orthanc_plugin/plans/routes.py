@@ -77,9 +77,10 @@ def _csv(plans: list[dict[str, Any]]) -> str:
 
 def add_routes(ctx: CapabilityContext) -> None:
     def list_plans(request: Request) -> Response:
+        request.choice_param("complete", ("true", "false"))
         plans = [plan_json(row) for row in _filtered(ctx, request.query)]
-        plans = _with_max_dose(ctx, plans, request.query.get("max_dose_gt"))
-        if request.query.get("format") == "csv":
+        plans = _with_max_dose(ctx, plans, request.float_param("max_dose_gt"))
+        if request.choice_param("format", ("json", "csv")) == "csv":
             return csv_response(_csv(plans))
         return json_response(plans)
 
@@ -91,11 +92,11 @@ def add_routes(ctx: CapabilityContext) -> None:
         plan["rule_runs"] = [dict(row) for row in ctx.db.query(
             "SELECT rule, outcome, at, missing_json, jobs FROM plan_rule_runs WHERE plan_uid=? "
             "ORDER BY at", (plan["id"],))]
-        if request.query.get("dvh", "true") != "false":
+        if request.choice_param("dvh", ("true", "false"), "true") == "true":
             plan["dvh"] = plan_dvh(ctx, plan)
         for provider in DETAIL_PROVIDERS.get(ctx, ()):
             plan.update(provider(plan))
-        if request.query.get("format") == "csv":
+        if request.choice_param("format", ("json", "csv")) == "csv":
             return csv_response(_csv([plan]))
         return json_response(plan)
 
@@ -115,15 +116,9 @@ def add_routes(ctx: CapabilityContext) -> None:
 
 
 def _with_max_dose(
-    ctx: CapabilityContext, plans: list[dict[str, Any]], above: str | None
+    ctx: CapabilityContext, plans: list[dict[str, Any]], threshold: float | None
 ) -> list[dict[str, Any]]:
     """Adds max_dose_gy (the highest RTDOSE maximum, from the RT index) and applies max_dose_gt."""
-    threshold = None
-    if above:
-        try:
-            threshold = float(above)
-        except ValueError as error:
-            raise ApiError(400, f"max_dose_gt: expected a number of Gy, got {above!r}") from error
     providers = MAX_DOSE_PROVIDERS.get(ctx, [])
     if not providers:
         if threshold is not None:

@@ -19,11 +19,17 @@ FORWARDED_HEADERS = ("content-type", "origin", "referer", "x-requested-with", "a
                      "sec-fetch-site", "host", "x-rt-gateway")
 
 
+# Headers a route may set on its answer (the page's security policy); others stay in the worker.
+ANSWER_HEADERS = ("content-security-policy", "x-content-type-options", "x-frame-options",
+                  "referrer-policy", "cache-control")
+
+
 @dataclass(frozen=True)
 class ProxiedAnswer:
     status: int
     content_type: str
     body: bytes
+    headers: tuple[tuple[str, str], ...] = ()
 
 
 class _UnixConnection(http.client.HTTPConnection):
@@ -56,9 +62,11 @@ class ApiProxy:
         try:
             connection.request(method, target, body=body or None, headers=sent_headers)
             response = connection.getresponse()
+            answer_headers = tuple((name, value) for name, value in response.getheaders()
+                                   if name.lower() in ANSWER_HEADERS)
             return ProxiedAnswer(response.status,
                                  response.getheader("Content-Type", "application/json"),
-                                 response.read())
+                                 response.read(), answer_headers)
         except (FileNotFoundError, ConnectionRefusedError):
             return _unavailable("the gateway's lead worker is (re)starting; try again shortly")
         except TimeoutError:

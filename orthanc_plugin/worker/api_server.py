@@ -7,7 +7,7 @@ import os
 import socketserver
 import threading
 import traceback
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 from urllib.parse import parse_qsl, urlsplit
@@ -47,11 +47,14 @@ class _Handler(BaseHTTPRequestHandler):
             self._answer(500, b'{"error": "internal error, see the Orthanc log"}',
                          "application/json")
             return
-        self._answer(response.status, response.body, response.content_type)
+        self._answer(response.status, response.body, response.content_type, response.headers)
 
-    def _answer(self, status: int, body: bytes, content_type: str) -> None:
+    def _answer(self, status: int, body: bytes, content_type: str,
+                headers: Mapping[str, str] | None = None) -> None:
         self.send_response(status)
         self.send_header("Content-Type", content_type)
+        for name, value in (headers or {}).items():
+            self.send_header(name, value)
         self.send_header("Content-Length", str(len(body)))
         self.end_headers()
         self.wfile.write(body)

@@ -64,7 +64,8 @@ class HttpHost:
                 connection.close()
                 self._local.connection = None
                 if attempt == 2:
-                    raise HostError(f"{uri}: Orthanc unreachable: {error}") from error
+                    raise HostError(f"{uri}: Orthanc unreachable: {error}",
+                                    unreachable=True) from error
         if response.status >= 400:
             raise HostError(f"{uri}: HTTP {response.status} {_orthanc_error(body)}",
                             missing=response.status == 404)

@@ -146,3 +146,51 @@ def test_a_folder_of_2000_files(gateway: OrthancProcess, folders: dict[str, Path
     study = gateway.post("/tools/lookup", "1.2.826.0.1.3680043.8.498.77").json()
     assert len(gateway.json(f"/studies/{study[0]['ID']}/instances")) == 2000
     wait_until(lambda: files_left(folders["incoming"]) == [], 60, "cleared")
+
+def test_poison_files_are_quarantined_once_and_not_retried(
+    gateway: OrthancProcess, folders: dict[str, Path], tmp_path: Path
+) -> None:
+    """An IS value that does not parse, an encrypted ZIP, a ZIP with a corrupt member: each leaves
+    the folder once, with its reason, and no later poll touches it again."""
+    import subprocess
+
+    rtset = make_rt_set("IMPORT-POISON", n_slices=2)
+    good, other = write_datasets(rtset.ct, tmp_path / "good")
+    bad_value = tmp_path / "bad-is.dcm"
+    ds = rtset.ct[0].copy()
+    ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = "1.2.826.0.1.3680043.8.498.77"
+    ds.NumberOfFrames = "987654"
+    ds.save_as(bad_value, enforce_file_format=True)
+    raw = bad_value.read_bytes()
+    assert raw.count(b"987654") == 1
+    bad_value.write_bytes(raw.replace(b"987654", b"98x654"))
+
+    encrypted = tmp_path / "locked.zip"
+    subprocess.run(["zip", "-q", "-j", "-P", "secret", str(encrypted), str(good)], check=True)
+    corrupt = tmp_path / "corrupt.zip"
+    with zipfile.ZipFile(corrupt, "w", compression=zipfile.ZIP_DEFLATED) as zipped:
+        zipped.write(other, "a.dcm")
+    data = bytearray(corrupt.read_bytes())
+    start = 30 + len("a.dcm")  # the deflated member's first bytes follow its local header
+    data[start + 40:start + 80] = bytes(40)
+    corrupt.write_bytes(bytes(data))
+
+    before = progress(gateway)["quarantined"]
+    for path in (bad_value, encrypted, corrupt):
+        shutil.copy(path, folders["incoming"] / path.name)
+    wait_until(lambda: progress(gateway)["quarantined"] >= before + 3, 60, "three quarantined")
+    wait_until(lambda: files_left(folders["incoming"]) == [], 30, "folder empty")
+    reasons = {p.read_text().splitlines()[0]: p.read_text() for p in
+               folders["quarantine"].glob("*.reason")}
+    assert "unreadable DICOM value" in reasons["bad-is.dcm"], reasons.get("bad-is.dcm")
+    assert "encrypted" in reasons["locked.zip"], reasons.get("locked.zip")
+    assert "unreadable" in reasons["corrupt.zip"], reasons.get("corrupt.zip")
+    kept = {p.name.split("_", 1)[1]: p for p in folders["quarantine"].iterdir()
+            if not p.name.endswith(".reason")}
+    assert kept["locked.zip"].read_bytes() == encrypted.read_bytes()  # whole, nothing lost
+    time.sleep(2.0)  # several polls (PollSeconds 0.3)
+    rows = [r for r in gateway_rows(gateway, kind="quarantine")
+            if r["instance_id"] in ("import:bad-is.dcm", "import:locked.zip", "import:corrupt.zip")]
+    assert sorted(r["instance_id"] for r in rows) == [
+        "import:bad-is.dcm", "import:corrupt.zip", "import:locked.zip"]
+    assert "Traceback" not in gateway.log_tail(400)

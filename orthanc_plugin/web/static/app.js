@@ -8,7 +8,8 @@ const $ = (selector) => document.querySelector(selector);
 async function call(path, options = {}) {
   const response = await fetch(path.startsWith("/") ? BASE + path : API + path, {
     credentials: "same-origin",
-    headers: options.body ? { "Content-Type": "application/json" } : {},
+    // The gateway refuses a state-changing request without this header (a cross-site form cannot send it).
+    headers: { "X-Requested-With": "rt-gateway-page", ...(options.body ? { "Content-Type": "application/json" } : {}) },
     ...options,
   });
   const text = await response.text();
@@ -25,6 +26,7 @@ function element(tag, attributes = {}, ...children) {
   const node = document.createElement(tag);
   for (const [key, value] of Object.entries(attributes)) {
     if (key === "class") node.className = value;
+    else if (key === "style") node.style.cssText = value; // CSSOM: allowed by the page's CSP, an attribute is not
     else if (key.startsWith("on")) node.addEventListener(key.slice(2), value);
     else node.setAttribute(key, value);
   }

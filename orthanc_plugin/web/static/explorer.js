@@ -1,55 +1,69 @@
 // RT Gateway panel inside Orthanc Explorer (jQuery Mobile): plans of the patient or study shown,
 // with "Send to..." and recent jobs, and a link to the gateway page.
+// Every value from DICOM or from the server goes in as text (.text(), .val(), text nodes): a plan
+// label such as <img onerror=...> must show as those characters, never become markup.
 (function () {
+  function text(value) { return document.createTextNode(value === null || value === undefined ? '' : String(value)); }
+
+  function checkbox(className, value) {
+    return $('<input type="checkbox" data-role="none">').addClass(className).val(value);
+  }
+
   function panel(filterKey, filterValue) {
-    var box = $('<div class="rtgw-panel" style="margin:1em 0;padding:0.6em;border:1px solid #ccd;border-radius:6px">' +
-      '<h3 style="margin:0.2em 0">RT plans</h3><div class="rtgw-plans">Loading…</div>' +
-      '<div class="rtgw-targets"></div><button class="rtgw-send" data-role="none">Send to…</button>' +
-      '<div class="rtgw-jobs"></div><p><a href="../rt-gateway/ui/" target="_blank">Open the RT Gateway page</a></p></div>');
+    var box = $('<div class="rtgw-panel"></div>').css({ margin: '1em 0', padding: '0.6em', border: '1px solid #ccd', borderRadius: '6px' });
+    var plansBox = $('<div class="rtgw-plans"></div>').text('Loading…');
+    var targetsBox = $('<div class="rtgw-targets"></div>');
+    var jobsBox = $('<div class="rtgw-jobs"></div>');
+    var sendButton = $('<button class="rtgw-send" data-role="none"></button>').text('Send to…');
+    var link = $('<a target="_blank"></a>').attr('href', '../rt-gateway/ui/').text('Open the RT Gateway page');
+    box.append($('<h3></h3>').css('margin', '0.2em 0').text('RT plans'), plansBox, targetsBox, sendButton, jobsBox,
+      $('<p></p>').append(link));
+
     $.getJSON('../rt-gateway/plans', function (plans) {
       plans = (plans.plans || plans).filter(function (p) { return !filterValue || p[filterKey] === filterValue; });
       var list = $('<ul></ul>');
       plans.forEach(function (p) {
         var objects = (p.objects || []).map(function (o) { return o.modality || o; }).join(', ');
-        list.append($('<li></li>').append(
-          $('<label></label>').append($('<input type="checkbox" data-role="none" class="rtgw-plan">').val(p.id))
-            .append(' ' + (p.label || '') + ' ' + (p.complete ? '(complete)' : '(incomplete)') + ' — ' + objects)));
+        var description = ' ' + (p.label || '') + ' ' + (p.complete ? '(complete)' : '(incomplete)') + ' — ' + objects;
+        list.append($('<li></li>').append($('<label></label>').append(checkbox('rtgw-plan', p.id), text(description))));
       });
-      box.find('.rtgw-plans').empty().append(plans.length ? list : 'No RT plans.');
-    }).fail(function () { box.find('.rtgw-plans').text('RT plans are not available.'); });
+      plansBox.empty().append(plans.length ? list : text('No RT plans.'));
+    }).fail(function () { plansBox.text('RT plans are not available.'); });
+
     $.getJSON('../modalities', function (targets) {
       targets.forEach(function (t) {
-        box.find('.rtgw-targets').append($('<label style="margin-right:1em"></label>')
-          .append($('<input type="checkbox" data-role="none" class="rtgw-target">').val(t)).append(' ' + t));
+        targetsBox.append($('<label></label>').css('margin-right', '1em').append(checkbox('rtgw-target', t), text(' ' + t)));
       });
     });
-    box.find('.rtgw-send').click(function () {
+
+    sendButton.click(function () {
       var plans = box.find('.rtgw-plan:checked').map(function () { return this.value; }).get();
       var targets = box.find('.rtgw-target:checked').map(function () { return this.value; }).get();
-      $.ajax({ url: '../rt-gateway/plans/send', type: 'POST', data: JSON.stringify({ plans: plans, targets: targets }),
+      $.ajax({
+        url: '../rt-gateway/plans/send', type: 'POST', contentType: 'application/json',
+        // Required by the gateway for any request that changes something (cross-site protection).
+        headers: { 'X-Requested-With': 'rt-gateway-explorer' },
+        data: JSON.stringify({ plans: plans, targets: targets }),
         success: function (answer) {
           var jobs = answer.jobs || answer;
-          box.find('.rtgw-jobs').text('Queued job(s): ' + jobs.map(function (j) { return j.id || j; }).join(', '));
+          jobsBox.text('Queued job(s): ' + jobs.map(function (j) { return j.id || j; }).join(', '));
         },
-        error: function (xhr) { box.find('.rtgw-jobs').text('Not sent: ' + xhr.responseText); } });
+        error: function (xhr) { jobsBox.text('Not sent: ' + xhr.responseText); }
+      });
     });
     return box;
   }
 
-  $('#patient').live('pagebeforeshow', function () {
-    $('#patient .rtgw-panel').remove();
-    var uuid = $.mobile.pageData && $.mobile.pageData.uuid;
-    if (!uuid) return;
-    $.getJSON('../patients/' + uuid, function (patient) {
-      $('#patient .ui-content, #patient [data-role=content]').first().append(panel('patient_id', patient.MainDicomTags.PatientID));
+  function showOn(pageId, resource, patientIdOf) {
+    $(pageId).live('pagebeforeshow', function () {
+      $(pageId + ' .rtgw-panel').remove();
+      var uuid = $.mobile.pageData && $.mobile.pageData.uuid;
+      if (!uuid) return;
+      $.getJSON('../' + resource + '/' + encodeURIComponent(uuid), function (item) {
+        $(pageId + ' .ui-content, ' + pageId + ' [data-role=content]').first().append(panel('patient_id', patientIdOf(item)));
+      });
     });
-  });
-  $('#study').live('pagebeforeshow', function () {
-    $('#study .rtgw-panel').remove();
-    var uuid = $.mobile.pageData && $.mobile.pageData.uuid;
-    if (!uuid) return;
-    $.getJSON('../studies/' + uuid, function (study) {
-      $('#study .ui-content, #study [data-role=content]').first().append(panel('patient_id', study.PatientMainDicomTags.PatientID));
-    });
-  });
+  }
+  showOn('#patient', 'patients', function (patient) { return patient.MainDicomTags.PatientID; });
+  showOn('#study', 'studies', function (study) { return study.PatientMainDicomTags.PatientID; });
 })();
