@@ -174,8 +174,8 @@ def install() -> None:
         orthanc.LogError(f"RtGateway: not starting: {problem}")
         raise RuntimeError(problem)
     supervisor = Supervisor(command, envelope, _log_warning, _log_error)
-    plugin = Plugin(supervisor, NoteSender(channels.worker_socket(0)), ApiProxy(channels.api_socket),
-                    config.database)
+    proxy = ApiProxy(channels.api_socket, max_body_bytes=config.worker.max_body_bytes)
+    plugin = Plugin(supervisor, NoteSender(channels.worker_socket(0)), proxy, config.database)
     if configuration.get("SaveJobs", True):
         orthanc.LogWarning(
             "RtGateway: SaveJobs is on (AllowSaveJobs): store jobs Orthanc resumes after a crash "

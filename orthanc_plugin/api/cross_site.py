@@ -31,7 +31,8 @@ def cross_site_refusal(headers: Mapping[str, str], has_body: bool,
             continue
         source = urlsplit(value).netloc.lower() if value != "null" else "null"
         if not host or source != host:
-            return 403, f"cross-site request refused ({name} {value[:80]!r} is not this host)"
+            return 403, (f"cross-site request refused ({name.title()} {value[:80]!r} is not "
+                     f"this host)")
         break  # Origin decides when present; Referer only when the browser sent no Origin
     if not any(headers.get(name) for name in REQUIRED_HEADERS):
         return 403, ("cross-site check: a request that changes something must carry the header "

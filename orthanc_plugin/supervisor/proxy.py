@@ -45,14 +45,21 @@ class _UnixConnection(http.client.HTTPConnection):
 
 
 class ApiProxy:
-    def __init__(self, api_socket: Path, timeout_seconds: float = 300.0) -> None:
+    def __init__(self, api_socket: Path, timeout_seconds: float = 300.0,
+                 max_body_bytes: int = 64 << 20) -> None:
         self.api_socket = api_socket
         self.timeout_seconds = timeout_seconds
+        self.max_body_bytes = max_body_bytes
 
     def forward(
         self, method: str, uri: str, query: Mapping[str, str], body: bytes,
         headers: Mapping[str, str],
     ) -> ProxiedAnswer:
+        if len(body) > self.max_body_bytes:
+            # Answered here: the worker would refuse it too, after a copy through the socket.
+            return ProxiedAnswer(413, "application/json", json.dumps(
+                {"error": f"request body of {len(body)} bytes is over RtGateway.MaxRequestBodyMB "
+                          f"({self.max_body_bytes >> 20})"}).encode())
         target = uri + ("?" + urlencode(dict(query)) if query else "")
         sent_headers = {"X-Forwarded-By": "rt-gateway-plugin"}
         for name, value in headers.items():
