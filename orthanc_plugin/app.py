@@ -11,7 +11,7 @@ from typing import Any
 
 from orthanc_plugin import capabilities
 from orthanc_plugin.api.gateway_routes import add_routes
-from orthanc_plugin.api.health import HealthProbes
+from orthanc_plugin.api.health import HealthProbes, probe_write
 from orthanc_plugin.api.router import Router
 from orthanc_plugin.audit.metrics import Metrics
 from orthanc_plugin.audit.recorder import AuditRecorder
@@ -24,6 +24,7 @@ from orthanc_plugin.forwarding.verify import InstanceKeys
 from orthanc_plugin.jobs.executor_base import JobContext
 from orthanc_plugin.jobs.executors import Registry
 from orthanc_plugin.jobs.intake import Intake
+from orthanc_plugin.jobs.ledger import LEDGER_SCHEMA
 from orthanc_plugin.jobs.own_output import SCHEMA as OWN_OUTPUT_SCHEMA
 from orthanc_plugin.jobs.own_output import own_output_source
 from orthanc_plugin.jobs.queue import JobQueue
@@ -31,6 +32,8 @@ from orthanc_plugin.jobs.tables import ADDED_COLUMNS
 from orthanc_plugin.jobs.tables import SCHEMA as JOBS_SCHEMA
 from orthanc_plugin.jobs.workers import WorkerPool
 from orthanc_plugin.ports import Host, HostError
+from orthanc_plugin.retention import PRUNED_PREFIX, Retention, pruned_total
+from orthanc_plugin.retention import read_settings as read_retention
 from orthanc_plugin.rules import (
     RulesError,
     RuleSet,
@@ -53,7 +56,7 @@ class Gateway:
         self._rules_lock = threading.Lock()
         self.db = Database(
             config.database, [META_SCHEMA, AUDIT_SCHEMA, JOBS_SCHEMA, OWN_OUTPUT_SCHEMA,
-             *capabilities.extra_schemas()]
+             LEDGER_SCHEMA, *capabilities.extra_schemas()]
         )
         for table, columns in ADDED_COLUMNS.items():
             self.db.ensure_columns(table, columns)
@@ -91,6 +94,7 @@ class Gateway:
         self.health_probes = HealthProbes(
             self.db, {"storage": config.storage_directory, "database": config.database.parent},
             config.min_free_disk_mb, lambda: {})
+        self.retention = Retention(self.db, read_retention(config.section), host.log_warning)
         add_routes(self.router, self)
         self._started = False
         self._gauges_refreshed_at = float("-inf")
@@ -123,6 +127,7 @@ class Gateway:
         )
         self.seed_metrics()
         self.pool.start(intake=True)
+        self.retention.start()
         for hook in self.hooks.on_start:
             hook()
         for rules_hook in self.hooks.on_rules_loaded:
@@ -138,16 +143,27 @@ class Gateway:
             "SELECT COALESCE(SUM(instances),0) AS n, COALESCE(SUM(bytes),0) AS b, "
             "COALESCE(SUM(status<>'success'),0) AS f FROM transfers"
         )[0]
-        self.metrics.gauge("rtgw_instances_sent_total", row["n"])
-        self.metrics.gauge("rtgw_bytes_sent_total", row["b"])
-        self.metrics.gauge("rtgw_transfer_failures_total", row["f"])
+        # Totals of transfers pruned by retention are carried in meta: counters never go down.
+        pruned = {row["key"][len(PRUNED_PREFIX):]: float(row["value"]) for row in self.db.query(
+            "SELECT key, value FROM meta WHERE key LIKE ?", (PRUNED_PREFIX + "%",))}
+        self.metrics.gauge("rtgw_instances_sent_total", row["n"] + pruned.get("sent_instances", 0))
+        self.metrics.gauge("rtgw_bytes_sent_total", row["b"] + pruned.get("sent_bytes", 0))
+        self.metrics.gauge("rtgw_transfer_failures_total", row["f"] + pruned.get("failures", 0))
+        targets: dict[str, list[float]] = {}
+        for name, value in pruned.items():
+            if name.startswith("target_"):
+                target, _, kind = name[len("target_"):].rpartition("_")
+                targets.setdefault(target, [0.0, 0.0])[kind == "failures"] += value
         for target_row in self.db.query(
             "SELECT target, SUM(instances) AS n, SUM(status<>'success') AS f FROM transfers "
             "GROUP BY target"
         ):
-            target = target_row["target"]
-            self.metrics.gauge(f"rtgw_target_{target}_instances_sent_total", target_row["n"] or 0)
-            self.metrics.gauge(f"rtgw_target_{target}_failures_total", target_row["f"] or 0)
+            totals = targets.setdefault(target_row["target"], [0.0, 0.0])
+            totals[0] += target_row["n"] or 0
+            totals[1] += target_row["f"] or 0
+        for target, (sent, failed) in targets.items():
+            self.metrics.gauge(f"rtgw_target_{target}_instances_sent_total", sent)
+            self.metrics.gauge(f"rtgw_target_{target}_failures_total", failed)
         self.refresh_queue_gauges()
 
     def refresh_queue_gauges(self) -> None:
@@ -166,6 +182,7 @@ class Gateway:
         if self._started:
             for hook in self.hooks.on_stop:
                 hook()
+            self.retention.stop()
             self.pool.stop()
             self.recorder.event("gateway-stopped", status="ok")
             self._started = False
@@ -195,9 +212,14 @@ class Gateway:
             "SELECT (SELECT COUNT(*) FROM evaluations) AS e, "
             "(SELECT COUNT(*) FROM evaluations WHERE matched=1 AND new_instances>0) AS m, "
             "(SELECT COUNT(*) FROM quarantine) AS q")[0]
-        self.metrics.gauge("rtgw_rule_evaluations_total", row["e"])
-        self.metrics.gauge("rtgw_rule_matches_total", row["m"])
+        self.metrics.gauge("rtgw_rule_evaluations_total",
+                           row["e"] + pruned_total(self.db, "evaluations"))
+        self.metrics.gauge("rtgw_rule_matches_total", row["m"] + pruned_total(self.db, "matches"))
         self.metrics.gauge("rtgw_quarantined_total", row["q"])
+        writable, _ = probe_write(self.db)
+        self.metrics.gauge("rtgw_database_unwritable",
+                           0 if writable and not self.db.trouble.unwritable else 1)
+        self.metrics.gauge("rtgw_database_write_failures_total", self.db.trouble.failures)
         return self.metrics.snapshot()
 
     # -- rules shared by the worker processes ----------------------------------------------------

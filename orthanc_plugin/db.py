@@ -2,12 +2,74 @@
 
 from __future__ import annotations
 
+import functools
 import sqlite3
 import threading
-from collections.abc import Iterable, Iterator
-from contextlib import contextmanager
+import time
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager, suppress
 from pathlib import Path
-from typing import Any
+from typing import Any, Concatenate, ParamSpec, Protocol, TypeVar
+
+# SQLite's primary result codes that mean the file cannot be written now but may be later:
+# a full disk (SQLITE_FULL), an I/O error (SQLITE_IOERR, with its extended codes), a journal or
+# WAL file that cannot be created (SQLITE_CANTOPEN).
+DISK_ERROR_CODES = frozenset({13, 10, 14})
+WAIT_FIRST_SECONDS = 0.2
+WAIT_LONGEST_SECONDS = 5.0
+
+
+def is_disk_error(error: BaseException) -> bool:
+    code = getattr(error, "sqlite_errorcode", None)
+    if isinstance(code, int):
+        return code & 0xFF in DISK_ERROR_CODES
+    text = str(error).lower()
+    return "disk is full" in text or "disk i/o error" in text
+
+
+class DatabaseUnwritable(Exception):
+    """The gateway database could not be written and the wait was cut short by a stop."""
+
+
+class DiskTrouble:
+    """Whether writes to the gateway database fail now, since when, and how often they did.
+
+    Shared by the threads of one process; each process reports its own (the lead's /health
+    probes the file itself)."""
+
+    def __init__(self, report: Callable[[str], None] | None = None) -> None:
+        self.report = report or (lambda message: None)
+        self._lock = threading.Lock()
+        self.since: float | None = None
+        self.last_error = ""
+        self.failures = 0
+        self.episodes = 0
+
+    def failed(self, error: BaseException, what: str) -> None:
+        with self._lock:
+            self.failures += 1
+            self.last_error = str(error)
+            starting = self.since is None
+            if starting:
+                self.since = time.monotonic()
+                self.episodes += 1
+        if starting:
+            self.report(f"the gateway database cannot be written ({error}) while {what}: work "
+                        "waits and nothing is recorded as sent until it can; free space where "
+                        "RtGateway.Database lives")
+
+    def recovered(self) -> None:
+        with self._lock:
+            if self.since is None:
+                return
+            lasted = time.monotonic() - self.since
+            self.since = None
+        self.report(f"the gateway database can be written again after {lasted:.1f} s; "
+                    "the waiting work goes on")
+
+    @property
+    def unwritable(self) -> bool:
+        return self.since is not None
 
 
 class Database:
@@ -15,6 +77,10 @@ class Database:
         self.path = path
         path.parent.mkdir(parents=True, exist_ok=True)
         self._local = threading.local()
+        self.trouble = DiskTrouble()
+        # Set when the process stops: a write waiting for disk space gives up (the work it
+        # would have recorded is still in flight in the queue and is verified at the next start).
+        self.stopping = threading.Event()
         # executescript commits on its own, so the schema is applied outside transaction().
         for schema in schemas:
             self.connection().executescript(schema)
@@ -47,10 +113,41 @@ class Database:
         connection.execute("BEGIN IMMEDIATE")
         try:
             yield connection
+            connection.execute("COMMIT")
         except BaseException:
-            connection.execute("ROLLBACK")
+            # After SQLITE_FULL or an I/O error SQLite may have rolled back already, and a
+            # failed COMMIT leaves the transaction open: either way the connection must end up
+            # outside any transaction, and the first error is the one that counts.
+            if connection.in_transaction:
+                with suppress(sqlite3.Error):
+                    connection.execute("ROLLBACK")
             raise
-        connection.execute("COMMIT")
+
+    def durable(self, write: Callable[[], Result], what: str) -> Result:
+        """Runs `write` (whole transactions, all or nothing) until the file takes it: a full
+        disk makes the caller wait, never lose the row. Nested calls run once, inside the outer
+        one's retry (a failed inner write rolled the outer transaction back too)."""
+        if getattr(self._local, "durable_depth", 0):
+            return write()
+        delay = WAIT_FIRST_SECONDS
+        self._local.durable_depth = 1
+        try:
+            while True:
+                try:
+                    result = write()
+                except sqlite3.OperationalError as error:
+                    if not is_disk_error(error):
+                        raise
+                    self.trouble.failed(error, what)
+                    if self.stopping.wait(delay):
+                        raise DatabaseUnwritable(f"{what}: {error}") from error
+                    delay = min(delay * 2, WAIT_LONGEST_SECONDS)
+                    continue
+                if self.trouble.unwritable:
+                    self.trouble.recovered()
+                return result
+        finally:
+            self._local.durable_depth = 0
 
     def query(self, sql: str, parameters: Iterable[Any] = ()) -> list[sqlite3.Row]:
         return self.connection().execute(sql, tuple(parameters)).fetchall()
@@ -74,6 +171,28 @@ class Database:
         if connection is not None:
             connection.close()
             self._local.connection = None
+
+
+Result = TypeVar("Result")
+Params = ParamSpec("Params")
+
+
+class _HasDatabase(Protocol):
+    db: Database
+
+
+Owner = TypeVar("Owner", bound=_HasDatabase)
+
+
+def durable_write(
+    method: Callable[Concatenate[Owner, Params], Result],
+) -> Callable[Concatenate[Owner, Params], Result]:
+    """A method whose database writes wait out a full disk (see Database.durable). The method
+    must be all-or-nothing: one transaction, or writes into a transaction its caller owns."""
+    @functools.wraps(method)
+    def wrapper(self: Owner, *args: Params.args, **kwargs: Params.kwargs) -> Result:
+        return self.db.durable(lambda: method(self, *args, **kwargs), method.__name__)
+    return wrapper
 
 
 META_SCHEMA = "CREATE TABLE IF NOT EXISTS meta(key TEXT PRIMARY KEY, value TEXT);"

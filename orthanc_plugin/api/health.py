@@ -25,6 +25,23 @@ class HealthProbes:
     worker_pids: Callable[[], dict[int, int | None]]   # index -> pid, None when unknown
 
 
+# A write the size of a few audit rows: on a full disk a one-value write can still fit in the
+# WAL's free pages while a real batch fails, so the probe writes (and removes) a bit more.
+PROBE_BYTES = 16 * 1024
+
+
+def probe_write(db: Database) -> tuple[bool, str]:
+    try:
+        with db.transaction() as connection:
+            connection.execute("CREATE TABLE IF NOT EXISTS health_probe(data BLOB)")
+            connection.execute("INSERT INTO health_probe(data) VALUES(zeroblob(?))", (PROBE_BYTES,))
+            connection.execute("DELETE FROM health_probe")
+            db.set_meta("health_checked_at", str(time.time()), connection)
+    except Exception as error:  # a full disk or a locked file: that is the answer
+        return False, str(error)
+    return True, ""
+
+
 def health(probes: HealthProbes) -> tuple[int, dict[str, Any]]:
     problems: list[str] = []
     report: dict[str, Any] = {}
@@ -37,12 +54,17 @@ def health(probes: HealthProbes) -> tuple[int, dict[str, Any]]:
         report["queue"] = {"pending": counts.get("pending", 0), "running": counts.get("running", 0),
                            "parked": counts.get("dead", 0),
                            "oldest_pending_seconds": round(now - oldest, 1) if oldest else None}
-        with probes.db.transaction() as connection:
-            probes.db.set_meta("health_checked_at", str(now), connection)
-        report["database_writable"] = True
-    except Exception as error:  # a full disk or a locked file: that is the answer
-        report["database_writable"] = False
-        problems.append(f"gateway database not writable: {error}")
+    except Exception as error:
+        problems.append(f"gateway database not readable: {error}")
+    writable, why = probe_write(probes.db)
+    report["database_writable"] = writable
+    if not writable:
+        problems.append(f"gateway database not writable: {why}")
+    trouble = probes.db.trouble
+    report["database_write_failures"] = trouble.failures
+    if trouble.since is not None:
+        problems.append(f"gateway database writes failing for {time.monotonic() - trouble.since:.0f}"
+                        f" s: {trouble.last_error}")
     disks: dict[str, Any] = {}
     for what, folder in probes.folders.items():
         try:

@@ -9,7 +9,7 @@ from typing import Any
 from orthanc_plugin.audit.clock import now_iso
 from orthanc_plugin.audit.metrics import Metrics
 from orthanc_plugin.audit.translog import TransactionLog
-from orthanc_plugin.db import Database
+from orthanc_plugin.db import Database, durable_write
 
 
 class AuditRecorder:
@@ -63,6 +63,7 @@ class AuditRecorder:
                     outcome=f"queued {new_instances} instance(s)",
                 )
 
+    @durable_write
     def transfer(
         self,
         *,
@@ -132,10 +133,13 @@ class AuditRecorder:
             " target, job_id, detail) VALUES(?,?,?,?,?,?,?,?,?,?)"
         )
         if connection is not None:
-            connection.execute(sql, row)
-        else:
+            connection.execute(sql, row)  # the caller's transaction: its caller retries it
+            return
+
+        def write() -> None:
             with self.db.transaction() as own:
                 own.execute(sql, row)
+        self.db.durable(write, f"writing the audit event {event}")
 
     def quarantine(
         self, connection: sqlite3.Connection, instance_id: str, reason: str, detail: str = ""

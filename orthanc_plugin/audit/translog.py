@@ -6,6 +6,8 @@ import threading
 from datetime import UTC, datetime
 from pathlib import Path
 
+# Lines held in memory while the log's disk is full; beyond, the oldest are counted as lost.
+MAX_WAITING_LINES = 100_000
 COLUMNS = ("time", "source_ip", "calling_aet", "study_uid", "rule", "destination", "outcome")
 
 
@@ -14,6 +16,10 @@ class TransactionLog:
         self.folder = folder
         folder.mkdir(parents=True, exist_ok=True)
         self._lock = threading.Lock()
+        # Lines a full disk refused, written first at the next write that works.
+        self._waiting: list[tuple[Path, str]] = []
+        self.refused_writes = 0
+        self.lost_lines = 0
 
     def path_for(self, moment: datetime) -> Path:
         return self.folder / f"transactions-{moment:%Y-%m-%d}.log"
@@ -40,13 +46,25 @@ class TransactionLog:
         )
         # Tabs and newlines inside a value would break the one-line-per-event format.
         line = "\t".join(_clean(value) for value in fields) + "\n"
-        path = self.path_for(moment)
         with self._lock:
+            self._waiting.append((self.path_for(moment), line))
+            try:
+                self._write_waiting()
+            except OSError:  # a full disk: the database row is written; this line waits
+                self.refused_writes += 1
+                if len(self._waiting) > MAX_WAITING_LINES:
+                    self.lost_lines += len(self._waiting) - MAX_WAITING_LINES
+                    del self._waiting[:-MAX_WAITING_LINES]
+
+    def _write_waiting(self) -> None:
+        while self._waiting:
+            path, line = self._waiting[0]
             is_new = not path.exists()
             with path.open("a", encoding="utf-8") as handle:
                 if is_new:
                     handle.write("\t".join(COLUMNS) + "\n")
                 handle.write(line)
+            self._waiting.pop(0)
 
 
 def _clean(value: str | None) -> str:

@@ -122,12 +122,12 @@ class ItemExecutor(Generic[Action, Result]):
         status: str | None = None
         for item in items:
             if len(done) - recorded >= self.record_batch:
-                self.record(job, action, done[recorded:])
+                self._record_durably(job, action, done[recorded:])
                 recorded = len(done)
             try:
                 done.append((item, self.step(job, item, action)))
             except Postpone as wait:
-                self.record(job, action, done[recorded:])
+                self._record_durably(job, action, done[recorded:])
                 self.queue.postpone([job["id"]], max(wait.seconds, 0.0), f"waiting: {wait.reason}")
                 return
             except Refuse as refusal:
@@ -143,9 +143,16 @@ class ItemExecutor(Generic[Action, Result]):
                 error, status = f"Orthanc: {problem}", "host"
                 self.event(job, f"{self.name}-error", "retry", error, item)
                 break
-        self.record(job, action, done[recorded:])
+        self._record_durably(job, action, done[recorded:])
         outcome = self.queue.settle([job["id"]], error, status).get(job["id"], "")
         self.after_job(job, action, done, outcome)
+
+    def _record_durably(self, job: sqlite3.Row, action: Action,
+                        done: Sequence[tuple[ClaimedItem, Result]]) -> None:
+        # What was done is held here until the database takes it: a full disk delays the
+        # record, never drops it (a capability's record is all-or-nothing and idempotent).
+        if done:
+            self.db.durable(lambda: self.record(job, action, done), f"recording {self.name}")
 
     # -- shared outcomes -------------------------------------------------------------------------
     def refuse(self, job: sqlite3.Row, item: ClaimedItem, refusal: Refuse) -> None:

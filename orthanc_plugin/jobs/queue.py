@@ -11,7 +11,8 @@ from typing import Any
 
 from orthanc_plugin.audit.clock import now_iso
 from orthanc_plugin.config import RetryPolicySettings
-from orthanc_plugin.db import Database
+from orthanc_plugin.db import Database, durable_write
+from orthanc_plugin.jobs.ledger import in_ledger
 from orthanc_plugin.jobs.retry import decide
 
 READY_STATES = ("pending",)
@@ -99,6 +100,7 @@ class JobQueue:
         )
         return job_id, len(fresh)
 
+    @durable_write
     def recover_after_crash(self, generation: str = "") -> int:
         """Jobs left 'running' by an earlier generation of workers (Orthanc stopped, killed or
         crashed) run again from their unsent items. Jobs of this generation's workers are theirs."""
@@ -111,6 +113,7 @@ class JobQueue:
             )
             return cursor.rowcount
 
+    @durable_write
     def reclaim_from_crashed(self, claimant: str, reason: str) -> tuple[list[int], list[int]]:
         """The jobs a dead worker was running: back to pending, or parked as poison when this was
         their second crash. Returns (requeued, poisoned) job ids."""
@@ -138,6 +141,7 @@ class JobQueue:
                     requeued.append(row["id"])
         return requeued, poisoned
 
+    @durable_write
     def release_claims(self) -> int:
         """At a clean stop: this worker's running jobs go back to pending, no attempt spent."""
         if not self.claimant:
@@ -160,6 +164,7 @@ class JobQueue:
         due = rows[0]["due"] if rows else None
         return None if due is None else max(0.0, due - time.time())
 
+    @durable_write
     def claim(
         self,
         max_items: int | Callable[[str], int],
@@ -215,6 +220,7 @@ class JobQueue:
             )
         return Claim(action=action, target=target, jobs=jobs, items=items)
 
+    @durable_write
     def mark_sent(self, items: Sequence[ClaimedItem], sizes: dict[str, int],
                   status: str | None = None) -> None:
         stamp = now_iso()
@@ -226,6 +232,7 @@ class JobQueue:
                  for i in items],
             )
 
+    @durable_write
     def mark_in_flight(self, items: Sequence[ClaimedItem], orthanc_job: str) -> None:
         """An Orthanc store job now carries these items, in this order (one transaction)."""
         now = time.time()
@@ -243,6 +250,7 @@ class JobQueue:
             connection.execute("DELETE FROM orthanc_store_jobs WHERE created_epoch < ?",
                                (now - STORE_JOB_MEMORY_SECONDS,))
 
+    @durable_write
     def clear_in_flight(self, items: Sequence[ClaimedItem]) -> None:
         """The receiver's answer for these is known: not delivered, to be sent again."""
         with self.db.transaction() as connection:
@@ -250,6 +258,7 @@ class JobQueue:
                 "UPDATE job_items SET in_flight_job=NULL, in_flight_pos=NULL "
                 "WHERE job_id=? AND instance_id=?", [(i.job_id, i.instance_id) for i in items])
 
+    @durable_write
     def mark_gone(self, item: ClaimedItem, reason: str) -> None:
         """The source instance no longer exists in Orthanc: nothing left to send."""
         with self.db.transaction() as connection:
@@ -257,6 +266,7 @@ class JobQueue:
                 "UPDATE job_items SET state='gone', status=?, in_flight_job=NULL "
                 "WHERE job_id=? AND instance_id=?", (reason, item.job_id, item.instance_id))
 
+    @durable_write
     def mark_refused(self, item: ClaimedItem, status: str) -> None:
         with self.db.transaction() as connection:
             connection.execute(
@@ -265,12 +275,14 @@ class JobQueue:
                 (status, item.job_id, item.instance_id),
             )
 
+    @durable_write
     def set_orthanc_job(self, job_ids: Sequence[int], orthanc_job: str) -> None:
         with self.db.transaction() as connection:
             connection.executemany(
                 "UPDATE jobs SET orthanc_job=? WHERE id=?", [(orthanc_job, j) for j in job_ids]
             )
 
+    @durable_write
     def settle(self, job_ids: Sequence[int], error: str | None, status: str | None) -> dict[int, str]:
         """After a claim ran: done, parked (dead) or back to pending with backoff, per job."""
         outcome: dict[int, str] = {}
@@ -299,6 +311,7 @@ class JobQueue:
                 outcome[job_id] = state
         return outcome
 
+    @durable_write
     def policy_exhaust(self, job_id: int) -> None:
         with self.db.transaction() as connection:
             connection.execute(
@@ -311,6 +324,7 @@ class JobQueue:
         self.policy_exhaust(job_id)
         self.settle([job_id], reason, status)
 
+    @durable_write
     def note_refusal(self, job_id: int, error: str, status: str) -> None:
         with self.db.transaction() as connection:
             connection.execute(
@@ -318,6 +332,7 @@ class JobQueue:
                 (error, status, now_iso(), job_id),
             )
 
+    @durable_write
     def postpone(self, job_ids: Sequence[int], seconds: float, reason: str) -> None:
         """Claimed jobs wait for something (e.g. images still arriving) without spending an attempt."""
         with self.db.transaction() as connection:
@@ -327,6 +342,7 @@ class JobQueue:
                 [(time.time() + seconds, reason, now_iso(), job_id) for job_id in job_ids],
             )
 
+    @durable_write
     def resume_soon(self, job_ids: Sequence[int], reason: str) -> None:
         """Jobs settled back to pending by an interruption, not a failure: no attempt spent, no
         backoff."""
@@ -382,7 +398,7 @@ def _unassigned(
             "SELECT 1 FROM job_items WHERE rule=? AND target=? AND instance_id=?",
             (rule, target, instance_id),
         ).fetchone()
-        if row is None:
+        if row is None and not in_ledger(connection, rule, target, instance_id):
             fresh.append(instance_id)
     return fresh
 

@@ -3,12 +3,14 @@ threads, each surviving any error it meets."""
 
 from __future__ import annotations
 
+import sqlite3
 import threading
 import time
 import traceback
 from collections.abc import Callable
 from typing import Protocol
 
+from orthanc_plugin.db import DatabaseUnwritable, is_disk_error
 from orthanc_plugin.jobs.executors import Registry
 from orthanc_plugin.jobs.intake import Intake
 from orthanc_plugin.jobs.queue import Claim, JobQueue
@@ -84,10 +86,23 @@ class WorkerPool:
         self.send_wakeup.set()
 
     def _intake_loop(self) -> None:
+        blocked_since: float | None = None
         while not self.stopping.is_set():
             busy = False
             try:
                 busy = self.intake.step()
+                if blocked_since is not None:
+                    self.log_error(f"intake: the gateway database takes writes again after "
+                                   f"{time.monotonic() - blocked_since:.1f} s; catching up")
+                    blocked_since = None
+            except sqlite3.OperationalError as error:
+                if not is_disk_error(error):
+                    self.log_error("intake: " + traceback.format_exc())
+                elif blocked_since is None:  # once per episode: Orthanc keeps the instances
+                    blocked_since = time.monotonic()
+                    self.log_error(f"intake: the gateway database cannot be written ({error}); "
+                                   "new instances wait in Orthanc and are taken in once it can")
+                self.stopping.wait(self.poll_interval_seconds)
             except Exception:  # log and go on: the changes cursor has not moved
                 self.log_error("intake: " + traceback.format_exc())
                 self.stopping.wait(self.poll_interval_seconds)
@@ -107,6 +122,10 @@ class WorkerPool:
             if self.watch is not None:
                 self.watch.out_of_memory(description)
             raise
+        except DatabaseUnwritable as error:
+            # Stopping while the disk is full: the claim stays running and in flight, and the
+            # next start verifies with the receiver what arrived.
+            self.log_error(f"{claim.action} to {claim.target}: not recorded ({error})")
         except Exception as error:  # the jobs go back to the queue with backoff
             self.log_error(f"{claim.action} to {claim.target}: " + traceback.format_exc())
             self.queue.settle(claim.job_ids, f"internal error: {error}", "internal")
@@ -125,6 +144,8 @@ class WorkerPool:
                     self._run(claim)
                     continue
                 due = self.queue.next_due_in()
+            except DatabaseUnwritable:
+                due = self.poll_interval_seconds  # stopping while the disk is full
             except Exception:
                 self.log_error("sender: " + traceback.format_exc())
                 due = self.poll_interval_seconds

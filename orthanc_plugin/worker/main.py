@@ -14,6 +14,7 @@ import argparse
 import json
 import os
 import signal
+import sqlite3
 import sys
 import threading
 from dataclasses import replace
@@ -23,6 +24,7 @@ from typing import Any
 from orthanc_plugin.app import RULES_TEXT_KEY, Gateway, build_gateway
 from orthanc_plugin.channels import DELETED, STABLE, STORED, WAKE, Channels
 from orthanc_plugin.config import ConfigError, GatewayConfig, parse_config
+from orthanc_plugin.db import META_SCHEMA, Database, DatabaseUnwritable
 from orthanc_plugin.jobs.intake import noted_facts
 from orthanc_plugin.rules import RulesError
 from orthanc_plugin.worker.api_server import ApiServer
@@ -82,7 +84,6 @@ def _build(orthanc_config: dict[str, Any], config_dir: Path, host: HttpHost) -> 
     except RulesError as error:
         # The file changed since Orthanc started and is broken now: the rules in force stay.
         config = parse_config(orthanc_config, config_dir)
-        from orthanc_plugin.db import META_SCHEMA, Database
         from orthanc_plugin.rules import load_rules_text
 
         text = Database(config.database, [META_SCHEMA]).get_meta(RULES_TEXT_KEY)
@@ -111,6 +112,7 @@ def main(argv: list[str] | None = None) -> int:
     channels.pid_file(args.index).write_text(str(os.getpid()))
     host = _host_for(config, label)
     gateway = _build(orthanc_config, config_dir, host)
+    gateway.db.trouble.report = lambda message: host.log_error(f"{label}: {message}")
     lead = args.index == 0
     gateway.pool.workers = 0 if lead else config.worker.threads_per_worker
     gateway.queue.claimant = f"{args.generation}:{os.getpid()}"
@@ -145,8 +147,13 @@ def main(argv: list[str] | None = None) -> int:
     # A clean stop: no new claims; claims in flight end at their next association boundary;
     # what is still running at the budget's end goes back to the queue unspent.
     gateway.stopping.set()
+    gateway.db.stopping.set()
     gateway.pool.stop(STOP_BUDGET_SECONDS)
-    released = gateway.queue.release_claims()
+    try:
+        released = gateway.queue.release_claims()
+    except (DatabaseUnwritable, sqlite3.Error) as error:
+        host.log_error(f"stopping: claims not released ({error}); the next start takes them back")
+        released = 0
     host.log_warning(f"stopped on request; {released} running job(s) back to the queue")
     if lead:
         gateway.stop()
