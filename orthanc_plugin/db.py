@@ -191,7 +191,8 @@ def durable_write(
     must be all-or-nothing: one transaction, or writes into a transaction its caller owns."""
     @functools.wraps(method)
     def wrapper(self: Owner, *args: Params.args, **kwargs: Params.kwargs) -> Result:
-        return self.db.durable(lambda: method(self, *args, **kwargs), method.__name__)
+        return self.db.durable(lambda: method(self, *args, **kwargs),
+                               method.__name__.replace("_", " "))
     return wrapper
 
 

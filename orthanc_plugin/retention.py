@@ -196,6 +196,12 @@ class Retention:
             f"SELECT value FROM meta WHERE key IN ({','.join('?' * len(FOLLOWER_CURSORS))})",
             FOLLOWER_CURSORS)]
         followed_up_to = min(cursors) if cursors else None
+        # A deleted instance's row tells the index to drop its entry: kept until it has.
+        index_waits = (
+            "AND NOT (r.state = 'gone' AND EXISTS (SELECT 1 FROM index_entries e "
+            "WHERE e.instance_id = r.instance_id)) "
+            if connection.execute("SELECT 1 FROM sqlite_master WHERE name='index_entries'")
+            .fetchone() else "")
         return connection.execute(
             "DELETE FROM received WHERE seq IN (SELECT r.seq FROM received r WHERE "
             "r.received_at < ? AND r.state <> 'new' "
@@ -206,5 +212,5 @@ class Retention:
             # Uncorrelated, so SQLite builds the (small) set of unfinished instances once.
             "AND r.instance_id NOT IN (SELECT i.instance_id FROM jobs j JOIN job_items i "
             "                          ON i.job_id = j.id WHERE j.state <> 'done') "
-            "ORDER BY r.seq LIMIT ?)",
+            f"{index_waits}ORDER BY r.seq LIMIT ?)",
             (cutoff, followed_up_to, followed_up_to, self.settings.batch_rows)).rowcount

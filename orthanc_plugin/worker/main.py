@@ -112,7 +112,7 @@ def main(argv: list[str] | None = None) -> int:
     channels.pid_file(args.index).write_text(str(os.getpid()))
     host = _host_for(config, label)
     gateway = _build(orthanc_config, config_dir, host)
-    gateway.db.trouble.report = lambda message: host.log_error(f"{label}: {message}")
+    gateway.db.trouble.report = host.log_error
     lead = args.index == 0
     gateway.pool.workers = 0 if lead else config.worker.threads_per_worker
     gateway.queue.claimant = f"{args.generation}:{os.getpid()}"

@@ -79,6 +79,7 @@ def test_a_full_database_disk_loses_nothing_and_recovers_without_a_restart(
         modalities={"COUNTER": ("COUNTER", peer.port)},
         gateway_settings={"Database": str(small_disk / "gateway.sqlite"),
                           "TransactionLogFolder": str(small_disk / "logs"),
+                          "MinFreeDiskMB": 1,
                           "Retry": {"MaxAttempts": 50, "BaseDelaySeconds": 1,
                                     "MaxDelaySeconds": 2}},
     )
@@ -92,18 +93,22 @@ def test_a_full_database_disk_loses_nothing_and_recovers_without_a_restart(
         # 1. The disk fills while a forward is under way (the receiver takes 30 ms an instance).
         storescu(first, gateway.dicom_port, calling="MOD")
         wait_until(lambda: peer.distinct() >= 10, 60, "forwarding under way")
+        assert gateway.get("/rt-gateway/health").status_code == 200
         filler = fill_up(small_disk)
         # 2. More images arrive while it is full: Orthanc (its storage elsewhere) takes them.
         storescu(second, gateway.dicom_port, calling="MOD")
         assert gateway.instance_count() == total
 
-        health = wait_until(lambda: (lambda r: r if r.status_code == 503 else None)(
+        health = wait_until(lambda: (lambda r: r.json() if r.status_code == 503 else None)(
             gateway.get("/rt-gateway/health")), 30, "health says degraded")
         assert any("not writable" in p or "writes failing" in p
-                   for p in health.json()["problems"]), health.json()
+                   for p in health["problems"]), health
         wait_until(lambda: prometheus(gateway, "rtgw_database_unwritable") == 1, 30,
                    "Prometheus says the database cannot be written")
         assert "cannot be written" in gateway.log_tail(400)
+        # Long enough for a store job in flight when the disk filled to end: its outcome must
+        # wait in the worker for the database, not be lost.
+        time.sleep(3)
         sent_while_full = peer.distinct()
 
         # 3. Space comes back: no restart.
