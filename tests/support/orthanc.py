@@ -18,6 +18,12 @@ import requests
 ROOT = Path(__file__).resolve().parents[2]
 PLUGIN = "/usr/share/orthanc/plugins/libOrthancPython.so"
 USER, PASSWORD = "rtgw", "test-password"
+# Set by the test command for its second pass (scripts/trixie.sh): gateways then run in that
+# debootstrap folder (Debian trixie: Orthanc 1.12, orthanc-python 5.0, Python 3.13) with its venv;
+# peers, senders and the tests stay on this machine. The folder sees /tmp and this checkout at the
+# same paths, so nothing else changes.
+CHROOT = os.environ.get("RTGW_ORTHANC_CHROOT", "")
+CHROOT_VENV = "/opt/rtgw-venv"
 
 
 def free_port() -> int:
@@ -84,6 +90,7 @@ class OrthancProcess:
                 "Workers": 2,
                 "PollIntervalSeconds": 0.2,
                 "Retry": {"MaxAttempts": 6, "BaseDelaySeconds": 1, "MaxDelaySeconds": 4},
+                **({"WorkerPython": f"{CHROOT_VENV}/bin/python"} if CHROOT else {}),
                 **(gateway_settings or {}),
             }
         self.config.update(extra or {})
@@ -108,11 +115,13 @@ class OrthancProcess:
         config_path = self.folder / "orthanc.json"
         config_path.write_text(json.dumps(config, indent=2))
         env = dict(os.environ, TCP_NODELAY="1")
+        command = ["Orthanc", str(config_path)]
+        if CHROOT and self.plugin:
+            command = ["chroot", CHROOT, "/usr/sbin/Orthanc", str(config_path)]
+            env["RTGW_VENV"] = CHROOT_VENV
         log = self.log_path.open("ab")
-        self.process = subprocess.Popen(
-            ["Orthanc", str(config_path)], stdout=log, stderr=subprocess.STDOUT, env=env,
-            cwd=self.folder,
-        )
+        self.process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env,
+                                        cwd=self.folder)
         if wait:
             self.wait_ready()
 

@@ -1,0 +1,100 @@
+#!/usr/bin/env bash
+# A second Orthanc for the tests: Debian trixie's Orthanc 1.12 + orthanc-python 5.0 + Python 3.13,
+# in a `debootstrap --variant=minbase trixie` folder made once and cached (about 80 s to make).
+#
+#   scripts/trixie.sh prepare   make (or reuse) the folder and its venv of the pinned requirements
+#   scripts/trixie.sh mount     bind /proc, /dev, /tmp and this checkout into it (tests run Orthanc
+#                               there with `chroot`, so the paths the tests write are the same)
+#   scripts/trixie.sh umount
+#   scripts/trixie.sh test      prepare, mount, run the integration tests that matter with the
+#                               gateways in it, unmount
+#
+# The folder is RTGW_TRIXIE_ROOT (default /var/cache/rtgw/trixie). Needs root (debootstrap, chroot,
+# mount); the test command is run as root on CI machines, else this uses sudo -n.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+CHECKOUT=$(pwd)
+ROOT=${RTGW_TRIXIE_ROOT:-/var/cache/rtgw/trixie}
+MIRROR=${RTGW_DEBIAN_MIRROR:-http://deb.debian.org/debian}
+VENV=/opt/rtgw-venv
+SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO="sudo -n"
+# pip's CA bundle on this machine (a proxy may re-sign PyPI): the one pip's configuration names.
+CA_BUNDLE=${PIP_CERT:-$(python3 -m pip config get global.cert 2>/dev/null || echo /etc/ssl/certs/ca-certificates.crt)}
+
+in_root() {
+  # A clean environment: the host's PIP_* settings name folders that do not exist in the chroot.
+  $SUDO chroot "$ROOT" /usr/bin/env -i PATH=/usr/sbin:/usr/bin:/sbin:/bin HOME=/root \
+    LANG=C.UTF-8 PIP_CERT=/etc/ssl/certs/host-ca.crt PIP_DISABLE_PIP_VERSION_CHECK=1 \
+    PIP_DEFAULT_TIMEOUT=180 "$@"
+}
+
+is_mounted() { mountpoint -q "$1" 2>/dev/null; }
+
+mount_all() {
+  for fs in proc dev tmp; do $SUDO mkdir -p "$ROOT/$fs"; done
+  is_mounted "$ROOT/proc" || $SUDO mount -t proc proc "$ROOT/proc"
+  is_mounted "$ROOT/dev" || $SUDO mount --rbind /dev "$ROOT/dev"
+  is_mounted "$ROOT/tmp" || $SUDO mount --bind /tmp "$ROOT/tmp"
+  $SUDO mkdir -p "$ROOT$CHECKOUT"
+  is_mounted "$ROOT$CHECKOUT" || $SUDO mount --bind "$CHECKOUT" "$ROOT$CHECKOUT"
+}
+
+umount_all() {
+  for target in "$ROOT$CHECKOUT" "$ROOT/tmp" "$ROOT/dev" "$ROOT/proc"; do
+    if is_mounted "$target"; then $SUDO umount -l "$target" || true; fi
+  done
+}
+
+prepare() {
+  want=$(cat requirements.txt | sha256sum | cut -d' ' -f1)
+  if [ -f "$ROOT/.rtgw-ready" ] && [ "$(cat "$ROOT/.rtgw-ready")" = "$want" ]; then
+    echo "trixie: reusing $ROOT"
+    return
+  fi
+  command -v debootstrap >/dev/null 2>&1 || {
+    $SUDO apt-get update -q
+    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -q --no-install-recommends debootstrap
+  }
+  if [ ! -x "$ROOT/usr/sbin/Orthanc" ]; then
+    echo "trixie: debootstrap into $ROOT (about 80 s)"
+    $SUDO rm -rf "$ROOT"
+    $SUDO mkdir -p "$(dirname "$ROOT")"
+    $SUDO debootstrap --variant=minbase \
+      --include=orthanc,orthanc-python,python3,python3-venv,ca-certificates \
+      trixie "$ROOT" "$MIRROR"
+  fi
+  $SUDO cp "$CA_BUNDLE" "$ROOT/etc/ssl/certs/host-ca.crt"
+  $SUDO cp /etc/resolv.conf "$ROOT/etc/resolv.conf"
+  mount_all
+  trap umount_all EXIT
+  [ -x "$ROOT$VENV/bin/python" ] || in_root /usr/bin/python3 -m venv "$VENV"
+  $SUDO cp requirements.txt "$ROOT/tmp/rtgw-requirements.txt"
+  in_root "$VENV/bin/python" -m pip install -q -r /tmp/rtgw-requirements.txt
+  echo "$want" | $SUDO tee "$ROOT/.rtgw-ready" >/dev/null
+  in_root /usr/sbin/Orthanc --version | head -1
+}
+
+# The integration tests that matter on a second Orthanc version: forwarding and delivery, plans,
+# de-identification and export, overlays, the process model, the browser.
+TRIXIE_TESTS=(tests/integration/test_forwarding.py tests/integration/test_delivery.py
+              tests/integration/test_plans.py tests/integration/test_deid_export.py
+              tests/integration/test_contours.py tests/integration/test_isolation.py
+              tests/integration/test_hostile_routes.py tests/browser)
+
+run_tests() {
+  prepare
+  mount_all
+  trap umount_all EXIT
+  echo "trixie: $(in_root /usr/sbin/Orthanc --version | head -1), $(in_root /usr/bin/python3 --version)"
+  RTGW_ORTHANC_CHROOT="$ROOT" TCP_NODELAY=1 .venv/bin/python -m pytest -p no:cacheprovider \
+    "${TRIXIE_TESTS[@]}" "$@"
+}
+
+case "${1:-}" in
+  prepare) prepare ;;
+  test) shift; run_tests "$@" ;;
+  mount) mount_all ;;
+  umount) umount_all ;;
+  root) echo "$ROOT" ;;
+  *) echo "usage: $0 prepare|mount|umount|root|test [pytest args]" >&2; exit 2 ;;
+esac
