@@ -10,6 +10,7 @@ test: setup
 	.venv/bin/ruff check .
 	.venv/bin/mypy
 	TCP_NODELAY=1 .venv/bin/python -m pytest tests
+	scripts/trixie.sh test
 
 unit: setup
 	.venv/bin/python -m pytest tests/unit

@@ -24,13 +24,13 @@ from orthanc_plugin.forwarding.verify import InstanceKeys
 from orthanc_plugin.jobs.executor_base import JobContext
 from orthanc_plugin.jobs.executors import Registry
 from orthanc_plugin.jobs.intake import Intake
-from orthanc_plugin.jobs.ledger import LEDGER_SCHEMA
 from orthanc_plugin.jobs.own_output import SCHEMA as OWN_OUTPUT_SCHEMA
 from orthanc_plugin.jobs.own_output import own_output_source
 from orthanc_plugin.jobs.queue import JobQueue
 from orthanc_plugin.jobs.tables import ADDED_COLUMNS
 from orthanc_plugin.jobs.tables import SCHEMA as JOBS_SCHEMA
 from orthanc_plugin.jobs.workers import WorkerPool
+from orthanc_plugin.labels import StudyLabels
 from orthanc_plugin.ports import Host, HostError
 from orthanc_plugin.retention import PRUNED_PREFIX, Retention, pruned_total
 from orthanc_plugin.retention import read_settings as read_retention
@@ -56,7 +56,7 @@ class Gateway:
         self._rules_lock = threading.Lock()
         self.db = Database(
             config.database, [META_SCHEMA, AUDIT_SCHEMA, JOBS_SCHEMA, OWN_OUTPUT_SCHEMA,
-             LEDGER_SCHEMA, *capabilities.extra_schemas()]
+             *capabilities.extra_schemas()]
         )
         for table, columns in ADDED_COLUMNS.items():
             self.db.ensure_columns(table, columns)
@@ -105,6 +105,7 @@ class Gateway:
             rules=lambda: self.ruleset, known_targets=self.known_targets,
             wake_workers=self._wake_senders, file_sizes=self.file_sizes,
             instance_keys=self.instance_keys, refresh_queue_gauges=self.refresh_queue_gauges,
+            labels=StudyLabels(host, host.log_warning),
         )
         capabilities.install_all(self.context)
 

@@ -21,6 +21,7 @@ from orthanc_plugin.jobs.executor_base import JobContext
 from orthanc_plugin.jobs.executors import Registry
 from orthanc_plugin.jobs.facts import FactsBuilder
 from orthanc_plugin.jobs.queue import JobQueue
+from orthanc_plugin.labels import StudyLabels
 from orthanc_plugin.ports import Host
 from orthanc_plugin.rules import RuleSet
 
@@ -61,6 +62,8 @@ class CapabilityContext:
     file_sizes: Callable[[Sequence[str]], dict[str, int]]
     instance_keys: Callable[[Sequence[str]], dict[str, Any]]
     refresh_queue_gauges: Callable[[], None]
+    # Orthanc labels on the studies acted on (1.12+, feature-detected; nothing on 1.10).
+    labels: StudyLabels
 
     @property
     def config_dir(self) -> Path:

@@ -10,6 +10,9 @@ command -v Orthanc >/dev/null 2>&1 || need_apt+=(orthanc)
 command -v storescu >/dev/null 2>&1 || need_apt+=(dcmtk)
 command -v dciodvfy >/dev/null 2>&1 || need_apt+=(dicom3tools)
 command -v chromium >/dev/null 2>&1 || need_apt+=(chromium)
+# systemd-analyze verifies deploy/rt-gateway.service; debootstrap makes the trixie test root.
+command -v systemd-analyze >/dev/null 2>&1 || need_apt+=(systemd)
+command -v debootstrap >/dev/null 2>&1 || need_apt+=(debootstrap)
 # opencv-python (pulled by rt-utils for bench/contours.py) loads libGL and GLib.
 dpkg -s libgl1 >/dev/null 2>&1 || need_apt+=(libgl1)
 dpkg -s libglib2.0-0 >/dev/null 2>&1 || need_apt+=(libglib2.0-0)

@@ -28,7 +28,9 @@ def install(ctx: CapabilityContext) -> None:
         secret = _secret_from_file(resolve_path(ctx.config.config_dir, str(secret_file)))
     keys = Pseudonymizer(secret)
     ctx.registry.add_planner(AnonymizeAction, plan_anonymize)
-    ctx.registry.add_executor(JOB_ACTION, AnonymizeExecutor(ctx.jobs, keys))
+    executor = AnonymizeExecutor(ctx.jobs, keys)
+    executor.labels = ctx.labels
+    ctx.registry.add_executor(JOB_ACTION, executor)
     ctx.registry.add_executor(DELETE_JOB_ACTION, DeleteOriginals(
         ctx.host, ctx.db, ctx.queue, ctx.recorder,
     ))

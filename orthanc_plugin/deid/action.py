@@ -29,6 +29,7 @@ from orthanc_plugin.deid.tables import record_mapping
 from orthanc_plugin.jobs.executor_base import ItemExecutor, JobContext, Refuse
 from orthanc_plugin.jobs.own_output import store_own_instance
 from orthanc_plugin.jobs.queue import Claim, ClaimedItem, JobQueue, JobSpec
+from orthanc_plugin.labels import DEID_COPY, StudyLabels
 from orthanc_plugin.ports import Host, HostError
 
 DELETE_JOB_ACTION = "delete-original"
@@ -50,6 +51,8 @@ class StoredCopy:
 
 class AnonymizeExecutor(ItemExecutor[AnonymizeAction, StoredCopy]):
     name = "anonymize"
+    # Set at install: the copies' studies are labelled rtgw-deid-copy (Orthanc 1.12+).
+    labels: StudyLabels | None = None
     action_type = AnonymizeAction
     max_items_per_claim = 100
     record_batch = RECORD_BATCH
@@ -92,6 +95,9 @@ class AnonymizeExecutor(ItemExecutor[AnonymizeAction, StoredCopy]):
         clock = self._clocks.pop(job["id"], _PhaseClock())
         copies = list(done)
         self._queue_followers(job, action, copies)
+        if self.labels is not None:
+            for study_id in sorted({copy.study_id for _, copy in copies}):
+                self.labels.add(study_id, DEID_COPY)
         if copies:
             first = copies[0][1]
             self.event(

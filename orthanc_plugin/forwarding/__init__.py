@@ -2,16 +2,36 @@
 
 from __future__ import annotations
 
+import sqlite3
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from orthanc_plugin.forwarding.action import Forwarder
 from orthanc_plugin.forwarding.routes import add_routes
 from orthanc_plugin.forwarding.rule import JOB_ACTION, plan_forward, verify_settings
 from orthanc_plugin.forwarding.verify import InFlightVerifier
+from orthanc_plugin.labels import PARKED, StudyLabels, label_for_target, orthanc_study_id
 from orthanc_plugin.rules import ForwardAction
 
 if TYPE_CHECKING:
     from orthanc_plugin.context import CapabilityContext
+
+
+def study_labeller(labels: StudyLabels) -> Callable[[sqlite3.Row, str, int], None]:
+    """A settled forward job's study gets rtgw-sent-<TARGET> once something reached the target,
+    and rtgw-parked while a job of it is parked (removed when one of its jobs completes)."""
+    def label(job: sqlite3.Row, state: str, sent: int) -> None:
+        if state not in ("done", "dead") or not job["study_uid"]:
+            return
+        study = orthanc_study_id(job["patient_id"] or "", job["study_uid"])
+        if state == "dead":
+            labels.add(study, PARKED)
+            return
+        if sent:
+            labels.add(study, label_for_target(job["target"]))
+        if job["last_error"]:  # it failed before (perhaps parked, then retried by hand)
+            labels.remove(study, PARKED)
+    return label
 
 
 def install(ctx: CapabilityContext) -> None:
@@ -25,6 +45,7 @@ def install(ctx: CapabilityContext) -> None:
     )
     forwarder.after_settle = ctx.refresh_queue_gauges
     forwarder.stopping = ctx.stopping
+    forwarder.label_study = study_labeller(ctx.labels)
     ctx.registry.add_planner(ForwardAction, plan_forward)
     ctx.registry.add_executor(JOB_ACTION, forwarder)
     add_routes(ctx.router, ctx.db)

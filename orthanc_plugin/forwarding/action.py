@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sqlite3
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -58,6 +59,8 @@ class Forwarder:
         # Set by the gateway: a stop ends a claim at the next association boundary, so nothing
         # in flight is cut (a cut chunk would be sent again after the restart).
         self.stopping: threading.Event = threading.Event()
+        # Set by the capability: labels the job's study by its outcome (Orthanc 1.12+).
+        self.label_study: Callable[[sqlite3.Row, str, int], None] = lambda job, state, sent: None
 
     def run(self, claim: Claim) -> None:
         started = self.recorder.now()
@@ -203,6 +206,7 @@ class Forwarder:
         jobs = {job["id"]: job for job in claim.jobs}
         for job_id, tally in tallies.items():
             job = jobs[job_id]
+            self.label_study(job, outcome.get(job_id, ""), tally.sent)
             if tally.refused:
                 transfer_status, detail = "refused", "; ".join(tally.refusals)
             elif tally.failure is not None:

@@ -12,9 +12,7 @@ import hashlib
 import sqlite3
 from collections.abc import Iterable
 
-LEDGER_SCHEMA = """
-CREATE TABLE IF NOT EXISTS sent_ledger(key INTEGER PRIMARY KEY);
-"""
+# The table is part of the queue's schema (jobs/tables.py).
 
 
 def ledger_key(rule: str, target: str, instance_id: str) -> int:

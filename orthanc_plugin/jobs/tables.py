@@ -42,6 +42,9 @@ CREATE TABLE IF NOT EXISTS orthanc_store_jobs(
 );
 CREATE INDEX IF NOT EXISTS orthanc_store_jobs_age ON orthanc_store_jobs(created_epoch);
 
+-- (rule, target, instance) of pruned finished jobs as a 64-bit hash: "sent once" outlives them
+-- (jobs/ledger.py, retention.py).
+CREATE TABLE IF NOT EXISTS sent_ledger(key INTEGER PRIMARY KEY);
 CREATE TABLE IF NOT EXISTS study_progress(
     study_id TEXT PRIMARY KEY,
     last_received_at REAL NOT NULL,

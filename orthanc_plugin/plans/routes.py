@@ -49,6 +49,9 @@ def _filtered(ctx: CapabilityContext, query: dict[str, str] | Any) -> list[sqlit
     if query.get("patient"):
         clauses.append("patient_id = ?")
         values.append(query["patient"])
+    if query.get("study"):
+        clauses.append("study_uid = ?")
+        values.append(query["study"])
     if query.get("since"):
         clauses.append("plan_date >= ?")
         values.append(query["since"].replace("-", ""))

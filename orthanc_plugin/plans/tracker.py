@@ -19,6 +19,7 @@ from pydicom import dcmread
 from orthanc_plugin.audit.clock import now_iso
 from orthanc_plugin.jobs.apply import Applied, queue_rule_actions
 from orthanc_plugin.jobs.queue import JobSpec
+from orthanc_plugin.labels import HELD, orthanc_study_id
 from orthanc_plugin.plans.model import RT_MODALITIES, RtObject, StoredInstance, build_bundles
 from orthanc_plugin.plans.references import REFERENCE_KEYWORDS, rt_object
 from orthanc_plugin.ports import HostError
@@ -227,6 +228,10 @@ class PlanTracker:
                 (rule.name, bundle["plan_uid"], outcome, now_iso(), json.dumps(missing),
                  len(job_ids)),
             )
+        if grace and matched and hold and bundle["study_uid"]:
+            # After the transaction: a label is a REST call, never made holding the write lock.
+            self.ctx.labels.add(orthanc_study_id(bundle["patient_id"] or "", bundle["study_uid"]),
+                                HELD)
         return new_instances > 0
 
 

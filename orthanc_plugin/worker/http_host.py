@@ -94,6 +94,9 @@ class HttpHost:
     def delete(self, uri: str) -> None:
         self._request("DELETE", uri)
 
+    def put(self, uri: str, data: bytes = b"") -> None:
+        self._request("PUT", uri, data)
+
     def set_metric(self, name: str, value: float) -> None:
         # The lead worker publishes metrics computed from the database (Gateway.metrics_snapshot);
         # the plugin copies them into Orthanc's registry. Kept here for the Host protocol.

@@ -169,3 +169,21 @@ def test_plans_tree_send_by_hand_and_dvh_plot(
     assert page.locator("#dvh polyline.dvh-curve").count() >= 2
     expect(page.locator("#plan-beams")).to_contain_text("6")
     shot(page, "plan-detail")
+
+
+def test_opened_for_one_study_shows_only_its_plans(
+    page: Page, servers: dict[str, OrthancProcess], tmp_path: Path
+) -> None:
+    """What Orthanc Explorer 2's custom button opens (README, Deploy): the gateway page for one
+    study, given its PatientID and StudyInstanceUID."""
+    gateway = servers["gateway"]
+    one = make_rt_set("UI-FOCUS-1", plan_label="FOCUS1")
+    other = make_rt_set("UI-FOCUS-2", plan_label="OTHER2")
+    storescu(write_datasets([*one.all(), *other.all()], tmp_path), gateway.dicom_port,
+             calling="TPS")
+    wait_until(lambda: {p["label"] for p in gateway.json("/rt-gateway/plans")} >= {"FOCUS1", "OTHER2"},
+               60, "both plans known")
+    page.goto(f"{gateway.url}/rt-gateway/ui/?patient=UI-FOCUS-1&study={one.study_uid}#plans")
+    expect(page.locator("li.plan", has_text="FOCUS1")).to_be_visible()
+    assert page.locator("li.plan", has_text="OTHER2").count() == 0
+    shot(page, "plans-one-study")

@@ -128,6 +128,18 @@ def test_follow_adp_study_reaches_both_targets_in_plan_order(
     log_files = list((gateway.folder / "gateway" / "logs").glob("transactions-*.log"))
     assert log_files and rtset.study_uid in log_files[0].read_text()
 
+    # Labels where this Orthanc has them (1.12+): the study says where it went.
+    study_id = gateway.post("/tools/lookup", rtset.study_uid).json()[0]["ID"]
+    if gateway.json("/system").get("HasLabels"):
+        wanted = {"rtgw-sent-ORGANO", "rtgw-sent-ARCHIVE"}
+        wait_until(lambda: wanted <= set(gateway.json(f"/studies/{study_id}/labels")), 30,
+                   "the study is labelled with its targets")
+        found = gateway.post("/tools/find", {"Level": "Study", "Query": {},
+                                             "Labels": ["rtgw-sent-ORGANO"]}).json()
+        assert study_id in found
+    else:  # Orthanc 1.10: no labels, and none asked for
+        assert "Labels" not in gateway.json(f"/studies/{study_id}")
+
 
 @pytest.mark.parametrize(
     ("label", "calling", "condition"),

@@ -11,7 +11,6 @@ import pytest
 from orthanc_plugin.audit.tables import SCHEMA as AUDIT_SCHEMA
 from orthanc_plugin.config import ConfigError, RetryPolicySettings
 from orthanc_plugin.db import META_SCHEMA, Database
-from orthanc_plugin.jobs.ledger import LEDGER_SCHEMA
 from orthanc_plugin.jobs.own_output import SCHEMA as OWN_OUTPUT_SCHEMA
 from orthanc_plugin.jobs.queue import JobQueue, JobSpec
 from orthanc_plugin.jobs.tables import SCHEMA as JOBS_SCHEMA
@@ -23,7 +22,7 @@ DAY = 86400.0
 @pytest.fixture
 def db(tmp_path: Path) -> Database:
     return Database(tmp_path / "g.sqlite",
-                    [META_SCHEMA, AUDIT_SCHEMA, JOBS_SCHEMA, OWN_OUTPUT_SCHEMA, LEDGER_SCHEMA])
+                    [META_SCHEMA, AUDIT_SCHEMA, JOBS_SCHEMA, OWN_OUTPUT_SCHEMA])
 
 
 def queue_job(db: Database, queue: JobQueue, name: str, instances: list[str]) -> int:

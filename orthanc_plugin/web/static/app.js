@@ -69,11 +69,18 @@ const planField = (plan, ...names) => { for (const n of names) if (plan[n] !== u
 const planId = (plan) => String(planField(plan, "id", "plan_id"));
 const isComplete = (plan) => Boolean(planField(plan, "complete", "is_complete")) || planField(plan, "completeness", "state") === "complete";
 
+// Opened from Orthanc Explorer 2's study view (a custom button, see the README) with
+// ?patient=<PatientID>&study=<StudyInstanceUID>: only that patient's plans, that study's first.
+const FOCUS = new URLSearchParams(location.search);
+
 async function loadPlans() {
   const tree = $("#plans-tree");
   let plans;
   try {
-    plans = await call("plans");
+    const filter = new URLSearchParams();
+    if (FOCUS.get("patient")) filter.set("patient", FOCUS.get("patient"));
+    if (FOCUS.get("study")) filter.set("study", FOCUS.get("study"));
+    plans = await call("plans" + (filter.toString() ? "?" + filter : ""));
   } catch (error) {
     tree.textContent = "Plans are not available: " + error.message;
     plans = [];
@@ -111,7 +118,9 @@ async function loadPlans() {
     }
     list.append(element("li", { class: "patient" }, "Patient " + patient, planList));
   }
-  tree.replaceChildren(plans.length ? list : element("p", { class: "muted" }, "No plans received yet."));
+  const focus = FOCUS.get("study") || FOCUS.get("patient");
+  const none = focus ? `No plans for ${FOCUS.get("study") ? "study" : "patient"} ${focus}.` : "No plans received yet.";
+  tree.replaceChildren(plans.length ? list : element("p", { class: "muted" }, none));
   await loadTargets();
 }
 

