@@ -160,6 +160,12 @@ def test_full_profile_copy_links_at_the_destination_and_carries_no_identity(
     # The copy came back into the gateway as gateway output: no rule fired on it.
     evaluations = gateway_rows(gateway, kind="evaluations", study=new_study)
     assert evaluations and not any(row["matched"] for row in evaluations)
+    copy_study = gateway.post("/tools/lookup", new_study).json()[0]["ID"]
+    original_study = gateway.post("/tools/lookup", rtset.study_uid).json()[0]["ID"]
+    if gateway.json("/system").get("HasLabels"):  # Orthanc 1.12+: Explorer 2 can filter by them
+        wait_until(lambda: "rtgw-deid-copy" in gateway.json(f"/studies/{copy_study}/labels"), 30,
+                   "the copy is labelled")
+        assert "rtgw-deid-copy" not in gateway.json(f"/studies/{original_study}/labels")
     # The original stays (keep_original defaults to true); the logs never name the patient.
     assert gateway.post("/tools/lookup", rtset.study_uid).json()
     for log in (gateway.folder / "gateway" / "logs").glob("*.log"):

@@ -191,6 +191,11 @@ def test_refused_instance_is_parked_and_the_rest_delivered(
     expected = sop_uids(rtset.all()) - {bad}
     assert expected <= set(refuser.accepted)
     assert bad not in refuser.accepted
+    study = gateway.post("/tools/lookup", rtset.study_uid).json()[0]["ID"]
+    labelled = gateway.json("/system").get("HasLabels")  # Orthanc 1.12+
+    if labelled:
+        wait_until(lambda: "rtgw-parked" in gateway.json(f"/studies/{study}/labels"), 30,
+                   "the study is labelled parked")
 
     # The receiver is fixed; a person retries the parked job and only the refused one goes.
     refuser.refuse.clear()
@@ -199,6 +204,9 @@ def test_refused_instance_is_parked_and_the_rest_delivered(
     wait_until(lambda: gateway.json(f"/rt-gateway/jobs/{job['id']}")["state"] == "done", 30,
                "retried job done")
     assert refuser.accepted[before:] == [bad]
+    if labelled:
+        wait_until(lambda: "rtgw-parked" not in gateway.json(f"/studies/{study}/labels"), 30,
+                   "the parked label is gone once the job completed")
 
 
 def test_routes_require_authentication(gateway: OrthancProcess) -> None:
