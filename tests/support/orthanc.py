@@ -210,10 +210,11 @@ DCMTK_STORESCU = shutil.which("storescu", path="/usr/bin:/bin") or "storescu"
 
 
 def storescu(
-    files: Sequence[Path], port: int, *, calling: str, called: str = "ANY", check: bool = True
+    files: Sequence[Path], port: int, *, calling: str, called: str = "ANY", check: bool = True,
+    options: Sequence[str] = (),
 ) -> subprocess.CompletedProcess[str]:
     env = dict(os.environ, TCP_NODELAY="1")
-    command = [DCMTK_STORESCU, "-aet", calling, "-aec", called, "127.0.0.1", str(port),
+    command = [DCMTK_STORESCU, "-aet", calling, "-aec", called, *options, "127.0.0.1", str(port),
                *map(str, files)]
     result = subprocess.run(command, capture_output=True, text=True, env=env, timeout=300)
     if check and result.returncode != 0:
