@@ -27,6 +27,7 @@ def install(ctx: CapabilityContext) -> None:
     else:
         secret = _secret_from_file(resolve_path(ctx.config.config_dir, str(secret_file)))
     keys = Pseudonymizer(secret)
+    ctx.db.ensure_columns("deid_copies", {"report": "TEXT"})  # databases of earlier versions
     ctx.registry.add_planner(AnonymizeAction, plan_anonymize)
     executor = AnonymizeExecutor(ctx.jobs, keys)
     executor.labels = ctx.labels

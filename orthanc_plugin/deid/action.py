@@ -9,6 +9,7 @@ stored and no other job still needs it. Audit rows and log lines name the pseudo
 
 from __future__ import annotations
 
+import json
 import sqlite3
 import time
 from collections.abc import Sequence
@@ -129,9 +130,10 @@ class AnonymizeExecutor(ItemExecutor[AnonymizeAction, StoredCopy]):
                 connection.execute(
                     "INSERT OR REPLACE INTO deid_copies(original_instance_id, target,"
                     " copy_instance_id, new_sop_instance_uid, new_patient_id, job_id, settings,"
-                    " stored_at) VALUES(?,?,?,?,?,?,?,?)",
+                    " stored_at, report) VALUES(?,?,?,?,?,?,?,?,?)",
                     (item.instance_id, job["target"], copy.instance_id, copy.sop_instance_uid,
-                     result.new_patient_id, job["id"], action.settings.describe(), stamp),
+                     result.new_patient_id, job["id"], action.settings.describe(), stamp,
+                     json.dumps(result.changes)),
                 )
         self.queue.mark_sent([item for item, _ in batch],
                              {item.instance_id: copy.size for item, copy in batch})

@@ -20,7 +20,10 @@ from orthanc_plugin.deid.profile import (
     ACTIONS,
     BASIC_PROFILE_CODE,
     CLASS_UID_KEYWORDS,
+    CLINICAL_LABEL_KEYWORDS,
+    LABEL_PLACEHOLDER,
     OPTION_CODES,
+    TYPE1_LABELS,
     Option,
     Profile,
 )
@@ -64,6 +67,9 @@ class DeidResult:
     date_offset_days: int | None
     # original UID -> (new UID, keyword of an element that held it)
     uids: dict[str, tuple[str, str]] = field(default_factory=dict)
+    # The object's de-identification report: every attribute changed beyond UIDs and dates,
+    # "<path>: <what>" (e.g. "StructureSetROISequence[0].ROIName: kept (clinical label)").
+    changes: list[str] = field(default_factory=list)
 
 
 def deidentify(ds: Dataset, settings: DeidSettings, keys: Pseudonymizer) -> DeidResult:
@@ -96,34 +102,46 @@ class _Walker:
         self.identifiers = identifiers
         self.full = settings.profile is Profile.FULL
 
-    def walk(self, ds: Dataset) -> None:
+    def walk(self, ds: Dataset, path: str = "") -> None:
         kept_blocks = self._kept_private_blocks(ds)
         for tag in list(ds.keys()):
             element = ds[tag]
+            where = f"{path}{element.keyword or tag}"
             if tag.is_private:
                 if not _in_blocks(tag, kept_blocks):
                     del ds[tag]
+                    self._changed(where, "removed (private)")
                     continue
-            elif self._handle_by_table(ds, tag, element.keyword):
+            elif self._handle_by_table(ds, tag, element.keyword, where):
                 continue
-            self._handle_by_vr(ds, tag)
+            self._handle_by_vr(ds, tag, where)
+
+    def _changed(self, where: str, what: str) -> None:
+        self.result.changes.append(f"{where}: {what}")
 
     # -- the profile's table -------------------------------------------------------------------
-    def _handle_by_table(self, ds: Dataset, tag: BaseTag, keyword: str) -> bool:
+    def _handle_by_table(self, ds: Dataset, tag: BaseTag, keyword: str, where: str) -> bool:
         action = self._action(keyword, tag)
         if action is None:
             return False
         if action == "X":
             del ds[tag]
+            self._changed(where, "removed")
         elif action == "Z":
+            if ds[tag].value not in (None, "", []):
+                self._changed(where, "emptied")
             ds[tag].value = None if ds[tag].VR == "SQ" else ""
         elif action in ("P", "N"):
             ds[tag].value = self.result.new_patient_id
+            self._changed(where, "replaced by the pseudonym")
         elif action == "C":
             element = ds[tag]
             if element.VR == "SQ":
                 return False  # a kept code sequence is walked like any other
-            element.value = self.identifiers.clean(element.value)
+            cleaned = self.identifiers.clean(element.value)
+            if cleaned != element.value:
+                self._changed(where, "cleaned of the patient's identifiers")
+            element.value = cleaned
         return True
 
     def _action(self, keyword: str, tag: BaseTag) -> str | None:
@@ -140,12 +158,12 @@ class _Walker:
         return basic
 
     # -- by value representation: UIDs everywhere, and the full profile's safety nets ---------
-    def _handle_by_vr(self, ds: Dataset, tag: BaseTag) -> None:
+    def _handle_by_vr(self, ds: Dataset, tag: BaseTag, where: str) -> None:
         element = ds[tag]
         vr = element.VR
         if vr == "SQ":
-            for item in element.value or []:
-                self.walk(item)
+            for index, item in enumerate(element.value or []):
+                self.walk(item, f"{where}[{index}].")
         elif vr == "UI":
             if self.settings.maps_uids and element.keyword not in CLASS_UID_KEYWORDS:
                 element.value = _map_values(element.value, lambda v: self._uid(v, element.keyword))
@@ -153,10 +171,32 @@ class _Walker:
             return
         elif vr == "PN":
             element.value = ""
+            self._changed(where, "emptied (a person's name)")
         elif vr in DATE_VRS:
             element.value = self._date_or_time(element.value, vr)
+        elif vr in TEXT_VRS and element.keyword in CLINICAL_LABEL_KEYWORDS:
+            self._clinical_label(element, where)
         elif vr in TEXT_VRS and self.identifiers.found_in(element.value):
             element.value = ""
+            self._changed(where, "emptied (free text naming the patient)")
+
+    def _clinical_label(self, element: object, where: str) -> None:
+        """A label of the treatment stays, unless it is an identifier of the patient as a whole,
+        or the rule asks for its name words to be scrubbed too."""
+        keyword = getattr(element, "keyword", "")
+        value = getattr(element, "value", "")
+        if self.identifiers.is_whole_identifier(value):
+            replacement = LABEL_PLACEHOLDER if keyword in TYPE1_LABELS else ""
+            element.value = replacement  # type: ignore[attr-defined]
+            self._changed(where, f"replaced by {replacement!r} (the whole label was an "
+                                 "identifier of the patient)")
+        elif (Option.SCRUB_CLINICAL_LABELS in self.settings.options
+              and self.identifiers.found_in(value)):
+            cleaned = self.identifiers.clean(value)
+            if keyword in TYPE1_LABELS and not str(cleaned).strip():
+                cleaned = LABEL_PLACEHOLDER
+            element.value = cleaned  # type: ignore[attr-defined]
+            self._changed(where, "cleaned of the patient's name words (scrub-clinical-labels)")
 
     def _uid(self, original: str, keyword: str) -> str:
         original = original.strip().rstrip("\x00")
@@ -213,27 +253,36 @@ def _shift(value: str, offset_days: int, vr: str) -> str:
 class _Identifiers:
     """The patient's own identifying values, searched for in free text the table does not list."""
 
-    def __init__(self, values: Iterable[str], words: Iterable[str]) -> None:
+    def __init__(self, values: Iterable[str], words: Iterable[str],
+                 whole: Iterable[str] = ()) -> None:
         self.values = [v.lower() for v in values if len(v) >= MIN_IDENTIFIER_LENGTH]
+        # Whole tokens only: ID 4711 is not found in 47110 nor a name "Rose" in "Roseanne".
+        value_list = [re.escape(v) for v in self.values]
+        self.value_tokens = (re.compile(r"(?<![A-Za-z0-9])(" + "|".join(value_list)
+                                        + r")(?![A-Za-z0-9])", re.I) if value_list else None)
         word_list = [re.escape(w) for w in words if len(w) >= MIN_IDENTIFIER_LENGTH]
         self.words = re.compile(r"\b(" + "|".join(word_list) + r")\b", re.I) if word_list else None
+        self.whole = {v.strip().lower() for v in whole if v.strip()}
 
     def found_in(self, value: object) -> bool:
         texts = [str(v) for v in value] if isinstance(value, MultiValue | list) else [str(value)]
         for text in texts:
-            lowered = text.lower()
-            if any(v in lowered for v in self.values):
+            if self.value_tokens is not None and self.value_tokens.search(text):
                 return True
             if self.words is not None and self.words.search(text):
                 return True
         return False
 
+    def is_whole_identifier(self, value: object) -> bool:
+        texts = [str(v) for v in value] if isinstance(value, MultiValue | list) else [str(value)]
+        return any(text.strip().lower() in self.whole for text in texts)
+
     def clean(self, value: object) -> object:
         if isinstance(value, MultiValue | list):
             return [self.clean(v) for v in value]
         text = str(value)
-        for identifier in self.values:
-            text = re.sub(re.escape(identifier), "", text, flags=re.I)
+        if self.value_tokens is not None:
+            text = self.value_tokens.sub("", text)
         if self.words is not None:
             text = self.words.sub("", text)
         return " ".join(text.split())
@@ -241,12 +290,17 @@ class _Identifiers:
 
 def _identifiers(ds: Dataset) -> _Identifiers:
     values = [str(ds.get(k, "") or "").strip()
-              for k in ("PatientID", "PatientBirthDate", "AccessionNumber", "OtherPatientIDs")]
+              for k in ("PatientID", "PatientBirthDate", "AccessionNumber", "OtherPatientIDs",
+                        "StudyID")]
     words: list[str] = []
+    names: list[str] = []
     for keyword in ("PatientName", "OtherPatientNames", "PatientBirthName"):
-        for part in re.split(r"[\^=\s,]+", str(ds.get(keyword, "") or "")):
+        name = str(ds.get(keyword, "") or "")
+        names += [name, " ".join(part for part in re.split(r"[\^=]+", name) if part)]
+        for part in re.split(r"[\^=\s,]+", name):
             words.append(part)
-    return _Identifiers([v for v in values if v], [w for w in words if w])
+    present = [v for v in values if v]
+    return _Identifiers(present, [w for w in words if w], [*present, *names])
 
 
 def _record_method(ds: Dataset, settings: DeidSettings) -> None:
@@ -256,7 +310,8 @@ def _record_method(ds: Dataset, settings: DeidSettings) -> None:
     methods += [option.value for option in sorted(settings.options)]
     ds.DeidentificationMethod = methods if len(methods) > 1 else methods[0]
     if full:
-        codes = [BASIC_PROFILE_CODE] + [OPTION_CODES[o] for o in sorted(settings.options)]
+        codes = [BASIC_PROFILE_CODE] + [OPTION_CODES[o] for o in sorted(settings.options)
+                                        if o in OPTION_CODES]
         items = []
         for value, meaning in codes:
             item = Dataset()

@@ -17,6 +17,9 @@ class Option(StrEnum):
     RETAIN_INSTITUTION_IDENTITY = "retain-institution-identity"
     CLEAN_DESCRIPTORS = "clean-descriptors"
     RETAIN_UIDS = "retain-uids"
+    # The gateway's own (no CID 7050 code): scrub the patient's name words from clinical labels
+    # too (ROI names, plan and beam labels), for a site whose labels carry patient names.
+    SCRUB_CLINICAL_LABELS = "scrub-clinical-labels"
 
 
 class Profile(StrEnum):
@@ -104,7 +107,8 @@ ACTIONS: dict[str, tuple[str, Option | None]] = {
     "ScheduledPerformingPhysicianName": ("X", None), "ServiceEpisodeID": ("X", None),
     "ServiceEpisodeDescription": ("X", None), "VisitComments": ("X", _C),
     # series, acquisition
-    "SeriesDescription": ("X", _C), "ProtocolName": ("X", _C), "OperatorsName": ("X", None),
+    # OperatorsName is Type 2 in the RT Series module: emptied, not removed (PS3.15 X/Z).
+    "SeriesDescription": ("X", _C), "ProtocolName": ("X", _C), "OperatorsName": ("Z", None),
     "OperatorIdentificationSequence": ("X", None), "PerformingPhysicianName": ("X", None),
     "PerformingPhysicianIdentificationSequence": ("X", None),
     "PerformedProcedureStepID": ("X", None), "PerformedProcedureStepDescription": ("X", _C),
@@ -133,12 +137,27 @@ ACTIONS: dict[str, tuple[str, Option | None]] = {
     # radiotherapy
     "RTPlanName": ("X", _C), "RTPlanDescription": ("X", _C), "StructureSetName": ("X", _C),
     "StructureSetDescription": ("X", _C), "ROIGenerationDescription": ("X", _C),
-    "ROIInterpreter": ("Z", None), "ReviewerName": ("X", None),
+    # ReviewerName is Type 2C (Approval module) once a structure set or plan is APPROVED.
+    "ROIInterpreter": ("Z", None), "ReviewerName": ("Z", None),
     "FractionGroupDescription": ("X", _C), "DoseReferenceDescription": ("X", _C),
     "PrescriptionDescription": ("X", _C), "BeamDescription": ("X", _C),
     "SetupTechniqueDescription": ("X", _C), "RTImageDescription": ("X", _C),
     "TreatmentSites": ("X", _C),
 }
+
+# Labels that identify the treatment, not the patient: the free-text safety net leaves them as
+# they are (a patient called ...^Breast keeps an ROI named Breast), unless the whole value is an
+# identifier of the patient (a structure set labelled with the StudyID) or the rule asks for
+# scrub-clinical-labels.
+CLINICAL_LABEL_KEYWORDS = frozenset({
+    "ROIName", "ROIObservationLabel", "RTPlanLabel", "BeamName", "StructureSetLabel",
+    "ToleranceTableLabel", "PatientSetupLabel", "ApplicationSetupName", "BlockName",
+    "CompensatorID", "FixationLabel", "ShieldingDeviceLabel", "BrachyAccessoryDeviceName",
+    "SourceApplicatorName",
+})
+# Type 1 labels cannot be emptied: an identifier found as the whole value becomes this.
+LABEL_PLACEHOLDER = "DEIDENTIFIED"
+TYPE1_LABELS = frozenset({"RTPlanLabel", "StructureSetLabel", "ROIName"})
 
 # Descriptors that the clean-descriptors option keeps once the patient's identifiers are removed.
 DESCRIPTOR_KEYWORDS = frozenset(k for k, (_, option) in ACTIONS.items() if option is _C)

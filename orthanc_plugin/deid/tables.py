@@ -6,6 +6,7 @@ its stored copy. Read only through the authenticated route GET /rt-gateway/deid/
 
 from __future__ import annotations
 
+import json
 import sqlite3
 from typing import Any
 
@@ -44,6 +45,7 @@ CREATE TABLE IF NOT EXISTS deid_copies(
     settings TEXT,
     stored_at TEXT NOT NULL,
     original_deleted_at TEXT,
+    report TEXT,                -- JSON list: every attribute the de-identification changed
     PRIMARY KEY(original_instance_id, target)
 );
 CREATE INDEX IF NOT EXISTS deid_copies_copy ON deid_copies(copy_instance_id);
@@ -94,9 +96,9 @@ def mapping_for(db: Database, patient: str) -> dict[str, Any] | None:
     )
     copies = db.query(
         "SELECT original_instance_id, copy_instance_id, new_sop_instance_uid, target, stored_at,"
-        " original_deleted_at FROM deid_copies WHERE new_patient_id=? ORDER BY stored_at",
+        " original_deleted_at, report FROM deid_copies WHERE new_patient_id=? ORDER BY stored_at",
         (row["new_patient_id"],),
     )
     row["uids"] = [dict(u) for u in uids]
-    row["copies"] = [dict(c) for c in copies]
+    row["copies"] = [{**dict(c), "report": json.loads(c["report"] or "[]")} for c in copies]
     return row

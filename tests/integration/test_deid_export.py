@@ -154,6 +154,9 @@ def test_full_profile_copy_links_at_the_destination_and_carries_no_identity(
         assert ds.LongitudinalTemporalInformationModified == "MODIFIED"
     assert research.post("/tools/find", {"Level": "Patient", "Query": {"PatientID": "DEID-4711"}}
                          ).json() == []
+    # Each copy's report lists what the de-identification changed.
+    reports = gateway.json("/rt-gateway/deid/mappings", params={"patient": "DEID-4711"})["copies"]
+    assert reports and all("PatientName: replaced by the pseudonym" in c["report"] for c in reports)
     # The mapping re-links: the original study UID maps to the study UID at the destination.
     new_study = {row["original_uid"]: row["new_uid"] for row in mapping["uids"]}[rtset.study_uid]
     assert {str(ds.StudyInstanceUID) for ds in copies} == {new_study}
