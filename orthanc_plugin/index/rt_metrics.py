@@ -80,7 +80,8 @@ def dose(ds: Dataset) -> dict[str, Any]:
     offsets = [float(v) for v in ds.get("GridFrameOffsetVector", []) or []]
     spacing = [float(v) for v in ds.get("PixelSpacing", [0, 0])]
     values: dict[str, Any] = {"DoseMinGy": None, "DoseMeanGy": None, "DoseMaxGy": None}
-    if "PixelData" in ds:
+    # A RELATIVE dose has no Gy: its values are never stored (nor filtered) as Gy.
+    if "PixelData" in ds and str(ds.get("DoseUnits", "")).upper() != "RELATIVE":
         grid = np.asarray(ds.pixel_array, dtype=np.float64) * float(ds.get("DoseGridScaling", 1.0))
         values = {"DoseMinGy": float(grid.min()), "DoseMeanGy": float(grid.mean()),
                   "DoseMaxGy": float(grid.max())}

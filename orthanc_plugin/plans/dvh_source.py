@@ -56,8 +56,10 @@ def prescription(plan: Dataset | None) -> float | None:
     return max(doses) if doses else None
 
 
-def planning_system_dvhs(dose: Dataset, rtstruct: Dataset) -> dict[str, dict[str, Any]]:
-    """The DVHs the planning system stored in the RTDOSE (DVHSequence), by ROI name."""
+def planning_system_dvhs(dose: Dataset, rtstruct: Dataset,
+                         rx: float | None = None) -> dict[str, dict[str, Any]]:
+    """The DVHs the planning system stored in the RTDOSE (DVHSequence), by ROI name, read by
+    their DoseUnits, VolumeUnits and DVHType, their summary values checked against the curve."""
     names = {int(item.ROINumber): str(item.get("ROIName", "")) for item in
              rtstruct.get("StructureSetROISequence", []) or []}
     found: dict[str, dict[str, Any]] = {}
@@ -66,32 +68,89 @@ def planning_system_dvhs(dose: Dataset, rtstruct: Dataset) -> dict[str, dict[str
         if not refs:
             continue
         name = names.get(int(refs[0].ReferencedROINumber), f"ROI {refs[0].ReferencedROINumber}")
-
-        found[name] = {"Dmin": _number(item, "DVHMinimumDose"),
-                       "Dmean": _number(item, "DVHMeanDose"),
-                       "Dmax": _number(item, "DVHMaximumDose"), "type": str(item.get("DVHType", "")),
+        curve = planning_system_curve(item, rx)
+        found[name] = {"type": str(item.get("DVHType", "")),
                        "dose_units": str(item.get("DoseUnits", "")),
-                       **planning_system_curve(item)}
+                       "volume_units": str(item.get("DVHVolumeUnits", "")),
+                       **summary_values(item, curve, rx), **curve}
     return found
 
 
-def planning_system_curve(item: Dataset) -> dict[str, list[float]]:
-    """The planning system's DVHData as a cumulative curve in Gy and % of volume, for plotting.
+# A stated value and the one read off the curve agree within this (relative) difference.
+SUMMARY_TOLERANCE = 0.05
+
+
+def summary_values(item: Dataset, curve: dict[str, Any], rx: float | None) -> dict[str, Any]:
+    """Dmin/Dmean/Dmax as the planning system stated them, in Gy, and its volume in cc.
+
+    Some planning systems write the summary as percent of the prescription while the sequence
+    says GY: each stated value is compared with the curve's own maximum (and mean); one that
+    only agrees once read as percent of the prescription is converted, and every conversion or
+    disagreement is listed under `checks`."""
+    to_gy = _to_gy(str(item.get("DoseUnits", "GY")), rx)
+    stated = {key: _number(item, keyword) for key, keyword in
+              (("Dmin", "DVHMinimumDose"), ("Dmean", "DVHMeanDose"), ("Dmax", "DVHMaximumDose"))}
+    from_curve = {"Dmax": curve.get("curve_max_gy"), "Dmean": curve.get("curve_mean_gy")}
+    values: dict[str, float | None] = {}
+    checks: list[str] = []
+    for key, raw in stated.items():
+        if raw is None or to_gy is None:
+            values[key] = None
+            continue
+        value = raw * to_gy
+        reference = from_curve.get(key)
+        if reference and not _close(value, reference):
+            as_percent = raw / 100.0 * rx if rx else None
+            if as_percent is not None and _close(as_percent, reference):
+                checks.append(f"{key} {raw:g} is percent of the prescription ({rx:g} Gy), not "
+                              f"{item.get('DoseUnits', 'GY')}: read as {as_percent:.3f} Gy")
+                value = as_percent
+            else:
+                checks.append(f"{key} {value:.3f} Gy disagrees with the curve ({reference:.3f} Gy)")
+        values[key] = round(value, 4)
+    volume_cc = curve.get("total_volume") if str(
+        item.get("DVHVolumeUnits", "CM3")).upper() == "CM3" else None
+    return {**values, "volume_cc": volume_cc, "checks": checks}
+
+
+def _to_gy(units: str, rx: float | None) -> float | None:
+    units = units.upper()
+    if units == "CGY":
+        return 0.01
+    if units == "RELATIVE":
+        return rx  # a fraction of the prescription; unknown without one
+    return 1.0
+
+
+def _close(value: float, reference: float) -> bool:
+    return abs(value - reference) <= SUMMARY_TOLERANCE * max(abs(reference), 1e-6)
+
+
+def planning_system_curve(item: Dataset, rx: float | None = None) -> dict[str, Any]:
+    """The planning system's DVHData as a cumulative curve in Gy and % of volume, for plotting,
+    with what the curve itself says: its total volume (in its VolumeUnits), its maximum and mean.
 
     DVHData holds (bin width, volume) pairs; a differential DVH is summed from the top dose down.
     """
     raw = [float(value) for value in (item.get("DVHData") or [])]
-    if len(raw) < 2:
+    to_gy = _to_gy(str(item.get("DoseUnits", "GY")), rx)
+    if len(raw) < 2 or to_gy is None:
         return {}
     widths, volumes = np.array(raw[0::2]), np.array(raw[1::2])
     scale = float(item.get("DVHDoseScaling", 1.0) or 1.0)
-    to_gy = 0.01 if str(item.get("DoseUnits", "GY")).upper() == "CGY" else 1.0
     edges = np.concatenate([[0.0], np.cumsum(widths)[:-1]]) * scale * to_gy
     if str(item.get("DVHType", "CUMULATIVE")).upper() == "DIFFERENTIAL":
         volumes = np.cumsum(volumes[::-1])[::-1]
     total = float(volumes[0]) if volumes[0] > 0 else float(volumes.max() or 1.0)
+    # Per bin: the volume between this edge and the next receives about the bin's middle dose.
+    in_bin = np.clip(volumes - np.append(volumes[1:], 0.0), 0.0, None)
+    middles = edges + widths * scale * to_gy / 2.0
+    mean = float((in_bin * middles).sum() / in_bin.sum()) if in_bin.sum() > 0 else None
+    reached = np.nonzero(volumes > 0)[0]
+    top = float(edges[reached[-1]] + widths[reached[-1]] * scale * to_gy) if len(reached) else None
     return {"dose_gy": [round(float(d), 4) for d in edges],
-            "volume_pct": [round(float(v) / total * 100.0, 3) for v in volumes]}
+            "volume_pct": [round(float(v) / total * 100.0, 3) for v in volumes],
+            "total_volume": round(total, 4), "curve_max_gy": top, "curve_mean_gy": mean}
 
 
 def _number(item: Dataset, keyword: str) -> float | None:
@@ -103,16 +162,54 @@ def bundle_dvhs(rtstruct: Dataset, rtdose: Dataset, plan: Dataset | None,
                 supersampling: int = 4) -> dict[str, Any]:
     grid = dose_grid(rtdose)
     rx = prescription(plan)
+    units = str(rtdose.get("DoseUnits", "GY")).upper()
+    dose_units, conversion = "GY", None
+    if units == "RELATIVE":
+        if rx:
+            # Relative dose as a fraction of the reference (1.0); a grid whose maximum is above
+            # 10 was written in percent.
+            factor = rx / 100.0 if float(grid.dose.max()) > 10.0 else rx
+            grid = DoseGrid(grid.xs, grid.ys, grid.zs, grid.dose * factor)
+            conversion = f"RELATIVE dose converted to Gy with the prescription ({rx:g} Gy)"
+        else:
+            dose_units = "RELATIVE"
+            conversion = "RELATIVE dose and no prescription: values are relative, not Gy"
+    elif units == "CGY":
+        grid = DoseGrid(grid.xs, grid.ys, grid.zs, grid.dose * 0.01)
     computed = []
     for name, contours in roi_contours(rtstruct).items():
-        result = dvh(contours, grid, rx, supersampling=supersampling)
+        result = dvh(contours, grid, rx if dose_units == "GY" else None, supersampling=supersampling)
         if result is not None:
             computed.append({"roi": name, **result.as_json()})
+    planning = planning_system_dvhs(rtdose, rtstruct, rx)
     return {
         "prescription_gy": rx,
+        "dose_units": dose_units,
+        "dose_conversion": conversion,
         "method": f"slabs between contour planes, in-plane supersampling of the dose grid up to "
                   f"{supersampling}x (per structure, see 'supersampling'), even-odd rule for holes, "
                   "trilinear dose interpolation",
         "computed": computed,
-        "planning_system": planning_system_dvhs(rtdose, rtstruct),
+        "planning_system": planning,
+        "comparison": comparison(computed, planning),
     }
+
+
+def comparison(computed: list[dict[str, Any]],
+               planning: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
+    """Per structure the planning system also reported: computed vs planning-system volume,
+    Dmin, Dmean, Dmax, and computed minus planning system."""
+    rows = []
+    for ours in computed:
+        theirs = planning.get(ours["roi"])
+        if theirs is None:
+            continue
+        row: dict[str, Any] = {"roi": ours["roi"]}
+        for key, mine in (("volume_cc", "volume_cc"), ("Dmin", "Dmin"), ("Dmean", "Dmean"),
+                          ("Dmax", "Dmax")):
+            a, b = ours.get(mine), theirs.get(key)
+            row[key] = {"computed": a, "planning_system": b,
+                        "difference": round(a - b, 4) if a is not None and b is not None else None}
+        row["checks"] = theirs.get("checks", [])
+        rows.append(row)
+    return rows

@@ -18,11 +18,10 @@ if TYPE_CHECKING:
 
 
 def plan_dvh(ctx: CapabilityContext, plan: dict[str, Any]) -> dict[str, Any] | None:
-    """None for an incomplete bundle; the cached DVH while the members stay the same."""
-    if not plan["complete"]:
-        return None
+    """The DVH as soon as structure set, dose and plan are stored (a DVH needs no image); the
+    cached one while the members stay the same. The answer says whether images are missing."""
     members = {m["modality"]: m for m in plan["objects"] if m["modality"] != "CT"}
-    if "RTSTRUCT" not in members or "RTDOSE" not in members:
+    if "RTSTRUCT" not in members or "RTDOSE" not in members or not plan.get("plan_instance_id"):
         return None
     key = hashlib.sha256(json.dumps(plan["objects"], sort_keys=True).encode()).hexdigest()
     cached = ctx.db.query("SELECT members_sha256, dvh_json FROM plan_dvh WHERE plan_uid=?",
@@ -45,6 +44,8 @@ def plan_dvh(ctx: CapabilityContext, plan: dict[str, Any]) -> dict[str, Any] | N
     except Exception as error:  # a malformed object is this plan's problem, never the route's
         return {"error": f"no DVH: malformed RT object ({type(error).__name__}: {error})"}
     result["dose_sop_instance_uid"] = members["RTDOSE"]["sop_instance_uid"]
+    result["complete"] = bool(plan["complete"])
+    result["missing"] = list(plan.get("missing") or [])
     with ctx.db.transaction() as connection:
         connection.execute(
             "INSERT OR REPLACE INTO plan_dvh(plan_uid, members_sha256, dvh_json, computed_at)"

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 from playwright.sync_api import Browser, Page, expect, sync_playwright
+from pydicom.dataset import Dataset
 
 from tests.integration.conftest import ARTIFACTS, keep_logs, require_orthanc
 from tests.support.orthanc import PASSWORD, USER, OrthancProcess, storescu, wait_until
@@ -143,6 +144,17 @@ def test_plans_tree_send_by_hand_and_dvh_plot(
 ) -> None:
     gateway, archive = servers["gateway"], servers["archive"]
     rtset = make_rt_set("UI-MANUAL", plan_label="MANUAL1")
+    # The planning system's own DVH of the PTV (61.8 Gy flat inside): its summary written as
+    # percent of the 60 Gy prescription, as some planning systems do.
+    item = Dataset()
+    reference = Dataset()
+    reference.ReferencedROINumber = 2
+    item.DVHReferencedROISequence = [reference]
+    item.DVHType, item.DoseUnits, item.DVHVolumeUnits, item.DVHDoseScaling = (
+        "CUMULATIVE", "GY", "CM3", 1.0)
+    item.DVHData = [61.8, 1.0]
+    item.DVHMinimumDose, item.DVHMeanDose, item.DVHMaximumDose = 103.0, 103.0, 103.0
+    rtset.rtdose.DVHSequence = [item]
     storescu(write_datasets(rtset.all(), tmp_path), gateway.dicom_port, calling="TPS")
     wait_until(
         lambda: [p for p in gateway.json("/rt-gateway/plans")
@@ -168,6 +180,9 @@ def test_plans_tree_send_by_hand_and_dvh_plot(
     expect(page.locator("#dvh polyline.dvh-curve").first).to_be_attached(timeout=60_000)
     assert page.locator("#dvh polyline.dvh-curve").count() >= 2
     expect(page.locator("#plan-beams")).to_contain_text("6")
+    expect(page.locator("#dvh-compare")).to_contain_text("PTV")
+    expect(page.locator("#dvh-compare")).to_contain_text("61.80")   # 103 % of 60 Gy, read right
+    expect(page.locator("#dvh-notes")).to_contain_text("percent of the prescription")
     shot(page, "plan-detail")
 
 

@@ -203,3 +203,24 @@ def test_conquest_index_answers_old_queries_and_refuses_writes(
     plan_instance = gateway.post("/tools/lookup", str(rtset.rtplan.SOPInstanceUID)).json()[0]["ID"]
     assert gateway.delete(f"/instances/{plan_instance}").status_code == 200
     wait_until(lambda: plan_series not in rtplan_series(), 30, "deleted plan leaves the index")
+
+
+def test_dvh_comes_before_the_images_and_says_which_are_missing(
+    gateway: OrthancProcess, tmp_path: Path
+) -> None:
+    """A DVH needs the structure set, the plan and the dose, not the CT: it is there while images
+    are missing, and the answer names them."""
+    rtset = make_rt_set("EARLY-DVH", plan_label="EARLY1", n_slices=8)
+    send(gateway, tmp_path, [rtset.ct[0], rtset.rtstruct, rtset.rtplan, rtset.rtdose], "PLANNER")
+    plan = wait_until(lambda: plans_of(gateway, "EARLY-DVH").get("EARLY1"), 60, "plan known")
+    assert plan["complete"] is False
+    detail = wait_until(
+        lambda: (lambda d: d if d.get("dvh") and d["dvh"].get("computed") else None)(
+            gateway.json(f"/rt-gateway/plans/{plan['id']}")), 60, "a DVH without the images")
+    dvh = detail["dvh"]
+    assert dvh["complete"] is False and dvh["missing"] == [
+        f"7 of 8 referenced images (first {rtset.ct[1].SOPInstanceUID})"], dvh["missing"]
+    assert {row["roi"] for row in dvh["computed"]} == {"BODY", "PTV", "Rectum"}
+    send(gateway, tmp_path / "rest", rtset.ct[1:], "PLANNER")
+    wait_until(lambda: gateway.json(f"/rt-gateway/plans/{plan['id']}")["dvh"]["complete"], 60,
+               "the DVH says complete once the images are there")

@@ -104,5 +104,9 @@ def test_synthetic_plan_dvh_from_dicom_objects() -> None:
     assert ptv["V_prescription_pct"] > 90.0
     assert by_roi["Rectum"]["Dmean"] < ptv["Dmean"]
     assert result["prescription_gy"] == 60.0
-    assert result["planning_system"] == {"PTV": {"Dmin": 59.0, "Dmean": 61.5, "Dmax": 61.8,
-                                                 "type": "CUMULATIVE", "dose_units": "GY"}}
+    assert result["planning_system"] == {"PTV": {
+        "Dmin": 59.0, "Dmean": 61.5, "Dmax": 61.8, "type": "CUMULATIVE", "dose_units": "GY",
+        "volume_units": "", "volume_cc": None, "checks": []}}
+    compared = result["comparison"][0]
+    assert compared["roi"] == "PTV" and compared["Dmax"]["planning_system"] == 61.8
+    assert compared["Dmax"]["difference"] == pytest.approx(ptv["Dmax"] - 61.8, abs=1e-4)

@@ -179,6 +179,27 @@ async function showPlan(id) {
   $("#plan-rois").replaceChildren(...(plan.rois || plan.roi_names || metrics.rois || []).map((r) => element("li", {}, typeof r === "string" ? r : [planField(r, "ROIName", "name", "roi_name"), planField(r, "ROIType", "type")].join(" ").trim())));
   table($("#plan-dose"), [].concat(plan.dose || plan.doses || metrics.dose || []));
   drawDvh(plan.dvh || []);
+  showDvhComparison(plan.dvh || {});
+}
+
+// Per structure the planning system also reported: computed / planning system / difference.
+function showDvhComparison(dvh) {
+  const notes = [];
+  if (dvh.complete === false) notes.push("Images missing: " + (dvh.missing || []).join("; ") + ".");
+  if (dvh.dose_conversion) notes.push(dvh.dose_conversion + ".");
+  if (dvh.error) notes.push(dvh.error);
+  const round = (v) => (v === null || v === undefined ? "" : Number(v).toFixed(2));
+  const rows = (dvh.comparison || []).map((row) => {
+    const out = { structure: row.roi };
+    for (const key of ["volume_cc", "Dmin", "Dmean", "Dmax"]) {
+      const cell = row[key] || {};
+      out[key] = `${round(cell.computed)} / ${round(cell.planning_system)} (${cell.difference > 0 ? "+" : ""}${round(cell.difference)})`;
+    }
+    for (const check of row.checks || []) notes.push(`${row.roi}: ${check}.`);
+    return out;
+  });
+  $("#dvh-notes").textContent = notes.join(" ");
+  table($("#dvh-compare"), rows, ["structure", "volume_cc", "Dmin", "Dmean", "Dmax"]);
 }
 
 function dvhCurves(dvh) {
