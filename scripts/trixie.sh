@@ -80,7 +80,8 @@ TRIXIE_TESTS=(tests/integration/test_forwarding.py tests/integration/test_delive
               tests/integration/test_plans.py tests/integration/test_deid_export.py
               tests/integration/test_contours.py tests/integration/test_isolation.py
               tests/integration/test_hostile_routes.py tests/integration/test_transfer_syntaxes.py
-              tests/integration/test_real_rt_files.py tests/browser)
+              tests/integration/test_real_rt_files.py tests/integration/test_vendor_corpus.py
+              tests/browser)
 
 run_tests() {
   prepare

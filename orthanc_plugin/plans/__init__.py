@@ -19,6 +19,8 @@ def install(ctx: CapabilityContext) -> None:
     expected = settings.get("ExpectedDoses", 1)
     if isinstance(expected, bool) or not isinstance(expected, int) or expected < 0:
         raise ConfigError(f"{SECTION}.Plans.ExpectedDoses: expected a whole number >= 0, got {expected!r}")
+    # Columns a database of an earlier version lacks.
+    ctx.db.ensure_columns("rt_objects", {"dose_summation": "TEXT", "beam_count": "INTEGER"})
     tracker = PlanTracker(ctx, expected_doses=expected)
     ctx.hooks.after_describe.append(tracker.step)
     add_routes(ctx)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
@@ -158,9 +159,34 @@ def _number(item: Dataset, keyword: str) -> float | None:
     return None if raw in (None, "") else float(raw)
 
 
-def bundle_dvhs(rtstruct: Dataset, rtdose: Dataset, plan: Dataset | None,
+def plan_dose(doses: Sequence[Dataset]) -> tuple[Dataset, DoseGrid, str]:
+    """One dose for the plan: its PLAN-summed RTDOSE when there is one, else the sum of its
+    per-beam (or per-fraction) doses, which must share one grid and one unit. Returns the dose
+    whose header speaks for the rest (units, stored DVHs), the grid, and how it was made."""
+    if not doses:
+        raise DvhInputError("no RTDOSE")
+    whole = [ds for ds in doses if str(ds.get("DoseSummationType", "PLAN")).upper() == "PLAN"]
+    if whole or len(doses) == 1:
+        chosen = (whole or list(doses))[0]
+        return chosen, dose_grid(chosen), f"{chosen.get('DoseSummationType', 'PLAN')} dose"
+    grids = [dose_grid(ds) for ds in doses]
+    first = grids[0]
+    units = {str(ds.get("DoseUnits", "GY")).upper() for ds in doses}
+    for grid in grids[1:]:
+        if (grid.dose.shape != first.dose.shape or not np.allclose(grid.xs, first.xs)
+                or not np.allclose(grid.ys, first.ys) or not np.allclose(grid.zs, first.zs)):
+            raise DvhInputError(f"{len(doses)} per-beam doses on different grids: not summed")
+    if len(units) > 1:
+        raise DvhInputError(f"per-beam doses in different units ({', '.join(sorted(units))})")
+    total = DoseGrid(first.xs, first.ys, first.zs, np.sum([g.dose for g in grids], axis=0))
+    kinds = sorted({str(ds.get("DoseSummationType", "")) for ds in doses})
+    return doses[0], total, f"sum of {len(doses)} {'/'.join(kinds)} doses"
+
+
+def bundle_dvhs(rtstruct: Dataset, rtdose: Dataset | Sequence[Dataset], plan: Dataset | None,
                 supersampling: int = 4) -> dict[str, Any]:
-    grid = dose_grid(rtdose)
+    doses = [rtdose] if isinstance(rtdose, Dataset) else list(rtdose)
+    rtdose, grid, dose_source = plan_dose(doses)
     rx = prescription(plan)
     units = str(rtdose.get("DoseUnits", "GY")).upper()
     dose_units, conversion = "GY", None
@@ -186,6 +212,7 @@ def bundle_dvhs(rtstruct: Dataset, rtdose: Dataset, plan: Dataset | None,
         "prescription_gy": rx,
         "dose_units": dose_units,
         "dose_conversion": conversion,
+        "dose_source": dose_source,
         "method": f"slabs between contour planes, in-plane supersampling of the dose grid up to "
                   f"{supersampling}x (per structure, see 'supersampling'), even-odd rule for holes, "
                   "trilinear dose interpolation",

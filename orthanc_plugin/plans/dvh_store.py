@@ -34,8 +34,9 @@ def plan_dvh(ctx: CapabilityContext, plan: dict[str, Any]) -> dict[str, Any] | N
         return dcmread(BytesIO(data), stop_before_pixels=not pixels, force=True)
 
     try:
-        result = bundle_dvhs(read(members["RTSTRUCT"]["instance_id"]),
-                             read(members["RTDOSE"]["instance_id"], pixels=True),
+        doses = [read(m["instance_id"], pixels=True) for m in plan["objects"]
+                 if m["modality"] == "RTDOSE"]
+        result = bundle_dvhs(read(members["RTSTRUCT"]["instance_id"]), doses,
                              read(plan["plan_instance_id"]))
     except MemoryError:
         raise

@@ -28,6 +28,8 @@ class RtObject:
     modality: str
     references: tuple[str, ...] = ()   # RTPLAN: structure set(s); RTSTRUCT: images; RTDOSE: plan(s)
     plan_label: str = ""
+    dose_summation: str = ""           # RTDOSE: PLAN, BEAM, FRACTION, ...
+    beam_count: int = 0                # RTPLAN: beams of its fraction groups
 
 
 @dataclass(frozen=True)
@@ -109,7 +111,12 @@ def _bundle(
             missing.append(f"{len(absent)} of {len(image_uids)} referenced images "
                            f"(first {absent[0]})")
     present_doses = [uid for uid in dose_uids if uid in stored]
-    if len(present_doses) < expected_doses:
+    summations = {by_uid[uid].dose_summation.upper() for uid in present_doses if uid in by_uid}
+    if summations and "PLAN" not in summations and "BEAM" in summations and plan.beam_count:
+        # Per-beam doses: the plan's dose is their sum, so every beam's is expected.
+        if len(present_doses) < plan.beam_count:
+            missing.append(f"RTDOSE ({len(present_doses)} of {plan.beam_count} per-beam doses)")
+    elif len(present_doses) < expected_doses:
         missing.append(f"RTDOSE ({len(present_doses)} of {expected_doses} expected)")
     wanted = [*image_uids, structure_set_uid, plan.sop_instance_uid, *present_doses]
     members = [stored[uid] for uid in dict.fromkeys(wanted) if uid and uid in stored]

@@ -13,7 +13,8 @@ from orthanc_plugin.plans.model import RtObject
 REFERENCE_KEYWORDS = (
     "SOPInstanceUID", "Modality", "RTPlanLabel",
     "ReferencedStructureSetSequence", "ReferencedFrameOfReferenceSequence",
-    "ROIContourSequence", "ReferencedRTPlanSequence",
+    "ROIContourSequence", "ReferencedRTPlanSequence", "DoseSummationType",
+    "FractionGroupSequence",
 )
 
 
@@ -61,4 +62,9 @@ def rt_object(ds: Dataset) -> RtObject:
         modality=str(getattr(ds, "Modality", "")).upper(),
         references=references_of(ds),
         plan_label=str(getattr(ds, "RTPlanLabel", "") or ""),
+        dose_summation=str(getattr(ds, "DoseSummationType", "") or ""),
+        # Distinct beams over the fraction groups (a boost group reuses the main group's).
+        beam_count=len({str(beam.get("ReferencedBeamNumber", ""))
+                        for group in _items(ds, "FractionGroupSequence")
+                        for beam in _items(group, "ReferencedBeamSequence")}),
     )

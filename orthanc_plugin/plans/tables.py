@@ -11,7 +11,9 @@ CREATE TABLE IF NOT EXISTS rt_objects(
     patient_id TEXT, study_uid TEXT, calling_aet TEXT,
     plan_label TEXT, plan_name TEXT, plan_date TEXT,
     references_json TEXT NOT NULL,              -- SOP Instance UIDs the object names
-    recorded_at TEXT NOT NULL
+    recorded_at TEXT NOT NULL,
+    dose_summation TEXT,                        -- RTDOSE: PLAN | BEAM | FRACTION | ...
+    beam_count INTEGER                          -- RTPLAN: beams of its fraction groups
 );
 CREATE INDEX IF NOT EXISTS rt_objects_patient ON rt_objects(patient_id);
 CREATE INDEX IF NOT EXISTS rt_objects_sop ON rt_objects(sop_instance_uid);

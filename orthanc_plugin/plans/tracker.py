@@ -111,7 +111,8 @@ class PlanTracker:
         ).fetchall()
         objects = [
             RtObject(row["sop_instance_uid"], row["modality"],
-                     tuple(json.loads(row["references_json"])), row["plan_label"] or "")
+                     tuple(json.loads(row["references_json"])), row["plan_label"] or "",
+                     row["dose_summation"] or "", row["beam_count"] or 0)
             for row in object_rows
         ]
         wanted = {item.sop_instance_uid for item in objects}
@@ -254,13 +255,13 @@ def _record_object(connection: sqlite3.Connection, row: sqlite3.Row, read: _Read
     item, plan_name, plan_date = read.rt, read.plan_name, read.plan_date
     connection.execute(
         "INSERT INTO rt_objects(instance_id, sop_instance_uid, modality, patient_id, study_uid,"
-        " calling_aet, plan_label, plan_name, plan_date, references_json, recorded_at)"
-        " VALUES(?,?,?,?,?,?,?,?,?,?,?) ON CONFLICT(instance_id) DO UPDATE SET"
-        " references_json=excluded.references_json",
+        " calling_aet, plan_label, plan_name, plan_date, references_json, recorded_at,"
+        " dose_summation, beam_count) VALUES(?,?,?,?,?,?,?,?,?,?,?,?,?)"
+        " ON CONFLICT(instance_id) DO UPDATE SET references_json=excluded.references_json",
         (
             row["instance_id"], item.sop_instance_uid, item.modality, row["patient_id"],
             row["study_uid"], row["calling_aet"], item.plan_label, plan_name, plan_date,
-            json.dumps(list(item.references)), now_iso(),
+            json.dumps(list(item.references)), now_iso(), item.dose_summation, item.beam_count,
         ),
     )
 

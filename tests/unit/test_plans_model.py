@@ -116,3 +116,20 @@ def test_expected_doses() -> None:
     del stored["d2"]
     assert build_bundles(objects, stored, expected_doses=2)[0].missing == (
         "RTDOSE (1 of 2 expected)",)
+
+
+def test_per_beam_doses_are_all_expected() -> None:
+    """A plan whose doses are per beam (DoseSummationType BEAM) is complete with one per beam."""
+    from orthanc_plugin.plans.model import RtObject, StoredInstance, build_bundles
+
+    plan = RtObject("plan", "RTPLAN", ("ss",), "P1", beam_count=3)
+    structure = RtObject("ss", "RTSTRUCT", ())
+    doses = [RtObject(f"d{n}", "RTDOSE", ("plan",), dose_summation="BEAM") for n in range(3)]
+    stored = {uid: StoredInstance(f"id-{uid}", uid, kind) for uid, kind in (
+        ("plan", "RTPLAN"), ("ss", "RTSTRUCT"), ("d0", "RTDOSE"), ("d1", "RTDOSE"),
+        ("d2", "RTDOSE"))}
+    two = {k: v for k, v in stored.items() if k != "d2"}
+    (partial,) = build_bundles([plan, structure, *doses[:2]], two)
+    assert partial.missing == ("RTDOSE (2 of 3 per-beam doses)",)
+    (whole,) = build_bundles([plan, structure, *doses], stored)
+    assert whole.complete and len(whole.dose_uids) == 3
