@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from orthanc_plugin.config import SECTION, ConfigError
+from orthanc_plugin.plans.dvh import DEFAULT_END_CAPS, END_CAPS
 from orthanc_plugin.plans.routes import add_routes
 from orthanc_plugin.plans.tracker import PlanTracker
 
@@ -21,6 +22,10 @@ def install(ctx: CapabilityContext) -> None:
         raise ConfigError(f"{SECTION}.Plans.ExpectedDoses: expected a whole number >= 0, got {expected!r}")
     # Columns a database of an earlier version lacks.
     ctx.db.ensure_columns("rt_objects", {"dose_summation": "TEXT", "beam_count": "INTEGER"})
+    end_caps = settings.get("DvhEndCaps", DEFAULT_END_CAPS)
+    if end_caps not in END_CAPS:
+        raise ConfigError(f"{SECTION}.Plans.DvhEndCaps: expected one of {', '.join(END_CAPS)}, "
+                          f"got {end_caps!r}")
     tracker = PlanTracker(ctx, expected_doses=expected)
     ctx.hooks.after_describe.append(tracker.step)
     add_routes(ctx)

@@ -1,8 +1,10 @@
 """Dose-volume histograms per structure from a dose grid and planar contours. Pure (numpy only).
 
 Method, written down because every planning system does it a little differently:
-- Each contour stands for a slab as thick as the distance between contour planes (for a single
-  plane, `default_thickness_mm`), centred on its plane.
+- Each contour plane stands for a slab reaching half way to each neighbouring plane; the
+  outermost planes end the structure (`end_caps="none"`, the default: the planning system's
+  volumes) or reach half a slab beyond (`"half-slab"`, dicompyler's convention); a single plane
+  is `default_thickness_mm` thick (see slab_thicknesses).
 - In plane, the slab is sampled on a grid `supersampling` times finer than the dose grid (4 by
   default, lowered for large structures so one stays under `max_samples` samples; the factor used
   is reported); a sample is inside when its centre is inside under the even-odd rule, applied to
@@ -108,6 +110,20 @@ def _inside_even_odd(polygons: Sequence[np.ndarray], xs: np.ndarray, ys: np.ndar
     return (counts % 2) == 1
 
 
+def _peak_at_voxel_centres(grid: DoseGrid, plane: np.ndarray, polygons: Sequence[np.ndarray],
+                           box: tuple[float, float, float, float]) -> float:
+    """The highest value of the (z-interpolated) dose plane at grid voxel centres inside."""
+    xmin, xmax, ymin, ymax = box
+    cols = np.nonzero((grid.xs >= xmin) & (grid.xs <= xmax))[0]
+    rows = np.nonzero((grid.ys >= ymin) & (grid.ys <= ymax))[0]
+    if not len(cols) or not len(rows):
+        return 0.0
+    inside = _inside_even_odd(polygons, grid.xs[cols], grid.ys[rows])
+    if not inside.any():
+        return 0.0
+    return float(plane[np.ix_(rows, cols)][inside].max())
+
+
 def _plane_at(grid: DoseGrid, z: float) -> np.ndarray | None:
     """The dose plane at z, linear between frames; None outside the grid."""
     zs = np.asarray(grid.zs, dtype=float)
@@ -144,6 +160,36 @@ def _trilinear(grid: DoseGrid, x: np.ndarray, y: np.ndarray, plane: np.ndarray) 
     return np.nan_to_num(top * (1 - wy) + bottom * wy, nan=0.0)
 
 
+END_CAPS = ("half-slab", "none")
+# Measured on a planning system's export with its own DVHs (bench/dvh_conventions.py): without
+# end caps the computed volume of small structures is within a few percent of the planning
+# system's (Nodes -3.6 %, Tumor Bed -0.6 %), with them +18 % to +74 %.
+DEFAULT_END_CAPS = "none"
+
+
+def slab_thicknesses(planes: Sequence[float], default_mm: float, end_caps: str) -> list[float]:
+    """How thick a slab each contour plane stands for: half the distance to each neighbouring
+    plane (so uneven spacing is right). At the two ends, `half-slab` adds as much again beyond
+    the outermost planes (the structure reaches half a slice past its last contour, as
+    dicompyler-core counts it), `none` stops at the outermost planes (a structure drawn on two
+    slices 3 mm apart is 3 mm thick: the convention that gives the planning system's volumes on
+    small structures). A single plane is `default_mm` thick either way."""
+    if end_caps not in END_CAPS:
+        raise ValueError(f"end_caps: expected one of {', '.join(END_CAPS)}, got {end_caps!r}")
+    if len(planes) == 1:
+        return [default_mm]
+    gaps = np.diff(np.asarray(planes, dtype=float))
+    # Contours on planes several slices apart (a structure drawn every few slices) count about
+    # one slice each beyond the gap, not the whole gap.
+    usual = float(np.median(gaps))
+    gaps = np.minimum(gaps, 1.5 * usual)
+    halves = np.concatenate([[0.0], gaps / 2]) + np.concatenate([gaps / 2, [0.0]])
+    if end_caps == "half-slab":
+        halves[0] += gaps[0] / 2
+        halves[-1] += gaps[-1] / 2
+    return [float(h) for h in halves]
+
+
 def dvh(
     contours: Sequence[Contour],
     grid: DoseGrid,
@@ -151,6 +197,7 @@ def dvh(
     supersampling: int = DEFAULT_SUPERSAMPLING,
     default_thickness_mm: float = 2.5,
     max_samples: int = DEFAULT_MAX_SAMPLES,
+    end_caps: str = DEFAULT_END_CAPS,
 ) -> DvhResult | None:
     by_plane: dict[float, list[np.ndarray]] = {}
     for contour in contours:
@@ -159,8 +206,7 @@ def dvh(
     if not by_plane:
         return None
     planes = sorted(by_plane)
-    gaps = np.diff(planes)
-    thickness = float(np.median(gaps)) if len(gaps) else default_thickness_mm
+    thicknesses = slab_thicknesses(planes, default_thickness_mm, end_caps)
     boxes = [np.ptp(np.concatenate(by_plane[z]), axis=0) for z in planes]
     voxels = sum(float(w * h) for w, h in boxes) / (grid.spacing[0] * grid.spacing[1])
     while supersampling > 1 and voxels * supersampling**2 > max_samples:
@@ -168,7 +214,8 @@ def dvh(
     dx, dy = (s / supersampling for s in grid.spacing)
     doses: list[np.ndarray] = []
     weights: list[np.ndarray] = []
-    for z in planes:
+    voxel_peak = 0.0
+    for z, thickness in zip(planes, thicknesses, strict=True):
         polygons = by_plane[z]
         every = np.concatenate(polygons)
         (xmin, ymin), (xmax, ymax) = every.min(axis=0), every.max(axis=0)
@@ -183,6 +230,9 @@ def dvh(
         plane = _plane_at(grid, z)
         doses.append(np.zeros(len(rows)) if plane is None else _trilinear(grid, xs[cols], ys[rows], plane))
         weights.append(np.full(len(rows), dx * dy * thickness))
+        if plane is not None:
+            voxel_peak = max(voxel_peak, _peak_at_voxel_centres(grid, plane, polygons,
+                                                                 (xmin, xmax, ymin, ymax)))
     if not doses:
         return None
     dose = np.concatenate(doses)
@@ -201,7 +251,9 @@ def dvh(
     curve_dose, curve_volume = cumulative_curve(dose, weight)
     return DvhResult(
         volume_cc=total / 1000.0, d_min=float(dose.min()),
-        d_mean=float((dose * weight).sum() / total), d_max=float(dose.max()),
+        # The highest dose-grid value inside, as planning systems report Dmax: interpolating
+        # between voxels (the samples) lowers a peak the grid itself holds.
+        d_mean=float((dose * weight).sum() / total), d_max=max(float(dose.max()), voxel_peak),
         d95=d_at(95.0), d2=d_at(2.0), v_prescription_pct=v_rx, samples=len(dose),
         supersampling=supersampling, curve_dose_gy=curve_dose, curve_volume_pct=curve_volume,
     )

@@ -8,7 +8,7 @@ from typing import Any
 import numpy as np
 from pydicom.dataset import Dataset
 
-from orthanc_plugin.plans.dvh import Contour, DoseGrid, dvh
+from orthanc_plugin.plans.dvh import DEFAULT_END_CAPS, Contour, DoseGrid, dvh
 
 
 class DvhInputError(ValueError):
@@ -85,29 +85,32 @@ def summary_values(item: Dataset, curve: dict[str, Any], rx: float | None) -> di
     """Dmin/Dmean/Dmax as the planning system stated them, in Gy, and its volume in cc.
 
     Some planning systems write the summary as percent of the prescription while the sequence
-    says GY: each stated value is compared with the curve's own maximum (and mean); one that
-    only agrees once read as percent of the prescription is converted, and every conversion or
-    disagreement is listed under `checks`."""
+    says GY. The stated maximum is compared with where the curve ends: when it only agrees read
+    as percent of the prescription, the item's summary is read so; each value is then checked
+    against the curve (within 5 % or one bin) and a disagreement is listed under `checks`."""
     to_gy = _to_gy(str(item.get("DoseUnits", "GY")), rx)
     stated = {key: _number(item, keyword) for key, keyword in
               (("Dmin", "DVHMinimumDose"), ("Dmean", "DVHMeanDose"), ("Dmax", "DVHMaximumDose"))}
     from_curve = {"Dmax": curve.get("curve_max_gy"), "Dmean": curve.get("curve_mean_gy")}
-    values: dict[str, float | None] = {}
+    bin_gy = float(curve.get("bin_gy") or 0.0)
     checks: list[str] = []
+    factor = to_gy
+    top, curve_top = stated["Dmax"], from_curve["Dmax"]
+    if (factor is not None and top is not None and curve_top and rx
+            and not _close(top * factor, curve_top, bin_gy)
+            and _close(top / 100.0 * rx, curve_top, bin_gy)):
+        factor = rx / 100.0
+        checks.append(f"summary in percent of the prescription ({rx:g} Gy), not "
+                      f"{item.get('DoseUnits', 'GY')}: Dmax {top:g} read as {top * factor:.3f} Gy")
+    values: dict[str, float | None] = {}
     for key, raw in stated.items():
-        if raw is None or to_gy is None:
+        if raw is None or factor is None:
             values[key] = None
             continue
-        value = raw * to_gy
+        value = raw * factor
         reference = from_curve.get(key)
-        if reference and not _close(value, reference):
-            as_percent = raw / 100.0 * rx if rx else None
-            if as_percent is not None and _close(as_percent, reference):
-                checks.append(f"{key} {raw:g} is percent of the prescription ({rx:g} Gy), not "
-                              f"{item.get('DoseUnits', 'GY')}: read as {as_percent:.3f} Gy")
-                value = as_percent
-            else:
-                checks.append(f"{key} {value:.3f} Gy disagrees with the curve ({reference:.3f} Gy)")
+        if reference and not _close(value, reference, bin_gy):
+            checks.append(f"{key} {value:.3f} Gy disagrees with the curve ({reference:.3f} Gy)")
         values[key] = round(value, 4)
     volume_cc = curve.get("total_volume") if str(
         item.get("DVHVolumeUnits", "CM3")).upper() == "CM3" else None
@@ -123,8 +126,9 @@ def _to_gy(units: str, rx: float | None) -> float | None:
     return 1.0
 
 
-def _close(value: float, reference: float) -> bool:
-    return abs(value - reference) <= SUMMARY_TOLERANCE * max(abs(reference), 1e-6)
+def _close(value: float, reference: float, bin_gy: float = 0.0) -> bool:
+    allowed = max(SUMMARY_TOLERANCE * abs(reference), bin_gy, 1e-6)
+    return abs(value - reference) <= allowed
 
 
 def planning_system_curve(item: Dataset, rx: float | None = None) -> dict[str, Any]:
@@ -151,7 +155,8 @@ def planning_system_curve(item: Dataset, rx: float | None = None) -> dict[str, A
     top = float(edges[reached[-1]] + widths[reached[-1]] * scale * to_gy) if len(reached) else None
     return {"dose_gy": [round(float(d), 4) for d in edges],
             "volume_pct": [round(float(v) / total * 100.0, 3) for v in volumes],
-            "total_volume": round(total, 4), "curve_max_gy": top, "curve_mean_gy": mean}
+            "total_volume": round(total, 4), "curve_max_gy": top, "curve_mean_gy": mean,
+            "bin_gy": float(np.median(widths)) * scale * to_gy}
 
 
 def _number(item: Dataset, keyword: str) -> float | None:
@@ -184,7 +189,7 @@ def plan_dose(doses: Sequence[Dataset]) -> tuple[Dataset, DoseGrid, str]:
 
 
 def bundle_dvhs(rtstruct: Dataset, rtdose: Dataset | Sequence[Dataset], plan: Dataset | None,
-                supersampling: int = 4) -> dict[str, Any]:
+                supersampling: int = 4, end_caps: str = DEFAULT_END_CAPS) -> dict[str, Any]:
     doses = [rtdose] if isinstance(rtdose, Dataset) else list(rtdose)
     rtdose, grid, dose_source = plan_dose(doses)
     rx = prescription(plan)
@@ -204,7 +209,8 @@ def bundle_dvhs(rtstruct: Dataset, rtdose: Dataset | Sequence[Dataset], plan: Da
         grid = DoseGrid(grid.xs, grid.ys, grid.zs, grid.dose * 0.01)
     computed = []
     for name, contours in roi_contours(rtstruct).items():
-        result = dvh(contours, grid, rx if dose_units == "GY" else None, supersampling=supersampling)
+        result = dvh(contours, grid, rx if dose_units == "GY" else None,
+                     supersampling=supersampling, end_caps=end_caps)
         if result is not None:
             computed.append({"roi": name, **result.as_json()})
     planning = planning_system_dvhs(rtdose, rtstruct, rx)
@@ -213,7 +219,9 @@ def bundle_dvhs(rtstruct: Dataset, rtdose: Dataset | Sequence[Dataset], plan: Da
         "dose_units": dose_units,
         "dose_conversion": conversion,
         "dose_source": dose_source,
-        "method": f"slabs between contour planes, in-plane supersampling of the dose grid up to "
+        "end_caps": end_caps,
+        "method": f"slabs between contour planes (end caps: {end_caps}), in-plane supersampling "
+                  f"of the dose grid up to "
                   f"{supersampling}x (per structure, see 'supersampling'), even-odd rule for holes, "
                   "trilinear dose interpolation",
         "computed": computed,

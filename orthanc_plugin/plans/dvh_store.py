@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Any
 from pydicom import dcmread
 
 from orthanc_plugin.audit.clock import now_iso
+from orthanc_plugin.plans.dvh import DEFAULT_END_CAPS
 from orthanc_plugin.plans.dvh_source import DvhInputError, bundle_dvhs
 from orthanc_plugin.ports import HostError
 
@@ -23,7 +24,8 @@ def plan_dvh(ctx: CapabilityContext, plan: dict[str, Any]) -> dict[str, Any] | N
     members = {m["modality"]: m for m in plan["objects"] if m["modality"] != "CT"}
     if "RTSTRUCT" not in members or "RTDOSE" not in members or not plan.get("plan_instance_id"):
         return None
-    key = hashlib.sha256(json.dumps(plan["objects"], sort_keys=True).encode()).hexdigest()
+    end_caps = str(ctx.section("Plans").get("DvhEndCaps", DEFAULT_END_CAPS))
+    key = hashlib.sha256(json.dumps([plan["objects"], end_caps], sort_keys=True).encode()).hexdigest()
     cached = ctx.db.query("SELECT members_sha256, dvh_json FROM plan_dvh WHERE plan_uid=?",
                               (plan["id"],))
     if cached and cached[0]["members_sha256"] == key:
@@ -37,7 +39,7 @@ def plan_dvh(ctx: CapabilityContext, plan: dict[str, Any]) -> dict[str, Any] | N
         doses = [read(m["instance_id"], pixels=True) for m in plan["objects"]
                  if m["modality"] == "RTDOSE"]
         result = bundle_dvhs(read(members["RTSTRUCT"]["instance_id"]), doses,
-                             read(plan["plan_instance_id"]))
+                             read(plan["plan_instance_id"]), end_caps=end_caps)
     except MemoryError:
         raise
     except (HostError, DvhInputError) as error:

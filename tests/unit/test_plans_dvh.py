@@ -25,14 +25,18 @@ def box(x0: float, x1: float, y0: float, y1: float, z: float) -> Contour:
 def test_box_in_a_linear_ramp_matches_the_analytic_dvh() -> None:
     # D(x) = 10 + 0.5 x over x in [-20, 20]: uniform in [0, 20] Gy across the volume.
     planes = [-5.0, -2.5, 0.0, 2.5, 5.0]
-    result = dvh([box(-20, 20, -10, 10, z) for z in planes], ramp_grid(), prescription_gy=15.0)
+    # Half-slab end caps: each of the 5 planes stands for a whole 2.5 mm slab.
+    result = dvh([box(-20, 20, -10, 10, z) for z in planes], ramp_grid(), prescription_gy=15.0,
+                 end_caps="half-slab")
     assert result is not None
     assert result.volume_cc == pytest.approx(40 * 20 * 2.5 * 5 / 1000, rel=1e-6)
     assert result.d_mean == pytest.approx(10.0, abs=0.01)
     # Samples sit at sub-voxel centres, half a sample (0.3125 mm -> 0.16 Gy) inside the edges.
     half_sample_gy = 0.5 * 2.5 / 4 / 2
     assert result.d_min == pytest.approx(0.0 + half_sample_gy, abs=1e-6)
-    assert result.d_max == pytest.approx(20.0 - half_sample_gy, abs=1e-6)
+    # Dmax is the highest dose-grid value inside, as planning systems report it: the voxel centre
+    # on the box's edge (x = 20 mm, 20 Gy) counts, where the samples stop half a sample short.
+    assert result.d_max == pytest.approx(20.0, abs=1e-6)
     assert result.d95 == pytest.approx(1.0, abs=0.2)      # 5 % of 20 Gy
     assert result.d2 == pytest.approx(19.6, abs=0.2)      # 98 % of 20 Gy
     assert result.v_prescription_pct == pytest.approx(25.0, abs=0.5)  # D >= 15 Gy: x >= 10
@@ -42,7 +46,7 @@ def test_inner_contour_is_a_hole_under_the_even_odd_rule() -> None:
     grid = ramp_grid(a=5.0, b=0.0)
     outer = [box(-20, 20, -20, 20, z) for z in (0.0, 2.5)]
     inner = [box(-10, 10, -10, 10, z) for z in (0.0, 2.5)]
-    result = dvh(outer + inner, grid)
+    result = dvh(outer + inner, grid, end_caps="half-slab")
     assert result is not None
     assert result.volume_cc == pytest.approx((40 * 40 - 20 * 20) * 2.5 * 2 / 1000, rel=1e-6)
     assert result.d_min == result.d_max == pytest.approx(5.0)
@@ -54,8 +58,8 @@ def test_cylinder_volume_converges_with_supersampling() -> None:
     circle = np.stack([15 * np.cos(angles), 15 * np.sin(angles)], axis=1)
     planes = [Contour(z, circle) for z in np.arange(-10.0, 10.01, 2.5)]
     exact = math.pi * 15**2 * 2.5 * len(planes) / 1000
-    coarse = dvh(planes, grid, supersampling=1)
-    fine = dvh(planes, grid, supersampling=8)
+    coarse = dvh(planes, grid, supersampling=1, end_caps="half-slab")
+    fine = dvh(planes, grid, supersampling=8, end_caps="half-slab")
     assert coarse is not None and fine is not None
     assert abs(fine.volume_cc - exact) < abs(coarse.volume_cc - exact) + 1e-9
     assert fine.volume_cc == pytest.approx(exact, rel=0.005)
@@ -97,7 +101,8 @@ def test_synthetic_plan_dvh_from_dicom_objects() -> None:
     # PTV: a 64-gon of radius 6.4 mm on slices 3..8 (2.5 mm apart), flat 61.8 Gy inside.
     radius, sides, slices = 0.10 * 63, 64, 6
     area = sides / 2 * radius**2 * math.sin(2 * math.pi / sides)
-    assert ptv["volume_cc"] == pytest.approx(area * 2.5 * slices / 1000, rel=0.03)
+    # Without end caps (the default) the PTV ends at its outermost contour planes: 5 slabs.
+    assert ptv["volume_cc"] == pytest.approx(area * 2.5 * (slices - 1) / 1000, rel=0.03)
     assert ptv["Dmax"] == pytest.approx(61.8, abs=1e-3)
     assert ptv["D2"] == pytest.approx(61.8, abs=1e-3)
     assert 58.0 < ptv["D95"] <= 61.8 and 55.0 < ptv["Dmin"] <= ptv["D95"]
@@ -110,3 +115,17 @@ def test_synthetic_plan_dvh_from_dicom_objects() -> None:
     compared = result["comparison"][0]
     assert compared["roi"] == "PTV" and compared["Dmax"]["planning_system"] == 61.8
     assert compared["Dmax"]["difference"] == pytest.approx(ptv["Dmax"] - 61.8, abs=1e-4)
+
+
+def test_end_caps_none_stops_at_the_outermost_planes_and_follows_uneven_spacing() -> None:
+    from orthanc_plugin.plans.dvh import slab_thicknesses
+
+    assert slab_thicknesses([0.0, 2.5, 5.0], 2.5, "none") == [1.25, 2.5, 1.25]
+    assert slab_thicknesses([0.0, 2.5, 5.0], 2.5, "half-slab") == [2.5, 2.5, 2.5]
+    assert slab_thicknesses([0.0, 3.0, 5.0], 2.5, "none") == [1.5, 2.5, 1.0]
+    assert slab_thicknesses([7.0], 2.5, "none") == [2.5]
+    planes = [box(-20, 20, -10, 10, z) for z in (0.0, 2.5, 5.0, 7.5, 10.0)]
+    result = dvh(planes, ramp_grid())
+    assert result is not None and result.volume_cc == pytest.approx(40 * 20 * 10.0 / 1000, rel=1e-6)
+    with pytest.raises(ValueError, match="end_caps"):
+        dvh(planes, ramp_grid(), end_caps="round")

@@ -57,9 +57,9 @@ def test_summary_in_gy_that_agrees_with_the_curve_is_kept() -> None:
 
 
 def test_summary_that_agrees_with_nothing_is_flagged_not_changed() -> None:
-    item = tps_item((0.0, 2.5, 9.0))
+    item = tps_item((0.0, 2.5, 20.0))
     values = summary_values(item, planning_system_curve(item), rx=60.0)
-    assert values["Dmax"] == 9.0 and "disagrees with the curve" in values["checks"][0]
+    assert values["Dmax"] == 20.0 and "disagrees with the curve" in values["checks"][0]
 
 
 def test_percent_volume_has_no_cc() -> None:

@@ -1,0 +1,147 @@
+"""bench/dvh_conventions: the gateway's computed DVH against the planning system's own DVHs and
+against dicompyler-core's get_dvh, per structure, on a real planning-system export.
+
+The plan is dicompyler-core's example data (CT, structure set of 9 ROIs, plan, and a dose grid
+carrying the planning system's DVHs), taken from dicompyler-core's source distribution on PyPI at
+run time into bench/.cache (never copied into the project). dicompyler-core needs pydicom 2.4:
+it runs in its own venv (bench/.cache/venv-dicompyler), made here once.
+
+Prints JSON: per structure the planning system's volume (cc), Dmean and Dmax (Gy, read as the
+gateway reads them: the summary is in percent of the prescription there), the gateway's with
+both end-cap conventions, dicompyler-core's, each difference, and whether the gateway's default
+is closer than dicompyler-core's. Same data, same machine, same run.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import tarfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from pydicom import dcmread
+
+from orthanc_plugin.plans.dvh import DEFAULT_END_CAPS, END_CAPS, dvh
+from orthanc_plugin.plans.dvh_source import (
+    dose_grid,
+    planning_system_dvhs,
+    prescription,
+    roi_contours,
+)
+
+CACHE = Path(__file__).resolve().parent / ".cache"
+VERSION = "0.5.6"
+DICOMPYLER = f"dicompyler-core=={VERSION}"
+PINS = ["pydicom==2.4.4", "numpy<2", "matplotlib<3.9", "six", "shapely<2.1"]
+DICOMPYLER_SCRIPT = """
+import json, sys
+from dicompylercore import dicomparser, dvhcalc
+folder, names = sys.argv[1], json.loads(sys.argv[2])
+structures = dicomparser.DicomParser(folder + "/rtss.dcm").GetStructures()
+out = {}
+for number, structure in structures.items():
+    if structure["name"] not in names:
+        continue
+    calc = dvhcalc.get_dvh(folder + "/rtss.dcm", folder + "/rtdose.dcm", number)
+    out[structure["name"]] = {"volume_cc": float(calc.volume), "Dmean": float(calc.mean),
+                              "Dmax": float(calc.max)}
+print(json.dumps(out))
+"""
+
+
+def example_data() -> Path:
+    folder = CACHE / f"dicompyler-core-{VERSION}" / "tests" / "testdata" / "example_data"
+    if folder.exists():
+        return folder
+    CACHE.mkdir(parents=True, exist_ok=True)
+    subprocess.run([sys.executable, "-m", "pip", "download", "-q", "--no-deps", "--no-binary",
+                    ":all:", DICOMPYLER, "-d", str(CACHE)], check=True)
+    with tarfile.open(next(CACHE.glob(f"dicompyler-core-{VERSION}.tar.gz")), "r:gz") as archive:
+        # Only the example data, plain files with no ".." (Python 3.11.2 has no extraction filter).
+        wanted = [member for member in archive.getmembers()
+                  if member.isfile() and "/example_data/" in member.name
+                  and ".." not in Path(member.name).parts and not member.name.startswith("/")]
+        archive.extractall(CACHE, members=wanted)
+    return folder
+
+
+def dicompyler_python() -> Path:
+    venv = CACHE / "venv-dicompyler"
+    python = venv / "bin" / "python"
+    if not (venv / ".ready").exists():
+        subprocess.run(["/usr/bin/python3", "-m", "venv", str(venv)], check=True)
+        subprocess.run([str(python), "-m", "pip", "install", "-q", DICOMPYLER, *PINS], check=True)
+        (venv / ".ready").write_text(VERSION)
+    return python
+
+
+def relative(value: float | None, reference: float | None) -> float | None:
+    if value is None or not reference:
+        return None
+    return round((value - reference) / reference * 100.0, 2)
+
+
+def main() -> None:
+    folder = example_data()
+    structure, dose, plan = (dcmread(folder / name) for name in
+                             ("rtss.dcm", "rtdose.dcm", "rtplan.dcm"))
+    rx = prescription(plan)
+    tps = planning_system_dvhs(dose, structure, rx)
+    grid = dose_grid(dose)
+    contours = roi_contours(structure)
+    ours: dict[str, dict[str, dict[str, float]]] = {}
+    seconds: dict[str, float] = {}
+    for caps in END_CAPS:
+        started = time.perf_counter()
+        for name in tps:
+            result = dvh(contours[name], grid, rx, end_caps=caps)
+            if result is not None:
+                ours.setdefault(name, {})[caps] = {
+                    "volume_cc": result.volume_cc, "Dmean": result.d_mean, "Dmax": result.d_max}
+        seconds[caps] = time.perf_counter() - started
+    started = time.perf_counter()
+    done = subprocess.run([str(dicompyler_python()), "-c", DICOMPYLER_SCRIPT, str(folder),
+                           json.dumps(sorted(tps))], capture_output=True, text=True, check=True)
+    seconds["dicompyler-core"] = time.perf_counter() - started
+    theirs = json.loads(done.stdout)
+    rows = []
+    closer = {"volume_cc": 0, "Dmean": 0, "Dmax": 0}
+    for name in sorted(tps):
+        row: dict[str, object] = {"roi": name}
+        for key in ("volume_cc", "Dmean", "Dmax"):
+            reference = tps[name].get(key)
+            mine = ours.get(name, {}).get(DEFAULT_END_CAPS, {}).get(key)
+            other = theirs.get(name, {}).get(key)
+            row[key] = {
+                "planning_system": reference,
+                "gateway": mine,
+                "gateway_half_slab": ours.get(name, {}).get("half-slab", {}).get(key),
+                "dicompyler_core": other,
+                "gateway_diff_pct": relative(mine, reference),
+                "dicompyler_diff_pct": relative(other, reference),
+            }
+            if (mine is not None and other is not None and reference is not None
+                    and abs(mine - reference) <= abs(other - reference)):
+                closer[key] += 1
+        rows.append(row)
+    report = {
+        "bench": "dvh_conventions",
+        "data": f"dicompyler-core {VERSION} example_data (real planning-system export, 9 ROIs)",
+        "prescription_gy": rx,
+        "default_end_caps": DEFAULT_END_CAPS,
+        "structures": rows,
+        "gateway_closer_or_equal": {key: f"{count} of {len(rows)}" for key, count in closer.items()},
+        "seconds": {key: round(value, 2) for key, value in seconds.items()},
+    }
+    text = json.dumps(report, indent=2)
+    (Path(__file__).resolve().parent / "results").mkdir(exist_ok=True)
+    (Path(__file__).resolve().parent / "results" / "dvh_conventions.json").write_text(text)
+    print(text)
+
+
+if __name__ == "__main__":
+    main()
