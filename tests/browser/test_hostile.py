@@ -17,9 +17,8 @@ from collections.abc import Iterator
 from html import escape
 
 import pytest
-from playwright.sync_api import Browser, Page, expect, sync_playwright
+from playwright.sync_api import Browser, Page, expect
 
-from tests.browser.test_ui import CHROMIUM
 from tests.integration.conftest import keep_logs, require_orthanc
 from tests.support.orthanc import PASSWORD, USER, OrthancProcess, free_port, storescu, wait_until
 from tests.support.rtset import make_rt_set, write_datasets
@@ -62,17 +61,6 @@ def stored(servers: dict[str, OrthancProcess], tmp_path_factory: pytest.TempPath
     study = gateway.post("/tools/lookup", rtset.study_uid).json()[0]["ID"]
     patient = gateway.json(f"/studies/{study}")["ParentPatient"]
     return {"rtset": rtset, "plan": plans[0], "study": study, "patient": patient}
-
-
-@pytest.fixture(scope="module")
-def browser() -> Iterator[Browser]:
-    with sync_playwright() as playwright:
-        instance = playwright.chromium.launch(
-            executable_path=CHROMIUM,
-            args=["--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                  "--disable-component-update", "--disable-sync", "--no-first-run"])
-        yield instance
-        instance.close()
 
 
 def logged_in(browser: Browser, gateway: OrthancProcess) -> Page:

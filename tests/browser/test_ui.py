@@ -6,14 +6,13 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from playwright.sync_api import Browser, Page, expect, sync_playwright
+from playwright.sync_api import Browser, Page, expect
 from pydicom.dataset import Dataset
 
 from tests.integration.conftest import ARTIFACTS, keep_logs, require_orthanc
 from tests.support.orthanc import PASSWORD, USER, OrthancProcess, storescu, wait_until
 from tests.support.rtset import make_rt_set, write_datasets
 
-CHROMIUM = "/usr/bin/chromium"
 RULES = """
 rules:
   - name: Ethos adaptive plans
@@ -37,20 +36,6 @@ def servers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Orth
     gateway.stop()
     archive.stop()
     keep_logs(gateway, "browser-gateway")
-
-
-@pytest.fixture(scope="module")
-def browser() -> Iterator[Browser]:
-    if not Path(CHROMIUM).exists():
-        pytest.fail("Debian's chromium is not installed: run `make test`, which installs it")
-    with sync_playwright() as playwright:
-        instance = playwright.chromium.launch(
-            executable_path=CHROMIUM,
-            args=["--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                  "--disable-component-update", "--disable-sync", "--no-first-run"],
-        )
-        yield instance
-        instance.close()
 
 
 @pytest.fixture

@@ -45,3 +45,11 @@ def gateway_rows(gateway: OrthancProcess, **filters: str) -> list[dict[str, Any]
     answer = gateway.get("/rt-gateway/audit", params=filters)
     answer.raise_for_status()
     return list(answer.json())
+
+
+def prometheus(gateway: OrthancProcess, name: str) -> float | None:
+    """One value of Orthanc's Prometheus endpoint, None when it is not there (yet)."""
+    for line in gateway.get("/tools/metrics-prometheus").text.splitlines():
+        if line.startswith(name + " "):
+            return float(line.split()[1])
+    return None

@@ -17,7 +17,7 @@ import pytest
 from pydicom.uid import generate_uid
 
 from tests.integration.conftest import keep_logs, require_orthanc
-from tests.integration.helpers import gateway_rows
+from tests.integration.helpers import gateway_rows, prometheus
 from tests.support.orthanc import OrthancProcess, storescu, wait_until
 from tests.support.peers import CountingPeer
 from tests.support.rtset import make_ct_series, write_datasets
@@ -59,13 +59,6 @@ def series(patient: str, count: int, folder: Path) -> list[Path]:
     return write_datasets(make_ct_series(
         patient_id=patient, patient_name="Disk^Full", study_uid=generate_uid(),
         frame_of_reference_uid=generate_uid(), n_slices=count, rows=32, columns=32), folder)
-
-
-def prometheus(gateway: OrthancProcess, name: str) -> float | None:
-    for line in gateway.get("/tools/metrics-prometheus").text.splitlines():
-        if line.startswith(name + " "):
-            return float(line.split()[1])
-    return None
 
 
 def test_a_full_database_disk_loses_nothing_and_recovers_without_a_restart(

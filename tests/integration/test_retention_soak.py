@@ -10,6 +10,7 @@ from pathlib import Path
 from pydicom.uid import generate_uid
 
 from tests.integration.conftest import keep_logs, require_orthanc
+from tests.integration.helpers import prometheus
 from tests.support.orthanc import OrthancProcess, storescu, wait_until
 from tests.support.peers import CountingPeer
 from tests.support.rtset import make_ct_series, write_datasets
@@ -23,13 +24,6 @@ def database_bytes(gateway: OrthancProcess) -> int:
     db = gateway.gateway_db
     return sum(path.stat().st_size for path in (db, db.with_name(db.name + "-wal"))
                if path.exists())
-
-
-def prometheus(gateway: OrthancProcess, name: str) -> float | None:
-    for line in gateway.get("/tools/metrics-prometheus").text.splitlines():
-        if line.startswith(name + " "):
-            return float(line.split()[1])
-    return None
 
 
 def test_database_stays_flat_over_10000_instances(tmp_path: Path) -> None:
