@@ -126,8 +126,12 @@ def _to_gy(units: str, rx: float | None) -> float | None:
     return 1.0
 
 
+# A curve binned coarsely cannot say a value better than a bin, but no coarser than this.
+MAX_BIN_ALLOWANCE_GY = 0.25
+
+
 def _close(value: float, reference: float, bin_gy: float = 0.0) -> bool:
-    allowed = max(SUMMARY_TOLERANCE * abs(reference), bin_gy, 1e-6)
+    allowed = max(SUMMARY_TOLERANCE * abs(reference), min(bin_gy, MAX_BIN_ALLOWANCE_GY), 1e-6)
     return abs(value - reference) <= allowed
 
 

@@ -61,6 +61,10 @@ class WorkerCommand:
         # One BLAS thread per worker: the workers already use the cores, Orthanc needs its share.
         env.setdefault("OPENBLAS_NUM_THREADS", "1")
         env.setdefault("OMP_NUM_THREADS", "1")
+        # glibc reserves a 64 MB malloc arena per thread, up to 8 per core: address space that
+        # WorkerMemoryLimitMB (RLIMIT_AS) counts although nothing uses it. Measured on trixie:
+        # the lead's request threads alone reached a 1 GB limit and every allocation failed.
+        env.setdefault("MALLOC_ARENA_MAX", "2")
         return env
 
 

@@ -93,6 +93,9 @@ def _build(orthanc_config: dict[str, Any], config_dir: Path, host: HttpHost) -> 
         return Gateway(host, config, load_rules_text(text, None))
 
 
+THREAD_STACK_BYTES = 4 << 20
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _arguments(argv)
     orthanc_config, config_dir = _read_envelope()
@@ -108,6 +111,9 @@ def main(argv: list[str] | None = None) -> int:
         sys.stderr.write(f"RtGateway {label}: {error}\n")
         return EXIT_CONFIG
     lower_priority(config.worker.nice)
+    # Threads reserve their stack as address space (8 MB by default): the routes' request
+    # threads need far less, and the memory limit counts what is reserved.
+    threading.stack_size(THREAD_STACK_BYTES)
     limit_memory(config.worker.memory_limit_mb)
     channels.pid_file(args.index).write_text(str(os.getpid()))
     host = _host_for(config, label)
