@@ -12,12 +12,13 @@ from typing import Any
 from orthanc_plugin import capabilities
 from orthanc_plugin.api.gateway_routes import add_routes
 from orthanc_plugin.api.health import HealthProbes, probe_write
+from orthanc_plugin.api.cross_site import read_trusted_origins
 from orthanc_plugin.api.router import Router
 from orthanc_plugin.audit.metrics import Metrics
 from orthanc_plugin.audit.recorder import AuditRecorder
 from orthanc_plugin.audit.tables import SCHEMA as AUDIT_SCHEMA
 from orthanc_plugin.audit.translog import TransactionLog
-from orthanc_plugin.config import GatewayConfig, parse_config
+from orthanc_plugin.config import SECTION, ConfigError, GatewayConfig, parse_config
 from orthanc_plugin.context import CapabilityContext, Hooks
 from orthanc_plugin.db import META_SCHEMA, Database
 from orthanc_plugin.forwarding.verify import InstanceKeys
@@ -84,7 +85,11 @@ class Gateway:
         self.pool.before_claim = self.follow_published_rules
         self.job_context = JobContext(host, self.db, self.queue, self.recorder,
                                       lambda: self.ruleset, self._wake_senders, self.stopping)
-        self.router = Router()
+        try:
+            trusted = read_trusted_origins(config.section.get("TrustedOrigins"))
+        except ValueError as error:
+            raise ConfigError(f"{SECTION}.TrustedOrigins: {error}") from None
+        self.router = Router(trusted)
         # The intake's hook lists are the context's: a capability plugs in by name.
         self.hooks = Hooks(after_describe=self.intake.after_describe,
                            when_quiet=self.intake.when_quiet,

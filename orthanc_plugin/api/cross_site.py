@@ -19,8 +19,12 @@ JSON_TYPES = ("application/json",)
 
 
 def cross_site_refusal(headers: Mapping[str, str], has_body: bool,
-                       other_body_types: tuple[str, ...] = ()) -> tuple[int, str] | None:
-    """(status, reason) when the request must be refused, None when it may go on."""
+                       other_body_types: tuple[str, ...] = (),
+                       trusted_origins: frozenset[str] = frozenset()) -> tuple[int, str] | None:
+    """(status, reason) when the request must be refused, None when it may go on.
+
+    `trusted_origins` ("https://pacs.example.org") are the origins users reach the gateway by
+    when a reverse proxy in front of Orthanc rewrites the Host header (RtGateway.TrustedOrigins)."""
     fetch_site = headers.get("sec-fetch-site", "").lower()
     if fetch_site in ("cross-site", "same-site"):
         return 403, f"cross-site request refused (Sec-Fetch-Site: {fetch_site})"
@@ -30,6 +34,8 @@ def cross_site_refusal(headers: Mapping[str, str], has_body: bool,
         if not value:
             continue
         source = urlsplit(value).netloc.lower() if value != "null" else "null"
+        if _origin_of(value) in trusted_origins:
+            break
         if not host or source != host:
             return 403, (f"cross-site request refused ({name.title()} {value[:80]!r} is not "
                      f"this host)")
@@ -43,3 +49,23 @@ def cross_site_refusal(headers: Mapping[str, str], has_body: bool,
             accepted = ", ".join(JSON_TYPES + other_body_types)
             return 415, f"Content-Type {content_type or 'missing'}: expected {accepted}"
     return None
+
+
+def _origin_of(value: str) -> str:
+    parts = urlsplit(value.strip().lower())
+    return f"{parts.scheme}://{parts.netloc}" if parts.scheme and parts.netloc else value
+
+
+def read_trusted_origins(raw: object) -> frozenset[str]:
+    """RtGateway.TrustedOrigins: a list of "scheme://host[:port]"; ValueError names a bad one."""
+    if raw is None:
+        return frozenset()
+    if not isinstance(raw, list) or not all(isinstance(item, str) for item in raw):
+        raise ValueError("expected a list of origins such as \"https://pacs.example.org\"")
+    origins = set()
+    for item in raw:
+        parts = urlsplit(item.strip().lower())
+        if parts.scheme not in ("http", "https") or not parts.netloc or parts.path not in ("", "/"):
+            raise ValueError(f"{item!r} is not an origin (scheme://host[:port], no path)")
+        origins.add(f"{parts.scheme}://{parts.netloc}")
+    return frozenset(origins)

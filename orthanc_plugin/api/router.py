@@ -133,8 +133,9 @@ class Route:
 
 
 class Router:
-    def __init__(self) -> None:
+    def __init__(self, trusted_origins: frozenset[str] = frozenset()) -> None:
         self._routes: list[Route] = []
+        self.trusted_origins = trusted_origins
 
     def add(self, method: str, pattern: str, handler: Handler,
             body_types: tuple[str, ...] = ()) -> None:
@@ -160,7 +161,7 @@ class Router:
             try:
                 if method not in ("GET", "HEAD"):
                     refusal = cross_site_refusal(request.headers, bool(body.strip()),
-                                                 route.body_types)
+                                                 route.body_types, self.trusted_origins)
                     if refusal is not None:
                         raise ApiError(*refusal)
                 return route.handler(request)

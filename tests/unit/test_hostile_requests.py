@@ -134,3 +134,18 @@ def test_internals_and_writes_are_refused(index: Path, sql: str) -> None:
 
 def test_describing_a_table_is_allowed(index: Path) -> None:
     assert run_query(index, "PRAGMA table_info(t)").rows[0][1] == "a"
+
+
+def test_trusted_origins_let_a_reverse_proxy_rewrite_host() -> None:
+    from orthanc_plugin.api.cross_site import read_trusted_origins
+
+    trusted = read_trusted_origins(["https://PACS.example.org", "http://10.0.0.5:8080/"])
+    behind_proxy = {"host": "127.0.0.1:8042", "x-requested-with": "page",
+                    "content-type": "application/json", "origin": "https://pacs.example.org"}
+    assert cross_site_refusal(behind_proxy, True) is not None            # refused by default
+    assert cross_site_refusal(behind_proxy, True, (), trusted) is None
+    evil = {**behind_proxy, "origin": "https://evil.example"}
+    assert cross_site_refusal(evil, True, (), trusted) is not None
+    for bad in (["pacs.example.org"], ["https://pacs.example.org/app"], "https://x", [1]):
+        with pytest.raises(ValueError):
+            read_trusted_origins(bad)
