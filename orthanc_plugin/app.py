@@ -10,9 +10,9 @@ from pathlib import Path
 from typing import Any
 
 from orthanc_plugin import capabilities
+from orthanc_plugin.api.cross_site import read_trusted_origins
 from orthanc_plugin.api.gateway_routes import add_routes
 from orthanc_plugin.api.health import HealthProbes, probe_write
-from orthanc_plugin.api.cross_site import read_trusted_origins
 from orthanc_plugin.api.router import Router
 from orthanc_plugin.audit.metrics import Metrics
 from orthanc_plugin.audit.recorder import AuditRecorder
