@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
 
 from pydicom.dataset import Dataset
@@ -53,3 +56,16 @@ def prometheus(gateway: OrthancProcess, name: str) -> float | None:
         if line.startswith(name + " "):
             return float(line.split()[1])
     return None
+
+
+@contextmanager
+def running_peers(workdir: Path, *names: str) -> Iterator[dict[str, OrthancProcess]]:
+    """Plain Orthancs named by their AE titles, each in its own folder; stopped afterwards."""
+    peers = {name: OrthancProcess(workdir / name.lower(), name) for name in names}
+    try:
+        for peer in peers.values():
+            peer.start()
+        yield peers
+    finally:
+        for peer in peers.values():
+            peer.stop()

@@ -16,6 +16,7 @@ from pydicom.dataset import FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian
 
 from tests.integration.conftest import keep_logs, require_orthanc
+from tests.integration.helpers import running_peers
 from tests.support.orthanc import OrthancProcess, storescu, wait_until
 from tests.unit.test_deid_validity import dciodvfy_errors
 
@@ -39,16 +40,12 @@ rules:
 @pytest.fixture(scope="module")
 def servers(workdir: Path) -> Iterator[dict[str, OrthancProcess]]:
     require_orthanc()
-    peers = {name: OrthancProcess(workdir / name.lower(), name) for name in ("ARCHIVE", "RESEARCH")}
-    for peer in peers.values():
-        peer.start()
-    gateway = OrthancProcess(workdir / "gateway", "RTGATEWAY", plugin=True, rules=RULES,
-                             modalities=dict(peers))
-    gateway.start()
-    yield {"gateway": gateway, **peers}
-    gateway.stop()
-    for peer in peers.values():
-        peer.stop()
+    with running_peers(workdir, "ARCHIVE", "RESEARCH") as peers:
+        gateway = OrthancProcess(workdir / "gateway", "RTGATEWAY", plugin=True, rules=RULES,
+                                 modalities=dict(peers))
+        gateway.start()
+        yield {"gateway": gateway, **peers}
+        gateway.stop()
     keep_logs(gateway, "real-rt-files-gateway")
 
 

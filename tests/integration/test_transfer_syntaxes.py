@@ -13,7 +13,7 @@ import pytest
 from pydicom import dcmread
 
 from tests.integration.conftest import keep_logs, require_orthanc
-from tests.integration.helpers import gateway_rows
+from tests.integration.helpers import gateway_rows, running_peers
 from tests.support.orthanc import OrthancProcess, storescu, wait_until
 from tests.support.rtset import make_rt_set, write_datasets
 from tests.support.transcode import PROPOSE, SYNTAXES, transcode
@@ -39,13 +39,8 @@ SLICES = 4
 @pytest.fixture(scope="module")
 def peers(workdir: Path) -> Iterator[dict[str, OrthancProcess]]:
     require_orthanc()
-    processes = {name: OrthancProcess(workdir / name.lower(), name) for name in ("VIEWER", "RESEARCH")}
-    for process in processes.values():
-        process.start()
-    yield processes
-    for process in processes.values():
-        process.stop()
-
+    with running_peers(workdir, "VIEWER", "RESEARCH") as processes:
+        yield processes
 
 @pytest.fixture(scope="module")
 def gateway(workdir: Path, peers: dict[str, OrthancProcess]) -> Iterator[OrthancProcess]:

@@ -11,6 +11,7 @@ import pytest
 from pydicom import dcmread
 
 from tests.integration.conftest import keep_logs, require_orthanc
+from tests.integration.helpers import running_peers
 from tests.support.orthanc import OrthancProcess, storescu, wait_until
 from tests.support.rtset import write_datasets
 from tests.support.vendor_corpus import CASES
@@ -40,19 +41,15 @@ rules:
 @pytest.fixture(scope="module")
 def servers(workdir: Path) -> Iterator[dict[str, OrthancProcess]]:
     require_orthanc()
-    peers = {name: OrthancProcess(workdir / name.lower(), name) for name in ("VIEWER", "RESEARCH")}
-    for peer in peers.values():
-        peer.start()
     export = workdir / "export"
     export.mkdir()
-    gateway = OrthancProcess(workdir / "gateway", "RTGATEWAY", plugin=True, stable_age=1,
-                             rules=RULES.format(export=export), modalities=dict(peers),
-                             gateway_settings={"Contours": {"WaitPollSeconds": 0.5}})
-    gateway.start()
-    yield {"gateway": gateway, **peers, "export": export}  # type: ignore[dict-item]
-    gateway.stop()
-    for peer in peers.values():
-        peer.stop()
+    with running_peers(workdir, "VIEWER", "RESEARCH") as peers:
+        gateway = OrthancProcess(workdir / "gateway", "RTGATEWAY", plugin=True, stable_age=1,
+                                 rules=RULES.format(export=export), modalities=dict(peers),
+                                 gateway_settings={"Contours": {"WaitPollSeconds": 0.5}})
+        gateway.start()
+        yield {"gateway": gateway, **peers, "export": export}  # type: ignore[dict-item]
+        gateway.stop()
     keep_logs(gateway, "vendor-corpus-gateway")
 
 
