@@ -77,6 +77,7 @@ prepare() {
 # The integration tests that matter on a second Orthanc version: forwarding and delivery, plans,
 # de-identification and export, overlays, the process model, the browser.
 TRIXIE_TESTS=(tests/integration/test_forwarding.py tests/integration/test_delivery.py
+              tests/integration/test_storage_commitment.py
               tests/integration/test_plans.py tests/integration/test_deid_export.py
               tests/integration/test_contours.py tests/integration/test_isolation.py
               tests/integration/test_hostile_routes.py tests/integration/test_transfer_syntaxes.py

@@ -116,6 +116,19 @@ def stats(db: Database) -> dict[str, Any]:
                 row["name"], {"sent": 0, "bytes": 0, "successful_transfers": 0, "failed": 0}
             )
             entry.update(pending=row["pending"], parked=row["parked"], jobs_done=row["done"])
+        # Storage commitment (forwarding/commitment.py): sent vs what the receiver confirmed.
+        for row in db.query(
+            f"SELECT {key} AS name, "
+            "SUM(CASE WHEN commit_state='committed' THEN 1 ELSE 0 END) AS committed, "
+            "SUM(CASE WHEN commit_state IN ('due','requested') THEN 1 ELSE 0 END) AS waiting, "
+            "SUM(CASE WHEN commit_state='failed' THEN 1 ELSE 0 END) AS failed "
+            f"FROM job_items WHERE commit_state IS NOT NULL GROUP BY {key}"
+        ):
+            entry = groups.setdefault(
+                row["name"], {"sent": 0, "bytes": 0, "successful_transfers": 0, "failed": 0}
+            )
+            entry["commitment"] = {"committed": row["committed"], "waiting": row["waiting"],
+                                   "not_committed": row["failed"]}
         for name, entry in groups.items():
             entry.setdefault("pending", 0)
             entry.setdefault("parked", 0)

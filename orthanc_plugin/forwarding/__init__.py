@@ -1,4 +1,5 @@
-"""Forwarding: ordered C-STORE through Orthanc's own SCU, per-instance truth, in-flight verification."""
+"""Forwarding: ordered C-STORE through Orthanc's own SCU, per-instance truth, in-flight verification,
+storage commitment."""
 
 from __future__ import annotations
 
@@ -7,8 +8,11 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from orthanc_plugin.forwarding.action import Forwarder
+from orthanc_plugin.forwarding.commitment import CommitmentWatcher
+from orthanc_plugin.forwarding.commitment import read_settings as read_commit_settings
 from orthanc_plugin.forwarding.routes import add_routes
 from orthanc_plugin.forwarding.rule import JOB_ACTION, plan_forward, verify_settings
+from orthanc_plugin.forwarding.tables import COMMIT_INDEX
 from orthanc_plugin.forwarding.verify import InFlightVerifier
 from orthanc_plugin.labels import PARKED, StudyLabels, label_for_target, orthanc_study_id
 from orthanc_plugin.rules import ForwardAction
@@ -35,6 +39,12 @@ def study_labeller(labels: StudyLabels) -> Callable[[sqlite3.Row, str, int], Non
 
 
 def install(ctx: CapabilityContext) -> None:
+    commit = read_commit_settings(ctx.section("Forwarding"))
+    with ctx.db.transaction() as connection:
+        connection.execute(COMMIT_INDEX)
+    watcher = CommitmentWatcher(ctx.host, ctx.db, ctx.recorder, commit, ctx.host.log_warning)
+    ctx.hooks.on_start.append(watcher.start)
+    ctx.hooks.on_stop.append(watcher.stop)
     verify = verify_settings(ctx.config.section)
     default = verify.get("*", "c-find")
     forwarder = Forwarder(
@@ -46,6 +56,7 @@ def install(ctx: CapabilityContext) -> None:
     forwarder.after_settle = ctx.refresh_queue_gauges
     forwarder.stopping = ctx.stopping
     forwarder.label_study = study_labeller(ctx.labels)
+    forwarder.commit_wanted = commit.wanted
     ctx.registry.add_planner(ForwardAction, plan_forward)
     ctx.registry.add_executor(JOB_ACTION, forwarder)
     add_routes(ctx.router, ctx.db)

@@ -61,6 +61,8 @@ class Forwarder:
         self.stopping: threading.Event = threading.Event()
         # Set by the capability: labels the job's study by its outcome (Orthanc 1.12+).
         self.label_study: Callable[[sqlite3.Row, str, int], None] = lambda job, state, sent: None
+        # Set by the capability: targets whose receiver is asked for storage commitment.
+        self.commit_wanted: Callable[[str], bool] = lambda target: False
 
     def run(self, claim: Claim) -> None:
         started = self.recorder.now()
@@ -82,7 +84,8 @@ class Forwarder:
                     continue
                 failure = StoreFailure(FailureKind.UNKNOWN_TARGET, "unknown-target",
                                        failure.message)
-            self.queue.mark_sent(chunk[:delivered], sizes)
+            self.queue.mark_sent(chunk[:delivered], sizes,
+                                 commit=self.commit_wanted(claim.target))
             self.queue.clear_in_flight(chunk[delivered:])
             for item in chunk[:delivered]:
                 tally = tallies[item.job_id]
@@ -116,7 +119,8 @@ class Forwarder:
         if not uncertain or self.verifier is None:
             return list(claim.items)
         verdict = self.verifier.verify(claim.target, uncertain)
-        self.queue.mark_sent(verdict.delivered, sizes, status="verified")
+        self.queue.mark_sent(verdict.delivered, sizes, status="verified",
+                             commit=self.commit_wanted(claim.target))
         self.queue.clear_in_flight(verdict.resend)
         for item in verdict.delivered:
             tallies[item.job_id].sent += 1

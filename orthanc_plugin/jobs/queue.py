@@ -222,14 +222,17 @@ class JobQueue:
 
     @durable_write
     def mark_sent(self, items: Sequence[ClaimedItem], sizes: dict[str, int],
-                  status: str | None = None) -> None:
+                  status: str | None = None, *, commit: bool = False) -> None:
+        """commit: the receiver is asked for storage commitment of these (commitment.py)."""
         stamp = now_iso()
+        commit_state, since = ("due", time.time()) if commit else (None, None)
         with self.db.transaction() as connection:
             connection.executemany(
                 "UPDATE job_items SET state='sent', sent_at=?, bytes=?, status=?, "
-                "in_flight_job=NULL, in_flight_pos=NULL WHERE job_id=? AND instance_id=?",
-                [(stamp, sizes.get(i.instance_id, 0), status, i.job_id, i.instance_id)
-                 for i in items],
+                "in_flight_job=NULL, in_flight_pos=NULL, commit_state=?, commit_txn=NULL, "
+                "commit_since=? WHERE job_id=? AND instance_id=?",
+                [(stamp, sizes.get(i.instance_id, 0), status, commit_state, since, i.job_id,
+                  i.instance_id) for i in items],
             )
 
     @durable_write
@@ -292,7 +295,7 @@ class JobQueue:
                 job = connection.execute("SELECT * FROM jobs WHERE id=?", (job_id,)).fetchone()
                 counts = _item_counts(connection, job_id)
                 if counts.get("pending", 0) == 0:
-                    refused = counts.get("refused", 0)
+                    refused = counts.get("refused", 0) + counts.get("not-committed", 0)
                     state = "dead" if refused else "done"
                     last_error = job["last_error"] if refused else None
                     connection.execute(
@@ -353,7 +356,7 @@ class JobQueue:
                 [(reason, now_iso(), job_id) for job_id in job_ids])
 
     def retry_by_hand(self, job_id: int) -> bool:
-        """A parked (dead) job runs again from its unsent and refused instances."""
+        """A parked (dead) job runs again from its unsent, refused and not-committed instances."""
         with self.db.transaction() as connection:
             cursor = connection.execute(
                 "UPDATE jobs SET state='pending', attempts=0, crashes=0, next_attempt_at=0, "
@@ -363,8 +366,8 @@ class JobQueue:
             if cursor.rowcount == 0:
                 return False
             connection.execute(
-                "UPDATE job_items SET state='pending', status=NULL "
-                "WHERE job_id=? AND state='refused'",
+                "UPDATE job_items SET state='pending', status=NULL, commit_state=NULL, "
+                "commit_txn=NULL WHERE job_id=? AND state IN ('refused', 'not-committed')",
                 (job_id,),
             )
         return True
@@ -426,4 +429,15 @@ def _job_json(db: Database, row: sqlite3.Row) -> dict[str, Any]:
     job["bytes"] = db.query(
         "SELECT COALESCE(SUM(bytes),0) AS b FROM job_items WHERE job_id=?", (row["id"],)
     )[0]["b"]
+    commits = {r["commit_state"]: r["n"] for r in db.query(
+        "SELECT commit_state, COUNT(*) AS n FROM job_items WHERE job_id=? "
+        "AND commit_state IS NOT NULL GROUP BY commit_state", (row["id"],))}
+    if commits:  # only for a target with storage commitment
+        job["commitment"] = {"committed": commits.get("committed", 0),
+                             "waiting": commits.get("due", 0) + commits.get("requested", 0),
+                             "not_committed": [
+                                 {"instance": r["instance_id"], "reason": r["status"]}
+                                 for r in db.query(
+                                     "SELECT instance_id, status FROM job_items WHERE job_id=? "
+                                     "AND state='not-committed'", (row["id"],))]}
     return job

@@ -25,11 +25,13 @@ CREATE TABLE IF NOT EXISTS job_items(
     job_id INTEGER NOT NULL REFERENCES jobs(id) ON DELETE CASCADE,
     rule TEXT NOT NULL, target TEXT NOT NULL, instance_id TEXT NOT NULL,
     position INTEGER NOT NULL,
-    state TEXT NOT NULL DEFAULT 'pending',      -- pending | sent | refused | gone
+    state TEXT NOT NULL DEFAULT 'pending',      -- pending | sent | refused | gone | not-committed
     status TEXT, sent_at TEXT, bytes INTEGER NOT NULL DEFAULT 0,
     -- Set while an Orthanc store job carries the instance: after a crash, what the receiver
     -- holds is asked (that job's outcome, else a C-FIND) before anything is sent again.
     in_flight_job TEXT, in_flight_pos INTEGER,
+    -- Storage commitment (forwarding/commitment.py): due | requested | committed | failed.
+    commit_state TEXT, commit_txn TEXT, commit_since REAL,
     PRIMARY KEY(job_id, instance_id),
     UNIQUE(rule, target, instance_id)
 );
@@ -56,5 +58,6 @@ CREATE TABLE IF NOT EXISTS study_progress(
 # Columns that databases created by an earlier version lack (Database.ensure_columns).
 ADDED_COLUMNS = {
     "jobs": {"claimed_by": "TEXT", "crashes": "INTEGER NOT NULL DEFAULT 0"},
-    "job_items": {"in_flight_job": "TEXT", "in_flight_pos": "INTEGER"},
+    "job_items": {"in_flight_job": "TEXT", "in_flight_pos": "INTEGER", "commit_state": "TEXT",
+                  "commit_txn": "TEXT", "commit_since": "REAL"},
 }

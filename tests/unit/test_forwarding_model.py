@@ -44,3 +44,18 @@ def test_refusal_at_fourth_of_forty_is_not_counted_delivered() -> None:
     assert delivered_before_failure(8, 40) == 3
     with pytest.raises(ValueError):
         delivered_before_failure(50, 41)
+
+
+def test_storage_commitment_settings_are_checked() -> None:
+    from orthanc_plugin.config import ConfigError
+    from orthanc_plugin.forwarding.commitment import read_settings
+
+    settings = read_settings({"StorageCommitment": {"Modalities": ["ARCHIVE"],
+                                                    "TimeoutSeconds": 60}})
+    assert settings.wanted("ARCHIVE") and not settings.wanted("OTHER")
+    assert settings.timeout_seconds == 60 and settings.check_every_seconds == 2
+    assert not read_settings({}).modalities
+    for bad in ({"Modalities": "ARCHIVE"}, {"Modalities": [""]}, {"TimeoutSeconds": 0},
+                {"CheckEverySeconds": True}, {"Batch": "x"}, ["ARCHIVE"]):
+        with pytest.raises(ConfigError, match="StorageCommitment"):
+            read_settings({"StorageCommitment": bad})

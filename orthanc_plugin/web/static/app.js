@@ -299,13 +299,22 @@ function auditQuery() {
   return params;
 }
 
+// Storage commitment per target: only targets configured for it have the numbers.
+function commitmentText(commitment) {
+  if (!commitment) return "";
+  const parts = [`${commitment.committed}`];
+  if (commitment.waiting) parts.push(`${commitment.waiting} waiting`);
+  if (commitment.not_committed) parts.push(`${commitment.not_committed} NOT committed`);
+  return parts.join(", ");
+}
+
 async function loadActivity() {
   const stats = await call("stats");
   const rows = [];
   for (const [group, entries] of Object.entries(stats)) {
     for (const [name, s] of Object.entries(entries)) {
       const attempts = s.successful_transfers + s.failed;
-      rows.push({ by: group.replace("by_", ""), name, sent: s.sent, "success rate": attempts ? `${Math.round((100 * s.successful_transfers) / attempts)} %` : "", failed: s.failed, pending: s.pending, parked: s.parked, "last error": s.last_error || "" });
+      rows.push({ by: group.replace("by_", ""), name, sent: s.sent, committed: commitmentText(s.commitment), "success rate": attempts ? `${Math.round((100 * s.successful_transfers) / attempts)} %` : "", failed: s.failed, pending: s.pending, parked: s.parked, "last error": s.last_error || "" });
     }
   }
   table($("#stats"), rows);

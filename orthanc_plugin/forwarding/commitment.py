@@ -1,0 +1,304 @@
+"""Storage Commitment (DICOM Push Model through Orthanc's own SCU): `committed` means the receiver
+took responsibility for an instance, which `sent` (its C-STORE answered success) does not.
+
+For a modality listed in RtGateway.Forwarding.StorageCommitment.Modalities, each instance the
+forwarder records as sent (or verified after a crash) is due for commitment. The lead worker's
+watcher then, every CheckEverySeconds:
+1. asks the receiver for the due ones (POST /modalities/{id}/storage-commitment: the N-ACTION,
+   by SOP Class and SOP Instance UID, so the request does not need Orthanc to still hold them);
+2. reads Orthanc's record of the receiver's answer (GET /storage-commitment/{uid}: the
+   N-EVENT-REPORT the receiver sends back on an association of its own, so the receiver must
+   know this Orthanc as a modality);
+3. records each instance `committed`, or `not-committed` with the receiver's reason. A job with a
+   not-committed instance is parked; a retry by hand sends those instances again.
+No answer within TimeoutSeconds (the request refused, no report) is not-committed too: a node that
+never confirms must be seen, not trusted. Orthanc keeps reports in memory only, so a report it
+no longer knows (Orthanc restarted meanwhile) is asked again.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import sqlite3
+import threading
+import time
+from collections import defaultdict
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from orthanc_plugin.audit.recorder import AuditRecorder
+from orthanc_plugin.config import SECTION, ConfigError
+from orthanc_plugin.db import Database, durable_write
+from orthanc_plugin.ports import Host, HostError
+
+COMMITTED = "committed"
+NOT_COMMITTED = "not-committed"        # job_items.state: parked until a retry by hand
+DUE, REQUESTED, FAILED = "due", "requested", "failed"   # job_items.commit_state
+FAILURES_NAMED_IN_AUDIT = 5
+
+
+@dataclass(frozen=True)
+class CommitSettings:
+    modalities: frozenset[str] = frozenset()
+    timeout_seconds: float = 3600.0
+    check_every_seconds: float = 2.0
+    batch: int = 500
+
+    def wanted(self, target: str) -> bool:
+        return target in self.modalities
+
+
+def read_settings(forwarding: dict[str, Any]) -> CommitSettings:
+    raw = forwarding.get("StorageCommitment") or {}
+    where = f"{SECTION}.Forwarding.StorageCommitment"
+    if not isinstance(raw, dict):
+        raise ConfigError(f'{where}: expected {{"Modalities": [...], "TimeoutSeconds": ...}}')
+    names = raw.get("Modalities", [])
+    if not isinstance(names, list) or not all(isinstance(name, str) and name for name in names):
+        raise ConfigError(f"{where}.Modalities: expected a list of Orthanc modality names")
+    numbers: dict[str, float] = {}
+    for key, default, minimum in (("TimeoutSeconds", 3600.0, 1.0),
+                                  ("CheckEverySeconds", 2.0, 0.1), ("Batch", 500, 1)):
+        value = raw.get(key, default)
+        if isinstance(value, bool) or not isinstance(value, int | float) or value < minimum:
+            raise ConfigError(f"{where}.{key}: expected a number >= {minimum}, got {value!r}")
+        numbers[key] = float(value)
+    return CommitSettings(frozenset(names), numbers["TimeoutSeconds"],
+                          numbers["CheckEverySeconds"], int(numbers["Batch"]))
+
+
+@dataclass(frozen=True)
+class DueItem:
+    job_id: int
+    instance_id: str
+    since: float
+
+
+class CommitmentWatcher:
+    def __init__(self, host: Host, db: Database, recorder: AuditRecorder,
+                 settings: CommitSettings, log: Callable[[str], None]) -> None:
+        self.host = host
+        self.db = db
+        self.recorder = recorder
+        self.settings = settings
+        self.log = log
+        self.stopping = threading.Event()
+        self.thread: threading.Thread | None = None
+        self._request_errors: dict[str, str] = {}   # target -> last refusal, said once
+
+    def start(self) -> None:
+        if not self.settings.modalities or self.thread is not None:
+            return
+        self.thread = threading.Thread(target=self._loop, name="rtgw-commitment", daemon=True)
+        self.thread.start()
+
+    def stop(self) -> None:
+        self.stopping.set()
+        if self.thread is not None:
+            self.thread.join(5)
+            self.thread = None
+
+    def _loop(self) -> None:
+        while not self.stopping.wait(self.settings.check_every_seconds):
+            try:
+                self.round()
+            except sqlite3.Error as error:  # a full disk, a lock: the next round tries again
+                self.log(f"storage commitment: round stopped for now: {error}")
+
+    # -- one round ------------------------------------------------------------------------------
+    def round(self, now: float | None = None) -> None:
+        """Read the reports of earlier requests first, then ask for what is newly due: a request
+        and its report never fall in the same round, so a report has a round to arrive."""
+        now = time.time() if now is None else now
+        self._read_reports(now)
+        self._request_due(now)
+
+    def _request_due(self, now: float) -> None:
+        rows = self.db.query(
+            "SELECT i.job_id, i.instance_id, i.commit_since, j.target FROM job_items i "
+            "JOIN jobs j ON j.id = i.job_id WHERE i.commit_state = ? "
+            "ORDER BY i.commit_since LIMIT ?", (DUE, self.settings.batch))
+        by_target: dict[str, list[DueItem]] = defaultdict(list)
+        for row in rows:
+            by_target[row["target"]].append(
+                DueItem(row["job_id"], row["instance_id"], row["commit_since"] or now))
+        for target, items in by_target.items():
+            self._request(target, items, now)
+
+    def _request(self, target: str, items: list[DueItem], now: float) -> None:
+        uids = self._sop_uids([item.instance_id for item in items])
+        known = [item for item in items if item.instance_id in uids]
+        unknown = [item for item in items if item.instance_id not in uids]
+        if unknown:
+            self._fail(target, [(item.job_id, item.instance_id) for item in unknown],
+                       "its SOP Instance UID is no longer known to the gateway", None)
+        if not known:
+            return
+        body = {"DicomInstances": [
+            {"SOPClassUID": uids[item.instance_id][0], "SOPInstanceUID": uids[item.instance_id][1]}
+            for item in known]}
+        try:
+            answer = self.host.post_json(f"/modalities/{target}/storage-commitment", body)
+            transaction = str(answer["ID"])
+        except (HostError, KeyError, TypeError) as error:
+            self._request_refused(target, known, str(error), now)
+            return
+        self._request_errors.pop(target, None)
+        self._note_requested(target, transaction, known, now)
+
+    def _request_refused(self, target: str, items: list[DueItem], error: str, now: float) -> None:
+        if self._request_errors.get(target) != error:
+            self._request_errors[target] = error
+            self.recorder.event("commit-request-failed", status="failed", target=target,
+                                detail=f"storage commitment request to {target} failed, asked "
+                                       f"again every round until the time-out: {error}")
+        expired = [(item.job_id, item.instance_id) for item in items
+                   if now - item.since >= self.settings.timeout_seconds]
+        if expired:
+            self._fail(target, expired, f"no storage commitment from {target} within "
+                       f"{self.settings.timeout_seconds:g} s: {error}", None)
+
+    @durable_write
+    def _note_requested(self, target: str, transaction: str, items: list[DueItem],
+                        now: float) -> None:
+        with self.db.transaction() as connection:
+            connection.execute(
+                "INSERT OR REPLACE INTO commit_requests(transaction_uid, target, requested_epoch, "
+                "instances, state) VALUES(?,?,?,?, 'pending')",
+                (transaction, target, now, len(items)))
+            connection.executemany(
+                "UPDATE job_items SET commit_state=?, commit_txn=? WHERE job_id=? AND instance_id=?",
+                [(REQUESTED, transaction, item.job_id, item.instance_id) for item in items])
+
+    def _read_reports(self, now: float) -> None:
+        for request in self.db.query(
+                "SELECT * FROM commit_requests WHERE state='pending' ORDER BY requested_epoch"):
+            transaction, target = request["transaction_uid"], request["target"]
+            try:
+                report = self.host.get_json(f"/storage-commitment/{transaction}")
+            except HostError as error:
+                if error.missing:
+                    self._ask_again(request, "Orthanc no longer knows the report "
+                                             "(restarted meanwhile): asked again")
+                continue
+            status = report.get("Status") if isinstance(report, dict) else None
+            if status == "Pending":
+                if now - request["requested_epoch"] >= self.settings.timeout_seconds:
+                    self._settle_report(request, {}, {}, f"no storage commitment report from "
+                                        f"{target} within {self.settings.timeout_seconds:g} s")
+                continue
+            if status not in ("Success", "Failure"):
+                continue
+            self._settle_report(request, _by_sop(report.get("Success")),
+                                _by_sop(report.get("Failures")), "")
+
+    def _settle_report(self, request: sqlite3.Row, committed: dict[str, Any],
+                       failed: dict[str, Any], no_answer: str) -> None:
+        transaction, target = request["transaction_uid"], request["target"]
+        items = self.db.query(
+            "SELECT job_id, instance_id FROM job_items WHERE commit_txn=? AND commit_state=?",
+            (transaction, REQUESTED))
+        uids = self._sop_uids([row["instance_id"] for row in items])
+        good: list[tuple[int, str]] = []
+        bad: dict[str, list[tuple[int, str]]] = defaultdict(list)
+        for row in items:
+            key = (row["job_id"], row["instance_id"])
+            sop = uids.get(row["instance_id"], ("", ""))[1]
+            if sop in committed:
+                good.append(key)
+            elif sop in failed:
+                bad[_failure_text(failed[sop])].append(key)
+            else:
+                bad[no_answer or f"{target}'s report does not name this instance"].append(key)
+        self._record_committed(transaction, good)
+        if good:
+            self.recorder.event("committed", status="ok", target=target,
+                                job_id=good[0][0],
+                                detail=f"{len(good)} of {len(items)} instance(s) committed by "
+                                       f"{target} (transaction {transaction})")
+        for reason, keys in bad.items():
+            self._fail(target, keys, reason, transaction)
+
+    @durable_write
+    def _record_committed(self, transaction: str, keys: Sequence[tuple[int, str]]) -> None:
+        with self.db.transaction() as connection:
+            connection.executemany(
+                "UPDATE job_items SET commit_state=? WHERE job_id=? AND instance_id=?",
+                [(COMMITTED, job_id, instance_id) for job_id, instance_id in keys])
+            connection.execute(
+                "UPDATE commit_requests SET state='done' WHERE transaction_uid=?", (transaction,))
+
+    def _ask_again(self, request: sqlite3.Row, why: str) -> None:
+        transaction = request["transaction_uid"]
+        with self.db.transaction() as connection:
+            connection.execute(
+                "UPDATE job_items SET commit_state=?, commit_txn=NULL "
+                "WHERE commit_txn=? AND commit_state=?", (DUE, transaction, REQUESTED))
+            connection.execute(
+                "UPDATE commit_requests SET state='lost' WHERE transaction_uid=?", (transaction,))
+        self.recorder.event("commit-report-lost", status="retry", target=request["target"],
+                            detail=f"transaction {transaction}: {why}")
+
+    def _fail(self, target: str, keys: Sequence[tuple[int, str]], reason: str,
+              transaction: str | None) -> None:
+        """Not committed: the instance is parked with the reason; its job is parked once nothing
+        of it is still being sent (the forwarder's settle does it otherwise)."""
+        jobs = sorted({job_id for job_id, _ in keys})
+        message = f"{len(keys)} instance(s) not committed by {target}: {reason}"
+        self._record_failed(keys, reason, jobs, message, transaction)
+        named = ", ".join(instance_id for _, instance_id in keys[:FAILURES_NAMED_IN_AUDIT])
+        for job_id in jobs:
+            self.recorder.event(
+                "commit-failed", status="failed", target=target, job_id=job_id,
+                resource_id=keys[0][1] if len(keys) == 1 else "",
+                detail=f"{message} (instances {named}{', ...' if len(keys) > 5 else ''})")
+
+    @durable_write
+    def _record_failed(self, keys: Sequence[tuple[int, str]], reason: str, jobs: list[int],
+                       message: str, transaction: str | None) -> None:
+        with self.db.transaction() as connection:
+            connection.executemany(
+                "UPDATE job_items SET state=?, status=?, commit_state=? "
+                "WHERE job_id=? AND instance_id=?",
+                [(NOT_COMMITTED, reason, FAILED, job_id, instance_id)
+                 for job_id, instance_id in keys])
+            connection.executemany(
+                "UPDATE jobs SET last_error=?, last_status=?, "
+                "state=CASE WHEN state='done' THEN 'dead' ELSE state END WHERE id=?",
+                [(message, NOT_COMMITTED, job_id) for job_id in jobs])
+            if transaction is not None:
+                connection.execute(
+                    "UPDATE commit_requests SET state='done' WHERE transaction_uid=?",
+                    (transaction,))
+
+    def _sop_uids(self, instance_ids: Sequence[str]) -> dict[str, tuple[str, str]]:
+        """Orthanc instance ID -> (SOP Class UID, SOP Instance UID), from the intake's record,
+        else from Orthanc."""
+        found: dict[str, tuple[str, str]] = {}
+        for start in range(0, len(instance_ids), 500):
+            chunk = list(instance_ids[start:start + 500])
+            marks = ",".join("?" * len(chunk))
+            for row in self.db.query(
+                    "SELECT instance_id, sop_class_uid, sop_instance_uid FROM received "
+                    f"WHERE instance_id IN ({marks})", chunk):
+                if row["sop_class_uid"] and row["sop_instance_uid"]:
+                    found[row["instance_id"]] = (row["sop_class_uid"], row["sop_instance_uid"])
+        for instance_id in instance_ids:
+            if instance_id not in found:
+                with contextlib.suppress(HostError, KeyError, TypeError):
+                    tags = self.host.get_json(f"/instances/{instance_id}/tags?simplify")
+                    found[instance_id] = (tags["SOPClassUID"], tags["SOPInstanceUID"])
+        return found
+
+
+def _failure_text(entry: dict[str, Any]) -> str:
+    reason = entry.get("FailureReason")
+    code = f"0x{int(reason):04X}" if isinstance(reason, int | float) else "unknown reason"
+    description = entry.get("Description") or ""
+    return f"failure {code}" + (f" ({description})" if description else "")
+
+
+def _by_sop(entries: Any) -> dict[str, dict[str, Any]]:
+    return {str(entry.get("SOPInstanceUID")): entry for entry in entries or []
+            if isinstance(entry, dict)}
