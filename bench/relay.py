@@ -76,8 +76,14 @@ def wait_for_count(peer: OrthancProcess, count: int, timeout: float = 300) -> fl
     raise TimeoutError(f"{peer.aet} has {peer.instance_count()} of {count} instances")
 
 
+# Between measurements: the gateways index what they received once quiet (the SQL index reads
+# whole files); that work must not fall into the next measurement, whichever peer it measures.
+SETTLE_SECONDS = 2.0
+
+
 def timed_send(files: list[Path], sender_port: int, target: OrthancProcess, called: str) -> float:
     target.reset_storage()
+    time.sleep(SETTLE_SECONDS)
     start = time.perf_counter()
     storescu(files, sender_port, calling="MODALITY", called=called)
     return wait_for_count(target, len(files)) - start
@@ -85,6 +91,7 @@ def timed_send(files: list[Path], sender_port: int, target: OrthancProcess, call
 
 def timed_ingest(files: list[Path], receiver: OrthancProcess) -> float:
     receiver.reset_storage()
+    time.sleep(SETTLE_SECONDS)
     start = time.perf_counter()
     storescu(files, receiver.dicom_port, calling="MODALITY", called=receiver.aet)
     return time.perf_counter() - start

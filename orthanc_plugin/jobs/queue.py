@@ -174,9 +174,12 @@ class JobQueue:
         """Take the oldest ready job and more ready jobs for the same target, up to max_items.
 
         Grouping by target lets many one-instance jobs (an `on: instance` rule) share one
-        association instead of opening one per instance. While jobs are still arriving (the
-        newest is younger than linger_seconds) a claim smaller than max_items waits: fewer,
-        fuller associations cost the receiving and sending Orthanc less CPU.
+        association instead of opening one per instance. A target with nothing in flight gets
+        what is ready at once (the first instance of a series leaves with no delay, and the last
+        waits for no timer). Only while another claim for the same target is running, and jobs
+        are still arriving (the newest is younger than linger_seconds), does a claim smaller than
+        one association's worth wait: fewer, fuller associations cost the receiving and sending
+        Orthanc less CPU, and the running one keeps the target busy meanwhile.
         """
         now = time.time()
         with self.db.transaction() as connection:
@@ -211,7 +214,10 @@ class JobQueue:
             newest = max(job["created_epoch"] for job in jobs)
             # Linger only until one association's worth is ready, never for a whole claim: while
             # instances keep arriving, "wait for a full claim" would wait for the end of ingest.
-            if len(items) < min(max_items, linger_until_items) and now - newest < linger_seconds:
+            if (len(items) < min(max_items, linger_until_items) and now - newest < linger_seconds
+                    and connection.execute(
+                        "SELECT 1 FROM jobs WHERE state='running' AND action=? AND target=? LIMIT 1",
+                        (action, target)).fetchone() is not None):
                 return None
             connection.executemany(
                 "UPDATE jobs SET state='running', attempts=attempts+1, updated_at=?, claimed_by=? "

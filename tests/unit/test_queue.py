@@ -106,10 +106,14 @@ def test_next_due_reflects_backoff(tmp_path: Path) -> None:
     assert time.time() > 0
 
 
-def test_linger_waits_for_one_association_not_for_a_whole_claim(queue: JobQueue) -> None:
+def test_nothing_in_flight_sends_at_once_and_a_second_claim_lingers(queue: JobQueue) -> None:
+    enqueue(queue, ["first"], resource="first")
+    # Nothing running for the target: the first instance leaves at once, whatever the linger.
+    first = queue.claim(200, linger_seconds=60, linger_until_items=40)
+    assert first is not None and len(first.items) == 1
     for number in range(10):
         enqueue(queue, [f"i{number}"], resource=f"i{number}")
-    # Jobs still arriving and fewer than one association's worth: wait.
+    # One claim running and fewer than one association's worth ready, jobs still arriving: wait.
     assert queue.claim(200, linger_seconds=60, linger_until_items=40) is None
     for number in range(10, 45):
         enqueue(queue, [f"i{number}"], resource=f"i{number}")
