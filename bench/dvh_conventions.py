@@ -8,8 +8,9 @@ it runs in its own venv (bench/.cache/venv-dicompyler), made here once.
 
 Prints JSON: per structure the planning system's volume (cc), Dmean and Dmax (Gy, read as the
 gateway reads them: the summary is in percent of the prescription there), the gateway's with
-both end-cap conventions, dicompyler-core's, each difference, and whether the gateway's default
-is closer than dicompyler-core's. Same data, same machine, same run.
+its default conventions and the difference under each convention (interpolation between planes
+x end caps), dicompyler-core's, and for each convention on how many structures the gateway is
+closer to the planning system than dicompyler-core. Same data, same machine, same run.
 """
 
 from __future__ import annotations
@@ -25,7 +26,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from pydicom import dcmread
 
-from orthanc_plugin.plans.dvh import DEFAULT_END_CAPS, END_CAPS, dvh
+from orthanc_plugin.plans.dvh import (
+    DEFAULT_END_CAPS,
+    DEFAULT_INTERPOLATION,
+    END_CAPS,
+    INTERPOLATIONS,
+    dvh,
+)
 from orthanc_plugin.plans.dvh_source import (
     dose_grid,
     planning_system_dvhs,
@@ -95,46 +102,57 @@ def main() -> None:
     contours = roi_contours(structure)
     ours: dict[str, dict[str, dict[str, float]]] = {}
     seconds: dict[str, float] = {}
-    for caps in END_CAPS:
+    conventions = [f"{interp}/{caps}" for interp in INTERPOLATIONS for caps in END_CAPS]
+    default = f"{DEFAULT_INTERPOLATION}/{DEFAULT_END_CAPS}"
+    for convention in conventions:
+        interp, caps = convention.split("/")
         started = time.perf_counter()
         for name in tps:
-            result = dvh(contours[name], grid, rx, end_caps=caps)
+            result = dvh(contours[name], grid, rx, end_caps=caps, interpolation=interp)
             if result is not None:
-                ours.setdefault(name, {})[caps] = {
+                ours.setdefault(name, {})[convention] = {
                     "volume_cc": result.volume_cc, "Dmean": result.d_mean, "Dmax": result.d_max}
-        seconds[caps] = time.perf_counter() - started
+        seconds[convention] = time.perf_counter() - started
     started = time.perf_counter()
     done = subprocess.run([str(dicompyler_python()), "-c", DICOMPYLER_SCRIPT, str(folder),
                            json.dumps(sorted(tps))], capture_output=True, text=True, check=True)
     seconds["dicompyler-core"] = time.perf_counter() - started
     theirs = json.loads(done.stdout)
     rows = []
-    closer = {"volume_cc": 0, "Dmean": 0, "Dmax": 0}
+    closer = {convention: {"volume_cc": 0, "Dmean": 0, "Dmax": 0} for convention in conventions}
     for name in sorted(tps):
         row: dict[str, object] = {"roi": name}
         for key in ("volume_cc", "Dmean", "Dmax"):
             reference = tps[name].get(key)
-            mine = ours.get(name, {}).get(DEFAULT_END_CAPS, {}).get(key)
             other = theirs.get(name, {}).get(key)
+            mine = ours.get(name, {}).get(default, {}).get(key)
             row[key] = {
                 "planning_system": reference,
                 "gateway": mine,
-                "gateway_half_slab": ours.get(name, {}).get("half-slab", {}).get(key),
                 "dicompyler_core": other,
                 "gateway_diff_pct": relative(mine, reference),
                 "dicompyler_diff_pct": relative(other, reference),
+                "gateway_diff_pct_by_convention": {
+                    convention: relative(ours.get(name, {}).get(convention, {}).get(key),
+                                         reference) for convention in conventions},
             }
-            if (mine is not None and other is not None and reference is not None
-                    and abs(mine - reference) <= abs(other - reference)):
-                closer[key] += 1
+            for convention in conventions:
+                value = ours.get(name, {}).get(convention, {}).get(key)
+                if (value is not None and other is not None and reference is not None
+                        and abs(value - reference) <= abs(other - reference)):
+                    closer[convention][key] += 1
         rows.append(row)
     report = {
         "bench": "dvh_conventions",
         "data": f"dicompyler-core {VERSION} example_data (real planning-system export, 9 ROIs)",
         "prescription_gy": rx,
-        "default_end_caps": DEFAULT_END_CAPS,
+        "default": default,
         "structures": rows,
-        "gateway_closer_or_equal": {key: f"{count} of {len(rows)}" for key, count in closer.items()},
+        "gateway_closer_or_equal": {key: f"{count} of {len(rows)}"
+                                    for key, count in closer[default].items()},
+        "closer_or_equal_by_convention": {
+            convention: {key: f"{count} of {len(rows)}" for key, count in counts.items()}
+            for convention, counts in closer.items()},
         "seconds": {key: round(value, 2) for key, value in seconds.items()},
     }
     text = json.dumps(report, indent=2)

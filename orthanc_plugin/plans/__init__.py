@@ -5,7 +5,12 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from orthanc_plugin.config import SECTION, ConfigError
-from orthanc_plugin.plans.dvh import DEFAULT_END_CAPS, END_CAPS
+from orthanc_plugin.plans.dvh import (
+    DEFAULT_END_CAPS,
+    DEFAULT_INTERPOLATION,
+    END_CAPS,
+    INTERPOLATIONS,
+)
 from orthanc_plugin.plans.routes import add_routes
 from orthanc_plugin.plans.tracker import PlanTracker
 
@@ -26,6 +31,10 @@ def install(ctx: CapabilityContext) -> None:
     if end_caps not in END_CAPS:
         raise ConfigError(f"{SECTION}.Plans.DvhEndCaps: expected one of {', '.join(END_CAPS)}, "
                           f"got {end_caps!r}")
+    interpolation = settings.get("DvhInterpolation", DEFAULT_INTERPOLATION)
+    if interpolation not in INTERPOLATIONS:
+        raise ConfigError(f"{SECTION}.Plans.DvhInterpolation: expected one of "
+                          f"{', '.join(INTERPOLATIONS)}, got {interpolation!r}")
     tracker = PlanTracker(ctx, expected_doses=expected)
     ctx.hooks.after_describe.append(tracker.step)
     add_routes(ctx)

@@ -1,18 +1,22 @@
 """Dose-volume histograms per structure from a dose grid and planar contours. Pure (numpy only).
 
 Method, written down because every planning system does it a little differently:
-- Each contour plane stands for a slab reaching half way to each neighbouring plane; the
-  outermost planes end the structure (`end_caps="none"`, the default: the planning system's
-  volumes) or reach half a slab beyond (`"half-slab"`, dicompyler's convention); a single plane
-  is `default_thickness_mm` thick (see slab_thicknesses).
-- In plane, the slab is sampled on a grid `supersampling` times finer than the dose grid (4 by
+- Between two neighbouring contour planes the structure's shape is interpolated (`interpolation
+  ="shape"`, the default): at SHAPE_SUBPLANES sub-planes a sample is inside where the blend of its
+  signed distances to the two planes' contours is negative. Beyond the outermost planes the
+  structure reaches a quarter of a slice (`end_caps="quarter-slab"`, the default; `"none"` stops
+  there, `"half-slab"` is dicompyler-core's). `interpolation="none"` instead lets each plane's
+  own shape fill a slab half way to each neighbouring plane (see slab_thicknesses). A single
+  plane is `default_thickness_mm` thick. The defaults are those closest to a planning system's
+  own DVHs on a real export (bench/dvh_conventions.py).
+- In plane, the samples are on a grid `supersampling` times finer than the dose grid (4 by
   default, lowered for large structures so one stays under `max_samples` samples; the factor used
   is reported); a sample is inside when its centre is inside under the even-odd rule, applied to
   all contours of the structure on that plane together, so an inner contour cuts a hole.
 - The dose at each sample is interpolated trilinearly in the dose grid (zero outside it).
-- Volume-weighted statistics: Dmean; Dmin / Dmax of the samples; Dx = the highest dose that x %
-  of the volume receives at least (D95, D2); V(prescription) = % of the volume receiving at least
-  the prescription.
+- Volume-weighted statistics: Dmean; Dmin of the samples; Dmax of the samples, the dose-grid
+  voxels inside and the contour itself; Dx = the highest dose that x % of the volume receives at
+  least (D95, D2); V(prescription) = % of the volume receiving at least the prescription.
 """
 
 from __future__ import annotations
@@ -160,20 +164,35 @@ def _trilinear(grid: DoseGrid, x: np.ndarray, y: np.ndarray, plane: np.ndarray) 
     return np.nan_to_num(top * (1 - wy) + bottom * wy, nan=0.0)
 
 
-END_CAPS = ("half-slab", "none")
-# Measured on a planning system's export with its own DVHs (bench/dvh_conventions.py): without
-# end caps the computed volume of small structures is within a few percent of the planning
-# system's (Nodes -3.6 %, Tumor Bed -0.6 %), with them +18 % to +74 %.
-DEFAULT_END_CAPS = "none"
+END_CAPS = ("half-slab", "quarter-slab", "none")
+END_CAP_FRACTION = {"half-slab": 0.5, "quarter-slab": 0.25, "none": 0.0}
+# Measured on a planning system's export with its own DVHs (bench/dvh_conventions.py): with the
+# shape interpolated between planes, a quarter of a slice beyond the outermost contours gives the
+# planning system's volumes best (8 of 9 structures closer than dicompyler-core, 6 within 0.5 %);
+# half a slice (dicompyler-core's) is +17 % to +70 % on structures of a few cc, none -0.9 % to
+# -17 %.
+DEFAULT_END_CAPS = "quarter-slab"
+
+# Between contour planes: "none" = each plane's own shape fills its slab; "shape" (the default)
+# = the shape is interpolated plane to plane (the signed distances to the two contours blended),
+# sampled on SHAPE_SUBPLANES sub-planes per gap, as planning systems that build a 3-D structure
+# do. Measured (bench/dvh_conventions.py): a thin structure whose contours move from plane to
+# plane (Scar, 0.34 cc) is +47 % by slabs and +0.4 % interpolated.
+INTERPOLATIONS = ("none", "shape")
+DEFAULT_INTERPOLATION = "shape"
+SHAPE_SUBPLANES = 4
+# A gap this many times the usual one is not bridged: two parts of one ROI (two lesions) stay two.
+SHAPE_MAX_GAP_FACTOR = 2.0
 
 
 def slab_thicknesses(planes: Sequence[float], default_mm: float, end_caps: str) -> list[float]:
     """How thick a slab each contour plane stands for: half the distance to each neighbouring
     plane (so uneven spacing is right). At the two ends, `half-slab` adds as much again beyond
     the outermost planes (the structure reaches half a slice past its last contour, as
-    dicompyler-core counts it), `none` stops at the outermost planes (a structure drawn on two
-    slices 3 mm apart is 3 mm thick: the convention that gives the planning system's volumes on
-    small structures). A single plane is `default_mm` thick either way."""
+    dicompyler-core counts it), `quarter-slab` half of that, `none` stops at the outermost
+    planes (a structure drawn on two slices 3 mm apart is 3 mm thick: the convention that gives
+    the planning system's volumes on small structures). A single plane is `default_mm` thick
+    either way."""
     if end_caps not in END_CAPS:
         raise ValueError(f"end_caps: expected one of {', '.join(END_CAPS)}, got {end_caps!r}")
     if len(planes) == 1:
@@ -184,10 +203,119 @@ def slab_thicknesses(planes: Sequence[float], default_mm: float, end_caps: str) 
     usual = float(np.median(gaps))
     gaps = np.minimum(gaps, 1.5 * usual)
     halves = np.concatenate([[0.0], gaps / 2]) + np.concatenate([gaps / 2, [0.0]])
-    if end_caps == "half-slab":
-        halves[0] += gaps[0] / 2
-        halves[-1] += gaps[-1] / 2
+    halves[0] += gaps[0] * END_CAP_FRACTION[end_caps]
+    halves[-1] += gaps[-1] * END_CAP_FRACTION[end_caps]
     return [float(h) for h in halves]
+
+
+@dataclass(frozen=True)
+class _Layer:
+    """Samples standing for a slab of the structure: where they are, which are inside, how
+    thick a slab each stands for."""
+
+    z: float
+    xs: np.ndarray
+    ys: np.ndarray
+    inside: np.ndarray
+    thickness: float
+
+
+def _sample_axes(polygons: Sequence[np.ndarray], dx: float, dy: float
+                 ) -> tuple[np.ndarray, np.ndarray]:
+    every = np.concatenate(polygons)
+    (xmin, ymin), (xmax, ymax) = every.min(axis=0), every.max(axis=0)
+    return (np.arange(np.floor(xmin / dx) * dx + dx / 2, xmax, dx),
+            np.arange(np.floor(ymin / dy) * dy + dy / 2, ymax, dy))
+
+
+def _distance(polygons: Sequence[np.ndarray], px: np.ndarray, py: np.ndarray) -> np.ndarray:
+    """Distance from each point to the nearest contour segment."""
+    nearest = np.full(px.shape, np.inf)
+    for polygon in polygons:
+        ends = np.roll(polygon, -1, axis=0)
+        for first in range(0, len(polygon), 64):   # 64 segments at a time bounds the memory
+            ax, ay = polygon[first:first + 64, 0][None, :], polygon[first:first + 64, 1][None, :]
+            vx, vy = ends[first:first + 64, 0][None, :] - ax, ends[first:first + 64, 1][None, :] - ay
+            length2 = np.maximum(vx * vx + vy * vy, 1e-12)
+            t = np.clip(((px[:, None] - ax) * vx + (py[:, None] - ay) * vy) / length2, 0.0, 1.0)
+            dx, dy = px[:, None] - (ax + t * vx), py[:, None] - (ay + t * vy)
+            nearest = np.minimum(nearest, np.sqrt(dx * dx + dy * dy).min(axis=1))
+    return nearest
+
+
+def _blended_masks(below: Sequence[np.ndarray], above: Sequence[np.ndarray], xs: np.ndarray,
+                   ys: np.ndarray, weights: Sequence[float]) -> list[np.ndarray]:
+    """Inside masks of the shapes between two contour planes: a sample is inside at weight w
+    when (1-w)*d_below + w*d_above < 0 (signed distances, negative inside). Where both planes
+    agree the answer is theirs for every w, so distances are measured only where they differ
+    (a thin band for a large structure)."""
+    in_below = _inside_even_odd(below, xs, ys)
+    in_above = _inside_even_odd(above, xs, ys)
+    rows, cols = np.nonzero(in_below != in_above)
+    px, py = xs[cols], ys[rows]
+    signed_below = np.where(in_below[rows, cols], -1.0, 1.0) * _distance(below, px, py)
+    signed_above = np.where(in_above[rows, cols], -1.0, 1.0) * _distance(above, px, py)
+    masks = []
+    for weight in weights:
+        mask = in_below & in_above
+        mask[rows, cols] = (1 - weight) * signed_below + weight * signed_above < 0
+        masks.append(mask)
+    return masks
+
+
+def _boundary_peak(grid: DoseGrid, plane: np.ndarray, polygons: Sequence[np.ndarray]) -> float:
+    """The highest (interpolated) dose on the contour itself, vertices and edge quarter points:
+    the contour belongs to the structure, and a sample grid inside can miss a peak on it."""
+    fractions = np.array([0.0, 0.25, 0.5, 0.75])[:, None, None]
+    peak = 0.0
+    for polygon in polygons:
+        points = (polygon[None] * (1 - fractions)
+                  + np.roll(polygon, -1, axis=0)[None] * fractions).reshape(-1, 2)
+        peak = max(peak, float(_trilinear(grid, points[:, 0], points[:, 1], plane).max()))
+    return peak
+
+
+def _slab_layers(by_plane: dict[float, list[np.ndarray]], planes: list[float], dx: float,
+                 dy: float, default_thickness_mm: float, end_caps: str) -> list[_Layer]:
+    layers = []
+    for z, thickness in zip(planes, slab_thicknesses(planes, default_thickness_mm, end_caps),
+                            strict=True):
+        xs, ys = _sample_axes(by_plane[z], dx, dy)
+        if len(xs) and len(ys):
+            layers.append(_Layer(z, xs, ys, _inside_even_odd(by_plane[z], xs, ys), thickness))
+    return layers
+
+
+def _shape_layers(by_plane: dict[float, list[np.ndarray]], planes: list[float], dx: float,
+                  dy: float, default_thickness_mm: float, end_caps: str) -> list[_Layer]:
+    """Sub-planes between each pair of neighbouring contour planes, the shape blended from the
+    two; end caps (as a fraction of the usual gap) on the outermost planes and on both sides of
+    a gap too wide to bridge."""
+    if len(planes) == 1:
+        return _slab_layers(by_plane, planes, dx, dy, default_thickness_mm, end_caps)
+    gaps = np.diff(np.asarray(planes, dtype=float))
+    usual = float(np.median(gaps))
+    cap = usual * END_CAP_FRACTION[end_caps]
+    capped = {planes[0], planes[-1]}
+    layers: list[_Layer] = []
+    for low, high, gap in zip(planes[:-1], planes[1:], gaps, strict=True):
+        if gap > SHAPE_MAX_GAP_FACTOR * usual:
+            capped.update((low, high))
+            continue
+        xs, ys = _sample_axes(by_plane[low] + by_plane[high], dx, dy)
+        if not len(xs) or not len(ys):
+            continue
+        weights = [(step + 0.5) / SHAPE_SUBPLANES for step in range(SHAPE_SUBPLANES)]
+        masks = _blended_masks(by_plane[low], by_plane[high], xs, ys, weights)
+        layers.extend(_Layer(low + weight * float(gap), xs, ys, mask,
+                             float(gap) / SHAPE_SUBPLANES)
+                      for weight, mask in zip(weights, masks, strict=True))
+    for z in sorted(capped):
+        if cap > 0:
+            xs, ys = _sample_axes(by_plane[z], dx, dy)
+            if len(xs) and len(ys):
+                layers.append(_Layer(z, xs, ys, _inside_even_odd(by_plane[z], xs, ys), cap))
+    return layers
 
 
 def dvh(
@@ -198,7 +326,13 @@ def dvh(
     default_thickness_mm: float = 2.5,
     max_samples: int = DEFAULT_MAX_SAMPLES,
     end_caps: str = DEFAULT_END_CAPS,
+    interpolation: str = DEFAULT_INTERPOLATION,
 ) -> DvhResult | None:
+    if end_caps not in END_CAPS:
+        raise ValueError(f"end_caps: expected one of {', '.join(END_CAPS)}, got {end_caps!r}")
+    if interpolation not in INTERPOLATIONS:
+        raise ValueError(f"interpolation: expected one of {', '.join(INTERPOLATIONS)}, "
+                         f"got {interpolation!r}")
     by_plane: dict[float, list[np.ndarray]] = {}
     for contour in contours:
         if len(contour.points) >= 3:
@@ -206,33 +340,33 @@ def dvh(
     if not by_plane:
         return None
     planes = sorted(by_plane)
-    thicknesses = slab_thicknesses(planes, default_thickness_mm, end_caps)
     boxes = [np.ptp(np.concatenate(by_plane[z]), axis=0) for z in planes]
     voxels = sum(float(w * h) for w, h in boxes) / (grid.spacing[0] * grid.spacing[1])
+    if interpolation == "shape":
+        voxels *= SHAPE_SUBPLANES
     while supersampling > 1 and voxels * supersampling**2 > max_samples:
         supersampling -= 1
     dx, dy = (s / supersampling for s in grid.spacing)
+    make_layers = _shape_layers if interpolation == "shape" else _slab_layers
     doses: list[np.ndarray] = []
     weights: list[np.ndarray] = []
-    voxel_peak = 0.0
-    for z, thickness in zip(planes, thicknesses, strict=True):
-        polygons = by_plane[z]
-        every = np.concatenate(polygons)
-        (xmin, ymin), (xmax, ymax) = every.min(axis=0), every.max(axis=0)
-        xs = np.arange(np.floor(xmin / dx) * dx + dx / 2, xmax, dx)
-        ys = np.arange(np.floor(ymin / dy) * dy + dy / 2, ymax, dy)
-        if not len(xs) or not len(ys):
-            continue
-        inside = _inside_even_odd(polygons, xs, ys)
-        rows, cols = np.nonzero(inside)
+    for layer in make_layers(by_plane, planes, dx, dy, default_thickness_mm, end_caps):
+        rows, cols = np.nonzero(layer.inside)
         if not len(rows):
             continue
+        plane = _plane_at(grid, layer.z)
+        doses.append(np.zeros(len(rows)) if plane is None
+                     else _trilinear(grid, layer.xs[cols], layer.ys[rows], plane))
+        weights.append(np.full(len(rows), dx * dy * layer.thickness))
+    voxel_peak = 0.0
+    for z in planes:
         plane = _plane_at(grid, z)
-        doses.append(np.zeros(len(rows)) if plane is None else _trilinear(grid, xs[cols], ys[rows], plane))
-        weights.append(np.full(len(rows), dx * dy * thickness))
         if plane is not None:
-            voxel_peak = max(voxel_peak, _peak_at_voxel_centres(grid, plane, polygons,
-                                                                 (xmin, xmax, ymin, ymax)))
+            every = np.concatenate(by_plane[z])
+            (xmin, ymin), (xmax, ymax) = every.min(axis=0), every.max(axis=0)
+            voxel_peak = max(voxel_peak, _peak_at_voxel_centres(grid, plane, by_plane[z],
+                                                                (xmin, xmax, ymin, ymax)),
+                             _boundary_peak(grid, plane, by_plane[z]))
     if not doses:
         return None
     dose = np.concatenate(doses)
@@ -251,8 +385,8 @@ def dvh(
     curve_dose, curve_volume = cumulative_curve(dose, weight)
     return DvhResult(
         volume_cc=total / 1000.0, d_min=float(dose.min()),
-        # The highest dose-grid value inside, as planning systems report Dmax: interpolating
-        # between voxels (the samples) lowers a peak the grid itself holds.
+        # The highest dose-grid value inside or on the contour, as planning systems report
+        # Dmax: interpolating between voxels (the samples) lowers a peak the grid itself holds.
         d_mean=float((dose * weight).sum() / total), d_max=max(float(dose.max()), voxel_peak),
         d95=d_at(95.0), d2=d_at(2.0), v_prescription_pct=v_rx, samples=len(dose),
         supersampling=supersampling, curve_dose_gy=curve_dose, curve_volume_pct=curve_volume,

@@ -8,7 +8,13 @@ from typing import Any
 import numpy as np
 from pydicom.dataset import Dataset
 
-from orthanc_plugin.plans.dvh import DEFAULT_END_CAPS, Contour, DoseGrid, dvh
+from orthanc_plugin.plans.dvh import (
+    DEFAULT_END_CAPS,
+    DEFAULT_INTERPOLATION,
+    Contour,
+    DoseGrid,
+    dvh,
+)
 
 
 class DvhInputError(ValueError):
@@ -193,7 +199,8 @@ def plan_dose(doses: Sequence[Dataset]) -> tuple[Dataset, DoseGrid, str]:
 
 
 def bundle_dvhs(rtstruct: Dataset, rtdose: Dataset | Sequence[Dataset], plan: Dataset | None,
-                supersampling: int = 4, end_caps: str = DEFAULT_END_CAPS) -> dict[str, Any]:
+                supersampling: int = 4, end_caps: str = DEFAULT_END_CAPS,
+                interpolation: str = DEFAULT_INTERPOLATION) -> dict[str, Any]:
     doses = [rtdose] if isinstance(rtdose, Dataset) else list(rtdose)
     rtdose, grid, dose_source = plan_dose(doses)
     rx = prescription(plan)
@@ -214,7 +221,8 @@ def bundle_dvhs(rtstruct: Dataset, rtdose: Dataset | Sequence[Dataset], plan: Da
     computed = []
     for name, contours in roi_contours(rtstruct).items():
         result = dvh(contours, grid, rx if dose_units == "GY" else None,
-                     supersampling=supersampling, end_caps=end_caps)
+                     supersampling=supersampling, end_caps=end_caps,
+                     interpolation=interpolation)
         if result is not None:
             computed.append({"roi": name, **result.as_json()})
     planning = planning_system_dvhs(rtdose, rtstruct, rx)
@@ -224,7 +232,10 @@ def bundle_dvhs(rtstruct: Dataset, rtdose: Dataset | Sequence[Dataset], plan: Da
         "dose_conversion": conversion,
         "dose_source": dose_source,
         "end_caps": end_caps,
-        "method": f"slabs between contour planes (end caps: {end_caps}), in-plane supersampling "
+        "interpolation": interpolation,
+        "method": ("shape interpolated between contour planes" if interpolation == "shape"
+                   else "slabs between contour planes") + f" (end caps: {end_caps}), "
+                  "in-plane supersampling "
                   f"of the dose grid up to "
                   f"{supersampling}x (per structure, see 'supersampling'), even-odd rule for holes, "
                   "trilinear dose interpolation",

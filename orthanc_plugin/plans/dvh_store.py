@@ -10,9 +10,12 @@ from typing import TYPE_CHECKING, Any
 from pydicom import dcmread
 
 from orthanc_plugin.audit.clock import now_iso
-from orthanc_plugin.plans.dvh import DEFAULT_END_CAPS
+from orthanc_plugin.plans.dvh import DEFAULT_END_CAPS, DEFAULT_INTERPOLATION
 from orthanc_plugin.plans.dvh_source import DvhInputError, bundle_dvhs
 from orthanc_plugin.ports import HostError
+
+# Part of the cache key: a DVH cached by an earlier method is computed again.
+METHOD_VERSION = 2
 
 if TYPE_CHECKING:
     from orthanc_plugin.context import CapabilityContext
@@ -25,7 +28,9 @@ def plan_dvh(ctx: CapabilityContext, plan: dict[str, Any]) -> dict[str, Any] | N
     if "RTSTRUCT" not in members or "RTDOSE" not in members or not plan.get("plan_instance_id"):
         return None
     end_caps = str(ctx.section("Plans").get("DvhEndCaps", DEFAULT_END_CAPS))
-    key = hashlib.sha256(json.dumps([plan["objects"], end_caps], sort_keys=True).encode()).hexdigest()
+    interpolation = str(ctx.section("Plans").get("DvhInterpolation", DEFAULT_INTERPOLATION))
+    key = hashlib.sha256(json.dumps([plan["objects"], end_caps, interpolation, METHOD_VERSION],
+                                    sort_keys=True).encode()).hexdigest()
     cached = ctx.db.query("SELECT members_sha256, dvh_json FROM plan_dvh WHERE plan_uid=?",
                               (plan["id"],))
     if cached and cached[0]["members_sha256"] == key:
@@ -39,7 +44,8 @@ def plan_dvh(ctx: CapabilityContext, plan: dict[str, Any]) -> dict[str, Any] | N
         doses = [read(m["instance_id"], pixels=True) for m in plan["objects"]
                  if m["modality"] == "RTDOSE"]
         result = bundle_dvhs(read(members["RTSTRUCT"]["instance_id"]), doses,
-                             read(plan["plan_instance_id"]), end_caps=end_caps)
+                             read(plan["plan_instance_id"]), end_caps=end_caps,
+                             interpolation=interpolation)
     except MemoryError:
         raise
     except (HostError, DvhInputError) as error:

@@ -101,8 +101,10 @@ def test_synthetic_plan_dvh_from_dicom_objects() -> None:
     # PTV: a 64-gon of radius 6.4 mm on slices 3..8 (2.5 mm apart), flat 61.8 Gy inside.
     radius, sides, slices = 0.10 * 63, 64, 6
     area = sides / 2 * radius**2 * math.sin(2 * math.pi / sides)
-    # Without end caps (the default) the PTV ends at its outermost contour planes: 5 slabs.
-    assert ptv["volume_cc"] == pytest.approx(area * 2.5 * (slices - 1) / 1000, rel=0.03)
+    # Identical contours interpolate to themselves; the default end caps reach a quarter of a
+    # slice beyond the outermost planes: 5 gaps and 2 quarter slices.
+    assert ptv["volume_cc"] == pytest.approx(area * 2.5 * (slices - 1 + 0.5) / 1000, rel=0.03)
+    assert result["interpolation"] == "shape" and result["end_caps"] == "quarter-slab"
     assert ptv["Dmax"] == pytest.approx(61.8, abs=1e-3)
     assert ptv["D2"] == pytest.approx(61.8, abs=1e-3)
     assert 58.0 < ptv["D95"] <= 61.8 and 55.0 < ptv["Dmin"] <= ptv["D95"]
@@ -125,7 +127,32 @@ def test_end_caps_none_stops_at_the_outermost_planes_and_follows_uneven_spacing(
     assert slab_thicknesses([0.0, 3.0, 5.0], 2.5, "none") == [1.5, 2.5, 1.0]
     assert slab_thicknesses([7.0], 2.5, "none") == [2.5]
     planes = [box(-20, 20, -10, 10, z) for z in (0.0, 2.5, 5.0, 7.5, 10.0)]
-    result = dvh(planes, ramp_grid())
+    result = dvh(planes, ramp_grid(), end_caps="none", interpolation="none")
     assert result is not None and result.volume_cc == pytest.approx(40 * 20 * 10.0 / 1000, rel=1e-6)
     with pytest.raises(ValueError, match="end_caps"):
         dvh(planes, ramp_grid(), end_caps="round")
+    with pytest.raises(ValueError, match="interpolation"):
+        dvh(planes, ramp_grid(), interpolation="spline")
+
+
+def test_shape_interpolation_between_planes() -> None:
+    planes = [box(-20, 20, -10, 10, z) for z in (0.0, 2.5, 5.0, 7.5, 10.0)]
+    # The same shape on every plane interpolates to itself: the planes' span, plus the caps.
+    for caps, extra in (("none", 0.0), ("quarter-slab", 0.5 * 2.5), ("half-slab", 2.5)):
+        result = dvh(planes, ramp_grid(), end_caps=caps, interpolation="shape")
+        assert result is not None
+        assert result.volume_cc == pytest.approx(40 * 20 * (10.0 + extra) / 1000, rel=1e-6)
+    # A thin structure moving sideways from plane to plane (a scar drawn slice by slice): the
+    # shapes in between are the blend of the two, not either one, so it is smaller than slabs.
+    moving = [box(0, 5, -10, 10, 0.0), box(3.75, 8.75, -10, 10, 3.0),
+              box(7.5, 12.5, -10, 10, 6.0)]
+    slabs = dvh(moving, ramp_grid(), end_caps="none", interpolation="none")
+    shaped = dvh(moving, ramp_grid(), end_caps="none", interpolation="shape")
+    assert slabs is not None and shaped is not None
+    assert slabs.volume_cc == pytest.approx(5 * 20 * 6.0 / 1000, rel=1e-6)
+    assert 0.5 * slabs.volume_cc < shaped.volume_cc < 0.95 * slabs.volume_cc
+    # Two parts of one ROI far apart (two lesions) are not bridged.
+    apart = [box(-5, 5, -5, 5, z) for z in (0.0, 2.5, 40.0, 42.5)]
+    result = dvh(apart, ramp_grid(), end_caps="none", interpolation="shape")
+    assert result is not None and result.volume_cc == pytest.approx(2 * 10 * 10 * 2.5 / 1000,
+                                                                    rel=1e-6)
