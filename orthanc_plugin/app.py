@@ -345,16 +345,19 @@ class Gateway:
             chunk = list(instance_ids[start : start + 500])
             marks = ",".join("?" * len(chunk))
             for row in self.db.query(
-                "SELECT instance_id, study_uid, series_uid, sop_instance_uid FROM received "
-                f"WHERE instance_id IN ({marks}) AND sop_instance_uid IS NOT NULL", chunk):
+                "SELECT instance_id, study_uid, series_uid, sop_instance_uid, sop_class_uid "
+                f"FROM received WHERE instance_id IN ({marks}) AND sop_instance_uid IS NOT NULL",
+                chunk):
                 keys[row["instance_id"]] = InstanceKeys(
-                    row["study_uid"] or "", row["series_uid"] or "", row["sop_instance_uid"])
+                    row["study_uid"] or "", row["series_uid"] or "", row["sop_instance_uid"],
+                    row["sop_class_uid"] or "")
         for instance_id in instance_ids:
             if instance_id not in keys:
                 with contextlib.suppress(HostError, KeyError):
                     tags = self.host.get_json(f"/instances/{instance_id}/tags?simplify")
                     keys[instance_id] = InstanceKeys(
-                        tags["StudyInstanceUID"], tags["SeriesInstanceUID"], tags["SOPInstanceUID"])
+                        tags["StudyInstanceUID"], tags["SeriesInstanceUID"], tags["SOPInstanceUID"],
+                        tags.get("SOPClassUID", ""))
         return keys
 
     def file_sizes(self, instance_ids: list[str] | Any) -> dict[str, int]:

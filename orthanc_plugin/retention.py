@@ -18,7 +18,6 @@ Two promises survive the pruning:
 from __future__ import annotations
 
 import sqlite3
-import threading
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -28,6 +27,7 @@ from typing import Any
 from orthanc_plugin.config import SECTION, ConfigError
 from orthanc_plugin.db import Database
 from orthanc_plugin.jobs.ledger import remember
+from orthanc_plugin.periodic import PeriodicLoop
 
 # Followers of the intake's `received` rows, by cursor: a row is kept until all have passed it.
 FOLLOWER_CURSORS = ("index_cursor", "plans_cursor")
@@ -77,32 +77,23 @@ class Retention:
         self.db = db
         self.settings = settings
         self.log = log
-        self.stopping = threading.Event()
-        self.thread: threading.Thread | None = None
         self.last_run: dict[str, int] = {}
+        self.loop = PeriodicLoop("retention", settings.check_every_seconds, self._round, log)
+        # Set at a stop: a pruning round ends between batches.
+        self.stopping = self.loop.stopping
 
     def start(self) -> None:
-        if self.settings.max_age_seconds is None or self.thread is not None:
-            return
-        self.thread = threading.Thread(target=self._loop, name="rtgw-retention", daemon=True)
-        self.thread.start()
+        if self.settings.max_age_seconds is not None:
+            self.loop.start()
 
     def stop(self) -> None:
-        self.stopping.set()
-        if self.thread is not None:
-            self.thread.join(5)
-            self.thread = None
+        self.loop.stop()
 
-    def _loop(self) -> None:
-        while not self.stopping.wait(self.settings.check_every_seconds):
-            try:
-                removed = self.prune()
-            except sqlite3.Error as error:  # a full disk, a lock: the next round tries again
-                self.log(f"retention: pruning stopped for now: {error}")
-                continue
-            if any(removed.values()):
-                self.log("retention: removed " + ", ".join(
-                    f"{count} {what}" for what, count in removed.items() if count))
+    def _round(self) -> None:
+        removed = self.prune()
+        if any(removed.values()):
+            self.log("retention: removed " + ", ".join(
+                f"{count} {what}" for what, count in removed.items() if count))
 
     # -- one round -------------------------------------------------------------------------------
     def prune(self, now: float | None = None) -> dict[str, int]:

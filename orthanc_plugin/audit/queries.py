@@ -87,6 +87,11 @@ def to_csv(rows: list[dict[str, Any]]) -> str:
     return buffer.getvalue()
 
 
+def _group(groups: dict[str, dict[str, Any]], name: str) -> dict[str, Any]:
+    """A rule's or target's stats entry; one with jobs but no transfer yet starts at zero."""
+    return groups.setdefault(name, {"sent": 0, "bytes": 0, "successful_transfers": 0, "failed": 0})
+
+
 def stats(db: Database) -> dict[str, Any]:
     """Per rule and per target: instances sent, failed attempts, jobs pending and parked."""
     result: dict[str, Any] = {}
@@ -112,10 +117,8 @@ def stats(db: Database) -> dict[str, Any]:
             "SUM(CASE WHEN state='done' THEN 1 ELSE 0 END) AS done "
             f"FROM jobs GROUP BY {key}"
         ):
-            entry = groups.setdefault(
-                row["name"], {"sent": 0, "bytes": 0, "successful_transfers": 0, "failed": 0}
-            )
-            entry.update(pending=row["pending"], parked=row["parked"], jobs_done=row["done"])
+            _group(groups, row["name"]).update(
+                pending=row["pending"], parked=row["parked"], jobs_done=row["done"])
         # Storage commitment (forwarding/commitment.py): sent vs what the receiver confirmed.
         for row in db.query(
             f"SELECT {key} AS name, "
@@ -124,11 +127,9 @@ def stats(db: Database) -> dict[str, Any]:
             "SUM(CASE WHEN commit_state='failed' THEN 1 ELSE 0 END) AS failed "
             f"FROM job_items WHERE commit_state IS NOT NULL GROUP BY {key}"
         ):
-            entry = groups.setdefault(
-                row["name"], {"sent": 0, "bytes": 0, "successful_transfers": 0, "failed": 0}
-            )
-            entry["commitment"] = {"committed": row["committed"], "waiting": row["waiting"],
-                                   "not_committed": row["failed"]}
+            _group(groups, row["name"])["commitment"] = {
+                "committed": row["committed"], "waiting": row["waiting"],
+                "not_committed": row["failed"]}
         for name, entry in groups.items():
             entry.setdefault("pending", 0)
             entry.setdefault("parked", 0)

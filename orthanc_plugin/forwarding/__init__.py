@@ -42,7 +42,8 @@ def install(ctx: CapabilityContext) -> None:
     commit = read_commit_settings(ctx.section("Forwarding"))
     with ctx.db.transaction() as connection:
         connection.execute(COMMIT_INDEX)
-    watcher = CommitmentWatcher(ctx.host, ctx.db, ctx.recorder, commit, ctx.host.log_warning)
+    watcher = CommitmentWatcher(ctx.host, ctx.db, ctx.recorder, commit, ctx.host.log_warning,
+                                ctx.instance_keys)
     ctx.hooks.on_start.append(watcher.start)
     ctx.hooks.on_stop.append(watcher.stop)
     verify = verify_settings(ctx.config.section)

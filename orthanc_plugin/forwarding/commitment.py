@@ -18,9 +18,7 @@ no longer knows (Orthanc restarted meanwhile) is asked again.
 
 from __future__ import annotations
 
-import contextlib
 import sqlite3
-import threading
 import time
 from collections import defaultdict
 from collections.abc import Callable, Sequence
@@ -30,6 +28,8 @@ from typing import Any
 from orthanc_plugin.audit.recorder import AuditRecorder
 from orthanc_plugin.config import SECTION, ConfigError
 from orthanc_plugin.db import Database, durable_write
+from orthanc_plugin.forwarding.verify import InstanceKeys
+from orthanc_plugin.periodic import PeriodicLoop
 from orthanc_plugin.ports import Host, HostError
 
 COMMITTED = "committed"
@@ -77,34 +77,24 @@ class DueItem:
 
 class CommitmentWatcher:
     def __init__(self, host: Host, db: Database, recorder: AuditRecorder,
-                 settings: CommitSettings, log: Callable[[str], None]) -> None:
+                 settings: CommitSettings, log: Callable[[str], None],
+                 keys_of: Callable[[Sequence[str]], dict[str, InstanceKeys]]) -> None:
         self.host = host
+        self.keys_of = keys_of
         self.db = db
         self.recorder = recorder
         self.settings = settings
         self.log = log
-        self.stopping = threading.Event()
-        self.thread: threading.Thread | None = None
         self._request_errors: dict[str, str] = {}   # target -> last refusal, said once
+        self.loop = PeriodicLoop("storage commitment", settings.check_every_seconds,
+                                 self.round, log)
 
     def start(self) -> None:
-        if not self.settings.modalities or self.thread is not None:
-            return
-        self.thread = threading.Thread(target=self._loop, name="rtgw-commitment", daemon=True)
-        self.thread.start()
+        if self.settings.modalities:
+            self.loop.start()
 
     def stop(self) -> None:
-        self.stopping.set()
-        if self.thread is not None:
-            self.thread.join(5)
-            self.thread = None
-
-    def _loop(self) -> None:
-        while not self.stopping.wait(self.settings.check_every_seconds):
-            try:
-                self.round()
-            except sqlite3.Error as error:  # a full disk, a lock: the next round tries again
-                self.log(f"storage commitment: round stopped for now: {error}")
+        self.loop.stop()
 
     # -- one round ------------------------------------------------------------------------------
     def round(self, now: float | None = None) -> None:
@@ -273,23 +263,10 @@ class CommitmentWatcher:
                     (transaction,))
 
     def _sop_uids(self, instance_ids: Sequence[str]) -> dict[str, tuple[str, str]]:
-        """Orthanc instance ID -> (SOP Class UID, SOP Instance UID), from the intake's record,
-        else from Orthanc."""
-        found: dict[str, tuple[str, str]] = {}
-        for start in range(0, len(instance_ids), 500):
-            chunk = list(instance_ids[start:start + 500])
-            marks = ",".join("?" * len(chunk))
-            for row in self.db.query(
-                    "SELECT instance_id, sop_class_uid, sop_instance_uid FROM received "
-                    f"WHERE instance_id IN ({marks})", chunk):
-                if row["sop_class_uid"] and row["sop_instance_uid"]:
-                    found[row["instance_id"]] = (row["sop_class_uid"], row["sop_instance_uid"])
-        for instance_id in instance_ids:
-            if instance_id not in found:
-                with contextlib.suppress(HostError, KeyError, TypeError):
-                    tags = self.host.get_json(f"/instances/{instance_id}/tags?simplify")
-                    found[instance_id] = (tags["SOPClassUID"], tags["SOPInstanceUID"])
-        return found
+        """Orthanc instance ID -> (SOP Class UID, SOP Instance UID)."""
+        return {instance_id: (key.sop_class_uid, key.sop_uid)
+                for instance_id, key in self.keys_of(instance_ids).items()
+                if key.sop_class_uid and key.sop_uid}
 
 
 def _failure_text(entry: dict[str, Any]) -> str:

@@ -33,6 +33,7 @@ class InstanceKeys:
     study_uid: str
     series_uid: str
     sop_uid: str
+    sop_class_uid: str = ""
 
 
 @dataclass

@@ -23,9 +23,9 @@ LINGER_WAIT_SECONDS = 0.03
 # waiting, so a burst's backlog is sent on both cores and the last instance waits for little
 # (bench/relay: 10 against 40, same run: gateway/Lua 0.97-1.06 against 1.11).
 LINGER_UNTIL_ITEMS = 10
-# Instances arrive in bursts (a series): after a wake-up the intake gathers the notes of this long
-# before its next pass, so one pass (a /changes read, a few queries) serves many instances instead
-# of one. Measured: a pass per instance cost the lead 2 ms of CPU each, and Orthanc's ingest paid.
+# Instances arrive in bursts (a series): the intake runs at most one pass per this interval, so
+# one pass (a /changes read, a few queries) serves many instances instead of one. Measured: a
+# pass per instance cost the lead 2 ms of CPU each, and Orthanc's ingest paid.
 INTAKE_GATHER_SECONDS = 0.05
 
 
@@ -91,9 +91,11 @@ class WorkerPool:
 
     def _intake_loop(self) -> None:
         blocked_since: float | None = None
+        last_pass = 0.0
         while not self.stopping.is_set():
             busy = False
             try:
+                last_pass = time.monotonic()
                 busy = self.intake.step()
                 if blocked_since is not None:
                     self.log_error(f"intake: the gateway database takes writes again after "
@@ -111,8 +113,14 @@ class WorkerPool:
                 self.log_error("intake: " + traceback.format_exc())
                 self.stopping.wait(self.poll_interval_seconds)
             if not busy:
+                # A note that wakes the intake is taken at once, unless a pass ran less than
+                # INTAKE_GATHER_SECONDS ago: then the rest of that interval gathers more notes.
+                # The first and the last instance of a burst wait for no timer; the passes in
+                # between still serve many instances each.
                 if self.intake_wakeup.wait(self.poll_interval_seconds):
-                    self.stopping.wait(INTAKE_GATHER_SECONDS)
+                    since_pass = time.monotonic() - last_pass
+                    if since_pass < INTAKE_GATHER_SECONDS:
+                        self.stopping.wait(INTAKE_GATHER_SECONDS - since_pass)
                 self.intake_wakeup.clear()
 
     def _run(self, claim: Claim) -> None:
