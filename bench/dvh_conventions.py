@@ -9,7 +9,7 @@ it runs in its own venv (bench/.cache/venv-dicompyler), made here once.
 Prints JSON: per structure the planning system's volume (cc), Dmean and Dmax (Gy, read as the
 gateway reads them: the summary is in percent of the prescription there), the gateway's with
 its default conventions and the difference under each convention (interpolation between planes
-x end caps), dicompyler-core's, and for each convention on how many structures the gateway is
+x end caps x inner contours), dicompyler-core's, and for each convention on how many structures the gateway is
 closer to the planning system than dicompyler-core. Same data, same machine, same run.
 """
 
@@ -28,8 +28,10 @@ from pydicom import dcmread
 
 from orthanc_plugin.plans.dvh import (
     DEFAULT_END_CAPS,
+    DEFAULT_INNER_CONTOURS,
     DEFAULT_INTERPOLATION,
     END_CAPS,
+    INNER_CONTOURS,
     INTERPOLATIONS,
     dvh,
 )
@@ -102,13 +104,16 @@ def main() -> None:
     contours = roi_contours(structure)
     ours: dict[str, dict[str, dict[str, float]]] = {}
     seconds: dict[str, float] = {}
-    conventions = [f"{interp}/{caps}" for interp in INTERPOLATIONS for caps in END_CAPS]
-    default = f"{DEFAULT_INTERPOLATION}/{DEFAULT_END_CAPS}"
+    # interpolation between planes / end caps / inner contours
+    conventions = [f"{interp}/{caps}/{inner}" for interp in INTERPOLATIONS for caps in END_CAPS
+                   for inner in INNER_CONTOURS]
+    default = f"{DEFAULT_INTERPOLATION}/{DEFAULT_END_CAPS}/{DEFAULT_INNER_CONTOURS}"
     for convention in conventions:
-        interp, caps = convention.split("/")
+        interp, caps, inner = convention.split("/")
         started = time.perf_counter()
         for name in tps:
-            result = dvh(contours[name], grid, rx, end_caps=caps, interpolation=interp)
+            result = dvh(contours[name], grid, rx, end_caps=caps, interpolation=interp,
+                         inner_contours=inner)
             if result is not None:
                 ours.setdefault(name, {})[convention] = {
                     "volume_cc": result.volume_cc, "Dmean": result.d_mean, "Dmax": result.d_max}

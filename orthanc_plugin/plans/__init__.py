@@ -7,8 +7,10 @@ from typing import TYPE_CHECKING
 from orthanc_plugin.config import SECTION, ConfigError
 from orthanc_plugin.plans.dvh import (
     DEFAULT_END_CAPS,
+    DEFAULT_INNER_CONTOURS,
     DEFAULT_INTERPOLATION,
     END_CAPS,
+    INNER_CONTOURS,
     INTERPOLATIONS,
 )
 from orthanc_plugin.plans.routes import add_routes
@@ -35,6 +37,10 @@ def install(ctx: CapabilityContext) -> None:
     if interpolation not in INTERPOLATIONS:
         raise ConfigError(f"{SECTION}.Plans.DvhInterpolation: expected one of "
                           f"{', '.join(INTERPOLATIONS)}, got {interpolation!r}")
+    inner = settings.get("DvhInnerContours", DEFAULT_INNER_CONTOURS)
+    if inner not in INNER_CONTOURS:
+        raise ConfigError(f"{SECTION}.Plans.DvhInnerContours: expected one of "
+                          f"{', '.join(INNER_CONTOURS)}, got {inner!r}")
     tracker = PlanTracker(ctx, expected_doses=expected)
     ctx.hooks.after_describe.append(tracker.step)
     add_routes(ctx)

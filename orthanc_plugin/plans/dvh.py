@@ -12,7 +12,9 @@ Method, written down because every planning system does it a little differently:
 - In plane, the samples are on a grid `supersampling` times finer than the dose grid (4 by
   default, lowered for large structures so one stays under `max_samples` samples; the factor used
   is reported); a sample is inside when its centre is inside under the even-odd rule, applied to
-  all contours of the structure on that plane together, so an inner contour cuts a hole.
+  all contours of the structure on that plane together, so an inner contour cuts a hole
+  (`inner_contours="hole"`, the default), or inside any of them (`"add"`, for planning systems
+  that draw no holes).
 - The dose at each sample is interpolated trilinearly in the dose grid (zero outside it).
 - Volume-weighted statistics: Dmean; Dmin of the samples; Dmax of the samples, the dose-grid
   voxels inside and the contour itself; Dx = the highest dose that x % of the volume receives at
@@ -21,7 +23,7 @@ Method, written down because every planning system does it a little differently:
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -114,15 +116,32 @@ def _inside_even_odd(polygons: Sequence[np.ndarray], xs: np.ndarray, ys: np.ndar
     return (counts % 2) == 1
 
 
+def _inside_union(polygons: Sequence[np.ndarray], xs: np.ndarray, ys: np.ndarray) -> np.ndarray:
+    """Inside any of the contours: an inner contour adds, it does not cut a hole."""
+    mask = np.zeros((len(ys), len(xs)), dtype=bool)
+    for polygon in polygons:
+        mask |= _inside_even_odd([polygon], xs, ys)
+    return mask
+
+
+InsideRule = Callable[[Sequence[np.ndarray], np.ndarray, np.ndarray], np.ndarray]
+# Several contours of one ROI on one plane: "hole" = even-odd, an inner contour cuts a hole (the
+# usual reading, dicompyler-core's); "add" = every contour adds (planning systems without holes:
+# measured on the example export's left lung, 77 inner contours, -0.29 % as holes, -0.006 % added).
+INNER_CONTOURS: dict[str, InsideRule] = {"hole": _inside_even_odd, "add": _inside_union}
+DEFAULT_INNER_CONTOURS = "hole"
+
+
 def _peak_at_voxel_centres(grid: DoseGrid, plane: np.ndarray, polygons: Sequence[np.ndarray],
-                           box: tuple[float, float, float, float]) -> float:
+                           box: tuple[float, float, float, float],
+                           inside_rule: InsideRule = _inside_even_odd) -> float:
     """The highest value of the (z-interpolated) dose plane at grid voxel centres inside."""
     xmin, xmax, ymin, ymax = box
     cols = np.nonzero((grid.xs >= xmin) & (grid.xs <= xmax))[0]
     rows = np.nonzero((grid.ys >= ymin) & (grid.ys <= ymax))[0]
     if not len(cols) or not len(rows):
         return 0.0
-    inside = _inside_even_odd(polygons, grid.xs[cols], grid.ys[rows])
+    inside = inside_rule(polygons, grid.xs[cols], grid.ys[rows])
     if not inside.any():
         return 0.0
     return float(plane[np.ix_(rows, cols)][inside].max())
@@ -244,13 +263,14 @@ def _distance(polygons: Sequence[np.ndarray], px: np.ndarray, py: np.ndarray) ->
 
 
 def _blended_masks(below: Sequence[np.ndarray], above: Sequence[np.ndarray], xs: np.ndarray,
-                   ys: np.ndarray, weights: Sequence[float]) -> list[np.ndarray]:
+                   ys: np.ndarray, weights: Sequence[float], inside_rule: InsideRule
+                   ) -> list[np.ndarray]:
     """Inside masks of the shapes between two contour planes: a sample is inside at weight w
     when (1-w)*d_below + w*d_above < 0 (signed distances, negative inside). Where both planes
     agree the answer is theirs for every w, so distances are measured only where they differ
     (a thin band for a large structure)."""
-    in_below = _inside_even_odd(below, xs, ys)
-    in_above = _inside_even_odd(above, xs, ys)
+    in_below = inside_rule(below, xs, ys)
+    in_above = inside_rule(above, xs, ys)
     rows, cols = np.nonzero(in_below != in_above)
     px, py = xs[cols], ys[rows]
     signed_below = np.where(in_below[rows, cols], -1.0, 1.0) * _distance(below, px, py)
@@ -276,23 +296,25 @@ def _boundary_peak(grid: DoseGrid, plane: np.ndarray, polygons: Sequence[np.ndar
 
 
 def _slab_layers(by_plane: dict[float, list[np.ndarray]], planes: list[float], dx: float,
-                 dy: float, default_thickness_mm: float, end_caps: str) -> list[_Layer]:
+                 dy: float, default_thickness_mm: float, end_caps: str,
+                 inside_rule: InsideRule) -> list[_Layer]:
     layers = []
     for z, thickness in zip(planes, slab_thicknesses(planes, default_thickness_mm, end_caps),
                             strict=True):
         xs, ys = _sample_axes(by_plane[z], dx, dy)
         if len(xs) and len(ys):
-            layers.append(_Layer(z, xs, ys, _inside_even_odd(by_plane[z], xs, ys), thickness))
+            layers.append(_Layer(z, xs, ys, inside_rule(by_plane[z], xs, ys), thickness))
     return layers
 
 
 def _shape_layers(by_plane: dict[float, list[np.ndarray]], planes: list[float], dx: float,
-                  dy: float, default_thickness_mm: float, end_caps: str) -> list[_Layer]:
+                  dy: float, default_thickness_mm: float, end_caps: str,
+                  inside_rule: InsideRule) -> list[_Layer]:
     """Sub-planes between each pair of neighbouring contour planes, the shape blended from the
     two; end caps (as a fraction of the usual gap) on the outermost planes and on both sides of
     a gap too wide to bridge."""
     if len(planes) == 1:
-        return _slab_layers(by_plane, planes, dx, dy, default_thickness_mm, end_caps)
+        return _slab_layers(by_plane, planes, dx, dy, default_thickness_mm, end_caps, inside_rule)
     gaps = np.diff(np.asarray(planes, dtype=float))
     usual = float(np.median(gaps))
     cap = usual * END_CAP_FRACTION[end_caps]
@@ -306,7 +328,7 @@ def _shape_layers(by_plane: dict[float, list[np.ndarray]], planes: list[float], 
         if not len(xs) or not len(ys):
             continue
         weights = [(step + 0.5) / SHAPE_SUBPLANES for step in range(SHAPE_SUBPLANES)]
-        masks = _blended_masks(by_plane[low], by_plane[high], xs, ys, weights)
+        masks = _blended_masks(by_plane[low], by_plane[high], xs, ys, weights, inside_rule)
         layers.extend(_Layer(low + weight * float(gap), xs, ys, mask,
                              float(gap) / SHAPE_SUBPLANES)
                       for weight, mask in zip(weights, masks, strict=True))
@@ -314,7 +336,7 @@ def _shape_layers(by_plane: dict[float, list[np.ndarray]], planes: list[float], 
         if cap > 0:
             xs, ys = _sample_axes(by_plane[z], dx, dy)
             if len(xs) and len(ys):
-                layers.append(_Layer(z, xs, ys, _inside_even_odd(by_plane[z], xs, ys), cap))
+                layers.append(_Layer(z, xs, ys, inside_rule(by_plane[z], xs, ys), cap))
     return layers
 
 
@@ -327,12 +349,17 @@ def dvh(
     max_samples: int = DEFAULT_MAX_SAMPLES,
     end_caps: str = DEFAULT_END_CAPS,
     interpolation: str = DEFAULT_INTERPOLATION,
+    inner_contours: str = DEFAULT_INNER_CONTOURS,
 ) -> DvhResult | None:
     if end_caps not in END_CAPS:
         raise ValueError(f"end_caps: expected one of {', '.join(END_CAPS)}, got {end_caps!r}")
     if interpolation not in INTERPOLATIONS:
         raise ValueError(f"interpolation: expected one of {', '.join(INTERPOLATIONS)}, "
                          f"got {interpolation!r}")
+    if inner_contours not in INNER_CONTOURS:
+        raise ValueError(f"inner_contours: expected one of {', '.join(INNER_CONTOURS)}, "
+                         f"got {inner_contours!r}")
+    inside_rule = INNER_CONTOURS[inner_contours]
     by_plane: dict[float, list[np.ndarray]] = {}
     for contour in contours:
         if len(contour.points) >= 3:
@@ -350,7 +377,8 @@ def dvh(
     make_layers = _shape_layers if interpolation == "shape" else _slab_layers
     doses: list[np.ndarray] = []
     weights: list[np.ndarray] = []
-    for layer in make_layers(by_plane, planes, dx, dy, default_thickness_mm, end_caps):
+    for layer in make_layers(by_plane, planes, dx, dy, default_thickness_mm, end_caps,
+                             inside_rule):
         rows, cols = np.nonzero(layer.inside)
         if not len(rows):
             continue
@@ -365,7 +393,8 @@ def dvh(
             every = np.concatenate(by_plane[z])
             (xmin, ymin), (xmax, ymax) = every.min(axis=0), every.max(axis=0)
             voxel_peak = max(voxel_peak, _peak_at_voxel_centres(grid, plane, by_plane[z],
-                                                                (xmin, xmax, ymin, ymax)),
+                                                                (xmin, xmax, ymin, ymax),
+                                                                inside_rule),
                              _boundary_peak(grid, plane, by_plane[z]))
     if not doses:
         return None

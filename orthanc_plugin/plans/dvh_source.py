@@ -10,6 +10,7 @@ from pydicom.dataset import Dataset
 
 from orthanc_plugin.plans.dvh import (
     DEFAULT_END_CAPS,
+    DEFAULT_INNER_CONTOURS,
     DEFAULT_INTERPOLATION,
     Contour,
     DoseGrid,
@@ -200,7 +201,8 @@ def plan_dose(doses: Sequence[Dataset]) -> tuple[Dataset, DoseGrid, str]:
 
 def bundle_dvhs(rtstruct: Dataset, rtdose: Dataset | Sequence[Dataset], plan: Dataset | None,
                 supersampling: int = 4, end_caps: str = DEFAULT_END_CAPS,
-                interpolation: str = DEFAULT_INTERPOLATION) -> dict[str, Any]:
+                interpolation: str = DEFAULT_INTERPOLATION,
+                inner_contours: str = DEFAULT_INNER_CONTOURS) -> dict[str, Any]:
     doses = [rtdose] if isinstance(rtdose, Dataset) else list(rtdose)
     rtdose, grid, dose_source = plan_dose(doses)
     rx = prescription(plan)
@@ -222,7 +224,7 @@ def bundle_dvhs(rtstruct: Dataset, rtdose: Dataset | Sequence[Dataset], plan: Da
     for name, contours in roi_contours(rtstruct).items():
         result = dvh(contours, grid, rx if dose_units == "GY" else None,
                      supersampling=supersampling, end_caps=end_caps,
-                     interpolation=interpolation)
+                     interpolation=interpolation, inner_contours=inner_contours)
         if result is not None:
             computed.append({"roi": name, **result.as_json()})
     planning = planning_system_dvhs(rtdose, rtstruct, rx)
@@ -233,6 +235,7 @@ def bundle_dvhs(rtstruct: Dataset, rtdose: Dataset | Sequence[Dataset], plan: Da
         "dose_source": dose_source,
         "end_caps": end_caps,
         "interpolation": interpolation,
+        "inner_contours": inner_contours,
         "method": ("shape interpolated between contour planes" if interpolation == "shape"
                    else "slabs between contour planes") + f" (end caps: {end_caps}), "
                   "in-plane supersampling "

@@ -10,7 +10,11 @@ from typing import TYPE_CHECKING, Any
 from pydicom import dcmread
 
 from orthanc_plugin.audit.clock import now_iso
-from orthanc_plugin.plans.dvh import DEFAULT_END_CAPS, DEFAULT_INTERPOLATION
+from orthanc_plugin.plans.dvh import (
+    DEFAULT_END_CAPS,
+    DEFAULT_INNER_CONTOURS,
+    DEFAULT_INTERPOLATION,
+)
 from orthanc_plugin.plans.dvh_source import DvhInputError, bundle_dvhs
 from orthanc_plugin.ports import HostError
 
@@ -29,8 +33,9 @@ def plan_dvh(ctx: CapabilityContext, plan: dict[str, Any]) -> dict[str, Any] | N
         return None
     end_caps = str(ctx.section("Plans").get("DvhEndCaps", DEFAULT_END_CAPS))
     interpolation = str(ctx.section("Plans").get("DvhInterpolation", DEFAULT_INTERPOLATION))
-    key = hashlib.sha256(json.dumps([plan["objects"], end_caps, interpolation, METHOD_VERSION],
-                                    sort_keys=True).encode()).hexdigest()
+    inner = str(ctx.section("Plans").get("DvhInnerContours", DEFAULT_INNER_CONTOURS))
+    key = hashlib.sha256(json.dumps([plan["objects"], end_caps, interpolation, inner,
+                                     METHOD_VERSION], sort_keys=True).encode()).hexdigest()
     cached = ctx.db.query("SELECT members_sha256, dvh_json FROM plan_dvh WHERE plan_uid=?",
                               (plan["id"],))
     if cached and cached[0]["members_sha256"] == key:
@@ -45,7 +50,7 @@ def plan_dvh(ctx: CapabilityContext, plan: dict[str, Any]) -> dict[str, Any] | N
                  if m["modality"] == "RTDOSE"]
         result = bundle_dvhs(read(members["RTSTRUCT"]["instance_id"]), doses,
                              read(plan["plan_instance_id"]), end_caps=end_caps,
-                             interpolation=interpolation)
+                             interpolation=interpolation, inner_contours=inner)
     except MemoryError:
         raise
     except (HostError, DvhInputError) as error:

@@ -156,3 +156,14 @@ def test_shape_interpolation_between_planes() -> None:
     result = dvh(apart, ramp_grid(), end_caps="none", interpolation="shape")
     assert result is not None and result.volume_cc == pytest.approx(2 * 10 * 10 * 2.5 / 1000,
                                                                     rel=1e-6)
+
+
+def test_inner_contours_cut_holes_or_add() -> None:
+    outer, inner = box(-20, 20, -20, 20, 0.0), box(-10, 10, -10, 10, 0.0)
+    holed = dvh([outer, inner], ramp_grid(), default_thickness_mm=2.5)
+    added = dvh([outer, inner], ramp_grid(), default_thickness_mm=2.5, inner_contours="add")
+    assert holed is not None and added is not None
+    assert holed.volume_cc == pytest.approx((40 * 40 - 20 * 20) * 2.5 / 1000, rel=1e-6)
+    assert added.volume_cc == pytest.approx(40 * 40 * 2.5 / 1000, rel=1e-6)
+    with pytest.raises(ValueError, match="inner_contours"):
+        dvh([outer, inner], ramp_grid(), inner_contours="xor")
