@@ -226,6 +226,9 @@ class Gateway:
         self.metrics.gauge("rtgw_database_unwritable",
                            0 if writable and not self.db.trouble.unwritable else 1)
         self.metrics.gauge("rtgw_database_write_failures_total", self.db.trouble.failures)
+        for capability_gauges in self.hooks.metrics:
+            for name, value in capability_gauges().items():
+                self.metrics.gauge(name, value)
         return self.metrics.snapshot()
 
     # -- rules shared by the worker processes ----------------------------------------------------

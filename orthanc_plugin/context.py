@@ -41,6 +41,8 @@ class Hooks:
     on_stop: list[Callable[[], None]] = field(default_factory=list)
     # Called with the rules in force once started and after each good reload.
     on_rules_loaded: list[Callable[[RuleSet], object]] = field(default_factory=list)
+    # Gauges a capability adds to the Prometheus snapshot (name -> value), read per scrape.
+    metrics: list[Callable[[], dict[str, float]]] = field(default_factory=list)
 
 
 @dataclass(eq=False)  # identity: plans/routes keys providers by context

@@ -8,7 +8,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from orthanc_plugin.forwarding.action import Forwarder
-from orthanc_plugin.forwarding.commitment import CommitmentWatcher
+from orthanc_plugin.forwarding.commitment import CommitmentWatcher, commitment_gauges
 from orthanc_plugin.forwarding.commitment import read_settings as read_commit_settings
 from orthanc_plugin.forwarding.routes import add_routes
 from orthanc_plugin.forwarding.rule import JOB_ACTION, plan_forward, verify_settings
@@ -46,6 +46,8 @@ def install(ctx: CapabilityContext) -> None:
                                 ctx.instance_keys)
     ctx.hooks.on_start.append(watcher.start)
     ctx.hooks.on_stop.append(watcher.stop)
+    if commit.modalities:
+        ctx.hooks.metrics.append(lambda: commitment_gauges(ctx.db))
     verify = verify_settings(ctx.config.section)
     default = verify.get("*", "c-find")
     forwarder = Forwarder(

@@ -279,3 +279,14 @@ def _failure_text(entry: dict[str, Any]) -> str:
 def _by_sop(entries: Any) -> dict[str, dict[str, Any]]:
     return {str(entry.get("SOPInstanceUID")): entry for entry in entries or []
             if isinstance(entry, dict)}
+
+
+def commitment_gauges(db: Database) -> dict[str, float]:
+    """Instances by storage commitment state, for Prometheus (an alert on not-committed or on a
+    growing waiting count). Rows of finished jobs leave with retention: these are gauges."""
+    counts = {row["commit_state"]: row["n"] for row in db.query(
+        "SELECT commit_state, COUNT(*) AS n FROM job_items WHERE commit_state IS NOT NULL "
+        "GROUP BY commit_state")}
+    return {"rtgw_instances_committed": counts.get(COMMITTED, 0),
+            "rtgw_instances_commit_waiting": counts.get(DUE, 0) + counts.get(REQUESTED, 0),
+            "rtgw_instances_not_committed": counts.get(FAILED, 0)}

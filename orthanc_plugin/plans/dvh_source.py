@@ -118,7 +118,8 @@ def summary_values(item: Dataset, curve: dict[str, Any], rx: float | None) -> di
         reference = from_curve.get(key)
         if reference and not _close(value, reference, bin_gy):
             checks.append(f"{key} {value:.3f} Gy disagrees with the curve ({reference:.3f} Gy)")
-        values[key] = round(value, 4)
+        # Six significant digits: a fixed number of decimals would erase a small dose (0.0785 Gy).
+        values[key] = float(f"{value:.6g}")
     volume_cc = curve.get("total_volume") if str(
         item.get("DVHVolumeUnits", "CM3")).upper() == "CM3" else None
     return {**values, "volume_cc": volume_cc, "checks": checks}

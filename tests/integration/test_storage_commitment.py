@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 
 from tests.integration.conftest import keep_logs, require_orthanc
-from tests.integration.helpers import gateway_rows
+from tests.integration.helpers import gateway_rows, prometheus
 from tests.support.orthanc import OrthancProcess, free_port, storescu, wait_until
 from tests.support.peers import CountingPeer
 from tests.support.rtset import make_rt_set, write_datasets
@@ -161,6 +161,8 @@ def test_an_instance_the_archive_lost_is_not_committed_then_sent_again_by_hand(
     stats = gateway.json("/rt-gateway/stats")["by_target"]["ARCHIVE"]
     assert stats["commitment"]["not_committed"] == 1
     assert stats["parked"] >= 1
+    wait_until(lambda: prometheus(gateway, "rtgw_instances_not_committed") == 1, 30,
+               "Prometheus shows the instance not committed")
 
     answer = gateway.post(f"/rt-gateway/jobs/{job['id']}/retry", {},
                           headers={"X-Requested-With": "test"})
