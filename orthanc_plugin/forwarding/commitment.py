@@ -36,6 +36,9 @@ COMMITTED = "committed"
 NOT_COMMITTED = "not-committed"        # job_items.state: parked until a retry by hand
 DUE, REQUESTED, FAILED = "due", "requested", "failed"   # job_items.commit_state
 FAILURES_NAMED_IN_AUDIT = 5
+# After a refused request the target is asked again this much later, not every round: a node
+# without storage commitment should not get an association every few seconds for an hour.
+REQUEST_RETRY_SECONDS = 30.0
 
 
 @dataclass(frozen=True)
@@ -86,6 +89,7 @@ class CommitmentWatcher:
         self.settings = settings
         self.log = log
         self._request_errors: dict[str, str] = {}   # target -> last refusal, said once
+        self._retry_at: dict[str, float] = {}        # target -> when to ask again after one
         self.loop = PeriodicLoop("storage commitment", settings.check_every_seconds,
                                  self.round, log)
 
@@ -117,6 +121,9 @@ class CommitmentWatcher:
             self._request(target, items, now)
 
     def _request(self, target: str, items: list[DueItem], now: float) -> None:
+        if now < self._retry_at.get(target, 0.0):
+            self._expire(target, items, self._request_errors.get(target, ""), now)
+            return
         uids = self._sop_uids([item.instance_id for item in items])
         known = [item for item in items if item.instance_id in uids]
         unknown = [item for item in items if item.instance_id not in uids]
@@ -135,14 +142,20 @@ class CommitmentWatcher:
             self._request_refused(target, known, str(error), now)
             return
         self._request_errors.pop(target, None)
+        self._retry_at.pop(target, None)
         self._note_requested(target, transaction, known, now)
 
     def _request_refused(self, target: str, items: list[DueItem], error: str, now: float) -> None:
+        self._retry_at[target] = now + REQUEST_RETRY_SECONDS
         if self._request_errors.get(target) != error:
             self._request_errors[target] = error
             self.recorder.event("commit-request-failed", status="failed", target=target,
                                 detail=f"storage commitment request to {target} failed, asked "
-                                       f"again every round until the time-out: {error}")
+                                       f"again every {REQUEST_RETRY_SECONDS:g} s until the "
+                                       f"time-out: {error}")
+        self._expire(target, items, error, now)
+
+    def _expire(self, target: str, items: list[DueItem], error: str, now: float) -> None:
         expired = [(item.job_id, item.instance_id) for item in items
                    if now - item.since >= self.settings.timeout_seconds]
         if expired:
@@ -219,6 +232,7 @@ class CommitmentWatcher:
             connection.execute(
                 "UPDATE commit_requests SET state='done' WHERE transaction_uid=?", (transaction,))
 
+    @durable_write
     def _ask_again(self, request: sqlite3.Row, why: str) -> None:
         transaction = request["transaction_uid"]
         with self.db.transaction() as connection:

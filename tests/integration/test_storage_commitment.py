@@ -7,6 +7,7 @@ forgot in a restart is asked again."""
 from __future__ import annotations
 
 import sqlite3
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -132,6 +133,32 @@ def test_all_committed_by_an_archive_that_holds_them(
     stats = gateway.json("/rt-gateway/stats")["by_target"]["ARCHIVE"]
     assert stats["commitment"]["committed"] >= total
     assert archive.sop_instance_uids() >= {str(ds.SOPInstanceUID) for ds in rtset.all()}
+
+
+def test_two_senders_at_once_every_instance_committed_once(
+        network: tuple[OrthancProcess, OrthancProcess], workdir: Path) -> None:
+    gateway, archive = network
+    sets = [make_rt_set(f"SC-TWO-{n}", with_dose=True) for n in range(2)]
+    folders = [write_datasets(rtset.all(), workdir / f"two-{n}") for n, rtset in enumerate(sets)]
+    senders = [threading.Thread(target=storescu, args=(files, gateway.dicom_port),
+                                kwargs={"calling": "SC"}) for files in folders]
+    for sender in senders:
+        sender.start()
+    for sender in senders:
+        sender.join()
+    for rtset in sets:
+        wait_until(lambda rtset=rtset: commit_settled(gateway, rtset.study_uid, "done"), 60,
+                   "both studies committed")
+        total = len(rtset.all())
+        assert study_job(gateway, rtset.study_uid)["commitment"] == {
+            "committed": total, "waiting": 0, "not_committed": []}
+        assert archive.sop_instance_uids() >= {str(ds.SOPInstanceUID) for ds in rtset.all()}
+    with sqlite3.connect(gateway.gateway_db) as connection:
+        asked = connection.execute(
+            "SELECT COUNT(*), COUNT(DISTINCT instance_id) FROM job_items i JOIN jobs j "
+            "ON j.id = i.job_id WHERE j.patient_id LIKE 'SC-TWO-%' AND commit_txn IS NOT NULL"
+        ).fetchone()
+    assert asked[0] == asked[1] == sum(len(rtset.all()) for rtset in sets)
 
 
 def test_an_instance_the_archive_lost_is_not_committed_then_sent_again_by_hand(
