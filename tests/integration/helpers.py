@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sqlite3
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -42,6 +43,18 @@ def arrival_order(peer: OrthancProcess, study_uid: str) -> list[str]:
         since = changes["Last"]
         if changes["Done"]:
             return order
+
+
+def item_states(gateway: OrthancProcess, study_uid: str,
+                second: str = "i.status") -> dict[str, tuple[str, Any]]:
+    """SOP Instance UID -> (state, `second`) of every queued item of the study, read from the
+    gateway's database (`second`: a job_items column, e.g. status or commit state)."""
+    with sqlite3.connect(gateway.gateway_db) as connection:
+        rows = connection.execute(
+            f"SELECT r.sop_instance_uid, i.state, {second} FROM job_items i "
+            "JOIN jobs j ON j.id = i.job_id JOIN received r ON r.instance_id = i.instance_id "
+            "WHERE j.study_uid = ?", (study_uid,)).fetchall()
+    return {row[0]: (row[1], row[2]) for row in rows}
 
 
 def gateway_rows(gateway: OrthancProcess, **filters: str) -> list[dict[str, Any]]:

@@ -14,7 +14,7 @@ import pytest
 from pydicom.uid import generate_uid
 
 from tests.integration.conftest import keep_logs, require_orthanc
-from tests.integration.helpers import gateway_rows
+from tests.integration.helpers import gateway_rows, item_states
 from tests.support.orthanc import OrthancProcess, storescu, wait_until
 from tests.support.peers import CountingPeer
 from tests.support.rtset import make_ct_series, make_rt_set, write_datasets
@@ -45,16 +45,6 @@ def gateway(workdir: Path, faulty: CountingPeer) -> Iterator[OrthancProcess]:
     yield process
     process.stop()
     keep_logs(process, "delivery-gateway")
-
-
-def item_states(gateway: OrthancProcess, study_uid: str) -> dict[str, tuple[str, str | None]]:
-    """SOP Instance UID -> (state, status) of every queued item of the study."""
-    with sqlite3.connect(gateway.gateway_db) as connection:
-        rows = connection.execute(
-            "SELECT r.sop_instance_uid, i.state, i.status FROM job_items i "
-            "JOIN jobs j ON j.id = i.job_id JOIN received r ON r.instance_id = i.instance_id "
-            "WHERE j.study_uid = ?", (study_uid,)).fetchall()
-    return {row[0]: (row[1], row[2]) for row in rows}
 
 
 @pytest.mark.parametrize("fault", ["refuse", "abort"])

@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 
 from tests.integration.conftest import keep_logs, require_orthanc
-from tests.integration.helpers import gateway_rows, prometheus
+from tests.integration.helpers import gateway_rows, item_states, prometheus
 from tests.support.orthanc import OrthancProcess, free_port, storescu, wait_until
 from tests.support.peers import CountingPeer
 from tests.support.rtset import make_rt_set, write_datasets
@@ -108,12 +108,7 @@ def commit_settled(gateway: OrthancProcess, study_uid: str, state: str) -> bool:
 
 
 def item_commit_states(gateway: OrthancProcess, study_uid: str) -> dict[str, tuple[str, str]]:
-    with sqlite3.connect(gateway.gateway_db) as connection:
-        rows = connection.execute(
-            "SELECT r.sop_instance_uid, i.state, COALESCE(i.commit_state, '') FROM job_items i "
-            "JOIN jobs j ON j.id = i.job_id JOIN received r ON r.instance_id = i.instance_id "
-            "WHERE j.study_uid = ?", (study_uid,)).fetchall()
-    return {row[0]: (row[1], row[2]) for row in rows}
+    return item_states(gateway, study_uid, "COALESCE(i.commit_state, '')")
 
 
 def test_all_committed_by_an_archive_that_holds_them(
