@@ -141,8 +141,11 @@ class Retention:
         if not ids:
             return 0
         marks = ",".join("?" * len(ids))
-        remember(connection, [(row[0], row[1], row[2]) for row in connection.execute(
-            f"SELECT rule, target, instance_id FROM job_items WHERE job_id IN ({marks})", ids)])
+        items = connection.execute(
+            f"SELECT rule, target, instance_id, commit_state FROM job_items "
+            f"WHERE job_id IN ({marks})", ids).fetchall()
+        remember(connection, [(row[0], row[1], row[2]) for row in items])
+        _add_pruned(connection, {"committed": sum(row[3] == "committed" for row in items)})
         connection.execute(f"DELETE FROM job_items WHERE job_id IN ({marks})", ids)
         return connection.execute(f"DELETE FROM jobs WHERE id IN ({marks})", ids).rowcount
 

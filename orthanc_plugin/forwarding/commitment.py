@@ -31,6 +31,7 @@ from orthanc_plugin.db import Database, durable_write
 from orthanc_plugin.forwarding.verify import InstanceKeys
 from orthanc_plugin.periodic import PeriodicLoop
 from orthanc_plugin.ports import Host, HostError
+from orthanc_plugin.retention import pruned_total
 
 COMMITTED = "committed"
 NOT_COMMITTED = "not-committed"        # job_items.state: parked until a retry by hand
@@ -297,10 +298,12 @@ def _by_sop(entries: Any) -> dict[str, dict[str, Any]]:
 
 def commitment_gauges(db: Database) -> dict[str, float]:
     """Instances by storage commitment state, for Prometheus (an alert on not-committed or on a
-    growing waiting count). Rows of finished jobs leave with retention: these are gauges."""
+    growing waiting count). Committed is a counter: retention carries the committed items of the
+    finished jobs it removes, so it never goes down (a rate() over it stays true)."""
     counts = {row["commit_state"]: row["n"] for row in db.query(
         "SELECT commit_state, COUNT(*) AS n FROM job_items WHERE commit_state IS NOT NULL "
         "GROUP BY commit_state")}
-    return {"rtgw_instances_committed": counts.get(COMMITTED, 0),
+    return {"rtgw_instances_committed_total": counts.get(COMMITTED, 0)
+            + pruned_total(db, "committed"),
             "rtgw_instances_commit_waiting": counts.get(DUE, 0) + counts.get(REQUESTED, 0),
             "rtgw_instances_not_committed": counts.get(FAILED, 0)}

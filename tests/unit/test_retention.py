@@ -11,6 +11,8 @@ import pytest
 from orthanc_plugin.audit.tables import SCHEMA as AUDIT_SCHEMA
 from orthanc_plugin.config import ConfigError, RetryPolicySettings
 from orthanc_plugin.db import META_SCHEMA, Database
+from orthanc_plugin.forwarding.commitment import commitment_gauges
+from orthanc_plugin.forwarding.tables import SCHEMA as FORWARDING_SCHEMA
 from orthanc_plugin.jobs.own_output import SCHEMA as OWN_OUTPUT_SCHEMA
 from orthanc_plugin.jobs.queue import JobQueue, JobSpec
 from orthanc_plugin.jobs.tables import SCHEMA as JOBS_SCHEMA
@@ -78,6 +80,30 @@ def test_old_finished_work_goes_and_sent_once_survives(db: Database) -> None:
     assert fresh == 1 and again is not None
     assert [i["instance_id"] for i in db.query(
         "SELECT instance_id FROM job_items WHERE job_id=?", (again,))] == ["new"]
+
+
+def test_committed_counter_keeps_what_retention_removes(tmp_path: Path) -> None:
+    db = Database(tmp_path / "c.sqlite", [META_SCHEMA, AUDIT_SCHEMA, JOBS_SCHEMA,
+                                          OWN_OUTPUT_SCHEMA, FORWARDING_SCHEMA])
+    queue = JobQueue(db, RetryPolicySettings())
+    for n in range(6):
+        queue_job(db, queue, f"i{n}", [f"i{n}"])
+    claim = queue.claim(1000)
+    assert claim is not None
+    queue.mark_sent(claim.items, {}, commit=True)
+    queue.settle(claim.job_ids, None, None)
+    with db.transaction() as connection:
+        # Four confirmed by the receiver, two still waiting for its report.
+        connection.execute("UPDATE job_items SET commit_state='committed' "
+                           "WHERE instance_id IN ('i0','i1','i2','i3')")
+    before = commitment_gauges(db)
+    assert before["rtgw_instances_committed_total"] == 4
+    assert before["rtgw_instances_commit_waiting"] == 2
+    retention = Retention(db, RetentionSettings(max_age_seconds=DAY, batch_rows=4,
+                                                pause_seconds=0), lambda _: None)
+    assert retention.prune(now=time.time() + 2 * DAY)["jobs"] == 6
+    assert db.query("SELECT COUNT(*) AS n FROM job_items")[0]["n"] == 0
+    assert commitment_gauges(db)["rtgw_instances_committed_total"] == 4
 
 
 def test_nothing_young_goes(db: Database) -> None:
