@@ -140,17 +140,22 @@ def main() -> None:
             process.start()
         for round_number in range(args.rounds):
             files = make_slices(work / f"round-{round_number}", args.slices, args.size)
-            times["direct"].append(timed_send(files, target.dicom_port, target, "TARGET"))
-            times["ingest_plain"].append(timed_ingest(files, plain))
-            times["ingest_plugin"].append(timed_ingest(files, idle_gateway))
-            times["relay_instance"].append(
-                timed_send(files, gateways["instance"].dicom_port, target, "RTGATEWAY"))
-            times["relay_instance_no_md5"].append(
-                timed_send(files, gateways["instance-no-md5"].dicom_port, target, "RTGATEWAY"))
-            times["relay_stable"].append(
-                timed_send(files, gateways["stable-study"].dicom_port, target, "RTGATEWAY"))
-            for name, lua in luas.items():
-                times[name].append(timed_send(files, lua.dicom_port, target, "LUAROUTER"))
+            # (what, where storescu sends, its AE title); ingest measurements wait for no target.
+            measurements: list[tuple[str, OrthancProcess, str]] = [
+                ("direct", target, "TARGET"),
+                ("ingest_plain", plain, "PLAIN"),
+                ("ingest_plugin", idle_gateway, "RTGATEWAY"),
+                ("relay_instance", gateways["instance"], "RTGATEWAY"),
+                ("relay_instance_no_md5", gateways["instance-no-md5"], "RTGATEWAY"),
+                ("relay_stable", gateways["stable-study"], "RTGATEWAY"),
+                *((name, lua, "LUAROUTER") for name, lua in luas.items()),
+            ]
+            # Each round starts at another measurement: a peer measured always first (cold
+            # caches) or always last (after the others' background work) would be biased.
+            shift = round_number % len(measurements)
+            for name, receiver, called in measurements[shift:] + measurements[:shift]:
+                times[name].append(timed_ingest(files, receiver) if name.startswith("ingest")
+                                   else timed_send(files, receiver.dicom_port, target, called))
             shutil.rmtree(work / f"round-{round_number}")
     finally:
         for process in processes:
