@@ -15,6 +15,7 @@ closer to the planning system than dicompyler-core. Same data, same machine, sam
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import subprocess
 import sys
@@ -24,6 +25,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+import numpy as np
 from pydicom import dcmread
 
 from orthanc_plugin.plans.dvh import (
@@ -33,6 +35,8 @@ from orthanc_plugin.plans.dvh import (
     END_CAPS,
     INNER_CONTOURS,
     INTERPOLATIONS,
+    Contour,
+    DoseGrid,
     dvh,
 )
 from orthanc_plugin.plans.dvh_source import (
@@ -88,6 +92,45 @@ def dicompyler_python() -> Path:
     return python
 
 
+# The sampling lattice shifted by these fractions of a sample (x, y): the spread of the answers is
+# the method's own sampling noise, below which "closer" cannot be told.
+LATTICE_SHIFTS = ((0.0, 0.0), (0.5, 0.0), (0.0, 0.5), (0.5, 0.5), (0.25, 0.75))
+KEYS = ("volume_cc", "Dmean", "Dmax")
+
+
+def shifted(contours: list[Contour], grid: DoseGrid, ox: float, oy: float
+            ) -> tuple[list[Contour], DoseGrid]:
+    """Structure and dose moved together by (ox, oy) mm: the same plan, another sample lattice."""
+    moved = [Contour(c.z, np.asarray(c.points, float) + np.array([ox, oy])) for c in contours]
+    return moved, dataclasses.replace(grid, xs=grid.xs + ox, ys=grid.ys + oy)
+
+
+def sampling_noise(contours: list[Contour], grid: DoseGrid, rx: float | None
+                   ) -> dict[str, float]:
+    """Per value, the range (max - min) of the default method's answers over LATTICE_SHIFTS."""
+    answers: dict[str, list[float]] = {key: [] for key in KEYS}
+    probe = dvh(contours, grid, rx)
+    if probe is None:
+        return {}
+    step_x, step_y = (s / probe.supersampling for s in grid.spacing)
+    for fx, fy in LATTICE_SHIFTS:
+        result = dvh(*shifted(contours, grid, fx * step_x, fy * step_y), rx)
+        if result is not None:
+            for key, value in zip(KEYS, (result.volume_cc, result.d_mean, result.d_max),
+                                  strict=True):
+                answers[key].append(value)
+    return {key: max(values) - min(values) for key, values in answers.items() if values}
+
+
+def verdict(mine: float, other: float, reference: float, noise: float) -> str:
+    """closer / further, or "within noise" when the two distances differ by less than the
+    gateway's own sampling noise."""
+    gap = abs(other - reference) - abs(mine - reference)
+    if abs(gap) <= noise:
+        return "within noise"
+    return "closer" if gap > 0 else "further"
+
+
 def relative(value: float | None, reference: float | None) -> float | None:
     if value is None or not reference:
         return None
@@ -123,11 +166,13 @@ def main() -> None:
                            json.dumps(sorted(tps))], capture_output=True, text=True, check=True)
     seconds["dicompyler-core"] = time.perf_counter() - started
     theirs = json.loads(done.stdout)
+    noise = {name: sampling_noise(contours[name], grid, rx) for name in tps}
+    verdicts = {key: {"closer": 0, "within noise": 0, "further": 0} for key in KEYS}
     rows = []
     closer = {convention: {"volume_cc": 0, "Dmean": 0, "Dmax": 0} for convention in conventions}
     for name in sorted(tps):
         row: dict[str, object] = {"roi": name}
-        for key in ("volume_cc", "Dmean", "Dmax"):
+        for key in KEYS:
             reference = tps[name].get(key)
             other = theirs.get(name, {}).get(key)
             mine = ours.get(name, {}).get(default, {}).get(key)
@@ -137,10 +182,16 @@ def main() -> None:
                 "dicompyler_core": other,
                 "gateway_diff_pct": relative(mine, reference),
                 "dicompyler_diff_pct": relative(other, reference),
+                "gateway_sampling_noise_pct": relative(
+                    reference + noise.get(name, {}).get(key, 0.0), reference),
+                "gateway_vs_dicompyler": None if None in (mine, other, reference) else verdict(
+                    mine, other, reference, noise.get(name, {}).get(key, 0.0)),
                 "gateway_diff_pct_by_convention": {
                     convention: relative(ours.get(name, {}).get(convention, {}).get(key),
                                          reference) for convention in conventions},
             }
+            if row[key]["gateway_vs_dicompyler"]:
+                verdicts[key][row[key]["gateway_vs_dicompyler"]] += 1
             for convention in conventions:
                 value = ours.get(name, {}).get(convention, {}).get(key)
                 if (value is not None and other is not None and reference is not None
@@ -155,6 +206,9 @@ def main() -> None:
         "structures": rows,
         "gateway_closer_or_equal": {key: f"{count} of {len(rows)}"
                                     for key, count in closer[default].items()},
+        "gateway_vs_dicompyler_beyond_sampling_noise": verdicts,
+        "sampling_noise": "range of the default's answers with the sample lattice shifted by "
+                          f"{list(LATTICE_SHIFTS)} of a sample",
         "closer_or_equal_by_convention": {
             convention: {key: f"{count} of {len(rows)}" for key, count in counts.items()}
             for convention, counts in closer.items()},

@@ -66,6 +66,22 @@ def test_cylinder_volume_converges_with_supersampling() -> None:
     assert fine.d_mean == pytest.approx(2.0)
 
 
+def test_sample_budget_counts_the_structure_not_its_bounding_box() -> None:
+    # A thin L (a crescent, a vessel along two sides): its bounding box is 7.8x its area. The
+    # budget below allows the full factor for the L's own area, not for its box.
+    grid = ramp_grid(a=3.0, b=0.0)
+    ell = np.array([[-30.0, -30.0], [30.0, -30.0], [30.0, 30.0], [26.0, 30.0], [26.0, -26.0],
+                    [-30.0, -26.0]])
+    planes = [Contour(z, ell) for z in (-2.5, 0.0, 2.5)]
+    area_mm2 = 60 * 4 + 4 * 56
+    area_samples = 3 * area_mm2 / 2.5**2 * 16
+    result = dvh(planes, grid, end_caps="half-slab", interpolation="none",
+                 max_samples=int(area_samples * 1.5))
+    assert result is not None
+    assert result.supersampling == 4
+    assert result.volume_cc == pytest.approx(area_mm2 * 2.5 * 3 / 1000, rel=0.1)
+
+
 def test_outside_the_dose_grid_counts_as_zero_dose() -> None:
     result = dvh([box(40, 60, -5, 5, 0.0)], ramp_grid(a=10.0, b=0.0), prescription_gy=10.0)
     assert result is not None
