@@ -19,15 +19,19 @@ Method, written down because every planning system does it a little differently:
 - The dose at each sample is interpolated trilinearly in the dose grid (zero outside it).
 - Volume-weighted statistics: Dmean; Dmin of the samples; Dmax of the samples, the dose-grid
   voxels inside and the contour itself; Dx = the highest dose that x % of the volume receives at
-  least (D95, D2); V(prescription) = % of the volume receiving at least the prescription.
+  least (D95, D2); V(prescription) = % of the volume receiving at least the prescription. The
+  samples are folded in a layer at a time (dvh_histogram.py): memory does not grow with the
+  structure, Dx and the curve are within a 2^-18 of the grid's maximum dose of exact.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 
 import numpy as np
+
+from orthanc_plugin.plans.dvh_histogram import DoseHistogram
 
 DEFAULT_SUPERSAMPLING = 4
 # Large structures (BODY) need no supersampling for a stable DVH, small ones do: the factor is
@@ -76,22 +80,6 @@ class DvhResult:
                 "V_prescription_pct": self.v_prescription_pct, "samples": self.samples,
                 "supersampling": self.supersampling,
                 "dose_gy": list(self.curve_dose_gy), "volume_pct": list(self.curve_volume_pct)}
-
-
-CURVE_POINTS = 101
-
-
-def cumulative_curve(dose: np.ndarray, weight: np.ndarray) -> tuple[tuple[float, ...], tuple[float, ...]]:
-    """Volume-weighted cumulative DVH on CURVE_POINTS doses from 0 to the maximum."""
-    order = np.argsort(dose)
-    ascending, weights = dose[order], weight[order]
-    at_least = np.cumsum(weights[::-1])[::-1]          # volume with dose >= ascending[i]
-    total = float(at_least[0])
-    doses = np.linspace(0.0, float(ascending[-1]), CURVE_POINTS)
-    index = np.searchsorted(ascending, doses - 1e-9, side="left")
-    volumes = np.where(index < len(ascending), at_least[np.minimum(index, len(ascending) - 1)], 0.0)
-    return (tuple(round(float(d), 4) for d in doses),
-            tuple(round(float(v) / total * 100.0, 3) for v in volumes))
 
 
 def _area(polygon: np.ndarray) -> float:
@@ -303,29 +291,28 @@ def _boundary_peak(grid: DoseGrid, plane: np.ndarray, polygons: Sequence[np.ndar
 
 def _slab_layers(by_plane: dict[float, list[np.ndarray]], planes: list[float], dx: float,
                  dy: float, default_thickness_mm: float, end_caps: str,
-                 inside_rule: InsideRule) -> list[_Layer]:
-    layers = []
+                 inside_rule: InsideRule) -> Iterator[_Layer]:
     for z, thickness in zip(planes, slab_thicknesses(planes, default_thickness_mm, end_caps),
                             strict=True):
         xs, ys = _sample_axes(by_plane[z], dx, dy)
         if len(xs) and len(ys):
-            layers.append(_Layer(z, xs, ys, inside_rule(by_plane[z], xs, ys), thickness))
-    return layers
+            yield _Layer(z, xs, ys, inside_rule(by_plane[z], xs, ys), thickness)
 
 
 def _shape_layers(by_plane: dict[float, list[np.ndarray]], planes: list[float], dx: float,
                   dy: float, default_thickness_mm: float, end_caps: str,
-                  inside_rule: InsideRule) -> list[_Layer]:
+                  inside_rule: InsideRule) -> Iterator[_Layer]:
     """Sub-planes between each pair of neighbouring contour planes, the shape blended from the
     two; end caps (as a fraction of the usual gap) on the outermost planes and on both sides of
-    a gap too wide to bridge."""
+    a gap too wide to bridge. One gap's layers at a time: a whole body's would not fit."""
     if len(planes) == 1:
-        return _slab_layers(by_plane, planes, dx, dy, default_thickness_mm, end_caps, inside_rule)
+        yield from _slab_layers(by_plane, planes, dx, dy, default_thickness_mm, end_caps,
+                                inside_rule)
+        return
     gaps = np.diff(np.asarray(planes, dtype=float))
     usual = float(np.median(gaps))
     cap = usual * END_CAP_FRACTION[end_caps]
     capped = {planes[0], planes[-1]}
-    layers: list[_Layer] = []
     for low, high, gap in zip(planes[:-1], planes[1:], gaps, strict=True):
         if gap > SHAPE_MAX_GAP_FACTOR * usual:
             capped.update((low, high))
@@ -335,15 +322,13 @@ def _shape_layers(by_plane: dict[float, list[np.ndarray]], planes: list[float], 
             continue
         weights = [(step + 0.5) / SHAPE_SUBPLANES for step in range(SHAPE_SUBPLANES)]
         masks = _blended_masks(by_plane[low], by_plane[high], xs, ys, weights, inside_rule)
-        layers.extend(_Layer(low + weight * float(gap), xs, ys, mask,
-                             float(gap) / SHAPE_SUBPLANES)
-                      for weight, mask in zip(weights, masks, strict=True))
+        yield from (_Layer(low + weight * float(gap), xs, ys, mask, float(gap) / SHAPE_SUBPLANES)
+                    for weight, mask in zip(weights, masks, strict=True))
     for z in sorted(capped):
         if cap > 0:
             xs, ys = _sample_axes(by_plane[z], dx, dy)
             if len(xs) and len(ys):
-                layers.append(_Layer(z, xs, ys, inside_rule(by_plane[z], xs, ys), cap))
-    return layers
+                yield _Layer(z, xs, ys, inside_rule(by_plane[z], xs, ys), cap)
 
 
 def dvh(
@@ -383,17 +368,16 @@ def dvh(
         supersampling -= 1
     dx, dy = (s / supersampling for s in grid.spacing)
     make_layers = _shape_layers if interpolation == "shape" else _slab_layers
-    doses: list[np.ndarray] = []
-    weights: list[np.ndarray] = []
+    histogram = DoseHistogram(float(grid.dose.max()) if grid.dose.size else 0.0, prescription_gy)
     for layer in make_layers(by_plane, planes, dx, dy, default_thickness_mm, end_caps,
                              inside_rule):
         rows, cols = np.nonzero(layer.inside)
         if not len(rows):
             continue
         plane = _plane_at(grid, layer.z)
-        doses.append(np.zeros(len(rows)) if plane is None
-                     else _trilinear(grid, layer.xs[cols], layer.ys[rows], plane))
-        weights.append(np.full(len(rows), dx * dy * layer.thickness))
+        histogram.add(np.zeros(len(rows)) if plane is None
+                      else _trilinear(grid, layer.xs[cols], layer.ys[rows], plane),
+                      dx * dy * layer.thickness)
     voxel_peak = 0.0
     for z in planes:
         plane = _plane_at(grid, z)
@@ -404,27 +388,15 @@ def dvh(
                                                                 (xmin, xmax, ymin, ymax),
                                                                 inside_rule),
                              _boundary_peak(grid, plane, by_plane[z]))
-    if not doses:
+    if not histogram.samples:
         return None
-    dose = np.concatenate(doses)
-    weight = np.concatenate(weights)
-    order = np.argsort(dose)[::-1]           # highest dose first
-    dose_desc, cumulative = dose[order], np.cumsum(weight[order])
-    total = float(cumulative[-1])
-
-    def d_at(percent: float) -> float:
-        index = int(np.searchsorted(cumulative, total * percent / 100.0 - 1e-9))
-        return float(dose_desc[min(index, len(dose_desc) - 1)])
-
-    v_rx = None
-    if prescription_gy:
-        v_rx = float(weight[dose >= prescription_gy - 1e-9].sum() / total * 100.0)
-    curve_dose, curve_volume = cumulative_curve(dose, weight)
+    curve_dose, curve_volume = histogram.curve()
     return DvhResult(
-        volume_cc=total / 1000.0, d_min=float(dose.min()),
+        volume_cc=histogram.volume / 1000.0, d_min=histogram.low,
         # The highest dose-grid value inside or on the contour, as planning systems report
         # Dmax: interpolating between voxels (the samples) lowers a peak the grid itself holds.
-        d_mean=float((dose * weight).sum() / total), d_max=max(float(dose.max()), voxel_peak),
-        d95=d_at(95.0), d2=d_at(2.0), v_prescription_pct=v_rx, samples=len(dose),
+        d_mean=histogram.mean, d_max=max(histogram.high, voxel_peak),
+        d95=histogram.dose_at(95.0), d2=histogram.dose_at(2.0),
+        v_prescription_pct=histogram.prescription_percent(), samples=histogram.samples,
         supersampling=supersampling, curve_dose_gy=curve_dose, curve_volume_pct=curve_volume,
     )
