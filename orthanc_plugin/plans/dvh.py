@@ -34,6 +34,12 @@ import numpy as np
 from orthanc_plugin.plans.dvh_histogram import DoseHistogram
 
 DEFAULT_SUPERSAMPLING = 4
+# Hostile or broken structure sets: a point beyond ±10 m, or a structure (or one plane's box of
+# samples) too large to sample even at the dose grid's own resolution, is refused with a reason
+# instead of exhausting the worker's memory. A whole body on a 2.5 mm grid is 20 million samples.
+COORDINATE_LIMIT_MM = 10_000.0
+MAX_STRUCTURE_SAMPLES = 100_000_000
+MAX_LAYER_CELLS = 40_000_000
 # Large structures (BODY) need no supersampling for a stable DVH, small ones do: the factor is
 # lowered, down to 1, so that one structure stays under this many samples.
 DEFAULT_MAX_SAMPLES = 2_000_000
@@ -375,7 +381,12 @@ def dvh(
     by_plane: dict[float, list[np.ndarray]] = {}
     for contour in contours:
         if len(contour.points) >= 3:
-            by_plane.setdefault(round(float(contour.z), 3), []).append(np.asarray(contour.points, float))
+            points = np.asarray(contour.points, float)
+            if not (np.isfinite(points).all() and np.isfinite(contour.z)) or max(
+                    float(np.abs(points).max()), abs(float(contour.z))) > COORDINATE_LIMIT_MM:
+                raise ValueError(f"a contour at z={float(contour.z):g} mm has points that are not "
+                                 f"finite or beyond ±{COORDINATE_LIMIT_MM:g} mm")
+            by_plane.setdefault(round(float(contour.z), 3), []).append(points)
     if not by_plane:
         return None
     planes = sorted(by_plane)
@@ -385,8 +396,17 @@ def dvh(
         grid.spacing[0] * grid.spacing[1])
     if interpolation == "shape":
         voxels *= SHAPE_SUBPLANES
-    while supersampling > 1 and voxels * supersampling**2 > max_samples:
+    if voxels > MAX_STRUCTURE_SAMPLES:
+        raise ValueError(f"{voxels:.3g} samples even at the dose grid's own resolution (limit "
+                         f"{MAX_STRUCTURE_SAMPLES:.3g}): not sampled")
+    widest = max(float(np.prod(np.ptp(np.concatenate(by_plane[z]), axis=0) / grid.spacing + 2))
+                 for z in planes)
+    while supersampling > 1 and (voxels * supersampling**2 > max_samples
+                                 or widest * supersampling**2 > MAX_LAYER_CELLS):
         supersampling -= 1
+    if widest > MAX_LAYER_CELLS:
+        raise ValueError(f"one plane spans {widest:.3g} dose-grid cells (limit "
+                         f"{MAX_LAYER_CELLS:.3g}): not sampled")
     dx, dy = (s / supersampling for s in grid.spacing)
     make_layers = _shape_layers if interpolation == "shape" else _slab_layers
     histogram = DoseHistogram(float(grid.dose.max()) if grid.dose.size else 0.0, prescription_gy)

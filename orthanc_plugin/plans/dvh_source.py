@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from typing import Any
 
@@ -28,10 +29,23 @@ def dose_grid(ds: Dataset) -> DoseGrid:
         raise DvhInputError(f"dose grid orientation {orientation} is not axial (1,0,0,0,1,0)")
     x0, y0, z0 = (float(v) for v in ds.ImagePositionPatient)
     row_spacing, column_spacing = (float(v) for v in ds.PixelSpacing)
-    dose = np.asarray(ds.pixel_array, dtype=np.float64) * float(ds.get("DoseGridScaling", 1.0))
+    scaling = float(ds.get("DoseGridScaling", 1.0))
+    if not all(math.isfinite(v) for v in (x0, y0, z0)):
+        raise DvhInputError(f"dose grid ImagePositionPatient {[x0, y0, z0]} is not finite")
+    if not all(math.isfinite(v) and v > 0 for v in (row_spacing, column_spacing)):
+        raise DvhInputError(f"dose grid PixelSpacing {[row_spacing, column_spacing]}: expected "
+                            "two positive numbers")
+    if not (math.isfinite(scaling) and scaling > 0):
+        raise DvhInputError(f"DoseGridScaling {scaling:g}: expected a positive number")
+    dose = np.asarray(ds.pixel_array, dtype=np.float64) * scaling
     if dose.ndim == 2:
         dose = dose[None]
     offsets = np.asarray([float(v) for v in ds.get("GridFrameOffsetVector", [0.0])])
+    if len(offsets) != len(dose):
+        raise DvhInputError(f"GridFrameOffsetVector has {len(offsets)} offsets for "
+                            f"{len(dose)} dose frames")
+    if not np.isfinite(offsets).all() or len(np.unique(offsets)) != len(offsets):
+        raise DvhInputError("GridFrameOffsetVector: expected distinct finite offsets")
     zs = z0 + offsets
     order = np.argsort(zs)
     return DoseGrid(
@@ -151,10 +165,12 @@ def planning_system_curve(item: Dataset, rx: float | None = None) -> dict[str, A
     """
     raw = [float(value) for value in (item.get("DVHData") or [])]
     to_gy = _to_gy(str(item.get("DoseUnits", "GY")), rx)
-    if len(raw) < 2 or to_gy is None:
+    scale = float(item.get("DVHDoseScaling", 1.0) or 1.0)
+    # A curve with a value that is not a number, or no positive scaling, is not drawn.
+    if (len(raw) < 2 or to_gy is None or not np.isfinite(raw).all()
+            or not (math.isfinite(scale) and scale > 0)):
         return {}
     widths, volumes = np.array(raw[0::2]), np.array(raw[1::2])
-    scale = float(item.get("DVHDoseScaling", 1.0) or 1.0)
     edges = np.concatenate([[0.0], np.cumsum(widths)[:-1]]) * scale * to_gy
     if str(item.get("DVHType", "CUMULATIVE")).upper() == "DIFFERENTIAL":
         volumes = np.cumsum(volumes[::-1])[::-1]
@@ -173,7 +189,8 @@ def planning_system_curve(item: Dataset, rx: float | None = None) -> dict[str, A
 
 def _number(item: Dataset, keyword: str) -> float | None:
     raw = item.get(keyword)
-    return None if raw in (None, "") else float(raw)
+    value = None if raw in (None, "") else float(raw)
+    return value if value is not None and math.isfinite(value) else None
 
 
 def plan_dose(doses: Sequence[Dataset]) -> tuple[Dataset, DoseGrid, str]:
@@ -222,10 +239,16 @@ def bundle_dvhs(rtstruct: Dataset, rtdose: Dataset | Sequence[Dataset], plan: Da
     elif units == "CGY":
         grid = DoseGrid(grid.xs, grid.ys, grid.zs, grid.dose * 0.01)
     computed = []
+    not_computed = []
     for name, contours in roi_contours(rtstruct).items():
-        result = dvh(contours, grid, rx if dose_units == "GY" else None,
-                     supersampling=supersampling, end_caps=end_caps,
-                     interpolation=interpolation, inner_contours=inner_contours)
+        try:
+            result = dvh(contours, grid, rx if dose_units == "GY" else None,
+                         supersampling=supersampling, end_caps=end_caps,
+                         interpolation=interpolation, inner_contours=inner_contours)
+        except ValueError as error:
+            # One broken structure is its own problem: the plan's other structures still count.
+            not_computed.append({"roi": name, "reason": str(error)})
+            continue
         if result is not None:
             computed.append({"roi": name, **result.as_json()})
     planning = planning_system_dvhs(rtdose, rtstruct, rx)
@@ -244,6 +267,7 @@ def bundle_dvhs(rtstruct: Dataset, rtdose: Dataset | Sequence[Dataset], plan: Da
                   f"{supersampling}x (per structure, see 'supersampling'), even-odd rule for holes, "
                   "trilinear dose interpolation",
         "computed": computed,
+        "not_computed": not_computed,
         "planning_system": planning,
         "comparison": comparison(computed, planning),
     }

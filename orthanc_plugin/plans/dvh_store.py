@@ -60,8 +60,13 @@ def plan_dvh(ctx: CapabilityContext, plan: dict[str, Any]) -> dict[str, Any] | N
     result["dose_sop_instance_uid"] = members["RTDOSE"]["sop_instance_uid"]
     result["complete"] = bool(plan["complete"])
     result["missing"] = list(plan.get("missing") or [])
+    try:
+        # NaN and Infinity are not JSON: a page's JSON.parse would refuse the whole answer.
+        text = json.dumps(result, allow_nan=False)
+    except ValueError as error:
+        return {"error": f"no DVH: a value that is not a number ({error})"}
     with ctx.db.transaction() as connection:
         connection.execute(
             "INSERT OR REPLACE INTO plan_dvh(plan_uid, members_sha256, dvh_json, computed_at)"
-            " VALUES(?,?,?,?)", (plan["id"], key, json.dumps(result), now_iso()))
+            " VALUES(?,?,?,?)", (plan["id"], key, text, now_iso()))
     return result

@@ -224,3 +224,26 @@ def test_dvh_comes_before_the_images_and_says_which_are_missing(
     send(gateway, tmp_path / "rest", rtset.ct[1:], "PLANNER")
     wait_until(lambda: gateway.json(f"/rt-gateway/plans/{plan['id']}")["dvh"]["complete"], 60,
                "the DVH says complete once the images are there")
+
+
+def test_a_broken_structure_costs_only_its_own_dvh(gateway: OrthancProcess,
+                                                    tmp_path: Path) -> None:
+    """A structure set with a contour point that is not a number (written as "NaN"): that ROI is
+    listed under not_computed with the reason, the others have their DVH, the answer is JSON."""
+    rtset = make_rt_set("BROKEN-ROI", plan_label="BROKEN1", n_slices=8)
+    names = {int(item.ROINumber): str(item.ROIName)
+             for item in rtset.rtstruct.StructureSetROISequence}
+    broken = rtset.rtstruct.ROIContourSequence[1]
+    points = list(broken.ContourSequence[0].ContourData)
+    points[0] = "NaN"
+    broken.ContourSequence[0].ContourData = points
+    send(gateway, tmp_path, [*rtset.ct, rtset.rtstruct, rtset.rtplan, rtset.rtdose], "PLANNER")
+    plan = wait_until(lambda: plans_of(gateway, "BROKEN-ROI").get("BROKEN1"), 60, "plan known")
+    response = wait_until(lambda: (lambda r: r if r.json().get("dvh", {}).get("computed") else None)(
+        gateway.get(f"/rt-gateway/plans/{plan['id']}")), 60, "a DVH")
+    assert "NaN" not in response.text
+    dvh = response.json()["dvh"]
+    victim = names[int(broken.ReferencedROINumber)]
+    assert [(row["roi"], "not finite" in row["reason"]) for row in dvh["not_computed"]] == [
+        (victim, True)]
+    assert {row["roi"] for row in dvh["computed"]} == set(names.values()) - {victim}

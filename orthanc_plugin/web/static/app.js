@@ -188,6 +188,7 @@ function showDvhComparison(dvh) {
   if (dvh.complete === false) notes.push("Images missing: " + (dvh.missing || []).join("; ") + ".");
   if (dvh.dose_conversion) notes.push(dvh.dose_conversion + ".");
   if (dvh.error) notes.push(dvh.error);
+  for (const skipped of dvh.not_computed || []) notes.push(`No DVH for ${skipped.roi}: ${skipped.reason}.`);
   const round = (v) => (v === null || v === undefined ? "" : Number(v).toFixed(2));
   const rows = (dvh.comparison || []).map((row) => {
     const out = { structure: row.roi };
