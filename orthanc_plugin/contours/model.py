@@ -253,12 +253,20 @@ def _contour_points(item: Dataset) -> np.ndarray:
     try:
         if isinstance(element, RawDataElement) and isinstance(element.value, bytes):
             text = element.value.strip(b" \x00")
-            return np.array(text.split(b"\\"), dtype=float) if text else np.zeros(0)
+            return _finite(np.array(text.split(b"\\"), dtype=float)) if text else np.zeros(0)
         value = item.ContourData
         values = value if isinstance(value, list | tuple) or hasattr(value, "__len__") else [value]
-        return np.array([float(v) for v in values], dtype=float)
+        points = np.array([float(v) for v in values], dtype=float)
     except ValueError as error:
         raise ContourError(f"ContourData holds a value that is not a number: {error}") from error
+    return _finite(points)
+
+
+def _finite(points: np.ndarray) -> np.ndarray:
+    # "NaN" and "inf" parse as floats; rasterized they would paint anywhere or nowhere.
+    if not np.isfinite(points).all():
+        raise ContourError("ContourData holds a value that is not a finite number (NaN or inf)")
+    return points
 
 
 def _unit(vector: np.ndarray) -> np.ndarray:

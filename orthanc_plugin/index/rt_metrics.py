@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import numpy as np
@@ -83,18 +84,24 @@ def dose(ds: Dataset) -> dict[str, Any]:
     # A RELATIVE dose has no Gy: its values are never stored (nor filtered) as Gy.
     if "PixelData" in ds and str(ds.get("DoseUnits", "")).upper() != "RELATIVE":
         grid = np.asarray(ds.pixel_array, dtype=np.float64) * float(ds.get("DoseGridScaling", 1.0))
-        values = {"DoseMinGy": float(grid.min()), "DoseMeanGy": float(grid.mean()),
-                  "DoseMaxGy": float(grid.max())}
+        # A DoseGridScaling that is not a number gives no dose values rather than NaN in the index.
+        values = {key: _finite(value) for key, value in (
+            ("DoseMinGy", float(grid.min())), ("DoseMeanGy", float(grid.mean())),
+            ("DoseMaxGy", float(grid.max())))}
     return {
         "Rows": _int(ds.get("Rows")), "Columns": _int(ds.get("Columns")),
         "Frames": _int(ds.get("NumberOfFrames", 1)),
-        "SpacingRow": spacing[0] if spacing else None,
-        "SpacingCol": spacing[1] if len(spacing) > 1 else None,
-        "SpacingZ": abs(offsets[1] - offsets[0]) if len(offsets) > 1 else None,
+        "SpacingRow": _finite(spacing[0]) if spacing else None,
+        "SpacingCol": _finite(spacing[1]) if len(spacing) > 1 else None,
+        "SpacingZ": _finite(abs(offsets[1] - offsets[0])) if len(offsets) > 1 else None,
         "Units": str(ds.get("DoseUnits", "")), "DoseType": str(ds.get("DoseType", "")),
         "Summation": str(ds.get("DoseSummationType", "")),
         **values,
     }
+
+
+def _finite(value: float) -> float | None:
+    return value if math.isfinite(value) else None
 
 
 REFERENCE_KINDS = {"RTPLAN": "structure-set", "RTSTRUCT": "image", "RTDOSE": "plan"}

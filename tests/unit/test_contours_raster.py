@@ -189,3 +189,25 @@ def test_geometry_errors_are_clear() -> None:
         SeriesGeometry.of_slices(SliceGeometry.of_dataset(ds) for ds in [images[1], other[0]])
     with pytest.raises(ContourError, match="not an RTSTRUCT"):
         parse_structure_set(images[1])
+
+
+@pytest.mark.parametrize("bad", ["NaN", "inf", "-inf"])
+def test_a_contour_point_that_is_not_finite_is_refused(bad: str) -> None:
+    from pydicom import dcmread
+    from pydicom.filebase import DicomBytesIO
+
+    images = ct(rows=16, columns=16, spacing=(1.0, 1.0), n_slices=2, thickness=2.0)
+    z = float(images[0].ImagePositionPatient[2])
+    triangle = np.array([[2.0, 2.0, z], [10.0, 2.0, z], [10.0, 10.0, z]])
+    rtstruct = make_rtstruct(images, [("S", [(triangle, None)])])
+    item = rtstruct.ROIContourSequence[0].ContourSequence[0]
+    points = list(item.ContourData)
+    points[1] = bad
+    item.ContourData = points
+    with pytest.raises(ContourError, match="not a finite number"):
+        parse_structure_set(rtstruct)
+    # The same read from a file, as the overlay reads it (raw bytes, parsed in one numpy call).
+    buffer = DicomBytesIO()
+    rtstruct.save_as(buffer, enforce_file_format=True)
+    with pytest.raises(ContourError, match="not a finite number"):
+        parse_structure_set(dcmread(DicomBytesIO(buffer.getvalue())))

@@ -91,3 +91,14 @@ def test_relative_dose_is_never_indexed_as_gy() -> None:
     relative.DoseUnits = "RELATIVE"
     values = dose_metrics(relative)
     assert values["Units"] == "RELATIVE" and values["DoseMaxGy"] is None
+
+
+def test_a_dose_scaling_that_is_not_a_number_indexes_no_dose() -> None:
+    from orthanc_plugin.index.rt_metrics import dose as dose_metrics
+
+    broken = make_rt_set("NAN-DOSE", n_slices=2).rtdose.copy()
+    broken.DoseGridScaling = "NaN"
+    broken.PixelSpacing = ["inf", 2.5]
+    values = dose_metrics(broken)
+    assert values["DoseMinGy"] is values["DoseMeanGy"] is values["DoseMaxGy"] is None
+    assert values["SpacingRow"] is None and values["SpacingCol"] == 2.5
