@@ -13,9 +13,10 @@ from orthanc_plugin.plans.references import references_of
 
 def _float(value: Any) -> float | None:
     try:
-        return None if value in (None, "") else float(value)
+        number = None if value in (None, "") else float(value)
     except (TypeError, ValueError):
         return None
+    return number if number is not None and math.isfinite(number) else None
 
 
 def _int(value: Any) -> int | None:

@@ -75,6 +75,8 @@ def prescription(plan: Dataset | None) -> float | None:
         return None
     doses = [float(item.TargetPrescriptionDose) for item in plan.get("DoseReferenceSequence", []) or []
              if item.get("TargetPrescriptionDose") not in (None, "")]
+    # A prescription that is not a positive number is no prescription (never a NaN in the JSON).
+    doses = [dose for dose in doses if math.isfinite(dose) and dose > 0]
     return max(doses) if doses else None
 
 

@@ -99,3 +99,17 @@ def test_planning_system_values_that_are_not_numbers_stay_out_of_the_json(rtset:
     planning = next(iter(result["planning_system"].values()))   # type: ignore[attr-defined]
     assert planning["Dmin"] is None and planning["Dmax"] is None and planning["Dmean"] == 1.0
     assert "dose_gy" not in planning
+
+
+def test_a_prescription_that_is_not_a_number_is_no_prescription(rtset: RtSet) -> None:
+    from orthanc_plugin.index.rt_metrics import plan as plan_metrics
+
+    plan = copy.deepcopy(rtset.rtplan)
+    assert plan is not None
+    for item in plan.DoseReferenceSequence:
+        item.TargetPrescriptionDose = "NaN"
+    result = bundle_dvhs(rtset.rtstruct, rtset.rtdose, plan)
+    assert result["prescription_gy"] is None
+    json.dumps(result, allow_nan=False)
+    summary, _beams = plan_metrics(plan)
+    json.dumps(summary, allow_nan=False)
