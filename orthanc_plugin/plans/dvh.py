@@ -21,7 +21,7 @@ Method, written down because every planning system does it a little differently:
   voxels inside and the contour itself; Dx = the highest dose that x % of the volume receives at
   least (D95, D2); V(prescription) = % of the volume receiving at least the prescription. The
   samples are folded in a layer at a time (dvh_histogram.py): memory does not grow with the
-  structure, Dx and the curve are within a 2^-18 of the grid's maximum dose of exact.
+  structure; Dx and the curve are exact to within 2^-18 of the grid's maximum dose.
 """
 
 from __future__ import annotations
