@@ -28,6 +28,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
+from functools import cached_property
 
 import numpy as np
 
@@ -51,6 +52,11 @@ class DoseGrid:
     ys: np.ndarray          # row centres (mm), increasing
     zs: np.ndarray          # frame positions (mm), increasing
     dose: np.ndarray        # Gy, shape (len(zs), len(ys), len(xs))
+
+    @cached_property
+    def highest(self) -> float:
+        """The grid's maximum dose, read once per grid (not once per structure)."""
+        return float(self.dose.max()) if self.dose.size else 0.0
 
     @property
     def spacing(self) -> tuple[float, float]:
@@ -409,7 +415,7 @@ def dvh(
                          f"{MAX_LAYER_CELLS:.3g}): not sampled")
     dx, dy = (s / supersampling for s in grid.spacing)
     make_layers = _shape_layers if interpolation == "shape" else _slab_layers
-    histogram = DoseHistogram(float(grid.dose.max()) if grid.dose.size else 0.0, prescription_gy)
+    histogram = DoseHistogram(grid.highest, prescription_gy)
     for layer in make_layers(by_plane, planes, dx, dy, default_thickness_mm, end_caps,
                              inside_rule):
         rows, cols = np.nonzero(layer.inside)
