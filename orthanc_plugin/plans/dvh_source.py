@@ -266,8 +266,10 @@ def bundle_dvhs(rtstruct: Dataset, rtdose: Dataset | Sequence[Dataset], plan: Da
                    else "slabs between contour planes") + f" (end caps: {end_caps}), "
                   "in-plane supersampling "
                   f"of the dose grid up to "
-                  f"{supersampling}x (per structure, see 'supersampling'), even-odd rule for holes, "
-                  "trilinear dose interpolation",
+                  f"{supersampling}x (per structure, see 'supersampling'), "
+                  + ("inner contours cut holes (even-odd rule)" if inner_contours == "hole"
+                     else "inner contours add to the structure")
+                  + ", trilinear dose interpolation",
         "computed": computed,
         "not_computed": not_computed,
         "planning_system": planning,

@@ -168,6 +168,8 @@ def test_plans_tree_send_by_hand_and_dvh_plot(
     expect(page.locator("#dvh-compare")).to_contain_text("PTV")
     expect(page.locator("#dvh-compare")).to_contain_text("61.80")   # 103 % of 60 Gy, read right
     expect(page.locator("#dvh-notes")).to_contain_text("percent of the prescription")
+    expect(page.locator("#dvh-notes")).to_contain_text("(end caps: quarter-slab)")
+    expect(page.locator("#dvh-notes")).to_contain_text("inner contours cut holes")
     shot(page, "plan-detail")
 
 

@@ -183,3 +183,20 @@ def test_inner_contours_cut_holes_or_add() -> None:
     assert added.volume_cc == pytest.approx(40 * 40 * 2.5 / 1000, rel=1e-6)
     with pytest.raises(ValueError, match="inner_contours"):
         dvh([outer, inner], ramp_grid(), inner_contours="xor")
+
+
+def test_bundle_names_the_conventions_it_computed_with() -> None:
+    from orthanc_plugin.plans.dvh_source import bundle_dvhs
+    from tests.support.rtset import make_rt_set
+
+    rtset = make_rt_set("DVH", n_slices=6, rows=32, columns=32)
+    assert rtset.rtdose is not None
+    holes = bundle_dvhs(rtset.rtstruct, rtset.rtdose, rtset.rtplan)
+    added = bundle_dvhs(rtset.rtstruct, rtset.rtdose, rtset.rtplan, end_caps="half-slab",
+                        interpolation="none", inner_contours="add")
+    assert "(end caps: quarter-slab)" in holes["method"]
+    assert "inner contours cut holes (even-odd rule)" in holes["method"]
+    assert holes["method"].startswith("shape interpolated")
+    assert added["method"].startswith("slabs between contour planes (end caps: half-slab)")
+    assert "inner contours add to the structure" in added["method"]
+    assert "even-odd" not in added["method"]

@@ -184,7 +184,8 @@ async function showPlan(id) {
 
 // Per structure the planning system also reported: computed / planning system / difference.
 function showDvhComparison(dvh) {
-  const notes = [];
+  // The conventions travel with the numbers: a small structure's volume depends on them (README).
+  const notes = dvh.method ? [`Computed: ${dvh.method}.`] : [];
   if (dvh.complete === false) notes.push("Images missing: " + (dvh.missing || []).join("; ") + ".");
   if (dvh.dose_conversion) notes.push(dvh.dose_conversion + ".");
   if (dvh.error) notes.push(dvh.error);
