@@ -6,8 +6,10 @@
 #   scripts/trixie.sh mount     bind /proc, /dev, /tmp and this checkout into it (tests run Orthanc
 #                               there with `chroot`, so the paths the tests write are the same)
 #   scripts/trixie.sh umount
-#   scripts/trixie.sh test      prepare, mount, run the integration tests that matter with the
-#                               gateways in it, unmount
+#   scripts/trixie.sh unit      prepare, mount, run the pure-logic unit tests with trixie's
+#                               Python 3.13 (the workers' interpreter there), unmount
+#   scripts/trixie.sh test      the unit tests as above, then the integration tests that matter
+#                               with the gateways in it [pytest args go to the latter]
 #
 # The folder is RTGW_TRIXIE_ROOT (default /var/cache/rtgw/trixie). Needs root (debootstrap, chroot,
 # mount); the test command is run as root on CI machines, else this uses sudo -n.
@@ -45,8 +47,11 @@ umount_all() {
   done
 }
 
+# The test runner's own pins, for the unit tests run with the chroot's Python.
+test_pins() { grep -E '^(pytest|pytest-timeout)==' requirements-dev.txt; }
+
 prepare() {
-  want=$(cat requirements.txt | sha256sum | cut -d' ' -f1)
+  want=$( (cat requirements.txt; test_pins) | sha256sum | cut -d' ' -f1)
   if [ -f "$ROOT/.rtgw-ready" ] && [ "$(cat "$ROOT/.rtgw-ready")" = "$want" ]; then
     echo "trixie: reusing $ROOT"
     return
@@ -69,6 +74,7 @@ prepare() {
   trap umount_all EXIT
   [ -x "$ROOT$VENV/bin/python" ] || in_root /usr/bin/python3 -m venv "$VENV"
   $SUDO cp requirements.txt "$ROOT/tmp/rtgw-requirements.txt"
+  test_pins | $SUDO tee -a "$ROOT/tmp/rtgw-requirements.txt" >/dev/null
   in_root "$VENV/bin/python" -m pip install -q -r /tmp/rtgw-requirements.txt
   echo "$want" | $SUDO tee "$ROOT/.rtgw-ready" >/dev/null
   in_root /usr/sbin/Orthanc --version | head -1
@@ -93,11 +99,26 @@ run_tests() {
     "${TRIXIE_TESTS[@]}" "$@"
 }
 
+# Pure logic on Python 3.13 too. Left out: tests of outside tools the chroot does not have
+# (dciodvfy, dcmdump, hadolint), which check files, not the interpreter.
+UNIT_ONLY_ON_HOST=(--ignore=tests/unit/test_deid_validity.py --ignore=tests/unit/test_rtset.py
+                   --ignore=tests/unit/test_deploy.py)
+
+run_unit() {
+  prepare
+  mount_all
+  trap umount_all EXIT
+  echo "trixie: unit tests with $(in_root "$VENV/bin/python" --version)"
+  in_root /bin/sh -c "cd '$CHECKOUT' && PYTHONDONTWRITEBYTECODE=1 '$VENV/bin/python' -m pytest \
+    -p no:cacheprovider -q tests/unit ${UNIT_ONLY_ON_HOST[*]}"
+}
+
 case "${1:-}" in
   prepare) prepare ;;
-  test) shift; run_tests "$@" ;;
+  unit) run_unit ;;
+  test) shift; run_unit; run_tests "$@" ;;
   mount) mount_all ;;
   umount) umount_all ;;
   root) echo "$ROOT" ;;
-  *) echo "usage: $0 prepare|mount|umount|root|test [pytest args]" >&2; exit 2 ;;
+  *) echo "usage: $0 prepare|mount|umount|root|unit|test [pytest args]" >&2; exit 2 ;;
 esac
