@@ -109,10 +109,14 @@ def test_malformed_dose_objects_give_a_per_plan_error_in_valid_json(
     offsets.rtdose.GridFrameOffsetVector = [str(float(i)) for i in range(20_000)]
     files = write_datasets([*overflow.all(), *offsets.all()], tmp_path)
     storescu(files, gateway.dicom_port, calling="TPS")
-    plans = wait_until(lambda: [p for p in gateway.json("/rt-gateway/plans")
-                                if p["label"] in ("OVERFLOW", "OFFSETS") and p["complete"]]
-                       if len(gateway.json("/rt-gateway/plans")) >= 2 else None,
-                       60, "both plans complete")
+
+    def both_complete() -> list[dict[str, Any]] | None:
+        # Only once both are: the plans are bundled one after the other.
+        complete = [p for p in gateway.json("/rt-gateway/plans")
+                    if p["label"] in ("OVERFLOW", "OFFSETS") and p["complete"]]
+        return complete if len(complete) == 2 else None
+
+    plans = wait_until(both_complete, 60, "both plans complete")
     assert len(plans) == 2
     for plan in plans:
         answer = gateway.get(f"/rt-gateway/plans/{plan['id']}")
