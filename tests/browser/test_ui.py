@@ -170,6 +170,7 @@ def test_plans_tree_send_by_hand_and_dvh_plot(
     expect(page.locator("#dvh-notes")).to_contain_text("percent of the prescription")
     expect(page.locator("#dvh-notes")).to_contain_text("(end caps: quarter-slab)")
     expect(page.locator("#dvh-notes")).to_contain_text("inner contours cut holes")
+    expect(page.locator("#dvh-notes")).to_contain_text("cc counted as slabs")   # the small PTV
     shot(page, "plan-detail")
 
 

@@ -200,3 +200,27 @@ def test_bundle_names_the_conventions_it_computed_with() -> None:
     assert added["method"].startswith("slabs between contour planes (end caps: half-slab)")
     assert "inner contours add to the structure" in added["method"]
     assert "even-odd" not in added["method"]
+
+
+def test_a_small_structure_also_gets_its_slab_volume() -> None:
+    from orthanc_plugin.plans.dvh_source import SMALL_STRUCTURE_CC, bundle_dvhs
+    from tests.support.rtset import make_rt_set
+
+    rtset = make_rt_set("DVH", n_slices=12, rows=64, columns=64)
+    assert rtset.rtdose is not None
+    result = bundle_dvhs(rtset.rtstruct, rtset.rtdose, rtset.rtplan)
+    by_roi = {row["roi"]: row for row in result["computed"]}
+    ptv, body = by_roi["PTV"], by_roi["BODY"]
+    assert ptv["volume_cc"] < SMALL_STRUCTURE_CC < body["volume_cc"]
+    # The PTV: the same 64-gon on 6 planes 2.5 mm apart. Slabs: 6 whole slabs; the default:
+    # 5 gaps and two quarter slabs.
+    radius, sides = 0.10 * 63, 64
+    area = sides / 2 * radius**2 * math.sin(2 * math.pi / sides)
+    assert ptv["volume_cc_slabs"] == pytest.approx(area * 2.5 * 6 / 1000, rel=0.03)
+    assert ptv["volume_cc_slabs"] > ptv["volume_cc"]
+    assert "volume_cc_slabs" not in body
+    slabs = bundle_dvhs(rtset.rtstruct, rtset.rtdose, rtset.rtplan, end_caps="half-slab",
+                        interpolation="none")
+    assert all("volume_cc_slabs" not in row for row in slabs["computed"])
+    assert {row["roi"]: row for row in slabs["computed"]}["PTV"]["volume_cc"] == pytest.approx(
+        ptv["volume_cc_slabs"])

@@ -190,6 +190,10 @@ function showDvhComparison(dvh) {
   if (dvh.dose_conversion) notes.push(dvh.dose_conversion + ".");
   if (dvh.error) notes.push(dvh.error);
   for (const skipped of dvh.not_computed || []) notes.push(`No DVH for ${skipped.roi}: ${skipped.reason}.`);
+  for (const small of dvh.computed || []) {
+    if (small.volume_cc_slabs === undefined) continue;
+    notes.push(`${small.roi}: ${Number(small.volume_cc).toFixed(3)} cc, ${Number(small.volume_cc_slabs).toFixed(3)} cc counted as slabs (a small structure's volume depends on the convention).`);
+  }
   const round = (v) => (v === null || v === undefined ? "" : Number(v).toFixed(2));
   const rows = (dvh.comparison || []).map((row) => {
     const out = { structure: row.roi };
