@@ -9,10 +9,11 @@ from collections.abc import Callable
 
 import numpy as np
 import pytest
-from pydicom.dataset import Dataset
+from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.uid import ExplicitVRLittleEndian
 
 from orthanc_plugin.plans.dvh import Contour, DoseGrid, dvh
-from orthanc_plugin.plans.dvh_source import DvhInputError, bundle_dvhs
+from orthanc_plugin.plans.dvh_source import DvhInputError, bundle_dvhs, dose_grid
 from tests.support.rtset import RtSet, make_rt_set
 
 
@@ -113,3 +114,21 @@ def test_a_prescription_that_is_not_a_number_is_no_prescription(rtset: RtSet) ->
     json.dumps(result, allow_nan=False)
     summary, _beams = plan_metrics(plan)
     json.dumps(summary, allow_nan=False)
+
+
+def test_dose_grid_is_float32_in_z_order_whatever_the_frame_order() -> None:
+    # Frames written head first (offsets descending): reordered by z, each frame kept whole.
+    ds = Dataset()
+    ds.Rows, ds.Columns, ds.NumberOfFrames = 2, 3, 3
+    ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 32, 32, 31, 0
+    ds.ImagePositionPatient, ds.PixelSpacing = [0, 0, 10], [2.5, 2.5]
+    ds.GridFrameOffsetVector, ds.DoseGridScaling = [0, -2.5, -5.0], 0.001
+    frames = np.stack([np.full((2, 3), value, dtype="<u4") for value in (70000, 1000, 20000)])
+    ds.PixelData = frames.tobytes()
+    ds.file_meta = FileMetaDataset()
+    ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    grid = dose_grid(ds)
+    assert grid.dose.dtype == np.float32
+    assert list(grid.zs) == [5.0, 7.5, 10.0]
+    assert [float(frame[0, 0]) for frame in grid.dose] == pytest.approx([20.0, 1.0, 70.0])
