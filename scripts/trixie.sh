@@ -90,10 +90,14 @@ TRIXIE_TESTS=(tests/integration/test_forwarding.py tests/integration/test_delive
               tests/integration/test_real_rt_files.py tests/integration/test_vendor_corpus.py
               tests/browser)
 
-run_tests() {
+# Prepared and mounted until this script exits.
+ready() {
   prepare
   mount_all
   trap umount_all EXIT
+}
+
+run_tests() {
   echo "trixie: $(in_root /usr/sbin/Orthanc --version | head -1), $(in_root /usr/bin/python3 --version)"
   RTGW_ORTHANC_CHROOT="$ROOT" TCP_NODELAY=1 .venv/bin/python -m pytest -p no:cacheprovider \
     "${TRIXIE_TESTS[@]}" "$@"
@@ -105,9 +109,6 @@ UNIT_ONLY_ON_HOST=(--ignore=tests/unit/test_deid_validity.py --ignore=tests/unit
                    --ignore=tests/unit/test_deploy.py)
 
 run_unit() {
-  prepare
-  mount_all
-  trap umount_all EXIT
   echo "trixie: unit tests with $(in_root "$VENV/bin/python" --version)"
   in_root /bin/sh -c "cd '$CHECKOUT' && PYTHONDONTWRITEBYTECODE=1 '$VENV/bin/python' -m pytest \
     -p no:cacheprovider -q tests/unit ${UNIT_ONLY_ON_HOST[*]}"
@@ -115,8 +116,8 @@ run_unit() {
 
 case "${1:-}" in
   prepare) prepare ;;
-  unit) run_unit ;;
-  test) shift; run_unit; run_tests "$@" ;;
+  unit) ready; run_unit ;;
+  test) shift; ready; run_unit; run_tests "$@" ;;
   mount) mount_all ;;
   umount) umount_all ;;
   root) echo "$ROOT" ;;
