@@ -6,7 +6,9 @@ Sends N CT slices (512x512) with DCMTK's storescu and measures, in the same run:
   `on: stable-study`) -> target, time until the target has every slice;
 - ingest_plain / ingest_plugin: storescu duration into a plain Orthanc and into the gateway;
 - lua_async / lua_send: the peer a site would write instead, Orthanc's own Lua auto-routing
-  (`OnStoredInstance` -> asynchronous `/modalities/TARGET/store`, or `SendToModality`).
+  (`OnStoredInstance` -> asynchronous `/modalities/TARGET/store`, or `SendToModality`);
+- lua_async_watched: the same Lua router with the gateway loaded beside it and routing nothing
+  (every instance noted, described, audited, indexed): the cost of the gateway's observation.
 Each measurement is the median of --rounds rounds, each with fresh UIDs. Ratios are what to read:
 the machine is shared and absolute seconds move with its load.
 """
@@ -127,6 +129,15 @@ def main() -> None:
         (folder / "route.lua").write_text(script)
         luas[name] = OrthancProcess(folder, "LUAROUTER", modalities={"TARGET": target},
                                     extra={"LuaScripts": [str(folder / "route.lua")]})
+    # Lua routes and the gateway only watches (a rule that matches nothing, so every instance
+    # is still noted, described, audited and indexed): what the gateway's observation alone
+    # costs a relay, whoever sends. No gateway can relay faster than Lua by less than this.
+    watched = work / "lua_async_watched"
+    watched.mkdir(parents=True)
+    (watched / "route.lua").write_text(LUA_ASYNC)
+    luas["lua_async_watched"] = OrthancProcess(
+        watched, "LUAROUTER", plugin=True, rules=NO_MATCH_RULES, modalities={"TARGET": target},
+        extra={"LuaScripts": [str(watched / "route.lua")]})
     idle_gateway = OrthancProcess(
         work / "gw-idle", "RTGATEWAY", plugin=True, rules=NO_MATCH_RULES,
         modalities={"TARGET": target},
@@ -134,7 +145,7 @@ def main() -> None:
     processes = [target, plain, idle_gateway, *gateways.values(), *luas.values()]
     times: dict[str, list[float]] = {k: [] for k in (
         "direct", "relay_instance", "relay_instance_no_md5", "relay_stable", "ingest_plain",
-        "ingest_plugin", "lua_async", "lua_send")}
+        "ingest_plugin", "lua_async", "lua_send", "lua_async_watched")}
     try:
         for process in processes:
             process.start()
@@ -163,7 +174,11 @@ def main() -> None:
     median = {key: statistics.median(values) for key, values in times.items()}
     paired = {key: [round(mine / lua, 3) for mine, lua in zip(times[key], times["lua_async"],
                                                                strict=True)]
-              for key in ("relay_instance",)}
+              for key in ("relay_instance", "lua_async_watched")}
+    # Both audited and indexed by the gateway, one routed by it and one by Lua: the comparison
+    # that holds what the gateway records constant.
+    paired_watched = [round(mine / lua, 3) for mine, lua in
+                      zip(times["relay_instance"], times["lua_async_watched"], strict=True)]
     result = {
         "benchmark": "relay",
         "slices": args.slices,
@@ -183,6 +198,14 @@ def main() -> None:
         "ratio_gateway_to_lua_async_by_round": paired["relay_instance"],
         "ratio_gateway_to_lua_async_median_of_rounds": round(
             statistics.median(paired["relay_instance"]), 3),
+        "ratio_lua_async_watched_to_lua_async": round(
+            median["lua_async_watched"] / median["lua_async"], 3),
+        "ratio_lua_async_watched_to_lua_async_median_of_rounds": round(
+            statistics.median(paired["lua_async_watched"]), 3),
+        "ratio_gateway_to_lua_async_watched": round(
+            median["relay_instance"] / median["lua_async_watched"], 3),
+        "ratio_gateway_to_lua_async_watched_median_of_rounds": round(
+            statistics.median(paired_watched), 3),
         "stable_age_seconds_included_in_relay_stable": 1,
         "ratio_ingest_plugin_to_plain": round(median["ingest_plugin"] / median["ingest_plain"], 3),
         "goals": {"relay_instance_to_direct": 1.3, "ingest_plugin_to_plain": 1.1,
