@@ -285,19 +285,24 @@ def bundle_dvhs(rtstruct: Dataset, rtdose: Dataset | Sequence[Dataset], plan: Da
         "end_caps": end_caps,
         "interpolation": interpolation,
         "inner_contours": inner_contours,
-        "method": ("shape interpolated between contour planes" if interpolation == "shape"
-                   else "slabs between contour planes") + f" (end caps: {end_caps}), "
-                  "in-plane supersampling "
-                  f"of the dose grid up to "
-                  f"{supersampling}x (per structure, see 'supersampling'), "
-                  + ("inner contours cut holes (even-odd rule)" if inner_contours == "hole"
-                     else "inner contours add to the structure")
-                  + ", trilinear dose interpolation",
+        "method": method_text(interpolation, end_caps, supersampling, inner_contours),
         "computed": computed,
         "not_computed": not_computed,
         "planning_system": planning,
         "comparison": comparison(computed, planning),
     }
+
+
+def method_text(interpolation: str, end_caps: str, supersampling: int,
+                inner_contours: str) -> str:
+    """The conventions a DVH was computed with, in the words the plan page shows."""
+    between_planes = ("shape interpolated between contour planes" if interpolation == "shape"
+                      else "slabs between contour planes")
+    inner = ("inner contours cut holes (even-odd rule)" if inner_contours == "hole"
+             else "inner contours add to the structure")
+    return (f"{between_planes} (end caps: {end_caps}), in-plane supersampling of the dose grid "
+            f"up to {supersampling}x (per structure, see 'supersampling'), {inner}, "
+            "trilinear dose interpolation")
 
 
 def comparison(computed: list[dict[str, Any]],
