@@ -16,6 +16,7 @@ from orthanc_plugin.api.health import HealthProbes, probe_write
 from orthanc_plugin.api.router import Router
 from orthanc_plugin.audit.metrics import Metrics
 from orthanc_plugin.audit.recorder import AuditRecorder
+from orthanc_plugin.audit.tables import ADDED_COLUMNS as AUDIT_ADDED_COLUMNS
 from orthanc_plugin.audit.tables import SCHEMA as AUDIT_SCHEMA
 from orthanc_plugin.audit.translog import TransactionLog
 from orthanc_plugin.config import SECTION, ConfigError, GatewayConfig, parse_config
@@ -59,7 +60,7 @@ class Gateway:
             config.database, [META_SCHEMA, AUDIT_SCHEMA, JOBS_SCHEMA, OWN_OUTPUT_SCHEMA,
              *capabilities.extra_schemas()]
         )
-        for table, columns in ADDED_COLUMNS.items():
+        for table, columns in {**ADDED_COLUMNS, **AUDIT_ADDED_COLUMNS}.items():
             self.db.ensure_columns(table, columns)
         self.metrics = Metrics(host.set_metric)
         self.recorder = AuditRecorder(
@@ -124,6 +125,7 @@ class Gateway:
             self.pool.start(intake=False)
             return
         recovered = self.queue.recover_after_crash(generation)
+        self.recorder.log_orphaned_transfers(generation=generation)
         self.publish_rules()
         self.intake.initialise_cursor()
         self.recorder.event(

@@ -9,7 +9,7 @@ from typing import Any
 from orthanc_plugin.audit.clock import now_iso
 from orthanc_plugin.audit.metrics import Metrics
 from orthanc_plugin.audit.translog import TransactionLog
-from orthanc_plugin.db import Database, durable_write
+from orthanc_plugin.db import Database
 
 
 class AuditRecorder:
@@ -63,9 +63,9 @@ class AuditRecorder:
                     outcome=f"queued {new_instances} instance(s)",
                 )
 
-    @durable_write
-    def transfer(
-        self,
+    @staticmethod
+    def insert_transfer(
+        connection: sqlite3.Connection,
         *,
         job: Mapping[str, Any],
         attempt: int,
@@ -75,40 +75,92 @@ class AuditRecorder:
         started_at: str,
         error: str | None,
         orthanc_job: str | None,
-        job_state: str,
-    ) -> None:
-        with self.db.transaction() as connection:
-            connection.execute(
-                "INSERT INTO transfers(job_id, rule, resource_id, patient_id, study_uid, target,"
-                " attempt, status, instances, bytes, started_at, ended_at, error, orthanc_job)"
-                " VALUES(?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
-                (
-                    job["id"], job["rule"], job["resource_id"], job["patient_id"],
-                    job["study_uid"], job["target"], attempt, status, instances, bytes_sent,
-                    started_at, now_iso(), error, orthanc_job,
-                ),
-            )
-        outcome = f"{status}: {instances} instance(s), {bytes_sent} bytes, job {job['id']}"
+        writer: str,
+    ) -> int:
+        """One transfer row, in the caller's transaction; its log line follows once it commits
+        (log_transfer), so a row is never logged without being kept."""
+        cursor = connection.execute(
+            "INSERT INTO transfers(job_id, rule, resource_id, patient_id, study_uid, target,"
+            " attempt, status, instances, bytes, started_at, ended_at, error, orthanc_job,"
+            " writer, logged) VALUES(?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,0)",
+            (
+                job["id"], job["rule"], job["resource_id"], job["patient_id"],
+                job["study_uid"], job["target"], attempt, status, instances, bytes_sent,
+                started_at, now_iso(), error, orthanc_job, writer,
+            ),
+        )
+        return int(cursor.lastrowid or 0)
+
+    def log_transfer(self, transfer_id: int, job_state: str, *, late: bool = False) -> None:
+        """The transaction-log line and the counters of a committed transfer row, then the row
+        marked as logged. The line names the row ("transfer N"): a start after a crash between
+        the line and the mark finds it in the log and does not write it twice."""
+        rows = self.db.query(
+            "SELECT t.*, j.remote_ip, j.calling_aet FROM transfers t "
+            "LEFT JOIN jobs j ON j.id = t.job_id WHERE t.id=?", (transfer_id,))
+        if not rows:
+            return
+        row = rows[0]
+        status, instances, bytes_sent = row["status"], row["instances"], row["bytes"]
+        outcome = (f"{status}: {instances} instance(s), {bytes_sent} bytes, job {row['job_id']}, "
+                   f"transfer {transfer_id}")
         if job_state == "dead":
             outcome += " (parked)"
         elif job_state == "pending" and status != "success":
             outcome += " (will retry)"
-        if error:
-            outcome += f": {error}"
+        if late:
+            outcome += " (logged after a restart)"
+        if row["error"]:
+            outcome += f": {row['error']}"
         self.log.write(
-            source_ip=job["remote_ip"],
-            calling_aet=job["calling_aet"],
-            study_uid=job["study_uid"],
-            rule=job["rule"],
-            destination=job["target"],
+            source_ip=row["remote_ip"],
+            calling_aet=row["calling_aet"],
+            study_uid=row["study_uid"],
+            rule=row["rule"],
+            destination=row["target"],
             outcome=outcome,
         )
+        self._count(row["target"], status, instances, bytes_sent, late)
+
+        def mark() -> None:
+            with self.db.transaction() as connection:
+                connection.execute("UPDATE transfers SET logged=1 WHERE id=?", (transfer_id,))
+        self.db.durable(mark, "marking a transfer as logged")
+
+    def _count(self, target: str, status: str, instances: int, bytes_sent: int,
+               late: bool) -> None:
+        if late:  # the start's seeding (Gateway.seed_metrics) counted the row already
+            return
         self.metrics.count("rtgw_instances_sent_total", instances)
         self.metrics.count("rtgw_bytes_sent_total", bytes_sent)
-        self.metrics.count(f"rtgw_target_{job['target']}_instances_sent_total", instances)
+        self.metrics.count(f"rtgw_target_{target}_instances_sent_total", instances)
         if status != "success":
             self.metrics.count("rtgw_transfer_failures_total")
-            self.metrics.count(f"rtgw_target_{job['target']}_failures_total")
+            self.metrics.count(f"rtgw_target_{target}_failures_total")
+
+    def log_orphaned_transfers(self, *, generation: str = "", writer: str = "") -> int:
+        """Transfer rows whose worker died before their log line was marked written (the worker
+        named, or any worker of an earlier generation): the line is written unless the log
+        already holds it. Returns how many were written."""
+        if writer:
+            where, parameters = "writer = ?", (writer,)
+        else:
+            where, parameters = "(writer IS NULL OR writer NOT LIKE ?)", (f"{generation}:%",)
+        rows = self.db.query(
+            f"SELECT id, ended_at FROM transfers WHERE logged=0 AND {where} ORDER BY id",
+            parameters)
+        written = 0
+        for row in rows:
+            if self.log.mentions(f"transfer {row['id']}", row["ended_at"]):
+                def mark(transfer_id: int = row["id"]) -> None:
+                    with self.db.transaction() as connection:
+                        connection.execute("UPDATE transfers SET logged=1 WHERE id=?",
+                                           (transfer_id,))
+                self.db.durable(mark, "marking a transfer as logged")
+                continue
+            self.log_transfer(row["id"], "", late=True)
+            written += 1
+        return written
 
     def event(
         self,

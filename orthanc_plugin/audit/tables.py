@@ -30,7 +30,10 @@ CREATE TABLE IF NOT EXISTS transfers(
     target TEXT NOT NULL, attempt INTEGER NOT NULL,
     status TEXT NOT NULL,                       -- success | failed | refused
     instances INTEGER NOT NULL, bytes INTEGER NOT NULL,
-    started_at TEXT NOT NULL, ended_at TEXT NOT NULL, error TEXT, orthanc_job TEXT
+    started_at TEXT NOT NULL, ended_at TEXT NOT NULL, error TEXT, orthanc_job TEXT,
+    -- The worker that wrote the row ("<generation>:<pid>") and whether its transaction-log line
+    -- is written: a worker killed between the two leaves 0, and the next start writes the line.
+    writer TEXT, logged INTEGER NOT NULL DEFAULT 1
 );
 CREATE INDEX IF NOT EXISTS transfers_at ON transfers(started_at);
 
@@ -46,3 +49,8 @@ CREATE TABLE IF NOT EXISTS quarantine(
     at TEXT NOT NULL, instance_id TEXT, reason TEXT NOT NULL, detail TEXT, file_path TEXT
 );
 """
+
+# Columns that databases created by an earlier version lack (Database.ensure_columns).
+ADDED_COLUMNS = {
+    "transfers": {"writer": "TEXT", "logged": "INTEGER NOT NULL DEFAULT 1"},
+}

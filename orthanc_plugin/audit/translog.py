@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import re
 import threading
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 # Lines held in memory while the log's disk is full; beyond, the oldest are counted as lost.
@@ -23,6 +24,25 @@ class TransactionLog:
 
     def path_for(self, moment: datetime) -> Path:
         return self.folder / f"transactions-{moment:%Y-%m-%d}.log"
+
+    def mentions(self, text: str, around_iso: str) -> bool:
+        """Whether the day's file of the moment (or the next day's, for a line written just
+        after midnight) holds a line with the text, followed by no further digit."""
+        try:
+            moment = datetime.fromisoformat(around_iso)
+        except ValueError:
+            moment = datetime.now(UTC)
+        pattern = re.compile(re.escape(text) + r"(?!\d)")
+        for day in (moment, moment + timedelta(days=1)):
+            path = self.path_for(day)
+            with self._lock:
+                try:
+                    content = path.read_text(encoding="utf-8", errors="replace")
+                except OSError:
+                    continue
+                if pattern.search(content):
+                    return True
+        return False
 
     def write(
         self,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import sqlite3
 import threading
 import time
@@ -216,21 +217,34 @@ class Forwarder:
         for job_id, tally in tallies.items():
             job = jobs[job_id]
             self.label_study(job, outcome.get(job_id, ""), tally.sent)
-            if tally.refused:
-                transfer_status, detail = "refused", "; ".join(tally.refusals)
-            elif tally.failure is not None:
-                transfer_status, detail = "failed", tally.failure.message
-            else:
-                transfer_status, detail = "success", None
-            self.recorder.transfer(
-                job=dict(job),
-                attempt=job["attempts"] + 1,
-                status=transfer_status,
-                instances=tally.sent,
-                bytes_sent=tally.bytes,
-                started_at=tally.started_at,
-                error=detail,
-                orthanc_job=tally.orthanc_job,
-                job_state=outcome.get(job_id, ""),
-            )
+            written = self.queue.db.durable(
+                functools.partial(self._write_transfers, job, tally), "writing the transfer rows")
+            for transfer_id in written:
+                self.recorder.log_transfer(transfer_id, outcome.get(job_id, ""))
 
+    def _write_transfers(self, job: sqlite3.Row, tally: _JobTally) -> list[int]:
+        """The attempt's rows, in one transaction with the deliveries they count: a success row
+        for every delivery of the job not counted yet (this attempt's, and those a dead worker
+        established or a restart verified), and a refused or failed row for what went wrong.
+        Each delivered instance is so counted by exactly one success row."""
+        if tally.refused:
+            problem: tuple[str, str] | None = ("refused", "; ".join(tally.refusals))
+        elif tally.failure is not None:
+            problem = ("failed", tally.failure.message)
+        else:
+            problem = None
+        written: list[int] = []
+        with self.queue.db.transaction() as connection:
+            delivered, delivered_bytes = self.queue.take_unreported(connection, job["id"])
+            common = {"job": dict(job), "attempt": job["attempts"] + 1,
+                      "started_at": tally.started_at, "orthanc_job": tally.orthanc_job,
+                      "writer": self.queue.claimant}
+            if delivered or problem is None:
+                written.append(self.recorder.insert_transfer(
+                    connection, status="success", instances=delivered,
+                    bytes_sent=delivered_bytes, error=None, **common))
+            if problem is not None:
+                written.append(self.recorder.insert_transfer(
+                    connection, status=problem[0], instances=0, bytes_sent=0, error=problem[1],
+                    **common))
+        return written

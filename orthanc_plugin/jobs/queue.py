@@ -94,8 +94,8 @@ class JobQueue:
             return None, 0
         job_id = int(cursor.lastrowid or 0)
         connection.executemany(
-            "INSERT OR IGNORE INTO job_items(job_id, rule, target, instance_id, position)"
-            " VALUES(?,?,?,?,?)",
+            "INSERT OR IGNORE INTO job_items(job_id, rule, target, instance_id, position, reported)"
+            " VALUES(?,?,?,?,?,0)",
             [(job_id, spec.rule, spec.target, iid, pos) for pos, iid in enumerate(fresh)],
         )
         return job_id, len(fresh)
@@ -320,6 +320,22 @@ class JobQueue:
                 outcome[job_id] = state
         return outcome
 
+    @staticmethod
+    def take_unreported(connection: sqlite3.Connection, job_id: int) -> tuple[int, int]:
+        """The job's deliveries no transfer row counts yet, as (instances, bytes), now counted.
+
+        Runs inside the transaction that writes the transfer row: a delivery established by a
+        worker that died before its row (marked sent, or verified after a restart) is counted
+        by the next row of its job, and none twice."""
+        row = connection.execute(
+            "SELECT COUNT(*) AS n, COALESCE(SUM(bytes), 0) AS b FROM job_items "
+            "WHERE job_id=? AND state IN ('sent', 'not-committed') AND reported=0",
+            (job_id,)).fetchone()
+        connection.execute(
+            "UPDATE job_items SET reported=1 WHERE job_id=? AND state IN ('sent', "
+            "'not-committed') AND reported=0", (job_id,))
+        return int(row["n"]), int(row["b"])
+
     @durable_write
     def policy_exhaust(self, job_id: int) -> None:
         with self.db.transaction() as connection:
@@ -373,7 +389,8 @@ class JobQueue:
                 return False
             connection.execute(
                 "UPDATE job_items SET state='pending', status=NULL, commit_state=NULL, "
-                "commit_txn=NULL WHERE job_id=? AND state IN ('refused', 'not-committed')",
+                "commit_txn=NULL, reported=0 WHERE job_id=? AND state IN ('refused', "
+                "'not-committed')",
                 (job_id,),
             )
         return True

@@ -32,6 +32,9 @@ CREATE TABLE IF NOT EXISTS job_items(
     in_flight_job TEXT, in_flight_pos INTEGER,
     -- Storage commitment (forwarding/commitment.py): due | requested | committed | failed.
     commit_state TEXT, commit_txn TEXT, commit_since REAL,
+    -- 1 once a success transfer row counts this delivery: whoever established it (the receiver's
+    -- answer, Orthanc's job after a restart, a C-FIND), it is counted in exactly one row.
+    reported INTEGER NOT NULL DEFAULT 0,
     PRIMARY KEY(job_id, instance_id),
     UNIQUE(rule, target, instance_id)
 );
@@ -59,5 +62,7 @@ CREATE TABLE IF NOT EXISTS study_progress(
 ADDED_COLUMNS = {
     "jobs": {"claimed_by": "TEXT", "crashes": "INTEGER NOT NULL DEFAULT 0"},
     "job_items": {"in_flight_job": "TEXT", "in_flight_pos": "INTEGER", "commit_state": "TEXT",
-                  "commit_txn": "TEXT", "commit_since": "REAL"},
+                  "commit_txn": "TEXT", "commit_since": "REAL",
+                  # Deliveries made before the column existed were reported by their own rows.
+                  "reported": "INTEGER NOT NULL DEFAULT 1"},
 }

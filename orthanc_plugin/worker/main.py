@@ -177,6 +177,7 @@ def _pid_of(channels: Channels, index: int) -> int | None:
 
 def _reclaim(gateway: Gateway, claimant: str, reason: str) -> None:
     requeued, poisoned = gateway.queue.reclaim_from_crashed(claimant, reason)
+    gateway.recorder.log_orphaned_transfers(writer=claimant)
     for job_id in requeued:
         gateway.recorder.event("worker-crashed", status="pending", job_id=job_id,
                                detail=f"its worker ended ({reason}); the job runs again")

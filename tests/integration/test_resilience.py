@@ -3,7 +3,6 @@ and a broken rules file at start-up. Each test owns its processes (they are stop
 
 from __future__ import annotations
 
-import sqlite3
 import subprocess
 from pathlib import Path
 
@@ -12,6 +11,7 @@ import pytest
 from tests.integration.conftest import keep_logs, require_orthanc
 from tests.integration.helpers import gateway_rows, sop_uids, study_sop_uids
 from tests.support.orthanc import OrthancProcess, storescu, wait_until
+from tests.support.peers import CountingPeer
 from tests.support.rtset import make_rt_set, write_datasets
 
 FORWARD_ALL = """
@@ -69,42 +69,71 @@ def test_target_down_then_up_everything_arrives_once(tmp_path: Path) -> None:
 
 
 def test_kill_9_with_jobs_pending_then_restart_delivers_exactly_once(tmp_path: Path) -> None:
-    gateway, archive = make_pair(tmp_path, trigger="instance")
+    """The receiver holds an instance mid-batch while the gateway is killed, then stores it:
+    the kill lands mid-work by construction, and only a C-FIND can tell that instance was
+    delivered. Every instance arrives once and is counted by exactly one success transfer row,
+    one transaction-log line and the stats."""
+    require_orthanc()
+    receiver = CountingPeer("ARCHIVE")
+    receiver.stop()
+    gateway = OrthancProcess(
+        tmp_path / "gateway", "RTGATEWAY", plugin=True,
+        rules=FORWARD_ALL.format(trigger="instance"),
+        modalities={"ARCHIVE": ("ARCHIVE", receiver.port)},
+        # Associations of 10: the claim in progress at the kill has chunks recorded as sent
+        # and one in flight.
+        gateway_settings={"MaxInstancesPerAssociation": 10},
+    )
     gateway.start()
     try:
         first = make_rt_set("KILL-1", plan_label="ADP1", n_slices=40)
         second = make_rt_set("KILL-2", plan_label="ADP2", n_slices=40)
-        storescu(write_datasets(first.all(), tmp_path / "a"), gateway.dicom_port,
-                 calling="FOLLOW")
-        # The target is down: jobs pile up in the queue.
-        wait_until(lambda: len(gateway.json("/rt-gateway/jobs")) >= len(first.all()), 30,
-                   "instance jobs queued")
-        archive.start()
-        storescu(write_datasets(second.all(), tmp_path / "b"), gateway.dicom_port,
-                 calling="FOLLOW")
+        expected = sop_uids(first.all()) | sop_uids(second.all())
+        for rtset, folder in ((first, "a"), (second, "b")):
+            storescu(write_datasets(rtset.all(), tmp_path / folder), gateway.dicom_port,
+                     calling="FOLLOW")
+        # The target is down: jobs pile up in the queue, their retries fall due together, and
+        # the first claim after the target is up carries several associations' worth.
+        wait_until(lambda: len(gateway.json("/rt-gateway/jobs", params={"limit": 500}))
+                   >= len(expected), 30, "instance jobs queued")
+        receiver.hold_after = 25
+        receiver.start()
+        wait_until(receiver.holding.is_set, 60, "the receiver holding an instance mid-batch")
         gateway.kill9()
-
-        with sqlite3.connect(gateway.gateway_db) as connection:
-            states = dict(connection.execute(
-                "SELECT state, COUNT(*) FROM jobs GROUP BY state").fetchall())
-        assert states.get("done", 0) < len(first.all()) + len(second.all())
+        receiver.release.set()
+        held = receiver.distinct()
+        assert 0 < held < len(expected)
 
         gateway.start()
-        expected = sop_uids(first.all()) | sop_uids(second.all())
-        wait_until(lambda: archive.instance_count() >= len(expected), 90,
+        wait_until(lambda: receiver.distinct() == len(expected), 90,
                    "all instances delivered after restart")
-        wait_until(lambda: not gateway.json("/rt-gateway/jobs", params={"state": "pending"}),
-                   30, "queue drained")
-        assert archive.instance_count() == len(expected)
-        assert archive.sop_instance_uids() == expected
+
+        def settled() -> bool:
+            return not [j for state in ("pending", "running")
+                        for j in gateway.json("/rt-gateway/jobs", params={"state": state})]
+
+        wait_until(settled, 60, "queue drained")
+        assert receiver.total() == len(expected), receiver.duplicates()
+        assert set(receiver.stores) == expected
         evaluated = {r["resource_id"] for r in gateway_rows(gateway, kind="evaluations")}
         assert len(evaluated) == len(expected)
-        sent = sum(r["instances"] for r in gateway_rows(gateway, kind="transfers")
-                   if r["status"] == "success")
-        assert sent >= len(expected)
+        transfers = gateway_rows(gateway, kind="transfers")
+        success = [r for r in transfers if r["status"] == "success"]
+        assert sum(r["instances"] for r in success) == len(expected)
+        assert sum(r["instances"] for r in transfers) == len(expected)
+        stats = gateway.json("/rt-gateway/stats")
+        assert stats["by_target"]["ARCHIVE"]["sent"] == len(expected)
+        lines = [line for path in sorted(gateway.folder.rglob("transactions-*.log"))
+                 for line in path.read_text().splitlines() if "\tsuccess: " in line]
+        assert len(lines) == len(success), lines
+        logged = sum(int(line.split("\tsuccess: ")[1].split(" ")[0]) for line in lines)
+        assert logged == len(expected)
+        verified = [e for e in gateway_rows(gateway, kind="events")
+                    if e["event"] == "in-flight-verified"]
+        assert verified, "what was in flight at the kill was asked of the receiver"
     finally:
         gateway.stop()
-        archive.stop()
+        receiver.close()
         keep_logs(gateway, "kill9-gateway")
 
 

@@ -31,6 +31,11 @@ class CountingPeer:
         self.stores: Counter[str] = Counter()
         self.series_of: dict[str, tuple[str, str]] = {}
         self.finds = 0
+        # Once this many distinct instances are stored, the next C-STORE waits (holding) until
+        # `release` is set, then is stored: a sender killed meanwhile never hears the answer.
+        self.hold_after = -1
+        self.holding = threading.Event()
+        self.release = threading.Event()
         self._lock = threading.Lock()
         self.server: Any = None
         self.start()
@@ -56,6 +61,9 @@ class CountingPeer:
             time.sleep(self.delay_seconds)
         if uid in self.refuse:
             return 0xA700
+        if 0 <= self.hold_after <= self.distinct() and not self.release.is_set():
+            self.holding.set()
+            self.release.wait(120)
         if uid and uid == self.abort_once:
             self.abort_once = ""
             event.assoc.abort()

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from orthanc_plugin.audit.clock import now_iso
 from orthanc_plugin.audit.translog import TransactionLog
 from orthanc_plugin.db import Database, DatabaseUnwritable, is_disk_error
 
@@ -125,3 +126,14 @@ def test_transaction_log_lines_wait_for_space(tmp_path: Path) -> None:
               outcome="third")
     lines = blocked.read_text().splitlines()
     assert [line.split("\t")[-1] for line in lines[1:]] == ["second", "third"]
+
+
+def test_the_transaction_log_finds_a_transfer_line_by_its_number(tmp_path: Path) -> None:
+    log = TransactionLog(tmp_path / "logs")
+    log.write(source_ip="10.0.0.1", calling_aet="TPS", study_uid="1.2", rule="r",
+              destination="ARCHIVE", outcome="success: 3 instance(s), 60 bytes, job 4, "
+              "transfer 12")
+    assert log.mentions("transfer 12", now_iso())
+    assert not log.mentions("transfer 1", now_iso())      # 12 is not 1
+    assert not log.mentions("transfer 120", now_iso())
+    assert not log.mentions("transfer 12", "2001-01-01T00:00:00+00:00")

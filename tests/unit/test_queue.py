@@ -1,3 +1,4 @@
+import sqlite3
 import time
 from pathlib import Path
 
@@ -8,6 +9,7 @@ from orthanc_plugin.config import RetryPolicySettings
 from orthanc_plugin.db import META_SCHEMA, Database
 from orthanc_plugin.jobs.queue import JobQueue, JobSpec
 from orthanc_plugin.jobs.retry import decide
+from orthanc_plugin.jobs.tables import ADDED_COLUMNS
 from orthanc_plugin.jobs.tables import SCHEMA as JOBS_SCHEMA
 
 POLICY = RetryPolicySettings(max_attempts=3, base_delay_seconds=0, max_delay_seconds=0)
@@ -120,3 +122,48 @@ def test_nothing_in_flight_sends_at_once_and_a_second_claim_lingers(queue: JobQu
     # 45 ready: an association can be filled, so no more waiting even though jobs keep coming.
     claim = queue.claim(200, linger_seconds=60, linger_until_items=40)
     assert claim is not None and len(claim.items) == 45
+
+
+def test_each_delivery_is_counted_by_one_transfer_row_whoever_established_it(
+    queue: JobQueue,
+) -> None:
+    job_id, _ = enqueue(queue, ["a", "b", "c"])
+    assert job_id is not None
+    claim = queue.claim(10)
+    assert claim is not None
+    # A worker marks two sent, then dies before writing its transfer row.
+    queue.mark_sent(claim.items[:2], {"a": 10, "b": 20})
+    assert queue.recover_after_crash("gen-2") == 1
+    claim = queue.claim(10)
+    assert claim is not None and [i.instance_id for i in claim.items] == ["c"]
+    queue.mark_sent(claim.items, {"c": 30})
+    with queue.db.transaction() as connection:
+        assert queue.take_unreported(connection, job_id) == (3, 60)
+    with queue.db.transaction() as connection:
+        assert queue.take_unreported(connection, job_id) == (0, 0)   # never twice
+    assert queue.settle([job_id], None, None)[job_id] == "done"
+
+
+def test_a_delivery_in_an_older_database_is_not_counted_again(tmp_path: Path) -> None:
+    path = tmp_path / "old.sqlite"
+    with sqlite3.connect(path) as connection:  # job_items as an earlier version made it
+        connection.executescript(
+            "CREATE TABLE job_items(job_id INTEGER, rule TEXT, target TEXT, instance_id TEXT,"
+            " position INTEGER, state TEXT NOT NULL DEFAULT 'pending', status TEXT,"
+            " sent_at TEXT, bytes INTEGER NOT NULL DEFAULT 0, PRIMARY KEY(job_id, instance_id),"
+            " UNIQUE(rule, target, instance_id));"
+            "INSERT INTO job_items(job_id, rule, target, instance_id, position, state)"
+            " VALUES(1, 'r', 'ARCHIVE', 'old', 0, 'sent');")
+    db = Database(path, [META_SCHEMA, AUDIT_SCHEMA, JOBS_SCHEMA])
+    for table, columns in ADDED_COLUMNS.items():
+        db.ensure_columns(table, columns)
+    queue = JobQueue(db, POLICY)
+    with db.transaction() as connection:
+        assert queue.take_unreported(connection, 1) == (0, 0)
+    job_id, _ = enqueue(queue, ["new"])
+    assert job_id is not None
+    claim = queue.claim(10)
+    assert claim is not None
+    queue.mark_sent(claim.items, {"new": 5})
+    with db.transaction() as connection:
+        assert queue.take_unreported(connection, job_id) == (1, 5)
