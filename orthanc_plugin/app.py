@@ -344,6 +344,13 @@ class Gateway:
             self._wake_senders()
         return retried
 
+    def cancel_job(self, job_id: int, user: str) -> bool:
+        cancelled = self.queue.cancel_by_hand(job_id)
+        if cancelled:
+            self.recorder.event("job-cancelled-by-hand", status="cancelled", job_id=job_id,
+                                detail=f"cancelled by {user or 'an unnamed user'}")
+        return cancelled
+
     def instance_keys(self, instance_ids: Sequence[str]) -> dict[str, InstanceKeys]:
         keys: dict[str, InstanceKeys] = {}
         for start in range(0, len(instance_ids), 500):

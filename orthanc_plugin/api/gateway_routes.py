@@ -19,7 +19,7 @@ from orthanc_plugin.rules import RulesError
 if TYPE_CHECKING:
     from orthanc_plugin.app import Gateway
 
-JOB_STATES = ("pending", "running", "done", "dead")
+JOB_STATES = ("pending", "running", "done", "dead", "cancelled")
 MAX_JOBS_LISTED = 10_000
 
 
@@ -72,6 +72,24 @@ def add_routes(router: Router, gateway: Gateway) -> None:
             raise ApiError(409, f"job {job_id} is not parked (dead): nothing to retry")
         return json_response({"retried": job_id})
 
+    def cancel_job(request: Request) -> Response:
+        job_id = request.id_param()
+        if gateway.queue.get(job_id) is None:
+            raise ApiError(404, f"no job {job_id}")
+        if not gateway.cancel_job(job_id, request.headers.get("x-rtgw-user", "")):
+            raise ApiError(409, f"job {job_id} is sending or finished: only a waiting or parked "
+                                "job can be cancelled")
+        return json_response({"cancelled": job_id})
+
+    def retry_parked(request: Request) -> Response:
+        body = request.json()
+        target = body.get("target") if isinstance(body, dict) else None
+        if not isinstance(target, str) or not target:
+            raise ApiError(400, "body: expected {\"target\": <modality name>}")
+        retried = [job_id for job_id in gateway.queue.parked_for(target)
+                   if gateway.retry_job(job_id)]
+        return json_response({"retried": retried})
+
     def get_audit(request: Request) -> Response:
         try:
             rows = audit_rows(gateway.db, request.query)
@@ -92,5 +110,7 @@ def add_routes(router: Router, gateway: Gateway) -> None:
     router.add("GET", "jobs", list_jobs)
     router.add("GET", r"jobs/(?P<id>\d+)", get_job)
     router.add("POST", r"jobs/(?P<id>\d+)/retry", retry_job)
+    router.add("POST", r"jobs/(?P<id>\d+)/cancel", cancel_job)
+    router.add("POST", "jobs/retry-parked", retry_parked)
     router.add("GET", "audit", get_audit)
     router.add("GET", "stats", get_stats)

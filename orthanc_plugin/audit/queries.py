@@ -39,6 +39,7 @@ AUDIT_KINDS: dict[str, tuple[str, str, dict[str, str]]] = {
 
 
 MAX_AUDIT_ROWS = 100_000
+PAGING = ("kind", "since", "until", "format", "limit", "offset", "order")
 
 
 class AuditQueryError(ValueError):
@@ -59,10 +60,10 @@ def audit_rows(db: Database, filters: Mapping[str, str]) -> list[dict[str, Any]]
         clauses.append(f"{time_column} < ?")
         parameters.append(filters["until"])
     for name, value in filters.items():
-        if name in ("kind", "since", "until", "format", "limit"):
+        if name in PAGING:
             continue
         if name not in columns:
-            known = ", ".join(["kind", "since", "until", "format", "limit", *columns])
+            known = ", ".join([*PAGING, *columns])
             raise AuditQueryError(f"{name}: not a filter of {kind} (filters: {known})")
         if kind == "evaluations" and name == "status":
             value = {"matched": "1", "not-matched": "0"}.get(value, value)
@@ -73,9 +74,18 @@ def audit_rows(db: Database, filters: Mapping[str, str]) -> list[dict[str, Any]]
         raise AuditQueryError(f"limit: expected a whole number from 1, got {limit_text[:40]!r}")
     # Clamped, not refused: a client asking for "everything" gets the most one answer holds.
     limit = min(int(limit_text), MAX_AUDIT_ROWS)
+    offset_text = filters.get("offset") or "0"
+    if not offset_text.isdigit() or len(offset_text) > 12:
+        raise AuditQueryError(f"offset: expected a whole number from 0, got {offset_text[:40]!r}")
+    # Oldest first by default (an export reads in order); the page asks newest first.
+    order = filters.get("order") or "asc"
+    if order not in ("asc", "desc"):
+        raise AuditQueryError(f"order: expected asc or desc, got {order[:40]!r}")
+    direction = "DESC" if order == "desc" else "ASC"
     where = f"WHERE {' AND '.join(clauses)}" if clauses else ""
-    sql = f"SELECT * FROM {table} {where} ORDER BY {time_column}, rowid LIMIT ?"
-    return [dict(row) for row in db.query(sql, [*parameters, limit])]
+    sql = (f"SELECT * FROM {table} {where} ORDER BY {time_column} {direction}, rowid {direction} "
+           "LIMIT ? OFFSET ?")
+    return [dict(row) for row in db.query(sql, [*parameters, limit, int(offset_text)])]
 
 
 def to_csv(rows: list[dict[str, Any]]) -> str:
@@ -119,6 +129,13 @@ def stats(db: Database) -> dict[str, Any]:
         ):
             _group(groups, row["name"]).update(
                 pending=row["pending"], parked=row["parked"], jobs_done=row["done"])
+        # Instances finally failed: those of parked jobs that did not arrive (retries to a node
+        # that was down are not failures once the instance arrives).
+        for row in db.query(
+            f"SELECT j.{key} AS name, COUNT(*) AS n FROM job_items i JOIN jobs j ON j.id = i.job_id "
+            f"WHERE j.state = 'dead' AND i.state <> 'sent' GROUP BY j.{key}"
+        ):
+            _group(groups, row["name"])["instances_parked"] = row["n"]
         # Storage commitment (forwarding/commitment.py): sent vs what the receiver confirmed.
         for row in db.query(
             f"SELECT {key} AS name, "
@@ -134,6 +151,7 @@ def stats(db: Database) -> dict[str, Any]:
             entry.setdefault("pending", 0)
             entry.setdefault("parked", 0)
             entry.setdefault("jobs_done", 0)
+            entry.setdefault("instances_parked", 0)
             last = db.query(
                 f"SELECT error, ended_at FROM transfers WHERE {key}=? AND status<>'success' "
                 "ORDER BY id DESC LIMIT 1",

@@ -9,12 +9,16 @@ from orthanc_plugin.config import SECTION, ConfigError, resolve_path
 from orthanc_plugin.index.follower import IndexFollower
 from orthanc_plugin.index.maintenance_routes import add_maintenance_routes
 from orthanc_plugin.index.model import DEFAULT_LAYOUT, DicomSqlError, Layout, parse_dicom_sql
-from orthanc_plugin.index.plan_details import max_dose_by_plan, plan_metrics
+from orthanc_plugin.index.plan_details import max_dose_by_plan, plan_metrics, plan_summaries
 from orthanc_plugin.index.rebuild import IndexRebuilder
 from orthanc_plugin.index.routes import add_routes
 from orthanc_plugin.index.series_actions import SeriesActions
 from orthanc_plugin.index.store import IndexStore
-from orthanc_plugin.plans.routes import add_detail_provider, add_max_dose_provider
+from orthanc_plugin.plans.routes import (
+    add_detail_provider,
+    add_max_dose_provider,
+    add_summary_provider,
+)
 
 if TYPE_CHECKING:
     from orthanc_plugin.context import CapabilityContext
@@ -38,6 +42,7 @@ def install(ctx: CapabilityContext) -> None:
                            SeriesActions(ctx, store, copy_root))
     add_detail_provider(ctx, lambda plan: plan_metrics(store, plan))
     add_max_dose_provider(ctx, lambda plans: max_dose_by_plan(store, plans))
+    add_summary_provider(ctx, lambda plan_ids: plan_summaries(store, list(plan_ids)))
 
 
 def _layout(settings: dict[str, Any], base: Path) -> Layout:

@@ -49,3 +49,19 @@ def max_dose_by_plan(store: IndexStore, plans: list[dict[str, Any]]) -> dict[str
         values = [maxima[uid] for uid in members if uid in maxima]
         answer[plan_id] = max(values) if values else None
     return answer
+
+
+def plan_summaries(store: IndexStore, plan_ids: list[str]) -> dict[str, dict[str, Any]]:
+    """Plan id -> intent, prescription, fractions, beams and total MU, for a worklist page."""
+    answer: dict[str, dict[str, Any]] = {}
+    for start in range(0, len(plan_ids), 500):   # SQLite caps the number of parameters
+        chunk = plan_ids[start:start + 500]
+        marks = ",".join("?" * len(chunk))
+        for row in store.db.query(
+                "SELECT SOPInstanc, PlanIntent, Fractions, PrescriptionGy, BeamCount, TotalMU "
+                f"FROM RTplans WHERE SOPInstanc IN ({marks})", chunk):
+            answer[row["SOPInstanc"]] = {
+                "intent": row["PlanIntent"], "fractions": row["Fractions"],
+                "prescription_gy": row["PrescriptionGy"], "beams": row["BeamCount"],
+                "total_mu": row["TotalMU"]}
+    return answer

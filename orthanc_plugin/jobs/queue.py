@@ -395,6 +395,18 @@ class JobQueue:
             )
         return True
 
+    def cancel_by_hand(self, job_id: int) -> bool:
+        """A waiting or parked job is not sent at all (a running one ends its claim first)."""
+        with self.db.transaction() as connection:
+            cursor = connection.execute(
+                "UPDATE jobs SET state='cancelled', updated_at=?, last_status='cancelled' "
+                "WHERE id=? AND state IN ('pending', 'dead')", (now_iso(), job_id))
+            return cursor.rowcount == 1
+
+    def parked_for(self, target: str) -> list[int]:
+        return [row["id"] for row in self.db.query(
+            "SELECT id FROM jobs WHERE state='dead' AND target=? ORDER BY id", (target,))]
+
     def get(self, job_id: int) -> dict[str, Any] | None:
         rows = self.db.query("SELECT * FROM jobs WHERE id=?", (job_id,))
         if not rows:

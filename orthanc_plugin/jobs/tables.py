@@ -8,7 +8,7 @@ CREATE TABLE IF NOT EXISTS jobs(
     level TEXT NOT NULL, resource_id TEXT NOT NULL, patient_id TEXT, study_uid TEXT,
     calling_aet TEXT, remote_ip TEXT,
     target TEXT NOT NULL,
-    state TEXT NOT NULL DEFAULT 'pending',      -- pending | running | done | dead
+    state TEXT NOT NULL DEFAULT 'pending',      -- pending | running | done | dead | cancelled
     attempts INTEGER NOT NULL DEFAULT 0,
     next_attempt_at REAL NOT NULL DEFAULT 0,
     created_at TEXT NOT NULL, updated_at TEXT NOT NULL, created_epoch REAL NOT NULL DEFAULT 0,
@@ -18,6 +18,9 @@ CREATE TABLE IF NOT EXISTS jobs(
 );
 CREATE INDEX IF NOT EXISTS jobs_ready ON jobs(state, next_attempt_at);
 CREATE INDEX IF NOT EXISTS jobs_rule_target ON jobs(rule, target);
+-- The page's worklist and queue find a plan's and a study's jobs by these.
+CREATE INDEX IF NOT EXISTS jobs_resource ON jobs(resource_id);
+CREATE INDEX IF NOT EXISTS jobs_study ON jobs(study_uid);
 
 -- An instance is assigned once per (rule, target): replaying a study never sends it twice,
 -- and a study that grows after it was sent is sent again only for what is new.

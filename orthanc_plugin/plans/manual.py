@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import uuid
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from typing import TYPE_CHECKING, Any
 
 from orthanc_plugin.api.router import ApiError
@@ -18,7 +18,8 @@ JOB_ACTION = "forward"   # the forwarding executor sends it, in the bundle's ord
 
 
 def send_plans(
-    ctx: CapabilityContext, plan_ids: Sequence[str], targets: Sequence[str]
+    ctx: CapabilityContext, plan_ids: Sequence[str], targets: Sequence[str],
+    confirmed_incomplete: Collection[str] | None = None,
 ) -> list[dict[str, Any]]:
     """One job per (plan, target); each request is its own "rule" so pressing Send again sends
     again, while a replay of the same request never sends twice."""
@@ -35,6 +36,14 @@ def send_plans(
         if not rows:
             raise ApiError(404, f"no plan {plan_id!r}")
         bundles[plan_id] = rows[0]
+    if confirmed_incomplete is not None:
+        # The page asks for an incomplete plan to be ticked on its own: one not ticked is refused.
+        unconfirmed = [f"{bundle['plan_label'] or plan_id} ({bundle['patient_name'] or ''})"
+                       for plan_id, bundle in bundles.items()
+                       if not bundle["complete"] and plan_id not in confirmed_incomplete]
+        if unconfirmed:
+            raise ApiError(409, "incomplete plan(s) not confirmed for sending: "
+                                + ", ".join(unconfirmed))
     request = f"manual-send {uuid.uuid4().hex[:12]}"
     answer: list[dict[str, Any]] = []
     with ctx.db.transaction() as connection:

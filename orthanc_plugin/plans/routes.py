@@ -7,13 +7,15 @@ import io
 import json
 import sqlite3
 import weakref
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
 from orthanc_plugin.api.router import ApiError, Request, Response, csv_response, json_response
 from orthanc_plugin.csv_cells import safe_mapping
 from orthanc_plugin.plans.dvh_store import plan_dvh
 from orthanc_plugin.plans.manual import send_plans
+from orthanc_plugin.plans.queue_view import PER_PAGE_MAX, queue_page
+from orthanc_plugin.plans.worklist import parse_query, worklist_page
 
 if TYPE_CHECKING:
     from orthanc_plugin.context import CapabilityContext
@@ -64,6 +66,30 @@ def _filtered(ctx: CapabilityContext, query: dict[str, str] | Any) -> list[sqlit
     )
 
 
+def _files(ctx: CapabilityContext, members: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The plan's files per kind of object: how many, in how many series, received when."""
+    received: dict[str, str] = {}
+    ids = [member["instance_id"] for member in members]
+    for start in range(0, len(ids), 500):   # SQLite caps the number of parameters
+        chunk = ids[start:start + 500]
+        for row in ctx.db.query(
+                f"SELECT instance_id, received_at FROM received WHERE instance_id IN "
+                f"({','.join('?' * len(chunk))})", chunk):
+            received[row["instance_id"]] = row["received_at"]
+    kinds: dict[str, dict[str, Any]] = {}
+    for member in members:
+        entry = kinds.setdefault(member["modality"], {"modality": member["modality"], "count": 0,
+                                                      "series": set(), "received": []})
+        entry["count"] += 1
+        entry["series"].add(member.get("series_uid", ""))
+        if member["instance_id"] in received:
+            entry["received"].append(received[member["instance_id"]])
+    return [{"modality": entry["modality"], "count": entry["count"],
+             "series": len(entry["series"]),
+             "first_received": min(entry["received"], default=None),
+             "last_received": max(entry["received"], default=None)} for entry in kinds.values()]
+
+
 def _like(text: str) -> str:
     return text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
 
@@ -95,6 +121,7 @@ def add_routes(ctx: CapabilityContext) -> None:
         plan["rule_runs"] = [dict(row) for row in ctx.db.query(
             "SELECT rule, outcome, at, missing_json, jobs FROM plan_rule_runs WHERE plan_uid=? "
             "ORDER BY at", (plan["id"],))]
+        plan["files"] = _files(ctx, plan["objects"])
         if request.choice_param("dvh", ("true", "false"), "true") == "true":
             plan["dvh"] = plan_dvh(ctx, plan)
         for provider in DETAIL_PROVIDERS.get(ctx, ()):
@@ -111,8 +138,26 @@ def add_routes(ctx: CapabilityContext) -> None:
         if not (isinstance(plans, list) and all(isinstance(p, str) for p in plans)
                 and isinstance(targets, list) and all(isinstance(t, str) for t in targets)):
             raise ApiError(400, "body: expected {\"plans\": [plan ids], \"targets\": [names]}")
-        return json_response({"jobs": send_plans(ctx, plans, targets)})
+        confirmed = body.get("confirm_incomplete")
+        if confirmed is not None and not (isinstance(confirmed, list)
+                                          and all(isinstance(p, str) for p in confirmed)):
+            raise ApiError(400, "confirm_incomplete: expected a list of plan ids")
+        return json_response({"jobs": send_plans(
+            ctx, plans, targets, None if confirmed is None else set(confirmed))})
 
+    def worklist(request: Request) -> Response:
+        query = parse_query(request.query, request.int_param)
+        return json_response(worklist_page(ctx.db, query, lambda ids: _summaries(ctx, ids)))
+
+    def queue(request: Request) -> Response:
+        view = request.query.get("view") or "active"
+        target = (request.query.get("target") or "")[:64]
+        page = request.int_param("page", 1, minimum=1, maximum=1_000_000)
+        per_page = max(1, request.int_param("per_page", 50, minimum=1, maximum=PER_PAGE_MAX))
+        return json_response(queue_page(ctx.db, view, target, page, per_page))
+
+    ctx.router.add("GET", "worklist", worklist)
+    ctx.router.add("GET", "queue", queue)
     ctx.router.add("GET", "plans", list_plans)
     ctx.router.add("POST", "plans/send", send)
     ctx.router.add("GET", "plans/(?P<id>[^/]+)", get_plan)
@@ -153,3 +198,18 @@ MAX_DOSE_PROVIDERS: weakref.WeakKeyDictionary[CapabilityContext, list[MaxDosePro
 
 def add_max_dose_provider(ctx: CapabilityContext, provider: MaxDoseProvider) -> None:
     MAX_DOSE_PROVIDERS.setdefault(ctx, []).append(provider)
+
+
+# The RT index summarises plans for the worklist: plan ids -> {id: intent, Rx, fractions, ...}.
+SummaryProvider = Callable[[Sequence[str]], dict[str, dict[str, Any]]]
+SUMMARY_PROVIDERS: weakref.WeakKeyDictionary[CapabilityContext, list[SummaryProvider]] = (
+    weakref.WeakKeyDictionary())
+
+
+def add_summary_provider(ctx: CapabilityContext, provider: SummaryProvider) -> None:
+    SUMMARY_PROVIDERS.setdefault(ctx, []).append(provider)
+
+
+def _summaries(ctx: CapabilityContext, plan_ids: Sequence[str]) -> dict[str, dict[str, Any]]:
+    providers = SUMMARY_PROVIDERS.get(ctx, [])
+    return providers[0](plan_ids) if providers else {}

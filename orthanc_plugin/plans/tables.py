@@ -28,9 +28,11 @@ CREATE TABLE IF NOT EXISTS plan_bundles(
     members_json TEXT NOT NULL DEFAULT '[]',    -- stored members in sending order
     first_seen_epoch REAL NOT NULL,
     completed_epoch REAL,
-    updated_at TEXT NOT NULL
+    updated_at TEXT NOT NULL,
+    accession_number TEXT                       -- the study's, for the worklist's search
 );
 CREATE INDEX IF NOT EXISTS plan_bundles_patient ON plan_bundles(patient_id);
+CREATE INDEX IF NOT EXISTS plan_bundles_received ON plan_bundles(first_seen_epoch);
 
 -- One row per (rule, bundle, outcome): a plan-complete rule fires once per complete bundle,
 -- and acts once on a bundle still incomplete after complete_within.

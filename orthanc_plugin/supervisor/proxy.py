@@ -6,6 +6,8 @@ releases the GIL, so Orthanc's callbacks run on while a slow route works in the 
 
 from __future__ import annotations
 
+import base64
+import binascii
 import http.client
 import json
 import socket
@@ -22,6 +24,19 @@ FORWARDED_HEADERS = ("content-type", "origin", "referer", "x-requested-with", "a
 # Headers a route may set on its answer (the page's security policy); others stay in the worker.
 ANSWER_HEADERS = ("content-security-policy", "x-content-type-options", "x-frame-options",
                   "referrer-policy", "cache-control")
+
+
+def basic_auth_user(authorization: str) -> str:
+    """The user name of an HTTP Basic authorization (Orthanc's own users), nothing else."""
+    scheme, _, encoded = authorization.partition(" ")
+    if scheme.lower() != "basic":
+        return ""
+    try:
+        decoded = base64.b64decode(encoded.strip(), validate=True).decode("utf-8", "replace")
+    except (ValueError, binascii.Error):
+        return ""
+    user = decoded.partition(":")[0]
+    return user if user.isprintable() and len(user) <= 64 else ""
 
 
 @dataclass(frozen=True)
@@ -65,6 +80,10 @@ class ApiProxy:
         for name, value in headers.items():
             if name.lower() in FORWARDED_HEADERS:
                 sent_headers["X-Original-" + name.lower()] = value
+            elif name.lower() == "authorization":
+                user = basic_auth_user(value)
+                if user:  # the audit names who cancelled; the password stays here
+                    sent_headers["X-Original-x-rtgw-user"] = user
         connection = _UnixConnection(self.api_socket, self.timeout_seconds)
         try:
             connection.request(method, target, body=body or None, headers=sent_headers)

@@ -20,7 +20,6 @@ from tests.support.peers import CountingPeer
 from tests.support.rtset import make_ct_series, make_rt_set, write_datasets
 
 BATCH = 40
-DOWN_SECONDS = 30
 
 
 @pytest.fixture(scope="module")
@@ -206,7 +205,10 @@ def test_kill_9_mid_forward_after_an_outage_delivers_every_instance_once(
             sender.start()
         for sender in senders:
             sender.join(300)
-        time.sleep(DOWN_SECONDS - 10 if DOWN_SECONDS > 10 else 0)
+        # Down until the retries have backed off (a second failed attempt), not for a time.
+        wait_until(lambda: any(j["attempts"] >= 2 for j in gateway.json(
+            "/rt-gateway/jobs", params={"state": "pending", "limit": 20})), 60,
+            "a second failed attempt while the target is down")
         assert peer.total() == 0
         peer.start()
         wait_until(lambda: peer.distinct() >= count // 4, 120, "forwarding under way")

@@ -290,7 +290,10 @@ def test_a_source_down_mid_harvest_is_waited_for(
     wait_until(lambda: status(gateway, harvest_id)["counts"].get("series", {}).get("complete", 0) >= 2,
                90, "two series complete")
     source.stop()
-    time.sleep(4)
+    # Down until the harvest has met the outage (a request answered by an error), not for a time.
+    wait_until(lambda: any(row["outcome"] == "error" for row in
+                           gateway.json(f"/rt-gateway/harvests/{harvest_id}/requests")),
+               60, "a request failed while the source is down")
     source.start()
     final = wait_done(gateway, harvest_id)
 

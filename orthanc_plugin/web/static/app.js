@@ -1,4 +1,5 @@
 // The gateway page: plain JavaScript, no build step; every request goes to this Orthanc origin.
+// Every DICOM value reaches the page as text (textContent), never as markup.
 "use strict";
 
 const BASE = location.pathname.slice(0, location.pathname.indexOf("/rt-gateway/"));
@@ -6,18 +7,26 @@ const API = BASE + "/rt-gateway/";
 const $ = (selector) => document.querySelector(selector);
 
 async function call(path, options = {}) {
-  const response = await fetch(path.startsWith("/") ? BASE + path : API + path, {
-    credentials: "same-origin",
-    // The gateway refuses a state-changing request without this header (a cross-site form cannot send it).
-    headers: { "X-Requested-With": "rt-gateway-page", ...(options.body ? { "Content-Type": "application/json" } : {}) },
-    ...options,
-  });
+  let response;
+  try {
+    response = await fetch(path.startsWith("/") ? BASE + path : API + path, {
+      credentials: "same-origin",
+      // The gateway refuses a state-changing request without this header (a cross-site form cannot send it).
+      headers: { "X-Requested-With": "rt-gateway-page", ...(options.body ? { "Content-Type": "application/json" } : {}) },
+      ...options,
+    });
+  } catch (error) {
+    throw new Error(`the gateway did not answer (${error.message})`);
+  }
   const text = await response.text();
   let body = text;
   try { body = text ? JSON.parse(text) : null; } catch (_) { /* CSV or text */ }
   if (!response.ok) {
-    const message = body && body.error ? body.error : `${response.status} ${text}`;
-    throw new Error(message);
+    const reason = body && body.error ? body.error : (body && body.problems ? body.problems.join("; ") : text.slice(0, 200));
+    const error = new Error(`${response.status === 503 ? "unavailable" : "error " + response.status}: ${reason}`);
+    error.status = response.status;
+    error.body = body;
+    throw error;
   }
   return body;
 }
@@ -25,28 +34,31 @@ async function call(path, options = {}) {
 function element(tag, attributes = {}, ...children) {
   const node = document.createElement(tag);
   for (const [key, value] of Object.entries(attributes)) {
+    if (value === undefined || value === null || value === false) continue;
     if (key === "class") node.className = value;
-    else if (key === "style") node.style.cssText = value; // CSSOM: allowed by the page's CSP, an attribute is not
     else if (key.startsWith("on")) node.addEventListener(key.slice(2), value);
-    else node.setAttribute(key, value);
+    else node.setAttribute(key, value === true ? "" : value);
   }
-  for (const child of children) {
-    if (child !== null && child !== undefined) node.append(child instanceof Node ? child : String(child));
+  for (const child of children.flat()) {
+    if (child !== null && child !== undefined && child !== false) node.append(child instanceof Node ? child : String(child));
   }
   return node;
 }
 
-function table(target, rows, columns) {
-  target.replaceChildren();
-  if (!rows || rows.length === 0) { target.append(element("tr", {}, element("td", {}, "nothing"))); return; }
-  columns = columns || Object.keys(rows[0]);
-  target.append(element("tr", {}, ...columns.map((c) => element("th", {}, c))));
+// A table of rows with named columns: [{title, value(row) -> text or Node, class?}].
+function dataTable(rows, columns, caption) {
+  const table = element("table", { class: "data" });
+  if (caption) table.append(element("caption", { class: "visually-hidden" }, caption));
+  table.append(element("thead", {}, element("tr", {}, columns.map((c) => element("th", { scope: "col", class: c.class }, c.title)))));
+  const body = element("tbody");
   for (const row of rows) {
-    target.append(element("tr", {}, ...columns.map((c) => {
-      const value = row[c];
-      return element("td", {}, value instanceof Node ? value : (value === null || value === undefined ? "" : typeof value === "object" ? JSON.stringify(value) : value));
+    body.append(element("tr", {}, columns.map((c) => {
+      const value = c.value(row);
+      return element("td", { class: c.class }, value === null || value === undefined ? "" : value);
     })));
   }
+  table.append(body);
+  return table;
 }
 
 function showMessage(node, text, ok) {
@@ -54,139 +66,418 @@ function showMessage(node, text, ok) {
   node.className = "message " + (ok ? "ok" : "error");
 }
 
-// -- tabs --------------------------------------------------------------------------------------
-for (const button of document.querySelectorAll("nav button")) {
-  button.addEventListener("click", () => showTab(button.dataset.tab));
+// -- words and times -----------------------------------------------------------------------------
+const ZONE = Intl.DateTimeFormat().resolvedOptions().timeZone || "local time";
+$("#zone").textContent = `Times in ${ZONE}`;
+const timeFormat = new Intl.DateTimeFormat(undefined, { dateStyle: "medium", timeStyle: "short" });
+const clockFormat = new Intl.DateTimeFormat(undefined, { timeStyle: "short" });
+const dayFormat = new Intl.DateTimeFormat(undefined, { dateStyle: "medium" });
+
+function toDate(value) {
+  if (value === null || value === undefined || value === "") return null;
+  const date = typeof value === "number" ? new Date(value * 1000) : new Date(value);
+  return Number.isNaN(date.getTime()) ? null : date;
 }
-function showTab(name) {
-  for (const button of document.querySelectorAll("nav button")) button.classList.toggle("active", button.dataset.tab === name);
-  for (const tab of document.querySelectorAll(".tab")) tab.classList.toggle("active", tab.id === "tab-" + name);
-  ({ plans: loadPlans, rules: loadRules, activity: loadActivity })[name]();
+function localTime(value) { const d = toDate(value); return d ? timeFormat.format(d) : ""; }
+function shortTime(value) {
+  const d = toDate(value);
+  if (!d) return "";
+  return d.toDateString() === new Date().toDateString() ? clockFormat.format(d) : timeFormat.format(d);
+}
+function age(value) {
+  const d = toDate(value);
+  if (!d) return "";
+  const seconds = Math.max(0, (Date.now() - d.getTime()) / 1000);
+  if (seconds < 60) return `${Math.round(seconds)} s`;
+  if (seconds < 3600) return `${Math.round(seconds / 60)} min`;
+  if (seconds < 86400) return `${(seconds / 3600).toFixed(1)} h`;
+  return `${Math.round(seconds / 86400)} d`;
+}
+// DICOM dates (20261203) and person names (FAMILY^GIVEN) in words.
+function dicomDate(text) {
+  const m = /^(\d{4})(\d{2})(\d{2})$/.exec(String(text || ""));
+  return m ? dayFormat.format(new Date(Number(m[1]), Number(m[2]) - 1, Number(m[3]))) : String(text || "");
+}
+function personName(text) {
+  const [family, given, middle] = String(text || "").split("=")[0].split("^");
+  const rest = [given, middle].filter(Boolean).join(" ");
+  return family ? (rest ? `${family}, ${rest}` : family) : "";
+}
+const gy = (value) => (value === null || value === undefined || !Number.isFinite(Number(value)) ? "" : `${Number(value).toFixed(2)} Gy`);
+const number = (value, digits = 1) => (value === null || value === undefined || !Number.isFinite(Number(value)) ? "" : Number(value).toFixed(digits));
+// A UID shortened, the whole one a click away (copied), never a column of them.
+function shortUid(uid) {
+  if (!uid) return "";
+  const text = String(uid);
+  return element("span", { class: "uid" }, element("span", { title: text }, text.length > 14 ? "…" + text.slice(-10) : text),
+    element("button", { type: "button", class: "link", "aria-label": "Copy the UID " + text, onclick: () => navigator.clipboard && navigator.clipboard.writeText(text) }, "copy"));
+}
+const STATE_WORDS = { pending: "waiting", running: "sending", done: "done", dead: "parked", cancelled: "cancelled" };
+const stateWord = (state) => STATE_WORDS[state] || state;
+function badge(text, kind) { return element("span", { class: "badge " + (kind || text) }, text); }
+
+// -- the URL holds the view: #tab?param=value (deep links; Back works) ----------------------------
+const FOCUS = new URLSearchParams(location.search); // Explorer 2's button: ?patient=&study=
+function route() {
+  const [tab, query] = location.hash.slice(1).split("?");
+  return { tab: ["plans", "queue", "activity", "rules", "health"].includes(tab) ? tab : "plans", params: new URLSearchParams(query || "") };
+}
+function navigate(tab, params, replace) {
+  const query = params && params.toString();
+  const hash = "#" + tab + (query ? "?" + query : "");
+  if (location.hash === hash) { render(); return; }
+  if (replace) { history.replaceState(null, "", hash); render(); } else location.hash = hash;
+}
+window.addEventListener("hashchange", () => render());
+
+let refreshTimer = null;
+function render() {
+  const { tab, params } = route();
+  for (const link of document.querySelectorAll("nav [role=tab]")) {
+    const selected = link.dataset.tab === tab;
+    link.setAttribute("aria-selected", String(selected));
+    link.classList.toggle("active", selected);
+  }
+  for (const section of document.querySelectorAll(".tab")) section.classList.toggle("active", section.id === "tab-" + tab);
+  clearTimeout(refreshTimer);
+  ({ plans: renderPlans, queue: renderQueue, activity: renderActivity, rules: loadRules, health: renderHealth })[tab](params);
+}
+// Arrow keys move between tabs (the ARIA tabs pattern); Enter follows the link.
+$("nav[role=tablist]").addEventListener("keydown", (event) => {
+  const tabs = [...document.querySelectorAll("nav [role=tab]")];
+  const at = tabs.indexOf(document.activeElement);
+  if (at < 0 || !["ArrowLeft", "ArrowRight"].includes(event.key)) return;
+  const next = tabs[(at + (event.key === "ArrowRight" ? 1 : tabs.length - 1)) % tabs.length];
+  next.focus();
+  event.preventDefault();
+});
+
+// -- plans: the worklist -------------------------------------------------------------------------
+const selected = new Map(); // plan id -> what the confirmation names
+const FILTERS = { q: "#f-q", complete: "#f-complete", source: "#f-source", status: "#f-status", from: "#f-from", to: "#f-to" };
+
+function filtersFromForm() {
+  const params = new URLSearchParams();
+  for (const [name, selector] of Object.entries(FILTERS)) {
+    const value = $(selector).value.trim();
+    if (value) params.set(name, value);
+  }
+  return params;
+}
+$("#plan-filters").addEventListener("submit", (event) => { event.preventDefault(); navigate("plans", filtersFromForm()); });
+$("#f-clear").addEventListener("click", () => { for (const selector of Object.values(FILTERS)) $(selector).value = ""; navigate("plans", new URLSearchParams()); });
+
+function worklistQuery(params) {
+  const query = new URLSearchParams();
+  for (const name of ["q", "complete", "source", "status", "page", "sort", "order"]) if (params.get(name)) query.set(name, params.get(name));
+  // Dates are the user's local days: sent as instants with the offset.
+  if (params.get("from")) query.set("from", new Date(params.get("from") + "T00:00:00").toISOString());
+  if (params.get("to")) { const end = new Date(params.get("to") + "T00:00:00"); end.setDate(end.getDate() + 1); query.set("to", end.toISOString()); }
+  if (FOCUS.get("patient")) query.set("patient", FOCUS.get("patient"));
+  if (FOCUS.get("study")) query.set("study", FOCUS.get("study"));
+  query.set("per_page", "25");
+  return query;
 }
 
-// -- plans -------------------------------------------------------------------------------------
-const planField = (plan, ...names) => { for (const n of names) if (plan[n] !== undefined && plan[n] !== null) return plan[n]; return ""; };
-const planId = (plan) => String(planField(plan, "id", "plan_id"));
-const isComplete = (plan) => Boolean(planField(plan, "complete", "is_complete")) || planField(plan, "completeness", "state") === "complete";
-
-// Opened from Orthanc Explorer 2's study view (a custom button, see the README) with
-// ?patient=<PatientID>&study=<StudyInstanceUID>: only that patient's plans, that study's first.
-const FOCUS = new URLSearchParams(location.search);
-
-async function loadPlans() {
-  const tree = $("#plans-tree");
-  let plans;
+async function renderPlans(params) {
+  for (const [name, selector] of Object.entries(FILTERS)) $(selector).value = params.get(name) || "";
+  loadTargets();
+  renderSendJobs();
+  const detail = $("#plan-detail");
+  if (params.get("plan")) {
+    $("#worklist").hidden = true; $("#plans-pager").hidden = true; $("#plan-filters").hidden = true;
+    detail.hidden = false;
+    await showPlan(params.get("plan"), params);
+    return;
+  }
+  detail.hidden = true; $("#worklist").hidden = false; $("#plans-pager").hidden = false; $("#plan-filters").hidden = false;
+  const status = $("#plans-status");
+  let answer;
   try {
-    const filter = new URLSearchParams();
-    if (FOCUS.get("patient")) filter.set("patient", FOCUS.get("patient"));
-    if (FOCUS.get("study")) filter.set("study", FOCUS.get("study"));
-    plans = await call("plans" + (filter.toString() ? "?" + filter : ""));
+    answer = await call("worklist?" + worklistQuery(params));
   } catch (error) {
-    tree.textContent = "Plans are not available: " + error.message;
-    plans = [];
+    showMessage(status, "The plan list could not be loaded: " + error.message, false);
+    $("#worklist").replaceChildren();
+    return;
   }
-  if (plans && !Array.isArray(plans)) plans = plans.plans || [];
-  const byPatient = new Map();
-  for (const plan of plans) {
-    const key = planField(plan, "patient_id", "patient", "PatientID");
-    if (!byPatient.has(key)) byPatient.set(key, []);
-    byPatient.get(key).push(plan);
-  }
-  const list = element("ul");
-  for (const [patient, patientPlans] of byPatient) {
-    const planList = element("ul");
-    for (const plan of patientPlans) {
-      const id = planId(plan);
-      const objects = element("ul");
-      const grouped = {};
-      for (const object of planField(plan, "objects", "instances") || []) {
-        const modality = typeof object === "string" ? object : planField(object, "modality", "Modality");
-        grouped[modality] = (grouped[modality] || 0) + 1;
-      }
-      for (const modality of ["CT", "MR", "PT", "RTSTRUCT", "RTPLAN", "RTDOSE"]) {
-        if (grouped[modality]) objects.append(element("li", {}, `${modality} × ${grouped[modality]}`));
-      }
-      const missing = planField(plan, "missing");
-      planList.append(element("li", { class: "plan", "data-plan": id },
-        element("label", {}, element("input", { type: "checkbox", class: "plan-check", value: id, onchange: updateSendButton }),
-          " ", element("a", { class: "plan-link", onclick: () => showPlan(id) }, planField(plan, "label", "plan_label") || "(no label)")),
-        " ", planField(plan, "name", "plan_name"), " ", planField(plan, "date", "plan_date"),
-        " from ", planField(plan, "calling_aet", "source_aet") || "?",
-        element("span", { class: "badge " + (isComplete(plan) ? "complete" : "incomplete") }, isComplete(plan) ? "complete" : "incomplete"),
-        missing && missing.length ? element("span", { class: "muted" }, " missing: " + JSON.stringify(missing)) : null,
-        objects));
-    }
-    list.append(element("li", { class: "patient" }, "Patient " + patient, planList));
-  }
-  const focus = FOCUS.get("study") || FOCUS.get("patient");
-  const none = focus ? `No plans for ${FOCUS.get("study") ? "study" : "patient"} ${focus}.` : "No plans received yet.";
-  tree.replaceChildren(plans.length ? list : element("p", { class: "muted" }, none));
-  await loadTargets();
+  const sourceSelect = $("#f-source");
+  const wanted = params.get("source") || "";
+  sourceSelect.replaceChildren(element("option", { value: "" }, "any"), ...answer.sources.map((s) => element("option", { value: s }, s)));
+  sourceSelect.value = wanted;
+  const focus = FOCUS.get("study") ? " of this study" : FOCUS.get("patient") ? " of this patient" : "";
+  const filtered = [...params.keys()].some((k) => Object.keys(FILTERS).includes(k));
+  status.className = "message";
+  status.textContent = answer.total
+    ? `${answer.total} plan(s)${focus}${filtered ? " match" : ""}; page ${answer.page} of ${answer.pages}.`
+    : (filtered ? "No plan matches these filters." : `No plans received yet${focus}.`);
+  $("#worklist").replaceChildren(answer.plans.length ? worklistTable(answer.plans, params) : "");
+  pager($("#plans-pager"), answer.page, answer.pages, (page) => { const next = new URLSearchParams(params); next.set("page", page); navigate("plans", next); });
 }
 
+function sortHeader(title, key, params) {
+  const current = params.get("sort") || "received";
+  const order = params.get("order") || (current === "received" ? "desc" : "asc");
+  const next = new URLSearchParams(params);
+  next.set("sort", key);
+  next.set("order", current === key && order === "asc" ? "desc" : "asc");
+  next.delete("page");
+  const sorted = current === key ? (order === "asc" ? "ascending" : "descending") : null;
+  return element("a", { href: "#plans?" + next, "aria-sort": sorted, class: "sort" }, title, sorted ? (order === "asc" ? " ▲" : " ▼") : "");
+}
+
+function worklistTable(plans, params) {
+  const table = element("table", { class: "data worklist" });
+  table.append(element("caption", { class: "visually-hidden" }, "Plans received"));
+  const head = [
+    element("th", { scope: "col" }, element("span", { class: "visually-hidden" }, "Select")),
+    element("th", { scope: "col" }, sortHeader("Patient", "patient", params)),
+    element("th", { scope: "col" }, sortHeader("Plan", "label", params)),
+    element("th", { scope: "col" }, "Rx"),
+    element("th", { scope: "col" }, sortHeader("From", "source", params)),
+    element("th", { scope: "col" }, sortHeader("Received", "received", params)),
+    element("th", { scope: "col" }, "Complete"),
+    element("th", { scope: "col" }, "Where it went"),
+  ];
+  table.append(element("thead", {}, element("tr", {}, head)));
+  const body = element("tbody");
+  for (const plan of plans) {
+    const who = personName(plan.patient_name) || "(no name)";
+    const label = plan.label || "(no label)";
+    const box = element("input", { type: "checkbox", class: "plan-check", value: plan.id, "aria-label": `Select ${label} of ${who} for sending` });
+    box.checked = selected.has(plan.id);
+    box.addEventListener("change", () => {
+      if (box.checked) selected.set(plan.id, { label, who, patientId: plan.patient_id, complete: plan.complete, missing: plan.missing });
+      else selected.delete(plan.id);
+      updateSelection();
+    });
+    const open = new URLSearchParams(params);
+    open.set("plan", plan.id);
+    const rx = plan.prescription_gy ? `${number(plan.prescription_gy, 1)} Gy${plan.fractions ? ` × ${plan.fractions} fx` : ""}` : "";
+    const went = plan.destinations.map((d) => element("div", {}, badge(`${stateWord(d.state)}`, stateWord(d.state)), " ", d.target, " ", element("span", { class: "muted" }, shortTime(d.at))));
+    if (plan.held) went.unshift(element("div", {}, badge("held", "held"), " waiting for the plan to complete"));
+    body.append(element("tr", { class: "plan", "data-plan": plan.id },
+      element("td", {}, box),
+      element("td", {}, element("div", { class: "strong" }, who), element("div", { class: "muted" }, plan.patient_id)),
+      element("td", {}, element("a", { class: "plan-link", href: "#plans?" + open }, label),
+        element("div", { class: "muted" }, [plan.name, plan.intent ? plan.intent.toLowerCase() : "", dicomDate(plan.date)].filter(Boolean).join(" · "))),
+      element("td", {}, rx),
+      element("td", {}, plan.source || ""),
+      element("td", {}, localTime(plan.received_at)),
+      element("td", {}, plan.complete ? badge("complete") : badge("incomplete"), plan.complete ? "" : element("div", { class: "muted" }, "missing: " + plan.missing.join("; ")),
+        element("div", { class: "muted" }, Object.entries(plan.counts).map(([m, n]) => `${m} ${n}`).join(", "))),
+      element("td", {}, went.length ? went : element("span", { class: "muted" }, "not sent")),
+    ));
+  }
+  table.append(body);
+  return table;
+}
+
+function pager(box, page, pages, go) {
+  box.replaceChildren();
+  if (pages <= 1) return;
+  box.append(
+    element("button", { type: "button", disabled: page <= 1, onclick: () => go(page - 1), "aria-label": "Previous page" }, "‹ Previous"),
+    element("span", {}, ` Page ${page} of ${pages} `),
+    element("button", { type: "button", disabled: page >= pages, onclick: () => go(page + 1), "aria-label": "Next page" }, "Next ›"));
+}
+
+// -- sending: only ticks select, a confirmation names everything ----------------------------------
+function updateSelection() {
+  const list = $("#selection");
+  list.replaceChildren(...[...selected].map(([id, plan]) => element("li", {}, `${plan.label} — ${plan.who} (${plan.patientId})`,
+    plan.complete ? "" : element("span", { class: "badge incomplete" }, "incomplete"),
+    element("button", { type: "button", class: "link", "aria-label": `Remove ${plan.label} from the selection`, onclick: () => { selected.delete(id); updateSelection(); for (const box of document.querySelectorAll(".plan-check")) if (box.value === id) box.checked = false; } }, "remove"))));
+  $("#selection-summary").textContent = selected.size ? `${selected.size} plan(s) selected.` : "No plan selected. Tick a plan's box to select it; opening a plan never selects it.";
+  updateSendButton();
+}
+function checkedTargets() { return [...document.querySelectorAll(".target-check")].filter((c) => c.checked).map((c) => c.value); }
+function updateSendButton() { $("#send").disabled = !(selected.size && checkedTargets().length); }
+
+let targetsLoaded = false;
 async function loadTargets() {
+  if (targetsLoaded) return;
   const box = $("#targets");
   let targets = [];
-  try { targets = await call("/modalities"); } catch (error) { box.textContent = error.message; return; }
+  try { targets = await call("/modalities"); } catch (error) { box.textContent = "Destinations could not be listed: " + error.message; return; }
+  targetsLoaded = true;
   box.replaceChildren(...targets.map((name) => element("div", {},
     element("label", {}, element("input", { type: "checkbox", class: "target-check", value: name, onchange: updateSendButton }), " ", name))));
+  if (!targets.length) box.textContent = "No destination is configured (Orthanc's DicomModalities).";
   updateSendButton();
 }
 
-function checked(selector) { return [...document.querySelectorAll(selector)].filter((c) => c.checked).map((c) => c.value); }
-function updateSendButton() { $("#send").disabled = !(checked(".plan-check").length && checked(".target-check").length); }
-
-$("#send").addEventListener("click", async () => {
-  const message = $("#send-message");
-  try {
-    const answer = await call("plans/send", { method: "POST", body: JSON.stringify({ plans: checked(".plan-check"), targets: checked(".target-check") }) });
-    const jobs = Array.isArray(answer) ? answer : (answer.jobs || answer.job_ids || []);
-    showMessage(message, `${jobs.length} job(s) queued`, true);
-    for (const job of jobs) trackJob(typeof job === "object" ? (job.id || job.job_id) : job);
-  } catch (error) {
-    showMessage(message, error.message, false);
+$("#send").addEventListener("click", () => {
+  const targets = checkedTargets();
+  const body = $("#confirm-body");
+  const rows = [];
+  for (const [id, plan] of selected) for (const target of targets) rows.push({ id, plan, target });
+  const incomplete = [...selected].filter(([, plan]) => !plan.complete);
+  const confirmations = new Map();
+  body.replaceChildren(
+    element("p", {}, `${rows.length} job(s): ${selected.size} plan(s) to ${targets.join(", ")}.`),
+    dataTable(rows, [
+      { title: "Patient", value: (r) => `${r.plan.who} (${r.plan.patientId})` },
+      { title: "Plan", value: (r) => r.plan.label },
+      { title: "To", value: (r) => r.target },
+      { title: "State", value: (r) => (r.plan.complete ? "complete" : "INCOMPLETE: missing " + r.plan.missing.join("; ")) },
+    ], "What will be sent"),
+    incomplete.length ? element("fieldset", {}, element("legend", {}, "Incomplete plans are sent only if ticked here"),
+      ...incomplete.map(([id, plan]) => {
+        const box = element("input", { type: "checkbox", class: "confirm-incomplete", value: id });
+        confirmations.set(id, box);
+        box.addEventListener("change", checkConfirm);
+        return element("div", {}, element("label", {}, box, ` Send ${plan.label} of ${plan.who} although it is incomplete`));
+      })) : "");
+  function checkConfirm() {
+    const missing = [...confirmations.values()].filter((b) => !b.checked).length;
+    $("#confirm-send").disabled = missing > 0;
+    $("#confirm-warning").textContent = missing ? `${missing} incomplete plan(s) not confirmed: tick each, or cancel and untick it.` : "";
   }
+  checkConfirm();
+  $("#confirm-send").textContent = `Send ${rows.length} job(s)`;
+  $("#confirm-send").onclick = async () => {
+    $("#confirm").close();
+    const message = $("#send-message");
+    try {
+      const answer = await call("plans/send", { method: "POST", body: JSON.stringify({ plans: [...selected.keys()], targets, confirm_incomplete: [...confirmations.keys()] }) });
+      const jobs = answer.jobs || [];
+      const queued = jobs.filter((j) => j.id);
+      showMessage(message, `${queued.length} job(s) queued` + (jobs.length > queued.length ? `, ${jobs.length - queued.length} already sent (nothing new)` : ""), true);
+      const mine = JSON.parse(sessionStorage.getItem("rtgw-sent") || "[]");
+      for (const job of queued) mine.unshift({ id: job.id, label: job.label, target: job.target, who: (selected.get(job.plan) || {}).who || "" });
+      sessionStorage.setItem("rtgw-sent", JSON.stringify(mine.slice(0, 20)));
+      selected.clear();
+      for (const box of document.querySelectorAll(".plan-check")) box.checked = false;
+      updateSelection();
+      renderSendJobs();
+    } catch (error) {
+      showMessage(message, "Nothing sent: " + error.message, false);
+    }
+  };
+  $("#confirm").showModal();
+  $("#confirm-cancel").focus();
 });
+$("#confirm-cancel").addEventListener("click", () => $("#confirm").close());
 
-function trackJob(jobId) {
-  const bar = element("progress", { max: "1", value: "0" });
-  const state = element("span", { class: "badge pending" }, "pending");
-  const error = element("div", { class: "message error" });
-  const retry = element("button", { hidden: "", onclick: async () => { await call(`jobs/${jobId}/retry`, { method: "POST" }); retry.hidden = true; poll(); } }, "Retry");
-  $("#send-jobs").prepend(element("div", { class: "job", "data-job": jobId }, `Job ${jobId} `, bar, state, retry, error));
-  async function poll() {
-    const job = await call(`jobs/${jobId}`);
-    bar.max = job.instances || 1;
-    bar.value = job.sent || 0;
-    state.textContent = job.state;
-    state.className = "badge " + job.state;
-    error.textContent = job.state === "done" ? "" : (job.last_error || "");
-    retry.hidden = job.state !== "dead";
-    if (job.state !== "done" && job.state !== "dead") setTimeout(poll, 500);
+// The jobs sent from this tab (kept across reloads in the session), with live counts.
+let sendTimer = null;
+async function renderSendJobs() {
+  clearTimeout(sendTimer);
+  const mine = JSON.parse(sessionStorage.getItem("rtgw-sent") || "[]");
+  const box = $("#send-jobs");
+  if (!mine.length) { box.replaceChildren(element("p", { class: "muted" }, "Nothing yet. All jobs are on the Queue tab.")); return; }
+  let active = false;
+  const rows = [];
+  for (const entry of mine.slice(0, 8)) {
+    let job = null;
+    try { job = await call(`jobs/${entry.id}`); } catch (_) { /* pruned */ }
+    if (!job) continue;
+    const word = stateWord(job.state);
+    active = active || ["pending", "running"].includes(job.state);
+    rows.push(element("div", { class: "job", "data-job": entry.id },
+      element("div", {}, element("span", { class: "strong" }, entry.label), ` → ${entry.target} `, badge(word, word)),
+      element("div", { class: "muted" }, entry.who),
+      element("progress", { max: String(job.instances || 1), value: String(job.sent || 0), "aria-label": `${entry.label} to ${entry.target}` }),
+      element("span", { class: "count-text" }, ` ${job.sent} / ${job.instances} instances`),
+      job.state === "dead" ? element("div", { class: "message error" }, job.last_error || "") : ""));
   }
-  poll();
+  box.replaceChildren(...rows);
+  if (active && route().tab === "plans") sendTimer = setTimeout(renderSendJobs, 1000);
 }
 
-async function showPlan(id) {
+// -- plan detail in words ------------------------------------------------------------------------
+async function showPlan(id, params) {
   const detail = $("#plan-detail");
-  detail.hidden = false;
-  const plan = await call(`plans/${encodeURIComponent(id)}`);
-  $("#plan-title").textContent = `Plan ${planField(plan, "label", "plan_label")} (${planField(plan, "patient_id")})`;
-  const metrics = plan.metrics || plan;
-  const scalars = Object.entries(metrics).filter(([, v]) => v === null || typeof v !== "object");
-  table($("#plan-metrics"), scalars.map(([k, v]) => ({ metric: k, value: v })));
-  table($("#plan-beams"), metrics.beams || plan.beams || []);
-  $("#plan-rois").replaceChildren(...(plan.rois || plan.roi_names || metrics.rois || []).map((r) => element("li", {}, typeof r === "string" ? r : [planField(r, "ROIName", "name", "roi_name"), planField(r, "ROIType", "type")].join(" ").trim())));
-  table($("#plan-dose"), [].concat(plan.dose || plan.doses || metrics.dose || []));
-  drawDvh(plan.dvh || []);
-  showDvhComparison(plan.dvh || {});
+  const back = new URLSearchParams(params);
+  back.delete("plan");
+  detail.replaceChildren(element("p", {}, element("a", { href: "#plans?" + back, id: "back-to-list" }, "‹ Back to the plan list")), element("p", { class: "muted" }, "Loading the plan…"));
+  let plan;
+  try {
+    plan = await call(`plans/${encodeURIComponent(id)}`);
+  } catch (error) {
+    detail.append(element("p", { class: "message error" }, "The plan could not be loaded: " + error.message));
+    return;
+  }
+  const metrics = plan.metrics || {};
+  const dvh = plan.dvh || {};
+  const rx = metrics.PrescriptionGy || dvh.prescription_gy;
+  const title = element("h2", { id: "plan-title", tabindex: "-1" }, `${plan.label || "(no label)"} — ${personName(plan.patient_name) || "(no name)"} (${plan.patient_id})`);
+  const summary = element("dl", { class: "summary", id: "plan-summary" },
+    ...[["Plan name", plan.name], ["Plan date", dicomDate(plan.date)], ["Intent", metrics.PlanIntent ? String(metrics.PlanIntent).toLowerCase() : ""],
+      ["Prescription", rx ? `${number(rx, 2)} Gy${metrics.Fractions ? ` in ${metrics.Fractions} fractions (${number(rx / metrics.Fractions, 2)} Gy each)` : ""}` : "not in the plan"],
+      ["Beams", metrics.BeamCount ? `${metrics.BeamCount}, ${number(metrics.TotalMU, 1)} MU in all` : ""],
+      ["From", plan.calling_aet], ["Completeness", plan.complete ? "complete" : "incomplete: missing " + plan.missing.map(humaneMissing).join("; ")],
+      ["Plan UID", shortUid(plan.id)]].filter(([, v]) => v).flatMap(([k, v]) => [element("dt", {}, k), element("dd", {}, v)]));
+  const beams = (metrics.beams || []);
+  const beamTable = dataTable(beams, [
+    { title: "Beam", value: (b) => b.BeamName || b.BeamNumber },
+    { title: "Type", value: (b) => [b.BeamType, b.RadiationType].filter(Boolean).join(" ").toLowerCase() },
+    { title: "Energy", value: (b) => (b.Energy ? `${number(b.Energy, 0)} ${String(b.RadiationType || "").toUpperCase() === "ELECTRON" ? "MeV" : "MV"}` : ""), class: "num" },
+    { title: "Gantry", value: (b) => (b.GantryStart === null || b.GantryStart === undefined ? "" : `${number(b.GantryStart, 1)}°`), class: "num" },
+    { title: "MU", value: (b) => number(b.MU, 1), class: "num" },
+  ], "Beams");
+  beamTable.id = "plan-beams";
+  const fileTable = dataTable(plan.files || [], [
+    { title: "Object", value: (f) => f.modality },
+    { title: "Files", value: (f) => String(f.count), class: "num" },
+    { title: "Series", value: (f) => String(f.series), class: "num" },
+    { title: "Received", value: (f) => (f.first_received === f.last_received ? localTime(f.first_received) : `${localTime(f.first_received)} – ${shortTime(f.last_received)}`) },
+  ], "Files of the plan");
+  fileTable.id = "plan-files";
+  const computed = new Map((dvh.computed || []).map((c) => [c.roi, c]));
+  const comparison = new Map((dvh.comparison || []).map((c) => [c.roi, c]));
+  const structures = (plan.rois || []).length ? plan.rois : [...computed.keys()].map((roi) => ({ ROIName: roi }));
+  const cell = (roi, key, digits) => {
+    const ours = computed.get(roi);
+    const theirs = comparison.get(roi) && comparison.get(roi)[key];
+    if (!ours || ours[key] === null || ours[key] === undefined) return "";
+    const main = number(ours[key], digits);
+    if (!theirs || theirs.planning_system === null || theirs.planning_system === undefined) return main;
+    const diff = theirs.difference;
+    return element("span", {}, main, element("span", { class: "muted" }, ` (TPS ${number(theirs.planning_system, digits)}, ${diff > 0 ? "+" : ""}${number(diff, digits)})`));
+  };
+  const structureTable = dataTable(structures, [
+    { title: "Structure", value: (r) => r.ROIName },
+    { title: "Type", value: (r) => (r.ROIType || "").toLowerCase() },
+    { title: "Volume (cc)", value: (r) => cell(r.ROIName, "volume_cc", 2), class: "num" },
+    { title: "Dmin (Gy)", value: (r) => cell(r.ROIName, "Dmin", 2), class: "num" },
+    { title: "Dmean (Gy)", value: (r) => cell(r.ROIName, "Dmean", 2), class: "num" },
+    { title: "Dmax (Gy)", value: (r) => cell(r.ROIName, "Dmax", 2), class: "num" },
+    { title: "D95 (Gy)", value: (r) => cell(r.ROIName, "D95", 2), class: "num" },
+    { title: rx ? `V${number(rx, 0)}Gy (%)` : "V Rx (%)", value: (r) => cell(r.ROIName, "V_prescription_pct", 1), class: "num" },
+  ], "Structures and their doses");
+  structureTable.id = "plan-structures";
+  const runs = dataTable(plan.rule_runs || [], [
+    { title: "Rule", value: (r) => r.rule },
+    { title: "Outcome", value: (r) => r.outcome.replace(/-/g, " ") },
+    { title: "When", value: (r) => localTime(r.at) },
+    { title: "Why", value: (r) => { try { const m = JSON.parse(r.missing_json || "[]"); return m.length ? "missing: " + m.map(humaneMissing).join("; ") : ""; } catch (_) { return ""; } } },
+  ], "Rule runs for this plan");
+  runs.id = "plan-runs";
+  const chart = element("div", { id: "dvh-chart", class: "dvh-box" });
+  const notes = element("p", { id: "dvh-notes", class: "muted" });
+  detail.replaceChildren(
+    element("p", {}, element("a", { href: "#plans?" + back, id: "back-to-list" }, "‹ Back to the plan list")),
+    title,
+    element("div", { class: "detail-columns" },
+      element("div", {}, summary, element("h3", {}, "Beams"), beams.length ? beamTable : element("p", { class: "muted" }, "No beams indexed."),
+        element("h3", {}, "Files"), fileTable, element("h3", {}, "Rules for this plan"), (plan.rule_runs || []).length ? runs : element("p", { class: "muted" }, "No plan rule has run.")),
+      element("div", {}, element("h3", {}, "Dose–volume histogram"), chart, notes)),
+    element("h3", {}, "Structures"), structureTable,
+    element("h3", {}, "Where it went"), element("div", { id: "plan-sent" }, "Loading…"));
+  title.focus();
+  if (window.RtDvh) window.RtDvh.draw(chart, dvh, { title: plan.label || "plan", filenameBase: `dvh_${plan.label || "plan"}` });
+  else chart.textContent = "The DVH chart could not be loaded.";
+  notes.textContent = dvhNotes(dvh);
+  loadPlanDestinations(plan);
 }
 
-// Per structure the planning system also reported: computed / planning system / difference.
-function showDvhComparison(dvh) {
+function humaneMissing(text) { return String(text).replace(/\b\d+(\.\d+){3,}\b/g, "(referenced, not received)"); }
+
+function dvhNotes(dvh) {
   // The conventions travel with the numbers: a small structure's volume depends on them (README).
   const notes = dvh.method ? [`Computed: ${dvh.method}.`] : [];
-  if (dvh.complete === false) notes.push("Images missing: " + (dvh.missing || []).join("; ") + ".");
+  if (dvh.complete === false) notes.push("No DVH yet: the plan is incomplete (" + (dvh.missing || []).map(humaneMissing).join("; ") + ").");
   if (dvh.dose_conversion) notes.push(dvh.dose_conversion + ".");
   if (dvh.error) notes.push(dvh.error);
   for (const skipped of dvh.not_computed || []) notes.push(`No DVH for ${skipped.roi}: ${skipped.reason}.`);
@@ -194,75 +485,180 @@ function showDvhComparison(dvh) {
     if (small.volume_cc_slabs === undefined) continue;
     notes.push(`${small.roi}: ${Number(small.volume_cc).toFixed(3)} cc, ${Number(small.volume_cc_slabs).toFixed(3)} cc counted as slabs (a small structure's volume depends on the convention).`);
   }
-  const round = (v) => (v === null || v === undefined ? "" : Number(v).toFixed(2));
-  const rows = (dvh.comparison || []).map((row) => {
-    const out = { structure: row.roi };
-    for (const key of ["volume_cc", "Dmin", "Dmean", "Dmax"]) {
-      const cell = row[key] || {};
-      out[key] = `${round(cell.computed)} / ${round(cell.planning_system)} (${cell.difference > 0 ? "+" : ""}${round(cell.difference)})`;
+  for (const row of dvh.comparison || []) for (const check of row.checks || []) notes.push(`${row.roi}: ${check}.`);
+  if (!notes.length && !(dvh.computed || []).length) notes.push("No DVH: the plan has no structure set or no dose.");
+  return notes.join(" ");
+}
+
+async function loadPlanDestinations(plan) {
+  const box = $("#plan-sent");
+  try {
+    const answer = await call("worklist?" + new URLSearchParams({ patient: plan.patient_id || "", q: plan.label || "", per_page: "200" }));
+    const mine = answer.plans.find((p) => p.id === plan.id);
+    const went = mine ? mine.destinations : [];
+    box.replaceChildren(went.length ? dataTable(went, [
+      { title: "To", value: (d) => d.target },
+      { title: "State", value: (d) => badge(stateWord(d.state), stateWord(d.state)) },
+      { title: "When", value: (d) => localTime(d.at) },
+    ], "Where the plan went") : element("p", { class: "muted" }, "Not sent anywhere yet."));
+  } catch (error) {
+    box.textContent = "Could not be loaded: " + error.message;
+  }
+}
+
+// -- queue: live ---------------------------------------------------------------------------------
+const QUEUE_VIEWS = [["active", "Waiting and sending"], ["parked", "Parked"], ["done", "Done"], ["cancelled", "Cancelled"]];
+async function renderQueue(params) {
+  const view = params.get("view") || "active";
+  const target = params.get("target") || "";
+  const page = Number(params.get("page") || 1);
+  let answer;
+  try {
+    answer = await call("queue?" + new URLSearchParams({ view, target, page: String(page), per_page: "25" }));
+  } catch (error) {
+    showMessage($("#queue-summary"), "The queue could not be loaded: " + error.message, false);
+    refreshTimer = setTimeout(() => render(), 5000);
+    return;
+  }
+  const counts = answer.counts;
+  const countOf = (v) => (v === "active" ? (counts.waiting || 0) + (counts.sending || 0) : counts[v] || 0);
+  $("#queue-views").replaceChildren(...QUEUE_VIEWS.map(([key, title]) => {
+    const next = new URLSearchParams({ view: key });
+    return element("a", { href: "#queue?" + next, class: key === view ? "active" : "", "aria-current": key === view ? "page" : null }, `${title} (${countOf(key)})`);
+  }));
+  $("#queue-summary").className = "muted";
+  $("#queue-summary").textContent = `${counts.sending || 0} sending, ${counts.waiting || 0} waiting, ${counts.parked || 0} parked. Updated ${clockFormat.format(new Date())}.`;
+  $("#queue-badge").textContent = counts.parked ? `${counts.parked} parked` : "";
+  const actions = $("#queue-actions");
+  actions.replaceChildren(element("label", {}, "Target ", element("select", { id: "queue-target", onchange: (e) => navigate("queue", new URLSearchParams({ view, target: e.target.value })) },
+    element("option", { value: "" }, "all"), ...answer.targets.map((t) => element("option", { value: t, selected: t === target }, t)))));
+  if (view === "parked" && answer.total) {
+    for (const name of target ? [target] : answer.targets) {
+      actions.append(element("button", { type: "button", class: "retry-all", onclick: async () => {
+        try { const r = await call("jobs/retry-parked", { method: "POST", body: JSON.stringify({ target: name }) }); showMessage($("#queue-summary"), `${r.retried.length} parked job(s) for ${name} retried.`, true); } catch (error) { showMessage($("#queue-summary"), error.message, false); }
+        refreshTimer = setTimeout(render, 800);
+      } }, `Retry all parked for ${name}`));
     }
-    for (const check of row.checks || []) notes.push(`${row.roi}: ${check}.`);
-    return out;
-  });
-  $("#dvh-notes").textContent = notes.join(" ");
-  table($("#dvh-compare"), rows, ["structure", "volume_cc", "Dmin", "Dmean", "Dmax"]);
+  }
+  const act = (path, what) => async () => {
+    try { await call(path, { method: "POST" }); } catch (error) { showMessage($("#queue-summary"), `${what}: ${error.message}`, false); return; }
+    render();
+  };
+  $("#queue-table").replaceChildren(answer.jobs.length ? dataTable(answer.jobs, [
+    { title: "Patient", value: (j) => element("span", {}, personName(j.patient_name) || "", element("div", { class: "muted" }, j.patient_id || "")) },
+    { title: "What", value: (j) => (j.plan_label ? `plan ${j.plan_label}` : `${j.kind}${j.action !== "forward" ? " (" + j.action + ")" : ""}`) },
+    { title: "Rule", value: (j) => (j.manual ? "sent by hand" : j.rule) },
+    { title: "To", value: (j) => j.target },
+    { title: "Progress", value: (j) => element("span", {}, element("progress", { max: String(j.instances || 1), value: String(j.sent), "aria-label": `job ${j.id}` }), ` ${j.sent} / ${j.instances} instances`, j.refused ? `, ${j.refused} refused` : "", j.gone ? `, ${j.gone} deleted before sending` : "") },
+    { title: "State", value: (j) => badge(j.state, j.state) },
+    { title: "Age", value: (j) => age(j.created_epoch) },
+    { title: "Why", value: (j) => j.waiting_for || (j.state === "waiting" && j.attempts ? `retry ${j.attempts + 1} at ${shortTime(j.next_attempt_at)}: ${j.last_error || ""}` : j.last_error || "") },
+    { title: "", value: (j) => element("span", { class: "actions" },
+      j.state === "parked" ? element("button", { type: "button", onclick: act(`jobs/${j.id}/retry`, "Retry"), "aria-label": `Retry job ${j.id}` }, "Retry") : "",
+      ["parked", "waiting"].includes(j.state) ? element("button", { type: "button", onclick: () => { if (confirm(`Cancel job ${j.id}: nothing more of it will be sent?`)) act(`jobs/${j.id}/cancel`, "Cancel")(); }, "aria-label": `Cancel job ${j.id}` }, "Cancel") : "") },
+  ], "Jobs") : element("p", { class: "muted" }, view === "active" ? "Nothing waiting or sending." : "None."));
+  pager($("#queue-pager"), answer.page, answer.pages, (p) => navigate("queue", new URLSearchParams({ view, target, page: String(p) })));
+  // Live while the tab is shown: every 2 s (a queue of thousands is paged, not downloaded).
+  refreshTimer = setTimeout(() => { if (route().tab === "queue") render(); }, 2000);
 }
 
-function dvhCurves(dvh) {
-  // Accepts {computed: [...], tps: [...]} or a list of curves with a `source`.
-  const curves = [];
-  const add = (list, source) => { for (const c of list || []) curves.push({ ...c, source: c.source || source }); };
-  const asList = (value) => Array.isArray(value) ? value : Object.entries(value || {}).map(([roi, c]) => ({ roi, ...c }));
-  if (Array.isArray(dvh)) add(dvh, "computed"); else { add(asList(dvh.computed), "computed"); add(asList(dvh.tps || dvh.planning_system), "planning system"); }
-  return curves.map((c) => ({
-    name: planField(c, "roi", "name", "structure", "roi_name"),
-    source: c.source,
-    dose: c.dose_gy || c.doses || c.dose || [],
-    volume: c.volume_pct || c.volumes || c.volume || [],
-  })).filter((c) => c.dose.length && c.dose.length === c.volume.length);
+// -- activity ------------------------------------------------------------------------------------
+const AUDIT_COLUMNS = {
+  transfers: [["Time", (r) => localTime(r.started_at)], ["Patient", (r) => r.patient_id], ["Rule", (r) => r.rule], ["To", (r) => r.target],
+    ["Outcome", (r) => badge(r.status)], ["Instances", (r) => r.instances], ["MB", (r) => number(r.bytes / 1e6, 1)], ["Attempt", (r) => r.attempt], ["Error", (r) => r.error], ["Study", (r) => shortUid(r.study_uid)]],
+  evaluations: [["Time", (r) => localTime(r.at)], ["Patient", (r) => r.patient_id], ["Rule", (r) => r.rule], ["On", (r) => r.trigger],
+    ["Matched", (r) => (r.matched ? "yes" : "no")], ["Why", (r) => r.reason], ["New instances", (r) => r.new_instances], ["Study", (r) => shortUid(r.study_uid)]],
+  events: [["Time", (r) => localTime(r.at)], ["Event", (r) => String(r.event).replace(/-/g, " ")], ["Outcome", (r) => r.status], ["Patient", (r) => r.patient_id],
+    ["Rule", (r) => r.rule], ["Target", (r) => r.target], ["Detail", (r) => r.detail], ["Study", (r) => shortUid(r.study_uid)]],
+  received: [["Time", (r) => localTime(r.received_at)], ["From", (r) => r.calling_aet], ["Address", (r) => r.remote_ip], ["Patient", (r) => r.patient_id],
+    ["Modality", (r) => r.modality], ["Plan label", (r) => r.plan_label], ["State", (r) => r.state], ["Study", (r) => shortUid(r.study_uid)]],
+  quarantine: [["Time", (r) => localTime(r.at)], ["Reason", (r) => r.reason], ["Detail", (r) => r.detail], ["Where", (r) => r.file_path]],
+};
+const AUDIT_PAGE = 50;
+
+async function renderActivity(params) {
+  loadStats();
+  for (const name of ["kind", "patient", "study", "rule", "target", "status"]) {
+    const input = $(`#audit-${name}`);
+    input.value = params.get(name) || (name === "kind" ? "transfers" : "");
+  }
+  $("#audit-since").value = params.get("since") || "";
+  $("#audit-until").value = params.get("until") || "";
+  const page = Number(params.get("page") || 1);
+  const query = new URLSearchParams({ kind: params.get("kind") || "transfers", order: "desc", limit: String(AUDIT_PAGE + 1), offset: String((page - 1) * AUDIT_PAGE) });
+  for (const name of ["patient", "study", "rule", "target", "status"]) if (params.get(name)) query.set(name, params.get(name));
+  if (params.get("since")) query.set("since", new Date(params.get("since")).toISOString());
+  if (params.get("until")) query.set("until", new Date(params.get("until")).toISOString());
+  const shown = new URLSearchParams(query);
+  shown.set("limit", String(AUDIT_PAGE));
+  $("#audit-csv").href = API + "audit?" + shown + "&format=csv";
+  let rows;
+  try {
+    rows = await call("audit?" + query);
+    $("#audit-message").textContent = "";
+  } catch (error) {
+    showMessage($("#audit-message"), "The audit could not be loaded: " + error.message, false);
+    return;
+  }
+  const more = rows.length > AUDIT_PAGE;
+  rows = rows.slice(0, AUDIT_PAGE);
+  const kind = query.get("kind");
+  $("#audit").replaceChildren(rows.length ? dataTable(rows, AUDIT_COLUMNS[kind].map(([title, value]) => ({ title, value })), "Audit, newest first") : element("p", { class: "muted" }, "Nothing recorded for these filters."));
+  const box = $("#audit-pager");
+  box.replaceChildren(
+    element("button", { type: "button", disabled: page <= 1, onclick: () => { const p = new URLSearchParams(params); p.set("page", String(page - 1)); navigate("activity", p); } }, "‹ Newer"),
+    element("span", {}, ` Page ${page} `),
+    element("button", { type: "button", disabled: !more, onclick: () => { const p = new URLSearchParams(params); p.set("page", String(page + 1)); navigate("activity", p); } }, "Older ›"));
+}
+$("#audit-form").addEventListener("submit", (event) => {
+  event.preventDefault();
+  const params = new URLSearchParams();
+  for (const name of ["kind", "patient", "study", "rule", "target", "status", "since", "until"]) {
+    const value = $(`#audit-${name}`).value.trim();
+    if (value) params.set(name, value);
+  }
+  navigate("activity", params);
+});
+
+// Storage commitment per target: only targets configured for it have the numbers.
+function commitmentText(commitment) {
+  if (!commitment) return "";
+  const parts = [`${commitment.committed}`];
+  if (commitment.waiting) parts.push(`${commitment.waiting} waiting`);
+  if (commitment.not_committed) parts.push(`${commitment.not_committed} NOT committed`);
+  return parts.join(", ");
 }
 
-function drawDvh(dvh) {
-  const svg = $("#dvh");
-  const ns = "http://www.w3.org/2000/svg";
-  svg.replaceChildren();
-  const curves = dvhCurves(dvh);
-  const width = 560, height = 360, left = 50, bottom = 30;
-  const maxDose = Math.max(1, ...curves.flatMap((c) => c.dose));
-  const maxVolume = Math.max(100, ...curves.flatMap((c) => c.volume));
-  const x = (d) => left + (d / maxDose) * (width - left - 10);
-  const y = (v) => height - bottom - (v / maxVolume) * (height - bottom - 10);
-  const line = (x1, y1, x2, y2) => { const l = document.createElementNS(ns, "line"); Object.entries({ x1, y1, x2, y2, stroke: "#888" }).forEach(([k, v]) => l.setAttribute(k, v)); svg.append(l); };
-  const text = (tx, ty, content) => { const t = document.createElementNS(ns, "text"); t.setAttribute("x", tx); t.setAttribute("y", ty); t.setAttribute("font-size", "11"); t.textContent = content; svg.append(t); };
-  line(left, height - bottom, width - 10, height - bottom);
-  line(left, 10, left, height - bottom);
-  text(width / 2, height - 5, "dose (Gy)");
-  text(2, 20, "volume (%)");
-  text(left - 5, height - bottom + 14, "0");
-  text(width - 40, height - bottom + 14, maxDose.toFixed(1));
-  const colours = ["#e6194b", "#3cb44b", "#4363d8", "#f58231", "#911eb4", "#42d4f4", "#f032e6", "#9a6324"];
-  const legend = $("#dvh-legend");
-  legend.replaceChildren();
-  const names = [...new Set(curves.map((c) => c.name))];
-  curves.forEach((curve) => {
-    const colour = colours[names.indexOf(curve.name) % colours.length];
-    const path = document.createElementNS(ns, "polyline");
-    path.setAttribute("points", curve.dose.map((d, i) => `${x(d).toFixed(1)},${y(curve.volume[i]).toFixed(1)}`).join(" "));
-    path.setAttribute("fill", "none");
-    path.setAttribute("stroke", colour);
-    path.setAttribute("class", "dvh-curve");
-    if (curve.source !== "computed") path.setAttribute("stroke-dasharray", "5,3");
-    svg.append(path);
-    legend.append(element("span", { style: `color:${colour}; margin-right:1em` }, `${curve.name} (${curve.source})`));
-  });
-  if (!curves.length) text(left + 20, height / 2, "no DVH for this plan");
+async function loadStats() {
+  let stats;
+  try { stats = await call("stats"); } catch (error) { $("#stats").textContent = "Statistics could not be loaded: " + error.message; return; }
+  const rows = [];
+  for (const [group, entries] of Object.entries(stats)) {
+    for (const [name, s] of Object.entries(entries)) rows.push({ by: group === "by_target" ? "target" : "rule", name, ...s });
+  }
+  // Delivery counts instances, not attempts: retries to a node that was down cost nothing here.
+  $("#stats").replaceChildren(rows.length ? dataTable(rows, [
+    { title: "", value: (r) => r.by },
+    { title: "Name", value: (r) => r.name },
+    { title: "Delivered", value: (r) => `${r.sent} instance(s)`, class: "num" },
+    { title: "Finally failed", value: (r) => `${r.instances_parked || 0} instance(s)`, class: "num" },
+    { title: "Delivered share", value: (r) => { const all = r.sent + (r.instances_parked || 0); return all ? `${Math.round((100 * r.sent) / all)} %` : ""; }, class: "num" },
+    { title: "Committed", value: (r) => commitmentText(r.commitment) },
+    { title: "Jobs waiting", value: (r) => r.pending, class: "num" },
+    { title: "Jobs parked", value: (r) => r.parked, class: "num" },
+    { title: "Last error", value: (r) => (r.last_error ? `${r.last_error} (${shortTime(r.last_error_at)})` : "") },
+  ], "Delivery per target and per rule") : element("p", { class: "muted" }, "Nothing sent yet."));
 }
 
 // -- rules -------------------------------------------------------------------------------------
 async function loadRules() {
-  const rules = await call("rules");
-  $("#rules-file").textContent = `${rules.file} — sha256 ${rules.sha256}`;
-  $("#rules-yaml").textContent = rules.text || JSON.stringify(rules.rules, null, 2);
+  try {
+    const rules = await call("rules");
+    $("#rules-file").textContent = `${rules.file} — sha256 ${rules.sha256}`;
+    $("#rules-yaml").textContent = rules.text || JSON.stringify(rules.rules, null, 2);
+  } catch (error) {
+    showMessage($("#rules-message"), "The rules could not be loaded: " + error.message, false);
+  }
 }
 
 $("#reload-rules").addEventListener("click", async () => {
@@ -281,67 +677,59 @@ $("#test-form").addEventListener("submit", async (event) => {
   const result = $("#test-result");
   try {
     const answer = await call("rules/test", { method: "POST", body: JSON.stringify({ study: $("#test-study").value.trim() }) });
-    table(result, answer.rules.map((r) => ({
-      rule: r.rule, on: r.on, "would fire": r.would_fire ? "yes" : "no",
-      "failed condition": r.failed_condition || "", why: r.reason, instances: r.instances, targets: r.targets.join(", "),
-      conditions: element("ul", { class: "conditions" }, ...(r.conditions || []).map((c) =>
-        element("li", { class: c.holds ? "holds" : "fails" }, `${c.holds ? "✔" : "✘"} ${c.condition}: ${c.reason}`))),
-    })));
+    result.replaceChildren(dataTable(answer.rules, [
+      { title: "Rule", value: (r) => r.rule }, { title: "On", value: (r) => r.on }, { title: "Would fire", value: (r) => (r.would_fire ? "yes" : "no") },
+      { title: "Failed condition", value: (r) => r.failed_condition || "" }, { title: "Why", value: (r) => r.reason }, { title: "Instances", value: (r) => r.instances },
+      { title: "Targets", value: (r) => r.targets.join(", ") },
+      { title: "Conditions", value: (r) => element("ul", { class: "conditions" }, ...(r.conditions || []).map((c) =>
+        element("li", { class: c.holds ? "holds" : "fails" }, `${c.holds ? "✔" : "✘"} ${c.condition}: ${c.reason}`))) },
+    ]));
   } catch (error) {
     result.replaceChildren(element("tr", {}, element("td", { class: "message error" }, error.message)));
   }
 });
 
-// -- activity ----------------------------------------------------------------------------------
-function auditQuery() {
-  const params = new URLSearchParams({ kind: $("#audit-kind").value, limit: "500" });
-  const since = $("#audit-since").value, until = $("#audit-until").value;
-  if (since) params.set("since", new Date(since).toISOString());
-  if (until) params.set("until", new Date(until).toISOString());
-  for (const name of ["rule", "target", "status"]) {
-    const value = $(`#audit-${name}`).value.trim();
-    if (value) params.set(name, value);
-  }
-  return params;
-}
-
-// Storage commitment per target: only targets configured for it have the numbers.
-function commitmentText(commitment) {
-  if (!commitment) return "";
-  const parts = [`${commitment.committed}`];
-  if (commitment.waiting) parts.push(`${commitment.waiting} waiting`);
-  if (commitment.not_committed) parts.push(`${commitment.not_committed} NOT committed`);
-  return parts.join(", ");
-}
-
-async function loadActivity() {
-  const stats = await call("stats");
-  const rows = [];
-  for (const [group, entries] of Object.entries(stats)) {
-    for (const [name, s] of Object.entries(entries)) {
-      const attempts = s.successful_transfers + s.failed;
-      rows.push({ by: group.replace("by_", ""), name, sent: s.sent, committed: commitmentText(s.commitment), "success rate": attempts ? `${Math.round((100 * s.successful_transfers) / attempts)} %` : "", failed: s.failed, pending: s.pending, parked: s.parked, "last error": s.last_error || "" });
-    }
-  }
-  table($("#stats"), rows);
-  const dead = await call("jobs?state=dead");
-  table($("#dead-jobs"), dead.map((job) => ({
-    job: job.id, rule: job.rule, target: job.target, study: job.study_uid, error: job.last_error,
-    retry: element("button", { onclick: async () => { await call(`jobs/${job.id}/retry`, { method: "POST" }); loadActivity(); } }, "Retry"),
-  })));
-  await loadAudit();
-}
-
-async function loadAudit() {
-  const params = auditQuery();
-  $("#audit-csv").href = API + "audit?" + params.toString() + "&format=csv";
+// -- health --------------------------------------------------------------------------------------
+async function renderHealth() {
+  let report;
+  const message = $("#health-message");
   try {
-    table($("#audit"), await call("audit?" + params.toString()));
-    $("#audit-message").textContent = "";
+    report = await call("health");
+    showMessage(message, "Healthy.", true);
   } catch (error) {
-    showMessage($("#audit-message"), error.message, false);
+    if (!error.body || !error.body.problems) { showMessage(message, "Health could not be read: " + error.message, false); return; }
+    report = error.body;
+    showMessage(message, "Not healthy: " + report.problems.join("; "), false);
   }
+  $("#health-badge").textContent = report.problems && report.problems.length ? "!" : "";
+  const queue = report.queue || {};
+  const rows = [
+    ["Queue", `${queue.pending || 0} waiting, ${queue.running || 0} sending, ${queue.parked || 0} parked`],
+    ["Oldest waiting job", queue.oldest_pending_seconds === null || queue.oldest_pending_seconds === undefined ? "none" : age(Date.now() / 1000 - queue.oldest_pending_seconds)],
+    ["Database", report.database_writable ? "writable" : "NOT writable"],
+    ...Object.entries(report.disk || {}).map(([what, d]) => [`Free disk (${what})`, `${(d.free_mb / 1024).toFixed(1)} GB in ${d.folder}`]),
+    ...Object.entries(report.workers || {}).map(([index, w]) => [`Worker ${index}`, typeof w === "object" ? (w.alive ? `running (pid ${w.pid})` : `NOT running${w.pid ? " (pid " + w.pid + ")" : ""}`) : String(w)]),
+  ];
+  $("#health").replaceChildren(dataTable(rows, [{ title: "What", value: (r) => r[0] }, { title: "State", value: (r) => r[1] }], "Health"));
+  let targets = [];
+  try { targets = await call("/modalities"); } catch (error) { $("#destinations").textContent = "Destinations could not be listed: " + error.message; return; }
+  const echoes = JSON.parse(sessionStorage.getItem("rtgw-echo") || "{}");
+  const table = dataTable(targets, [
+    { title: "Destination", value: (t) => t },
+    { title: "Last C-ECHO", value: (t) => element("span", { id: "echo-" + t.replace(/[^A-Za-z0-9_-]/g, "_") }, echoes[t] ? `${echoes[t].ok ? "answered" : "NO ANSWER"} at ${shortTime(echoes[t].at)}` : "not checked") },
+    { title: "", value: (t) => element("button", { type: "button", onclick: () => echo(t) }, "Check now") },
+  ], "Destinations");
+  $("#destinations").replaceChildren(table);
 }
-$("#audit-form").addEventListener("submit", (event) => { event.preventDefault(); loadAudit(); });
+async function echo(target) {
+  const cell = document.getElementById("echo-" + target.replace(/[^A-Za-z0-9_-]/g, "_"));
+  if (cell) cell.textContent = "checking…";
+  let ok = true;
+  try { await call(`/modalities/${encodeURIComponent(target)}/echo`, { method: "POST", body: "{}" }); } catch (_) { ok = false; }
+  const echoes = JSON.parse(sessionStorage.getItem("rtgw-echo") || "{}");
+  echoes[target] = { ok, at: new Date().toISOString() };
+  sessionStorage.setItem("rtgw-echo", JSON.stringify(echoes));
+  if (cell) cell.textContent = `${ok ? "answered" : "NO ANSWER"} at ${shortTime(echoes[target].at)}`;
+}
 
-showTab(location.hash.slice(1) || "plans");
+render();
