@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import time
 from typing import TYPE_CHECKING
 
 from orthanc_plugin.api.health import health
@@ -13,12 +15,15 @@ from orthanc_plugin.api.router import (
     csv_response,
     json_response,
 )
+from orthanc_plugin.audit.clock import now_iso
 from orthanc_plugin.audit.queries import AuditQueryError, audit_rows, stats, to_csv
+from orthanc_plugin.ports import HostError
 from orthanc_plugin.rules import RulesError
 
 if TYPE_CHECKING:
     from orthanc_plugin.app import Gateway
 
+ECHO_PREFIX = "last_echo:"
 JOB_STATES = ("pending", "running", "done", "dead", "cancelled")
 MAX_JOBS_LISTED = 10_000
 
@@ -90,6 +95,33 @@ def add_routes(router: Router, gateway: Gateway) -> None:
                    if gateway.retry_job(job_id)]
         return json_response({"retried": retried})
 
+    def list_targets(_: Request) -> Response:
+        """The destinations and each one's last C-ECHO (from this page or any other)."""
+        answer = []
+        for name in sorted(gateway.known_targets()):
+            last = gateway.db.get_meta(ECHO_PREFIX + name)
+            answer.append({"name": name, "last_echo": json.loads(last) if last else None})
+        return json_response(answer)
+
+    def echo_target(request: Request) -> Response:
+        name = request.params["name"]
+        if name not in gateway.known_targets():
+            raise ApiError(404, f"no destination {name[:64]!r}")
+        started = time.monotonic()
+        try:
+            gateway.host.post_json(f"/modalities/{name}/echo", {})
+            ok, error = True, ""
+        except HostError as failure:   # no answer is an answer here, not a server error
+            ok, error = False, str(failure)[:300]
+        record = {"ok": ok, "error": error, "at": now_iso(),
+                  "seconds": round(time.monotonic() - started, 3)}
+
+        def write() -> None:
+            with gateway.db.transaction() as connection:
+                gateway.db.set_meta(ECHO_PREFIX + name, json.dumps(record), connection)
+        gateway.db.durable(write, "recording a C-ECHO")
+        return json_response(record)
+
     def get_audit(request: Request) -> Response:
         try:
             rows = audit_rows(gateway.db, request.query)
@@ -112,5 +144,7 @@ def add_routes(router: Router, gateway: Gateway) -> None:
     router.add("POST", r"jobs/(?P<id>\d+)/retry", retry_job)
     router.add("POST", r"jobs/(?P<id>\d+)/cancel", cancel_job)
     router.add("POST", "jobs/retry-parked", retry_parked)
+    router.add("GET", "targets", list_targets)
+    router.add("POST", r"targets/(?P<name>[A-Za-z0-9_.\-]{1,64})/echo", echo_target)
     router.add("GET", "audit", get_audit)
     router.add("GET", "stats", get_stats)

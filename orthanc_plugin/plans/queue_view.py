@@ -33,8 +33,11 @@ def queue_page(db: Database, view: str, target: str, page: int, per_page: int) -
         "SELECT state, COUNT(*) AS n FROM jobs GROUP BY state")}
     targets = [row["target"] for row in db.query(
         "SELECT DISTINCT target FROM jobs ORDER BY target LIMIT 200")]
+    parked_targets = [row["target"] for row in db.query(
+        "SELECT DISTINCT target FROM jobs WHERE state='dead' ORDER BY target LIMIT 200")]
     return {"total": total, "page": page, "per_page": per_page,
             "pages": max(1, -(-total // per_page)), "counts": counts, "targets": targets,
+            "parked_targets": parked_targets,
             "jobs": _described(db, rows)}
 
 

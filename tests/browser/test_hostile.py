@@ -82,13 +82,25 @@ def test_markup_in_dicom_values_is_text_on_the_gateway_page(
     gateway = servers["gateway"]
     page = logged_in(browser, gateway)
     page.goto(f"{gateway.url}/rt-gateway/ui/#plans")
-    plan = page.locator("li.plan").first
+    plan = page.locator("tr.plan").first
     expect(plan).to_contain_text("<img src=y")
+    # The patient's name as text: its first component group (DICOM's "=" separates groups).
+    expect(plan.locator("td").nth(1)).to_contain_text("<img src")
+    # The confirmation names the plan and the patient as text too.
+    plan.locator("input.plan-check").check()
+    page.locator("input.target-check[value=ARCHIVE]").check()
+    page.click("#send")
+    expect(page.locator("#confirm")).to_contain_text("<img src=y")
+    page.click("#confirm-cancel")
     plan.locator("a.plan-link").click()
     expect(page.locator("#plan-detail")).to_be_visible()
     expect(page.locator("#plan-title")).to_contain_text("<img src=y")
-    expect(page.locator("#dvh-legend")).to_contain_text("<script>", timeout=60_000)
-    assert "color" in (page.locator("#dvh-legend span").first.get_attribute("style") or "")
+    expect(page.locator("#plan-structures")).to_contain_text("<script>", timeout=60_000)
+    expect(page.locator("#dvh-chart")).to_contain_text("<script>", timeout=60_000)
+    # A search for markup is a search, not markup.
+    page.goto(f"{gateway.url}/rt-gateway/ui/#plans?q=" + "%3Cimg%20src%3Dy")
+    expect(page.locator("tr.plan").first).to_contain_text("<img src=y")
+    no_script_ran(page)
     page.goto(f"{gateway.url}/rt-gateway/ui/#activity")
     page.wait_for_timeout(500)
     no_script_ran(page)

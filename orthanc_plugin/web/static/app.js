@@ -533,7 +533,7 @@ async function renderQueue(params) {
   actions.replaceChildren(element("label", {}, "Target ", element("select", { id: "queue-target", onchange: (e) => navigate("queue", new URLSearchParams({ view, target: e.target.value })) },
     element("option", { value: "" }, "all"), ...answer.targets.map((t) => element("option", { value: t, selected: t === target }, t)))));
   if (view === "parked" && answer.total) {
-    for (const name of target ? [target] : answer.targets) {
+    for (const name of answer.parked_targets.filter((t) => !target || t === target)) {
       actions.append(element("button", { type: "button", class: "retry-all", onclick: async () => {
         try { const r = await call("jobs/retry-parked", { method: "POST", body: JSON.stringify({ target: name }) }); showMessage($("#queue-summary"), `${r.retried.length} parked job(s) for ${name} retried.`, true); } catch (error) { showMessage($("#queue-summary"), error.message, false); }
         refreshTimer = setTimeout(render, 800);
@@ -712,24 +712,36 @@ async function renderHealth() {
   ];
   $("#health").replaceChildren(dataTable(rows, [{ title: "What", value: (r) => r[0] }, { title: "State", value: (r) => r[1] }], "Health"));
   let targets = [];
-  try { targets = await call("/modalities"); } catch (error) { $("#destinations").textContent = "Destinations could not be listed: " + error.message; return; }
-  const echoes = JSON.parse(sessionStorage.getItem("rtgw-echo") || "{}");
-  const table = dataTable(targets, [
-    { title: "Destination", value: (t) => t },
-    { title: "Last C-ECHO", value: (t) => element("span", { id: "echo-" + t.replace(/[^A-Za-z0-9_-]/g, "_") }, echoes[t] ? `${echoes[t].ok ? "answered" : "NO ANSWER"} at ${shortTime(echoes[t].at)}` : "not checked") },
-    { title: "", value: (t) => element("button", { type: "button", onclick: () => echo(t) }, "Check now") },
-  ], "Destinations");
-  $("#destinations").replaceChildren(table);
+  try { targets = await call("targets"); } catch (error) { $("#destinations").textContent = "Destinations could not be listed: " + error.message; return; }
+  $("#destinations").replaceChildren(dataTable(targets, [
+    { title: "Destination", value: (t) => t.name },
+    { title: "Last C-ECHO", value: (t) => element("span", { id: "echo-" + t.name.replace(/[^A-Za-z0-9_-]/g, "_") }, echoText(t.last_echo)) },
+    { title: "", value: (t) => element("button", { type: "button", onclick: () => echo(t.name), "aria-label": `Check ${t.name} now (C-ECHO)` }, "Check now") },
+  ], "Destinations"));
 }
-async function echo(target) {
-  const cell = document.getElementById("echo-" + target.replace(/[^A-Za-z0-9_-]/g, "_"));
+function echoText(last) {
+  if (!last) return "never checked";
+  return last.ok ? `answered at ${shortTime(last.at)} (${Math.round(last.seconds * 1000)} ms)` : `NO ANSWER at ${shortTime(last.at)}: ${last.error}`;
+}
+async function echo(name) {
+  const cell = document.getElementById("echo-" + name.replace(/[^A-Za-z0-9_-]/g, "_"));
   if (cell) cell.textContent = "checking…";
-  let ok = true;
-  try { await call(`/modalities/${encodeURIComponent(target)}/echo`, { method: "POST", body: "{}" }); } catch (_) { ok = false; }
-  const echoes = JSON.parse(sessionStorage.getItem("rtgw-echo") || "{}");
-  echoes[target] = { ok, at: new Date().toISOString() };
-  sessionStorage.setItem("rtgw-echo", JSON.stringify(echoes));
-  if (cell) cell.textContent = `${ok ? "answered" : "NO ANSWER"} at ${shortTime(echoes[target].at)}`;
+  try {
+    const last = await call(`targets/${encodeURIComponent(name)}/echo`, { method: "POST" });
+    if (cell) cell.textContent = echoText(last);
+  } catch (error) {
+    if (cell) cell.textContent = "could not be checked: " + error.message;
+  }
+}
+
+// The parked count on the Queue tab, whatever tab is open (a parked job needs someone).
+async function refreshBadges() {
+  try {
+    const answer = await call("queue?view=parked&per_page=1");
+    $("#queue-badge").textContent = answer.counts.parked ? `${answer.counts.parked} parked` : "";
+  } catch (_) { /* the tab itself says what failed */ }
+  setTimeout(refreshBadges, 10000);
 }
 
 render();
+refreshBadges();
