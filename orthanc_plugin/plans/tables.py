@@ -32,7 +32,6 @@ CREATE TABLE IF NOT EXISTS plan_bundles(
     accession_number TEXT                       -- the study's, for the worklist's search
 );
 CREATE INDEX IF NOT EXISTS plan_bundles_patient ON plan_bundles(patient_id);
-CREATE INDEX IF NOT EXISTS plan_bundles_received ON plan_bundles(first_seen_epoch);
 
 -- One row per (rule, bundle, outcome): a plan-complete rule fires once per complete bundle,
 -- and acts once on a bundle still incomplete after complete_within.
@@ -48,4 +47,47 @@ CREATE TABLE IF NOT EXISTS plan_dvh(
     plan_uid TEXT PRIMARY KEY, members_sha256 TEXT NOT NULL, dvh_json TEXT NOT NULL,
     computed_at TEXT NOT NULL
 );
+"""
+
+# What the worklist's search looks in, in one column kept by triggers (a word is then one LIKE per
+# plan, not five) and held in the worklist index, so a search never reads the plans' rows.
+SEARCH_TEXT = ("coalesce(patient_name, '') || ' ' || coalesce(patient_id, '') || ' ' || "
+               "coalesce(plan_label, '') || ' ' || coalesce(plan_name, '') || ' ' || "
+               "coalesce(accession_number, '')")
+NEW_SEARCH_TEXT = SEARCH_TEXT.replace("coalesce(", "coalesce(NEW.")   # inside a trigger
+
+# The worklist filters, counts and orders plans from these indexes alone, never from the table's
+# rows (each holds every member's UIDs: a scan of them grows with the plans' sizes). Created once
+# plan_bundles has accession_number and search_text (plans/__init__.py).
+WORKLIST_INDEX = f"""
+DROP INDEX IF EXISTS plan_bundles_worklist;
+DROP INDEX IF EXISTS plan_bundles_received;
+CREATE INDEX IF NOT EXISTS plan_bundles_worklist_v2 ON plan_bundles(first_seen_epoch, plan_uid,
+    search_text, calling_aet, complete, study_uid, patient_name, plan_label, plan_date);
+CREATE INDEX IF NOT EXISTS plan_bundles_source ON plan_bundles(calling_aet);
+CREATE TRIGGER IF NOT EXISTS plan_bundles_search_insert AFTER INSERT ON plan_bundles BEGIN
+    UPDATE plan_bundles SET search_text = {SEARCH_TEXT} WHERE rowid = NEW.rowid;
+END;
+CREATE TRIGGER IF NOT EXISTS plan_bundles_search_update AFTER UPDATE OF patient_name, patient_id,
+    plan_label, plan_name, accession_number ON plan_bundles BEGIN
+    UPDATE plan_bundles SET search_text = {SEARCH_TEXT} WHERE rowid = NEW.rowid;
+END;
+UPDATE plan_bundles SET search_text = {SEARCH_TEXT} WHERE search_text IS NULL;
+
+-- Trigrams of the same text (row ids of plan_bundles): a word of three characters or more is
+-- found without scanning every plan. Only a shortlist: the row's own search_text decides.
+CREATE VIRTUAL TABLE IF NOT EXISTS plan_search USING fts5(text, tokenize='trigram');
+CREATE TRIGGER IF NOT EXISTS plan_search_insert AFTER INSERT ON plan_bundles BEGIN
+    INSERT INTO plan_search(rowid, text) VALUES(NEW.rowid, {NEW_SEARCH_TEXT});
+END;
+CREATE TRIGGER IF NOT EXISTS plan_search_update AFTER UPDATE OF patient_name, patient_id,
+    plan_label, plan_name, accession_number ON plan_bundles BEGIN
+    DELETE FROM plan_search WHERE rowid = OLD.rowid;
+    INSERT INTO plan_search(rowid, text) VALUES(NEW.rowid, {NEW_SEARCH_TEXT});
+END;
+CREATE TRIGGER IF NOT EXISTS plan_search_delete AFTER DELETE ON plan_bundles BEGIN
+    DELETE FROM plan_search WHERE rowid = OLD.rowid;
+END;
+INSERT INTO plan_search(rowid, text) SELECT rowid, search_text FROM plan_bundles
+    WHERE rowid NOT IN (SELECT rowid FROM plan_search);
 """

@@ -26,7 +26,6 @@ SORTS = {
     "date": "plan_date",
     "source": "calling_aet",
 }
-SEARCHED = ("patient_name", "patient_id", "plan_label", "plan_name", "accession_number")
 # Where a plan went, in one word per state (the page and the queue say the same).
 STATUS_FILTERS = ("sent", "sending", "parked", "held", "not-sent")
 _UID = re.compile(r"\b\d+(?:\.\d+){3,}\b")
@@ -106,10 +105,12 @@ def _where(query: WorklistQuery) -> tuple[str, list[Any]]:
     values: list[Any] = []
     # Every word must be found somewhere: "john smith", "smith breast", "PAT-2".
     for word in query.text.split()[:8]:
-        pattern = _like(word)
-        clauses.append("(" + " OR ".join(f"{column} LIKE ? ESCAPE '\\'" for column in
-                                         SEARCHED) + ")")
-        values += [pattern] * len(SEARCHED)
+        if len(word) >= 3 and not set(word) & set("%_\\\""):
+            # The trigram index shortlists (plans/tables.py); the row's own text decides.
+            clauses.append("b.rowid IN (SELECT rowid FROM plan_search WHERE text LIKE ?)")
+            values.append(f"%{word}%")
+        clauses.append("search_text LIKE ? ESCAPE '\\'")
+        values.append(_like(word))
     if query.complete is not None:
         clauses.append("complete = ?")
         values.append(int(query.complete))
@@ -152,23 +153,49 @@ def worklist_page(db: Database, query: WorklistQuery,
                   summaries: Callable[[Sequence[str]], dict[str, dict[str, Any]]]) -> dict[str, Any]:
     """One page of plans, the total that match, and the sources to filter by."""
     where, values = _where(query)
-    total = db.query(f"SELECT COUNT(*) AS n FROM plan_bundles b {where}", values)[0]["n"]
     direction = "DESC" if query.descending else "ASC"
-    rows = db.query(
-        f"SELECT b.* FROM plan_bundles b {where} ORDER BY {SORTS[query.sort]} {direction}, "
-        "plan_uid LIMIT ? OFFSET ?",
-        [*values, query.per_page, (query.page - 1) * query.per_page])
+    order = f"ORDER BY {SORTS[query.sort]} {direction}, plan_uid LIMIT ? OFFSET ?"
+    window = [query.per_page, (query.page - 1) * query.per_page]
+    # The page's ids from the worklist index (plans/tables.py), then only those rows whole. A
+    # filtered list is counted in the same pass over the index; the whole list by the index's size.
+    if where:
+        found = db.query(f"SELECT plan_uid, COUNT(*) OVER () AS total FROM plan_bundles b "
+                         f"{where} {order}", [*values, *window])
+        total = found[0]["total"] if found else _count(db, where, values)
+    else:
+        found = db.query(f"SELECT plan_uid FROM plan_bundles b {order}", window)
+        total = db.query("SELECT COUNT(*) AS n FROM plan_bundles")[0]["n"]
+    page_ids = [row["plan_uid"] for row in found]
+    by_id = {row["plan_uid"]: row for row in db.query(
+        f"SELECT * FROM plan_bundles WHERE plan_uid IN ({','.join('?' * len(page_ids))})",
+        page_ids)} if page_ids else {}
+    rows = [by_id[plan_id] for plan_id in page_ids if plan_id in by_id]
     plan_ids = [row["plan_uid"] for row in rows]
     extra = summaries(plan_ids) if plan_ids else {}
     went = _destinations(db, rows)
     held = _held(db, plan_ids)
     plans = [_plan_row(row, extra.get(row["plan_uid"], {}), went.get(row["plan_uid"], []),
                        row["plan_uid"] in held) for row in rows]
-    sources = [row["calling_aet"] for row in db.query(
-        "SELECT DISTINCT calling_aet FROM plan_bundles WHERE calling_aet IS NOT NULL "
-        "AND calling_aet <> '' ORDER BY calling_aet LIMIT 100")]
+    sources = _sources(db)
     return {"total": total, "page": query.page, "per_page": query.per_page,
             "pages": max(1, -(-total // query.per_page)), "plans": plans, "sources": sources}
+
+
+def _count(db: Database, where: str, values: list[Any]) -> int:
+    """A page past the end has no row to carry the count: count on its own."""
+    return int(db.query(f"SELECT COUNT(*) AS n FROM plan_bundles b {where}", values)[0]["n"])
+
+
+def _sources(db: Database, most: int = 100) -> list[str]:
+    """The distinct calling AEs, one index probe each (a DISTINCT would read every plan)."""
+    sources: list[str] = []
+    while len(sources) < most:
+        row = db.query("SELECT MIN(calling_aet) AS aet FROM plan_bundles WHERE calling_aet > ?",
+                       (sources[-1] if sources else "",))[0]
+        if row["aet"] is None:
+            break
+        sources.append(row["aet"])
+    return sources
 
 
 def _plan_row(row: sqlite3.Row, summary: dict[str, Any], destinations: list[dict[str, Any]],

@@ -108,6 +108,13 @@ def test_activity_page_shows_transfers_and_success_rates(
     assert page.locator(f"#audit [title='{rtset.study_uid}']").count() >= 1
     csv_href = page.locator("#audit-csv").get_attribute("href")
     assert csv_href and "format=csv" in csv_href
+    # The page's CSV is what the page shows: its columns, its rows, whole UIDs.
+    with page.expect_download() as download:
+        page.click("#audit-csv-shown")
+    lines = Path(download.value.path()).read_text().splitlines()
+    assert lines[0].startswith("Time,Patient,Rule,To,Outcome,Instances")
+    assert len(lines) == 1 + page.locator("#audit tbody tr").count()
+    assert "UI-ADP" in lines[1] and rtset.study_uid in lines[1]
     shot(page, "activity")
 
 

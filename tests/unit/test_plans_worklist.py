@@ -16,6 +16,7 @@ from orthanc_plugin.jobs.queue import JobQueue, JobSpec
 from orthanc_plugin.jobs.tables import SCHEMA as JOBS_SCHEMA
 from orthanc_plugin.plans.queue_view import queue_page
 from orthanc_plugin.plans.tables import SCHEMA as PLANS_SCHEMA
+from orthanc_plugin.plans.tables import WORKLIST_INDEX
 from orthanc_plugin.plans.worklist import WorklistQuery, humane_missing, parse_query, worklist_page
 
 SLICE_UID = "1.2.826.0.1.3680043.8.498.99999999999999999999"
@@ -25,6 +26,8 @@ SLICE_UID = "1.2.826.0.1.3680043.8.498.99999999999999999999"
 def db(tmp_path: Path) -> Database:
     database = Database(tmp_path / "g.sqlite",
                         [META_SCHEMA, AUDIT_SCHEMA, JOBS_SCHEMA, PLANS_SCHEMA])
+    database.ensure_columns("plan_bundles", {"accession_number": "TEXT", "search_text": "TEXT"})
+    database.connection().executescript(WORKLIST_INDEX)
     add_plan(database, "P1", "SMITH^JOHN", "PAT-1", "BREAST_L", "TPS", 100.0, complete=True)
     add_plan(database, "P2", "DOE^JANE", "PAT-2", "PROSTATE", "ETHOS", 200.0, complete=False,
              missing=[f"RTSTRUCT {SLICE_UID}", "RTDOSE (0 of 1 expected)"])

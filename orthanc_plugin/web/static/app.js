@@ -589,9 +589,10 @@ async function renderActivity(params) {
   for (const name of ["patient", "study", "rule", "target", "status"]) if (params.get(name)) query.set(name, params.get(name));
   if (params.get("since")) query.set("since", new Date(params.get("since")).toISOString());
   if (params.get("until")) query.set("until", new Date(params.get("until")).toISOString());
-  const shown = new URLSearchParams(query);
-  shown.set("limit", String(AUDIT_PAGE));
-  $("#audit-csv").href = API + "audit?" + shown + "&format=csv";
+  const everything = new URLSearchParams(query);
+  everything.delete("offset");
+  everything.set("limit", "100000");
+  $("#audit-csv").href = API + "audit?" + everything + "&format=csv";
   let rows;
   try {
     rows = await call("audit?" + query);
@@ -603,6 +604,7 @@ async function renderActivity(params) {
   const more = rows.length > AUDIT_PAGE;
   rows = rows.slice(0, AUDIT_PAGE);
   const kind = query.get("kind");
+  lastAudit = { rows, columns: AUDIT_COLUMNS[kind], kind };
   $("#audit").replaceChildren(rows.length ? dataTable(rows, AUDIT_COLUMNS[kind].map(([title, value]) => ({ title, value })), "Audit, newest first") : element("p", { class: "muted" }, "Nothing recorded for these filters."));
   const box = $("#audit-pager");
   box.replaceChildren(
@@ -610,6 +612,29 @@ async function renderActivity(params) {
     element("span", {}, ` Page ${page} `),
     element("button", { type: "button", disabled: !more, onclick: () => { const p = new URLSearchParams(params); p.set("page", String(page + 1)); navigate("activity", p); } }, "Older ›"));
 }
+// The page's CSV: the columns and rows shown, in the page's words, full UIDs where the page
+// shortens them; a cell that could start a formula in a spreadsheet is quoted as text.
+let lastAudit = null;
+function cellText(value) {
+  if (value === null || value === undefined) return "";
+  if (!(value instanceof Node)) return String(value);
+  const uid = value.querySelector && value.querySelector("[title]");
+  return uid && value.classList.contains("uid") ? uid.getAttribute("title") : value.textContent;
+}
+function csvCell(text) {
+  let cell = String(text);
+  if (/^[=+\-@\t\r]/.test(cell)) cell = "'" + cell;
+  return /[",\n\r]/.test(cell) ? `"${cell.replace(/"/g, '""')}"` : cell;
+}
+$("#audit-csv-shown").addEventListener("click", () => {
+  if (!lastAudit) return;
+  const lines = [lastAudit.columns.map(([title]) => csvCell(title)).join(",")];
+  for (const row of lastAudit.rows) lines.push(lastAudit.columns.map(([, value]) => csvCell(cellText(value(row)))).join(","));
+  const link = element("a", { href: "data:text/csv;charset=utf-8," + encodeURIComponent(lines.join("\r\n") + "\r\n"), download: `audit-${lastAudit.kind}.csv` });
+  document.body.append(link);
+  link.click();
+  link.remove();
+});
 $("#audit-form").addEventListener("submit", (event) => {
   event.preventDefault();
   const params = new URLSearchParams();

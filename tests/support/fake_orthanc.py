@@ -1,0 +1,695 @@
+"""A fake of Orthanc's REST API, in memory, for contract tests of the gateway's workers.
+
+`FakeOrthanc` implements the host port (`orthanc_plugin.ports.Host`) that the workers use to reach
+Orthanc, answering the URIs the gateway calls with the shapes Orthanc 1.10 gives: instances,
+series, studies and their metadata, `/changes`, `/modalities` with store jobs and C-FIND, `/jobs`,
+`POST /instances`, deletions, `/tools/find`, labels and `/system`. A missing resource raises
+`HostError` with `missing` true, as `worker/http_host.py` raises it for an HTTP 404.
+
+Resources carry Orthanc's own identifiers (SHA-1 of the DICOM keys), so an ID the gateway computes
+ahead of a store (`jobs/own_output.py`) is the ID the fake answers with.
+
+What a test configures:
+- instances received "over DICOM" (`receive`, with the calling AE, called AE and IP Orthanc keeps
+  as metadata) or posted to the REST API (`POST /instances`, origin `RestApi`);
+- per modality (`FakeModality`): store jobs that succeed, drop the association after a number of
+  instances, refuse chosen instances with a DIMSE status, or answer `Running` for a few polls;
+  each modality records what it received, in order;
+- faults (`inject`): an exception raised at the next matching call, e.g. `WorkerKilled` to stand
+  for a worker killed at that point, or a `HostError` for Orthanc failing one call;
+- Orthanc restarting without `SaveJobs` (`forget_jobs`), a study becoming stable (`mark_stable`).
+
+What it does not do: no DICOM networking (a store job decides its outcome at once, in memory,
+and nothing crosses a socket), no transcoding, no `Modify`/`Anonymize`/archive/media routes, no
+`Expand` of `/tools/find`, no wildcard other than `*` and `?` in queries, no authentication, no
+`StableAge` timer (a study is stable only when `mark_stable` says so), no `Deleted` entries in
+`/changes` (Orthanc 1.10 signals deletions only to plugins), no job engine (jobs never run on
+their own: their outcome is set when they are created). A call it does not implement raises
+`UnsupportedCall` and is listed in `unsupported`, so a test notices a gateway call the fake ignores.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import hashlib
+import itertools
+import math
+import threading
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import datetime
+from io import BytesIO
+from typing import Any
+from urllib.parse import parse_qs, unquote, urlsplit
+
+import pydicom
+from pydicom.dataset import Dataset
+from pydicom.errors import InvalidDicomError
+from pydicom.multival import MultiValue
+from pydicom.tag import Tag
+
+from orthanc_plugin.ports import HostError
+
+# Orthanc 1.10's main DICOM tags per level (the subset the gateway and the tests read).
+PATIENT_TAGS = ("PatientID", "PatientName", "PatientBirthDate", "PatientSex", "OtherPatientIDs")
+STUDY_TAGS = ("StudyInstanceUID", "StudyDate", "StudyTime", "StudyID", "StudyDescription",
+              "AccessionNumber", "ReferringPhysicianName", "InstitutionName")
+SERIES_TAGS = ("SeriesInstanceUID", "Modality", "SeriesNumber", "SeriesDescription", "SeriesDate",
+               "SeriesTime", "Manufacturer", "StationName", "OperatorsName", "BodyPartExamined")
+INSTANCE_TAGS = ("SOPInstanceUID", "InstanceNumber", "AcquisitionNumber", "ImagePositionPatient",
+                 "ImageOrientationPatient", "InstanceCreationDate", "InstanceCreationTime",
+                 "NumberOfFrames")
+ACTIVE_JOB_STATES = ("Pending", "Running", "Retry", "Paused")
+# Orthanc's error codes as its /jobs answers name them.
+NETWORK_ERROR = (9, "Error in the network protocol")
+CANCELED_ERROR = (14, "Canceled job")
+
+Json = Any  # what Orthanc's REST API answers: dicts, lists, strings, numbers
+# (the URI as called, its path segments, its query, the body) -> the answer
+RouteHandler = Callable[[str, list[str], dict[str, list[str]], Json], Json]
+
+
+class WorkerKilled(BaseException):
+    """Stands for `kill -9` of the worker at the call it is injected into: a BaseException, so
+    no `except Exception` of the gateway's code can take it for an ordinary failure."""
+
+
+class UnsupportedCall(NotImplementedError):
+    """The gateway called a URI this fake does not implement."""
+
+
+def orthanc_id(*keys: str) -> str:
+    """Orthanc's identifier of a resource: SHA-1 of its DICOM keys joined by `|`, in five groups
+    of eight hex digits (patient: PatientID; study: + StudyInstanceUID; series: + Series...)."""
+    digest = hashlib.sha1("|".join(keys).encode(), usedforsecurity=False).hexdigest()
+    return "-".join(digest[i : i + 8] for i in range(0, 40, 8))
+
+
+def dicom_bytes(dataset: Dataset) -> bytes:
+    """A dataset as the Part 10 file Orthanc would store."""
+    buffer = BytesIO()
+    dataset.save_as(buffer, enforce_file_format=True)
+    return buffer.getvalue()
+
+
+def _text(value: Any) -> str:
+    """A tag value as Orthanc's JSON renders a string element (multiple values joined by `\\`)."""
+    if isinstance(value, MultiValue | list | tuple):
+        return "\\".join(str(part) for part in value)
+    if value is None:
+        return ""
+    return str(value)
+
+
+def _main_tags(dataset: Dataset, keywords: tuple[str, ...]) -> dict[str, str]:
+    return {keyword: _text(dataset.get(keyword)) for keyword in keywords if keyword in dataset}
+
+
+@dataclass
+class FakeInstance:
+    """One stored instance: its file as stored, the dataset read from it, Orthanc's metadata."""
+
+    instance_id: str
+    series_id: str
+    file: bytes
+    dataset: Dataset
+    # RemoteAET, CalledAET, RemoteIP, Origin, SopClassUid, ReceptionDate, TransferSyntax, ...
+    metadata: dict[str, str]
+
+    @property
+    def sop_instance_uid(self) -> str:
+        return str(self.dataset.SOPInstanceUID)
+
+
+@dataclass
+class FakeSeries:
+    series_id: str
+    study_id: str
+    main_tags: dict[str, str]
+    instance_ids: list[str] = field(default_factory=list)
+
+
+@dataclass
+class FakeStudy:
+    study_id: str
+    patient_id: str  # Orthanc's ID of the patient
+    main_tags: dict[str, str]
+    patient_tags: dict[str, str]
+    series_ids: list[str] = field(default_factory=list)
+    stable: bool = False
+    labels: set[str] = field(default_factory=set)
+
+
+@dataclass
+class FakeModality:
+    """A DICOM node in Orthanc's `DicomModalities`, and what its store jobs do.
+
+    received: the Orthanc IDs of the instances it accepted, in the order they arrived (a resent
+    instance appears twice); held_sop_uids: what a C-FIND there finds.
+    """
+
+    name: str
+    aet: str
+    received: list[str] = field(default_factory=list)
+    held_sop_uids: set[str] = field(default_factory=set)
+    # The association drops after this many more instances (None: it never drops).
+    instances_before_drop: int | None = None
+    # Instance ID -> the DIMSE status the receiver answers its C-STORE with (a refusal).
+    refused_with: dict[str, str] = field(default_factory=dict)
+    # How many polls of each of its store jobs answer "Running" before the outcome shows.
+    running_polls: int = 0
+    # False: the modality answers no C-FIND (the query fails, as for a node without the SCP).
+    answers_find: bool = True
+
+
+@dataclass
+class FakeStoreJob:
+    """An Orthanc `DicomModalityStore` job: its outcome is decided when it is created."""
+
+    job_id: str
+    modality: str
+    resources: list[str]
+    state: str
+    progress: int
+    error_code: int = 0
+    error_description: str = "Success"
+    error_details: str = ""
+    running_polls_left: int = 0
+    created_at: str = ""
+
+
+@dataclass
+class InjectedFault:
+    method: str
+    uri_prefix: str
+    error: BaseException
+    skip: int  # matching calls let through before the fault fires
+    times: int  # how many matching calls then raise it
+
+
+@dataclass(frozen=True)
+class StoreCall:
+    """One `POST /modalities/{name}/store` as the fake received it."""
+
+    modality: str
+    resources: tuple[str, ...]
+    job_id: str
+
+
+class FakeOrthanc:
+    """In-memory Orthanc behind the `Host` port. Thread-safe: one lock around every call."""
+
+    def __init__(self, modalities: dict[str, str] | None = None, *, aet: str = "RTGW",
+                 has_labels: bool = False) -> None:
+        self.aet = aet
+        self.has_labels = has_labels
+        self.instances: dict[str, FakeInstance] = {}
+        self.series: dict[str, FakeSeries] = {}
+        self.studies: dict[str, FakeStudy] = {}
+        # Orthanc's patient ID -> its main tags
+        self.patients: dict[str, dict[str, str]] = {}
+        self.modalities: dict[str, FakeModality] = {
+            name: FakeModality(name, modality_aet)
+            for name, modality_aet in (modalities or {}).items()
+        }
+        self.changes: list[dict[str, Json]] = []
+        self.jobs: dict[str, FakeStoreJob] = {}
+        self.store_calls: list[StoreCall] = []
+        # Every call as (method, uri), in order; `unsupported` lists those the fake lacks.
+        self.calls: list[tuple[str, str]] = []
+        self.unsupported: list[str] = []
+        # (level, message) of everything the gateway logged through the port.
+        self.logged: list[tuple[str, str]] = []
+        self.metrics: dict[str, float] = {}
+        self.faults: list[InjectedFault] = []
+        self._queries: dict[str, list[dict[str, str]]] = {}
+        self._sequence = itertools.count(1)
+        self._lock = threading.RLock()
+
+    # -- what a test sets up -------------------------------------------------------------------
+    def receive(self, dataset: Dataset, *, calling_aet: str = "MODALITY", called_aet: str = "",
+                remote_ip: str = "10.0.0.10", file: bytes | None = None) -> str:
+        """An instance stored by a modality's C-STORE; returns its Orthanc ID. `file` replaces
+        the stored file (e.g. bytes no DICOM reader accepts) while the index keeps the dataset's
+        tags, as Orthanc's index does when a file is damaged on disk."""
+        with self._lock:
+            instance_id, _ = self._store(dataset, file if file is not None else dicom_bytes(dataset), {
+                "RemoteAET": calling_aet, "CalledAET": called_aet or self.aet,
+                "RemoteIP": remote_ip, "Origin": "DicomProtocol"})
+            return instance_id
+
+    def modality(self, name: str) -> FakeModality:
+        return self.modalities[name]
+
+    def mark_stable(self, study_id: str) -> None:
+        """Orthanc found the study quiet for StableAge: IsStable true and a StableStudy change."""
+        with self._lock:
+            self.studies[study_id].stable = True
+            self._log_change("StableStudy", "Study", study_id)
+
+    def forget_jobs(self) -> None:
+        """Orthanc restarted with `SaveJobs` false: it no longer knows any job."""
+        with self._lock:
+            self.jobs.clear()
+
+    def inject(self, method: str, uri_prefix: str, error: BaseException, *, skip: int = 0,
+               times: int = 1) -> None:
+        """The matching call (method, URI starting with uri_prefix) raises `error` instead of
+        being answered, after `skip` matching calls went through, `times` times."""
+        with self._lock:
+            self.faults.append(InjectedFault(method, uri_prefix, error, skip, times))
+
+    def delete_instance(self, instance_id: str) -> None:
+        """Someone deleted the instance (Orthanc Explorer, retention): as `DELETE /instances`."""
+        self.delete(f"/instances/{instance_id}")
+
+    def study_of(self, instance_id: str) -> str:
+        return self.series[self.instances[instance_id].series_id].study_id
+
+    def calls_to(self, method: str, uri_prefix: str) -> list[str]:
+        return [uri for called, uri in self.calls if called == method and uri.startswith(uri_prefix)]
+
+    # -- the Host port -------------------------------------------------------------------------
+    def get_json(self, uri: str) -> Json:
+        return self._call("GET", uri, None)
+
+    def get_text(self, uri: str) -> str:
+        answer = self._call("GET", uri, None)
+        return answer if isinstance(answer, str) else str(answer)
+
+    def get_bytes(self, uri: str) -> bytes:
+        answer = self._call("GET", uri, None)
+        if not isinstance(answer, bytes):
+            raise self._unsupported("GET", f"{uri} (no binary answer)")
+        return answer
+
+    def post_json(self, uri: str, body: Json) -> Json:
+        return self._call("POST", uri, body)
+
+    def post_bytes(self, uri: str, data: bytes) -> Json:
+        return self._call("POST", uri, data)
+
+    def delete(self, uri: str) -> None:
+        self._call("DELETE", uri, None)
+
+    def put(self, uri: str, data: bytes = b"") -> None:
+        self._call("PUT", uri, data)
+
+    def set_metric(self, name: str, value: float) -> None:
+        self.metrics[name] = value
+
+    def log_info(self, message: str) -> None:
+        self.logged.append(("info", message))
+
+    def log_warning(self, message: str) -> None:
+        self.logged.append(("warning", message))
+
+    def log_error(self, message: str) -> None:
+        self.logged.append(("error", message))
+
+    # -- dispatch ------------------------------------------------------------------------------
+    def _call(self, method: str, uri: str, body: Json) -> Json:
+        with self._lock:
+            self.calls.append((method, uri))
+            self._fire_fault(method, uri)
+            parts = urlsplit(uri)
+            path = [unquote(part) for part in parts.path.strip("/").split("/") if part]
+            query = parse_qs(parts.query, keep_blank_values=True)
+            handler = self._route(method, path)
+            if handler is None:
+                raise self._unsupported(method, uri)
+            return handler(uri, path, query, body)
+
+    def _unsupported(self, method: str, uri: str) -> UnsupportedCall:
+        self.unsupported.append(f"{method} {uri}")
+        return UnsupportedCall(f"{method} {uri} is not implemented by the fake Orthanc")
+
+    def _fire_fault(self, method: str, uri: str) -> None:
+        for fault in self.faults:
+            if fault.method != method or not uri.startswith(fault.uri_prefix) or fault.times <= 0:
+                continue
+            if fault.skip > 0:
+                fault.skip -= 1
+                return
+            fault.times -= 1
+            raise fault.error
+
+    def _route(self, method: str, path: list[str]) -> RouteHandler | None:
+        routes: dict[tuple[str, str, int], RouteHandler] = {
+            ("GET", "instances", 2): self._get_instance,
+            ("GET", "instances", 3): self._get_instance_part,
+            ("GET", "instances", 4): self._get_instance_content,
+            ("POST", "instances", 1): self._post_instance,
+            ("DELETE", "instances", 2): self._delete_instance,
+            ("GET", "series", 2): self._get_series,
+            ("GET", "series", 3): self._get_series_part,
+            ("GET", "studies", 2): self._get_study,
+            ("GET", "studies", 3): self._get_study_part,
+            ("PUT", "studies", 4): self._label,
+            ("DELETE", "studies", 4): self._label,
+            ("GET", "changes", 1): self._get_changes,
+            ("GET", "modalities", 1): self._get_modalities,
+            ("POST", "modalities", 3): self._post_modality,
+            ("GET", "jobs", 2): self._get_job,
+            ("POST", "jobs", 3): self._cancel_job,
+            ("GET", "queries", 3): self._get_query_answers,
+            ("POST", "tools", 2): self._find,
+            ("GET", "system", 1): self._get_system,
+        }
+        if not path:
+            return None
+        return routes.get((method, path[0], len(path)))
+
+    def _missing(self, uri: str) -> HostError:
+        return HostError(f"{uri}: HTTP 404 Inexistent item", missing=True)
+
+    # -- instances -----------------------------------------------------------------------------
+    def _instance(self, uri: str, instance_id: str) -> FakeInstance:
+        instance = self.instances.get(instance_id)
+        if instance is None:
+            raise self._missing(uri)
+        return instance
+
+    def _instance_json(self, instance: FakeInstance) -> dict[str, Json]:
+        series = self.series[instance.series_id]
+        return {
+            "ID": instance.instance_id, "Type": "Instance",
+            "FileSize": len(instance.file), "FileUuid": str(uuid.uuid5(
+                uuid.NAMESPACE_OID, instance.instance_id)),
+            "IndexInSeries": series.instance_ids.index(instance.instance_id) + 1,
+            "MainDicomTags": _main_tags(instance.dataset, INSTANCE_TAGS),
+            "ParentSeries": instance.series_id,
+        }
+
+    def _get_instance(self, uri: str, path: list[str], query: dict[str, list[str]],
+                      body: Json) -> Json:
+        return self._instance_json(self._instance(uri, path[1]))
+
+    def _get_instance_part(self, uri: str, path: list[str], query: dict[str, list[str]],
+                           body: Json) -> Json:
+        instance = self._instance(uri, path[1])
+        part = path[2]
+        if part == "file":
+            return instance.file
+        if part == "metadata":
+            if "expand" in query:
+                return dict(instance.metadata)
+            return sorted(instance.metadata)
+        if part == "series":
+            return self._series_json(self.series[instance.series_id])
+        if part == "study":
+            return self._study_json(self.studies[self.series[instance.series_id].study_id])
+        if part == "tags" and "simplify" in query:
+            return {element.keyword: _text(element.value) for element in instance.dataset
+                    if element.keyword and element.VR not in ("SQ", "OB", "OW", "OF", "UN")}
+        raise self._unsupported("GET", uri)
+
+    def _get_instance_content(self, uri: str, path: list[str], query: dict[str, list[str]],
+                              body: Json) -> Json:
+        """`/instances/{id}/content/{gggg-eeee}`: a top-level element's value as text."""
+        instance = self._instance(uri, path[1])
+        if path[2] != "content":
+            raise self._unsupported("GET", uri)
+        group, _, element = path[3].partition("-")
+        try:
+            tag = Tag(int(group, 16), int(element, 16))
+        except ValueError:
+            raise HostError(f"{uri}: HTTP 400 Bad request") from None
+        if tag not in instance.dataset:
+            raise self._missing(uri)
+        return _text(instance.dataset[tag].value)
+
+    def _post_instance(self, uri: str, path: list[str], query: dict[str, list[str]],
+                       body: Json) -> Json:
+        if not isinstance(body, bytes):
+            raise HostError(f"{uri}: HTTP 400 Bad file format")
+        try:
+            dataset = pydicom.dcmread(BytesIO(body))
+        except (InvalidDicomError, EOFError, ValueError) as error:
+            raise HostError(f"{uri}: HTTP 400 Bad file format: {error}") from None
+        instance_id, status = self._store(dataset, body, {
+            "RemoteAET": "", "CalledAET": "", "RemoteIP": "127.0.0.1", "Origin": "RestApi"})
+        series = self.series[self.instances[instance_id].series_id]
+        study = self.studies[series.study_id]
+        return {"ID": instance_id, "ParentPatient": study.patient_id,
+                "ParentStudy": study.study_id, "ParentSeries": series.series_id,
+                "Path": f"/instances/{instance_id}", "Status": status}
+
+    def _delete_instance(self, uri: str, path: list[str], query: dict[str, list[str]],
+                         body: Json) -> Json:
+        instance = self._instance(uri, path[1])
+        del self.instances[instance.instance_id]
+        series = self.series[instance.series_id]
+        series.instance_ids.remove(instance.instance_id)
+        if not series.instance_ids:  # Orthanc removes the emptied parents too
+            del self.series[series.series_id]
+            study = self.studies[series.study_id]
+            study.series_ids.remove(series.series_id)
+            if not study.series_ids:
+                del self.studies[study.study_id]
+        return {"RemainingAncestor": None}
+
+    def _store(self, dataset: Dataset, file: bytes, origin: dict[str, str]) -> tuple[str, str]:
+        keys = [str(dataset.get(keyword, "") or "").strip() for keyword in
+                ("PatientID", "StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID")]
+        patient_id, study_id = orthanc_id(keys[0]), orthanc_id(*keys[:2])
+        series_id, instance_id = orthanc_id(*keys[:3]), orthanc_id(*keys)
+        if instance_id in self.instances:
+            return instance_id, "AlreadyStored"
+        if patient_id not in self.patients:
+            self.patients[patient_id] = _main_tags(dataset, PATIENT_TAGS)
+            self._log_change("NewPatient", "Patient", patient_id)
+        if study_id not in self.studies:
+            self.studies[study_id] = FakeStudy(study_id, patient_id, _main_tags(dataset, STUDY_TAGS),
+                                               _main_tags(dataset, PATIENT_TAGS))
+            self._log_change("NewStudy", "Study", study_id)
+        study = self.studies[study_id]
+        study.stable = False  # a new instance makes the study unstable again
+        if series_id not in self.series:
+            self.series[series_id] = FakeSeries(series_id, study_id,
+                                                _main_tags(dataset, SERIES_TAGS))
+            study.series_ids.append(series_id)
+            self._log_change("NewSeries", "Series", series_id)
+        metadata = {
+            **origin,
+            "SopClassUid": str(dataset.get("SOPClassUID", "")),
+            "ReceptionDate": datetime.now().strftime("%Y%m%dT%H%M%S"),
+            "TransferSyntax": str(getattr(getattr(dataset, "file_meta", None),
+                                          "TransferSyntaxUID", "")),
+        }
+        self.series[series_id].instance_ids.append(instance_id)
+        self.instances[instance_id] = FakeInstance(instance_id, series_id, file, dataset, metadata)
+        self._log_change("NewInstance", "Instance", instance_id)
+        return instance_id, "Success"
+
+    # -- series and studies --------------------------------------------------------------------
+    def _series_json(self, series: FakeSeries) -> dict[str, Json]:
+        study = self.studies[series.study_id]
+        return {"ID": series.series_id, "Type": "Series", "Instances": list(series.instance_ids),
+                "IsStable": study.stable, "MainDicomTags": dict(series.main_tags),
+                "ParentStudy": series.study_id, "Status": "Unknown",
+                "ExpectedNumberOfInstances": None}
+
+    def _study_json(self, study: FakeStudy) -> dict[str, Json]:
+        return {"ID": study.study_id, "Type": "Study", "IsStable": study.stable,
+                "MainDicomTags": dict(study.main_tags),
+                "PatientMainDicomTags": dict(study.patient_tags),
+                "ParentPatient": study.patient_id, "Series": list(study.series_ids)}
+
+    def _get_series(self, uri: str, path: list[str], query: dict[str, list[str]],
+                    body: Json) -> Json:
+        series = self.series.get(path[1])
+        if series is None:
+            raise self._missing(uri)
+        return self._series_json(series)
+
+    def _get_series_part(self, uri: str, path: list[str], query: dict[str, list[str]],
+                         body: Json) -> Json:
+        series = self.series.get(path[1])
+        if series is None:
+            raise self._missing(uri)
+        if path[2] == "instances":
+            return [self._instance_json(self.instances[i]) for i in series.instance_ids]
+        raise self._unsupported("GET", uri)
+
+    def _get_study(self, uri: str, path: list[str], query: dict[str, list[str]],
+                   body: Json) -> Json:
+        study = self.studies.get(path[1])
+        if study is None:
+            raise self._missing(uri)
+        return self._study_json(study)
+
+    def _get_study_part(self, uri: str, path: list[str], query: dict[str, list[str]],
+                        body: Json) -> Json:
+        study = self.studies.get(path[1])
+        if study is None:
+            raise self._missing(uri)
+        if path[2] == "instances":
+            return [self._instance_json(self.instances[i]) for s in study.series_ids
+                    for i in self.series[s].instance_ids]
+        if path[2] == "series":
+            return [self._series_json(self.series[s]) for s in study.series_ids]
+        raise self._unsupported("GET", uri)
+
+    def _label(self, uri: str, path: list[str], query: dict[str, list[str]], body: Json) -> Json:
+        study = self.studies.get(path[1])
+        if not self.has_labels or path[2] != "labels":
+            raise self._unsupported("PUT" if body is not None else "DELETE", uri)
+        if study is None:
+            raise self._missing(uri)
+        if body is None:  # DELETE
+            study.labels.discard(path[3])
+        else:
+            study.labels.add(path[3])
+        return None
+
+    # -- /changes ------------------------------------------------------------------------------
+    def _log_change(self, change_type: str, resource_type: str, resource_id: str) -> None:
+        plural = {"Patient": "patients", "Study": "studies", "Series": "series",
+                  "Instance": "instances"}[resource_type]
+        self.changes.append({"ChangeType": change_type, "Date": datetime.now().strftime(
+            "%Y%m%dT%H%M%S"), "ID": resource_id, "Path": f"/{plural}/{resource_id}",
+            "ResourceType": resource_type, "Seq": next(self._sequence)})
+
+    def _get_changes(self, uri: str, path: list[str], query: dict[str, list[str]],
+                     body: Json) -> Json:
+        last_seq = self.changes[-1]["Seq"] if self.changes else 0
+        if "last" in query:
+            return {"Changes": self.changes[-1:], "Done": True, "Last": last_seq}
+        since = int(query.get("since", ["0"])[0] or 0)
+        limit = int(query.get("limit", ["100"])[0] or 100)
+        after = [change for change in self.changes if change["Seq"] > since]
+        page = [dict(change) for change in after[:limit]]
+        return {"Changes": page, "Done": len(after) <= limit,
+                "Last": page[-1]["Seq"] if page else last_seq}
+
+    # -- modalities, store jobs, C-FIND ----------------------------------------------------------
+    def _get_modalities(self, uri: str, path: list[str], query: dict[str, list[str]],
+                        body: Json) -> Json:
+        return sorted(self.modalities)
+
+    def _post_modality(self, uri: str, path: list[str], query: dict[str, list[str]],
+                       body: Json) -> Json:
+        modality = self.modalities.get(path[1])
+        if modality is None:
+            raise HostError(f"{uri}: HTTP 404 Inexistent item: no modality {path[1]!r}",
+                            missing=True)
+        if path[2] == "store":
+            return self._start_store(uri, modality, body)
+        if path[2] == "query":
+            return self._query(uri, modality, body)
+        if path[2] == "echo":
+            return {}
+        raise self._unsupported("POST", uri)
+
+    def _start_store(self, uri: str, modality: FakeModality, body: Json) -> Json:
+        resources = [str(resource) for resource in body.get("Resources", [])]
+        if body.get("Synchronous", True) is not False or body.get("Permissive", False):
+            raise self._unsupported("POST", f"{uri} {body!r} (only asynchronous, non-permissive)")
+        for resource in resources:
+            if resource not in self.instances:  # Orthanc resolves every resource first
+                raise self._missing(uri)
+        job = FakeStoreJob(str(uuid.uuid4()), modality.name, resources, "Success", 100,
+                           running_polls_left=modality.running_polls,
+                           created_at=datetime.now().strftime("%Y%m%dT%H%M%S"))
+        for position, instance_id in enumerate(resources):
+            status = modality.refused_with.get(instance_id)
+            dropped = modality.instances_before_drop == 0
+            if status is None and not dropped:
+                if modality.instances_before_drop is not None:
+                    modality.instances_before_drop -= 1
+                modality.received.append(instance_id)
+                modality.held_sop_uids.add(self.instances[instance_id].sop_instance_uid)
+                continue
+            job.state = "Failure"
+            # Orthanc's progress of a failed job: position / size as a rounded whole percent.
+            job.progress = math.floor(100 * position / len(resources) + 0.5)
+            job.error_code, job.error_description = NETWORK_ERROR
+            job.error_details = (
+                f'C-STORE SCU to AET "{modality.aet}" has failed with DIMSE status {status}'
+                if status is not None else
+                f'DicomAssociation - C-STORE to AET "{modality.aet}": Peer aborted Association '
+                "(or never connected)")
+            break
+        self.jobs[job.job_id] = job
+        self.store_calls.append(StoreCall(modality.name, tuple(resources), job.job_id))
+        return {"ID": job.job_id, "Path": f"/jobs/{job.job_id}"}
+
+    def _query(self, uri: str, modality: FakeModality, body: Json) -> Json:
+        if not modality.answers_find:
+            raise HostError(f"{uri}: HTTP 500 Error in the network protocol: C-FIND refused")
+        wanted = str(body.get("Query", {}).get("SOPInstanceUID", "")).split("\\")
+        held = [uid for uid in wanted if uid in modality.held_sop_uids]
+        query_id = str(uuid.uuid4())
+        self._queries[query_id] = [{"SOPInstanceUID": uid, "QueryRetrieveLevel": "IMAGE"}
+                                   for uid in held]
+        return {"ID": query_id, "Path": f"/queries/{query_id}"}
+
+    def _get_query_answers(self, uri: str, path: list[str], query: dict[str, list[str]],
+                           body: Json) -> Json:
+        answers = self._queries.get(path[1])
+        if answers is None or path[2] != "answers":
+            raise self._missing(uri)
+        if "expand" in query:
+            return [dict(answer) for answer in answers]
+        return [str(index) for index in range(len(answers))]
+
+    def _get_job(self, uri: str, path: list[str], query: dict[str, list[str]], body: Json) -> Json:
+        job = self.jobs.get(path[1])
+        if job is None:
+            raise self._missing(uri)
+        state, progress = job.state, job.progress
+        if job.running_polls_left > 0:
+            job.running_polls_left -= 1
+            state, progress = "Running", 0
+        return {"ID": job.job_id, "Type": "DicomModalityStore", "State": state,
+                "Progress": progress, "ErrorCode": job.error_code if state != "Running" else 0,
+                "ErrorDescription": job.error_description if state != "Running" else "Success",
+                "ErrorDetails": job.error_details if state == "Failure" else "",
+                "Content": {"InstancesCount": len(job.resources), "FailedInstancesCount": 0,
+                            "RemoteAet": self.modalities[job.modality].aet,
+                            "LocalAet": self.aet, "Description": "REST API"},
+                "CreationTime": job.created_at, "Priority": 0}
+
+    def _cancel_job(self, uri: str, path: list[str], query: dict[str, list[str]],
+                    body: Json) -> Json:
+        job = self.jobs.get(path[1])
+        if job is None or path[2] != "cancel":
+            raise self._missing(uri)
+        if job.running_polls_left > 0:  # still running: cancelled where it stands
+            job.running_polls_left = 0
+            job.state = "Failure"
+            job.error_code, job.error_description = CANCELED_ERROR
+        return {}
+
+    # -- /tools/find, /system ------------------------------------------------------------------
+    def _find(self, uri: str, path: list[str], query: dict[str, list[str]], body: Json) -> Json:
+        if path[1] != "find" or not isinstance(body, dict) or body.get("Expand"):
+            raise self._unsupported("POST", f"{uri} {body!r}")
+        level = str(body.get("Level", ""))
+        conditions = {str(key): str(value) for key, value in (body.get("Query") or {}).items()}
+        candidates: list[tuple[str, dict[str, str]]]
+        if level == "Series":
+            candidates = [(s.series_id, {**self.studies[s.study_id].main_tags,
+                                         **self.studies[s.study_id].patient_tags, **s.main_tags})
+                          for s in self.series.values()]
+        elif level == "Study":
+            candidates = [(s.study_id, {**s.patient_tags, **s.main_tags})
+                          for s in self.studies.values()]
+        elif level == "Instance":
+            candidates = [(i.instance_id, _main_tags(i.dataset, (
+                *PATIENT_TAGS, *STUDY_TAGS, *SERIES_TAGS, *INSTANCE_TAGS)))
+                for i in self.instances.values()]
+        elif level == "Patient":
+            candidates = list(self.patients.items())
+        else:
+            raise HostError(f"{uri}: HTTP 400 Bad request: level {level!r}")
+        return [resource_id for resource_id, tags in candidates
+                if all(fnmatch.fnmatchcase(tags.get(key, ""), pattern)
+                       for key, pattern in conditions.items())]
+
+    def _get_system(self, uri: str, path: list[str], query: dict[str, list[str]],
+                    body: Json) -> Json:
+        return {"DicomAet": self.aet, "Name": "fake", "Version": "1.10.1", "ApiVersion": 9,
+                "HasLabels": self.has_labels, "DatabaseVersion": 6}
