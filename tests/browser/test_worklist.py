@@ -151,7 +151,7 @@ def test_viewing_never_selects_and_send_confirms_each_plan_and_target(
     expect(job).to_contain_text("ARCHIVE")
     expect(job).to_contain_text(f"{len(complete.all())} / {len(complete.all())} instances")
     page.goto(f"{gateway.url}/rt-gateway/ui/#plans?q=WLSEND1")
-    expect(page.locator("tr.plan", has_text="WLSEND1")).to_contain_text("done ARCHIVE")
+    expect(page.locator("tr.plan", has_text="WLSEND1")).to_contain_text("sent to ARCHIVE")
     shot(page, "sent")
     assert errors_of(page) == []
 

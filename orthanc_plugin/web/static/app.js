@@ -185,12 +185,12 @@ async function renderPlans(params) {
   renderSendJobs();
   const detail = $("#plan-detail");
   if (params.get("plan")) {
-    $("#worklist").hidden = true; $("#plans-pager").hidden = true; $("#plan-filters").hidden = true;
+    $("#worklist").hidden = true; $("#plans-pager").hidden = true; $("#plan-filters").hidden = true; $("#plans-status").hidden = true;
     detail.hidden = false;
     await showPlan(params.get("plan"), params);
     return;
   }
-  detail.hidden = true; $("#worklist").hidden = false; $("#plans-pager").hidden = false; $("#plan-filters").hidden = false;
+  detail.hidden = true; $("#worklist").hidden = false; $("#plans-pager").hidden = false; $("#plan-filters").hidden = false; $("#plans-status").hidden = false;
   const status = $("#plans-status");
   let answer;
   try {
@@ -253,7 +253,11 @@ function worklistTable(plans, params) {
     const open = new URLSearchParams(params);
     open.set("plan", plan.id);
     const rx = plan.prescription_gy ? `${number(plan.prescription_gy, 1)} Gy${plan.fractions ? ` × ${plan.fractions} fx` : ""}` : "";
-    const went = plan.destinations.map((d) => element("div", {}, badge(`${stateWord(d.state)}`, stateWord(d.state)), " ", d.target, " ", element("span", { class: "muted" }, shortTime(d.at))));
+    // A plan whose job is done was sent: "sent to ARCHIVE 14:02"; otherwise the queue's word.
+    const went = plan.destinations.map((d) => {
+      const word = d.state === "done" ? "sent" : stateWord(d.state);
+      return element("div", {}, badge(word, d.state === "done" ? "done" : word), ` to ${d.target} `, element("span", { class: "muted" }, shortTime(d.at)));
+    });
     if (plan.held) went.unshift(element("div", {}, badge("held", "held"), " waiting for the plan to complete"));
     body.append(element("tr", { class: "plan", "data-plan": plan.id },
       element("td", {}, box),
