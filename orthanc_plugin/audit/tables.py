@@ -23,6 +23,9 @@ CREATE TABLE IF NOT EXISTS evaluations(
     new_instances INTEGER NOT NULL DEFAULT 0, rules_sha256 TEXT
 );
 CREATE INDEX IF NOT EXISTS evaluations_at ON evaluations(at);
+-- A plan's page shows the latest decision of each rule on it and on its study.
+CREATE INDEX IF NOT EXISTS evaluations_resource ON evaluations(resource_id);
+CREATE INDEX IF NOT EXISTS evaluations_study ON evaluations(study_uid);
 
 CREATE TABLE IF NOT EXISTS transfers(
     id INTEGER PRIMARY KEY AUTOINCREMENT,

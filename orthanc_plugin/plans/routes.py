@@ -90,6 +90,16 @@ def _files(ctx: CapabilityContext, members: list[dict[str, Any]]) -> list[dict[s
              "last_received": max(entry["received"], default=None)} for entry in kinds.values()]
 
 
+def _decisions(ctx: CapabilityContext, plan_id: str, study_uid: str) -> list[dict[str, Any]]:
+    """The latest decision of each rule on this plan (plan-complete) and on its study (stable
+    study), with the reason a rule did not fire."""
+    return [dict(row) for row in ctx.db.query(
+        "SELECT rule, trigger, level, matched, failed_condition, reason, at FROM evaluations "
+        "WHERE id IN (SELECT MAX(id) FROM evaluations WHERE (level = 'plan' AND resource_id = ?) "
+        "OR (level = 'study' AND study_uid = ? AND study_uid <> '') GROUP BY rule, level) "
+        "ORDER BY rule", (plan_id, study_uid))]
+
+
 def _like(text: str) -> str:
     return text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
 
@@ -122,6 +132,7 @@ def add_routes(ctx: CapabilityContext) -> None:
             "SELECT rule, outcome, at, missing_json, jobs FROM plan_rule_runs WHERE plan_uid=? "
             "ORDER BY at", (plan["id"],))]
         plan["files"] = _files(ctx, plan["objects"])
+        plan["decisions"] = _decisions(ctx, plan["id"], plan["study_uid"] or "")
         if request.choice_param("dvh", ("true", "false"), "true") == "true":
             plan["dvh"] = plan_dvh(ctx, plan)
         for provider in DETAIL_PROVIDERS.get(ctx, ()):

@@ -89,6 +89,16 @@ def test_rules_test_form_says_why_a_rule_does_not_fire(
     expect(page.locator("#test-result li.holds")).to_contain_text("match.calling_aet: holds for")
     expect(page.locator("#test-result li.fails")).to_contain_text("match.plan_label")
     shot(page, "rules-test")
+    # The plan's own page says which rule decided on its study, and why it did not fire.
+    plan_id = str(rtset.rtplan.SOPInstanceUID)
+    wait_until(lambda: gateway.json(f"/rt-gateway/plans/{plan_id}", params={"dvh": "false"})
+               .get("decisions"), 60, "the stable-study decision recorded")
+    page.goto(f"{gateway.url}/rt-gateway/ui/#plans?plan={plan_id}")
+    decisions = page.locator("#plan-decisions")
+    expect(decisions).to_contain_text("Ethos adaptive plans")
+    expect(decisions).to_contain_text("SCHED1")
+    expect(decisions.locator("tbody tr").first).to_contain_text("no")
+    shot(page, "plan-decisions")
 
 
 def test_activity_page_shows_transfers_and_success_rates(

@@ -425,7 +425,7 @@ async function showPlan(id, params) {
     { title: "Object", value: (f) => f.modality },
     { title: "Files", value: (f) => String(f.count), class: "num" },
     { title: "Series", value: (f) => String(f.series), class: "num" },
-    { title: "Received", value: (f) => (f.first_received === f.last_received ? localTime(f.first_received) : `${localTime(f.first_received)} – ${shortTime(f.last_received)}`) },
+    { title: "Received", value: (f) => { const first = localTime(f.first_received), last = localTime(f.last_received); return first === last ? first : `${first} – ${shortTime(f.last_received)}`; } },
   ], "Files of the plan");
   fileTable.id = "plan-files";
   const computed = new Map((dvh.computed || []).map((c) => [c.roi, c]));
@@ -451,6 +451,14 @@ async function showPlan(id, params) {
     { title: rx ? `V${number(rx, 0)}Gy (%)` : "V Rx (%)", value: (r) => cell(r.ROIName, "V_prescription_pct", 1), class: "num" },
   ], "Structures and their doses");
   structureTable.id = "plan-structures";
+  const decisions = dataTable(plan.decisions || [], [
+    { title: "Rule", value: (r) => r.rule },
+    { title: "On", value: (r) => (r.level === "plan" ? "the plan" : "its study") },
+    { title: "Fired", value: (r) => (r.matched ? "yes" : "no") },
+    { title: "Why", value: (r) => r.reason },
+    { title: "When", value: (r) => localTime(r.at) },
+  ], "Rule decisions for this plan");
+  decisions.id = "plan-decisions";
   const runs = dataTable(plan.rule_runs || [], [
     { title: "Rule", value: (r) => r.rule },
     { title: "Outcome", value: (r) => r.outcome.replace(/-/g, " ") },
@@ -465,7 +473,8 @@ async function showPlan(id, params) {
     title,
     element("div", { class: "detail-columns" },
       element("div", {}, summary, element("h3", {}, "Beams"), beams.length ? beamTable : element("p", { class: "muted" }, "No beams indexed."),
-        element("h3", {}, "Files"), fileTable, element("h3", {}, "Rules for this plan"), (plan.rule_runs || []).length ? runs : element("p", { class: "muted" }, "No plan rule has run.")),
+        element("h3", {}, "Files"), fileTable, element("h3", {}, "Rules for this plan"), (plan.decisions || []).length ? decisions : element("p", { class: "muted" }, "No rule has decided on this plan or its study yet."),
+        (plan.rule_runs || []).length ? runs : ""),
       element("div", {}, element("h3", {}, "Dose–volume histogram"), chart, notes)),
     element("h3", {}, "Structures"), structureTable,
     element("h3", {}, "Where it went"), element("div", { id: "plan-sent" }, "Loading…"));
