@@ -196,6 +196,28 @@ def test_plan_detail_in_words_with_a_dvh_to_read(
     expect(chart.locator("svg")).to_be_visible(timeout=60_000)
     expect(chart.locator("svg path, svg polyline").first).to_be_attached()
     assert no_horizontal_scroll(page)
+    # Read it like a DVH: a readout under the cursor, the prescription marked, a legend that
+    # hides a structure, the curves as CSV and the chart as PNG.
+    chart.locator("svg").hover()
+    expect(chart.locator(".dvh-readout")).to_contain_text("At ")
+    expect(chart.locator(".dvh-readout")).to_contain_text("PTV")
+    expect(chart.locator("svg")).to_contain_text("Rx 60")
+    ptv = chart.locator("button.dvh-toggle", has_text="PTV")
+    ptv.click()
+    expect(ptv).to_have_attribute("aria-pressed", "false")
+    chart.locator("svg").focus()
+    page.keyboard.press("End")
+    expect(chart.locator(".dvh-readout")).not_to_contain_text("PTV")
+    ptv.click()
+    with page.expect_download() as csv_download:
+        chart.get_by_role("button", name="Download the curves of all structures as CSV").click()
+    rows = Path(csv_download.value.path()).read_text().splitlines()
+    assert rows[0] == "structure,source,dose_gy,volume_pct"
+    assert any(row.startswith("PTV,planning system,") for row in rows)
+    assert any(row.startswith("PTV,computed,") for row in rows)
+    with page.expect_download() as png_download:
+        chart.get_by_role("button", name="Download the chart as a PNG image").click()
+    assert Path(png_download.value.path()).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     shot(page, "plan-detail")
     assert errors_of(page) == []
 
