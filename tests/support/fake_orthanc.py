@@ -3,8 +3,9 @@
 `FakeOrthanc` implements the host port (`orthanc_plugin.ports.Host`) that the workers use to reach
 Orthanc, answering the URIs the gateway calls with the shapes Orthanc 1.10 gives: instances,
 series, studies and their metadata, `/changes`, `/modalities` with store jobs and C-FIND, `/jobs`,
-`POST /instances`, deletions, `/tools/find`, labels and `/system`. A missing resource raises
-`HostError` with `missing` true, as `worker/http_host.py` raises it for an HTTP 404.
+`POST /instances`, deletions, `/tools/find`, `/system`, and labels when `has_labels` (as on 1.12).
+A missing resource raises `HostError` with `missing` true, as `worker/http_host.py` raises it for
+an HTTP 404.
 
 Resources carry Orthanc's own identifiers (SHA-1 of the DICOM keys), so an ID the gateway computes
 ahead of a store (`jobs/own_output.py`) is the ID the fake answers with.
@@ -15,186 +16,66 @@ What a test configures:
 - per modality (`FakeModality`): store jobs that succeed, drop the association after a number of
   instances, refuse chosen instances with a DIMSE status, or answer `Running` for a few polls;
   each modality records what it received, in order;
-- faults (`inject`): an exception raised at the next matching call, e.g. `WorkerKilled` to stand
-  for a worker killed at that point, or a `HostError` for Orthanc failing one call;
+- faults (`inject`): an exception raised at a matching call, e.g. `WorkerKilled` to stand for a
+  worker killed at that point, or a `HostError` for Orthanc failing that call;
 - Orthanc restarting without `SaveJobs` (`forget_jobs`), a study becoming stable (`mark_stable`).
 
-What it does not do: no DICOM networking (a store job decides its outcome at once, in memory,
-and nothing crosses a socket), no transcoding, no `Modify`/`Anonymize`/archive/media routes, no
-`Expand` of `/tools/find`, no wildcard other than `*` and `?` in queries, no authentication, no
-`StableAge` timer (a study is stable only when `mark_stable` says so), no `Deleted` entries in
-`/changes` (Orthanc 1.10 signals deletions only to plugins), no job engine (jobs never run on
-their own: their outcome is set when they are created). A call it does not implement raises
-`UnsupportedCall` and is listed in `unsupported`, so a test notices a gateway call the fake ignores.
+What it does not do: no DICOM networking (nothing crosses a socket), no transcoding, no
+`Modify`/`Anonymize`/archive/media routes, no `Expand` in `/tools/find` (whose queries match
+case-sensitively, by fnmatch), no authentication, no `StableAge` timer (a study is stable only
+when `mark_stable` says so), no `Deleted` entries in `/changes` (Orthanc 1.10 signals deletions
+only to plugins), no job engine: a store job delivers, or fails, the moment it is created;
+`running_polls` only delays when its polls show the outcome, and a cancel ends it as delivered so
+far. A call it does not implement raises `UnsupportedCall` and is listed in `unsupported`, so a
+test notices a gateway call the fake ignores.
 """
 
 from __future__ import annotations
 
 import fnmatch
-import hashlib
 import itertools
 import math
 import threading
 import uuid
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from datetime import datetime
 from io import BytesIO
-from typing import Any
 from urllib.parse import parse_qs, unquote, urlsplit
 
 import pydicom
 from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
-from pydicom.multival import MultiValue
 from pydicom.tag import Tag
 
 from orthanc_plugin.ports import HostError
+from tests.support.fake_orthanc_model import (
+    CANCELED_ERROR,
+    INSTANCE_TAGS,
+    NETWORK_ERROR,
+    PATIENT_TAGS,
+    SERIES_TAGS,
+    STUDY_TAGS,
+    FakeInstance,
+    FakeModality,
+    FakeSeries,
+    FakeStoreJob,
+    FakeStudy,
+    InjectedFault,
+    Json,
+    Request,
+    StoreCall,
+    UnsupportedCall,
+    WorkerKilled,
+    dicom_bytes,
+    main_tags,
+    orthanc_id,
+    tag_text,
+)
 
-# Orthanc 1.10's main DICOM tags per level (the subset the gateway and the tests read).
-PATIENT_TAGS = ("PatientID", "PatientName", "PatientBirthDate", "PatientSex", "OtherPatientIDs")
-STUDY_TAGS = ("StudyInstanceUID", "StudyDate", "StudyTime", "StudyID", "StudyDescription",
-              "AccessionNumber", "ReferringPhysicianName", "InstitutionName")
-SERIES_TAGS = ("SeriesInstanceUID", "Modality", "SeriesNumber", "SeriesDescription", "SeriesDate",
-               "SeriesTime", "Manufacturer", "StationName", "OperatorsName", "BodyPartExamined")
-INSTANCE_TAGS = ("SOPInstanceUID", "InstanceNumber", "AcquisitionNumber", "ImagePositionPatient",
-                 "ImageOrientationPatient", "InstanceCreationDate", "InstanceCreationTime",
-                 "NumberOfFrames")
-ACTIVE_JOB_STATES = ("Pending", "Running", "Retry", "Paused")
-# Orthanc's error codes as its /jobs answers name them.
-NETWORK_ERROR = (9, "Error in the network protocol")
-CANCELED_ERROR = (14, "Canceled job")
+__all__ = ["FakeModality", "FakeOrthanc", "StoreCall", "UnsupportedCall", "WorkerKilled",
+           "dicom_bytes", "orthanc_id"]
 
-Json = Any  # what Orthanc's REST API answers: dicts, lists, strings, numbers
-# (the URI as called, its path segments, its query, the body) -> the answer
-RouteHandler = Callable[[str, list[str], dict[str, list[str]], Json], Json]
-
-
-class WorkerKilled(BaseException):
-    """Stands for `kill -9` of the worker at the call it is injected into: a BaseException, so
-    no `except Exception` of the gateway's code can take it for an ordinary failure."""
-
-
-class UnsupportedCall(NotImplementedError):
-    """The gateway called a URI this fake does not implement."""
-
-
-def orthanc_id(*keys: str) -> str:
-    """Orthanc's identifier of a resource: SHA-1 of its DICOM keys joined by `|`, in five groups
-    of eight hex digits (patient: PatientID; study: + StudyInstanceUID; series: + Series...)."""
-    digest = hashlib.sha1("|".join(keys).encode(), usedforsecurity=False).hexdigest()
-    return "-".join(digest[i : i + 8] for i in range(0, 40, 8))
-
-
-def dicom_bytes(dataset: Dataset) -> bytes:
-    """A dataset as the Part 10 file Orthanc would store."""
-    buffer = BytesIO()
-    dataset.save_as(buffer, enforce_file_format=True)
-    return buffer.getvalue()
-
-
-def _text(value: Any) -> str:
-    """A tag value as Orthanc's JSON renders a string element (multiple values joined by `\\`)."""
-    if isinstance(value, MultiValue | list | tuple):
-        return "\\".join(str(part) for part in value)
-    if value is None:
-        return ""
-    return str(value)
-
-
-def _main_tags(dataset: Dataset, keywords: tuple[str, ...]) -> dict[str, str]:
-    return {keyword: _text(dataset.get(keyword)) for keyword in keywords if keyword in dataset}
-
-
-@dataclass
-class FakeInstance:
-    """One stored instance: its file as stored, the dataset read from it, Orthanc's metadata."""
-
-    instance_id: str
-    series_id: str
-    file: bytes
-    dataset: Dataset
-    # RemoteAET, CalledAET, RemoteIP, Origin, SopClassUid, ReceptionDate, TransferSyntax, ...
-    metadata: dict[str, str]
-
-    @property
-    def sop_instance_uid(self) -> str:
-        return str(self.dataset.SOPInstanceUID)
-
-
-@dataclass
-class FakeSeries:
-    series_id: str
-    study_id: str
-    main_tags: dict[str, str]
-    instance_ids: list[str] = field(default_factory=list)
-
-
-@dataclass
-class FakeStudy:
-    study_id: str
-    patient_id: str  # Orthanc's ID of the patient
-    main_tags: dict[str, str]
-    patient_tags: dict[str, str]
-    series_ids: list[str] = field(default_factory=list)
-    stable: bool = False
-    labels: set[str] = field(default_factory=set)
-
-
-@dataclass
-class FakeModality:
-    """A DICOM node in Orthanc's `DicomModalities`, and what its store jobs do.
-
-    received: the Orthanc IDs of the instances it accepted, in the order they arrived (a resent
-    instance appears twice); held_sop_uids: what a C-FIND there finds.
-    """
-
-    name: str
-    aet: str
-    received: list[str] = field(default_factory=list)
-    held_sop_uids: set[str] = field(default_factory=set)
-    # The association drops after this many more instances (None: it never drops).
-    instances_before_drop: int | None = None
-    # Instance ID -> the DIMSE status the receiver answers its C-STORE with (a refusal).
-    refused_with: dict[str, str] = field(default_factory=dict)
-    # How many polls of each of its store jobs answer "Running" before the outcome shows.
-    running_polls: int = 0
-    # False: the modality answers no C-FIND (the query fails, as for a node without the SCP).
-    answers_find: bool = True
-
-
-@dataclass
-class FakeStoreJob:
-    """An Orthanc `DicomModalityStore` job: its outcome is decided when it is created."""
-
-    job_id: str
-    modality: str
-    resources: list[str]
-    state: str
-    progress: int
-    error_code: int = 0
-    error_description: str = "Success"
-    error_details: str = ""
-    running_polls_left: int = 0
-    created_at: str = ""
-
-
-@dataclass
-class InjectedFault:
-    method: str
-    uri_prefix: str
-    error: BaseException
-    skip: int  # matching calls let through before the fault fires
-    times: int  # how many matching calls then raise it
-
-
-@dataclass(frozen=True)
-class StoreCall:
-    """One `POST /modalities/{name}/store` as the fake received it."""
-
-    modality: str
-    resources: tuple[str, ...]
-    job_id: str
+RouteHandler = Callable[[Request], Json]
 
 
 class FakeOrthanc:
@@ -207,14 +88,14 @@ class FakeOrthanc:
         self.instances: dict[str, FakeInstance] = {}
         self.series: dict[str, FakeSeries] = {}
         self.studies: dict[str, FakeStudy] = {}
-        # Orthanc's patient ID -> its main tags
-        self.patients: dict[str, dict[str, str]] = {}
+        # Orthanc's patient ID -> the patient's main tags
+        self.patient_tags: dict[str, dict[str, str]] = {}
         self.modalities: dict[str, FakeModality] = {
             name: FakeModality(name, modality_aet)
             for name, modality_aet in (modalities or {}).items()
         }
         self.changes: list[dict[str, Json]] = []
-        self.jobs: dict[str, FakeStoreJob] = {}
+        self.store_jobs: dict[str, FakeStoreJob] = {}
         self.store_calls: list[StoreCall] = []
         # Every call as (method, uri), in order; `unsupported` lists those the fake lacks.
         self.calls: list[tuple[str, str]] = []
@@ -223,7 +104,7 @@ class FakeOrthanc:
         self.logged: list[tuple[str, str]] = []
         self.metrics: dict[str, float] = {}
         self.faults: list[InjectedFault] = []
-        self._queries: dict[str, list[dict[str, str]]] = {}
+        self._query_answers: dict[str, list[dict[str, str]]] = {}
         self._sequence = itertools.count(1)
         self._lock = threading.RLock()
 
@@ -251,7 +132,7 @@ class FakeOrthanc:
     def forget_jobs(self) -> None:
         """Orthanc restarted with `SaveJobs` false: it no longer knows any job."""
         with self._lock:
-            self.jobs.clear()
+            self.store_jobs.clear()
 
     def inject(self, method: str, uri_prefix: str, error: BaseException, *, skip: int = 0,
                times: int = 1) -> None:
@@ -314,12 +195,13 @@ class FakeOrthanc:
             self.calls.append((method, uri))
             self._fire_fault(method, uri)
             parts = urlsplit(uri)
-            path = [unquote(part) for part in parts.path.strip("/").split("/") if part]
-            query = parse_qs(parts.query, keep_blank_values=True)
-            handler = self._route(method, path)
+            request = Request(
+                method, uri, [unquote(part) for part in parts.path.strip("/").split("/") if part],
+                parse_qs(parts.query, keep_blank_values=True), body)
+            handler = self._route(method, request.path)
             if handler is None:
                 raise self._unsupported(method, uri)
-            return handler(uri, path, query, body)
+            return handler(request)
 
     def _unsupported(self, method: str, uri: str) -> UnsupportedCall:
         self.unsupported.append(f"{method} {uri}")
@@ -378,57 +260,53 @@ class FakeOrthanc:
             "FileSize": len(instance.file), "FileUuid": str(uuid.uuid5(
                 uuid.NAMESPACE_OID, instance.instance_id)),
             "IndexInSeries": series.instance_ids.index(instance.instance_id) + 1,
-            "MainDicomTags": _main_tags(instance.dataset, INSTANCE_TAGS),
+            "MainDicomTags": main_tags(instance.dataset, INSTANCE_TAGS),
             "ParentSeries": instance.series_id,
         }
 
-    def _get_instance(self, uri: str, path: list[str], query: dict[str, list[str]],
-                      body: Json) -> Json:
-        return self._instance_json(self._instance(uri, path[1]))
+    def _get_instance(self, request: Request) -> Json:
+        return self._instance_json(self._instance(request.uri, request.path[1]))
 
-    def _get_instance_part(self, uri: str, path: list[str], query: dict[str, list[str]],
-                           body: Json) -> Json:
-        instance = self._instance(uri, path[1])
-        part = path[2]
+    def _get_instance_part(self, request: Request) -> Json:
+        instance = self._instance(request.uri, request.path[1])
+        part = request.path[2]
         if part == "file":
             return instance.file
         if part == "metadata":
-            if "expand" in query:
+            if "expand" in request.query:
                 return dict(instance.metadata)
             return sorted(instance.metadata)
         if part == "series":
             return self._series_json(self.series[instance.series_id])
         if part == "study":
             return self._study_json(self.studies[self.series[instance.series_id].study_id])
-        if part == "tags" and "simplify" in query:
-            return {element.keyword: _text(element.value) for element in instance.dataset
+        if part == "tags" and "simplify" in request.query:
+            return {element.keyword: tag_text(element.value) for element in instance.dataset
                     if element.keyword and element.VR not in ("SQ", "OB", "OW", "OF", "UN")}
-        raise self._unsupported("GET", uri)
+        raise self._unsupported("GET", request.uri)
 
-    def _get_instance_content(self, uri: str, path: list[str], query: dict[str, list[str]],
-                              body: Json) -> Json:
+    def _get_instance_content(self, request: Request) -> Json:
         """`/instances/{id}/content/{gggg-eeee}`: a top-level element's value as text."""
-        instance = self._instance(uri, path[1])
-        if path[2] != "content":
-            raise self._unsupported("GET", uri)
-        group, _, element = path[3].partition("-")
+        instance = self._instance(request.uri, request.path[1])
+        if request.path[2] != "content":
+            raise self._unsupported("GET", request.uri)
+        group, _, element = request.path[3].partition("-")
         try:
             tag = Tag(int(group, 16), int(element, 16))
         except ValueError:
-            raise HostError(f"{uri}: HTTP 400 Bad request") from None
+            raise HostError(f"{request.uri}: HTTP 400 Bad request") from None
         if tag not in instance.dataset:
-            raise self._missing(uri)
-        return _text(instance.dataset[tag].value)
+            raise self._missing(request.uri)
+        return tag_text(instance.dataset[tag].value)
 
-    def _post_instance(self, uri: str, path: list[str], query: dict[str, list[str]],
-                       body: Json) -> Json:
-        if not isinstance(body, bytes):
-            raise HostError(f"{uri}: HTTP 400 Bad file format")
+    def _post_instance(self, request: Request) -> Json:
+        if not isinstance(request.body, bytes):
+            raise HostError(f"{request.uri}: HTTP 400 Bad file format")
         try:
-            dataset = pydicom.dcmread(BytesIO(body))
+            dataset = pydicom.dcmread(BytesIO(request.body))
         except (InvalidDicomError, EOFError, ValueError) as error:
-            raise HostError(f"{uri}: HTTP 400 Bad file format: {error}") from None
-        instance_id, status = self._store(dataset, body, {
+            raise HostError(f"{request.uri}: HTTP 400 Bad file format: {error}") from None
+        instance_id, status = self._store(dataset, request.body, {
             "RemoteAET": "", "CalledAET": "", "RemoteIP": "127.0.0.1", "Origin": "RestApi"})
         series = self.series[self.instances[instance_id].series_id]
         study = self.studies[series.study_id]
@@ -436,9 +314,8 @@ class FakeOrthanc:
                 "ParentStudy": study.study_id, "ParentSeries": series.series_id,
                 "Path": f"/instances/{instance_id}", "Status": status}
 
-    def _delete_instance(self, uri: str, path: list[str], query: dict[str, list[str]],
-                         body: Json) -> Json:
-        instance = self._instance(uri, path[1])
+    def _delete_instance(self, request: Request) -> Json:
+        instance = self._instance(request.uri, request.path[1])
         del self.instances[instance.instance_id]
         series = self.series[instance.series_id]
         series.instance_ids.remove(instance.instance_id)
@@ -457,18 +334,18 @@ class FakeOrthanc:
         series_id, instance_id = orthanc_id(*keys[:3]), orthanc_id(*keys)
         if instance_id in self.instances:
             return instance_id, "AlreadyStored"
-        if patient_id not in self.patients:
-            self.patients[patient_id] = _main_tags(dataset, PATIENT_TAGS)
+        if patient_id not in self.patient_tags:
+            self.patient_tags[patient_id] = main_tags(dataset, PATIENT_TAGS)
             self._log_change("NewPatient", "Patient", patient_id)
         if study_id not in self.studies:
-            self.studies[study_id] = FakeStudy(study_id, patient_id, _main_tags(dataset, STUDY_TAGS),
-                                               _main_tags(dataset, PATIENT_TAGS))
+            self.studies[study_id] = FakeStudy(study_id, patient_id, main_tags(dataset, STUDY_TAGS),
+                                               main_tags(dataset, PATIENT_TAGS))
             self._log_change("NewStudy", "Study", study_id)
         study = self.studies[study_id]
         study.stable = False  # a new instance makes the study unstable again
         if series_id not in self.series:
             self.series[series_id] = FakeSeries(series_id, study_id,
-                                                _main_tags(dataset, SERIES_TAGS))
+                                                main_tags(dataset, SERIES_TAGS))
             study.series_ids.append(series_id)
             self._log_change("NewSeries", "Series", series_id)
         metadata = {
@@ -497,51 +374,47 @@ class FakeOrthanc:
                 "PatientMainDicomTags": dict(study.patient_tags),
                 "ParentPatient": study.patient_id, "Series": list(study.series_ids)}
 
-    def _get_series(self, uri: str, path: list[str], query: dict[str, list[str]],
-                    body: Json) -> Json:
-        series = self.series.get(path[1])
+    def _get_series(self, request: Request) -> Json:
+        series = self.series.get(request.path[1])
         if series is None:
-            raise self._missing(uri)
+            raise self._missing(request.uri)
         return self._series_json(series)
 
-    def _get_series_part(self, uri: str, path: list[str], query: dict[str, list[str]],
-                         body: Json) -> Json:
-        series = self.series.get(path[1])
+    def _get_series_part(self, request: Request) -> Json:
+        series = self.series.get(request.path[1])
         if series is None:
-            raise self._missing(uri)
-        if path[2] == "instances":
+            raise self._missing(request.uri)
+        if request.path[2] == "instances":
             return [self._instance_json(self.instances[i]) for i in series.instance_ids]
-        raise self._unsupported("GET", uri)
+        raise self._unsupported("GET", request.uri)
 
-    def _get_study(self, uri: str, path: list[str], query: dict[str, list[str]],
-                   body: Json) -> Json:
-        study = self.studies.get(path[1])
+    def _get_study(self, request: Request) -> Json:
+        study = self.studies.get(request.path[1])
         if study is None:
-            raise self._missing(uri)
+            raise self._missing(request.uri)
         return self._study_json(study)
 
-    def _get_study_part(self, uri: str, path: list[str], query: dict[str, list[str]],
-                        body: Json) -> Json:
-        study = self.studies.get(path[1])
+    def _get_study_part(self, request: Request) -> Json:
+        study = self.studies.get(request.path[1])
         if study is None:
-            raise self._missing(uri)
-        if path[2] == "instances":
+            raise self._missing(request.uri)
+        if request.path[2] == "instances":
             return [self._instance_json(self.instances[i]) for s in study.series_ids
                     for i in self.series[s].instance_ids]
-        if path[2] == "series":
+        if request.path[2] == "series":
             return [self._series_json(self.series[s]) for s in study.series_ids]
-        raise self._unsupported("GET", uri)
+        raise self._unsupported("GET", request.uri)
 
-    def _label(self, uri: str, path: list[str], query: dict[str, list[str]], body: Json) -> Json:
-        study = self.studies.get(path[1])
-        if not self.has_labels or path[2] != "labels":
-            raise self._unsupported("PUT" if body is not None else "DELETE", uri)
+    def _label(self, request: Request) -> Json:
+        study = self.studies.get(request.path[1])
+        if not self.has_labels or request.path[2] != "labels":
+            raise self._unsupported("PUT" if request.body is not None else "DELETE", request.uri)
         if study is None:
-            raise self._missing(uri)
-        if body is None:  # DELETE
-            study.labels.discard(path[3])
+            raise self._missing(request.uri)
+        if request.body is None:  # DELETE
+            study.labels.discard(request.path[3])
         else:
-            study.labels.add(path[3])
+            study.labels.add(request.path[3])
         return None
 
     # -- /changes ------------------------------------------------------------------------------
@@ -552,36 +425,34 @@ class FakeOrthanc:
             "%Y%m%dT%H%M%S"), "ID": resource_id, "Path": f"/{plural}/{resource_id}",
             "ResourceType": resource_type, "Seq": next(self._sequence)})
 
-    def _get_changes(self, uri: str, path: list[str], query: dict[str, list[str]],
-                     body: Json) -> Json:
+    def _get_changes(self, request: Request) -> Json:
         last_seq = self.changes[-1]["Seq"] if self.changes else 0
-        if "last" in query:
-            return {"Changes": self.changes[-1:], "Done": True, "Last": last_seq}
-        since = int(query.get("since", ["0"])[0] or 0)
-        limit = int(query.get("limit", ["100"])[0] or 100)
+        if "last" in request.query:
+            return {"Changes": [dict(change) for change in self.changes[-1:]], "Done": True,
+                    "Last": last_seq}
+        since = int(request.query.get("since", ["0"])[0] or 0)
+        limit = int(request.query.get("limit", ["100"])[0] or 100)
         after = [change for change in self.changes if change["Seq"] > since]
         page = [dict(change) for change in after[:limit]]
         return {"Changes": page, "Done": len(after) <= limit,
                 "Last": page[-1]["Seq"] if page else last_seq}
 
     # -- modalities, store jobs, C-FIND ----------------------------------------------------------
-    def _get_modalities(self, uri: str, path: list[str], query: dict[str, list[str]],
-                        body: Json) -> Json:
+    def _get_modalities(self, request: Request) -> Json:
         return sorted(self.modalities)
 
-    def _post_modality(self, uri: str, path: list[str], query: dict[str, list[str]],
-                       body: Json) -> Json:
-        modality = self.modalities.get(path[1])
+    def _post_modality(self, request: Request) -> Json:
+        modality = self.modalities.get(request.path[1])
         if modality is None:
-            raise HostError(f"{uri}: HTTP 404 Inexistent item: no modality {path[1]!r}",
+            raise HostError(f"{request.uri}: HTTP 404 Inexistent item: no modality {request.path[1]!r}",
                             missing=True)
-        if path[2] == "store":
-            return self._start_store(uri, modality, body)
-        if path[2] == "query":
-            return self._query(uri, modality, body)
-        if path[2] == "echo":
+        if request.path[2] == "store":
+            return self._start_store(request.uri, modality, request.body)
+        if request.path[2] == "query":
+            return self._query(request.uri, modality, request.body)
+        if request.path[2] == "echo":
             return {}
-        raise self._unsupported("POST", uri)
+        raise self._unsupported("POST", request.uri)
 
     def _start_store(self, uri: str, modality: FakeModality, body: Json) -> Json:
         resources = [str(resource) for resource in body.get("Resources", [])]
@@ -612,7 +483,7 @@ class FakeOrthanc:
                 f'DicomAssociation - C-STORE to AET "{modality.aet}": Peer aborted Association '
                 "(or never connected)")
             break
-        self.jobs[job.job_id] = job
+        self.store_jobs[job.job_id] = job
         self.store_calls.append(StoreCall(modality.name, tuple(resources), job.job_id))
         return {"ID": job.job_id, "Path": f"/jobs/{job.job_id}"}
 
@@ -622,23 +493,22 @@ class FakeOrthanc:
         wanted = str(body.get("Query", {}).get("SOPInstanceUID", "")).split("\\")
         held = [uid for uid in wanted if uid in modality.held_sop_uids]
         query_id = str(uuid.uuid4())
-        self._queries[query_id] = [{"SOPInstanceUID": uid, "QueryRetrieveLevel": "IMAGE"}
-                                   for uid in held]
+        self._query_answers[query_id] = [
+            {"SOPInstanceUID": uid, "QueryRetrieveLevel": "IMAGE"} for uid in held]
         return {"ID": query_id, "Path": f"/queries/{query_id}"}
 
-    def _get_query_answers(self, uri: str, path: list[str], query: dict[str, list[str]],
-                           body: Json) -> Json:
-        answers = self._queries.get(path[1])
-        if answers is None or path[2] != "answers":
-            raise self._missing(uri)
-        if "expand" in query:
+    def _get_query_answers(self, request: Request) -> Json:
+        answers = self._query_answers.get(request.path[1])
+        if answers is None or request.path[2] != "answers":
+            raise self._missing(request.uri)
+        if "expand" in request.query:
             return [dict(answer) for answer in answers]
         return [str(index) for index in range(len(answers))]
 
-    def _get_job(self, uri: str, path: list[str], query: dict[str, list[str]], body: Json) -> Json:
-        job = self.jobs.get(path[1])
+    def _get_job(self, request: Request) -> Json:
+        job = self.store_jobs.get(request.path[1])
         if job is None:
-            raise self._missing(uri)
+            raise self._missing(request.uri)
         state, progress = job.state, job.progress
         if job.running_polls_left > 0:
             job.running_polls_left -= 1
@@ -652,11 +522,10 @@ class FakeOrthanc:
                             "LocalAet": self.aet, "Description": "REST API"},
                 "CreationTime": job.created_at, "Priority": 0}
 
-    def _cancel_job(self, uri: str, path: list[str], query: dict[str, list[str]],
-                    body: Json) -> Json:
-        job = self.jobs.get(path[1])
-        if job is None or path[2] != "cancel":
-            raise self._missing(uri)
+    def _cancel_job(self, request: Request) -> Json:
+        job = self.store_jobs.get(request.path[1])
+        if job is None or request.path[2] != "cancel":
+            raise self._missing(request.uri)
         if job.running_polls_left > 0:  # still running: cancelled where it stands
             job.running_polls_left = 0
             job.state = "Failure"
@@ -664,11 +533,11 @@ class FakeOrthanc:
         return {}
 
     # -- /tools/find, /system ------------------------------------------------------------------
-    def _find(self, uri: str, path: list[str], query: dict[str, list[str]], body: Json) -> Json:
-        if path[1] != "find" or not isinstance(body, dict) or body.get("Expand"):
-            raise self._unsupported("POST", f"{uri} {body!r}")
-        level = str(body.get("Level", ""))
-        conditions = {str(key): str(value) for key, value in (body.get("Query") or {}).items()}
+    def _find(self, request: Request) -> Json:
+        if request.path[1] != "find" or not isinstance(request.body, dict) or request.body.get("Expand"):
+            raise self._unsupported("POST", f"{request.uri} {request.body!r}")
+        level = str(request.body.get("Level", ""))
+        conditions = {str(key): str(value) for key, value in (request.body.get("Query") or {}).items()}
         candidates: list[tuple[str, dict[str, str]]]
         if level == "Series":
             candidates = [(s.series_id, {**self.studies[s.study_id].main_tags,
@@ -678,18 +547,17 @@ class FakeOrthanc:
             candidates = [(s.study_id, {**s.patient_tags, **s.main_tags})
                           for s in self.studies.values()]
         elif level == "Instance":
-            candidates = [(i.instance_id, _main_tags(i.dataset, (
+            candidates = [(i.instance_id, main_tags(i.dataset, (
                 *PATIENT_TAGS, *STUDY_TAGS, *SERIES_TAGS, *INSTANCE_TAGS)))
                 for i in self.instances.values()]
         elif level == "Patient":
-            candidates = list(self.patients.items())
+            candidates = list(self.patient_tags.items())
         else:
-            raise HostError(f"{uri}: HTTP 400 Bad request: level {level!r}")
+            raise HostError(f"{request.uri}: HTTP 400 Bad request: level {level!r}")
         return [resource_id for resource_id, tags in candidates
                 if all(fnmatch.fnmatchcase(tags.get(key, ""), pattern)
                        for key, pattern in conditions.items())]
 
-    def _get_system(self, uri: str, path: list[str], query: dict[str, list[str]],
-                    body: Json) -> Json:
+    def _get_system(self, request: Request) -> Json:
         return {"DicomAet": self.aet, "Name": "fake", "Version": "1.10.1", "ApiVersion": 9,
                 "HasLabels": self.has_labels, "DatabaseVersion": 6}
