@@ -52,12 +52,13 @@ def _described(db: Database, rows: Sequence[Any]) -> list[dict[str, Any]]:
         items.setdefault(row["job_id"], {})[row["state"]] = row["n"]
     plan_ids = sorted({row["resource_id"] for row in rows if row["level"] == "plan"})
     patients = sorted({row["patient_id"] for row in rows if row["patient_id"]})
-    labels: dict[str, str] = {}
+    labels: dict[str, tuple[str, str, str]] = {}
     if plan_ids:
         for plan in db.query(
-                f"SELECT plan_uid, plan_label FROM plan_bundles WHERE plan_uid IN "
-                f"({','.join('?' * len(plan_ids))})", plan_ids):
-            labels[plan["plan_uid"]] = plan["plan_label"] or ""
+                f"SELECT plan_uid, plan_label, plan_name, plan_date FROM plan_bundles WHERE "
+                f"plan_uid IN ({','.join('?' * len(plan_ids))})", plan_ids):
+            labels[plan["plan_uid"]] = (plan["plan_label"] or "", plan["plan_name"] or "",
+                                        plan["plan_date"] or "")
     names: dict[str, str] = {}
     if patients:
         for patient in db.query(
@@ -77,7 +78,10 @@ def _described(db: Database, rows: Sequence[Any]) -> list[dict[str, Any]]:
             "action": row["action"],
             "patient_id": row["patient_id"],
             "patient_name": names.get(row["patient_id"] or "", ""),
-            "plan_label": labels.get(row["resource_id"]) if row["level"] == "plan" else None,
+            "plan_label": (labels.get(row["resource_id"], ("", "", ""))[0]
+                           if row["level"] == "plan" else None),
+            "plan_name": labels.get(row["resource_id"], ("", "", ""))[1] or None,
+            "plan_date": labels.get(row["resource_id"], ("", "", ""))[2] or None,
             "instances": sum(counts.values()),
             "sent": counts.get("sent", 0),
             "refused": counts.get("refused", 0) + counts.get("not-committed", 0),

@@ -30,6 +30,8 @@ def plan_json(row: sqlite3.Row) -> dict[str, Any]:
         "plan_instance_id": row["plan_instance_id"],
         "patient_id": row["patient_id"],
         "patient_name": row["patient_name"],
+        "birth_date": row["patient_birth_date"],
+        "sex": row["patient_sex"],
         "study_uid": row["study_uid"],
         "label": row["plan_label"],
         "name": row["plan_name"],

@@ -29,7 +29,9 @@ CREATE TABLE IF NOT EXISTS plan_bundles(
     first_seen_epoch REAL NOT NULL,
     completed_epoch REAL,
     updated_at TEXT NOT NULL,
-    accession_number TEXT                       -- the study's, for the worklist's search
+    accession_number TEXT,                      -- the study's, for the worklist's search
+    -- The second identifier beside the name, wherever a plan is chosen for sending.
+    patient_birth_date TEXT, patient_sex TEXT
 );
 CREATE INDEX IF NOT EXISTS plan_bundles_patient ON plan_bundles(patient_id);
 

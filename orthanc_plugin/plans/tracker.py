@@ -133,10 +133,12 @@ class PlanTracker:
                 "INSERT INTO plan_bundles(plan_uid, plan_instance_id, patient_id, patient_name,"
                 " study_uid, calling_aet, remote_ip, plan_label, plan_name, plan_date, complete,"
                 " missing_json, members_json, first_seen_epoch, completed_epoch, updated_at,"
-                " accession_number)"
-                " VALUES(?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?) ON CONFLICT(plan_uid) DO UPDATE SET"
+                " accession_number, patient_birth_date, patient_sex)"
+                " VALUES(?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?) ON CONFLICT(plan_uid) DO UPDATE SET"
                 " complete=excluded.complete, missing_json=excluded.missing_json,"
                 " accession_number=excluded.accession_number,"
+                " patient_birth_date=excluded.patient_birth_date,"
+                " patient_sex=excluded.patient_sex,"
                 " members_json=excluded.members_json, updated_at=excluded.updated_at,"
                 " completed_epoch=COALESCE(plan_bundles.completed_epoch, excluded.completed_epoch)",
                 (
@@ -146,6 +148,7 @@ class PlanTracker:
                     int(bundle.complete), json.dumps(list(bundle.missing)), json.dumps(members),
                     now, now if bundle.complete else None, now_iso(),
                     study_tags.get("AccessionNumber", ""),
+                    study_tags.get("PatientBirthDate", ""), study_tags.get("PatientSex", ""),
                 ),
             )
 

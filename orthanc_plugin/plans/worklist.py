@@ -211,6 +211,8 @@ def _plan_row(row: sqlite3.Row, summary: dict[str, Any], destinations: list[dict
         "id": row["plan_uid"],
         "patient_id": row["patient_id"],
         "patient_name": row["patient_name"],
+        "birth_date": row["patient_birth_date"],
+        "sex": row["patient_sex"],
         "label": row["plan_label"],
         "name": row["plan_name"],
         "date": row["plan_date"],

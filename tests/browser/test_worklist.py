@@ -153,6 +153,17 @@ def test_viewing_never_selects_and_send_confirms_each_plan_and_target(
     page.goto(f"{gateway.url}/rt-gateway/ui/#plans?q=WLSEND1")
     expect(page.locator("tr.plan", has_text="WLSEND1")).to_contain_text("sent to ARCHIVE")
     shot(page, "sent")
+    # Sending it there again is possible, but only with a tick that says so.
+    page.locator("tr.plan", has_text="WLSEND1").locator("input.plan-check").check()
+    page.locator("input.target-check[value=ARCHIVE]").check()
+    page.click("#send")
+    expect(page.locator("#confirm")).to_contain_text("ALREADY SENT")
+    expect(page.locator("#confirm-send")).to_be_disabled()
+    page.locator("#confirm input.confirm-again").check()
+    expect(page.locator("#confirm-send")).to_be_enabled()
+    shot(page, "confirm-again")
+    page.click("#confirm-cancel")
+    expect(page.locator("#plans-updated")).to_contain_text("Updated")
     assert errors_of(page) == []
 
 

@@ -47,8 +47,7 @@ function element(tag, attributes = {}, ...children) {
 
 // A table of rows with named columns: [{title, value(row) -> text or Node, class?}].
 function dataTable(rows, columns, caption) {
-  const table = element("table", { class: "data" });
-  if (caption) table.append(element("caption", { class: "visually-hidden" }, caption));
+  const table = element("table", { class: "data", "aria-label": caption || null });
   table.append(element("thead", {}, element("tr", {}, columns.map((c) => element("th", { scope: "col", class: c.class }, c.title)))));
   const body = element("tbody");
   for (const row of rows) {
@@ -71,6 +70,7 @@ const ZONE = Intl.DateTimeFormat().resolvedOptions().timeZone || "local time";
 $("#zone").textContent = `Times in ${ZONE}`;
 const timeFormat = new Intl.DateTimeFormat(undefined, { dateStyle: "medium", timeStyle: "short" });
 const clockFormat = new Intl.DateTimeFormat(undefined, { timeStyle: "short" });
+const secondsFormat = new Intl.DateTimeFormat(undefined, { timeStyle: "medium" });
 const dayFormat = new Intl.DateTimeFormat(undefined, { dateStyle: "medium" });
 
 function toDate(value) {
@@ -83,6 +83,11 @@ function shortTime(value) {
   const d = toDate(value);
   if (!d) return "";
   return d.toDateString() === new Date().toDateString() ? clockFormat.format(d) : timeFormat.format(d);
+}
+function secondsTime(value) {
+  const d = toDate(value);
+  if (!d) return "";
+  return d.toDateString() === new Date().toDateString() ? secondsFormat.format(d) : timeFormat.format(d);
 }
 function age(value) {
   const d = toDate(value);
@@ -110,10 +115,38 @@ function shortUid(uid) {
   if (!uid) return "";
   const text = String(uid);
   return element("span", { class: "uid" }, element("span", { title: text }, text.length > 14 ? "…" + text.slice(-10) : text),
-    element("button", { type: "button", class: "link", "aria-label": "Copy the UID " + text, onclick: () => navigator.clipboard && navigator.clipboard.writeText(text) }, "copy"));
+    element("button", { type: "button", class: "link", "aria-label": "Copy the UID " + text, onclick: (event) => copyText(text, event.currentTarget) }, "copy"));
+}
+// The clipboard API exists only on https or localhost: elsewhere the UID is put in a field,
+// selected and copied the old way, and the button says what happened either way.
+async function copyText(text, button) {
+  let copied = false;
+  try { if (navigator.clipboard) { await navigator.clipboard.writeText(text); copied = true; } } catch (_) { /* not allowed here */ }
+  if (!copied) {
+    const field = element("textarea", { readonly: true, class: "visually-hidden" }, text);
+    document.body.append(field);
+    field.select();
+    try { copied = document.execCommand("copy"); } catch (_) { copied = false; }
+    field.remove();
+  }
+  button.textContent = copied ? "copied" : "select and copy by hand";
+  setTimeout(() => { button.textContent = "copy"; }, 2000);
 }
 const STATE_WORDS = { pending: "waiting", running: "sending", done: "done", dead: "parked", cancelled: "cancelled" };
 const stateWord = (state) => STATE_WORDS[state] || state;
+// Orthanc's and DCMTK's messages in words a therapist can act on; the raw text stays in a tooltip.
+function humanError(text) {
+  if (!text) return "";
+  const raw = String(text);
+  const aet = (/connecting to AET "([^"]*)"/.exec(raw) || [])[1];
+  const who = aet ? `${aet} ` : "the destination ";
+  let words = null;
+  if (/Connection refused/i.test(raw)) words = `${who}refused the connection: is it running?`;
+  else if (/timed? ?out|Timeout/i.test(raw)) words = `${who}did not answer in time`;
+  else if (/network protocol|Association Rejected|association.*reject/i.test(raw)) words = `${who}did not accept the DICOM association (AE title, port or its settings)`;
+  else if (/refused by .* with status/i.test(raw)) words = raw.replace(/ for instance [0-9a-f-]+/, "");
+  return words ? element("span", { title: raw }, words) : raw;
+}
 function badge(text, kind) { return element("span", { class: "badge " + (kind || text) }, text); }
 
 // -- the URL holds the view: #tab?param=value (deep links; Back works) ----------------------------
@@ -136,6 +169,7 @@ function render() {
   for (const link of document.querySelectorAll("nav [role=tab]")) {
     const selected = link.dataset.tab === tab;
     link.setAttribute("aria-selected", String(selected));
+    link.setAttribute("tabindex", selected ? "0" : "-1");
     link.classList.toggle("active", selected);
   }
   for (const section of document.querySelectorAll(".tab")) section.classList.toggle("active", section.id === "tab-" + tab);
@@ -179,10 +213,12 @@ function worklistQuery(params) {
   return query;
 }
 
-async function renderPlans(params) {
-  for (const [name, selector] of Object.entries(FILTERS)) $(selector).value = params.get(name) || "";
-  loadTargets();
-  renderSendJobs();
+async function renderPlans(params, quiet) {
+  if (!quiet) {
+    for (const [name, selector] of Object.entries(FILTERS)) $(selector).value = params.get(name) || "";
+    loadTargets();
+    renderSendJobs();
+  }
   const detail = $("#plan-detail");
   if (params.get("plan")) {
     $("#worklist").hidden = true; $("#plans-pager").hidden = true; $("#plan-filters").hidden = true; $("#plans-status").hidden = true;
@@ -211,6 +247,18 @@ async function renderPlans(params) {
     ? `${answer.total} plan(s)${focus}${filtered ? " match" : ""}; page ${answer.page} of ${answer.pages}.`
     : (filtered ? "No plan matches these filters." : `No plans received yet${focus}.`);
   $("#worklist").replaceChildren(answer.plans.length ? worklistTable(answer.plans, params) : "");
+  if (lastPlanRead) {
+    const link = [...document.querySelectorAll("tr.plan")].find((row) => row.dataset.plan === lastPlanRead);
+    if (link && !quiet) link.querySelector("a.plan-link").focus();
+    if (!quiet) lastPlanRead = "";
+  }
+  $("#plans-updated").textContent = `Updated ${secondsFormat.format(new Date())}.`;
+  // The list follows what arrives and what is sent, unless someone is working in it.
+  refreshTimer = setTimeout(() => {
+    const active = document.activeElement;
+    const busy = $("#confirm").open || (active && ($("#worklist").contains(active) || $("#plan-filters").contains(active)));
+    if (route().tab === "plans" && !route().params.get("plan") && !busy) renderPlans(route().params, true);
+  }, 10000);
   pager($("#plans-pager"), answer.page, answer.pages, (page) => { const next = new URLSearchParams(params); next.set("page", page); navigate("plans", next); });
 }
 
@@ -222,19 +270,19 @@ function sortHeader(title, key, params) {
   next.set("order", current === key && order === "asc" ? "desc" : "asc");
   next.delete("page");
   const sorted = current === key ? (order === "asc" ? "ascending" : "descending") : null;
-  return element("a", { href: "#plans?" + next, "aria-sort": sorted, class: "sort" }, title, sorted ? (order === "asc" ? " ▲" : " ▼") : "");
+  const link = element("a", { href: "#plans?" + next, class: "sort" }, title, sorted ? (order === "asc" ? " ▲" : " ▼") : "");
+  return element("th", { scope: "col", "aria-sort": sorted || "none" }, link);
 }
 
 function worklistTable(plans, params) {
-  const table = element("table", { class: "data worklist" });
-  table.append(element("caption", { class: "visually-hidden" }, "Plans received"));
+  const table = element("table", { class: "data worklist", "aria-label": "Plans received" });
   const head = [
     element("th", { scope: "col" }, element("span", { class: "visually-hidden" }, "Select")),
-    element("th", { scope: "col" }, sortHeader("Patient", "patient", params)),
-    element("th", { scope: "col" }, sortHeader("Plan", "label", params)),
+    sortHeader("Patient", "patient", params),
+    sortHeader("Plan", "label", params),
     element("th", { scope: "col" }, "Rx"),
-    element("th", { scope: "col" }, sortHeader("From", "source", params)),
-    element("th", { scope: "col" }, sortHeader("Received", "received", params)),
+    sortHeader("From", "source", params),
+    sortHeader("Received", "received", params),
     element("th", { scope: "col" }, "Complete"),
     element("th", { scope: "col" }, "Where it went"),
   ];
@@ -243,16 +291,16 @@ function worklistTable(plans, params) {
   for (const plan of plans) {
     const who = personName(plan.patient_name) || "(no name)";
     const label = plan.label || "(no label)";
-    const box = element("input", { type: "checkbox", class: "plan-check", value: plan.id, "aria-label": `Select ${label} of ${who} for sending` });
+    const box = element("input", { type: "checkbox", class: "plan-check", value: plan.id, "aria-label": `Select ${label}${plan.name ? " (" + plan.name + ")" : ""} of ${who} for sending` });
     box.checked = selected.has(plan.id);
     box.addEventListener("change", () => {
-      if (box.checked) selected.set(plan.id, { label, who, patientId: plan.patient_id, complete: plan.complete, missing: plan.missing });
+      if (box.checked) selected.set(plan.id, { label, who, patientId: plan.patient_id, born: bornText(plan), name: plan.name, date: plan.date, received: plan.received_at, complete: plan.complete, missing: plan.missing, destinations: plan.destinations });
       else selected.delete(plan.id);
       updateSelection();
     });
     const open = new URLSearchParams(params);
     open.set("plan", plan.id);
-    const rx = plan.prescription_gy ? `${number(plan.prescription_gy, 1)} Gy${plan.fractions ? ` × ${plan.fractions} fx` : ""}` : "";
+    const rx = rxText(plan.prescription_gy, plan.fractions);
     // A plan whose job is done was sent: "sent to ARCHIVE 14:02"; otherwise the queue's word.
     const went = plan.destinations.map((d) => {
       const word = d.state === "done" ? "sent" : stateWord(d.state);
@@ -261,7 +309,7 @@ function worklistTable(plans, params) {
     if (plan.held) went.unshift(element("div", {}, badge("held", "held"), " waiting for the plan to complete"));
     body.append(element("tr", { class: "plan", "data-plan": plan.id },
       element("td", {}, box),
-      element("td", {}, element("div", { class: "strong" }, who), element("div", { class: "muted" }, plan.patient_id)),
+      element("td", {}, element("div", { class: "strong" }, who), element("div", { class: "muted" }, [plan.patient_id, bornText(plan)].filter(Boolean).join(" · "))),
       element("td", {}, element("a", { class: "plan-link", href: "#plans?" + open }, label),
         element("div", { class: "muted" }, [plan.name, plan.intent ? plan.intent.toLowerCase() : "", dicomDate(plan.date)].filter(Boolean).join(" · "))),
       element("td", {}, rx),
@@ -276,6 +324,19 @@ function worklistTable(plans, params) {
   return table;
 }
 
+// Date of birth and sex: the second identifier beside the name.
+function bornText(plan) {
+  const parts = [];
+  if (plan.birth_date) parts.push("born " + dicomDate(plan.birth_date));
+  if (plan.sex) parts.push(plan.sex);
+  return parts.join(", ");
+}
+function rxText(rx, fractions) {
+  if (!rx) return "";
+  const total = `${number(rx, 2)} Gy`;
+  return fractions ? `${total} / ${fractions} fx (${number(rx / fractions, 2)} Gy)` : total;
+}
+
 function pager(box, page, pages, go) {
   box.replaceChildren();
   if (pages <= 1) return;
@@ -288,8 +349,8 @@ function pager(box, page, pages, go) {
 // -- sending: only ticks select, a confirmation names everything ----------------------------------
 function updateSelection() {
   const list = $("#selection");
-  list.replaceChildren(...[...selected].map(([id, plan]) => element("li", {}, `${plan.label} — ${plan.who} (${plan.patientId})`,
-    plan.complete ? "" : element("span", { class: "badge incomplete" }, "incomplete"),
+  list.replaceChildren(...[...selected].map(([id, plan]) => element("li", {}, `${plan.label}${plan.name ? " (" + plan.name + ")" : ""} — ${plan.who} (${plan.patientId}) `,
+    plan.complete ? "" : element("span", { class: "badge incomplete" }, "incomplete"), " ",
     element("button", { type: "button", class: "link", "aria-label": `Remove ${plan.label} from the selection`, onclick: () => { selected.delete(id); updateSelection(); for (const box of document.querySelectorAll(".plan-check")) if (box.value === id) box.checked = false; } }, "remove"))));
   $("#selection-summary").textContent = selected.size ? `${selected.size} plan(s) selected.` : "No plan selected. Tick a plan's box to select it; opening a plan never selects it.";
   updateSendButton();
@@ -310,57 +371,86 @@ async function loadTargets() {
   updateSendButton();
 }
 
-$("#send").addEventListener("click", () => {
-  const targets = checkedTargets();
-  const body = $("#confirm-body");
-  const rows = [];
-  for (const [id, plan] of selected) for (const target of targets) rows.push({ id, plan, target });
-  const incomplete = [...selected].filter(([, plan]) => !plan.complete);
-  const confirmations = new Map();
-  body.replaceChildren(
-    element("p", {}, `${rows.length} job(s): ${selected.size} plan(s) to ${targets.join(", ")}.`),
-    dataTable(rows, [
-      { title: "Patient", value: (r) => `${r.plan.who} (${r.plan.patientId})` },
-      { title: "Plan", value: (r) => r.plan.label },
-      { title: "To", value: (r) => r.target },
-      { title: "State", value: (r) => (r.plan.complete ? "complete" : "INCOMPLETE: missing " + r.plan.missing.join("; ")) },
-    ], "What will be sent"),
-    incomplete.length ? element("fieldset", {}, element("legend", {}, "Incomplete plans are sent only if ticked here"),
-      ...incomplete.map(([id, plan]) => {
-        const box = element("input", { type: "checkbox", class: "confirm-incomplete", value: id });
-        confirmations.set(id, box);
-        box.addEventListener("change", checkConfirm);
-        return element("div", {}, element("label", {}, box, ` Send ${plan.label} of ${plan.who} although it is incomplete`));
-      })) : "");
-  function checkConfirm() {
-    const missing = [...confirmations.values()].filter((b) => !b.checked).length;
-    $("#confirm-send").disabled = missing > 0;
-    $("#confirm-warning").textContent = missing ? `${missing} incomplete plan(s) not confirmed: tick each, or cancel and untick it.` : "";
+// Where a plan already went to a target: "sent 8:47", "waiting", ... or nothing.
+function alreadyTo(plan, target) {
+  const went = (plan.destinations || []).find((d) => d.target === target);
+  if (!went || went.state === "dead" || went.state === "cancelled") return "";
+  return went.state === "done" ? `already sent ${shortTime(went.at)}` : `already ${stateWord(went.state)}`;
+}
+
+// One confirmation for everything that sends: the rows it names, the ticks it wants, one button.
+function confirmSending({ title, intro, rows, columns, ticks, button, onConfirm }) {
+  $("#confirm-title").textContent = title;
+  const boxes = ticks.map((tick) => {
+    const box = element("input", { type: "checkbox", class: tick.class });
+    box.dataset.key = tick.key;
+    box.addEventListener("change", check);
+    return { box, tick };
+  });
+  const groups = {};
+  for (const { box, tick } of boxes) (groups[tick.group] = groups[tick.group] || []).push(element("div", {}, element("label", {}, box, " " + tick.text)));
+  $("#confirm-body").replaceChildren(element("p", {}, intro), dataTable(rows, columns, title),
+    ...Object.entries(groups).map(([legend, items]) => element("fieldset", {}, element("legend", {}, legend), ...items)));
+  function check() {
+    const open = boxes.filter(({ box }) => !box.checked).length;
+    $("#confirm-send").disabled = open > 0;
+    $("#confirm-warning").textContent = open ? `${open} item(s) above need their own tick, or cancel.` : "";
   }
-  checkConfirm();
-  $("#confirm-send").textContent = `Send ${rows.length} job(s)`;
-  $("#confirm-send").onclick = async () => {
-    $("#confirm").close();
-    const message = $("#send-message");
-    try {
-      const answer = await call("plans/send", { method: "POST", body: JSON.stringify({ plans: [...selected.keys()], targets, confirm_incomplete: [...confirmations.keys()] }) });
-      const jobs = answer.jobs || [];
-      const queued = jobs.filter((j) => j.id);
-      showMessage(message, `${queued.length} job(s) queued` + (jobs.length > queued.length ? `, ${jobs.length - queued.length} already sent (nothing new)` : ""), true);
-      const mine = JSON.parse(sessionStorage.getItem("rtgw-sent") || "[]");
-      for (const job of queued) mine.unshift({ id: job.id, label: job.label, target: job.target, who: (selected.get(job.plan) || {}).who || "" });
-      sessionStorage.setItem("rtgw-sent", JSON.stringify(mine.slice(0, 20)));
-      selected.clear();
-      for (const box of document.querySelectorAll(".plan-check")) box.checked = false;
-      updateSelection();
-      renderSendJobs();
-    } catch (error) {
-      showMessage(message, "Nothing sent: " + error.message, false);
-    }
-  };
+  check();
+  $("#confirm-send").textContent = button;
+  $("#confirm-send").onclick = () => { $("#confirm").close(); onConfirm(boxes.filter(({ box }) => box.checked).map(({ tick }) => tick.key)); };
   $("#confirm").showModal();
   $("#confirm-cancel").focus();
+}
+
+$("#send").addEventListener("click", () => {
+  const targets = checkedTargets();
+  const rows = [];
+  for (const [id, plan] of selected) for (const target of targets) rows.push({ id, plan, target, already: alreadyTo(plan, target) });
+  const ticks = [];
+  for (const [id, plan] of selected) {
+    if (!plan.complete) ticks.push({ key: "incomplete:" + id, class: "confirm-incomplete", group: "Incomplete plans are sent only if ticked here", text: `Send ${plan.label} of ${plan.who} although it is incomplete` });
+  }
+  for (const row of rows) {
+    if (row.already) ticks.push({ key: `again:${row.id}:${row.target}`, class: "confirm-again", group: "Plans that already went there are sent again only if ticked here", text: `Send ${row.plan.label} of ${row.plan.who} to ${row.target} again (${row.already})` });
+  }
+  confirmSending({
+    title: "Send these plans?",
+    intro: `${rows.length} job(s): ${selected.size} plan(s) to ${targets.join(", ")}.`,
+    rows,
+    columns: [
+      { title: "Patient", value: (r) => element("span", {}, `${r.plan.who} (${r.plan.patientId})`, element("div", { class: "muted" }, r.plan.born || "")) },
+      { title: "Plan", value: (r) => element("span", {}, r.plan.label, element("div", { class: "muted" }, [r.plan.name, dicomDate(r.plan.date), "received " + localTime(r.plan.received)].filter(Boolean).join(" · "))) },
+      { title: "To", value: (r) => r.target },
+      { title: "State", value: (r) => [r.plan.complete ? "complete" : "INCOMPLETE: missing " + r.plan.missing.join("; "), r.already ? r.already.toUpperCase() : ""].filter(Boolean).join("; ") },
+    ],
+    ticks,
+    button: `Send ${rows.length} job(s)`,
+    onConfirm: (keys) => sendSelected(targets, keys.filter((k) => k.startsWith("incomplete:")).map((k) => k.slice("incomplete:".length))),
+  });
 });
+
+async function sendSelected(targets, confirmedIncomplete) {
+  const message = $("#send-message");
+  try {
+    const answer = await call("plans/send", { method: "POST", body: JSON.stringify({ plans: [...selected.keys()], targets, confirm_incomplete: confirmedIncomplete }) });
+    const jobs = answer.jobs || [];
+    const queued = jobs.filter((j) => j.id);
+    showMessage(message, `${queued.length} job(s) queued` + (jobs.length > queued.length ? `, ${jobs.length - queued.length} with nothing new to send` : ""), true);
+    const mine = JSON.parse(sessionStorage.getItem("rtgw-sent") || "[]");
+    for (const job of queued) {
+      const plan = selected.get(job.plan) || {};
+      mine.unshift({ id: job.id, label: job.label, name: plan.name || "", target: job.target, who: plan.who || "" });
+    }
+    sessionStorage.setItem("rtgw-sent", JSON.stringify(mine.slice(0, 20)));
+    selected.clear();
+    for (const box of document.querySelectorAll(".plan-check")) box.checked = false;
+    updateSelection();
+    renderSendJobs();
+  } catch (error) {
+    showMessage(message, "Nothing sent: " + error.message, false);
+  }
+}
 $("#confirm-cancel").addEventListener("click", () => $("#confirm").close());
 
 // The jobs sent from this tab (kept across reloads in the session), with live counts.
@@ -379,18 +469,20 @@ async function renderSendJobs() {
     const word = stateWord(job.state);
     active = active || ["pending", "running"].includes(job.state);
     rows.push(element("div", { class: "job", "data-job": entry.id },
-      element("div", {}, element("span", { class: "strong" }, entry.label), ` → ${entry.target} `, badge(word, word)),
+      element("div", {}, element("span", { class: "strong" }, entry.label), entry.name ? ` (${entry.name})` : "", ` → ${entry.target} `, badge(word, word)),
       element("div", { class: "muted" }, entry.who),
       element("progress", { max: String(job.instances || 1), value: String(job.sent || 0), "aria-label": `${entry.label} to ${entry.target}` }),
       element("span", { class: "count-text" }, ` ${job.sent} / ${job.instances} instances`),
-      job.state === "dead" ? element("div", { class: "message error" }, job.last_error || "") : ""));
+      job.state === "dead" ? element("div", { class: "message error" }, humanError(job.last_error)) : ""));
   }
   box.replaceChildren(...rows);
   if (active && route().tab === "plans") sendTimer = setTimeout(renderSendJobs, 1000);
 }
 
 // -- plan detail in words ------------------------------------------------------------------------
+let lastPlanRead = "";
 async function showPlan(id, params) {
+  lastPlanRead = id;
   const detail = $("#plan-detail");
   const back = new URLSearchParams(params);
   back.delete("plan");
@@ -408,8 +500,9 @@ async function showPlan(id, params) {
   const title = element("h2", { id: "plan-title", tabindex: "-1" }, `${plan.label || "(no label)"} — ${personName(plan.patient_name) || "(no name)"} (${plan.patient_id})`);
   const summary = element("dl", { class: "summary", id: "plan-summary" },
     ...[["Plan name", plan.name], ["Plan date", dicomDate(plan.date)], ["Intent", metrics.PlanIntent ? String(metrics.PlanIntent).toLowerCase() : ""],
+      ["Patient", [plan.patient_id, bornText(plan)].filter(Boolean).join(" · ")],
       ["Prescription", rx ? `${number(rx, 2)} Gy${metrics.Fractions ? ` in ${metrics.Fractions} fractions (${number(rx / metrics.Fractions, 2)} Gy each)` : ""}` : "not in the plan"],
-      ["Beams", metrics.BeamCount ? `${metrics.BeamCount}, ${number(metrics.TotalMU, 1)} MU in all` : ""],
+      ["Beams", metrics.BeamCount ? `${metrics.BeamCount} beams, ${number(metrics.TotalMU, 1)} MU per fraction` : ""],
       ["From", plan.calling_aet], ["Completeness", plan.complete ? "complete" : "incomplete: missing " + plan.missing.map(humaneMissing).join("; ")],
       ["Plan UID", shortUid(plan.id)]].filter(([, v]) => v).flatMap(([k, v]) => [element("dt", {}, k), element("dd", {}, v)]));
   const beams = (metrics.beams || []);
@@ -418,7 +511,7 @@ async function showPlan(id, params) {
     { title: "Type", value: (b) => [b.BeamType, b.RadiationType].filter(Boolean).join(" ").toLowerCase() },
     { title: "Energy", value: (b) => (b.Energy ? `${number(b.Energy, 0)} ${String(b.RadiationType || "").toUpperCase() === "ELECTRON" ? "MeV" : "MV"}` : ""), class: "num" },
     { title: "Gantry", value: (b) => (b.GantryStart === null || b.GantryStart === undefined ? "" : `${number(b.GantryStart, 1)}°`), class: "num" },
-    { title: "MU", value: (b) => number(b.MU, 1), class: "num" },
+    { title: "MU/fx", value: (b) => number(b.MU, 1), class: "num" },
   ], "Beams");
   beamTable.id = "plan-beams";
   const fileTable = dataTable(plan.files || [], [
@@ -434,7 +527,7 @@ async function showPlan(id, params) {
   const cell = (roi, key, digits) => {
     const ours = computed.get(roi);
     const theirs = comparison.get(roi) && comparison.get(roi)[key];
-    if (!ours || ours[key] === null || ours[key] === undefined) return "";
+    if (!ours || ours[key] === null || ours[key] === undefined) return "—";
     const main = number(ours[key], digits);
     if (!theirs || theirs.planning_system === null || theirs.planning_system === undefined) return main;
     const diff = theirs.difference;
@@ -448,7 +541,7 @@ async function showPlan(id, params) {
     { title: "Dmean (Gy)", value: (r) => cell(r.ROIName, "Dmean", 2), class: "num" },
     { title: "Dmax (Gy)", value: (r) => cell(r.ROIName, "Dmax", 2), class: "num" },
     { title: "D95 (Gy)", value: (r) => cell(r.ROIName, "D95", 2), class: "num" },
-    { title: rx ? `V${number(rx, 0)}Gy (%)` : "V Rx (%)", value: (r) => cell(r.ROIName, "V_prescription_pct", 1), class: "num" },
+    { title: rx ? `V100% Rx (≥ ${number(rx, 2)} Gy), %` : "V100% Rx, %", value: (r) => cell(r.ROIName, "V_prescription_pct", 1), class: "num" },
   ], "Structures and their doses");
   structureTable.id = "plan-structures";
   const decisions = dataTable(plan.decisions || [], [
@@ -459,9 +552,9 @@ async function showPlan(id, params) {
     { title: "When", value: (r) => localTime(r.at) },
   ], "Rule decisions for this plan");
   decisions.id = "plan-decisions";
-  const runs = dataTable(plan.rule_runs || [], [
+  const runs = dataTable((plan.rule_runs || []).map((r) => ({ ...r, outcome: { fired: "fired", "not-matched": "did not match", "forwarded-incomplete": "sent incomplete after its wait", held: "held while incomplete" }[r.outcome] || r.outcome })), [
     { title: "Rule", value: (r) => r.rule },
-    { title: "Outcome", value: (r) => r.outcome.replace(/-/g, " ") },
+    { title: "Outcome", value: (r) => r.outcome },
     { title: "When", value: (r) => localTime(r.at) },
     { title: "Why", value: (r) => { try { const m = JSON.parse(r.missing_json || "[]"); return m.length ? "missing: " + m.map(humaneMissing).join("; ") : ""; } catch (_) { return ""; } } },
   ], "Rule runs for this plan");
@@ -472,12 +565,14 @@ async function showPlan(id, params) {
     element("p", {}, element("a", { href: "#plans?" + back, id: "back-to-list" }, "‹ Back to the plan list")),
     title,
     element("div", { class: "detail-columns" },
-      element("div", {}, summary, element("h3", {}, "Beams"), beams.length ? beamTable : element("p", { class: "muted" }, "No beams indexed."),
-        element("h3", {}, "Files"), fileTable, element("h3", {}, "Rules for this plan"), (plan.decisions || []).length ? decisions : element("p", { class: "muted" }, "No rule has decided on this plan or its study yet."),
-        (plan.rule_runs || []).length ? runs : ""),
-      element("div", {}, element("h3", {}, "Dose–volume histogram"), chart, notes)),
-    element("h3", {}, "Structures"), structureTable,
-    element("h3", {}, "Where it went"), element("div", { id: "plan-sent" }, "Loading…"));
+      element("div", {}, summary, element("h3", {}, "Beams"), beams.length ? beamTable : element("p", { class: "muted" }, "No beams indexed yet.")),
+      element("div", {}, element("h3", {}, "Dose–volume histogram"), chart)),
+    element("h3", {}, "Structures"), structureTable, notes,
+    element("h3", {}, "Where it went"), element("div", { id: "plan-sent" }, "Loading…"),
+    element("div", { class: "detail-columns" },
+      element("div", {}, element("h3", {}, "Files"), fileTable),
+      element("div", {}, element("h3", {}, "Rules for this plan"), (plan.decisions || []).length ? decisions : element("p", { class: "muted" }, "No rule has decided on this plan or its study yet."),
+        (plan.rule_runs || []).length ? element("h4", {}, "Plan-complete rule runs") : "", (plan.rule_runs || []).length ? runs : "")));
   title.focus();
   if (window.RtDvh) window.RtDvh.draw(chart, dvh, { title: plan.label || "plan", filenameBase: `dvh_${plan.label || "plan"}` });
   else chart.textContent = "The DVH chart could not be loaded.";
@@ -490,7 +585,7 @@ function humaneMissing(text) { return String(text).replace(/\b\d+(\.\d+){3,}\b/g
 function dvhNotes(dvh) {
   // The conventions travel with the numbers: a small structure's volume depends on them (README).
   const notes = dvh.method ? [`Computed: ${dvh.method}.`] : [];
-  if (dvh.complete === false) notes.push("No DVH yet: the plan is incomplete (" + (dvh.missing || []).map(humaneMissing).join("; ") + ").");
+  if (dvh.complete === false && (dvh.computed || []).length) notes.push("The plan is incomplete (" + (dvh.missing || []).map(humaneMissing).join("; ") + ").");
   if (dvh.dose_conversion) notes.push(dvh.dose_conversion + ".");
   if (dvh.error) notes.push(dvh.error);
   for (const skipped of dvh.not_computed || []) notes.push(`No DVH for ${skipped.roi}: ${skipped.reason}.`);
@@ -499,8 +594,8 @@ function dvhNotes(dvh) {
     notes.push(`${small.roi}: ${Number(small.volume_cc).toFixed(3)} cc, ${Number(small.volume_cc_slabs).toFixed(3)} cc counted as slabs (a small structure's volume depends on the convention).`);
   }
   for (const row of dvh.comparison || []) for (const check of row.checks || []) notes.push(`${row.roi}: ${check}.`);
-  if (!notes.length && !(dvh.computed || []).length) notes.push("No DVH: the plan has no structure set or no dose.");
-  return notes.join(" ");
+  // Without curves the chart itself says why in one sentence: no second sentence here.
+  return (dvh.computed || []).length ? notes.join(" ") : "";
 }
 
 async function loadPlanDestinations(plan) {
@@ -540,45 +635,67 @@ async function renderQueue(params) {
     return element("a", { href: "#queue?" + next, class: key === view ? "active" : "", "aria-current": key === view ? "page" : null }, `${title} (${countOf(key)})`);
   }));
   $("#queue-summary").className = "muted";
-  $("#queue-summary").textContent = `${counts.sending || 0} sending, ${counts.waiting || 0} waiting, ${counts.parked || 0} parked. Updated ${clockFormat.format(new Date())}.`;
+  $("#queue-summary").textContent = `${counts.sending || 0} sending, ${counts.waiting || 0} waiting, ${counts.parked || 0} parked. Updated ${secondsFormat.format(new Date())}.`;
   $("#queue-badge").textContent = counts.parked ? `${counts.parked} parked` : "";
   const actions = $("#queue-actions");
   actions.replaceChildren(element("label", {}, "Target ", element("select", { id: "queue-target", onchange: (e) => navigate("queue", new URLSearchParams({ view, target: e.target.value })) },
     element("option", { value: "" }, "all"), ...answer.targets.map((t) => element("option", { value: t, selected: t === target }, t)))));
   if (view === "parked" && answer.total) {
     for (const name of answer.parked_targets.filter((t) => !target || t === target)) {
-      actions.append(element("button", { type: "button", class: "retry-all", onclick: async () => {
-        try { const r = await call("jobs/retry-parked", { method: "POST", body: JSON.stringify({ target: name }) }); showMessage($("#queue-summary"), `${r.retried.length} parked job(s) for ${name} retried.`, true); } catch (error) { showMessage($("#queue-summary"), error.message, false); }
-        refreshTimer = setTimeout(render, 800);
-      } }, `Retry all parked for ${name}`));
+      actions.append(element("button", { type: "button", class: "retry-all", onclick: () => retryAllParked(name) }, `Retry all parked for ${name}…`));
     }
   }
+  const what = (j) => `${j.plan_label ? "plan " + j.plan_label : j.kind} of ${personName(j.patient_name) || j.patient_id || "?"} to ${j.target}`;
   const act = (path, what) => async () => {
     try { await call(path, { method: "POST" }); } catch (error) { showMessage($("#queue-summary"), `${what}: ${error.message}`, false); return; }
     render();
   };
   $("#queue-table").replaceChildren(answer.jobs.length ? dataTable(answer.jobs, [
     { title: "Patient", value: (j) => element("span", {}, personName(j.patient_name) || "", element("div", { class: "muted" }, j.patient_id || "")) },
-    { title: "What", value: (j) => (j.plan_label ? `plan ${j.plan_label}` : `${j.kind}${j.action !== "forward" ? " (" + j.action + ")" : ""}`) },
+    { title: "What", value: (j) => (j.plan_label ? element("span", {}, `plan ${j.plan_label}`, element("div", { class: "muted" }, [j.plan_name, dicomDate(j.plan_date)].filter(Boolean).join(" · "))) : `${j.kind}${j.action !== "forward" ? " (" + j.action + ")" : ""}`) },
     { title: "Rule", value: (j) => (j.manual ? "sent by hand" : j.rule) },
     { title: "To", value: (j) => j.target },
-    { title: "Progress", value: (j) => element("span", {}, element("progress", { max: String(j.instances || 1), value: String(j.sent), "aria-label": `job ${j.id}` }), ` ${j.sent} / ${j.instances} instances`, j.refused ? `, ${j.refused} refused` : "", j.gone ? `, ${j.gone} deleted before sending` : "") },
+    { title: "Progress", value: (j) => element("span", {}, element("progress", { max: String(j.instances || 1), value: String(j.sent), "aria-label": what(j) }), ` ${j.sent} / ${j.instances} instances`, j.refused ? `, ${j.refused} refused` : "", j.gone ? `, ${j.gone} deleted before sending` : "") },
     { title: "State", value: (j) => badge(j.state, j.state) },
-    { title: "Age", value: (j) => age(j.created_epoch) },
-    { title: "Why", value: (j) => j.waiting_for || (j.state === "waiting" && j.attempts ? `retry ${j.attempts + 1} at ${shortTime(j.next_attempt_at)}: ${j.last_error || ""}` : j.last_error || "") },
+    view === "active" || view === "parked"
+      ? { title: "Age", value: (j) => age(j.created_epoch) }
+      : { title: "Finished", value: (j) => secondsTime(j.updated_at) },
+    { title: "Why", value: (j) => j.waiting_for || (j.state === "waiting" && j.attempts ? element("span", {}, `retry ${j.attempts + 1} at ${shortTime(j.next_attempt_at)}: `, humanError(j.last_error)) : humanError(j.last_error)) },
     { title: "", value: (j) => element("span", { class: "actions" },
-      j.state === "parked" ? element("button", { type: "button", onclick: act(`jobs/${j.id}/retry`, "Retry"), "aria-label": `Retry job ${j.id}` }, "Retry") : "",
-      ["parked", "waiting"].includes(j.state) ? element("button", { type: "button", onclick: () => { if (confirm(`Cancel job ${j.id}: nothing more of it will be sent?`)) act(`jobs/${j.id}/cancel`, "Cancel")(); }, "aria-label": `Cancel job ${j.id}` }, "Cancel") : "") },
+      j.state === "parked" ? element("button", { type: "button", onclick: act(`jobs/${j.id}/retry`, "Retry"), "aria-label": `Retry job ${j.id}: ${what(j)}` }, "Retry") : "",
+      ["parked", "waiting"].includes(j.state) ? element("button", { type: "button", onclick: () => { if (confirm(`Cancel sending ${what(j)}? Nothing more of it will be sent.`)) act(`jobs/${j.id}/cancel`, "Cancel")(); }, "aria-label": `Cancel job ${j.id}: ${what(j)}` }, "Cancel") : "") },
   ], "Jobs") : element("p", { class: "muted" }, view === "active" ? "Nothing waiting or sending." : "None."));
   pager($("#queue-pager"), answer.page, answer.pages, (p) => navigate("queue", new URLSearchParams({ view, target, page: String(p) })));
   // Live while the tab is shown: every 2 s (a queue of thousands is paged, not downloaded).
   refreshTimer = setTimeout(() => { if (route().tab === "queue") render(); }, 2000);
 }
 
+async function retryAllParked(target) {
+  let answer;
+  try { answer = await call("queue?" + new URLSearchParams({ view: "parked", target, per_page: "200" })); } catch (error) { showMessage($("#queue-summary"), error.message, false); return; }
+  confirmSending({
+    title: `Retry everything parked for ${target}?`,
+    intro: `${answer.total} parked job(s) will be sent to ${target} again.`,
+    rows: answer.jobs,
+    columns: [
+      { title: "Patient", value: (j) => `${personName(j.patient_name) || ""} (${j.patient_id || "?"})` },
+      { title: "What", value: (j) => (j.plan_label ? `plan ${j.plan_label}` : j.kind) },
+      { title: "To", value: (j) => j.target },
+      { title: "Sent so far", value: (j) => `${j.sent} / ${j.instances}` },
+    ],
+    ticks: [],
+    button: `Retry ${answer.total} job(s)`,
+    onConfirm: async () => {
+      try { const r = await call("jobs/retry-parked", { method: "POST", body: JSON.stringify({ target }) }); showMessage($("#queue-summary"), `${r.retried.length} parked job(s) for ${target} retried.`, true); } catch (error) { showMessage($("#queue-summary"), error.message, false); }
+      refreshTimer = setTimeout(render, 800);
+    },
+  });
+}
+
 // -- activity ------------------------------------------------------------------------------------
 const AUDIT_COLUMNS = {
   transfers: [["Time", (r) => localTime(r.started_at)], ["Patient", (r) => r.patient_id], ["Rule", (r) => r.rule], ["To", (r) => r.target],
-    ["Outcome", (r) => badge(r.status)], ["Instances", (r) => r.instances], ["MB", (r) => number(r.bytes / 1e6, 1)], ["Attempt", (r) => r.attempt], ["Error", (r) => r.error], ["Study", (r) => shortUid(r.study_uid)]],
+    ["Outcome", (r) => badge(r.status)], ["Instances", (r) => r.instances], ["MB", (r) => number(r.bytes / 1e6, 1)], ["Attempt", (r) => r.attempt], ["Error", (r) => humanError(r.error)], ["Study", (r) => shortUid(r.study_uid)]],
   evaluations: [["Time", (r) => localTime(r.at)], ["Patient", (r) => r.patient_id], ["Rule", (r) => r.rule], ["On", (r) => r.trigger],
     ["Matched", (r) => (r.matched ? "yes" : "no")], ["Why", (r) => r.reason], ["New instances", (r) => r.new_instances], ["Study", (r) => shortUid(r.study_uid)]],
   events: [["Time", (r) => localTime(r.at)], ["Event", (r) => String(r.event).replace(/-/g, " ")], ["Outcome", (r) => r.status], ["Patient", (r) => r.patient_id],
@@ -672,7 +789,17 @@ async function loadStats() {
   try { stats = await call("stats"); } catch (error) { $("#stats").textContent = "Statistics could not be loaded: " + error.message; return; }
   const rows = [];
   for (const [group, entries] of Object.entries(stats)) {
-    for (const [name, s] of Object.entries(entries)) rows.push({ by: group === "by_target" ? "target" : "rule", name, ...s });
+    // Each manual send is its own "rule" in the queue (so Send twice sends twice): one line here.
+    const byHand = { by: "rule", name: "sent by hand", sent: 0, instances_parked: 0, pending: 0, parked: 0 };
+    for (const [name, s] of Object.entries(entries)) {
+      if (group === "by_rule" && name.startsWith("manual-send ")) {
+        for (const key of ["sent", "instances_parked", "pending", "parked"]) byHand[key] += s[key] || 0;
+        if (s.last_error && (!byHand.last_error_at || s.last_error_at > byHand.last_error_at)) Object.assign(byHand, { last_error: s.last_error, last_error_at: s.last_error_at });
+        continue;
+      }
+      rows.push({ by: group === "by_target" ? "target" : "rule", name, ...s });
+    }
+    if (group === "by_rule" && (byHand.sent || byHand.pending || byHand.parked || byHand.instances_parked)) rows.push(byHand);
   }
   // Delivery counts instances, not attempts: retries to a node that was down cost nothing here.
   $("#stats").replaceChildren(rows.length ? dataTable(rows, [
@@ -684,7 +811,7 @@ async function loadStats() {
     { title: "Committed", value: (r) => commitmentText(r.commitment) },
     { title: "Jobs waiting", value: (r) => r.pending, class: "num" },
     { title: "Jobs parked", value: (r) => r.parked, class: "num" },
-    { title: "Last error", value: (r) => (r.last_error ? `${r.last_error} (${shortTime(r.last_error_at)})` : "") },
+    { title: "Last error", value: (r) => (r.last_error ? element("span", {}, humanError(r.last_error), ` (${shortTime(r.last_error_at)})`) : "") },
   ], "Delivery per target and per rule") : element("p", { class: "muted" }, "Nothing sent yet."));
 }
 
@@ -733,7 +860,7 @@ async function renderHealth() {
   const message = $("#health-message");
   try {
     report = await call("health");
-    showMessage(message, "Healthy.", true);
+    showMessage(message, "The gateway is running.", true);
   } catch (error) {
     if (!error.body || !error.body.problems) { showMessage(message, "Health could not be read: " + error.message, false); return; }
     report = error.body;
@@ -751,6 +878,13 @@ async function renderHealth() {
   $("#health").replaceChildren(dataTable(rows, [{ title: "What", value: (r) => r[0] }, { title: "State", value: (r) => r[1] }], "Health"));
   let targets = [];
   try { targets = await call("targets"); } catch (error) { $("#destinations").textContent = "Destinations could not be listed: " + error.message; return; }
+  const silent = targets.filter((t) => t.last_echo && !t.last_echo.ok).map((t) => t.name);
+  const parked = (report.queue || {}).parked || 0;
+  if (!(report.problems || []).length && (silent.length || parked)) {
+    message.className = "message warning";
+    message.textContent = "The gateway is running, but " + [parked ? `${parked} job(s) are parked (not delivered: see the Queue)` : "", silent.length ? `${silent.join(", ")} did not answer its last C-ECHO` : ""].filter(Boolean).join("; ") + ".";
+    $("#health-badge").textContent = "!";
+  }
   $("#destinations").replaceChildren(dataTable(targets, [
     { title: "Destination", value: (t) => t.name },
     { title: "Last C-ECHO", value: (t) => element("span", { id: "echo-" + t.name.replace(/[^A-Za-z0-9_-]/g, "_") }, echoText(t.last_echo)) },
@@ -759,14 +893,14 @@ async function renderHealth() {
 }
 function echoText(last) {
   if (!last) return "never checked";
-  return last.ok ? `answered at ${shortTime(last.at)} (${Math.round(last.seconds * 1000)} ms)` : `NO ANSWER at ${shortTime(last.at)}: ${last.error}`;
+  return last.ok ? `answered at ${secondsTime(last.at)} (${Math.round(last.seconds * 1000)} ms)` : element("span", { title: last.error }, `NO ANSWER at ${secondsTime(last.at)}: the node did not answer the C-ECHO (is it running, are its AE title and port right?)`);
 }
 async function echo(name) {
   const cell = document.getElementById("echo-" + name.replace(/[^A-Za-z0-9_-]/g, "_"));
   if (cell) cell.textContent = "checking…";
   try {
     const last = await call(`targets/${encodeURIComponent(name)}/echo`, { method: "POST" });
-    if (cell) cell.textContent = echoText(last);
+    if (cell) cell.replaceChildren(echoText(last));
   } catch (error) {
     if (cell) cell.textContent = "could not be checked: " + error.message;
   }
@@ -780,6 +914,12 @@ async function refreshBadges() {
   } catch (_) { /* the tab itself says what failed */ }
   setTimeout(refreshBadges, 10000);
 }
+
+// "Skip to the plans": past the header and the filters, to the first plan of the list.
+$("#skip-to-plans").addEventListener("click", () => {
+  const first = document.querySelector("tr.plan a.plan-link");
+  if (first) first.focus(); else $("#f-q").focus();
+});
 
 render();
 refreshBadges();
