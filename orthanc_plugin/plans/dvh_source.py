@@ -76,6 +76,24 @@ def roi_contours(ds: Dataset) -> dict[str, list[Contour]]:
     return contours
 
 
+def roi_colours(ds: Dataset) -> dict[str, list[int]]:
+    """Each structure's display colour as the planning system drew it (ROIDisplayColor, R\\G\\B
+    0-255), so the DVH's curves match the structure set a physicist knows; none when absent or
+    not three numbers in range."""
+    names = {int(item.ROINumber): str(item.get("ROIName", "")) for item in
+             ds.get("StructureSetROISequence", []) or []}
+    colours: dict[str, list[int]] = {}
+    for roi in ds.get("ROIContourSequence", []) or []:
+        name = names.get(int(roi.get("ReferencedROINumber", -1)), "")
+        try:
+            rgb = [int(value) for value in roi.get("ROIDisplayColor", []) or []]
+        except (TypeError, ValueError):
+            continue
+        if len(rgb) == 3 and all(0 <= value <= 255 for value in rgb):
+            colours[name] = rgb
+    return colours
+
+
 def prescription(plan: Dataset | None) -> float | None:
     if plan is None:
         return None
@@ -255,6 +273,7 @@ def bundle_dvhs(rtstruct: Dataset, rtdose: Dataset | Sequence[Dataset], plan: Da
         grid = DoseGrid(grid.xs, grid.ys, grid.zs, grid.dose * 0.01)
     computed = []
     not_computed = []
+    colours = roi_colours(rtstruct)
     for name, contours in roi_contours(rtstruct).items():
         try:
             result = dvh(contours, grid, rx if dose_units == "GY" else None,
@@ -267,6 +286,8 @@ def bundle_dvhs(rtstruct: Dataset, rtdose: Dataset | Sequence[Dataset], plan: Da
         if result is None:
             continue
         row: dict[str, Any] = {"roi": name, **result.as_json()}
+        if name in colours:
+            row["display_color"] = colours[name]
         if result.volume_cc < SMALL_STRUCTURE_CC and (interpolation, end_caps) != SLABS:
             # Few samples: cheap to count again the way that is unbiased against truth.
             with contextlib.suppress(ValueError):   # the structure's DVH stands without it

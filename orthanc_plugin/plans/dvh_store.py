@@ -19,7 +19,8 @@ from orthanc_plugin.plans.dvh_source import DvhInputError, bundle_dvhs
 from orthanc_plugin.ports import HostError
 
 # Part of the cache key: a DVH cached by an earlier method is computed again.
-METHOD_VERSION = 4  # 4: inner contours named in the method; small structures' slab volume
+METHOD_VERSION = 5  # 5: structures' display colours; 4: inner contours named in the method;
+# small structures' slab volume
 
 if TYPE_CHECKING:
     from orthanc_plugin.context import CapabilityContext

@@ -224,3 +224,25 @@ def test_a_small_structure_also_gets_its_slab_volume() -> None:
     assert all("volume_cc_slabs" not in row for row in slabs["computed"])
     assert {row["roi"]: row for row in slabs["computed"]}["PTV"]["volume_cc"] == pytest.approx(
         ptv["volume_cc_slabs"])
+
+
+def test_structures_keep_the_planning_systems_display_colours() -> None:
+    from pydicom.dataset import Dataset
+
+    from orthanc_plugin.plans.dvh_source import roi_colours
+
+    structure_set = Dataset()
+    rois, contours = [], []
+    for number, name, colour in ((1, "BODY", [0, 255, 0]), (2, "PTV", [255, 0, 0]),
+                                 (3, "Odd", [300, 0, 0]), (4, "None", None)):
+        roi = Dataset()
+        roi.ROINumber, roi.ROIName = number, name
+        rois.append(roi)
+        contour = Dataset()
+        contour.ReferencedROINumber = number
+        if colour is not None:
+            contour.ROIDisplayColor = colour
+        contours.append(contour)
+    structure_set.StructureSetROISequence = rois
+    structure_set.ROIContourSequence = contours
+    assert roi_colours(structure_set) == {"BODY": [0, 255, 0], "PTV": [255, 0, 0]}

@@ -534,7 +534,12 @@ async function showPlan(id, params) {
     return element("span", {}, main, element("span", { class: "muted" }, ` (TPS ${number(theirs.planning_system, digits)}, ${diff > 0 ? "+" : ""}${number(diff, digits)})`));
   };
   const structureTable = dataTable(structures, [
-    { title: "Structure", value: (r) => r.ROIName },
+    { title: "Structure", value: (r) => {
+      const colour = (computed.get(r.ROIName) || {}).display_color;
+      const swatch = element("span", { class: "swatch", "aria-hidden": "true" });
+      if (Array.isArray(colour)) swatch.style.backgroundColor = `rgb(${colour.map(Number).join(",")})`;  // CSSOM: allowed by the CSP
+      return element("span", {}, swatch, r.ROIName);
+    } },
     { title: "Type", value: (r) => (r.ROIType || "").toLowerCase() },
     { title: "Volume (cc)", value: (r) => cell(r.ROIName, "volume_cc", 2), class: "num" },
     { title: "Dmin (Gy)", value: (r) => cell(r.ROIName, "Dmin", 2), class: "num" },
