@@ -41,6 +41,7 @@ def plan_json(row: sqlite3.Row) -> dict[str, Any]:
         "calling_aet": row["calling_aet"],
         "objects": json.loads(row["members_json"]),
         "updated_at": row["updated_at"],
+        "received_at": row["first_seen_epoch"],
     }
 
 

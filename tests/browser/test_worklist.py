@@ -230,6 +230,12 @@ def test_plan_detail_in_words_with_a_dvh_to_read(
         chart.get_by_role("button", name="Download the chart as a PNG image").click()
     assert Path(png_download.value.path()).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     shot(page, "plan-detail")
+    # Selecting from the plan's own page takes its own tick, like the list's.
+    expect(page.locator("#selection-summary")).to_contain_text("No plan selected")
+    page.check("#detail-select")
+    expect(page.locator("#selection-summary")).to_contain_text("1 plan(s) selected")
+    page.click("#back-to-list")
+    expect(page.locator("tr.plan", has_text="WLDETAIL").locator("input.plan-check")).to_be_checked()
     assert errors_of(page) == []
 
 

@@ -564,11 +564,22 @@ async function showPlan(id, params) {
     { title: "Why", value: (r) => { try { const m = JSON.parse(r.missing_json || "[]"); return m.length ? "missing: " + m.map(humaneMissing).join("; ") : ""; } catch (_) { return ""; } } },
   ], "Rule runs for this plan");
   runs.id = "plan-runs";
+  // Reading a plan never selects it; this box does, as the list's does.
+  const pick = element("input", { type: "checkbox", id: "detail-select" });
+  pick.checked = selected.has(plan.id);
+  pick.addEventListener("change", () => {
+    if (pick.checked) {
+      selected.set(plan.id, { label: plan.label || "(no label)", who: personName(plan.patient_name) || "(no name)", patientId: plan.patient_id, born: bornText(plan),
+        name: plan.name, date: plan.date, received: plan.received_at, complete: plan.complete, missing: plan.missing.map(humaneMissing), destinations: detailDestinations });
+    } else selected.delete(plan.id);
+    updateSelection();
+  });
   const chart = element("div", { id: "dvh-chart", class: "dvh-box" });
   const notes = element("p", { id: "dvh-notes", class: "muted" });
   detail.replaceChildren(
     element("p", {}, element("a", { href: "#plans?" + back, id: "back-to-list" }, "‹ Back to the plan list")),
     title,
+    element("p", {}, element("label", {}, pick, " Select this plan for sending")),
     element("div", { class: "detail-columns" },
       element("div", {}, summary, element("h3", {}, "Beams"), beams.length ? beamTable : element("p", { class: "muted" }, "No beams indexed yet.")),
       element("div", {}, element("h3", {}, "Dose–volume histogram"), chart)),
@@ -603,12 +614,15 @@ function dvhNotes(dvh) {
   return (dvh.computed || []).length ? notes.join(" ") : "";
 }
 
+let detailDestinations = [];
 async function loadPlanDestinations(plan) {
+  detailDestinations = [];
   const box = $("#plan-sent");
   try {
     const answer = await call("worklist?" + new URLSearchParams({ patient: plan.patient_id || "", q: plan.label || "", per_page: "200" }));
     const mine = answer.plans.find((p) => p.id === plan.id);
     const went = mine ? mine.destinations : [];
+    detailDestinations = went;
     box.replaceChildren(went.length ? dataTable(went, [
       { title: "To", value: (d) => d.target },
       { title: "State", value: (d) => badge(stateWord(d.state), stateWord(d.state)) },
