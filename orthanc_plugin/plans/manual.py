@@ -20,6 +20,7 @@ JOB_ACTION = "forward"   # the forwarding executor sends it, in the bundle's ord
 def send_plans(
     ctx: CapabilityContext, plan_ids: Sequence[str], targets: Sequence[str],
     confirmed_incomplete: Collection[str] | None = None,
+    confirmed_again: Collection[str] | None = None,
 ) -> list[dict[str, Any]]:
     """One job per (plan, target); each request is its own "rule" so pressing Send again sends
     again, while a replay of the same request never sends twice."""
@@ -44,6 +45,16 @@ def send_plans(
         if unconfirmed:
             raise ApiError(409, "incomplete plan(s) not confirmed for sending: "
                                 + ", ".join(unconfirmed))
+    if confirmed_again is not None:
+        # The page asks for a plan that already went to a target to be ticked again, by
+        # "<plan id>:<target>": one not ticked is refused, before anything is queued.
+        again = [f"{bundle['plan_label'] or plan_id} to {target}"
+                 for plan_id, bundle in bundles.items() for target in targets
+                 if f"{plan_id}:{target}" not in confirmed_again
+                 and _already_sent(ctx, bundle, target)]
+        if again:
+            raise ApiError(409, "already sent or on its way, not confirmed for sending again: "
+                                + ", ".join(again))
     request = f"manual-send {uuid.uuid4().hex[:12]}"
     answer: list[dict[str, Any]] = []
     with ctx.db.transaction() as connection:
@@ -66,3 +77,11 @@ def send_plans(
                                "complete": bool(bundle["complete"]), "missing": missing})
     ctx.wake_workers()
     return answer
+
+
+def _already_sent(ctx: CapabilityContext, bundle: Any, target: str) -> bool:
+    """A job of this plan (or of its study, by a study rule) to the target is done or under way."""
+    return bool(ctx.db.query(
+        "SELECT 1 FROM jobs WHERE target = ? AND state IN ('done', 'pending', 'running') AND "
+        "(resource_id = ? OR (study_uid <> '' AND study_uid = ? AND level <> 'plan')) LIMIT 1",
+        (target, bundle["plan_uid"], bundle["study_uid"] or "")))

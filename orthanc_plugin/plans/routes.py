@@ -69,6 +69,16 @@ def _filtered(ctx: CapabilityContext, query: dict[str, str] | Any) -> list[sqlit
     )
 
 
+def _id_list(body: dict[str, Any], name: str, what: str) -> set[str] | None:
+    """An optional list of strings in a request body: None when absent, 400 when malformed."""
+    value = body.get(name)
+    if value is None:
+        return None
+    if not (isinstance(value, list) and all(isinstance(item, str) for item in value)):
+        raise ApiError(400, f"{name}: expected a list of {what}")
+    return set(value)
+
+
 def _files(ctx: CapabilityContext, members: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """The plan's files per kind of object: how many, in how many series, received when."""
     received: dict[str, str] = {}
@@ -152,12 +162,9 @@ def add_routes(ctx: CapabilityContext) -> None:
         if not (isinstance(plans, list) and all(isinstance(p, str) for p in plans)
                 and isinstance(targets, list) and all(isinstance(t, str) for t in targets)):
             raise ApiError(400, "body: expected {\"plans\": [plan ids], \"targets\": [names]}")
-        confirmed = body.get("confirm_incomplete")
-        if confirmed is not None and not (isinstance(confirmed, list)
-                                          and all(isinstance(p, str) for p in confirmed)):
-            raise ApiError(400, "confirm_incomplete: expected a list of plan ids")
-        return json_response({"jobs": send_plans(
-            ctx, plans, targets, None if confirmed is None else set(confirmed))})
+        confirmed = _id_list(body, "confirm_incomplete", "plan ids")
+        again = _id_list(body, "confirm_again", "\"<plan id>:<target>\" strings")
+        return json_response({"jobs": send_plans(ctx, plans, targets, confirmed, again)})
 
     def worklist(request: Request) -> Response:
         query = parse_query(request.query, request.int_param)

@@ -180,6 +180,26 @@ def test_the_api_refuses_an_incomplete_plan_the_page_did_not_confirm(
                 if j["resource_id"] == plan["id"]]
 
 
+def test_the_api_refuses_sending_again_what_the_page_did_not_confirm(
+    servers: dict[str, OrthancProcess], tmp_path: Path
+) -> None:
+    gateway = servers["gateway"]
+    store_plan(gateway, tmp_path, "WL-7", "Franklin^Rosalind", "WLTWICE")
+    (plan,) = gateway.json("/rt-gateway/worklist", params={"q": "WLTWICE"})["plans"]
+    body = {"plans": [plan["id"]], "targets": ["ARCHIVE"], "confirm_incomplete": [],
+            "confirm_again": []}
+    first = gateway.post("/rt-gateway/plans/send", body)
+    assert first.status_code == 200 and first.json()["jobs"][0]["id"]
+    again = gateway.post("/rt-gateway/plans/send", body)          # on its way or sent: refused
+    assert again.status_code == 409 and "WLTWICE to ARCHIVE" in again.json()["error"]
+    confirmed = gateway.post("/rt-gateway/plans/send",
+                             {**body, "confirm_again": [f"{plan['id']}:ARCHIVE"]})
+    assert confirmed.status_code == 200 and confirmed.json()["jobs"][0]["id"]
+    jobs = [j for j in gateway.json("/rt-gateway/jobs", params={"limit": 500})
+            if j["resource_id"] == plan["id"]]
+    assert len(jobs) == 2
+
+
 def test_plan_detail_in_words_with_a_dvh_to_read(
     browser: Browser, servers: dict[str, OrthancProcess], tmp_path: Path
 ) -> None:

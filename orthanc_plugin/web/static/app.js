@@ -426,14 +426,16 @@ $("#send").addEventListener("click", () => {
     ],
     ticks,
     button: `Send ${rows.length} job(s)`,
-    onConfirm: (keys) => sendSelected(targets, keys.filter((k) => k.startsWith("incomplete:")).map((k) => k.slice("incomplete:".length))),
+    onConfirm: (keys) => sendSelected(targets,
+      keys.filter((k) => k.startsWith("incomplete:")).map((k) => k.slice("incomplete:".length)),
+      keys.filter((k) => k.startsWith("again:")).map((k) => k.slice("again:".length))),
   });
 });
 
-async function sendSelected(targets, confirmedIncomplete) {
+async function sendSelected(targets, confirmedIncomplete, confirmedAgain) {
   const message = $("#send-message");
   try {
-    const answer = await call("plans/send", { method: "POST", body: JSON.stringify({ plans: [...selected.keys()], targets, confirm_incomplete: confirmedIncomplete }) });
+    const answer = await call("plans/send", { method: "POST", body: JSON.stringify({ plans: [...selected.keys()], targets, confirm_incomplete: confirmedIncomplete, confirm_again: confirmedAgain }) });
     const jobs = answer.jobs || [];
     const queued = jobs.filter((j) => j.id);
     showMessage(message, `${queued.length} job(s) queued` + (jobs.length > queued.length ? `, ${jobs.length - queued.length} with nothing new to send` : ""), true);
