@@ -77,6 +77,7 @@ class Database:
         self.path = path
         path.parent.mkdir(parents=True, exist_ok=True)
         self._local = threading.local()
+        self._functions: dict[str, tuple[int, Callable[..., Any]]] = {}
         self.trouble = DiskTrouble()
         # Set when the process stops: a write waiting for disk space gives up (the work it
         # would have recorded is still in flight in the queue and is verified at the next start).
@@ -104,8 +105,16 @@ class Database:
             # NORMAL loses nothing on a process crash (kill -9), only on power loss mid-checkpoint.
             connection.execute("PRAGMA synchronous=NORMAL")
             connection.execute("PRAGMA foreign_keys=ON")
+            for name, (arity, function) in self._functions.items():
+                connection.create_function(name, arity, function, deterministic=True)
             self._local.connection = connection
         return connection
+
+    def add_function(self, name: str, arity: int, function: Callable[..., Any]) -> None:
+        """A SQL function the schema's triggers call (every connection of every thread has it;
+        a writer without it fails loudly with "no such function", never silently)."""
+        self._functions[name] = (arity, function)
+        self.connection().create_function(name, arity, function, deterministic=True)
 
     @contextmanager
     def transaction(self) -> Iterator[sqlite3.Connection]:

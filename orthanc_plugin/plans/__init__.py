@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from orthanc_plugin.config import SECTION, ConfigError
+from orthanc_plugin.plans import search
 from orthanc_plugin.plans.dvh import (
     DEFAULT_END_CAPS,
     DEFAULT_INNER_CONTOURS,
@@ -32,6 +33,7 @@ def install(ctx: CapabilityContext) -> None:
     ctx.db.ensure_columns("rt_objects", {"dose_summation": "TEXT", "beam_count": "INTEGER"})
     ctx.db.ensure_columns("plan_bundles", {"accession_number": "TEXT", "search_text": "TEXT",
                                            "patient_birth_date": "TEXT", "patient_sex": "TEXT"})
+    ctx.db.add_function(search.SQL_FUNCTION, 1, search.fold)
     ctx.db.connection().executescript(WORKLIST_INDEX)
     end_caps = settings.get("DvhEndCaps", DEFAULT_END_CAPS)
     if end_caps not in END_CAPS:

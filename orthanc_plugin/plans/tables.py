@@ -51,11 +51,12 @@ CREATE TABLE IF NOT EXISTS plan_dvh(
 );
 """
 
-# What the worklist's search looks in, in one column kept by triggers (a word is then one LIKE per
+# What the worklist's search looks in, in one folded column kept by triggers (a word is then one LIKE per
 # plan, not five) and held in the worklist index, so a search never reads the plans' rows.
-SEARCH_TEXT = ("coalesce(patient_name, '') || ' ' || coalesce(patient_id, '') || ' ' || "
+# Folded by plans/search.py (accents, case, punctuation), a function every connection has.
+SEARCH_TEXT = ("rtgw_fold(coalesce(patient_name, '') || ' ' || coalesce(patient_id, '') || ' ' || "
                "coalesce(plan_label, '') || ' ' || coalesce(plan_name, '') || ' ' || "
-               "coalesce(accession_number, '')")
+               "coalesce(accession_number, ''))")
 NEW_SEARCH_TEXT = SEARCH_TEXT.replace("coalesce(", "coalesce(NEW.")   # inside a trigger
 
 # The worklist filters, counts and orders plans from these indexes alone, never from the table's

@@ -16,6 +16,7 @@ from typing import Any
 
 from orthanc_plugin.api.router import ApiError
 from orthanc_plugin.db import Database
+from orthanc_plugin.plans.search import fold
 
 PER_PAGE_DEFAULT = 50
 PER_PAGE_MAX = 200
@@ -104,7 +105,9 @@ def _where(query: WorklistQuery) -> tuple[str, list[Any]]:
     clauses: list[str] = []
     values: list[Any] = []
     # Every word must be found somewhere: "john smith", "smith breast", "PAT-2".
-    for word in query.text.split()[:8]:
+    for word in [fold(word) for word in query.text.split()[:8]]:
+        if not word.strip():
+            continue
         if len(word) >= 3 and not set(word) & set("%_\\\""):
             # The trigram index shortlists (plans/tables.py); the row's own text decides.
             clauses.append("b.rowid IN (SELECT rowid FROM plan_search WHERE text LIKE ?)")

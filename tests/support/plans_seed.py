@@ -10,6 +10,8 @@ import sqlite3
 import time
 from pathlib import Path
 
+from orthanc_plugin.plans.search import SQL_FUNCTION, fold
+
 FAMILY = ("SMITH", "DOE", "MARTIN", "GARCIA", "MÜLLER", "NGUYEN", "ROSSI", "KOWALSKI", "DUBOIS",
           "JOHANSSON")
 GIVEN = ("ANNA", "JOHN", "MARIE", "LUIS", "PETRA", "MINH", "GIULIA", "PIOTR", "CLAIRE", "ERIK")
@@ -42,6 +44,8 @@ def seed_plans(database: Path, count: int, *, slices: int = 20, prefix: str = "S
             now - (count - n) * 60.0, now, "2026-12-03T08:00:00+00:00", f"ACC{n:06d}"))
         ids.append(plan_uid)
     with sqlite3.connect(database, timeout=60) as connection:
+        # The triggers that keep the search column call the gateway's folding function.
+        connection.create_function(SQL_FUNCTION, 1, fold, deterministic=True)
         connection.executemany(
             "INSERT OR REPLACE INTO plan_bundles(plan_uid, plan_instance_id, patient_id, "
             "patient_name, study_uid, calling_aet, remote_ip, plan_label, plan_name, plan_date, "

@@ -15,6 +15,7 @@ from orthanc_plugin.db import META_SCHEMA, Database
 from orthanc_plugin.jobs.queue import JobQueue, JobSpec
 from orthanc_plugin.jobs.tables import SCHEMA as JOBS_SCHEMA
 from orthanc_plugin.plans.queue_view import queue_page
+from orthanc_plugin.plans.search import SQL_FUNCTION, fold
 from orthanc_plugin.plans.tables import SCHEMA as PLANS_SCHEMA
 from orthanc_plugin.plans.tables import WORKLIST_INDEX
 from orthanc_plugin.plans.worklist import WorklistQuery, humane_missing, parse_query, worklist_page
@@ -27,6 +28,7 @@ def db(tmp_path: Path) -> Database:
     database = Database(tmp_path / "g.sqlite",
                         [META_SCHEMA, AUDIT_SCHEMA, JOBS_SCHEMA, PLANS_SCHEMA])
     database.ensure_columns("plan_bundles", {"accession_number": "TEXT", "search_text": "TEXT"})
+    database.add_function(SQL_FUNCTION, 1, fold)
     database.connection().executescript(WORKLIST_INDEX)
     add_plan(database, "P1", "SMITH^JOHN", "PAT-1", "BREAST_L", "TPS", 100.0, complete=True)
     add_plan(database, "P2", "DOE^JANE", "PAT-2", "PROSTATE", "ETHOS", 200.0, complete=False,
@@ -82,6 +84,21 @@ def test_search_by_name_in_any_order_of_words_id_label_and_accession(db: Databas
     assert [p["id"] for p in page(db, text="ACC-777")["plans"]] == ["P3"]
     assert page(db, text="100%")["total"] == 0           # LIKE wildcards are literal
     assert {p["id"] for p in page(db, text="_")["plans"]} == {"P1", "P3"}   # a literal _
+
+
+def test_search_ignores_accents_case_and_punctuation(db: Database) -> None:
+    add_plan(db, "P4", "MÜLLER^ZOË", "PAT-4", "HN", "TPS", 50.0, complete=True)
+    add_plan(db, "P5", "O'BRIEN^PAT", "PAT-5", "BRAIN", "TPS", 40.0, complete=True)
+    assert [p["id"] for p in page(db, text="muller")["plans"]] == ["P4"]
+    assert [p["id"] for p in page(db, text="Zoe Müller")["plans"]] == ["P4"]
+    assert [p["id"] for p in page(db, text="OBrien")["plans"]] == ["P5"]
+    assert [p["id"] for p in page(db, text="o'brien")["plans"]] == ["P5"]
+    assert [p["id"] for p in page(db, text="pat5")["plans"]] == ["P5"]       # PAT-5
+    assert page(db, text="'")["total"] == 5                                   # nothing to match
+    with db.transaction() as connection:                                      # a rename follows
+        connection.execute("UPDATE plan_bundles SET patient_name='NÚÑEZ^ANA' WHERE plan_uid='P4'")
+    assert [p["id"] for p in page(db, text="nunez")["plans"]] == ["P4"]
+    assert page(db, text="muller")["total"] == 0
 
 
 def test_filters_sort_and_paging(db: Database) -> None:
