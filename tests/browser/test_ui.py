@@ -99,6 +99,9 @@ def test_rules_test_form_says_why_a_rule_does_not_fire(
     expect(decisions).to_contain_text("SCHED1")
     expect(decisions.locator("tbody tr").first).to_contain_text("no")
     shot(page, "plan-decisions")
+    page.click("#test-rules-on-study")
+    expect(page.locator("#test-study")).to_have_value(rtset.study_uid)
+    expect(page.locator("#test-result li.fails")).to_contain_text("match.plan_label")
 
 
 def test_activity_page_shows_transfers_and_success_rates(

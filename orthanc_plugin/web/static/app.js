@@ -590,6 +590,7 @@ async function showPlan(id, params) {
     element("div", { class: "detail-columns" },
       element("div", {}, element("h3", {}, "Files"), fileTable),
       element("div", {}, element("h3", {}, "Rules for this plan"), (plan.decisions || []).length ? decisions : element("p", { class: "muted" }, "No rule has decided on this plan or its study yet."),
+        plan.study_uid ? element("p", {}, element("a", { href: "#rules?" + new URLSearchParams({ study: plan.study_uid }), id: "test-rules-on-study" }, "Try the rules in force on this plan's study")) : "",
         (plan.rule_runs || []).length ? element("h4", {}, "Plan-complete rule runs") : "", (plan.rule_runs || []).length ? runs : "")));
   title.focus();
   if (window.RtDvh) window.RtDvh.draw(chart, dvh, { title: plan.label || "plan", filenameBase: `dvh_${plan.label || "plan"}` });
@@ -837,7 +838,13 @@ async function loadStats() {
 }
 
 // -- rules -------------------------------------------------------------------------------------
-async function loadRules() {
+async function loadRules(params) {
+  // Opened from a plan's page (#rules?study=<uid>): the rules tried on that study at once.
+  const study = params && params.get("study");
+  if (study && $("#test-study").value !== study) {
+    $("#test-study").value = study;
+    $("#test-form").requestSubmit();
+  }
   try {
     const rules = await call("rules");
     $("#rules-file").textContent = `${rules.file} — sha256 ${rules.sha256}`;
