@@ -5,11 +5,11 @@ from __future__ import annotations
 import copy
 import hashlib
 import os
-import re
 from collections.abc import Callable, Collection
 from pathlib import Path
 from typing import Any
 
+from orthanc_plugin.rules.durations import duration_seconds
 from orthanc_plugin.rules.errors import RulesError
 from orthanc_plugin.rules.model import Rule, RuleSet, Trigger
 from orthanc_plugin.rules.schema_actions import ActionContext, parse_actions
@@ -23,8 +23,6 @@ RULE_KEYS = ("name", "description", "enabled", "on", "match", "actions", "includ
              "complete_within", "then")
 # What a plan-complete rule does with a bundle still incomplete after complete_within.
 THEN_CHOICES = ("forward-incomplete", "hold")
-_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(s|m|h|d)?\s*$")
-_UNIT_SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400, None: 1}
 _TRIGGERS = tuple(trigger.value for trigger in Trigger)
 # Extra top-level sections of the rules file, e.g. `harvests:`, each read by the capability that
 # owns it (registered at import, like ACTION_PARSERS): (the value, its path, context) -> what
@@ -132,12 +130,8 @@ def _plan_options(raw: dict[str, Any], path: str, on: Trigger) -> tuple[float | 
         raise RulesError(f"{path}.then", "needs 'complete_within' (how long to wait first)")
     seconds: float | None = None
     if "complete_within" in raw:
-        value = raw["complete_within"]
-        match = _DURATION.match(str(value)) if isinstance(value, str | int | float) else None
-        if isinstance(value, bool) or match is None:
-            raise RulesError(f"{path}.complete_within",
-                             f"expected a duration such as 90s, 10m or 2h, got {kind_of(value)}")
-        seconds = float(match.group(1)) * _UNIT_SECONDS[match.group(2)]
+        seconds = duration_seconds(raw["complete_within"], f"{path}.complete_within",
+                                   allow_zero=True)
     then = raw.get("then", "hold")
     if then not in THEN_CHOICES:
         raise RulesError(f"{path}.then",

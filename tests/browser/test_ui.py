@@ -165,3 +165,40 @@ def test_opened_for_one_study_shows_only_its_plans(
     expect(page.locator("tr.plan", has_text="FOCUS1")).to_be_visible()
     assert page.locator("tr.plan", has_text="OTHER2").count() == 0
     shot(page, "plans-one-study")
+
+
+def test_health_tab_reviews_the_clean_up_and_deletes_only_after_confirmation(
+    page: Page, servers: dict[str, OrthancProcess], tmp_path: Path
+) -> None:
+    """Runs last in this module: it deletes the module's studies from the gateway's storage."""
+    gateway, archive = servers["gateway"], servers["archive"]
+    done = make_rt_set("UI-CLEAN-1", "Clean^Cleo", plan_label="ADP7")
+    storescu(write_datasets(done.all(), tmp_path), gateway.dicom_port, calling="FOLLOW")
+    wait_until(lambda: len(archive.post("/tools/lookup", done.study_uid).json()) == 1 and
+               archive.json("/statistics")["CountInstances"] >= len(done.all()), 60,
+               "the study delivered to the archive")
+    page.goto(f"{gateway.url}/rt-gateway/ui/#health")
+    expect(page.locator("#cleanup-policy")).to_contain_text("No clean-up policy")
+    expect(page.locator("#cleanup-run")).to_be_disabled()
+    try:
+        # Due at once, but a new policy's first round waits one check_every: the page decides.
+        gateway.rules_path.write_text(RULES + "cleanup: {older_than: 1s, quiet_for: 0s, "
+                                              "check_every: 1000d}\n")
+        assert gateway.post("/rt-gateway/rules/reload").status_code == 200
+        page.goto(f"{gateway.url}/rt-gateway/ui/#health")
+        page.select_option("#cleanup-verdict", "delete")
+        row = page.locator("#cleanup-studies tr", has_text="UI-CLEAN-1")
+        expect(row).to_contain_text("would be deleted")
+        expect(row).to_contain_text("older than")
+        shot(page, "health-cleanup")
+        page.click("#cleanup-run")
+        expect(page.locator("#confirm")).to_contain_text("UI-CLEAN-1")
+        assert gateway.post("/tools/lookup", done.study_uid).json()  # nothing gone before "Delete"
+        page.click("#confirm-send")
+        expect(page.locator("#cleanup-message")).to_contain_text("deleted")
+        assert gateway.post("/tools/lookup", done.study_uid).json() == []
+        events = gateway.json("/rt-gateway/audit", params={"kind": "events", "patient": "UI-CLEAN-1"})
+        assert any(e["event"] == "study-deleted" and USER in e["detail"] for e in events)
+    finally:
+        gateway.rules_path.write_text(RULES)
+        gateway.post("/rt-gateway/rules/reload")

@@ -38,7 +38,7 @@ import math
 import threading
 import uuid
 from collections.abc import Callable
-from datetime import datetime
+from datetime import UTC, datetime
 from io import BytesIO
 from urllib.parse import parse_qs, unquote, urlsplit
 
@@ -226,7 +226,10 @@ class FakeOrthanc:
             ("DELETE", "instances", 2): self._delete_instance,
             ("GET", "series", 2): self._get_series,
             ("GET", "series", 3): self._get_series_part,
+            ("GET", "studies", 1): self._get_studies,
             ("GET", "studies", 2): self._get_study,
+            ("DELETE", "studies", 2): self._delete_study,
+            ("GET", "statistics", 1): self._get_statistics,
             ("GET", "studies", 3): self._get_study_part,
             ("PUT", "studies", 4): self._label,
             ("DELETE", "studies", 4): self._label,
@@ -315,7 +318,10 @@ class FakeOrthanc:
                 "Path": f"/instances/{instance_id}", "Status": status}
 
     def _delete_instance(self, request: Request) -> Json:
-        instance = self._instance(request.uri, request.path[1])
+        self._remove_instance(self._instance(request.uri, request.path[1]))
+        return {"RemainingAncestor": None}
+
+    def _remove_instance(self, instance: FakeInstance) -> None:
         del self.instances[instance.instance_id]
         series = self.series[instance.series_id]
         series.instance_ids.remove(instance.instance_id)
@@ -325,7 +331,6 @@ class FakeOrthanc:
             study.series_ids.remove(series.series_id)
             if not study.series_ids:
                 del self.studies[study.study_id]
-        return {"RemainingAncestor": None}
 
     def _store(self, dataset: Dataset, file: bytes, origin: dict[str, str]) -> tuple[str, str]:
         keys = [str(dataset.get(keyword, "") or "").strip() for keyword in
@@ -343,6 +348,7 @@ class FakeOrthanc:
             self._log_change("NewStudy", "Study", study_id)
         study = self.studies[study_id]
         study.stable = False  # a new instance makes the study unstable again
+        study.last_update = datetime.now(UTC).strftime("%Y%m%dT%H%M%S")
         if series_id not in self.series:
             self.series[series_id] = FakeSeries(series_id, study_id,
                                                 main_tags(dataset, SERIES_TAGS))
@@ -372,7 +378,33 @@ class FakeOrthanc:
         return {"ID": study.study_id, "Type": "Study", "IsStable": study.stable,
                 "MainDicomTags": dict(study.main_tags),
                 "PatientMainDicomTags": dict(study.patient_tags),
-                "ParentPatient": study.patient_id, "Series": list(study.series_ids)}
+                "ParentPatient": study.patient_id, "Series": list(study.series_ids),
+                "LastUpdate": study.last_update}
+
+    def _study_instances(self, study: FakeStudy) -> list[FakeInstance]:
+        return [self.instances[i] for s in study.series_ids for i in self.series[s].instance_ids]
+
+    def _get_studies(self, request: Request) -> Json:
+        since = int(request.query.get("since", ["0"])[0] or 0)
+        limit = int(request.query.get("limit", ["0"])[0] or 0)
+        studies = list(self.studies.values())[since:]
+        studies = studies[:limit] if limit else studies
+        if "expand" in request.query:
+            return [self._study_json(study) for study in studies]
+        return [study.study_id for study in studies]
+
+    def _delete_study(self, request: Request) -> Json:
+        study = self.studies.get(request.path[1])
+        if study is None:
+            raise self._missing(request.uri)
+        for instance in self._study_instances(study):
+            self._remove_instance(instance)
+        return {"RemainingAncestor": None}
+
+    def _get_statistics(self, request: Request) -> Json:
+        size = sum(len(instance.file) for instance in self.instances.values())
+        return {"TotalDiskSize": str(size), "TotalDiskSizeMB": size // 1048576,
+                "CountInstances": len(self.instances), "CountStudies": len(self.studies)}
 
     def _get_series(self, request: Request) -> Json:
         series = self.series.get(request.path[1])
@@ -403,6 +435,10 @@ class FakeOrthanc:
                     for i in self.series[s].instance_ids]
         if request.path[2] == "series":
             return [self._series_json(self.series[s]) for s in study.series_ids]
+        if request.path[2] == "statistics":
+            size = sum(len(instance.file) for instance in self._study_instances(study))
+            return {"DiskSize": str(size), "DiskSizeMB": size // 1048576,
+                    "CountInstances": len(self._study_instances(study))}
         raise self._unsupported("GET", request.uri)
 
     def _label(self, request: Request) -> Json:

@@ -97,6 +97,7 @@ class FakeStudy:
     series_ids: list[str] = field(default_factory=list)
     stable: bool = False
     labels: set[str] = field(default_factory=set)
+    last_update: str = ""  # Orthanc's LastUpdate: UTC, 20261203T172000
 
 
 @dataclass

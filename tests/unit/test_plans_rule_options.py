@@ -27,7 +27,7 @@ def test_defaults_wait_forever_and_hold() -> None:
 
 @pytest.mark.parametrize(("extra", "on", "message"), [
     (", complete_within: soon", "plan-complete",
-     "rules[0].complete_within: expected a duration such as 90s, 10m or 2h, got 'soon'"),
+     "rules[0].complete_within: expected a duration such as 90s, 10m, 2h or 30d, got 'soon'"),
     (", complete_within: 10m, then: drop", "plan-complete",
      "rules[0].then: unknown value 'drop' (expected one of: forward-incomplete, hold)"),
     (", then: hold", "plan-complete",

@@ -918,7 +918,64 @@ async function renderHealth() {
     { title: "Last C-ECHO", value: (t) => element("span", { id: "echo-" + t.name.replace(/[^A-Za-z0-9_-]/g, "_") }, echoText(t.last_echo)) },
     { title: "", value: (t) => element("button", { type: "button", onclick: () => echo(t.name), "aria-label": `Check ${t.name} now (C-ECHO)` }, "Check now") },
   ], "Destinations"));
+  renderCleanup();
 }
+// -- storage clean-up (a dry run: what would go, and why each other study stays) ------------------
+const CLEANUP_PAGE = 25;
+let cleanupPage = 1;
+async function renderCleanup() {
+  const message = $("#cleanup-message");
+  let review;
+  try {
+    review = await call("cleanup?" + new URLSearchParams({ verdict: $("#cleanup-verdict").value, offset: String((cleanupPage - 1) * CLEANUP_PAGE), limit: String(CLEANUP_PAGE) }));
+  } catch (error) { showMessage(message, "The clean-up could not be reviewed: " + error.message, false); return; }
+  const policy = review.policy;
+  const limits = [
+    policy.older_than_days !== null ? `studies received more than ${number(policy.older_than_days, 1)} days ago` : "",
+    policy.storage_above_mb !== null ? `the oldest while Orthanc's storage is above ${number(policy.storage_above_mb / 1024, 1)} GB` : "",
+    policy.disk_used_above_percent !== null ? `the oldest while its disk is more than ${policy.disk_used_above_percent} % full` : "",
+  ].filter(Boolean);
+  $("#cleanup-policy").textContent = policy.active
+    ? `Deletes ${limits.join("; ")}, never while anything still needs them; quiet for ${policy.quiet_minutes} min first, checked every ${policy.check_every_minutes} min. Orthanc's storage: ${number(review.storage.orthanc_mb / 1024, 2)} GB, disk ${review.storage.disk_used_percent} % full.`
+    : `No clean-up policy in the rules file ('cleanup:'): nothing is ever deleted. Orthanc's storage: ${number(review.storage.orthanc_mb / 1024, 2)} GB, disk ${review.storage.disk_used_percent} % full.`;
+  const last = review.last_round;
+  showMessage(message, `${review.would_delete} study(ies) would be deleted now, ${review.would_keep} stay.` + (last ? ` Last round ${localTime(last.at)}: ${last.deleted.length} deleted.` : "") + (review.storage.over ? ` ${review.storage.over}.` : ""), !review.storage.over);
+  $("#cleanup-run").disabled = !policy.active || !review.would_delete;
+  $("#cleanup-run").dataset.count = String(review.would_delete);
+  $("#cleanup-studies").replaceChildren(review.studies.length ? dataTable(review.studies, [
+    { title: "Patient", value: (s) => `${personName(s.patient_name) || "(no name)"} (${s.patient_id || "?"})` },
+    { title: "Study", value: (s) => [s.description || "(no description)", dicomDate(s.study_date)].filter(Boolean).join(" · ") },
+    { title: "Received", value: (s) => (s.last_arrival ? localTime(s.last_arrival) : "no record") },
+    { title: "Verdict", value: (s) => badge(s.verdict === "delete" ? "would be deleted" : "stays", s.verdict === "delete" ? "dead" : "done") },
+    { title: "Why", value: (s) => humanError(s.reason) },
+  ], "Storage clean-up") : element("p", { class: "muted" }, "No study to show."));
+  pager($("#cleanup-pager"), cleanupPage, Math.max(1, Math.ceil(review.total / CLEANUP_PAGE)), (page) => { cleanupPage = page; renderCleanup(); });
+}
+$("#cleanup-verdict").addEventListener("change", () => { cleanupPage = 1; renderCleanup(); });
+$("#cleanup-run").addEventListener("click", async () => {
+  let review;
+  try { review = await call("cleanup?verdict=delete&limit=1000"); } catch (error) { showMessage($("#cleanup-message"), error.message, false); return; }
+  confirmSending({
+    title: "Delete these studies from Orthanc's storage?",
+    intro: `${review.total} study(ies) will be deleted from this gateway's Orthanc (each is re-checked just before). Nothing is deleted at the destinations. This cannot be undone here.`,
+    rows: review.studies,
+    columns: [
+      { title: "Patient", value: (s) => `${personName(s.patient_name) || "(no name)"} (${s.patient_id || "?"})` },
+      { title: "Study", value: (s) => [s.description, dicomDate(s.study_date)].filter(Boolean).join(" · ") },
+      { title: "Why", value: (s) => s.reason },
+    ],
+    ticks: [],
+    button: `Delete ${review.total} study(ies)`,
+    onConfirm: async () => {
+      try {
+        const result = await call("cleanup/run", { method: "POST", body: JSON.stringify({ confirm: true }) });
+        showMessage($("#cleanup-message"), `${result.deleted.length} study(ies) deleted, ${result.kept} kept.`, true);
+      } catch (error) { showMessage($("#cleanup-message"), error.message, false); }
+      renderCleanup();
+    },
+  });
+});
+
 function echoText(last) {
   if (!last) return "never checked";
   return last.ok ? `answered at ${secondsTime(last.at)} (${Math.round(last.seconds * 1000)} ms)` : element("span", { title: last.error }, `NO ANSWER at ${secondsTime(last.at)}: the node did not answer the C-ECHO (is it running, are its AE title and port right?)`);
