@@ -94,7 +94,8 @@ class Gateway:
         # The intake's hook lists are the context's: a capability plugs in by name.
         self.hooks = Hooks(after_describe=self.intake.after_describe,
                            when_quiet=self.intake.when_quiet,
-                           source_overrides=self.intake.source_overrides)
+                           source_overrides=self.intake.source_overrides,
+                           claim_admission=self.queue.admission_checks)
         self.rules_text = _read_text(config.rules_file)
         # The worker's main fills in how to find the worker processes (their pid files).
         self.health_probes = HealthProbes(

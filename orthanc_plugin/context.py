@@ -20,7 +20,7 @@ from orthanc_plugin.db import Database
 from orthanc_plugin.jobs.executor_base import JobContext
 from orthanc_plugin.jobs.executors import Registry
 from orthanc_plugin.jobs.facts import FactsBuilder
-from orthanc_plugin.jobs.queue import JobQueue
+from orthanc_plugin.jobs.queue import AdmissionCheck, JobQueue
 from orthanc_plugin.labels import StudyLabels
 from orthanc_plugin.ports import Host
 from orthanc_plugin.rules import RuleSet
@@ -41,6 +41,8 @@ class Hooks:
     on_stop: list[Callable[[], None]] = field(default_factory=list)
     # Called with the rules in force once started and after each good reload.
     on_rules_loaded: list[Callable[[RuleSet], object]] = field(default_factory=list)
+    # Destination policies the queue consults inside each claim (caps, time windows).
+    claim_admission: list[AdmissionCheck] = field(default_factory=list)
     # Gauges a capability adds to the Prometheus snapshot (name -> value), read per scrape.
     metrics: list[Callable[[], dict[str, float]]] = field(default_factory=list)
 

@@ -111,6 +111,7 @@ class OverlayExecutor(ItemExecutor[OverlayAction, int]):
                         level="series", resource_id=series_uid, target=target,
                         patient_id=job["patient_id"], study_uid=job["study_uid"],
                         calling_aet=job["calling_aet"], remote_ip=job["remote_ip"],
+                        priority=job["priority"],
                     )
                     forward_id, count = self.queue.enqueue(connection, spec, ids)
                     if forward_id is not None:

@@ -152,6 +152,7 @@ class AnonymizeExecutor(ItemExecutor[AnonymizeAction, StoredCopy]):
                     resource_id=first.study_id, target=target,
                     patient_id=first.result.new_patient_id, study_uid=first.study_uid,
                     calling_aet=job["calling_aet"], remote_ip=job["remote_ip"],
+                    priority=job["priority"],
                 )
                 job_id, count = self.queue.enqueue(connection, spec, [c.instance_id for _, c in copies])
                 if job_id is not None:

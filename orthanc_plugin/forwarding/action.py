@@ -74,7 +74,7 @@ class Forwarder:
         sizes = self.file_sizes([item.instance_id for item in claim.items])
         remaining = self._after_verifying(claim, tallies, sizes)
         stop_failure: StoreFailure | None = None
-        interrupted = False
+        interrupted = yielded = False
         while remaining:
             if self.stopping.is_set():
                 interrupted = True
@@ -100,6 +100,11 @@ class Forwarder:
                 tallies[item.job_id].orthanc_job = orthanc_job
             if failure is None:
                 remaining = remaining[len(chunk):]
+                if remaining and self.queue.outranked(claim):
+                    # Between associations: a higher-priority job for this destination goes
+                    # first; what remains here waits for the next claim, no attempt spent.
+                    yielded = True
+                    break
                 continue
             if failure.kind is FailureKind.REFUSED:
                 # Park only the refused instance; the rest of the queue goes on.
@@ -111,7 +116,8 @@ class Forwarder:
             for item in remaining[delivered:]:
                 tallies[item.job_id].failure = failure
             break
-        self._settle(claim, tallies, stop_failure)
+        self._settle(claim, tallies, stop_failure,
+                     "yielded" if yielded else "paced" if claim.partial else "")
         if interrupted:
             self.queue.resume_soon(claim.job_ids, "interrupted by a stop of the gateway")
 
@@ -203,7 +209,8 @@ class Forwarder:
         self.queue.note_refusal(item.job_id, message, failure.status)
 
     def _settle(
-        self, claim: Claim, tallies: dict[int, _JobTally], stop_failure: StoreFailure | None
+        self, claim: Claim, tallies: dict[int, _JobTally], stop_failure: StoreFailure | None,
+        unfinished: str = "",
     ) -> None:
         error = stop_failure.message if stop_failure else None
         status = stop_failure.status if stop_failure else None
@@ -211,7 +218,7 @@ class Forwarder:
             # Retrying cannot create a modality: park at once with the reason.
             for job_id in claim.job_ids:
                 self.queue.policy_exhaust(job_id)
-        outcome = self.queue.settle(claim.job_ids, error, status)
+        outcome = self.queue.settle(claim.job_ids, error, status, unfinished=unfinished)
         self.after_settle()
         jobs = {job["id"]: job for job in claim.jobs}
         for job_id, tally in tallies.items():

@@ -444,6 +444,7 @@ class Intake:
                     resource_id=resource_id, target=target,
                     patient_id=first["patient_id"] or "", study_uid=first["study_uid"] or "",
                     calling_aet=first["calling_aet"] or "", remote_ip=first["remote_ip"] or "",
+                    priority=rule.priority,
                 )
 
             applied = queue_rule_actions(connection, self.queue, self.registry, rule,

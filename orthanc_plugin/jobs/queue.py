@@ -5,15 +5,25 @@ from __future__ import annotations
 import hashlib
 import sqlite3
 import time
+import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from orthanc_plugin.audit.clock import now_iso
+from orthanc_plugin.audit.clock import epoch_of, iso_at, now_iso
 from orthanc_plugin.config import RetryPolicySettings
 from orthanc_plugin.db import Database, durable_write
 from orthanc_plugin.jobs.ledger import in_ledger
 from orthanc_plugin.jobs.retry import decide
+from orthanc_plugin.rules.priority import AGING_SECONDS_PER_LEVEL, Priority
+
+# A job's rank: its priority plus one level (10) per AGING_SECONDS_PER_LEVEL waited.
+RANK = "(priority + (? - created_epoch) * ?)"
+AGING_PER_SECOND = 10.0 / AGING_SECONDS_PER_LEVEL
+# Targets looked at per claim, best first, when a destination's policy refuses the first.
+TARGETS_PER_CLAIM = 50
+# A claim gives way between associations to a job ranked this much higher (half a level).
+OUTRANK_MARGIN = 5.0
 
 READY_STATES = ("pending",)
 
@@ -30,6 +40,24 @@ class JobSpec:
     study_uid: str = ""
     calling_aet: str = ""
     remote_ip: str = ""
+    priority: int = Priority.NORMAL
+
+
+@dataclass(frozen=True)
+class Admission:
+    """What a destination's policy allows a claim for it now (destinations/admission.py)."""
+
+    allowed: bool = True
+    max_items: int | None = None     # paced: at most this many instances now
+    wait_seconds: float = 1.0        # refused: its jobs are looked at again after this
+    status: str = ""                 # refused: 'window' | 'paced' | 'busy', shown with the jobs
+    reason: str = ""
+
+
+# (connection inside the claim's transaction, job action, target, now) -> the admission.
+AdmissionCheck = Callable[[sqlite3.Connection, str, str, float], Admission]
+# Statuses of jobs a destination's policy holds back (not failures; looked at again on reload).
+POLICY_WAIT_STATUSES = ("window", "paced", "busy")
 
 
 @dataclass(frozen=True)
@@ -47,6 +75,8 @@ class Claim:
     target: str
     jobs: list[sqlite3.Row]
     items: list[ClaimedItem]
+    # Fewer items than its jobs hold (a destination's pace): the rest waits, no attempt spent.
+    partial: bool = False
 
     @property
     def job_ids(self) -> list[int]:
@@ -68,6 +98,9 @@ class JobQueue:
         self.policy = policy
         # "<generation>:<pid>": which worker process of which generation holds a claim.
         self.claimant = ""
+        # Destination policies (caps, time windows) consulted inside each claim; the gateway's
+        # hooks hold this same list (context.Hooks.claim_admission).
+        self.admission_checks: list[AdmissionCheck] = []
 
     def enqueue(
         self, connection: sqlite3.Connection, spec: JobSpec, instance_ids: Sequence[str]
@@ -83,11 +116,11 @@ class JobQueue:
         cursor = connection.execute(
             "INSERT OR IGNORE INTO jobs(idempotency_key, rule, action, trigger, level, resource_id,"
             " patient_id, study_uid, calling_aet, remote_ip, target, created_at, updated_at,"
-            " created_epoch) VALUES(?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+            " created_epoch, priority) VALUES(?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
             (
                 idempotency_key(spec, fresh), spec.rule, spec.action, spec.trigger, spec.level,
                 spec.resource_id, spec.patient_id, spec.study_uid, spec.calling_aet,
-                spec.remote_ip, spec.target, stamp, stamp, time.time(),
+                spec.remote_ip, spec.target, stamp, stamp, time.time(), int(spec.priority),
             ),
         )
         if cursor.rowcount == 0:
@@ -183,23 +216,22 @@ class JobQueue:
         """
         now = time.time()
         with self.db.transaction() as connection:
-            first = connection.execute(
-                "SELECT action, target FROM jobs WHERE state='pending' AND next_attempt_at <= ? "
-                "ORDER BY id LIMIT 1",
-                (now,),
-            ).fetchone()
-            if first is None:
+            chosen = self._admitted_target(connection, now)
+            if chosen is None:
                 return None
-            action, target = first["action"], first["target"]
+            action, target, admission = chosen
             if callable(max_items):
                 max_items = max_items(action)
+            if admission.max_items is not None:
+                max_items = max(1, min(max_items, admission.max_items))
             candidates = connection.execute(
-                "SELECT * FROM jobs WHERE state='pending' AND next_attempt_at <= ? AND action = ? "
-                "AND target = ? ORDER BY id LIMIT 500",
-                (now, action, target),
+                f"SELECT * FROM jobs WHERE state='pending' AND next_attempt_at <= ? AND action = ? "
+                f"AND target = ? ORDER BY {RANK} DESC, id LIMIT 500",
+                (now, action, target, now, AGING_PER_SECOND),
             ).fetchall()
             jobs: list[sqlite3.Row] = []
             items: list[ClaimedItem] = []
+            partial = False
             for job in candidates:
                 pending = connection.execute(
                     "SELECT instance_id, in_flight_job, in_flight_pos FROM job_items "
@@ -208,6 +240,9 @@ class JobQueue:
                 ).fetchall()
                 if jobs and len(items) + len(pending) > max_items:
                     break
+                if admission.max_items is not None and len(pending) > max_items:
+                    # Paced: the first job gives only what the destination takes now.
+                    pending, partial = pending[:max_items], True
                 jobs.append(job)
                 items.extend(ClaimedItem(job["id"], row["instance_id"], row["in_flight_job"] or "",
                                          row["in_flight_pos"] or 0) for row in pending)
@@ -219,12 +254,105 @@ class JobQueue:
                         "SELECT 1 FROM jobs WHERE state='running' AND action=? AND target=? LIMIT 1",
                         (action, target)).fetchone() is not None):
                 return None
+            claim_id = uuid.uuid4().hex[:12]
+            counts: dict[int, int] = {}
+            for item in items:
+                counts[item.job_id] = counts.get(item.job_id, 0) + 1
             connection.executemany(
-                "UPDATE jobs SET state='running', attempts=attempts+1, updated_at=?, claimed_by=? "
-                "WHERE id=?",
-                [(now_iso(), self.claimant, job["id"]) for job in jobs],
+                "UPDATE jobs SET state='running', attempts=attempts+1, updated_at=?, claimed_by=?, "
+                "claim_id=?, claim_items=? WHERE id=?",
+                [(now_iso(), self.claimant, claim_id, counts.get(job["id"], 0), job["id"])
+                 for job in jobs],
             )
-        return Claim(action=action, target=target, jobs=jobs, items=items)
+        return Claim(action=action, target=target, jobs=jobs, items=items, partial=partial)
+
+    def _admitted_target(self, connection: sqlite3.Connection,
+                         now: float) -> tuple[str, str, Admission] | None:
+        """The (action, target) whose best ready job ranks highest among those the destination
+        policies admit now; a refused target's ready jobs wait, with the reason, until it may."""
+        groups = connection.execute(
+            f"SELECT action, target, MAX({RANK}) AS best, MIN(id) AS first FROM jobs "
+            f"WHERE state='pending' AND next_attempt_at <= ? GROUP BY action, target "
+            f"ORDER BY best DESC, first LIMIT ?",
+            (now, AGING_PER_SECOND, now, TARGETS_PER_CLAIM)).fetchall()
+        for group in groups:
+            admission = self._admission(connection, group["action"], group["target"], now)
+            if admission.allowed:
+                return group["action"], group["target"], admission
+            connection.execute(
+                "UPDATE jobs SET next_attempt_at=?, last_status=?, last_error=? WHERE "
+                "state='pending' AND action=? AND target=? AND next_attempt_at <= ?",
+                (now + admission.wait_seconds, admission.status, admission.reason,
+                 group["action"], group["target"], now))
+        return None
+
+    def _admission(self, connection: sqlite3.Connection, action: str, target: str,
+                   now: float) -> Admission:
+        paced: Admission | None = None
+        for check in self.admission_checks:
+            admission = check(connection, action, target, now)
+            if not admission.allowed:
+                return admission
+            if admission.max_items is not None and (
+                    paced is None or paced.max_items is None
+                    or admission.max_items < paced.max_items):
+                paced = admission
+        return paced or Admission()
+
+    def outranked(self, claim: Claim) -> bool:
+        """A ready job for the same destination now ranks clearly above this claim's best: the
+        claim gives way at its next association boundary (a plan for today's treatment passes a
+        long research export) and its remaining instances wait, no attempt spent."""
+        now = time.time()
+        best = max(job["priority"] + (now - job["created_epoch"]) * AGING_PER_SECOND
+                   for job in claim.jobs)
+        return bool(self.db.query(
+            f"SELECT 1 FROM jobs WHERE state='pending' AND next_attempt_at <= ? AND action=? AND "
+            f"target=? AND {RANK} > ? LIMIT 1",
+            (now, claim.action, claim.target, now, AGING_PER_SECOND, best + OUTRANK_MARGIN)))
+
+    def sent_within(self, connection: sqlite3.Connection, target: str,
+                    seconds: float) -> tuple[int, int, float | None]:
+        """(instances, bytes) delivered to the target in the last `seconds`, and the epoch at
+        which the oldest of them leaves that window."""
+        cutoff = time.time() - seconds
+        row = connection.execute(
+            "SELECT COUNT(*) AS n, COALESCE(SUM(bytes), 0) AS b, MIN(sent_at) AS oldest "
+            "FROM job_items WHERE target=? AND sent_at >= ?",
+            (target, iso_at(cutoff))).fetchone()
+        oldest = None if row["oldest"] is None else epoch_of(row["oldest"]) + seconds
+        return int(row["n"]), int(row["b"]), oldest
+
+    @staticmethod
+    def in_claims(connection: sqlite3.Connection, target: str) -> tuple[int, int]:
+        """(claims running, instances they hold) for the target, across every worker."""
+        row = connection.execute(
+            "SELECT COUNT(DISTINCT claim_id) AS claims, COALESCE(SUM(claim_items), 0) AS items "
+            "FROM jobs WHERE state='running' AND target=?", (target,)).fetchone()
+        return int(row["claims"]), int(row["items"])
+
+    def waiting_by_priority(self, target: str) -> dict[int, int]:
+        """Jobs waiting for the target (pending), by priority."""
+        return {row["priority"]: row["n"] for row in self.db.query(
+            "SELECT priority, COUNT(*) AS n FROM jobs WHERE state='pending' AND target=? "
+            "GROUP BY priority", (target,))}
+
+    def held_reason(self, target: str) -> str:
+        """Why the target's ready jobs wait, when its policy holds them back ('' if not)."""
+        marks = ",".join("?" * len(POLICY_WAIT_STATUSES))
+        rows = self.db.query(
+            f"SELECT last_error FROM jobs WHERE state='pending' AND target=? AND last_status IN "
+            f"({marks}) ORDER BY updated_at DESC LIMIT 1", (target, *POLICY_WAIT_STATUSES))
+        return str(rows[0]["last_error"] or "") if rows else ""
+
+    @durable_write
+    def look_again(self, statuses: Sequence[str] = POLICY_WAIT_STATUSES) -> int:
+        """Jobs a destination's policy held back are looked at again now (its policy changed)."""
+        marks = ",".join("?" * len(statuses))
+        with self.db.transaction() as connection:
+            return connection.execute(
+                f"UPDATE jobs SET next_attempt_at=0 WHERE state='pending' AND last_status IN "
+                f"({marks})", tuple(statuses)).rowcount
 
     @durable_write
     def mark_sent(self, items: Sequence[ClaimedItem], sizes: dict[str, int],
@@ -292,8 +420,12 @@ class JobQueue:
             )
 
     @durable_write
-    def settle(self, job_ids: Sequence[int], error: str | None, status: str | None) -> dict[int, str]:
-        """After a claim ran: done, parked (dead) or back to pending with backoff, per job."""
+    def settle(self, job_ids: Sequence[int], error: str | None, status: str | None, *,
+               unfinished: str = "") -> dict[int, str]:
+        """After a claim ran: done, parked (dead) or back to pending with backoff, per job.
+
+        unfinished: the claim stopped early on purpose, with no error (a destination's pace, a
+        higher-priority job): what remains waits again with this status, no attempt spent."""
         outcome: dict[int, str] = {}
         stamp = now_iso()
         with self.db.transaction() as connection:
@@ -309,6 +441,13 @@ class JobQueue:
                         (state, stamp, last_error, job_id),
                     )
                     outcome[job_id] = state
+                    continue
+                if unfinished and error is None:
+                    connection.execute(
+                        "UPDATE jobs SET state='pending', attempts=MAX(attempts-1, 0), "
+                        "next_attempt_at=0, updated_at=?, last_status=?, last_error=NULL "
+                        "WHERE id=?", (stamp, unfinished, job_id))
+                    outcome[job_id] = "pending"
                     continue
                 decision = decide(job["attempts"], self.policy)
                 state = "pending" if decision.retry else "dead"

@@ -14,7 +14,12 @@ CREATE TABLE IF NOT EXISTS jobs(
     created_at TEXT NOT NULL, updated_at TEXT NOT NULL, created_epoch REAL NOT NULL DEFAULT 0,
     last_error TEXT, last_status TEXT, orthanc_job TEXT,
     claimed_by TEXT,                            -- "<generation>:<pid>" of the worker running it
-    crashes INTEGER NOT NULL DEFAULT 0          -- runs that ended their worker; 2 = poison
+    crashes INTEGER NOT NULL DEFAULT 0,         -- runs that ended their worker; 2 = poison
+    -- Which waiting job a destination takes first (rules/priority.py): 0 low .. 30 urgent.
+    priority INTEGER NOT NULL DEFAULT 10,
+    -- The claim running it (one per association chain), and how many of its instances that
+    -- claim holds: a destination's caps count these across every worker.
+    claim_id TEXT, claim_items INTEGER NOT NULL DEFAULT 0
 );
 CREATE INDEX IF NOT EXISTS jobs_ready ON jobs(state, next_attempt_at);
 CREATE INDEX IF NOT EXISTS jobs_rule_target ON jobs(rule, target);
@@ -42,6 +47,8 @@ CREATE TABLE IF NOT EXISTS job_items(
     UNIQUE(rule, target, instance_id)
 );
 CREATE INDEX IF NOT EXISTS job_items_state ON job_items(job_id, state);
+-- A destination's pace: what it received in the last minute.
+CREATE INDEX IF NOT EXISTS job_items_target_sent ON job_items(target, sent_at);
 
 -- Every Orthanc store job the gateway started (kept two days): with Orthanc's SaveJobs on, such a
 -- job found active when Orthanc starts was resumed by Orthanc and is cancelled (host.py).
@@ -63,7 +70,9 @@ CREATE TABLE IF NOT EXISTS study_progress(
 
 # Columns that databases created by an earlier version lack (Database.ensure_columns).
 ADDED_COLUMNS = {
-    "jobs": {"claimed_by": "TEXT", "crashes": "INTEGER NOT NULL DEFAULT 0"},
+    "jobs": {"claimed_by": "TEXT", "crashes": "INTEGER NOT NULL DEFAULT 0",
+             "priority": "INTEGER NOT NULL DEFAULT 10", "claim_id": "TEXT",
+             "claim_items": "INTEGER NOT NULL DEFAULT 0"},
     "job_items": {"in_flight_job": "TEXT", "in_flight_pos": "INTEGER", "commit_state": "TEXT",
                   "commit_txn": "TEXT", "commit_since": "REAL",
                   # Deliveries made before the column existed were reported by their own rows.

@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Any
 
 from orthanc_plugin.api.router import ApiError
 from orthanc_plugin.plans.tracker import _member_rows, plan_job_spec
+from orthanc_plugin.rules.priority import Priority
 
 if TYPE_CHECKING:
     from orthanc_plugin.context import CapabilityContext
@@ -21,6 +22,7 @@ def send_plans(
     ctx: CapabilityContext, plan_ids: Sequence[str], targets: Sequence[str],
     confirmed_incomplete: Collection[str] | None = None,
     confirmed_again: Collection[str] | None = None,
+    priority: int = Priority.NORMAL,
 ) -> list[dict[str, Any]]:
     """One job per (plan, target); each request is its own "rule" so pressing Send again sends
     again, while a replay of the same request never sends twice."""
@@ -61,7 +63,8 @@ def send_plans(
         for plan_id, bundle in bundles.items():
             ordered = [row["instance_id"] for row in _member_rows(connection, bundle)]
             for target in targets:
-                spec = plan_job_spec(request, MANUAL_TRIGGER, JOB_ACTION, target, bundle)
+                spec = plan_job_spec(request, MANUAL_TRIGGER, JOB_ACTION, target, bundle,
+                                     priority)
                 job_id, count = ctx.queue.enqueue(connection, spec, ordered)
                 missing = json.loads(bundle["missing_json"])
                 ctx.recorder.event(

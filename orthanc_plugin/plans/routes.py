@@ -16,6 +16,8 @@ from orthanc_plugin.plans.dvh_store import plan_dvh
 from orthanc_plugin.plans.manual import send_plans
 from orthanc_plugin.plans.queue_view import PER_PAGE_MAX, queue_page
 from orthanc_plugin.plans.worklist import parse_query, worklist_page
+from orthanc_plugin.rules.errors import RulesError
+from orthanc_plugin.rules.priority import parse_priority
 
 if TYPE_CHECKING:
     from orthanc_plugin.context import CapabilityContext
@@ -164,7 +166,12 @@ def add_routes(ctx: CapabilityContext) -> None:
             raise ApiError(400, "body: expected {\"plans\": [plan ids], \"targets\": [names]}")
         confirmed = _id_list(body, "confirm_incomplete", "plan ids")
         again = _id_list(body, "confirm_again", "\"<plan id>:<target>\" strings")
-        return json_response({"jobs": send_plans(ctx, plans, targets, confirmed, again)})
+        try:
+            priority = parse_priority(body.get("priority", "normal"), "body.priority")
+        except RulesError as error:
+            raise ApiError(400, str(error)) from None
+        return json_response({"jobs": send_plans(ctx, plans, targets, confirmed, again,
+                                                 priority)})
 
     def worklist(request: Request) -> Response:
         query = parse_query(request.query, request.int_param)

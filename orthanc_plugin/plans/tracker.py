@@ -24,6 +24,7 @@ from orthanc_plugin.plans.model import RT_MODALITIES, RtObject, StoredInstance, 
 from orthanc_plugin.plans.references import REFERENCE_KEYWORDS, rt_object
 from orthanc_plugin.ports import HostError
 from orthanc_plugin.rules import Rule, Trigger, evaluate
+from orthanc_plugin.rules.priority import Priority
 
 if TYPE_CHECKING:
     from orthanc_plugin.context import CapabilityContext
@@ -200,7 +201,7 @@ class PlanTracker:
                 applied = queue_rule_actions(
                     connection, self.ctx.queue, self.ctx.registry, rule, ordered,
                     lambda job_action, target: plan_job_spec(
-                        rule.name, rule.on.value, job_action, target, bundle))
+                        rule.name, rule.on.value, job_action, target, bundle, rule.priority))
             job_ids, new_instances, targets = (applied.job_ids, applied.new_instances,
                                                applied.targets)
             if grace:
@@ -242,11 +243,13 @@ class PlanTracker:
         return new_instances > 0
 
 
-def plan_job_spec(rule: str, trigger: str, action: str, target: str, bundle: Any) -> JobSpec:
+def plan_job_spec(rule: str, trigger: str, action: str, target: str, bundle: Any,
+                  priority: int = Priority.NORMAL) -> JobSpec:
     return JobSpec(
         rule=rule, action=action, trigger=trigger, level="plan", resource_id=bundle["plan_uid"],
         target=target, patient_id=bundle["patient_id"] or "", study_uid=bundle["study_uid"] or "",
         calling_aet=bundle["calling_aet"] or "", remote_ip=bundle["remote_ip"] or "",
+        priority=priority,
     )
 
 

@@ -96,6 +96,8 @@ class Rule:
     # plan-complete only: after this long an incomplete bundle is forwarded or held (`then`).
     complete_within_seconds: float | None = None
     then: str = "hold"   # forward-incomplete | hold
+    # Which waiting job a destination takes first (rules/priority.py): normal unless written.
+    priority: int = 10
     # The rule as written, for GET /rules; left out of equality and hashing because a dict has
     # neither a stable identity nor a hash, and the parsed fields already say what the rule does.
     source: dict[str, Any] = field(default_factory=dict, compare=False, hash=False)

@@ -12,6 +12,7 @@ from typing import Any
 from orthanc_plugin.rules.durations import duration_seconds
 from orthanc_plugin.rules.errors import RulesError
 from orthanc_plugin.rules.model import Rule, RuleSet, Trigger
+from orthanc_plugin.rules.priority import parse_priority
 from orthanc_plugin.rules.schema_actions import ActionContext, parse_actions
 from orthanc_plugin.rules.schema_match import parse_match
 from orthanc_plugin.rules.wording import kind_of, one_of
@@ -20,7 +21,7 @@ from orthanc_plugin.rules.yaml_text import FILE_PATH, parse_yaml
 __all__ = ["SECTION_PARSERS", "RulesError", "SectionParser", "load_rules_file", "load_rules_text"]
 
 RULE_KEYS = ("name", "description", "enabled", "on", "match", "actions", "include_gateway_output",
-             "complete_within", "then")
+             "complete_within", "then", "priority")
 # What a plan-complete rule does with a bundle still incomplete after complete_within.
 THEN_CHOICES = ("forward-incomplete", "hold")
 _TRIGGERS = tuple(trigger.value for trigger in Trigger)
@@ -117,6 +118,7 @@ def _rule(raw: Any, path: str, context: ActionContext) -> Rule:
         description=description,
         complete_within_seconds=complete_within,
         then=then,
+        priority=parse_priority(raw.get("priority", "normal"), f"{path}.priority"),
         source=copy.deepcopy(raw),
     )
 

@@ -359,7 +359,8 @@ def test_yaml_merge_keys_may_be_overridden() -> None:
         ("", "<file>: the file is empty (expected a mapping with a 'rules' list)"),
         ("- a\n", "<file>: expected a mapping with a 'rules' list, got a list"),
         ("{}\n", "<file>: missing 'rules' (expected a list of rules)"),
-        ("rule: []\n", "<file>: unknown key 'rule' (expected one of: cleanup, harvests, rules)"),
+        ("rule: []\n",
+         "<file>: unknown key 'rule' (expected one of: cleanup, destinations, harvests, rules)"),
         ("rules: {}\n", "rules: expected a list of rules, got a mapping"),
         ("rules:\n", "rules: expected a list of rules, got nothing"),
         ("rules: [a]\n", "rules[0]: expected a rule mapping, got 'a'"),
@@ -395,7 +396,7 @@ def test_yaml_merge_keys_may_be_overridden() -> None:
             "rules:\n  - {name: a, enable: true, on: instance, match: {},"
             " actions: [{forward: A}]}\n",
             "rules[0]: unknown key 'enable' (expected one of: actions, complete_within, "
-            "description, enabled, include_gateway_output, match, name, on, then)",
+            "description, enabled, include_gateway_output, match, name, on, priority, then)",
         ),
         (
             "rules:\n  - {name: a, enabled: yes, on: instance, match: {},"

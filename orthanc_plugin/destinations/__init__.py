@@ -1,0 +1,29 @@
+"""Destination policies: caps (associations at a time, instances or MB per minute) and time
+windows per destination, held across every worker; and the routing state the page shows."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import TYPE_CHECKING
+
+from orthanc_plugin.destinations.admission import DestinationAdmission
+from orthanc_plugin.destinations.model import DestinationPolicy
+from orthanc_plugin.destinations.routes import add_routes
+from orthanc_plugin.destinations.rule import SECTION
+
+if TYPE_CHECKING:
+    from orthanc_plugin.context import CapabilityContext
+
+
+def install(ctx: CapabilityContext) -> None:
+    def policies() -> Mapping[str, DestinationPolicy]:
+        value = ctx.rules().sections.get(SECTION)
+        return value if isinstance(value, dict) else {}
+
+    ctx.hooks.claim_admission.append(DestinationAdmission(ctx.queue, policies))
+    # A changed policy (a window opened, a cap raised) applies to the jobs it held at once.
+    ctx.hooks.on_rules_loaded.append(lambda _: ctx.queue.look_again())
+    add_routes(ctx.router, ctx.db, ctx.queue, ctx.known_targets, policies)
+
+
+__all__ = ["install"]

@@ -1,0 +1,105 @@
+"""The rules file's `destinations:` section: each destination's caps and time windows.
+
+    destinations:
+      ARCHIVE:
+        max_associations: 1            # at most one association at a time, across all workers
+        max_instances_per_minute: 600
+        max_mb_per_minute: 500         # soft: one claim may pass it by its own size
+      RESEARCH:
+        windows: ["Mo-Fr 19:00-06:00", "Sa-Su"]
+        time_zone: Europe/Brussels     # the site's zone; the machine's when left out
+
+Read with the rules (reloadable); outside its windows a destination's jobs wait, shown as
+waiting for the window, not as failing.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+from orthanc_plugin.destinations.model import DestinationPolicy, WindowError, parse_window
+from orthanc_plugin.rules.errors import RulesError
+from orthanc_plugin.rules.schema import SECTION_PARSERS
+from orthanc_plugin.rules.schema_actions import ActionContext
+from orthanc_plugin.rules.wording import kind_of, one_of
+
+SECTION = "destinations"
+KEYS = ("max_associations", "max_instances_per_minute", "max_mb_per_minute", "windows",
+        "time_zone")
+
+
+def parse_destinations(raw: Any, path: str,
+                       context: ActionContext) -> dict[str, DestinationPolicy]:
+    if raw is None:
+        return {}
+    if not isinstance(raw, dict):
+        raise RulesError(path, f"expected a mapping of destination names, got {kind_of(raw)}")
+    policies = {}
+    for name, settings in raw.items():
+        here = f"{path}.{name}"
+        known = context.known_targets
+        if known is not None and name not in known:
+            raise RulesError(here, f"unknown destination '{name}' "
+                                   f"(known: {one_of(known) if known else 'none'})")
+        policies[str(name)] = parse_destination(str(name), settings, here)
+    return policies
+
+
+def parse_destination(name: str, raw: Any, path: str) -> DestinationPolicy:
+    if not isinstance(raw, dict):
+        raise RulesError(path, f"expected a mapping such as {{max_associations: 1}}, "
+                               f"got {kind_of(raw)}")
+    for key in raw:
+        if key not in KEYS:
+            raise RulesError(f"{path}.{key}", f"unknown option (expected one of: {one_of(KEYS)})")
+    windows_raw = raw.get("windows", [])
+    if isinstance(windows_raw, str):
+        windows_raw = [windows_raw]
+    if not isinstance(windows_raw, list):
+        raise RulesError(f"{path}.windows", f"expected a list of windows, got {kind_of(windows_raw)}")
+    windows = []
+    for index, text in enumerate(windows_raw):
+        try:
+            windows.append(parse_window(text))
+        except WindowError as error:
+            raise RulesError(f"{path}.windows[{index}]", str(error)) from None
+    zone_name = raw.get("time_zone")
+    zone = None
+    if zone_name is not None:
+        try:
+            zone = ZoneInfo(str(zone_name))
+        except (ZoneInfoNotFoundError, ValueError):
+            raise RulesError(f"{path}.time_zone", f"unknown time zone {kind_of(zone_name)} "
+                                                  "(expected a name such as Europe/Brussels)") from None
+    mb = _number(raw, "max_mb_per_minute", path, whole=False)
+    return DestinationPolicy(
+        name=name,
+        max_associations=_whole(raw, "max_associations", path),
+        max_instances_per_minute=_whole(raw, "max_instances_per_minute", path),
+        max_mb_per_minute=mb,
+        windows=tuple(windows), time_zone=zone, zone_name=str(zone_name or ""),
+    )
+
+
+def _whole(raw: dict[str, Any], key: str, path: str) -> int | None:
+    value = _number(raw, key, path, whole=True)
+    return None if value is None else int(value)
+
+
+def _number(raw: dict[str, Any], key: str, path: str, *, whole: bool) -> float | None:
+    """The rules YAML keeps scalars as written: numbers arrive as text."""
+    if raw.get(key) is None:
+        return None
+    value = raw[key]
+    try:
+        number = None if isinstance(value, bool) else float(value)
+    except (TypeError, ValueError):
+        number = None
+    if number is None or not number > 0 or (whole and number != int(number)):
+        kind = "a whole number" if whole else "a number"
+        raise RulesError(f"{path}.{key}", f"expected {kind} above 0, got {kind_of(value)}")
+    return number
+
+
+SECTION_PARSERS[SECTION] = parse_destinations
