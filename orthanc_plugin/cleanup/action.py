@@ -262,6 +262,8 @@ class DeleteAfterForwarded:
                 if not problem.missing:
                     error = f"Orthanc: {problem}"
                     break
+                self.queue.mark_gone(item, "already deleted from Orthanc")
+                continue
             self.queue.mark_sent([item], {})
             deleted[item.job_id] = deleted.get(item.job_id, 0) + 1
         ready = [job_id for job_id in claim.job_ids if job_id not in waiting]

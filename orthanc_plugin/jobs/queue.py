@@ -306,9 +306,11 @@ class JobQueue:
         now = time.time()
         best = max(job["priority"] + (now - job["created_epoch"]) * AGING_PER_SECOND
                    for job in claim.jobs)
+        # A job held back only because this claim has the destination's association ('busy')
+        # counts as ready: it waits for this very claim.
         return bool(self.db.query(
-            f"SELECT 1 FROM jobs WHERE state='pending' AND next_attempt_at <= ? AND action=? AND "
-            f"target=? AND {RANK} > ? LIMIT 1",
+            f"SELECT 1 FROM jobs WHERE state='pending' AND (next_attempt_at <= ? OR "
+            f"last_status='busy') AND action=? AND target=? AND {RANK} > ? LIMIT 1",
             (now, claim.action, claim.target, now, AGING_PER_SECOND, best + OUTRANK_MARGIN)))
 
     def sent_within(self, connection: sqlite3.Connection, target: str,
@@ -429,6 +431,14 @@ class JobQueue:
         outcome: dict[int, str] = {}
         stamp = now_iso()
         with self.db.transaction() as connection:
+            # The claim ends: jobs held back because it had the destination's association
+            # ('busy') may be claimed at once, ranked against what this claim leaves.
+            for target in {row["target"] for row in connection.execute(
+                    f"SELECT DISTINCT target FROM jobs WHERE id IN ({','.join('?' * len(job_ids))})",
+                    tuple(job_ids))}:
+                connection.execute(
+                    "UPDATE jobs SET next_attempt_at=0 WHERE state='pending' AND target=? AND "
+                    "last_status='busy'", (target,))
             for job_id in job_ids:
                 job = connection.execute("SELECT * FROM jobs WHERE id=?", (job_id,)).fetchone()
                 counts = _item_counts(connection, job_id)

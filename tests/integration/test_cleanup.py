@@ -1,8 +1,9 @@
 """Clean-up of Orthanc's storage on real processes (issue 26, item 5): a real gateway Orthanc, a
 counting pynetdicom archive that refuses one chosen instance, storescu as the modality.
 
-Ages here are seconds (`older_than: 1s`): the policy's clock is the gateway's record of arrival,
-and each test waits for the state it needs (a study gone, an audit row), never for a time.
+The relay runs first, with no age policy; then the rules are reloaded with one whose ages are
+seconds (`older_than: 1s`): the policy's clock is the gateway's record of arrival, and each test
+waits for the state it needs (a study gone, an audit row), never for a time.
 """
 
 from __future__ import annotations
@@ -18,11 +19,13 @@ from tests.support.orthanc import OrthancProcess, storescu, wait_until
 from tests.support.peers import CountingPeer
 from tests.support.rtset import make_rt_set, write_datasets
 
-RULES = """
+AGE_POLICY = """
 cleanup:
   older_than: 1s
   quiet_for: 0s
   check_every: 1s
+"""
+RULES = """
 rules:
   - name: studies to the archive
     on: stable-study
@@ -61,8 +64,23 @@ def study_id(gateway: OrthancProcess, study_uid: str) -> str | None:
     return found[0]["ID"] if found else None
 
 
+def test_a_relay_deletes_what_it_forwarded(gateway: OrthancProcess, archive: CountingPeer,
+                                           tmp_path: Path) -> None:
+    relayed = make_rt_set("RELAY-1", "Relay^Rolf", n_slices=6)
+    storescu(write_datasets(relayed.ct, tmp_path), gateway.dicom_port, calling="RELAY",
+             called="RTGATEWAY")
+    wait_until(lambda: study_id(gateway, relayed.study_uid) is None, 90,
+               "the relayed CT deleted once forwarded")
+    assert all(archive.stores[str(ds.SOPInstanceUID)] == 1 for ds in relayed.ct)
+    events = [row for row in gateway_rows(gateway, kind="events", patient="RELAY-1")
+              if row["event"] == "instances-deleted-after-forwarding"]
+    assert sum(int(row["detail"].split()[0]) for row in events) == len(relayed.ct)
+
+
 def test_a_delivered_study_leaves_and_a_parked_one_stays_with_its_reason(
         gateway: OrthancProcess, archive: CountingPeer, tmp_path: Path) -> None:
+    gateway.rules_path.write_text(AGE_POLICY + RULES)
+    assert gateway.post("/rt-gateway/rules/reload").status_code == 200
     delivered = make_rt_set("CLEAN-1", "Clean^Carla")
     parked = make_rt_set("CLEAN-2", "Parked^Pia")
     archive.refuse.add(str(parked.ct[0].SOPInstanceUID))
@@ -89,16 +107,3 @@ def test_a_delivered_study_leaves_and_a_parked_one_stays_with_its_reason(
     round_now = gateway.post("/rt-gateway/cleanup/run", {"confirm": True}).json()
     assert parked_id not in [study["id"] for study in round_now["deleted"]]
     assert study_id(gateway, parked.study_uid) == parked_id
-
-
-def test_a_relay_deletes_what_it_forwarded(gateway: OrthancProcess, archive: CountingPeer,
-                                           tmp_path: Path) -> None:
-    relayed = make_rt_set("RELAY-1", "Relay^Rolf", n_slices=6)
-    storescu(write_datasets(relayed.ct, tmp_path), gateway.dicom_port, calling="RELAY",
-             called="RTGATEWAY")
-    wait_until(lambda: study_id(gateway, relayed.study_uid) is None, 90,
-               "the relayed CT deleted once forwarded")
-    assert all(archive.stores[str(ds.SOPInstanceUID)] == 1 for ds in relayed.ct)
-    events = [row for row in gateway_rows(gateway, kind="events", patient="RELAY-1")
-              if row["event"] == "instances-deleted-after-forwarding"]
-    assert sum(int(row["detail"].split()[0]) for row in events) == len(relayed.ct)

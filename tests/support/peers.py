@@ -29,6 +29,8 @@ class CountingPeer:
         # The association is aborted at this instance, once (it is not stored).
         self.abort_once = ""
         self.stores: Counter[str] = Counter()
+        # When each store was answered (time.time()), in order: a destination's pace.
+        self.stored_at: list[float] = []
         self.series_of: dict[str, tuple[str, str]] = {}
         self.finds = 0
         # Once this many distinct instances are stored, the next C-STORE waits (holding) until
@@ -71,6 +73,7 @@ class CountingPeer:
         ds = event.dataset
         with self._lock:
             self.stores[uid] += 1
+            self.stored_at.append(time.time())
             self.series_of[uid] = (str(ds.get("StudyInstanceUID", "")),
                                    str(ds.get("SeriesInstanceUID", "")))
         return 0x0000

@@ -416,7 +416,7 @@ $("#send").addEventListener("click", () => {
   }
   confirmSending({
     title: "Send these plans?",
-    intro: `${rows.length} job(s): ${selected.size} plan(s) to ${targets.join(", ")}.`,
+    intro: `${rows.length} job(s): ${selected.size} plan(s) to ${targets.join(", ")}, priority ${$("#send-priority").value}.`,
     rows,
     columns: [
       { title: "Patient", value: (r) => element("span", {}, `${r.plan.who} (${r.plan.patientId})`, element("div", { class: "muted" }, r.plan.born || "")) },
@@ -435,7 +435,7 @@ $("#send").addEventListener("click", () => {
 async function sendSelected(targets, confirmedIncomplete, confirmedAgain) {
   const message = $("#send-message");
   try {
-    const answer = await call("plans/send", { method: "POST", body: JSON.stringify({ plans: [...selected.keys()], targets, confirm_incomplete: confirmedIncomplete, confirm_again: confirmedAgain }) });
+    const answer = await call("plans/send", { method: "POST", body: JSON.stringify({ plans: [...selected.keys()], targets, confirm_incomplete: confirmedIncomplete, confirm_again: confirmedAgain, priority: $("#send-priority").value }) });
     const jobs = answer.jobs || [];
     const queued = jobs.filter((j) => j.id);
     showMessage(message, `${queued.length} job(s) queued` + (jobs.length > queued.length ? `, ${jobs.length - queued.length} with nothing new to send` : ""), true);
@@ -913,13 +913,30 @@ async function renderHealth() {
     message.textContent = "The gateway is running, but " + [parked ? `${parked} job(s) are parked (not delivered: see the Queue)` : "", silent.length ? `${silent.join(", ")} did not answer its last C-ECHO` : ""].filter(Boolean).join("; ") + ".";
     $("#health-badge").textContent = "!";
   }
+  let states = {};
+  try { for (const d of await call("destinations")) states[d.name] = d; } catch (_) { states = {}; }
   $("#destinations").replaceChildren(dataTable(targets, [
     { title: "Destination", value: (t) => t.name },
+    { title: "Policy", value: (t) => (states[t.name] ? states[t.name].policy : "") },
+    { title: "Now", value: (t) => destinationNow(states[t.name]) },
+    { title: "Waiting", value: (t) => waitingText(states[t.name]) },
     { title: "Last C-ECHO", value: (t) => element("span", { id: "echo-" + t.name.replace(/[^A-Za-z0-9_-]/g, "_") }, echoText(t.last_echo)) },
     { title: "", value: (t) => element("button", { type: "button", onclick: () => echo(t.name), "aria-label": `Check ${t.name} now (C-ECHO)` }, "Check now") },
   ], "Destinations"));
   renderCleanup();
 }
+function destinationNow(d) {
+  if (!d) return "";
+  const window = d.windows.length ? (d.window_open ? `window open${d.window_changes_at ? " until " + shortTime(d.window_changes_at) : ""}` : `WINDOW CLOSED${d.window_changes_at ? ", opens " + shortTime(d.window_changes_at) : ""}`) : "";
+  const load = `${d.associations} association(s)${d.max_associations ? " of " + d.max_associations : ""}, ${d.sent_last_minute} instance(s) in the last minute${d.max_instances_per_minute ? " of " + d.max_instances_per_minute : ""}`;
+  return [window, load].filter(Boolean).join("; ");
+}
+function waitingText(d) {
+  if (!d) return "";
+  const byPriority = Object.entries(d.waiting_by_priority).map(([p, n]) => `${n} ${p}`).join(", ");
+  return [byPriority ? `${byPriority} job(s)` : "nothing", d.held].filter(Boolean).join(": ");
+}
+
 // -- storage clean-up (a dry run: what would go, and why each other study stays) ------------------
 const CLEANUP_PAGE = 25;
 let cleanupPage = 1;
