@@ -114,7 +114,8 @@ def by_age(studies: Iterable[StudyFacts], policy: CleanupPolicy, now: float) -> 
         age = now - study.last_arrival_epoch
         if policy.older_than_days is not None and age >= policy.older_than_days * DAY_SECONDS:
             verdicts.append(Verdict(study, True, f"received {age_text(age)} ago, older than "
-                                                 f"{policy.older_than_days:g} days; nothing pending"))
+                                                 f"{age_text(policy.older_than_days * DAY_SECONDS)}; "
+                                                 "nothing pending"))
         else:
             verdicts.append(Verdict(study, False, _young(age, policy)))
     return verdicts

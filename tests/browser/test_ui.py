@@ -195,7 +195,7 @@ def test_health_tab_reviews_the_clean_up_and_deletes_only_after_confirmation(
         expect(page.locator("#confirm")).to_contain_text("UI-CLEAN-1")
         assert gateway.post("/tools/lookup", done.study_uid).json()  # nothing gone before "Delete"
         page.click("#confirm-send")
-        expect(page.locator("#cleanup-message")).to_contain_text("deleted")
+        expect(page.locator("#cleanup-message")).to_contain_text("Clean-up done: ")
         assert gateway.post("/tools/lookup", done.study_uid).json() == []
         events = gateway.json("/rt-gateway/audit", params={"kind": "events", "patient": "UI-CLEAN-1"})
         assert any(e["event"] == "study-deleted" and USER in e["detail"] for e in events)

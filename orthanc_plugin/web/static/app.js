@@ -984,11 +984,13 @@ $("#cleanup-run").addEventListener("click", async () => {
     ticks: [],
     button: `Delete ${review.total} study(ies)`,
     onConfirm: async () => {
+      let text, ok;
       try {
         const result = await call("cleanup/run", { method: "POST", body: JSON.stringify({ confirm: true }) });
-        showMessage($("#cleanup-message"), `${result.deleted.length} study(ies) deleted, ${result.kept} kept.`, true);
-      } catch (error) { showMessage($("#cleanup-message"), error.message, false); }
-      renderCleanup();
+        [text, ok] = [`Clean-up done: ${result.deleted.length} study(ies) deleted, ${result.kept} kept` + (result.failed.length ? `; ${result.failed.length} could not be deleted` : "") + ".", !result.failed.length];
+      } catch (error) { [text, ok] = ["Nothing deleted: " + error.message, false]; }
+      await renderCleanup();
+      showMessage($("#cleanup-message"), text, ok);  // the round's outcome is what stays on screen
     },
   });
 });
