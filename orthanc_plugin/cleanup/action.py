@@ -119,16 +119,8 @@ class StorageCleanup:
         study_id = str(study["ID"])
         study_uid = str(tags.get("StudyInstanceUID", ""))
         patient_id = str(patient.get("PatientID", ""))
-        arrival = self.store.arrival(study_id)
-        blockers = list(self.store.open_jobs(study_id, study_uid))
-        if arrival.unfinished:
-            blockers.append(f"{arrival.unfinished} instance(s) not yet routed by the gateway")
-        if arrival.stable_pending:
-            blockers.append("its stable-study rules have not yet run")
-        if arrival.followers_behind:
-            blockers.append("the SQL index or the plan tracker has not yet read its last instance")
-        blockers += self.store.patient_plans(patient_id, study_uid)
-        blockers += self.store.harvests(patient_id)
+        arrival, needs = self.store.study_needs(study_id, study_uid, patient_id)
+        blockers = [*self.store.open_jobs(study_id, study_uid), *needs]
         last = arrival.last_epoch
         if last is None and study.get("LastUpdate"):
             # Not received while the gateway kept a record: Orthanc's own time (UTC) of its last
@@ -285,13 +277,4 @@ class DeleteAfterForwarded:
         study = self.store.study_of(item.instance_id)
         if study is None:
             return [*reasons, "not yet described by the gateway"]
-        study_id, study_uid, patient_id = study
-        arrival = self.store.arrival(study_id)
-        if arrival.unfinished:
-            reasons.append(f"{arrival.unfinished} instance(s) of its study not yet routed")
-        if arrival.stable_pending:
-            reasons.append("its study's stable-study rules have not yet run")
-        if arrival.followers_behind:
-            reasons.append("the SQL index or the plan tracker has not yet read it")
-        return reasons + self.store.patient_plans(patient_id, study_uid) \
-            + self.store.harvests(patient_id)
+        return reasons + self.store.study_needs(*study)[1]

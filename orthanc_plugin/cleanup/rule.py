@@ -26,6 +26,7 @@ from orthanc_plugin.cleanup.model import DAY_SECONDS, CleanupPolicy
 from orthanc_plugin.jobs.executors import PlannedJob
 from orthanc_plugin.rules.durations import duration_seconds
 from orthanc_plugin.rules.errors import RulesError
+from orthanc_plugin.rules.numbers import positive_number
 from orthanc_plugin.rules.schema import SECTION_PARSERS
 from orthanc_plugin.rules.schema_actions import ACTION_PARSERS, ActionContext
 from orthanc_plugin.rules.wording import kind_of, one_of
@@ -56,13 +57,11 @@ def parse_cleanup(raw: Any, path: str, context: ActionContext) -> CleanupPolicy:
         if key not in KEYS:
             raise RulesError(f"{path}.{key}", f"unknown option (expected one of: {one_of(KEYS)})")
     older = raw.get("older_than")
-    gigabytes = _number(raw, "storage_above_gb", path, above=0)
-    percent = _number(raw, "disk_used_above_percent", path, above=0)
+    gigabytes = positive_number(raw, "storage_above_gb", path)
+    percent = positive_number(raw, "disk_used_above_percent", path)
     if percent is not None and percent >= 100:
         raise RulesError(f"{path}.disk_used_above_percent", "expected a percentage below 100")
-    deletions = _number(raw, "max_deletions_per_round", path, above=0)
-    if deletions is not None and deletions != int(deletions):
-        raise RulesError(f"{path}.max_deletions_per_round", "expected a whole number")
+    deletions = positive_number(raw, "max_deletions_per_round", path, whole=True)
     return CleanupPolicy(
         older_than_days=None if older is None else duration_seconds(
             older, f"{path}.older_than") / DAY_SECONDS,
@@ -74,20 +73,6 @@ def parse_cleanup(raw: Any, path: str, context: ActionContext) -> CleanupPolicy:
                                              f"{path}.check_every") / 60.0,
         max_deletions_per_round=200 if deletions is None else int(deletions),
     )
-
-
-def _number(raw: dict[str, Any], key: str, path: str, *, above: float) -> float | None:
-    """The rules YAML keeps scalars as written: numbers arrive as text."""
-    if key not in raw or raw[key] is None:
-        return None
-    value = raw[key]
-    try:
-        number = float(value) if not isinstance(value, bool) else None
-    except (TypeError, ValueError):
-        number = None
-    if number is None or number != number or number <= above:
-        raise RulesError(f"{path}.{key}", f"expected a number above {above:g}, got {kind_of(value)}")
-    return number
 
 
 def parse_delete_after(raw: Any, path: str, context: ActionContext) -> DeleteAfterAction:

@@ -58,6 +58,20 @@ class CleanupStore:
         return Arrival(last_epoch, int(rows[0]["unfinished"] or 0) if rows else 0,
                        stable_pending, behind)
 
+    def study_needs(self, study_id: str, study_uid: str,
+                    patient_id: str) -> tuple[Arrival, list[str]]:
+        """Its arrival, and what still needs the study besides its jobs: the intake and its
+        followers, its patient's plans, a harvest. One wording for a study and a relay's instance."""
+        arrival = self.arrival(study_id)
+        needs = []
+        if arrival.unfinished:
+            needs.append(f"{arrival.unfinished} instance(s) of the study not yet routed")
+        if arrival.stable_pending:
+            needs.append("the study's stable-study rules have not yet run")
+        if arrival.followers_behind:
+            needs.append("the SQL index or the plan tracker has not yet read its last instance")
+        return arrival, needs + self.patient_plans(patient_id, study_uid) + self.harvests(patient_id)
+
     def open_jobs(self, study_id: str, study_uid: str) -> list[str]:
         """Jobs not delivered nor cancelled that concern the study, by its UID or its instances."""
         rows = self.db.query(

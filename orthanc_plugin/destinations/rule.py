@@ -20,6 +20,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from orthanc_plugin.destinations.model import DestinationPolicy, WindowError, parse_window
 from orthanc_plugin.rules.errors import RulesError
+from orthanc_plugin.rules.numbers import positive_number
 from orthanc_plugin.rules.schema import SECTION_PARSERS
 from orthanc_plugin.rules.schema_actions import ActionContext
 from orthanc_plugin.rules.wording import kind_of, one_of
@@ -72,7 +73,7 @@ def parse_destination(name: str, raw: Any, path: str) -> DestinationPolicy:
         except (ZoneInfoNotFoundError, ValueError):
             raise RulesError(f"{path}.time_zone", f"unknown time zone {kind_of(zone_name)} "
                                                   "(expected a name such as Europe/Brussels)") from None
-    mb = _number(raw, "max_mb_per_minute", path, whole=False)
+    mb = positive_number(raw, "max_mb_per_minute", path)
     return DestinationPolicy(
         name=name,
         max_associations=_whole(raw, "max_associations", path),
@@ -83,23 +84,8 @@ def parse_destination(name: str, raw: Any, path: str) -> DestinationPolicy:
 
 
 def _whole(raw: dict[str, Any], key: str, path: str) -> int | None:
-    value = _number(raw, key, path, whole=True)
+    value = positive_number(raw, key, path, whole=True)
     return None if value is None else int(value)
-
-
-def _number(raw: dict[str, Any], key: str, path: str, *, whole: bool) -> float | None:
-    """The rules YAML keeps scalars as written: numbers arrive as text."""
-    if raw.get(key) is None:
-        return None
-    value = raw[key]
-    try:
-        number = None if isinstance(value, bool) else float(value)
-    except (TypeError, ValueError):
-        number = None
-    if number is None or not number > 0 or (whole and number != int(number)):
-        kind = "a whole number" if whole else "a number"
-        raise RulesError(f"{path}.{key}", f"expected {kind} above 0, got {kind_of(value)}")
-    return number
 
 
 SECTION_PARSERS[SECTION] = parse_destinations
