@@ -184,7 +184,7 @@ class Gateway:
         self._gauges_refreshed_at = now
         counts = {r["state"]: r["n"] for r in self.db.query(
             "SELECT state, COUNT(*) AS n FROM jobs GROUP BY state")}
-        for state in ("pending", "running", "done", "dead"):
+        for state in ("pending", "held", "running", "done", "dead"):
             self.metrics.gauge(f"rtgw_jobs_{state}", counts.get(state, 0))
 
     def stop(self) -> None:

@@ -24,14 +24,15 @@ if TYPE_CHECKING:
 # rules are loaded.
 RULE_MODULES: list[str] = ["orthanc_plugin.contours.rule", "orthanc_plugin.deid.rule",
                           "orthanc_plugin.export.rule", "orthanc_plugin.harvest.rule",
-                          "orthanc_plugin.cleanup.rule", "orthanc_plugin.destinations.rule"]
+                          "orthanc_plugin.cleanup.rule", "orthanc_plugin.destinations.rule",
+                          "orthanc_plugin.approvals.rule"]
 
 # Packages with an install(ctx) function, called once the gateway's core is built.
 CAPABILITIES: list[str] = [
     "orthanc_plugin.forwarding", "orthanc_plugin.web", "orthanc_plugin.contours",
     "orthanc_plugin.harvest", "orthanc_plugin.deid", "orthanc_plugin.importer",
     "orthanc_plugin.export", "orthanc_plugin.plans", "orthanc_plugin.index",
-    "orthanc_plugin.cleanup", "orthanc_plugin.destinations",
+    "orthanc_plugin.cleanup", "orthanc_plugin.destinations", "orthanc_plugin.approvals",
 ]
 
 

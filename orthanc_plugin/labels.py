@@ -1,6 +1,7 @@
 """Orthanc labels (Orthanc >= 1.12) on the studies the gateway acted on, so Orthanc Explorer 2
 users can filter by what happened: `rtgw-sent-<TARGET>`, `rtgw-parked`, `rtgw-deid-copy`,
-`rtgw-held`.
+`rtgw-held`,
+`rtgw-awaiting-approval`.
 
 Feature-detected, never assumed: labels are used only when Orthanc's /system says `HasLabels`
 (1.12 with a database back-end that supports them). On 1.10 nothing is asked and nothing changes.
@@ -21,6 +22,7 @@ SENT = PREFIX + "sent-"
 PARKED = PREFIX + "parked"
 DEID_COPY = PREFIX + "deid-copy"
 HELD = PREFIX + "held"
+AWAITING_APPROVAL = PREFIX + "awaiting-approval"
 # Orthanc accepts labels of letters, digits, "_" and "-" (at most 64 characters).
 _NOT_ALLOWED = re.compile(r"[^A-Za-z0-9_-]")
 MAX_LABEL = 64

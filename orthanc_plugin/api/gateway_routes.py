@@ -24,7 +24,7 @@ if TYPE_CHECKING:
     from orthanc_plugin.app import Gateway
 
 ECHO_PREFIX = "last_echo:"
-JOB_STATES = ("pending", "running", "done", "dead", "cancelled")
+JOB_STATES = ("pending", "held", "running", "done", "dead", "cancelled")
 MAX_JOBS_LISTED = 10_000
 
 

@@ -53,6 +53,7 @@ def health(probes: HealthProbes) -> tuple[int, dict[str, Any]]:
             "SELECT MIN(created_epoch) AS t FROM jobs WHERE state IN ('pending','running')")[0]["t"]
         report["queue"] = {"pending": counts.get("pending", 0), "running": counts.get("running", 0),
                            "parked": counts.get("dead", 0),
+                           "awaiting_approval": counts.get("held", 0),
                            "oldest_pending_seconds": round(now - oldest, 1) if oldest else None}
     except Exception as error:
         problems.append(f"gateway database not readable: {error}")

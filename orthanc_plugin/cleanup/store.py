@@ -17,7 +17,7 @@ from orthanc_plugin.harvest.model import ACTIVE_STATES
 from orthanc_plugin.retention import FOLLOWER_CURSORS
 
 # Jobs that are the clean-up's own (delete-after) never keep a study: they end with it.
-OPEN_JOB_STATES = ("pending", "running", "dead")
+OPEN_JOB_STATES = ("pending", "held", "running", "dead")
 MOST_NAMED = 3          # blockers of one kind named one by one; the rest counted
 _HARVEST_ACTIVE = tuple(state.value for state in ACTIVE_STATES)
 
@@ -129,7 +129,8 @@ class CleanupStore:
 
 
 def _job_text(job: sqlite3.Row) -> str:
-    state = {"pending": "waiting to run", "running": "running", "dead": "parked"}[job["state"]]
+    state = {"pending": "waiting to run", "running": "running", "dead": "parked",
+             "held": "awaiting approval"}[job["state"]]
     what = f"job {job['id']} ({job['action']} to {job['target']}) {state}"
     if job["state"] == "dead" and job["last_error"]:
         what += f": {job['last_error']}"

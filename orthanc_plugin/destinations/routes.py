@@ -42,6 +42,7 @@ def add_routes(router: Router, db: Database, queue: JobQueue, known: Callable[[]
             "waiting_by_priority": {priority_word(p): n for p, n in
                                     sorted(queue.waiting_by_priority(name).items(), reverse=True)},
             "held": queue.held_reason(name),
+            "awaiting_approval": queue.awaiting_approval(name),
             "last_echo": json.loads(last_echo) if last_echo else None,
         }
 

@@ -28,12 +28,18 @@ def queue_rule_actions(
     instance_ids: Sequence[str], spec_for: SpecFor,
 ) -> Applied:
     applied = Applied()
+    queued: list[tuple[int, JobSpec]] = []
     for action in rule.actions:
         for planned in registry.plan(action):
             applied.targets += (planned.target,)
-            job_id, count = queue.enqueue(connection, spec_for(planned.action, planned.target),
-                                          instance_ids)
+            spec = spec_for(planned.action, planned.target)
+            job_id, count = queue.enqueue(connection, spec, instance_ids)
             applied.new_instances += count
             if job_id is not None:
                 applied.job_ids.append(job_id)
+                queued.append((job_id, spec))
+    # In the same transaction, so no worker can claim a job a gate holds (approvals).
+    for gate in registry.gates:
+        if queued:
+            gate(connection, rule, queued)
     return applied

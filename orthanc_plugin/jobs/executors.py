@@ -22,6 +22,9 @@ class PlannedJob:
 
 
 Planner = Callable[[Any], list[PlannedJob]]
+# (the transaction that queued them, the rule, the new jobs with their specs) -> None. A gate may
+# hold the jobs a rule just queued (approvals) before any worker can claim them.
+Gate = Callable[[Any, Any, list[tuple[int, Any]]], None]
 
 
 class Executor(Protocol):
@@ -34,6 +37,7 @@ class Registry:
     def __init__(self) -> None:
         self.planners: dict[type, Planner] = {}
         self.executors: dict[str, Executor] = {}
+        self.gates: list[Gate] = []
 
     def add_planner(self, action_type: type, planner: Planner) -> None:
         self.planners[action_type] = planner

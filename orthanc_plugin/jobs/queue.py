@@ -26,6 +26,10 @@ TARGETS_PER_CLAIM = 50
 OUTRANK_MARGIN = 5.0
 
 READY_STATES = ("pending",)
+# Waiting for a person's approval (orthanc_plugin/approvals): never claimed until approved.
+HELD = "held"
+# A hold that expired parks its jobs with this status; retried by hand, they are held again.
+HOLD_EXPIRED = "approval-expired"
 
 
 @dataclass(frozen=True)
@@ -339,6 +343,11 @@ class JobQueue:
             "SELECT priority, COUNT(*) AS n FROM jobs WHERE state='pending' AND target=? "
             "GROUP BY priority", (target,))}
 
+    def awaiting_approval(self, target: str) -> int:
+        """Jobs for the target that a person must approve first (approvals)."""
+        return int(self.db.query("SELECT COUNT(*) AS n FROM jobs WHERE state=? AND target=?",
+                                 (HELD, target))[0]["n"])
+
     def held_reason(self, target: str) -> str:
         """Why the target's ready jobs wait, when its policy holds them back ('' if not)."""
         marks = ",".join("?" * len(POLICY_WAIT_STATUSES))
@@ -529,10 +538,11 @@ class JobQueue:
     def retry_by_hand(self, job_id: int) -> bool:
         """A parked (dead) job runs again from its unsent, refused and not-committed instances."""
         with self.db.transaction() as connection:
+            # A job parked because nobody approved it in time needs an approval, not a retry.
             cursor = connection.execute(
-                "UPDATE jobs SET state='pending', attempts=0, crashes=0, next_attempt_at=0, "
-                "updated_at=? WHERE id=? AND state='dead'",
-                (now_iso(), job_id),
+                "UPDATE jobs SET state=CASE WHEN last_status=? THEN ? ELSE 'pending' END, "
+                "attempts=0, crashes=0, next_attempt_at=0, updated_at=? WHERE id=? AND state='dead'",
+                (HOLD_EXPIRED, HELD, now_iso(), job_id),
             )
             if cursor.rowcount == 0:
                 return False
@@ -545,11 +555,11 @@ class JobQueue:
         return True
 
     def cancel_by_hand(self, job_id: int) -> bool:
-        """A waiting or parked job is not sent at all (a running one ends its claim first)."""
+        """A waiting, held or parked job is not sent at all (a running one ends its claim first)."""
         with self.db.transaction() as connection:
             cursor = connection.execute(
                 "UPDATE jobs SET state='cancelled', updated_at=?, last_status='cancelled' "
-                "WHERE id=? AND state IN ('pending', 'dead')", (now_iso(), job_id))
+                "WHERE id=? AND state IN ('pending', 'dead', 'held')", (now_iso(), job_id))
             return cursor.rowcount == 1
 
     def parked_for(self, target: str) -> list[int]:

@@ -8,7 +8,7 @@ CREATE TABLE IF NOT EXISTS jobs(
     level TEXT NOT NULL, resource_id TEXT NOT NULL, patient_id TEXT, study_uid TEXT,
     calling_aet TEXT, remote_ip TEXT,
     target TEXT NOT NULL,
-    state TEXT NOT NULL DEFAULT 'pending',      -- pending | running | done | dead | cancelled
+    state TEXT NOT NULL DEFAULT 'pending',      -- pending | held | running | done | dead | cancelled
     attempts INTEGER NOT NULL DEFAULT 0,
     next_attempt_at REAL NOT NULL DEFAULT 0,
     created_at TEXT NOT NULL, updated_at TEXT NOT NULL, created_epoch REAL NOT NULL DEFAULT 0,

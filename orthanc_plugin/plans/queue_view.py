@@ -11,9 +11,10 @@ from orthanc_plugin.db import Database
 
 # The page's word for each queue state, the same on every tab ("dead" is the table's word).
 STATE_WORDS = {"pending": "waiting", "running": "sending", "done": "done", "dead": "parked",
-               "cancelled": "cancelled"}
-VIEWS = {"active": ("pending", "running"), "parked": ("dead",), "done": ("done",),
-         "cancelled": ("cancelled",), "all": ("pending", "running", "dead", "done", "cancelled")}
+               "cancelled": "cancelled", "held": "awaiting approval"}
+VIEWS = {"active": ("pending", "running"), "held": ("held",), "parked": ("dead",),
+         "done": ("done",), "cancelled": ("cancelled",),
+         "all": ("pending", "held", "running", "dead", "done", "cancelled")}
 PER_PAGE_MAX = 200
 
 

@@ -178,8 +178,8 @@ class OrthancProcess:
             headers = {"X-Requested-With": "tests", "Content-Type": "application/json",
                        **kwargs.pop("headers", {})}
             kwargs["headers"] = headers
-        return requests.post(self.url + path, data=data, auth=(USER, PASSWORD), timeout=60,
-                             **kwargs)
+        auth = kwargs.pop("auth", (USER, PASSWORD))   # another registered user, when a test acts as one
+        return requests.post(self.url + path, data=data, auth=auth, timeout=60, **kwargs)
 
     def delete(self, path: str) -> requests.Response:
         return requests.delete(self.url + path, auth=(USER, PASSWORD), timeout=30)
