@@ -9,6 +9,8 @@ from typing import TYPE_CHECKING, Any
 
 from orthanc_plugin.api.router import ApiError
 from orthanc_plugin.plans.tracker import _member_rows, plan_job_spec
+from orthanc_plugin.rules.groups import SECTION as GROUPS
+from orthanc_plugin.rules.groups import expand
 from orthanc_plugin.rules.priority import Priority
 
 if TYPE_CHECKING:
@@ -28,6 +30,8 @@ def send_plans(
     again, while a replay of the same request never sends twice."""
     if not plan_ids or not targets:
         raise ApiError(400, "body: expected {\"plans\": [plan ids], \"targets\": [modality names]}")
+    groups = ctx.rules().sections.get(GROUPS) or {}
+    targets = expand(targets, groups)   # a group sends to each of its destinations
     known = ctx.known_targets()
     unknown = [target for target in targets if target not in known]
     if unknown:

@@ -11,6 +11,8 @@ from typing import Any
 
 from orthanc_plugin.rules.durations import duration_seconds
 from orthanc_plugin.rules.errors import RulesError
+from orthanc_plugin.rules.groups import SECTION as GROUPS
+from orthanc_plugin.rules.groups import parse_groups
 from orthanc_plugin.rules.model import Rule, RuleSet, Trigger
 from orthanc_plugin.rules.priority import parse_priority
 from orthanc_plugin.rules.schema_actions import ActionContext, parse_actions
@@ -66,15 +68,17 @@ def _rule_set(text: str, sha256: str, known_targets: Collection[str] | None) -> 
             FILE_PATH, f"expected a mapping with a 'rules' list, got {kind_of(document)}"
         )
     for key in document:
-        if key != "rules" and key not in SECTION_PARSERS:
-            expected = one_of(["rules", *SECTION_PARSERS])
+        if key not in ("rules", GROUPS) and key not in SECTION_PARSERS:
+            expected = one_of(["rules", GROUPS, *SECTION_PARSERS])
             raise RulesError(FILE_PATH, f"unknown key '{key}' (expected one of: {expected})")
     if "rules" not in document:
         raise RulesError(FILE_PATH, "missing 'rules' (expected a list of rules)")
     raw_rules = document["rules"]
     if not isinstance(raw_rules, list):
         raise RulesError("rules", f"expected a list of rules, got {kind_of(raw_rules)}")
-    context = ActionContext(known_targets)
+    # Groups first: every target written in the rules and sections may name one.
+    groups = parse_groups(document.get(GROUPS), known_targets)
+    context = ActionContext(known_targets, groups)
     rules: list[Rule] = []
     first_index: dict[str, int] = {}
     for index, raw in enumerate(raw_rules):
@@ -88,6 +92,8 @@ def _rule_set(text: str, sha256: str, known_targets: Collection[str] | None) -> 
         rules.append(rule)
     sections = {key: SECTION_PARSERS[key](document[key], key, context)
                 for key in document if key in SECTION_PARSERS}
+    if GROUPS in document:
+        sections[GROUPS] = groups
     return RuleSet(tuple(rules), sha256, sections)
 
 

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Collection
-from dataclasses import dataclass
+from collections.abc import Callable, Collection, Mapping
+from dataclasses import dataclass, field
 from typing import Any
 
 from orthanc_plugin.rules.errors import RulesError
@@ -16,6 +16,8 @@ class ActionContext:
     """What parsers may check against; None means "do not check" (e.g. offline validation)."""
 
     known_targets: Collection[str] | None = None
+    # Named groups of destinations (rules/groups.py), expanded wherever a target is written.
+    groups: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
 
 
 # (the value written under the action's name, its path, context) -> the action, or RulesError.
@@ -34,21 +36,31 @@ def parse_forward(raw: Any, path: str, context: ActionContext) -> ForwardAction:
         if not isinstance(raw, list):
             raise RulesError(path, f"expected a list of target names, got {kind_of(raw)}")
     if isinstance(raw, str):
+        if raw in context.groups:
+            return ForwardAction(context.groups[raw])
         return ForwardAction((_target(raw, path, context),))
     if not isinstance(raw, list):
         raise RulesError(path, f"expected a target name or a list of them, got {kind_of(raw)}")
     if not raw:
         raise RulesError(path, "expected at least one target")
     targets: list[str] = []
+    written: list[str] = []   # named on their own: naming one twice is a mistake
     for index, item in enumerate(raw):
         here = f"{path}[{index}]"
         if not isinstance(item, str):
             raise RulesError(here, f"expected a target name, got {kind_of(item)}")
+        members = context.groups.get(item)
+        if members is not None:
+            # A destination both in a group and written alone is sent to once.
+            targets.extend(member for member in members if member not in targets)
+            continue
         target = _target(item, here, context)
-        if target in targets:
+        if target in written:
             # Sending twice to the same modality is never wanted and would double the jobs.
             raise RulesError(here, f"duplicate target '{target}'")
-        targets.append(target)
+        written.append(target)
+        if target not in targets:
+            targets.append(target)
     return ForwardAction(tuple(targets))
 
 
@@ -58,7 +70,8 @@ def _target(name: str, path: str, context: ActionContext) -> str:
     known = context.known_targets
     if known is not None and name not in known:
         listed = one_of(known) if known else "none"
-        raise RulesError(path, f"unknown target '{name}' (known: {listed})")
+        groups = f"; groups: {one_of(context.groups)}" if context.groups else ""
+        raise RulesError(path, f"unknown target '{name}' (known: {listed}{groups})")
     return name
 
 

@@ -19,6 +19,12 @@ rules:
     match: {calling_aet: FOLLOW, plan_label: {contains: ADP}}
     actions:
       - forward: ARCHIVE
+  - name: plans for treatment need a physicist
+    on: stable-study
+    match: {calling_aet: HOLDER}
+    actions:
+      - hold: {approvers: [rtgw], expires: 2d}
+      - forward: ARCHIVE
 """
 
 
@@ -71,7 +77,7 @@ def test_rules_page_shows_rules_and_the_error_of_a_broken_reload(
     finally:
         gateway.rules_path.write_text(RULES)
     page.click("#reload-rules")
-    expect(page.locator("#rules-message")).to_contain_text("Reloaded: 1 rule(s)")
+    expect(page.locator("#rules-message")).to_contain_text("Reloaded: 2 rule(s)")
 
 
 def test_rules_test_form_says_why_a_rule_does_not_fire(
@@ -87,7 +93,7 @@ def test_rules_test_form_says_why_a_rule_does_not_fire(
     expect(page.locator("#test-result")).to_contain_text("SCHED1")
     # Condition by condition: the calling AE holds, the plan label fails.
     expect(page.locator("#test-result li.holds")).to_contain_text("match.calling_aet: holds for")
-    expect(page.locator("#test-result li.fails")).to_contain_text("match.plan_label")
+    expect(page.locator("#test-result li.fails").first).to_contain_text("match.plan_label")
     shot(page, "rules-test")
     # The plan's own page says which rule decided on its study, and why it did not fire.
     plan_id = str(rtset.rtplan.SOPInstanceUID)
@@ -101,7 +107,7 @@ def test_rules_test_form_says_why_a_rule_does_not_fire(
     shot(page, "plan-decisions")
     page.click("#test-rules-on-study")
     expect(page.locator("#test-study")).to_have_value(rtset.study_uid)
-    expect(page.locator("#test-result li.fails")).to_contain_text("match.plan_label")
+    expect(page.locator("#test-result li.fails").first).to_contain_text("match.plan_label")
 
 
 def test_activity_page_shows_transfers_and_success_rates(
@@ -165,6 +171,45 @@ def test_opened_for_one_study_shows_only_its_plans(
     expect(page.locator("tr.plan", has_text="FOCUS1")).to_be_visible()
     assert page.locator("tr.plan", has_text="OTHER2").count() == 0
     shot(page, "plans-one-study")
+
+
+def test_a_held_plan_is_approved_on_the_page_after_a_deliberate_decision(
+    browser: Browser, servers: dict[str, OrthancProcess], tmp_path: Path
+) -> None:
+    gateway, archive = servers["gateway"], servers["archive"]
+    held = make_rt_set("UI-HOLD-1", "Held^Helga", plan_label="CURATIVE")
+    storescu(write_datasets(held.all(), tmp_path), gateway.dicom_port, calling="HOLDER")
+    context = browser.new_context(http_credentials={"username": USER, "password": PASSWORD},
+                                  viewport={"width": 1366, "height": 768})
+    page = context.new_page()
+    try:
+        page.goto(f"{gateway.url}/rt-gateway/ui/#approvals")
+        row = page.locator("#approvals-table tr", has_text="UI-HOLD-1")
+        expect(row).to_contain_text("Held, Helga", timeout=60_000)
+        expect(row).to_contain_text("plans for treatment need a physicist")
+        expect(row).to_contain_text("awaiting")
+        expect(page.locator("#approvals-badge")).to_contain_text("1 waiting")
+        assert page.evaluate("document.documentElement.scrollWidth <= window.innerWidth")
+        shot(page, "approvals-waiting")
+        row.get_by_role("button", name="Decide").click()
+        expect(page.locator("#decide")).to_contain_text("Nothing is sent until you approve")
+        page.click("#decide-reject")   # a rejection without a reason is not taken
+        expect(page.locator("#decide-warning")).to_contain_text("says why")
+        assert archive.post("/tools/lookup", held.study_uid).json() == []
+        shot(page, "approvals-dialog")
+        page.fill("#decide-comment", "checked against the TPS plan report")
+        page.click("#decide-approve")
+        expect(page.locator("#approvals-message")).to_contain_text("Approved by you")
+        wait_until(lambda: (found := archive.post("/tools/lookup", held.study_uid).json()) and
+                   len(archive.json(f"/studies/{found[0]['ID']}/instances")) == len(held.all()),
+                   60, "the approved plan delivered whole")
+        page.goto(f"{gateway.url}/rt-gateway/ui/#approvals?state=decided")
+        decided = page.locator("#approvals-table tr", has_text="UI-HOLD-1")
+        expect(decided).to_contain_text(f"approved by {USER}")
+        expect(decided).to_contain_text("checked against the TPS plan report")
+        shot(page, "approvals-decided")
+    finally:
+        context.close()
 
 
 def test_health_tab_reviews_the_clean_up_and_deletes_only_after_confirmation(

@@ -155,3 +155,37 @@ def test_a_waiting_approval_whose_jobs_were_cancelled_closes(store: ApprovalStor
     assert queue.cancel_by_hand(job_id)
     assert store.close_emptied() == 1
     assert store.counts() == {"decided": 1}
+
+
+# -- destination groups (rules/groups.py): read with the rules, expanded where a target is written
+GROUPED = """
+groups:
+  TPS: [ORGANO, MOSAIQ]
+rules:
+  - name: to the planning systems
+    on: stable-study
+    match: {calling_aet: CT}
+    actions:
+      - forward: [TPS, ARCHIVE, ORGANO]
+"""
+KNOWN = {"ORGANO", "MOSAIQ", "ARCHIVE"}
+
+
+def test_a_group_is_expanded_wherever_a_target_is_written_each_destination_once() -> None:
+    ruleset = load_rules_text(GROUPED, KNOWN)
+    assert getattr(ruleset.rules[0].actions[0], "targets", None) == ("ORGANO", "MOSAIQ", "ARCHIVE")
+    assert ruleset.sections["groups"] == {"TPS": ("ORGANO", "MOSAIQ")}
+
+
+@pytest.mark.parametrize(("groups", "path", "reason"), [
+    ("groups: {TPS: [ORGANO, NOWHERE]}", "groups.TPS[1]", "unknown destination 'NOWHERE'"),
+    ("groups: {ARCHIVE: [ORGANO]}", "groups.ARCHIVE", "already a destination's name"),
+    ("groups: {TPS: [ORGANO], ALL: [TPS]}", "groups.ALL[0]", "groups do not nest"),
+    ("groups: {TPS: []}", "groups.TPS", "expected a list of destinations"),
+])
+def test_a_wrong_group_is_refused_with_its_path(groups: str, path: str, reason: str) -> None:
+    text = GROUPED.replace("groups:\n  TPS: [ORGANO, MOSAIQ]", groups).replace(
+        "[TPS, ARCHIVE, ORGANO]", "[ARCHIVE]")
+    with pytest.raises(RulesError) as error:
+        load_rules_text(text, KNOWN)
+    assert error.value.path == path and reason in str(error.value)

@@ -360,7 +360,7 @@ def test_yaml_merge_keys_may_be_overridden() -> None:
         ("- a\n", "<file>: expected a mapping with a 'rules' list, got a list"),
         ("{}\n", "<file>: missing 'rules' (expected a list of rules)"),
         ("rule: []\n",
-         "<file>: unknown key 'rule' (expected one of: cleanup, destinations, harvests, rules)"),
+         "<file>: unknown key 'rule' (expected one of: cleanup, destinations, groups, harvests, rules)"),
         ("rules: {}\n", "rules: expected a list of rules, got a mapping"),
         ("rules:\n", "rules: expected a list of rules, got nothing"),
         ("rules: [a]\n", "rules[0]: expected a rule mapping, got 'a'"),

@@ -132,7 +132,7 @@ async function copyText(text, button) {
   button.textContent = copied ? "copied" : "select and copy by hand";
   setTimeout(() => { button.textContent = "copy"; }, 2000);
 }
-const STATE_WORDS = { pending: "waiting", running: "sending", done: "done", dead: "parked", cancelled: "cancelled" };
+const STATE_WORDS = { pending: "waiting", running: "sending", done: "done", dead: "parked", cancelled: "cancelled", held: "awaiting approval" };
 const stateWord = (state) => STATE_WORDS[state] || state;
 // Orthanc's and DCMTK's messages in words a therapist can act on; the raw text stays in a tooltip.
 function humanError(text) {
@@ -153,7 +153,7 @@ function badge(text, kind) { return element("span", { class: "badge " + (kind ||
 const FOCUS = new URLSearchParams(location.search); // Explorer 2's button: ?patient=&study=
 function route() {
   const [tab, query] = location.hash.slice(1).split("?");
-  return { tab: ["plans", "queue", "activity", "rules", "health"].includes(tab) ? tab : "plans", params: new URLSearchParams(query || "") };
+  return { tab: ["plans", "queue", "approvals", "activity", "rules", "health"].includes(tab) ? tab : "plans", params: new URLSearchParams(query || "") };
 }
 function navigate(tab, params, replace) {
   const query = params && params.toString();
@@ -174,7 +174,7 @@ function render() {
   }
   for (const section of document.querySelectorAll(".tab")) section.classList.toggle("active", section.id === "tab-" + tab);
   clearTimeout(refreshTimer);
-  ({ plans: renderPlans, queue: renderQueue, activity: renderActivity, rules: loadRules, health: renderHealth })[tab](params);
+  ({ plans: renderPlans, queue: renderQueue, approvals: renderApprovals, activity: renderActivity, rules: loadRules, health: renderHealth })[tab](params);
 }
 // Arrow keys move between tabs (the ARIA tabs pattern); Enter follows the link.
 $("nav[role=tablist]").addEventListener("keydown", (event) => {
@@ -637,7 +637,7 @@ async function loadPlanDestinations(plan) {
 }
 
 // -- queue: live ---------------------------------------------------------------------------------
-const QUEUE_VIEWS = [["active", "Waiting and sending"], ["parked", "Parked"], ["done", "Done"], ["cancelled", "Cancelled"]];
+const QUEUE_VIEWS = [["active", "Waiting and sending"], ["held", "Awaiting approval"], ["parked", "Parked"], ["done", "Done"], ["cancelled", "Cancelled"]];
 async function renderQueue(params) {
   const view = params.get("view") || "active";
   const target = params.get("target") || "";
@@ -679,13 +679,13 @@ async function renderQueue(params) {
     { title: "To", value: (j) => j.target },
     { title: "Progress", value: (j) => element("span", {}, element("progress", { max: String(j.instances || 1), value: String(j.sent), "aria-label": what(j) }), ` ${j.sent} / ${j.instances} instances`, j.refused ? `, ${j.refused} refused` : "", j.gone ? `, ${j.gone} deleted before sending` : "") },
     { title: "State", value: (j) => badge(j.state, j.state) },
-    view === "active" || view === "parked"
+    view === "active" || view === "parked" || view === "held"
       ? { title: "Age", value: (j) => age(j.created_epoch) }
       : { title: "Finished", value: (j) => secondsTime(j.updated_at) },
     { title: "Why", value: (j) => j.waiting_for || (j.state === "waiting" && j.attempts ? element("span", {}, `retry ${j.attempts + 1} at ${shortTime(j.next_attempt_at)}: `, humanError(j.last_error)) : humanError(j.last_error)) },
     { title: "", value: (j) => element("span", { class: "actions" },
       j.state === "parked" ? element("button", { type: "button", onclick: act(`jobs/${j.id}/retry`, "Retry"), "aria-label": `Retry job ${j.id}: ${what(j)}` }, "Retry") : "",
-      ["parked", "waiting"].includes(j.state) ? element("button", { type: "button", onclick: () => { if (confirm(`Cancel sending ${what(j)}? Nothing more of it will be sent.`)) act(`jobs/${j.id}/cancel`, "Cancel")(); }, "aria-label": `Cancel job ${j.id}: ${what(j)}` }, "Cancel") : "") },
+      ["parked", "waiting", "awaiting approval"].includes(j.state) ? element("button", { type: "button", onclick: () => { if (confirm(`Cancel sending ${what(j)}? Nothing more of it will be sent.`)) act(`jobs/${j.id}/cancel`, "Cancel")(); }, "aria-label": `Cancel job ${j.id}: ${what(j)}` }, "Cancel") : "") },
   ], "Jobs") : element("p", { class: "muted" }, view === "active" ? "Nothing waiting or sending." : "None."));
   pager($("#queue-pager"), answer.page, answer.pages, (p) => navigate("queue", new URLSearchParams({ view, target, page: String(p) })));
   // Live while the tab is shown: every 2 s (a queue of thousands is paged, not downloaded).
@@ -1015,6 +1015,8 @@ async function refreshBadges() {
   try {
     const answer = await call("queue?view=parked&per_page=1");
     $("#queue-badge").textContent = answer.counts.parked ? `${answer.counts.parked} parked` : "";
+    const approvals = await call("approvals?state=waiting&limit=1");
+    $("#approvals-badge").textContent = approvals.total ? `${approvals.total} waiting` : "";
   } catch (_) { /* the tab itself says what failed */ }
   setTimeout(refreshBadges, 10000);
 }
