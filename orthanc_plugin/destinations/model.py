@@ -115,6 +115,10 @@ class DestinationPolicy:
     windows: tuple[Window, ...] = ()
     time_zone: tzinfo | None = None     # None: the machine's local time
     zone_name: str = ""
+    # Where its jobs go instead once they have failed to reach it for failover_after_seconds, or
+    # parked ('' : nowhere). Each job moves whole, so a plan never goes half to each.
+    failover: str = ""
+    failover_after_seconds: float = 600.0
 
     def local(self, epoch: float) -> datetime:
         return datetime.fromtimestamp(epoch, self.time_zone).astimezone(self.time_zone)
@@ -131,4 +135,25 @@ class DestinationPolicy:
         if self.windows:
             parts.append("only " + ", ".join(w.text for w in self.windows)
                          + (f" ({self.zone_name})" if self.zone_name else ""))
+        if self.failover:
+            parts.append(f"fails over to {self.failover} after "
+                         f"{_minutes(self.failover_after_seconds)} unreachable or when parked")
         return "; ".join(parts) or "no limits"
+
+
+def _minutes(seconds: float) -> str:
+    return f"{seconds / 60:g} min" if seconds >= 60 else f"{seconds:g} s"
+
+
+def failover_cycle(policies: dict[str, DestinationPolicy]) -> list[str] | None:
+    """A chain of failovers that comes back to where it started (A -> B -> A), if any."""
+    for start in policies:
+        seen = [start]
+        current = policies[start].failover
+        while current:
+            if current in seen:
+                return [*seen, current]
+            seen.append(current)
+            nxt = policies.get(current)
+            current = nxt.failover if nxt else ""
+    return None

@@ -35,6 +35,8 @@ def add_routes(router: Router, db: Database, queue: JobQueue, known: Callable[[]
             "max_instances_per_minute": policy.max_instances_per_minute,
             "max_mb_per_minute": policy.max_mb_per_minute,
             "windows": [w.text for w in policy.windows],
+            "failover": policy.failover or None,
+            "failover_after_seconds": policy.failover_after_seconds if policy.failover else None,
             "window_open": window.open,
             "window_changes_at": window.changes_at.isoformat() if window.changes_at else None,
             "associations": claims, "instances_in_claims": claimed,

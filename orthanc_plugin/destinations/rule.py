@@ -8,6 +8,9 @@
       RESEARCH:
         windows: ["Mo-Fr 19:00-06:00", "Sa-Su"]
         time_zone: Europe/Brussels     # the site's zone; the machine's when left out
+      LINAC1:
+        failover: LINAC2               # its jobs go to LINAC2 once they have failed to reach
+        failover_after: 10m            # LINAC1 for 10 minutes, or parked; each job moves whole
 
 Read with the rules (reloadable); outside its windows a destination's jobs wait, shown as
 waiting for the window, not as failing.
@@ -18,7 +21,13 @@ from __future__ import annotations
 from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from orthanc_plugin.destinations.model import DestinationPolicy, WindowError, parse_window
+from orthanc_plugin.destinations.model import (
+    DestinationPolicy,
+    WindowError,
+    failover_cycle,
+    parse_window,
+)
+from orthanc_plugin.rules.durations import duration_seconds
 from orthanc_plugin.rules.errors import RulesError
 from orthanc_plugin.rules.numbers import positive_number
 from orthanc_plugin.rules.schema import SECTION_PARSERS
@@ -27,7 +36,7 @@ from orthanc_plugin.rules.wording import kind_of, one_of
 
 SECTION = "destinations"
 KEYS = ("max_associations", "max_instances_per_minute", "max_mb_per_minute", "windows",
-        "time_zone")
+        "time_zone", "failover", "failover_after")
 
 
 def parse_destinations(raw: Any, path: str,
@@ -43,7 +52,19 @@ def parse_destinations(raw: Any, path: str,
         if known is not None and name not in known:
             raise RulesError(here, f"unknown destination '{name}' "
                                    f"(known: {one_of(known) if known else 'none'})")
-        policies[str(name)] = parse_destination(str(name), settings, here)
+        policy = parse_destination(str(name), settings, here)
+        if policy.failover:
+            at = f"{here}.failover"
+            if policy.failover == name:
+                raise RulesError(at, "a destination cannot fail over to itself")
+            if known is not None and policy.failover not in known:
+                raise RulesError(at, f"unknown destination '{policy.failover}' "
+                                     f"(known: {one_of(known) if known else 'none'})")
+        policies[str(name)] = policy
+    cycle = failover_cycle(policies)
+    if cycle:
+        raise RulesError(f"{path}.{cycle[0]}.failover",
+                         f"failovers go round in a circle ({' -> '.join(cycle)})")
     return policies
 
 
@@ -74,12 +95,19 @@ def parse_destination(name: str, raw: Any, path: str) -> DestinationPolicy:
             raise RulesError(f"{path}.time_zone", f"unknown time zone {kind_of(zone_name)} "
                                                   "(expected a name such as Europe/Brussels)") from None
     mb = positive_number(raw, "max_mb_per_minute", path)
+    failover = raw.get("failover", "")
+    if not isinstance(failover, str):
+        raise RulesError(f"{path}.failover", f"expected a destination name, got {kind_of(failover)}")
+    if "failover_after" in raw and not failover:
+        raise RulesError(f"{path}.failover_after", "failover_after needs a failover destination")
+    after = duration_seconds(raw.get("failover_after", "10m"), f"{path}.failover_after")
     return DestinationPolicy(
         name=name,
         max_associations=_whole(raw, "max_associations", path),
         max_instances_per_minute=_whole(raw, "max_instances_per_minute", path),
         max_mb_per_minute=mb,
         windows=tuple(windows), time_zone=zone, zone_name=str(zone_name or ""),
+        failover=failover.strip(), failover_after_seconds=after,
     )
 
 

@@ -379,6 +379,10 @@ class JobQueue:
                 [(stamp, sizes.get(i.instance_id, 0), status, commit_state, since, i.job_id,
                   i.instance_id) for i in items],
             )
+            # It reached its destination: whatever failed before is no longer a run of failures.
+            connection.executemany(
+                "UPDATE jobs SET failing_since=NULL WHERE id=? AND failing_since IS NOT NULL",
+                [(job_id,) for job_id in sorted({i.job_id for i in items})])
 
     @durable_write
     def mark_in_flight(self, items: Sequence[ClaimedItem], orthanc_job: str) -> None:
@@ -470,10 +474,13 @@ class JobQueue:
                     continue
                 decision = decide(job["attempts"], self.policy)
                 state = "pending" if decision.retry else "dead"
+                now = time.time()
                 connection.execute(
                     "UPDATE jobs SET state=?, next_attempt_at=?, updated_at=?, last_error=?, "
-                    "last_status=? WHERE id=?",
-                    (state, time.time() + decision.delay_seconds, stamp, error, status, job_id),
+                    "last_status=?, failing_since=CASE WHEN ? IS NULL THEN failing_since ELSE "
+                    "COALESCE(failing_since, ?) END WHERE id=?",
+                    (state, now + decision.delay_seconds, stamp, error, status, error, now,
+                     job_id),
                 )
                 outcome[job_id] = state
         return outcome
@@ -561,6 +568,44 @@ class JobQueue:
                 "UPDATE jobs SET state='cancelled', updated_at=?, last_status='cancelled' "
                 "WHERE id=? AND state IN ('pending', 'dead', 'held')", (now_iso(), job_id))
             return cursor.rowcount == 1
+
+    def failover_candidates(self, target: str, action: str, failing_before: float) -> list[int]:
+        """Jobs for the target that failed to reach it since before `failing_before`, or parked
+        (not those parked because nobody approved them: another destination would not help)."""
+        return [row["id"] for row in self.db.query(
+            "SELECT id FROM jobs WHERE target=? AND action=? AND ((state='pending' AND "
+            "failing_since IS NOT NULL AND failing_since<=?) OR (state='dead' AND "
+            "COALESCE(last_status, '')<>?)) ORDER BY id",
+            (target, action, failing_before, HOLD_EXPIRED))]
+
+    @durable_write
+    def redirect(self, job_id: int, target: str, reason: str) -> tuple[sqlite3.Row, int | None, int] | None:
+        """Move a waiting or parked job whole to another target: a job for it with every instance
+        of this one (so a plan is never half here, half there), this one cancelled with the reason.
+        Returns (the old job, the new job id or None when the target already has them all, new
+        instances), or None when the job was claimed or finished meanwhile."""
+        with self.db.transaction() as connection:
+            job = connection.execute("SELECT * FROM jobs WHERE id=? AND state IN ('pending', "
+                                     "'dead')", (job_id,)).fetchone()
+            if job is None:
+                return None
+            instances = [row["instance_id"] for row in connection.execute(
+                "SELECT instance_id FROM job_items WHERE job_id=? ORDER BY position", (job_id,))]
+            spec = JobSpec(rule=job["rule"], action=job["action"], trigger=job["trigger"],
+                           level=job["level"], resource_id=job["resource_id"], target=target,
+                           patient_id=job["patient_id"] or "", study_uid=job["study_uid"] or "",
+                           calling_aet=job["calling_aet"] or "", remote_ip=job["remote_ip"] or "",
+                           priority=job["priority"])
+            new_id, count = self.enqueue(connection, spec, instances)
+            if new_id is not None:
+                connection.execute("UPDATE jobs SET last_status='failover', last_error=? WHERE id=?",
+                                   (f"failover from {job['target']} (job {job_id})", new_id))
+            moved = f" (job {new_id})" if new_id is not None else " (it already had them all)"
+            connection.execute(
+                "UPDATE jobs SET state='cancelled', last_status='failed-over', last_error=?, "
+                "updated_at=? WHERE id=?", (f"failed over to {target}{moved}: {reason}",
+                                            now_iso(), job_id))
+            return job, new_id, count
 
     def parked_for(self, target: str) -> list[int]:
         return [row["id"] for row in self.db.query(

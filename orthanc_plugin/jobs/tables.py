@@ -19,7 +19,10 @@ CREATE TABLE IF NOT EXISTS jobs(
     priority INTEGER NOT NULL DEFAULT 10,
     -- The claim running it (one per association chain), and how many of its instances that
     -- claim holds: a destination's caps count these across every worker.
-    claim_id TEXT, claim_items INTEGER NOT NULL DEFAULT 0
+    claim_id TEXT, claim_items INTEGER NOT NULL DEFAULT 0,
+    -- When its current run of failed attempts began (NULL once it delivers): a destination's
+    -- failover moves a job that has failed to reach it for long enough.
+    failing_since REAL
 );
 CREATE INDEX IF NOT EXISTS jobs_ready ON jobs(state, next_attempt_at);
 CREATE INDEX IF NOT EXISTS jobs_rule_target ON jobs(rule, target);
@@ -72,7 +75,7 @@ CREATE TABLE IF NOT EXISTS study_progress(
 ADDED_COLUMNS = {
     "jobs": {"claimed_by": "TEXT", "crashes": "INTEGER NOT NULL DEFAULT 0",
              "priority": "INTEGER NOT NULL DEFAULT 10", "claim_id": "TEXT",
-             "claim_items": "INTEGER NOT NULL DEFAULT 0"},
+             "claim_items": "INTEGER NOT NULL DEFAULT 0", "failing_since": "REAL"},
     "job_items": {"in_flight_job": "TEXT", "in_flight_pos": "INTEGER", "commit_state": "TEXT",
                   "commit_txn": "TEXT", "commit_since": "REAL",
                   # Deliveries made before the column existed were reported by their own rows.

@@ -190,10 +190,16 @@ def test_when_a_window_next_changes() -> None:
     ("{ARCHIVE: {time_zone: Mars/Olympus}}", "destinations.ARCHIVE.time_zone: unknown time zone"),
     ("{ARCHIVE: {speed: 3}}", "destinations.ARCHIVE.speed: unknown option"),
     ("{NOWHERE: {max_associations: 1}}", "destinations.NOWHERE: unknown destination 'NOWHERE'"),
+    ("{ARCHIVE: {failover: ARCHIVE}}", "destinations.ARCHIVE.failover: a destination cannot fail"),
+    ("{ARCHIVE: {failover: MARS}}", "destinations.ARCHIVE.failover: unknown destination 'MARS'"),
+    ("{ARCHIVE: {failover_after: 5m}}", "failover_after needs a failover destination"),
+    ("{ARCHIVE: {failover: BACKUP, failover_after: soon}}", "ARCHIVE.failover_after: expected a dur"),
+    ("{ARCHIVE: {failover: BACKUP}, BACKUP: {failover: ARCHIVE}}",
+     "failovers go round in a circle (ARCHIVE -> BACKUP -> ARCHIVE)"),
 ])
 def test_a_bad_policy_is_refused_with_its_place(section: str, message: str) -> None:
     with pytest.raises(RulesError) as error:
-        load_rules_text(f"destinations: {section}\n" + RULES, {"ARCHIVE"})
+        load_rules_text(f"destinations: {section}\n" + RULES, {"ARCHIVE", "BACKUP"})
     assert message in str(error.value)
 
 

@@ -167,3 +167,38 @@ def test_a_delivery_in_an_older_database_is_not_counted_again(tmp_path: Path) ->
     queue.mark_sent(claim.items, {"new": 5})
     with db.transaction() as connection:
         assert queue.take_unreported(connection, job_id) == (1, 5)
+
+
+def test_a_job_failing_over_moves_whole_even_what_reached_the_primary(queue: JobQueue) -> None:
+    job_id, _ = enqueue(queue, ["ct1", "ct2", "plan"], target="LINAC1")
+    assert job_id is not None
+    claim = queue.claim(max_items=10)
+    assert claim is not None
+    queue.mark_sent(claim.items[:1], {})          # ct1 reached LINAC1, then it went down
+    queue.settle(claim.job_ids, "connection refused", "failed")
+    failing = queue.db.query("SELECT failing_since FROM jobs WHERE id=?", (job_id,))[0][0]
+    assert failing is not None
+    assert queue.failover_candidates("LINAC1", "forward", failing - 1) == []
+    assert queue.failover_candidates("LINAC1", "forward", failing) == [job_id]
+    moved = queue.redirect(job_id, "LINAC2", "LINAC1 not reached for 600 s")
+    assert moved is not None
+    _, new_id, count = moved
+    assert count == 3                              # the whole plan, ct1 included
+    assert [r["instance_id"] for r in queue.db.query(
+        "SELECT instance_id FROM job_items WHERE job_id=? ORDER BY position", (new_id,))] == [
+        "ct1", "ct2", "plan"]
+    old = queue.get(job_id)
+    assert old is not None and old["state"] == "cancelled" and old["last_status"] == "failed-over"
+    assert queue.redirect(job_id, "LINAC2", "again") is None     # moved once
+
+
+def test_a_delivery_ends_a_run_of_failures(queue: JobQueue) -> None:
+    job_id, _ = enqueue(queue, ["a", "b"])
+    claim = queue.claim(max_items=1)
+    assert claim is not None
+    queue.settle(claim.job_ids, "timed out", "failed")
+    queue.db.execute("UPDATE jobs SET next_attempt_at=0")
+    claim = queue.claim(max_items=1)
+    assert claim is not None
+    queue.mark_sent(claim.items, {})
+    assert queue.db.query("SELECT failing_since FROM jobs WHERE id=?", (job_id,))[0][0] is None
