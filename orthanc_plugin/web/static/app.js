@@ -934,7 +934,8 @@ function destinationNow(d) {
 function waitingText(d) {
   if (!d) return "";
   const byPriority = Object.entries(d.waiting_by_priority).map(([p, n]) => `${n} ${p}`).join(", ");
-  return [byPriority ? `${byPriority} job(s)` : "nothing", d.held].filter(Boolean).join(": ");
+  const approval = d.awaiting_approval ? `${d.awaiting_approval} awaiting approval` : "";
+  return [[byPriority ? `${byPriority} job(s)` : "nothing", d.held].filter(Boolean).join(": "), approval].filter(Boolean).join("; ");
 }
 
 // -- storage clean-up (a dry run: what would go, and why each other study stays) ------------------
