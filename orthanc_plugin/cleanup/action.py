@@ -95,7 +95,7 @@ class StorageCleanup:
     # -- what the storage holds ---------------------------------------------------------------
     def usage(self) -> StorageUse:
         statistics = self.host.get_json("/statistics")
-        megabytes = float(statistics.get("TotalDiskSizeMB", 0) or 0)
+        megabytes = megabytes_of(statistics, "TotalDiskSize")
         try:
             disk = shutil.disk_usage(self.storage_directory)
             return StorageUse(megabytes, 100.0 * disk.used / disk.total if disk.total else 0.0,
@@ -161,8 +161,7 @@ class StorageCleanup:
 
     def _size_mb(self, study_id: str) -> float:
         try:
-            return float(self.host.get_json(f"/studies/{study_id}/statistics")
-                         .get("DiskSizeMB", 0) or 0)
+            return megabytes_of(self.host.get_json(f"/studies/{study_id}/statistics"), "DiskSize")
         except HostError:
             return 0.0
 
@@ -221,6 +220,17 @@ class StorageCleanup:
             "study-deleted", status="ok", resource_id=study.study_id,
             patient_id=study.patient_id, study_uid=study.study_uid,
             detail=f"{verdict.reason}" + (f"; round asked for by {user}" if user else ""))
+
+
+def megabytes_of(statistics: Any, key: str) -> float:
+    """Orthanc's size in MB from its exact byte count ("TotalDiskSize", as text), not its rounded
+    "...MB" field: a study of 0.4 MB rounded to 0 would seem to free nothing."""
+    if not isinstance(statistics, dict):
+        return 0.0
+    try:
+        return int(str(statistics[key])) / 1048576.0
+    except (KeyError, ValueError):
+        return float(statistics.get(key + "MB", 0) or 0)
 
 
 class DeleteAfterForwarded:

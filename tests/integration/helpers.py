@@ -10,7 +10,9 @@ from typing import Any
 
 from pydicom.dataset import Dataset
 
+from tests.integration.conftest import keep_logs, require_orthanc
 from tests.support.orthanc import OrthancProcess
+from tests.support.peers import CountingPeer
 
 
 def study_sop_uids(peer: OrthancProcess, study_uid: str) -> set[str]:
@@ -82,3 +84,24 @@ def running_peers(workdir: Path, *names: str) -> Iterator[dict[str, OrthancProce
     finally:
         for peer in peers.values():
             peer.stop()
+
+
+def counting_peers(*names: str) -> Iterator[dict[str, CountingPeer]]:
+    """Counting receivers by AE title, closed when the module ends (yield from a fixture)."""
+    made = {name: CountingPeer(name) for name in names}
+    yield made
+    for peer in made.values():
+        peer.close()
+
+
+def gateway_to_peers(workdir: Path, peers: dict[str, CountingPeer], rules: str, log_name: str,
+                     **settings: Any) -> Iterator[OrthancProcess]:
+    """One gateway Orthanc whose modalities are the peers (yield from a module fixture)."""
+    require_orthanc()
+    process = OrthancProcess(workdir / "gateway", "RTGATEWAY", plugin=True, rules=rules,
+                             modalities={name: (name, peer.port) for name, peer in peers.items()},
+                             **settings)
+    process.start()
+    yield process
+    process.stop()
+    keep_logs(process, log_name)

@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from tests.integration.conftest import keep_logs, require_orthanc
+from tests.integration.helpers import counting_peers, gateway_to_peers
 from tests.support.orthanc import PASSWORD, USER, OrthancProcess, storescu, wait_until
 from tests.support.peers import CountingPeer
 from tests.support.rtset import make_rt_set, write_datasets
@@ -40,24 +40,14 @@ rules:
 
 @pytest.fixture(scope="module")
 def peers() -> Iterator[dict[str, CountingPeer]]:
-    made = {name: CountingPeer(name) for name in ("LINAC", "ARCHIVE")}
-    yield made
-    for peer in made.values():
-        peer.close()
+    yield from counting_peers("LINAC", "ARCHIVE")
 
 
 @pytest.fixture(scope="module")
 def gateway(workdir: Path, peers: dict[str, CountingPeer]) -> Iterator[OrthancProcess]:
-    require_orthanc()
-    process = OrthancProcess(
-        workdir / "gateway", "RTGATEWAY", plugin=True, rules=RULES,
-        modalities={name: (name, peer.port) for name, peer in peers.items()},
-        extra={"RegisteredUsers": {USER: PASSWORD, CURIE[0]: CURIE[1], BRAGG[0]: BRAGG[1],
-                                   INTRUDER[0]: INTRUDER[1]}})
-    process.start()
-    yield process
-    process.stop()
-    keep_logs(process, "approvals-gateway")
+    users = {USER: PASSWORD, CURIE[0]: CURIE[1], BRAGG[0]: BRAGG[1], INTRUDER[0]: INTRUDER[1]}
+    yield from gateway_to_peers(workdir, peers, RULES, "approvals-gateway",
+                                extra={"RegisteredUsers": users})
 
 
 def waiting(gateway: OrthancProcess, patient_id: str) -> dict[str, Any] | None:

@@ -107,3 +107,59 @@ def test_a_delivered_study_leaves_and_a_parked_one_stays_with_its_reason(
     round_now = gateway.post("/rt-gateway/cleanup/run", {"confirm": True}).json()
     assert parked_id not in [study["id"] for study in round_now["deleted"]]
     assert study_id(gateway, parked.study_uid) == parked_id
+
+
+HOLD_RULE = """
+  - name: held for a physicist
+    on: stable-study
+    match: {calling_aet: HOLDER}
+    actions:
+      - hold: {expires: 7d}
+      - forward: ARCHIVE
+"""
+
+
+def test_over_the_storage_threshold_the_oldest_free_study_goes_first(
+        gateway: OrthancProcess, archive: CountingPeer, tmp_path: Path) -> None:
+    """Oldest first, skipping what is still needed: the parked study of the test before and a
+    study awaiting approval are older than OLD, yet OLD is the one deleted, and only it."""
+    gateway.rules_path.write_text(RULES + HOLD_RULE)
+    assert gateway.post("/rt-gateway/rules/reload").status_code == 200
+    held = make_rt_set("THRESH-HELD", "Held^Hugo")
+    storescu(write_datasets(held.all(), tmp_path / "held"), gateway.dicom_port, calling="HOLDER",
+             called="RTGATEWAY")
+    wait_until(lambda: gateway.json("/rt-gateway/approvals")["total"] == 1, 60,
+               "the study held for approval")
+    made = {}
+    for name in ("OLD", "MID", "NEW"):
+        study = make_rt_set(f"THRESH-{name}", f"Thresh^{name.title()}")
+        storescu(write_datasets(study.all(), tmp_path / name), gateway.dicom_port,
+                 calling="PLANNING", called="RTGATEWAY")
+        wait_until(lambda s=study: all(archive.stores[str(ds.SOPInstanceUID)] for ds in s.all()),
+                   60, f"{name} delivered")
+        made[name] = study
+    ids = {name: study_id(gateway, study.study_uid) for name, study in made.items()}
+    total = int(gateway.json("/statistics")["TotalDiskSize"])
+    old_size = int(gateway.json(f"/studies/{ids['OLD']}/statistics")["DiskSize"])
+    threshold_gb = (total - old_size / 2) / 1048576 / 1024
+    gateway.rules_path.write_text(
+        f"cleanup: {{storage_above_gb: {threshold_gb:.12f}, quiet_for: 0s, check_every: 1s}}\n"
+        + RULES + HOLD_RULE)
+    assert gateway.post("/rt-gateway/rules/reload").status_code == 200
+    try:
+        wait_until(lambda: study_id(gateway, made["OLD"].study_uid) is None, 60,
+                   "the oldest free study deleted")
+        (deleted,) = [row for row in gateway_rows(gateway, kind="events", patient="THRESH-OLD")
+                      if row["event"] == "study-deleted"]
+        assert "the oldest go first" in deleted["detail"]
+        review = gateway.json("/rt-gateway/cleanup")
+        assert review["storage"]["over"] is None
+        reasons = {study["patient_id"]: study["reason"] for study in review["studies"]}
+        assert "awaiting approval" in reasons["THRESH-HELD"]
+        assert "parked" in reasons["CLEAN-2"]
+        for name in ("MID", "NEW"):
+            assert study_id(gateway, made[name].study_uid) == ids[name]
+        assert study_id(gateway, held.study_uid) is not None
+    finally:
+        gateway.rules_path.write_text(RULES)
+        gateway.post("/rt-gateway/rules/reload")

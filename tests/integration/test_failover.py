@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.integration.conftest import keep_logs, require_orthanc
+from tests.integration.helpers import counting_peers, gateway_to_peers
 from tests.support.orthanc import OrthancProcess, storescu, wait_until
 from tests.support.peers import CountingPeer
 from tests.support.rtset import make_rt_set, write_datasets
@@ -32,27 +32,18 @@ rules:
 
 @pytest.fixture(scope="module")
 def peers() -> Iterator[dict[str, CountingPeer]]:
-    made = {name: CountingPeer(name) for name in ("PRIMARY", "BACKUP")}
-    made["PRIMARY"].stop()   # down until the second test starts it
-    yield made
-    for peer in made.values():
-        peer.close()
+    yield from counting_peers("PRIMARY", "BACKUP")
 
 
 @pytest.fixture(scope="module")
 def gateway(workdir: Path, peers: dict[str, CountingPeer]) -> Iterator[OrthancProcess]:
-    require_orthanc()
-    process = OrthancProcess(workdir / "gateway", "RTGATEWAY", plugin=True, rules=RULES,
-                             modalities={name: (name, peer.port) for name, peer in peers.items()})
-    process.start()
-    yield process
-    process.stop()
-    keep_logs(process, "failover-gateway")
+    yield from gateway_to_peers(workdir, peers, RULES, "failover-gateway")
 
 
 def test_primary_down_the_plan_goes_wholly_to_the_failover(
         gateway: OrthancProcess, peers: dict[str, CountingPeer], tmp_path: Path) -> None:
     primary, backup = peers["PRIMARY"], peers["BACKUP"]
+    primary.stop()   # down until the next test starts it again
     plan = make_rt_set("FAIL-1", "Over^Otto", n_slices=6)
     uids = {str(ds.SOPInstanceUID) for ds in plan.all()}
     storescu(write_datasets(plan.all(), tmp_path), gateway.dicom_port, calling="TPS",

@@ -19,7 +19,7 @@ from typing import Any
 import pytest
 from pydicom.uid import generate_uid
 
-from tests.integration.conftest import keep_logs, require_orthanc
+from tests.integration.helpers import counting_peers, gateway_to_peers
 from tests.support.orthanc import OrthancProcess, storescu, wait_until
 from tests.support.peers import CountingPeer
 from tests.support.rtset import make_ct_series, make_rt_set, write_datasets
@@ -70,22 +70,13 @@ def closed_window() -> str:
 
 @pytest.fixture(scope="module")
 def peers() -> Iterator[dict[str, CountingPeer]]:
-    made = {name: CountingPeer(name) for name in ("ARCHIVE", "PACED", "NIGHT")}
-    yield made
-    for peer in made.values():
-        peer.close()
+    yield from counting_peers("ARCHIVE", "PACED", "NIGHT")
 
 
 @pytest.fixture(scope="module")
 def gateway(workdir: Path, peers: dict[str, CountingPeer]) -> Iterator[OrthancProcess]:
-    require_orthanc()
-    process = OrthancProcess(workdir / "gateway", "RTGATEWAY", plugin=True,
-                             rules=policy(closed_window()) + RULES,
-                             modalities={name: (name, peer.port) for name, peer in peers.items()})
-    process.start()
-    yield process
-    process.stop()
-    keep_logs(process, "routing-policy-gateway")
+    yield from gateway_to_peers(workdir, peers, policy(closed_window()) + RULES,
+                                "routing-policy-gateway")
 
 
 def destination(gateway: OrthancProcess, name: str) -> dict[str, Any]:
