@@ -45,6 +45,8 @@ class Hooks:
     claim_admission: list[AdmissionCheck] = field(default_factory=list)
     # Gauges a capability adds to the Prometheus snapshot (name -> value), read per scrape.
     metrics: list[Callable[[], dict[str, float]]] = field(default_factory=list)
+    # Sections a capability adds to GET stats (name -> JSON value), read per request.
+    stats: list[Callable[[], dict[str, Any]]] = field(default_factory=list)
 
 
 @dataclass(eq=False)  # identity: plans/routes keys providers by context

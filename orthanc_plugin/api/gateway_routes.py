@@ -132,7 +132,10 @@ def add_routes(router: Router, gateway: Gateway) -> None:
         return json_response(rows)
 
     def get_stats(_: Request) -> Response:
-        return json_response(stats(gateway.db))
+        result = stats(gateway.db)
+        for section in gateway.hooks.stats:
+            result.update(section())
+        return json_response(result)
 
     router.add("GET", "internal/metrics", internal_metrics)
     router.add("GET", "health", get_health)

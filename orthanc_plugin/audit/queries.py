@@ -124,11 +124,13 @@ def stats(db: Database) -> dict[str, Any]:
             f"SELECT {key} AS name, "
             "SUM(CASE WHEN state IN ('pending','running') THEN 1 ELSE 0 END) AS pending, "
             "SUM(CASE WHEN state='dead' THEN 1 ELSE 0 END) AS parked, "
+            "SUM(CASE WHEN state='held' THEN 1 ELSE 0 END) AS held, "
             "SUM(CASE WHEN state='done' THEN 1 ELSE 0 END) AS done "
             f"FROM jobs GROUP BY {key}"
         ):
             _group(groups, row["name"]).update(
-                pending=row["pending"], parked=row["parked"], jobs_done=row["done"])
+                pending=row["pending"], parked=row["parked"], jobs_done=row["done"],
+                awaiting_approval=row["held"])
         # Instances finally failed: those of parked jobs that did not arrive (retries to a node
         # that was down are not failures once the instance arrives).
         for row in db.query(
@@ -152,6 +154,7 @@ def stats(db: Database) -> dict[str, Any]:
             entry.setdefault("parked", 0)
             entry.setdefault("jobs_done", 0)
             entry.setdefault("instances_parked", 0)
+            entry.setdefault("awaiting_approval", 0)
             last = db.query(
                 f"SELECT error, ended_at FROM transfers WHERE {key}=? AND status<>'success' "
                 "ORDER BY id DESC LIMIT 1",

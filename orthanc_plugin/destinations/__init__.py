@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING
 from orthanc_plugin.destinations.admission import DestinationAdmission
 from orthanc_plugin.destinations.failover import Failover
 from orthanc_plugin.destinations.model import DestinationPolicy
-from orthanc_plugin.destinations.routes import add_routes
+from orthanc_plugin.destinations.routes import add_routes, destination_states
 from orthanc_plugin.destinations.rule import SECTION
 from orthanc_plugin.periodic import PeriodicLoop
 
@@ -34,6 +34,8 @@ def install(ctx: CapabilityContext) -> None:
     ctx.hooks.on_start.append(loop.start)
     ctx.hooks.on_stop.append(loop.stop)
     add_routes(ctx.router, ctx.db, ctx.queue, ctx.known_targets, policies)
+    ctx.hooks.stats.append(lambda: {"destinations": destination_states(
+        ctx.db, ctx.queue, ctx.known_targets, policies)})
 
 
 __all__ = ["install"]

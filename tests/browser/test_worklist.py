@@ -407,7 +407,7 @@ def test_health_on_the_page_and_every_view_fits_a_laptop(
     expect(page.locator("#destinations tr", has_text="ARCHIVE")).to_contain_text("answered at")
     page.locator("#destinations tr", has_text="LATE").get_by_role("button").click()
     shot(page, "health")
-    for view in ("plans", "queue", "activity", "rules", "health"):
+    for view in ("plans", "queue", "approvals", "activity", "rules", "health"):
         page.goto(f"{gateway.url}/rt-gateway/ui/#{view}")
         expect(page.locator(f"#tab-{view}")).to_be_visible()
         page.wait_for_load_state("networkidle")

@@ -78,6 +78,11 @@ def test_one_approves_a_target_another_rejects_the_other_only_the_approved_recei
     assert "Held" in waiting(gateway, "HOLD-1")["patient_name"]
     states = {d["name"]: d for d in gateway.json("/rt-gateway/destinations")}
     assert states["LINAC"]["awaiting_approval"] == 1 and states["ARCHIVE"]["awaiting_approval"] == 1
+    stats = gateway.json("/rt-gateway/stats")
+    assert stats["by_target"]["LINAC"]["awaiting_approval"] == 1
+    assert stats["by_rule"]["plans for treatment"]["awaiting_approval"] == 2
+    assert {d["name"]: d["awaiting_approval"] for d in stats["destinations"]} == {
+        "LINAC": 1, "ARCHIVE": 1}
     assert linac.distinct() == 0 and archive.distinct() == 0
 
     # Nobody but an approver decides, and not without being signed in.

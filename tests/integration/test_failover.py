@@ -58,7 +58,8 @@ def test_primary_down_the_plan_goes_wholly_to_the_failover(
     events = gateway.json("/rt-gateway/audit", params={"kind": "events", "patient": "FAIL-1"})
     (event,) = [e for e in events if e["event"] == "failed-over"]
     assert "moved whole to BACKUP" in event["detail"] and event["target"] == "PRIMARY"
-    (state,) = [d for d in gateway.json("/rt-gateway/destinations") if d["name"] == "PRIMARY"]
+    (state,) = [d for d in gateway.json("/rt-gateway/stats")["destinations"]
+                if d["name"] == "PRIMARY"]
     assert state["failover"] == "BACKUP" and "fails over to BACKUP" in state["policy"]
 
 
