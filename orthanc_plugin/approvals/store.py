@@ -245,6 +245,12 @@ class ApprovalStore:
             entry["instances"] += job["instances"]
             entry["sent"] += job["sent"]
             entry["states"].append(job["state"])
+        # What a physicist recognises a study by: its plans (read now, so a plan tracked after
+        # the hold is named too).
+        labels = [row["plan_label"] for row in self.db.query(
+            "SELECT plan_label FROM plan_bundles WHERE study_uid=? AND patient_id=? AND "
+            "COALESCE(plan_label, '')<>'' ORDER BY first_seen_epoch LIMIT 10",
+            (row["study_uid"] or "", row["patient_id"] or ""))] if row["level"] != "plan" else []
         for entry in targets.values():
             entry["held"] = HELD in entry["states"]
             entry["decisions"] = [dict(d) for d in decisions if d["target"] == entry["target"]]
@@ -254,6 +260,7 @@ class ApprovalStore:
             "study_uid": row["study_uid"] or "", "patient_name": row["patient_name"] or "",
             "study_description": row["study_description"] or "",
             "study_date": row["study_date"] or "", "plan_label": row["plan_label"] or "",
+            "plans_of_study": labels,
             "approvers": json.loads(row["approvers"]), "state": row["state"],
             "created_at": row["created_at"], "expires_at": iso_at(row["expires_epoch"]),
             "targets": list(targets.values()),

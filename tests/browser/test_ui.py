@@ -187,6 +187,7 @@ def test_a_held_plan_is_approved_on_the_page_after_a_deliberate_decision(
         row = page.locator("#approvals-table tr", has_text="UI-HOLD-1")
         expect(row).to_contain_text("Held, Helga", timeout=60_000)
         expect(row).to_contain_text("plans for treatment need a physicist")
+        expect(row).to_contain_text("plan CURATIVE")
         expect(row).to_contain_text("awaiting")
         expect(page.locator("#approvals-badge")).to_contain_text("1 waiting")
         assert page.evaluate("document.documentElement.scrollWidth <= window.innerWidth")

@@ -16,6 +16,7 @@ from orthanc_plugin.config import RetryPolicySettings
 from orthanc_plugin.db import META_SCHEMA, Database
 from orthanc_plugin.jobs.queue import JobQueue, JobSpec
 from orthanc_plugin.jobs.tables import SCHEMA as JOBS_SCHEMA
+from orthanc_plugin.plans.tables import SCHEMA as PLANS_SCHEMA
 from orthanc_plugin.rules import RulesError
 from orthanc_plugin.rules.schema import load_rules_text
 
@@ -65,7 +66,8 @@ def test_a_wrong_hold_is_refused_with_its_path(actions: str, path: str, reason: 
 @pytest.fixture
 def store(tmp_path: Path) -> ApprovalStore:
     return ApprovalStore(Database(tmp_path / "a.sqlite",
-                                  [META_SCHEMA, AUDIT_SCHEMA, JOBS_SCHEMA, APPROVALS_SCHEMA]))
+                                  [META_SCHEMA, AUDIT_SCHEMA, JOBS_SCHEMA, PLANS_SCHEMA,
+                                   APPROVALS_SCHEMA]))
 
 
 def queue_held(store: ApprovalStore, targets: list[str], hold: HoldAction,

@@ -38,11 +38,13 @@ async function renderApprovals(params) {
 function a_state(state) { return state === "waiting" ? "Expires" : "State"; }
 
 function approvalWhat(a) {
-  const main = a.plan_label ? `plan ${a.plan_label}` : (a.study_description || (a.level === "plan" ? "a plan" : "a study"));
-  return element("span", {}, main, element("div", { class: "muted" }, dicomDate(a.study_date)));
+  const plans = a.plan_label ? [a.plan_label] : a.plans_of_study;
+  const main = plans.length ? `plan ${plans.join(", ")}` : (a.study_description || (a.level === "plan" ? "a plan" : "a study"));
+  return element("span", {}, main, element("div", { class: "muted" }, [plans.length ? a.study_description : "", dicomDate(a.study_date)].filter(Boolean).join(" · ")));
 }
 function approvalWords(a) {
-  return `${a.plan_label ? "plan " + a.plan_label : a.study_description || "the study"} of ${personName(a.patient_name) || a.patient_id}`;
+  const plans = a.plan_label ? [a.plan_label] : a.plans_of_study;
+  return `${plans.length ? "plan " + plans.join(", ") : a.study_description || "the study"} of ${personName(a.patient_name) || a.patient_id}`;
 }
 // One line per destination: held, or who decided what and when, and what went.
 function targetLine(t) {
