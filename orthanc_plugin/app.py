@@ -252,7 +252,7 @@ class Gateway:
             return
         text = self.db.get_meta(RULES_TEXT_KEY) or ""
         try:
-            ruleset = load_rules_text(text, None)
+            ruleset = load_rules_text(text, None, Path(self.config.rules_file).parent)
         except RulesError as error:  # the lead validated it; log and keep what is in force
             self.host.log_error(f"published rules not loaded: {error}")
             return

@@ -25,7 +25,7 @@ if TYPE_CHECKING:
 RULE_MODULES: list[str] = ["orthanc_plugin.contours.rule", "orthanc_plugin.deid.rule",
                           "orthanc_plugin.export.rule", "orthanc_plugin.harvest.rule",
                           "orthanc_plugin.cleanup.rule", "orthanc_plugin.destinations.rule",
-                          "orthanc_plugin.approvals.rule"]
+                          "orthanc_plugin.approvals.rule", "orthanc_plugin.transform.rule"]
 
 # Packages with an install(ctx) function, called once the gateway's core is built.
 CAPABILITIES: list[str] = [
@@ -33,6 +33,7 @@ CAPABILITIES: list[str] = [
     "orthanc_plugin.harvest", "orthanc_plugin.deid", "orthanc_plugin.importer",
     "orthanc_plugin.export", "orthanc_plugin.plans", "orthanc_plugin.index",
     "orthanc_plugin.cleanup", "orthanc_plugin.destinations", "orthanc_plugin.approvals",
+    "orthanc_plugin.webhooks", "orthanc_plugin.transform",
 ]
 
 

@@ -119,6 +119,11 @@ class DestinationPolicy:
     # parked ('' : nowhere). Each job moves whole, so a plan never goes half to each.
     failover: str = ""
     failover_after_seconds: float = 600.0
+    # What its copy is made of (orthanc_plugin/transform): a transfer syntax by name and a tag
+    # coercion (opaque here), applied to every forward to it, by rule or by hand.
+    transfer_syntax: str = "as-received"
+    coercion: object | None = None
+    transfer_syntax_title: str = ""
 
     def local(self, epoch: float) -> datetime:
         return datetime.fromtimestamp(epoch, self.time_zone).astimezone(self.time_zone)
@@ -138,6 +143,10 @@ class DestinationPolicy:
         if self.failover:
             parts.append(f"fails over to {self.failover} after "
                          f"{_minutes(self.failover_after_seconds)} unreachable or when parked")
+        if self.transfer_syntax_title:
+            parts.append(f"sent as {self.transfer_syntax_title}")
+        if self.coercion is not None:
+            parts.append("tags changed on its copy")
         return "; ".join(parts) or "no limits"
 
 

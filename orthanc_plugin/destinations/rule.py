@@ -11,6 +11,9 @@
       LINAC1:
         failover: LINAC2               # its jobs go to LINAC2 once they have failed to reach
         failover_after: 10m            # LINAC1 for 10 minutes, or parked; each job moves whole
+      CD_ROBOT:
+        transfer_syntax: implicit-little   # transform/syntax.py names; as-received by default
+        coerce: {set: {InstitutionName: "Clinique Sud"}}  # transform/coerce.py
 
 Read with the rules (reloadable); outside its windows a destination's jobs wait, shown as
 waiting for the window, not as failing.
@@ -33,10 +36,13 @@ from orthanc_plugin.rules.numbers import positive_number
 from orthanc_plugin.rules.schema import SECTION_PARSERS
 from orthanc_plugin.rules.schema_actions import ActionContext
 from orthanc_plugin.rules.wording import kind_of, one_of
+from orthanc_plugin.transform.coerce import CoercionError, parse_coercion
+from orthanc_plugin.transform.syntax import AS_RECEIVED, syntax_named
+from orthanc_plugin.transform.syntax import NAMES as SYNTAX_NAMES
 
 SECTION = "destinations"
 KEYS = ("max_associations", "max_instances_per_minute", "max_mb_per_minute", "windows",
-        "time_zone", "failover", "failover_after")
+        "time_zone", "failover", "failover_after", "transfer_syntax", "coerce")
 
 
 def parse_destinations(raw: Any, path: str,
@@ -101,6 +107,18 @@ def parse_destination(name: str, raw: Any, path: str) -> DestinationPolicy:
     if "failover_after" in raw and not failover:
         raise RulesError(f"{path}.failover_after", "failover_after needs a failover destination")
     after = duration_seconds(raw.get("failover_after", "10m"), f"{path}.failover_after")
+    syntax_name = raw.get("transfer_syntax", AS_RECEIVED)
+    if syntax_name not in SYNTAX_NAMES:
+        raise RulesError(f"{path}.transfer_syntax", f"unknown transfer syntax {kind_of(syntax_name)} "
+                                                    f"(expected one of: {one_of(SYNTAX_NAMES)})")
+    syntax = syntax_named(syntax_name)
+    coercion = None
+    if "coerce" in raw:
+        try:
+            coercion = parse_coercion(raw["coerce"], f"{path}.coerce")
+        except CoercionError as error:
+            where, _, why = str(error).partition(": ")
+            raise RulesError(where, why) from None
     return DestinationPolicy(
         name=name,
         max_associations=_whole(raw, "max_associations", path),
@@ -108,6 +126,8 @@ def parse_destination(name: str, raw: Any, path: str) -> DestinationPolicy:
         max_mb_per_minute=mb,
         windows=tuple(windows), time_zone=zone, zone_name=str(zone_name or ""),
         failover=failover.strip(), failover_after_seconds=after,
+        transfer_syntax=syntax_name, coercion=coercion,
+        transfer_syntax_title=syntax.title if syntax else "",
     )
 
 

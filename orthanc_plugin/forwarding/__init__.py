@@ -16,6 +16,10 @@ from orthanc_plugin.forwarding.tables import COMMIT_INDEX
 from orthanc_plugin.forwarding.verify import InFlightVerifier
 from orthanc_plugin.labels import PARKED, StudyLabels, label_for_target, orthanc_study_id
 from orthanc_plugin.rules import ForwardAction
+from orthanc_plugin.transform.copy import CopyMaker
+from orthanc_plugin.transform.names_source import NameTables
+from orthanc_plugin.transform.record import CopyRecorder
+from orthanc_plugin.transform.resolve import CopySpecs
 
 if TYPE_CHECKING:
     from orthanc_plugin.context import CapabilityContext
@@ -55,6 +59,9 @@ def install(ctx: CapabilityContext) -> None:
         ctx.config.max_instances_per_association,
         InFlightVerifier(ctx.host, ctx.instance_keys,
                          lambda target: verify.get(target, default)),
+        copies=CopyMaker(ctx.host, NameTables()),
+        copy_specs=CopySpecs(ctx.rules),
+        copy_record=CopyRecorder(ctx.db, ctx.recorder),
     )
     forwarder.after_settle = ctx.refresh_queue_gauges
     forwarder.stopping = ctx.stopping

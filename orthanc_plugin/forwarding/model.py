@@ -36,6 +36,7 @@ class FailureKind(StrEnum):
     RETRYABLE = "retryable"      # no association, dropped connection, timeout
     UNKNOWN_TARGET = "unknown-target"
     SOURCE_GONE = "source-gone"  # Orthanc answered 404: an instance, or the target, is missing
+    NOT_MADE = "not-made"        # the destination's copy could not be made (transform/copy.py)
 
 
 @dataclass(frozen=True)

@@ -22,6 +22,10 @@ class ForwardAction:
     """C-STORE the matched instances to each target (names of Orthanc DicomModalities)."""
 
     targets: tuple[str, ...]
+    # What the copy sent is made of, in order (normalize, coerce, hook: orthanc_plugin/transform),
+    # folded in from the actions written before this forward. Opaque here: rules import no
+    # capability. Empty: the instance as stored.
+    steps: tuple[object, ...] = ()
 
 
 # Later action types (anonymize, export, overlay) join this union and the parser registry in

@@ -51,15 +51,19 @@ def load_rules_file(
         text = data.decode("utf-8-sig")
     except UnicodeDecodeError as error:
         raise RulesError(FILE_PATH, f"{path} is not UTF-8 text: {error}") from error
-    return _rule_set(text, hashlib.sha256(data).hexdigest(), known_targets)
+    return _rule_set(text, hashlib.sha256(data).hexdigest(), known_targets, Path(path).parent)
 
 
-def load_rules_text(text: str, known_targets: Collection[str] | None = None) -> RuleSet:
-    """`known_targets=None` skips the target check (no Orthanc to ask, e.g. a CI lint)."""
-    return _rule_set(text, hashlib.sha256(text.encode("utf-8")).hexdigest(), known_targets)
+def load_rules_text(text: str, known_targets: Collection[str] | None = None,
+                    base_dir: Path | None = None) -> RuleSet:
+    """`known_targets=None` skips the target check (no Orthanc to ask, e.g. a CI lint);
+    `base_dir`: where relative paths in the rules are read from (the rules file's folder)."""
+    return _rule_set(text, hashlib.sha256(text.encode("utf-8")).hexdigest(), known_targets,
+                     base_dir)
 
 
-def _rule_set(text: str, sha256: str, known_targets: Collection[str] | None) -> RuleSet:
+def _rule_set(text: str, sha256: str, known_targets: Collection[str] | None,
+              base_dir: Path | None = None) -> RuleSet:
     document = parse_yaml(text)
     if document is None:
         raise RulesError(FILE_PATH, "the file is empty (expected a mapping with a 'rules' list)")
@@ -78,7 +82,7 @@ def _rule_set(text: str, sha256: str, known_targets: Collection[str] | None) -> 
         raise RulesError("rules", f"expected a list of rules, got {kind_of(raw_rules)}")
     # Groups first: every target written in the rules and sections may name one.
     groups = parse_groups(document.get(GROUPS), known_targets)
-    context = ActionContext(known_targets, groups)
+    context = ActionContext(known_targets, groups, base_dir)
     rules: list[Rule] = []
     first_index: dict[str, int] = {}
     for index, raw in enumerate(raw_rules):

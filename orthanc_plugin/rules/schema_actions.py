@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from orthanc_plugin.rules.errors import RulesError
@@ -18,6 +19,9 @@ class ActionContext:
     known_targets: Collection[str] | None = None
     # Named groups of destinations (rules/groups.py), expanded wherever a target is written.
     groups: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
+    # The rules file's folder: relative paths written in rules (a hook's script, a site's name
+    # synonyms) are read from there. None: text not from a file; such paths are not checked.
+    base_dir: Path | None = None
 
 
 # (the value written under the action's name, its path, context) -> the action, or RulesError.

@@ -84,6 +84,9 @@ class HttpHost:
         answer = self._request("POST", uri, json.dumps(body).encode())
         return json.loads(answer) if answer.strip() else None
 
+    def post_for_bytes(self, uri: str, body: Any) -> bytes:
+        return self._request("POST", uri, json.dumps(body).encode())
+
     def post_bytes(self, uri: str, data: bytes) -> Any:
         answer = self._request("POST", uri, data)
         try:

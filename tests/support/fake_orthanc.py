@@ -171,6 +171,12 @@ class FakeOrthanc:
     def post_bytes(self, uri: str, data: bytes) -> Json:
         return self._call("POST", uri, data)
 
+    def post_for_bytes(self, uri: str, body: Json) -> bytes:
+        answer = self._call("POST", uri, body)
+        if not isinstance(answer, bytes):
+            raise self._unsupported("POST", f"{uri} (no binary answer)")
+        return answer
+
     def delete(self, uri: str) -> None:
         self._call("DELETE", uri, None)
 

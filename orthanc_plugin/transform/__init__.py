@@ -1,0 +1,19 @@
+"""Transforms applied to the copy a destination receives (names, tags, transfer syntax, site
+hooks); the instance stored in Orthanc never changes. The forwarder makes the copies
+(copy.py); this package's install adds what records and shows them."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from orthanc_plugin.transform.routes import add_routes
+
+if TYPE_CHECKING:
+    from orthanc_plugin.context import CapabilityContext
+
+
+def install(ctx: CapabilityContext) -> None:
+    add_routes(ctx.router, ctx.db)
+
+
+__all__ = ["install"]
