@@ -1,4 +1,5 @@
-"""GET /rt-gateway/import/progress and POST /rt-gateway/import/scan (look at the folder now)."""
+"""GET /rt-gateway/import/progress (with what was skipped, by reason) and POST
+/rt-gateway/import/scan (look at the folder now)."""
 
 from __future__ import annotations
 
@@ -9,10 +10,16 @@ from orthanc_plugin.importer.watcher import ImportWatcher
 
 def add_routes(router: Router, tables: ImportTables, watcher: ImportWatcher) -> None:
     def progress(_: Request) -> Response:
-        folder = watcher.settings.folder
+        settings = watcher.settings
+        folder = settings.folder
         answer = {"folder": str(folder) if folder else None,
-                  "quarantine": str(watcher.settings.quarantine),
-                  "running": watcher.thread is not None, **tables.progress()}
+                  "quarantine": str(settings.quarantine),
+                  "running": watcher.thread is not None, **tables.progress(),
+                  "filters": {"include": list(settings.include), "exclude": list(settings.exclude),
+                              "recursive": settings.recursive,
+                              "minimum_age_seconds": settings.minimum_age_seconds},
+                  # Files left in the folder by reason: last complete walk, and since start.
+                  "skipped": watcher.skips.snapshot()}
         return json_response(answer)
 
     def scan(_: Request) -> Response:

@@ -11,6 +11,7 @@ import contextlib
 import hashlib
 import os
 import shutil
+import stat
 import threading
 import time
 import traceback
@@ -22,12 +23,16 @@ from pathlib import Path
 
 from orthanc_plugin.audit.recorder import AuditRecorder
 from orthanc_plugin.importer.model import (
+    OUTSIDE,
+    TOO_YOUNG,
     ZIP_MAGIC,
     ImportSettings,
     NotImportable,
+    SkipCounts,
     Stability,
     inspect_dicom,
-    wanted,
+    skip_reason,
+    too_young,
 )
 from orthanc_plugin.importer.tables import ImportTables
 from orthanc_plugin.ports import Host, HostError
@@ -48,6 +53,7 @@ class ImportWatcher:
         self.settings = settings
         self.log_error = log_error
         self.stability = Stability(settings.stable_seconds)
+        self.skips = SkipCounts()
         self.wakeup = threading.Event()
         self.stopping = threading.Event()
         self.thread: threading.Thread | None = None
@@ -78,35 +84,50 @@ class ImportWatcher:
 
     # -- one pass ------------------------------------------------------------------------------
     def scan(self) -> int:
-        """Take every complete file; returns how many were taken."""
+        """Take every complete file; returns how many were taken. Skipped files stay where they
+        are (never moved, never deleted) and are counted by reason."""
         folder = self.settings.folder
         if folder is None or not folder.is_dir():
             return 0
         taken = 0
         present: set[str] = set()
         now = time.time()
-        for path in self._files(folder):
+        settings = self.settings
+        self.skips.begin()
+        for path, relative in self._files(folder):
             if self.stopping.is_set():
-                break
-            relative = path.relative_to(folder).as_posix()
-            if not wanted(relative, self.settings.include, self.settings.exclude):
+                return taken  # an unfinished walk leaves the counts as they were
+            reason = skip_reason(relative, settings.include, settings.exclude)
+            if reason:
+                self.skips.skip(reason, relative)
                 continue
             try:
-                stat = path.stat()
+                info = self._file_stat(path, folder)
             except FileNotFoundError:
                 continue
-            present.add(relative)
-            if self.tables.already_taken(relative, stat.st_size, stat.st_mtime_ns):
+            if info is None:
+                self.skips.skip(OUTSIDE, relative)
                 continue
-            if not self.stability.ready(relative, stat.st_size, stat.st_mtime_ns, now):
+            present.add(relative)
+            if self.tables.already_taken(relative, info.st_size, info.st_mtime_ns):
+                continue
+            # Looked at even while too young, so it is taken at the first poll once old enough.
+            ready = self.stability.ready(relative, info.st_size, info.st_mtime_ns, now)
+            if too_young(info.st_mtime_ns, now, settings.minimum_age_seconds):
+                self.skips.skip(TOO_YOUNG, relative)
+                continue
+            if not ready:
                 continue
             self.stability.forget(relative)
-            self._take(path, relative, stat.st_size, stat.st_mtime_ns)
+            self._take(path, relative, info.st_size, info.st_mtime_ns)
             taken += 1
         self.stability.keep_only(present)
+        self.skips.end(now)
         return taken
 
-    def _files(self, folder: Path) -> Iterator[Path]:
+    def _files(self, folder: Path) -> Iterator[tuple[Path, str]]:
+        """Every file under the folder with its POSIX path relative to it. Linked folders are
+        not entered (os.walk's default): what they hold is either walked where it is or outside."""
         quarantine = self.settings.quarantine.resolve()
         for root, dirs, names in os.walk(folder):
             here = Path(root)
@@ -114,10 +135,30 @@ class ImportWatcher:
                 dirs[:] = []
                 continue
             dirs.sort()
+            base = here.relative_to(folder).as_posix()
+            prefix = "" if base == "." else base + "/"
             for name in sorted(names):
-                yield here / name
+                yield here / name, prefix + name
             if not self.settings.recursive:
                 dirs[:] = []
+
+    def _file_stat(self, path: Path, folder: Path) -> os.stat_result | None:
+        """The file's stat; None for a link leading out of the folder (or into the quarantine),
+        which is never read; FileNotFoundError for what is gone, dangling, or not a file."""
+        info = os.lstat(path)
+        if stat.S_ISLNK(info.st_mode):
+            try:
+                target = path.resolve(strict=True)
+            except (OSError, RuntimeError):  # dangling, or a loop
+                raise FileNotFoundError(path) from None
+            quarantine = self.settings.quarantine.resolve()
+            if (not target.is_relative_to(folder.resolve()) or target == quarantine
+                    or target.is_relative_to(quarantine)):
+                return None
+            info = target.stat()
+        if not stat.S_ISREG(info.st_mode):  # a FIFO or a socket would block or fail the read
+            raise FileNotFoundError(path)
+        return info
 
     def _take(self, path: Path, relative: str, size: int, mtime_ns: int) -> None:
         digest, head = _sha256_and_head(path)

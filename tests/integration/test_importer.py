@@ -3,12 +3,14 @@ run through the rules as IMPORT_FOLDER; broken files quarantined with a reason; 
 
 from __future__ import annotations
 
+import os
 import shutil
 import time
 import zipfile
 from collections.abc import Iterator
 from pathlib import Path
 
+import pydicom
 import pytest
 
 from tests.integration.conftest import keep_logs, require_orthanc
@@ -196,3 +198,81 @@ def test_poison_files_are_quarantined_once_and_not_retried(
     assert sorted(r["instance_id"] for r in rows) == [
         "import:bad-is.dcm", "import:corrupt.zip", "import:locked.zip"]
     assert "Traceback" not in gateway.log_tail(400)
+
+
+FILTERS = {"Include": ["**/*.dcm", "**/*.zip"], "Exclude": ["**/tmp/**", "*.part"],
+           "MinimumAgeSeconds": 600}
+
+
+@pytest.fixture
+def filtered(workdir: Path) -> Iterator[tuple[OrthancProcess, Path]]:
+    """A gateway of its own: its filters would leave the other tests' files in the folder."""
+    require_orthanc()
+    incoming = workdir / "filtered-incoming"
+    incoming.mkdir()
+    process = OrthancProcess(
+        workdir / "filtered-gateway", "RTGWFILTER", plugin=True, rules="rules: []\n",
+        gateway_settings={"Import": {
+            "Folder": str(incoming), "QuarantineFolder": str(workdir / "filtered-quarantine"),
+            "ClearAfterImport": True, "PollSeconds": 0.3, "StableSeconds": 0.3, **FILTERS,
+        }},
+    )
+    process.start()
+    yield process, incoming
+    process.stop()
+    keep_logs(process, "importer-filtered-gateway")
+
+
+def aged(path: Path, seconds: float) -> Path:
+    then = time.time() - seconds
+    os.utime(path, (then, then))
+    return path
+
+
+def test_filters_and_minimum_age_leave_skipped_files_in_place_and_count_them(
+    filtered: tuple[OrthancProcess, Path], tmp_path: Path
+) -> None:
+    gateway, incoming = filtered
+    ct1, ct2, young = write_datasets(make_rt_set("IMPORT-FILTER", n_slices=3).ct,
+                                     tmp_path / "staging")
+    uid = {path: str(pydicom.dcmread(path, stop_before_pixels=True).SOPInstanceUID)
+           for path in (ct1, ct2, young)}
+    tree = tmp_path / "tree"
+    for source, relative in ((ct1, "a/b/ct1.dcm"), (ct2, "a/tmp/ct2.dcm")):
+        (tree / relative).parent.mkdir(parents=True, exist_ok=True)
+        aged(Path(shutil.copy(source, tree / relative)), 3600)
+    (tree / "notes.txt").write_text("a note")
+    aged(tree / "notes.txt", 3600)
+    shutil.copy(young, tree / "young.dcm")  # written now: younger than MinimumAgeSeconds
+    for entry in tree.iterdir():  # a move keeps each file's mtime
+        shutil.move(entry, incoming / entry.name)
+
+    counts = {"excluded": 1, "not_included": 1, "too_young": 1, "outside": 0}
+    wait_until(lambda: progress(gateway)["stored"] == 1
+               and progress(gateway)["skipped"]["last_walk"] == counts, 60, "first walk")
+    assert gateway.sop_instance_uids() == {uid[ct1]}
+    wait_until(lambda: not (incoming / "a/b/ct1.dcm").exists(), 30, "imported file cleared")
+    left = {p.relative_to(incoming).as_posix() for p in files_left(incoming)}
+    assert left == {"a/tmp/ct2.dcm", "notes.txt", "young.dcm"}
+    assert (incoming / "notes.txt").read_text() == "a note"
+    # Later polls see the same files again: the totals do not grow.
+    walks = progress(gateway)["skipped"]["walks"]
+    status = wait_until(lambda: (lambda p: p if p["skipped"]["walks"] >= walks + 3 else None)(
+        progress(gateway)), 30, "three more walks")
+    assert status["skipped"]["total"] == counts and status["skipped"]["last_walk"] == counts
+    assert status["filters"]["minimum_age_seconds"] == 600
+    assert status["filters"]["include"] == FILTERS["Include"]
+    assert gateway.sop_instance_uids() == {uid[ct1]}
+
+    aged(incoming / "young.dcm", 601)  # old enough now, without waiting ten minutes
+    wait_until(lambda: uid[young] in gateway.sop_instance_uids(), 60, "old enough, imported")
+    done = {**counts, "too_young": 0}
+    status = wait_until(lambda: (lambda p: p if p["skipped"]["last_walk"] == done else None)(
+        progress(gateway)), 30, "nothing too young")
+    assert status["stored"] == 2
+    assert status["skipped"]["total"] == counts  # the young file counted once, not at each poll
+    assert uid[ct2] not in gateway.sop_instance_uids()
+    wait_until(lambda: not (incoming / "young.dcm").exists(), 30, "cleared once imported")
+    left = {p.relative_to(incoming).as_posix() for p in files_left(incoming)}
+    assert left == {"a/tmp/ct2.dcm", "notes.txt"}
+    assert not list((incoming.parent / "filtered-quarantine").glob("*"))  # never quarantined
