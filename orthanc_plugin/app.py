@@ -262,7 +262,7 @@ class Gateway:
 
     # -- rules -------------------------------------------------------------------------------------
     def known_targets(self) -> set[str]:
-        targets = set(self.config.known_modalities)
+        targets = set(self.config.known_modalities) | set(self.config.dicomweb_servers)
         with contextlib.suppress(HostError):
             targets.update(self.host.get_json("/modalities"))
         return targets
@@ -399,7 +399,8 @@ def build_gateway(host: Host, orthanc_config: dict[str, Any], config_dir: Path) 
     config = parse_config(orthanc_config, config_dir)
     capabilities.register_rule_actions()
     # No DicomModalities in the file: they may live in Orthanc's database, checked at reload.
-    ruleset = load_rules_file(config.rules_file, set(config.known_modalities) or None)
+    ruleset = load_rules_file(config.rules_file,
+                              set(config.known_modalities) | set(config.dicomweb_servers) or None)
     return Gateway(host, config, ruleset)
 
 

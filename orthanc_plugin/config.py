@@ -36,6 +36,20 @@ class WorkerSettings:
 
 
 @dataclass(frozen=True)
+class DicomWebServer:
+    """One entry of Orthanc's `DicomWeb.Servers`: the gateway sends to it by STOW-RS itself."""
+
+    url: str
+    username: str = ""
+    password: str = ""
+    headers: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def auth(self) -> tuple[str, str] | None:
+        return (self.username, self.password) if self.username else None
+
+
+@dataclass(frozen=True)
 class GatewayConfig:
     rules_file: Path
     database: Path
@@ -49,6 +63,8 @@ class GatewayConfig:
     stable_age_seconds: float = 60.0
     poll_interval_seconds: float = 1.0
     known_modalities: tuple[str, ...] = ()
+    # Orthanc's DicomWeb.Servers by name: destinations reached by STOW-RS (forwarding/stow.py).
+    dicomweb_servers: dict[str, DicomWebServer] = field(default_factory=dict)
     # The whole RtGateway section and the folder of the configuration file: each capability reads
     # its own sub-section (e.g. "Export", "Harvest") and resolves its paths against config_dir.
     section: dict[str, Any] = field(default_factory=dict)
@@ -115,6 +131,7 @@ def parse_config(orthanc_config: dict[str, Any], config_dir: Path) -> GatewayCon
         stable_age_seconds=float(orthanc_config.get("StableAge", 60)),
         poll_interval_seconds=_number(section, "PollIntervalSeconds", 1.0, 0.05),
         known_modalities=tuple(sorted(modalities)) if isinstance(modalities, dict) else (),
+        dicomweb_servers=dicomweb_servers(orthanc_config),
         section=section,
         config_dir=config_dir,
         worker=_worker_settings(orthanc_config, section),
@@ -153,3 +170,33 @@ def _worker_settings(orthanc_config: dict[str, Any], section: dict[str, Any]) ->
         python=python,
         max_body_bytes=int(_number(section, "MaxRequestBodyMB", 64, 1)) << 20,
     )
+
+
+def dicomweb_servers(orthanc_config: dict[str, Any]) -> dict[str, DicomWebServer]:
+    """Orthanc's `DicomWeb.Servers`, written either way the DICOMweb plugin accepts:
+    `"NAME": ["url", "user", "password"]` or `"NAME": {"Url": ..., "Username": ...,
+    "Password": ..., "HttpHeaders": {...}}`."""
+    section = orthanc_config.get("DicomWeb") or {}
+    raw = section.get("Servers") if isinstance(section, dict) else None
+    if raw is None:
+        return {}
+    if not isinstance(raw, dict):
+        raise ConfigError("DicomWeb.Servers: expected an object of server names")
+    servers = {}
+    for name, entry in raw.items():
+        where = f"DicomWeb.Servers.{name}"
+        if isinstance(entry, list) and entry and all(isinstance(v, str) for v in entry):
+            url, user, password = [*entry, "", ""][:3]
+            headers: dict[str, str] = {}
+        elif isinstance(entry, dict) and isinstance(entry.get("Url"), str):
+            url, user, password = entry["Url"], entry.get("Username", ""), entry.get("Password", "")
+            headers = entry.get("HttpHeaders") or {}
+            if not isinstance(headers, dict):
+                raise ConfigError(f"{where}.HttpHeaders: expected an object")
+        else:
+            raise ConfigError(f'{where}: expected ["url", "user", "password"] or {{"Url": ...}}')
+        if not url.startswith(("http://", "https://")):
+            raise ConfigError(f"{where}: expected an http:// or https:// URL, got {url!r}")
+        servers[str(name)] = DicomWebServer(url.rstrip("/"), str(user or ""), str(password or ""),
+                                            {str(k): str(v) for k, v in headers.items()})
+    return servers

@@ -7,6 +7,8 @@ cd "$(dirname "$0")/.."
 need_apt=()
 command -v Orthanc >/dev/null 2>&1 || need_apt+=(orthanc)
 [ -e /usr/share/orthanc/plugins/libOrthancPython.so ] || need_apt+=(orthanc-python)
+# The DICOMweb tests' receiving server (a second Orthanc with Debian's DICOMweb plugin).
+[ -e /usr/share/orthanc/plugins/libOrthancDicomWeb.so ] || need_apt+=(orthanc-dicomweb)
 command -v storescu >/dev/null 2>&1 || need_apt+=(dcmtk)
 command -v dciodvfy >/dev/null 2>&1 || need_apt+=(dicom3tools)
 command -v chromium >/dev/null 2>&1 || need_apt+=(chromium)

@@ -12,6 +12,7 @@ from orthanc_plugin.forwarding.commitment import CommitmentWatcher, commitment_g
 from orthanc_plugin.forwarding.commitment import read_settings as read_commit_settings
 from orthanc_plugin.forwarding.routes import add_routes
 from orthanc_plugin.forwarding.rule import JOB_ACTION, plan_forward, verify_settings
+from orthanc_plugin.forwarding.stow import StowClient
 from orthanc_plugin.forwarding.tables import COMMIT_INDEX
 from orthanc_plugin.forwarding.verify import InFlightVerifier
 from orthanc_plugin.labels import PARKED, StudyLabels, label_for_target, orthanc_study_id
@@ -54,14 +55,16 @@ def install(ctx: CapabilityContext) -> None:
         ctx.hooks.metrics.append(lambda: commitment_gauges(ctx.db))
     verify = verify_settings(ctx.config.section)
     default = verify.get("*", "c-find")
+    stow = StowClient(ctx.config.dicomweb_servers) if ctx.config.dicomweb_servers else None
     forwarder = Forwarder(
         ctx.host, ctx.queue, ctx.recorder, ctx.file_sizes,
         ctx.config.max_instances_per_association,
         InFlightVerifier(ctx.host, ctx.instance_keys,
-                         lambda target: verify.get(target, default)),
+                         lambda target: verify.get(target, default), stow),
         copies=CopyMaker(ctx.host, NameTables()),
         copy_specs=CopySpecs(ctx.rules),
         copy_record=CopyRecorder(ctx.db, ctx.recorder),
+        stow=stow,
     )
     forwarder.after_settle = ctx.refresh_queue_gauges
     forwarder.stopping = ctx.stopping

@@ -17,6 +17,7 @@ from orthanc_plugin.forwarding.model import (
     classify_failure,
     delivered_before_failure,
 )
+from orthanc_plugin.forwarding.stow import StowClient, StowError, sop_instance_uid
 from orthanc_plugin.forwarding.verify import InFlightVerifier
 from orthanc_plugin.jobs.queue import Claim, ClaimedItem, JobQueue
 from orthanc_plugin.ports import Host, HostError
@@ -58,6 +59,7 @@ class Forwarder:
         copies: CopyMaker | None = None,
         copy_specs: CopySpecs | None = None,
         copy_record: CopyRecorder | None = None,
+        stow: StowClient | None = None,
     ) -> None:
         self.host = host
         # A destination (or rule) that wants its own copy (transform/): each instance is made by
@@ -65,6 +67,8 @@ class Forwarder:
         self.copies = copies
         self.copy_specs = copy_specs
         self.copy_record = copy_record
+        # DICOMweb destinations (Orthanc's DicomWeb.Servers): STOW-RS by the worker.
+        self.stow = stow
         self.verifier = verifier
         self.queue = queue
         self.recorder = recorder
@@ -94,6 +98,15 @@ class Forwarder:
                 interrupted = True
                 break
             chunk = remaining[: self.max_per_association]
+            if self.stow is not None and self.stow.serves(claim.target):
+                failure = self._stow_chunk(claim, chunk, specs, sizes, tallies)
+                if failure is None:
+                    remaining = remaining[len(chunk):]
+                    continue
+                stop_failure = failure
+                for item in remaining:
+                    tallies[item.job_id].failure = failure
+                break
             if specs:
                 delivered, failure, orthanc_job = self._send_copies(claim, chunk, specs)
             else:
@@ -179,6 +192,72 @@ class Forwarder:
             self.copy_record.sent(claim, made_list)
         return len(made_list), failure, label
 
+    def _stow_chunk(
+        self, claim: Claim, chunk: Sequence[ClaimedItem], specs: dict[int, CopySpec],
+        sizes: dict[str, int], tallies: dict[int, _JobTally],
+    ) -> StoreFailure | None:
+        """One STOW-RS request for the chunk; each instance's outcome from the response: stored
+        ones recorded sent, refused ones parked with the server's reason, the rest go on. A
+        failure of the request as a whole is returned (nothing of the chunk recorded sent)."""
+        assert self.stow is not None
+        label = f"stow-{uuid.uuid4().hex[:12]}"
+        self.queue.mark_in_flight(chunk, label)
+        parts: list[tuple[ClaimedItem, bytes, str]] = []
+        made_list: list[tuple[ClaimedItem, MadeCopy]] = []
+        for item in chunk:
+            spec = specs.get(item.job_id)
+            try:
+                if spec and self.copies is not None:
+                    made = self.copies.make(item.instance_id, spec)
+                    made_list.append((item, made))
+                    data = made.data
+                else:
+                    data = self.host.get_bytes(f"/instances/{item.instance_id}/file")
+            except CopyRefused as refusal:
+                self._park_refused(claim.target, item, StoreFailure(
+                    FailureKind.NOT_MADE, "not-made", str(refusal)), tallies[item.job_id])
+                continue
+            except HostError as error:
+                if not error.missing:
+                    self.queue.clear_in_flight(chunk)
+                    return classify_failure(str(error))
+                self._skip_gone(claim, [item], tallies)
+                continue
+            parts.append((item, data, sop_instance_uid(data)))
+        if not parts:
+            return None
+        try:
+            outcome = self.stow.store(claim.target, [data for _, data, _ in parts])
+        except StowError as error:
+            self.queue.clear_in_flight([item for item, _, _ in parts])
+            return StoreFailure(FailureKind.RETRYABLE if error.retryable
+                                else FailureKind.UNKNOWN_TARGET, "stow-rs", str(error))
+        stored = [item for item, _, uid in parts if uid in outcome.stored]
+        self.queue.mark_sent(stored, sizes)
+        for item in stored:
+            tallies[item.job_id].sent += 1
+            tallies[item.job_id].bytes += sizes.get(item.instance_id, 0)
+            tallies[item.job_id].orthanc_job = label
+        unanswered = []
+        for item, _, uid in parts:
+            if uid in outcome.refused:
+                self._park_refused(claim.target, item, StoreFailure(
+                    FailureKind.NOT_MADE, "stow-refused",
+                    f"STOW-RS refused by {claim.target}: {outcome.refused[uid]}"),
+                    tallies[item.job_id])
+            elif uid not in outcome.stored:
+                unanswered.append(item)
+        if self.copy_record is not None and made_list:
+            done = {item.instance_id for item in stored}
+            self.copy_record.sent(claim, [pair for pair in made_list
+                                          if pair[0].instance_id in done])
+        if unanswered:
+            self.queue.clear_in_flight(unanswered)
+            return StoreFailure(FailureKind.RETRYABLE, "stow-rs",
+                                f"STOW-RS to {claim.target}: {len(unanswered)} instance(s) "
+                                "neither stored nor refused in the response")
+        return None
+
     def _after_verifying(
         self, claim: Claim, tallies: dict[int, _JobTally], sizes: dict[str, int]
     ) -> list[ClaimedItem]:
@@ -258,12 +337,15 @@ class Forwarder:
         self, target: str, item: ClaimedItem, failure: StoreFailure, tally: _JobTally
     ) -> None:
         message = (
+            failure.message + f" (instance {item.instance_id})"
+            if failure.status == "stow-refused" else
             f"not sent to {target}: {failure.message} (instance {item.instance_id})"
             if failure.kind is FailureKind.NOT_MADE else
             f"C-STORE refused by {target} with status {failure.status} "
             f"for instance {item.instance_id}"
         )
-        if failure.kind is FailureKind.NOT_MADE and self.copy_record is not None:
+        if (failure.kind is FailureKind.NOT_MADE and failure.status == "not-made"
+                and self.copy_record is not None):
             self.copy_record.not_made(item, target, failure.message)
         tally.refused += 1
         tally.refusals.append(message)

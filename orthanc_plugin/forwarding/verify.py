@@ -20,6 +20,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from orthanc_plugin.forwarding.model import delivered_before_failure
+from orthanc_plugin.forwarding.stow import StowClient
 from orthanc_plugin.jobs.queue import ClaimedItem
 from orthanc_plugin.ports import Host, HostError
 
@@ -45,10 +46,12 @@ class Verdict:
 
 class InFlightVerifier:
     def __init__(self, host: Host, keys_of: Callable[[Sequence[str]], dict[str, InstanceKeys]],
-                 verify_mode: Callable[[str], str]) -> None:
+                 verify_mode: Callable[[str], str], stow: StowClient | None = None) -> None:
         self.host = host
         self.keys_of = keys_of
         self.verify_mode = verify_mode
+        # DICOMweb destinations are asked by QIDO-RS instead of C-FIND.
+        self.stow = stow
 
     def verify(self, target: str, items: Sequence[ClaimedItem]) -> Verdict:
         by_job: dict[str, list[ClaimedItem]] = defaultdict(list)
@@ -66,14 +69,15 @@ class InFlightVerifier:
             delivered.extend(item for item in group if item.in_flight_pos < confirmed)
             unknown.extend(item for item in group if item.in_flight_pos >= confirmed)
             hows.append(f"Orthanc job {orthanc_job}: {confirmed} confirmed")
+        asked = "QIDO-RS" if self.stow is not None and self.stow.serves(target) else "C-FIND"
         if unknown and self.verify_mode(target) == "c-find":
             found = self._held_by(target, unknown)
             if found is not None:
-                hows.append(f"C-FIND at {target}: {len(found)} of {len(unknown)} held")
+                hows.append(f"{asked} at {target}: {len(found)} of {len(unknown)} held")
                 delivered.extend(item for item in unknown if item.instance_id in found)
                 unknown = [item for item in unknown if item.instance_id not in found]
             else:
-                hows.append(f"C-FIND at {target} failed: {len(unknown)} sent again")
+                hows.append(f"{asked} at {target} failed: {len(unknown)} sent again")
         elif unknown:
             hows.append(f"{len(unknown)} sent again (Verify: resend)")
         return Verdict(delivered, unknown, "; ".join(hows))
@@ -109,6 +113,13 @@ class InFlightVerifier:
                 return None
             wanted[(key.study_uid, key.series_uid)][key.sop_uid] = item.instance_id
         held: set[str] = set()
+        if self.stow is not None and self.stow.serves(target):
+            for (study_uid, series_uid), by_sop in wanted.items():
+                present = self.stow.held(target, study_uid, series_uid)
+                if present is None:
+                    return None
+                held.update(by_sop[uid] for uid in present if uid in by_sop)
+            return held
         for (study_uid, series_uid), by_sop in wanted.items():
             sops = list(by_sop)
             for start in range(0, len(sops), UIDS_PER_QUERY):
