@@ -17,6 +17,7 @@ from orthanc_plugin.api.router import (
 )
 from orthanc_plugin.audit.clock import now_iso
 from orthanc_plugin.audit.queries import AuditQueryError, audit_rows, stats, to_csv
+from orthanc_plugin.forwarding.stow import qido_echo
 from orthanc_plugin.ports import HostError
 from orthanc_plugin.rules import RulesError
 
@@ -108,9 +109,14 @@ def add_routes(router: Router, gateway: Gateway) -> None:
         if name not in gateway.known_targets():
             raise ApiError(404, f"no destination {name[:64]!r}")
         started = time.monotonic()
+        server = gateway.config.dicomweb_servers.get(name)
         try:
-            gateway.host.post_json(f"/modalities/{name}/echo", {})
-            ok, error = True, ""
+            if server is not None:
+                # A DICOMweb destination has no C-ECHO: a one-study QIDO-RS says it answers.
+                ok, error = qido_echo(server)
+            else:
+                gateway.host.post_json(f"/modalities/{name}/echo", {})
+                ok, error = True, ""
         except HostError as failure:   # no answer is an answer here, not a server error
             ok, error = False, str(failure)[:300]
         record = {"ok": ok, "error": error, "at": now_iso(),

@@ -98,6 +98,19 @@ class StowClient:
         return found
 
 
+def qido_echo(server: DicomWebServer) -> tuple[bool, str]:
+    """(answers, why not): a QIDO-RS for one study, the DICOMweb counterpart of a C-ECHO."""
+    try:
+        answer = requests.get(f"{server.url}/studies", params={"limit": "1"},
+                              headers={**server.headers, "Accept": "application/dicom+json"},
+                              auth=server.auth, timeout=10)
+    except requests.RequestException as error:
+        return False, f"no answer ({type(error).__name__})"
+    if answer.status_code in (200, 204):
+        return True, ""
+    return False, f"QIDO-RS answered HTTP {answer.status_code}"
+
+
 def sop_instance_uid(data: bytes) -> str:
     """The SOP Instance UID of a Part 10 file, read without its pixels: the key the STOW
     response answers by."""

@@ -85,6 +85,9 @@ def test_a_plan_reaches_an_orthanc_dicomweb_server_by_stow(
                if row["status"] == "success"]
     assert sum(row["instances"] for row in success) == len(uids)
     assert all(row["target"] == "WEBPACS" for row in success)
+    # The destinations' check answers for a DICOMweb server too (QIDO-RS, no C-ECHO there).
+    echo = gateway.post("/rt-gateway/targets/WEBPACS/echo", {}).json()
+    assert echo["ok"] is True, echo
 
 
 def test_an_instance_refused_by_stow_is_parked_with_the_reason_and_the_rest_delivered(
