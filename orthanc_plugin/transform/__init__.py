@@ -6,6 +6,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from orthanc_plugin.plans.routes import add_detail_provider
+from orthanc_plugin.transform.record import names_of
 from orthanc_plugin.transform.routes import add_routes
 
 if TYPE_CHECKING:
@@ -14,6 +16,9 @@ if TYPE_CHECKING:
 
 def install(ctx: CapabilityContext) -> None:
     add_routes(ctx.router, ctx.db)
+    # The plan page shows each name its copies carried, before and after, per destination.
+    add_detail_provider(ctx, lambda plan: {"names_sent": names_of(
+        ctx.db, [member["instance_id"] for member in plan.get("objects") or []])})
 
 
 __all__ = ["install"]

@@ -75,10 +75,12 @@ def _unique(texts: Iterable[str]) -> list[str]:
 
 def names_of(db: Database, instance_ids: Sequence[str]) -> list[dict[str, Any]]:
     """The names each copy of these instances carried, for the plan page."""
-    if not instance_ids:
-        return []
-    marks = ",".join("?" * len(instance_ids))
-    rows = db.query(
-        f"SELECT instance_id, target, rule, attribute, before, after, status, at FROM copy_names "
-        f"WHERE instance_id IN ({marks}) ORDER BY id", list(instance_ids))
+    rows = []
+    for start in range(0, len(instance_ids), 500):   # SQLite caps the number of parameters
+        chunk = list(instance_ids[start:start + 500])
+        rows.extend(db.query(
+            f"SELECT target, rule, attribute, before, after, status, MAX(at) AS at"
+            f" FROM copy_names WHERE instance_id IN ({','.join('?' * len(chunk))})"
+            f" GROUP BY target, rule, attribute, before ORDER BY target, attribute, before",
+            chunk))
     return [dict(row) for row in rows]

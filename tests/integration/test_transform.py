@@ -142,7 +142,8 @@ def test_structure_names_reach_the_tps_in_tg263_and_the_original_stays(
         items.append(extra)
     for item, name in zip(items, NAMES, strict=False):
         item.ROIName = name
-    storescu(write_datasets([rtstruct], tmp_path), gateway.dicom_port, calling="PLANNING",
+    # The whole plan arrives; only its structure set is for the TPS.
+    storescu(write_datasets(plan.all(), tmp_path), gateway.dicom_port, calling="PLANNING",
              called="RTGATEWAY")
     tps = peers["TPS"]
     wait_until(lambda: count(tps, "XFORM-2") == 1, 60, "the structure set at the TPS")
@@ -156,8 +157,8 @@ def test_structure_names_reach_the_tps_in_tg263_and_the_original_stays(
         [int(item.ROINumber) for item in items]
     assert received.SOPInstanceUID == rtstruct.SOPInstanceUID
     assert received.StructureSetDescription == f"{rtstruct.StructureSetLabel} (TG-263)"
-    (stored_id,) = gateway.post("/tools/find", {"Level": "Instance",
-                                                "Query": {"PatientID": "XFORM-2"}}).json()
+    (stored_id,) = gateway.post("/tools/find", {"Level": "Instance", "Query": {
+        "PatientID": "XFORM-2", "SOPInstanceUID": str(rtstruct.SOPInstanceUID)}}).json()
     original = dcmread(BytesIO(gateway.get(f"/instances/{stored_id}/file").content))
     assert [str(item.ROIName) for item in original.StructureSetROISequence] == NAMES
     unmapped = gateway.json("/rt-gateway/names/unmapped")
@@ -167,3 +168,11 @@ def test_structure_names_reach_the_tps_in_tg263_and_the_original_stays(
     (detail,) = [e["detail"] for e in events if e["event"] == "copy-sent"]
     assert "names: Brain Stem → Brainstem, ptv 70 → PTV_70" in detail
     assert "conflict: Lt Parotid, parotid_l" in detail and "helper: z_ring" in detail
+    # The plan page shows each name as planned and as the TPS received it.
+    plan_uid = str(plan.rtplan.SOPInstanceUID)
+    wait_until(lambda: gateway.get(f"/rt-gateway/plans/{plan_uid}").ok, 60, "the plan tracked")
+    sent = {(row["target"], row["before"]): row
+            for row in gateway.json(f"/rt-gateway/plans/{plan_uid}")["names_sent"]}
+    assert sent[("TPS", "Brain Stem")]["after"] == "Brainstem"
+    assert sent[("TPS", "z_ring")]["after"] is None and sent[("TPS", "z_ring")]["status"] == "helper"
+    assert sent[("TPS", "Lt Parotid")]["status"] == "conflict"

@@ -566,6 +566,15 @@ async function showPlan(id, params) {
     { title: "Why", value: (r) => { try { const m = JSON.parse(r.missing_json || "[]"); return m.length ? "missing: " + m.map(humaneMissing).join("; ") : ""; } catch (_) { return ""; } } },
   ], "Rule runs for this plan");
   runs.id = "plan-runs";
+  const NAME_STATUS = { kept: "already standard", renamed: "renamed", "no match": "no match in the table", helper: "helper structure (z_), kept", conflict: "kept: another structure has this name", "too long": "kept: the standard name is too long" };
+  const namesSent = dataTable(plan.names_sent || [], [
+    { title: "Sent to", value: (r) => r.target },
+    { title: "Name as planned", value: (r) => r.before },
+    { title: "Name sent", value: (r) => r.after || r.before },
+    { title: "Why", value: (r) => NAME_STATUS[r.status] || r.status },
+    { title: "When", value: (r) => localTime(r.at) },
+  ], "Structure and plan names as each destination received them");
+  namesSent.id = "plan-names-sent";
   // Reading a plan never selects it; this box does, as the list's does.
   const pick = element("input", { type: "checkbox", id: "detail-select" });
   pick.checked = selected.has(plan.id);
@@ -587,6 +596,7 @@ async function showPlan(id, params) {
       element("div", {}, element("h3", {}, "Dose–volume histogram"), chart)),
     element("h3", {}, "Structures"), structureTable, notes,
     element("h3", {}, "Where it went"), element("div", { id: "plan-sent" }, "Loading…"),
+    (plan.names_sent || []).length ? element("h3", {}, "Names sent (TG-263)") : "", (plan.names_sent || []).length ? namesSent : "",
     element("div", { class: "detail-columns" },
       element("div", {}, element("h3", {}, "Files"), fileTable),
       element("div", {}, element("h3", {}, "Rules for this plan"), (plan.decisions || []).length ? decisions : element("p", { class: "muted" }, "No rule has decided on this plan or its study yet."),
