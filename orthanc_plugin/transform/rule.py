@@ -18,6 +18,7 @@ from typing import Any
 
 from orthanc_plugin.rules.errors import RulesError
 from orthanc_plugin.rules.model import Action, ForwardAction
+from orthanc_plugin.rules.numbers import positive_number
 from orthanc_plugin.rules.schema_actions import ACTION_COMPOSERS, ACTION_PARSERS, ActionContext
 from orthanc_plugin.rules.wording import kind_of, one_of
 from orthanc_plugin.transform.coerce import CoercionError, parse_coercion
@@ -125,11 +126,13 @@ def _flag(raw: dict[str, Any], key: str, path: str, default: bool) -> bool:
 
 
 def _number(raw: dict[str, Any], key: str, path: str, default: float, most: float) -> float:
-    value = raw.get(key, default)
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value <= most:
-        raise RulesError(f"{path}.{key}", f"expected a number above 0 and at most {most:g}, "
-                                          f"got {kind_of(value)}")
-    return float(value)
+    """The rules YAML keeps scalars as written: a number arrives as text (rules/numbers.py)."""
+    number = positive_number(raw, key, path)
+    if number is None:
+        return default
+    if number > most:
+        raise RulesError(f"{path}.{key}", f"expected at most {most:g}, got {raw[key]}")
+    return number
 
 
 ACTION_PARSERS["normalize"] = parse_normalize
