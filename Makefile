@@ -21,6 +21,6 @@ lint: setup
 
 bench: setup
 	mkdir -p bench/results
-	for b in relay isolation contours deid plans_index harvest dvh_conventions dvh_truth ui routes; do \
+	for b in relay isolation contours deid plans_index harvest dvh_conventions dvh_truth ui routes transform; do \
 	  TCP_NODELAY=1 .venv/bin/python bench/$$b.py > bench/results/$$b.json || exit 1; \
 	  .venv/bin/python bench/record.py $$b bench/results/$$b.json || exit 1; done
