@@ -103,11 +103,26 @@ def _unshare(flags: int) -> bool:
 
 
 def _isolate_namespaces(attempts: list[str]) -> str | None:
+    uid, gid = os.getuid(), os.getgid()
     for name in attempts:
         flags, label = _NAMESPACE_FLAGS[name]
         if _unshare(flags):
+            if flags & CLONE_NEWUSER:
+                _map_self(uid, gid)
             return label
     return None
+
+
+def _map_self(uid: int, gid: int) -> None:
+    """Keep the same user and group inside the new user namespace (the kernel allows mapping
+    one's own ids); unmapped, the script would run as 65534 and see its files as nobody's.
+    The capabilities that mapping gives hold inside the namespace only."""
+    try:
+        Path("/proc/self/setgroups").write_text("deny")  # required before gid_map
+        Path("/proc/self/uid_map").write_text(f"{uid} {uid} 1")
+        Path("/proc/self/gid_map").write_text(f"{gid} {gid} 1")
+    except OSError:
+        pass  # still isolated; only the ids look different
 
 
 def _install_guard(block_spawn: bool) -> None:

@@ -41,7 +41,9 @@ Network isolation
 With network disallowed the child first tries a new user+network namespace (unshare with
 CLONE_NEWUSER|CLONE_NEWNET: only a loopback interface, down; the user namespace also drops
 the capabilities a root worker would have to raise its limits or re-enter the host's
-namespace), then a network namespace alone (needs CAP_SYS_ADMIN), and falls back to a Python
+namespace; the worker's uid/gid are mapped into it so files look the same), then a network
+namespace alone (needs CAP_SYS_ADMIN; Docker's default seccomp profile refuses unshare to
+unprivileged containers, so expect the guard there), and falls back to a Python
 guard: an audit hook and replaced socket functions that raise before the script is loaded,
 also blocking subprocesses and ctypes (a child program would otherwise have the network).
 The guard is best effort; only the namespaces are a barrier. network_isolation() says which
@@ -332,13 +334,28 @@ def _died(code: int, tail: str, limits: HookLimits) -> HookRefused:
 
 def _exchange(process: subprocess.Popen[bytes], data: bytes, seconds: float,
               max_stdout: int) -> tuple[bytes, bytes, bool, bool]:
-    """Feeds stdin and drains stdout/stderr until the child closes them, the deadline passes
-    or stdout grows beyond max_stdout. Returns (stdout, stderr tail, timed out, flooded)."""
+    """Feeds stdin and drains stdout/stderr until the child has answered and exited, the
+    deadline passes or stdout grows beyond max_stdout.
+
+    Returns (stdout, stderr tail, timed out, flooded). The child is not reaped here, so that
+    the caller can still kill its process group safely."""
     assert process.stdin is not None and process.stdout is not None and process.stderr is not None
     deadline = time.monotonic() + seconds
     stdout = bytearray()
     stderr = bytearray()
     pending = memoryview(data)
+
+    def read_stderr() -> bytes | None:
+        """A chunk of stderr (b"" at EOF), None when nothing is there right now."""
+        assert process.stderr is not None
+        try:
+            chunk = os.read(process.stderr.fileno(), 65536)
+        except BlockingIOError:
+            return None
+        stderr.extend(chunk)
+        del stderr[:-STDERR_TAIL]
+        return chunk
+
     with selectors.DefaultSelector() as selector:
         for stream in (process.stdin, process.stdout, process.stderr):
             os.set_blocking(stream.fileno(), False)
@@ -348,7 +365,9 @@ def _exchange(process: subprocess.Popen[bytes], data: bytes, seconds: float,
             process.stdin.close()
         selector.register(process.stdout, selectors.EVENT_READ)
         selector.register(process.stderr, selectors.EVENT_READ)
-        while any(key.fileobj is not process.stdin for key in selector.get_map().values()):
+        # Until EOF on stdout: only the child holds that pipe (its private answer fd is not
+        # inherited), whereas stderr may be held open by programs the script left running.
+        while process.stdout in (key.fileobj for key in selector.get_map().values()):
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 return bytes(stdout), bytes(stderr), True, False
@@ -365,26 +384,29 @@ def _exchange(process: subprocess.Popen[bytes], data: bytes, seconds: float,
                     if not pending:
                         selector.unregister(process.stdin)
                         process.stdin.close()
-                    continue
-                output = process.stdout if ready is process.stdout else process.stderr
-                try:
-                    chunk = os.read(output.fileno(), 65536)
-                except BlockingIOError:
-                    continue
-                if not chunk:
-                    selector.unregister(output)
-                elif output is process.stdout:
+                elif ready is process.stderr:
+                    if read_stderr() == b"":
+                        selector.unregister(process.stderr)
+                else:
+                    try:
+                        chunk = os.read(process.stdout.fileno(), 65536)
+                    except BlockingIOError:
+                        continue
+                    if not chunk:
+                        selector.unregister(process.stdout)
                     stdout += chunk
                     if len(stdout) > max_stdout:
                         return bytes(stdout), bytes(stderr), False, True
-                else:
-                    stderr += chunk
-                    del stderr[:-STDERR_TAIL]
-    # Both pipes closed: the process is ending; give it the rest of the deadline to exit.
-    try:
-        process.wait(max(0.0, deadline - time.monotonic()) + 1.0)
-    except subprocess.TimeoutExpired:
-        return bytes(stdout), bytes(stderr), True, False
+    # The answer is complete; wait for the exit without reaping (WNOWAIT).
+    while os.waitid(os.P_PID, process.pid, os.WEXITED | os.WNOHANG | os.WNOWAIT) is None:
+        if time.monotonic() >= deadline:
+            return bytes(stdout), bytes(stderr), True, False
+        time.sleep(0.005)
+    # What the child wrote last (a traceback) before exiting; bounded, as a program the script
+    # left running may still hold stderr and write to it.
+    for _ in range(16):
+        if not read_stderr():
+            break
     return bytes(stdout), bytes(stderr), False, False
 
 
