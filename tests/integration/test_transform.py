@@ -29,12 +29,25 @@ destinations:
     transfer_syntax: explicit-little
     coerce: {set: {InstitutionName: "Clinique Sud RT"}, remove: ["(0009,xxxx)"]}
   VIEWER_B: {transfer_syntax: jpeg2000-lossless}
+  PLAIN_VIEWER: {transfer_syntax: explicit-little}
+  JLS_ARCHIVE: {transfer_syntax: jpeg-ls-lossless}
+  RLE_ARCHIVE: {transfer_syntax: rle}
 rules:
   - name: scanner images
     on: instance
     match: {calling_aet: SCANNER}
     actions:
       - forward: [ARCHIVE_A, VIEWER_B]
+  - name: compressed to uncompressed
+    on: instance
+    match: {calling_aet: COMPRESSED}
+    actions:
+      - forward: PLAIN_VIEWER
+  - name: uncompressed to compressed
+    on: instance
+    match: {calling_aet: RAW}
+    actions:
+      - forward: [JLS_ARCHIVE, RLE_ARCHIVE]
   - name: structure names for the TPS
     on: instance
     match: {calling_aet: PLANNING, modality: RTSTRUCT}
@@ -44,6 +57,7 @@ rules:
       - forward: TPS
 """
 EXPLICIT_LITTLE = "1.2.840.10008.1.2.1"
+LOSSY = ("jpeg-baseline", "jpeg-extended")
 JPEG2000_LOSSLESS = "1.2.840.10008.1.2.4.90"
 # The issue's set, and two that the table renames.
 NAMES = ["PTV_High", "Lt Parotid", "parotid_l", "SpinalCord", "z_ring", "Brain Stem", "ptv 70"]
@@ -52,7 +66,8 @@ NAMES = ["PTV_High", "Lt Parotid", "parotid_l", "SpinalCord", "z_ring", "Brain S
 @pytest.fixture(scope="module")
 def peers(workdir: Path) -> Iterator[dict[str, OrthancProcess]]:
     require_orthanc()
-    with running_peers(workdir, "ARCHIVE_A", "VIEWER_B", "TPS") as processes:
+    with running_peers(workdir, "ARCHIVE_A", "VIEWER_B", "TPS", "PLAIN_VIEWER", "JLS_ARCHIVE",
+                       "RLE_ARCHIVE") as processes:
         yield processes
 
 
@@ -176,3 +191,42 @@ def test_structure_names_reach_the_tps_in_tg263_and_the_original_stays(
     assert sent[("TPS", "Brain Stem")]["after"] == "Brainstem"
     assert sent[("TPS", "z_ring")]["after"] is None and sent[("TPS", "z_ring")]["status"] == "helper"
     assert sent[("TPS", "Lt Parotid")]["status"] == "conflict"
+
+
+@pytest.mark.parametrize("syntax", sorted(SYNTAXES))
+def test_every_compressed_source_reaches_an_uncompressed_destination_pixel_for_pixel(
+        gateway: OrthancProcess, peers: dict[str, OrthancProcess], tmp_path: Path,
+        syntax: str) -> None:
+    """JPEG (baseline, extended, lossless), JPEG-LS, JPEG 2000 (which Orthanc cannot decode: the
+    worker does) and RLE: the pixels decoded at the destination are the source's decoded pixels."""
+    patient = f"XFORM-TS-{syntax}"
+    rtset = make_rt_set(patient, n_slices=2, rows=32, columns=40, with_dose=False)
+    compressed = transcode(write_datasets(rtset.ct, tmp_path / "plain"), syntax, tmp_path / syntax)
+    decoded = {str(dcmread(path).SOPInstanceUID): dcmread(path).pixel_array for path in compressed}
+    storescu(compressed, gateway.dicom_port, calling="COMPRESSED", called="RTGATEWAY",
+             options=[PROPOSE[syntax]])
+    viewer = peers["PLAIN_VIEWER"]
+    wait_until(lambda: count(viewer, patient) == 2, 60, f"{syntax}: both slices at the viewer")
+    for uid, ds in held(viewer, patient).items():
+        assert ds.file_meta.TransferSyntaxUID == EXPLICIT_LITTLE
+        if syntax in LOSSY:
+            # Decoders of lossy JPEG may differ by one grey level (the standard's IDCT
+            # tolerance): Orthanc's DCMTK and the test's libjpeg are two decoders.
+            difference = ds.pixel_array.astype(int) - decoded[uid].astype(int)
+            assert np.abs(difference).max() <= 1
+        else:
+            assert np.array_equal(ds.pixel_array, decoded[uid])
+
+
+def test_an_uncompressed_series_reaches_jpeg_ls_and_rle_destinations_losslessly(
+        gateway: OrthancProcess, peers: dict[str, OrthancProcess], tmp_path: Path) -> None:
+    rtset = make_rt_set("XFORM-RAW", n_slices=3, with_dose=False)
+    storescu(write_datasets(rtset.ct, tmp_path), gateway.dicom_port, calling="RAW",
+             called="RTGATEWAY")
+    sent = {str(ds.SOPInstanceUID): ds.pixel_array for ds in rtset.ct}
+    for name, uid in (("JLS_ARCHIVE", SYNTAXES["jpeg-ls"][0]), ("RLE_ARCHIVE", SYNTAXES["rle"][0])):
+        peer = peers[name]
+        wait_until(lambda peer=peer: count(peer, "XFORM-RAW") == 3, 60, f"the series at {name}")
+        for sop, ds in held(peer, "XFORM-RAW").items():
+            assert ds.file_meta.TransferSyntaxUID == uid
+            assert np.array_equal(ds.pixel_array, sent[sop])
