@@ -40,8 +40,10 @@ from pydicom import Dataset, dcmread
 from pydicom.uid import generate_uid
 
 from bench.record import machine
+from bench.relay import make_slices as make_series
+from bench.relay import wait_for_count
 from tests.support.orthanc import OrthancProcess, storescu
-from tests.support.rtset import make_ct_series, make_rt_set, write_datasets
+from tests.support.rtset import make_rt_set, write_datasets
 from tests.support.transcode import PROPOSE, SYNTAXES, transcode
 
 RULES = """
@@ -123,24 +125,6 @@ def make_plan(folder: Path, slices: int, size: int) -> list[Path]:
                        with_dose=False)
     with_clinical_rois(plan.rtstruct)
     return write_datasets([with_private_group(ds) for ds in plan.all()], folder)
-
-
-def make_series(folder: Path, slices: int, size: int) -> list[Path]:
-    series = make_ct_series(
-        patient_id=f"BENCH-{generate_uid()[-8:]}", patient_name="Bench^Syntax",
-        study_uid=generate_uid(), frame_of_reference_uid=generate_uid(),
-        n_slices=slices, rows=size, columns=size,
-    )
-    return write_datasets(series, folder)
-
-
-def wait_for_count(peer: OrthancProcess, count: int, timeout: float = 300) -> float:
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        if peer.instance_count() >= count:
-            return time.perf_counter()
-        time.sleep(0.02)
-    raise TimeoutError(f"{peer.aet} has {peer.instance_count()} of {count} instances")
 
 
 def timed(receiver: OrthancProcess, count: int, send: Callable[[], None]) -> float:
