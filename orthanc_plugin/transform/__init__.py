@@ -6,8 +6,6 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from orthanc_plugin.plans.routes import add_detail_provider
-from orthanc_plugin.transform.record import names_of
 from orthanc_plugin.transform.routes import add_routes
 
 if TYPE_CHECKING:
@@ -15,6 +13,11 @@ if TYPE_CHECKING:
 
 
 def install(ctx: CapabilityContext) -> None:
+    # Imported here: the forwarder imports this package's copy maker, and plans imports the
+    # forwarder's model, so a module-level import of plans would go round in a circle.
+    from orthanc_plugin.plans.routes import add_detail_provider
+    from orthanc_plugin.transform.record import names_of
+
     add_routes(ctx.router, ctx.db)
     # The plan page shows each name its copies carried, before and after, per destination.
     add_detail_provider(ctx, lambda plan: {"names_sent": names_of(

@@ -25,6 +25,12 @@ rules:
     actions:
       - hold: {approvers: [rtgw], expires: 2d}
       - forward: ARCHIVE
+  - name: structure names in TG-263
+    on: instance
+    match: {calling_aet: NAMER, modality: RTSTRUCT}
+    actions:
+      - normalize: tg263
+      - forward: ARCHIVE
 """
 
 
@@ -209,6 +215,36 @@ def test_a_held_plan_is_approved_on_the_page_after_a_deliberate_decision(
         expect(decided).to_contain_text(f"approved by {USER}")
         expect(decided).to_contain_text("checked against the TPS plan report")
         shot(page, "approvals-decided")
+    finally:
+        context.close()
+
+
+def test_the_plan_page_shows_each_structure_name_as_planned_and_as_sent(
+    browser: Browser, servers: dict[str, OrthancProcess], tmp_path: Path
+) -> None:
+    gateway = servers["gateway"]
+    plan = make_rt_set("UI-NAMES-1", "Names^Nadia", plan_label="HN")
+    rois = plan.rtstruct.StructureSetROISequence
+    rois[0].ROIName, rois[1].ROIName = "Brain Stem", "z_ring"
+    storescu(write_datasets(plan.all(), tmp_path), gateway.dicom_port, calling="NAMER")
+    plan_id = str(plan.rtplan.SOPInstanceUID)
+    wait_until(lambda: gateway.get(f"/rt-gateway/plans/{plan_id}").ok and gateway.json(
+        f"/rt-gateway/plans/{plan_id}", params={"dvh": "false"})["names_sent"], 60,
+        "the names the archive received recorded")
+    context = browser.new_context(http_credentials={"username": USER, "password": PASSWORD},
+                                  viewport={"width": 1366, "height": 768})
+    page = context.new_page()
+    try:
+        page.goto(f"{gateway.url}/rt-gateway/ui/#plans?plan={plan_id}")
+        table = page.locator("#plan-names-sent")
+        renamed = table.locator("tr", has_text="Brain Stem")
+        expect(renamed).to_contain_text("Brainstem", timeout=30_000)
+        expect(renamed).to_contain_text("renamed")
+        expect(renamed).to_contain_text("ARCHIVE")
+        expect(table.locator("tr", has_text="z_ring")).to_contain_text("helper structure")
+        table.scroll_into_view_if_needed()
+        assert page.evaluate("document.documentElement.scrollWidth <= window.innerWidth")
+        shot(page, "plan-names-sent")
     finally:
         context.close()
 
