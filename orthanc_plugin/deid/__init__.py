@@ -17,7 +17,9 @@ if TYPE_CHECKING:
     from orthanc_plugin.context import CapabilityContext
 
 
-def install(ctx: CapabilityContext) -> None:
+def pseudonymizer(ctx: CapabilityContext) -> Pseudonymizer:
+    """The site's keyed UID mapping: the same one for de-identified copies and for coerced copies
+    with `uids: keyed`, so both keep their RT links and agree with each other."""
     settings = ctx.config.section.get("Deid") or {}
     if not isinstance(settings, dict):
         raise ConfigError(f"{SECTION}.Deid: expected an object")
@@ -26,7 +28,11 @@ def install(ctx: CapabilityContext) -> None:
         secret = installation_secret(ctx.db)
     else:
         secret = _secret_from_file(resolve_path(ctx.config.config_dir, str(secret_file)))
-    keys = Pseudonymizer(secret)
+    return Pseudonymizer(secret)
+
+
+def install(ctx: CapabilityContext) -> None:
+    keys = pseudonymizer(ctx)
     ctx.db.ensure_columns("deid_copies", {"report": "TEXT"})  # databases of earlier versions
     ctx.registry.add_planner(AnonymizeAction, plan_anonymize)
     executor = AnonymizeExecutor(ctx.jobs, keys)

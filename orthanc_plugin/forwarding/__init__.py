@@ -43,6 +43,13 @@ def study_labeller(labels: StudyLabels) -> Callable[[sqlite3.Row, str, int], Non
     return label
 
 
+def _keyed_uids(ctx: CapabilityContext) -> Callable[[str], str]:
+    # Imported here: de-identification queues forwards, so it imports this package.
+    from orthanc_plugin.deid import pseudonymizer
+
+    return pseudonymizer(ctx).uid
+
+
 def install(ctx: CapabilityContext) -> None:
     commit = read_commit_settings(ctx.section("Forwarding"))
     with ctx.db.transaction() as connection:
@@ -61,7 +68,7 @@ def install(ctx: CapabilityContext) -> None:
         ctx.config.max_instances_per_association,
         InFlightVerifier(ctx.host, ctx.instance_keys,
                          lambda target: verify.get(target, default), stow),
-        copies=CopyMaker(ctx.host, NameTables()),
+        copies=CopyMaker(ctx.host, NameTables(), _keyed_uids(ctx)),
         copy_specs=CopySpecs(ctx.rules),
         copy_record=CopyRecorder(ctx.db, ctx.recorder),
         stow=stow,

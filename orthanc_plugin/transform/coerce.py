@@ -5,16 +5,19 @@
       replace: {StationName: "{StationName}-{Modality}"}  # only where present; {Keyword} templates
       remove: [OperatorsName, "(0009,xxxx)", private]     # a keyword, a tag, a group, every private
       keep: ["(3249,xxxx)"]                               # spared by remove (a TPS's private group)
+      uids: keyed                                         # every UID through the site's keyed map
 
 Checked when the rules load, not when a plan is on its way: an unknown keyword, a value its VR
 cannot hold, a UID or an RT reference changed or removed (the RTPLAN -> RTSTRUCT -> CT links would
-break at the receiver), pixel description or data touched.
+break at the receiver), pixel description or data touched. The one way to change UIDs is
+`uids: keyed`: every instance UID, referenced ones included, goes through the keyed mapping
+de-identification uses (deid/keys.py), so the copies of one plan still point at each other.
 """
 
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -22,7 +25,8 @@ from pydicom import Dataset
 from pydicom.datadict import dictionary_VR, keyword_for_tag, tag_for_keyword
 from pydicom.tag import BaseTag, Tag
 
-KEYS = ("set", "replace", "remove", "keep")
+KEYS = ("set", "replace", "remove", "keep", "uids")
+KEYED = "keyed"
 _TAG = re.compile(r"^\(?([0-9A-Fa-f]{4}),\s*([0-9A-Fa-f]{4}|[xX]{4})\)?$")
 _TEMPLATE = re.compile(r"\{([A-Za-z][A-Za-z0-9]*)\}")
 # Sequences through which RT objects point at each other: removing one unlinks the plan.
@@ -70,17 +74,14 @@ class Coercion:
     replace: tuple[tuple[str, str], ...] = ()
     remove: tuple[Selector, ...] = ()
     keep: tuple[Selector, ...] = ()
+    keyed_uids: bool = False
 
     def __bool__(self) -> bool:
-        return bool(self.assign or self.replace or self.remove)
+        return bool(self.assign or self.replace or self.remove or self.keyed_uids)
 
-    def then(self, other: Coercion) -> Coercion:
-        """This coercion followed by another (a rule's, then its destination's)."""
-        return Coercion(self.assign + other.assign, self.replace + other.replace,
-                        self.remove + other.remove, self.keep + other.keep)
-
-    def apply(self, ds: Dataset) -> list[str]:
-        """Changes `ds` in place; returns what changed, in words for the audit."""
+    def apply(self, ds: Dataset, uid_key: Callable[[str], str] | None = None) -> list[str]:
+        """Changes `ds` in place; returns what changed, in words for the audit. `uid_key` is the
+        keyed UID mapping, needed when the coercion has `uids: keyed`."""
         source = {keyword: _text(ds, keyword) for keyword in self._template_keywords()}
         changes: list[str] = []
         for keyword, template in self.assign:
@@ -100,6 +101,14 @@ class Coercion:
             if doomed:
                 changes.append(f"{selector.text} removed ({len(doomed)} element"
                                f"{'s' if len(doomed) != 1 else ''})")
+        if self.keyed_uids:
+            if uid_key is None:
+                raise CoercionError("uids: keyed needs the site's keyed UID mapping")
+            mapped = _map_uids(ds, uid_key)
+            meta = getattr(ds, "file_meta", None)
+            if meta is not None and "MediaStorageSOPInstanceUID" in meta:
+                meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
+            changes.append(f"UIDs keyed ({mapped})")
         return changes
 
     def _template_keywords(self) -> set[str]:
@@ -114,14 +123,18 @@ def parse_coercion(raw: Any, path: str) -> Coercion:
         if key not in KEYS:
             raise CoercionError(f"{path}.{key}: unknown option (expected one of: "
                                 f"{', '.join(KEYS)})")
+    uids = raw.get("uids")
+    if uids is not None and uids != KEYED:
+        raise CoercionError(f"{path}.uids: expected keyed (the keyed UID mapping), got {uids!r}")
     coercion = Coercion(
+        keyed_uids=uids == KEYED,
         assign=_values(raw.get("set"), f"{path}.set"),
         replace=_values(raw.get("replace"), f"{path}.replace"),
         remove=_selectors(raw.get("remove"), f"{path}.remove", removing=True),
         keep=_selectors(raw.get("keep"), f"{path}.keep", removing=False),
     )
     if not coercion:
-        raise CoercionError(f"{path}: nothing to set, replace or remove")
+        raise CoercionError(f"{path}: nothing to set, replace, remove or key")
     return coercion
 
 
@@ -231,6 +244,28 @@ def _check_removable(selector: Selector, path: str) -> None:
     if keyword and (keyword in RT_LINKS or dictionary_VR(tag) == "UI"):
         raise CoercionError(f"{path}: removing {keyword} would break the links between RTPLAN, "
                             "RTSTRUCT, RTDOSE and CT at the receiver")
+
+
+STANDARD_UID_ROOT = "1.2.840.10008."   # SOP classes, transfer syntaxes: the same everywhere
+
+
+def _map_uids(ds: Dataset, uid_key: Callable[[str], str]) -> int:
+    """Every UI value of the dataset and its sequences through the keyed mapping, except the
+    standard's own UIDs; returns how many values changed."""
+    changed = 0
+    for element in ds:
+        if element.VR == "SQ":
+            for item in element.value:
+                changed += _map_uids(item, uid_key)
+            continue
+        if element.VR != "UI" or element.value in (None, ""):
+            continue
+        values = element.value if element.VM > 1 else [element.value]
+        new = [value if str(value).startswith(STANDARD_UID_ROOT) else uid_key(str(value))
+               for value in values]
+        changed += sum(1 for old, value in zip(values, new, strict=True) if old != value)
+        element.value = new if element.VM > 1 else new[0]
+    return changed
 
 
 def _text(ds: Dataset, keyword: str) -> str:

@@ -39,9 +39,12 @@ class MadeCopy:
 
 
 class CopyMaker:
-    def __init__(self, host: Host, names_table: Callable[[Path | None], Any]) -> None:
+    def __init__(self, host: Host, names_table: Callable[[Path | None], Any],
+                 uid_key: Callable[[str], str] | None = None) -> None:
         self.host = host
         self.names_table = names_table
+        # The site's keyed UID mapping (de-identification's), for coercions with `uids: keyed`.
+        self.uid_key = uid_key
 
     def make(self, instance_id: str, spec: CopySpec) -> MadeCopy:
         syntax = syntax_named(spec.transfer_syntax)
@@ -85,7 +88,7 @@ class CopyMaker:
                                                   plan_label=step.plan_label))
         elif isinstance(step, CoerceStep):
             try:
-                made.changes.extend(step.coercion.apply(ds))
+                made.changes.extend(step.coercion.apply(ds, self.uid_key))
             except CoercionError as error:
                 raise CopyRefused(f"tag coercion: {error}") from None
         elif isinstance(step, HookStep):

@@ -32,6 +32,7 @@ destinations:
   PLAIN_VIEWER: {transfer_syntax: explicit-little}
   JLS_ARCHIVE: {transfer_syntax: jpeg-ls-lossless}
   RLE_ARCHIVE: {transfer_syntax: rle}
+  KEYED: {coerce: {uids: keyed}}
 rules:
   - name: scanner images
     on: instance
@@ -48,6 +49,11 @@ rules:
     match: {calling_aet: RAW}
     actions:
       - forward: [JLS_ARCHIVE, RLE_ARCHIVE]
+  - name: keyed copies
+    on: instance
+    match: {calling_aet: KEYER}
+    actions:
+      - forward: KEYED
   - name: structure names for the TPS
     on: instance
     match: {calling_aet: PLANNING, modality: RTSTRUCT}
@@ -67,7 +73,7 @@ NAMES = ["PTV_High", "Lt Parotid", "parotid_l", "SpinalCord", "z_ring", "Brain S
 def peers(workdir: Path) -> Iterator[dict[str, OrthancProcess]]:
     require_orthanc()
     with running_peers(workdir, "ARCHIVE_A", "VIEWER_B", "TPS", "PLAIN_VIEWER", "JLS_ARCHIVE",
-                       "RLE_ARCHIVE") as processes:
+                       "RLE_ARCHIVE", "KEYED") as processes:
         yield processes
 
 
@@ -230,3 +236,34 @@ def test_an_uncompressed_series_reaches_jpeg_ls_and_rle_destinations_losslessly(
         for sop, ds in held(peer, "XFORM-RAW").items():
             assert ds.file_meta.TransferSyntaxUID == uid
             assert np.array_equal(ds.pixel_array, sent[sop])
+
+
+def test_keyed_uids_change_every_uid_and_keep_the_plan_linked(
+        gateway: OrthancProcess, peers: dict[str, OrthancProcess], tmp_path: Path) -> None:
+    """The one UID change a coercion may make: every instance UID through the site's keyed
+    mapping, so RTDOSE -> RTPLAN -> RTSTRUCT -> CT still point at each other at the receiver."""
+    plan = make_rt_set("XFORM-KEY", "Keyed^Kim", n_slices=4)
+    storescu(write_datasets(plan.all(), tmp_path), gateway.dicom_port, calling="KEYER",
+             called="RTGATEWAY")
+    keyed = peers["KEYED"]
+    wait_until(lambda: count(keyed, "XFORM-KEY") == len(plan.all()), 60, "the keyed plan")
+    received = list(held(keyed, "XFORM-KEY").values())
+    originals = {str(ds.SOPInstanceUID) for ds in plan.all()}
+    assert not originals & {str(ds.SOPInstanceUID) for ds in received}
+    by_modality: dict[str, list[Dataset]] = {}
+    for ds in received:
+        by_modality.setdefault(str(ds.Modality), []).append(ds)
+        assert ds.StudyInstanceUID != plan.study_uid
+        assert ds.file_meta.MediaStorageSOPInstanceUID == ds.SOPInstanceUID
+    (rtstruct,), (rtplan,), (rtdose,) = (by_modality[m] for m in ("RTSTRUCT", "RTPLAN", "RTDOSE"))
+    ct_uids = {str(ds.SOPInstanceUID) for ds in by_modality["CT"]}
+    assert {str(ds.FrameOfReferenceUID) for ds in by_modality["CT"]} == {
+        str(rtstruct.ReferencedFrameOfReferenceSequence[0].FrameOfReferenceUID)}
+    contour_images = {str(image.ReferencedSOPInstanceUID)
+                      for roi in rtstruct.ROIContourSequence for contour in roi.ContourSequence
+                      for image in contour.get("ContourImageSequence", [])}
+    assert contour_images and contour_images <= ct_uids
+    assert rtplan.ReferencedStructureSetSequence[0].ReferencedSOPInstanceUID == \
+        rtstruct.SOPInstanceUID
+    assert rtdose.ReferencedRTPlanSequence[0].ReferencedSOPInstanceUID == rtplan.SOPInstanceUID
+    assert rtplan.SOPClassUID == plan.rtplan.SOPClassUID   # the standard's own UIDs stay

@@ -141,3 +141,21 @@ def test_dicomweb_servers_read_from_orthancs_setting_and_refused_when_malformed(
     assert servers["CLOUD"].headers == {"Authorization": "Bearer t"} and servers["CLOUD"].auth is None
     with pytest.raises(ConfigError, match="http"):
         dicomweb_servers({"DicomWeb": {"Servers": {"X": ["ftp://x"]}}})
+
+
+def test_keyed_uids_map_every_instance_uid_once_and_spare_the_standards() -> None:
+    coercion = parse_coercion({"uids": "keyed"}, "c")
+    ds = Dataset()
+    ds.SOPClassUID = "1.2.840.10008.5.1.4.1.1.481.3"
+    ds.SOPInstanceUID, ds.FrameOfReferenceUID = "1.2.3.4", "1.2.3.9"
+    item = Dataset()
+    item.FrameOfReferenceUID = "1.2.3.9"
+    ds.ReferencedFrameOfReferenceSequence = [item]
+    coercion.apply(ds, lambda uid: "2.25." + uid.replace(".", ""))
+    assert ds.SOPClassUID == "1.2.840.10008.5.1.4.1.1.481.3"
+    assert ds.SOPInstanceUID == "2.25.1234"
+    assert ds.ReferencedFrameOfReferenceSequence[0].FrameOfReferenceUID == ds.FrameOfReferenceUID
+    with pytest.raises(CoercionError, match="keyed UID mapping"):
+        parse_coercion({"uids": "keyed"}, "c").apply(Dataset(), None)
+    with pytest.raises(CoercionError, match="expected keyed"):
+        parse_coercion({"uids": "random"}, "c")
