@@ -38,10 +38,16 @@ class StowPeer:
 
             def do_POST(self) -> None:
                 body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
-                answer = peer._store(self.headers.get("Content-Type", ""), body)
                 with peer._lock:
                     peer.requests += 1
                     number = peer.requests
+                    busy = 0 < peer.hold_request < number and not peer.release.is_set()
+                if busy:
+                    # Busy while it holds an answer: later requests store nothing, so what it
+                    # holds at a kill is exactly the requests up to the held one.
+                    self._send(503, {})
+                    return
+                answer = peer._store(self.headers.get("Content-Type", ""), body)
                 if number == peer.hold_request:
                     peer.holding.set()
                     peer.release.wait(120)
