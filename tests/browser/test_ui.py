@@ -246,6 +246,13 @@ def test_the_plan_page_shows_each_structure_name_as_planned_and_as_sent(
         table.scroll_into_view_if_needed()
         assert page.evaluate("document.documentElement.scrollWidth <= window.innerWidth")
         shot(page, "plan-names-sent")
+        # The Health tab lists what did not match, for the physicist to extend the table.
+        page.goto(f"{gateway.url}/rt-gateway/ui/#health")
+        unmapped = page.locator("#unmapped-names tr", has_text="z_ring")
+        expect(unmapped).to_contain_text("helper structure", timeout=30_000)
+        expect(page.locator("#webhooks")).to_contain_text("No webhook is configured")
+        assert page.evaluate("document.documentElement.scrollWidth <= window.innerWidth")
+        shot(page, "health-names")
     finally:
         context.close()
 

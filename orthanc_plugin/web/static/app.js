@@ -934,6 +934,28 @@ async function renderHealth() {
     { title: "", value: (t) => element("button", { type: "button", onclick: () => echo(t.name), "aria-label": `Check ${t.name} now (C-ECHO)` }, "Check now") },
   ], "Destinations"));
   renderCleanup();
+  renderNamesAndWebhooks();
+}
+const UNMAPPED_WHY = { "no match": "no match in the table", helper: "helper structure (z_), never renamed", conflict: "another structure has this name", "too long": "the standard name is too long" };
+async function renderNamesAndWebhooks() {
+  try {
+    const unmapped = await call("names/unmapped?limit=20");
+    $("#unmapped-names").replaceChildren(unmapped.names.length ? dataTable(unmapped.names, [
+      { title: "Name as planned", value: (n) => n.name },
+      { title: "Why unchanged", value: (n) => UNMAPPED_WHY[n.status] || n.status },
+      { title: "Copies", value: (n) => n.copies, class: "num" },
+      { title: "Last seen", value: (n) => localTime(n.last_seen) },
+    ], "Names without a TG-263 match") : element("p", { class: "muted" }, "None: every name sent so far matched."));
+  } catch (error) { $("#unmapped-names").textContent = "Could not be read: " + error.message; }
+  try {
+    const hooks = (await call("webhooks")).webhooks;
+    $("#webhooks").replaceChildren(hooks.length ? dataTable(hooks, [
+      { title: "Receiver", value: (w) => w.url + (w.configured ? "" : " (no longer configured)") },
+      { title: "Delivered", value: (w) => w.delivered, class: "num" },
+      { title: "Waiting", value: (w) => w.pending, class: "num" },
+      { title: "State", value: (w) => (w.failing && w.next ? `failing since ${localTime(w.next.failing_since)}: ${w.next.last_error || "no answer"}${w.next.next_attempt_at ? "; next try " + localTime(w.next.next_attempt_at) : ""}` : "ok") },
+    ], "Webhooks") : element("p", { class: "muted" }, "No webhook is configured (RtGateway.Webhooks)."));
+  } catch (error) { $("#webhooks").textContent = "Could not be read: " + error.message; }
 }
 function destinationNow(d) {
   if (!d) return "";
