@@ -41,7 +41,7 @@ from pydicom.uid import generate_uid
 
 from bench.record import machine
 from bench.relay import make_slices as make_series
-from bench.relay import wait_for_count
+from bench.relay import quartiles, wait_for_count
 from tests.support.orthanc import OrthancProcess, storescu
 from tests.support.rtset import make_rt_set, write_datasets
 from tests.support.transcode import PROPOSE, SYNTAXES, transcode
@@ -184,14 +184,6 @@ def check_transformed(receiver: OrthancProcess) -> None:
                            f"{ds.get('InstitutionName')}, {sorted(names)}")
     if any(element.tag.group == 0x0009 for element in ds):
         raise RuntimeError("RECV_XFORM got the private group (0009,xxxx)")
-
-
-def quartiles(values: list[float]) -> list[float]:
-    """First and third quartile: a goal inside them is not yet decided."""
-    if len(values) < 2:
-        return [round(values[0], 3)] * 2 if values else []
-    q = statistics.quantiles(values, n=4)
-    return [round(q[0], 3), round(q[2], 3)]
 
 
 def main() -> None:

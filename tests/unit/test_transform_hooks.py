@@ -154,10 +154,11 @@ def test_a_hook_that_waits_is_stopped_by_the_wall_clock(tmp_path: Path, rtset: R
 
 
 def test_a_program_left_running_neither_holds_up_the_answer_nor_survives(
-    tmp_path: Path, rtset: RtSet
+    tmp_path: Path, rtset: RtSet, isolation: str
 ) -> None:
-    if hooks.network_isolation() == hooks.ISOLATION_GUARD:
-        pytest.skip("without a network namespace the guard forbids starting programs")
+    """In a network namespace a hook may start a program: the answer does not wait for it and it
+    dies with the hook. Under the Python guard alone starting a program is refused (a child
+    program would have the network), with the reason."""
     pid_file = tmp_path / "sleeper.pid"
     hook = script(tmp_path, f"""
         import subprocess
@@ -168,6 +169,12 @@ def test_a_program_left_running_neither_holds_up_the_answer_nor_survives(
             open({str(pid_file)!r}, "w").write(str(sleeper.pid))
     """)
     data = encode(rtset.rtstruct)
+    if isolation == "guard" or hooks.network_isolation() == hooks.ISOLATION_GUARD:
+        refused = refusal(hook, data, HookLimits(seconds=5.0))
+        assert refused.kind == "crash"
+        assert "network access is not allowed" in refused.reason
+        assert not pid_file.exists()
+        return
     assert run_hook(hook, data, HookLimits(seconds=5.0)) == data
     pid = int(pid_file.read_text())
     assert wait_until_gone(pid), f"sleep {pid} outlived its hook"
