@@ -23,6 +23,7 @@ from orthanc_plugin.config import SECTION, ConfigError, GatewayConfig, parse_con
 from orthanc_plugin.context import CapabilityContext, Hooks
 from orthanc_plugin.db import META_SCHEMA, Database
 from orthanc_plugin.forwarding.verify import InstanceKeys
+from orthanc_plugin.jobs.arrival import SCHEMA as ARRIVAL_SCHEMA
 from orthanc_plugin.jobs.executor_base import JobContext
 from orthanc_plugin.jobs.executors import Registry
 from orthanc_plugin.jobs.intake import Intake
@@ -58,7 +59,7 @@ class Gateway:
         self._rules_lock = threading.Lock()
         self.db = Database(
             config.database, [META_SCHEMA, AUDIT_SCHEMA, JOBS_SCHEMA, OWN_OUTPUT_SCHEMA,
-             *capabilities.extra_schemas()]
+                              ARRIVAL_SCHEMA, *capabilities.extra_schemas()]
         )
         for table, columns in {**ADDED_COLUMNS, **AUDIT_ADDED_COLUMNS}.items():
             self.db.ensure_columns(table, columns)
@@ -95,7 +96,11 @@ class Gateway:
         self.hooks = Hooks(after_describe=self.intake.after_describe,
                            when_quiet=self.intake.when_quiet,
                            source_overrides=self.intake.source_overrides,
+                           after_records_completed=self.intake.after_records_completed,
                            claim_admission=self.queue.admission_checks)
+        # How many arrivals were decided from the plugin's note alone (jobs/arrival.py).
+        self.hooks.stats.append(
+            lambda: {"intake": {"decided_at_arrival": self.intake.arrival.decided}})
         self.rules_text = _read_text(config.rules_file)
         # The worker's main fills in how to find the worker processes (their pid files).
         self.health_probes = HealthProbes(

@@ -34,6 +34,9 @@ class Hooks:
     after_describe: list[Callable[[], bool]] = field(default_factory=list)
     # Called only while no instance arrives and no job runs (the SQL index).
     when_quiet: list[Callable[[], bool]] = field(default_factory=list)
+    # Jobs decided at arrival that ended before their instance was described, once their
+    # records name the study (jobs/arrival.py); e.g. the study's sent label.
+    after_records_completed: list[Callable[[Sequence[int]], None]] = field(default_factory=list)
     # Instance ID -> the source it was stored for (import folder), or None.
     source_overrides: list[Callable[[str], str | None]] = field(default_factory=list)
     # The lead worker's own loops start and stop with the gateway.

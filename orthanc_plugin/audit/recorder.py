@@ -11,6 +11,11 @@ from orthanc_plugin.audit.metrics import Metrics
 from orthanc_plugin.audit.translog import TransactionLog
 from orthanc_plugin.db import Database
 
+# transfers.logged: 0 not yet, 1 written, 2 waiting for the instance's description (a job decided
+# at arrival, jobs/arrival.py, delivered before its patient and study were known): the line is
+# written with them when the description completes the records.
+LOG_AWAITS_DESCRIPTION = 2
+
 
 class AuditRecorder:
     def __init__(self, db: Database, log: TransactionLog, metrics: Metrics) -> None:
@@ -79,28 +84,38 @@ class AuditRecorder:
     ) -> int:
         """One transfer row, in the caller's transaction; its log line follows once it commits
         (log_transfer), so a row is never logged without being kept."""
+        # Patient and study as the job holds them now, not as the caller read it at its claim: a
+        # job decided at arrival learns them when its instance is described (jobs/arrival.py).
         cursor = connection.execute(
             "INSERT INTO transfers(job_id, rule, resource_id, patient_id, study_uid, target,"
             " attempt, status, instances, bytes, started_at, ended_at, error, orthanc_job,"
-            " writer, logged) VALUES(?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,0)",
+            " writer, logged) VALUES(?,?,?,"
+            " COALESCE((SELECT patient_id FROM jobs WHERE id=?), ?),"
+            " COALESCE((SELECT study_uid FROM jobs WHERE id=?), ?),"
+            " ?,?,?,?,?,?,?,?,?,?,0)",
             (
-                job["id"], job["rule"], job["resource_id"], job["patient_id"],
-                job["study_uid"], job["target"], attempt, status, instances, bytes_sent,
-                started_at, now_iso(), error, orthanc_job, writer,
+                job["id"], job["rule"], job["resource_id"], job["id"], job["patient_id"],
+                job["id"], job["study_uid"], job["target"], attempt, status, instances,
+                bytes_sent, started_at, now_iso(), error, orthanc_job, writer,
             ),
         )
         return int(cursor.lastrowid or 0)
 
-    def log_transfer(self, transfer_id: int, job_state: str, *, late: bool = False) -> None:
+    def log_transfer(self, transfer_id: int, job_state: str, *, late: bool = False,
+                     counted: bool = False) -> None:
         """The transaction-log line and the counters of a committed transfer row, then the row
         marked as logged. The line names the row ("transfer N"): a start after a crash between
-        the line and the mark finds it in the log and does not write it twice."""
-        rows = self.db.query(
-            "SELECT t.*, j.remote_ip, j.calling_aet FROM transfers t "
-            "LEFT JOIN jobs j ON j.id = t.job_id WHERE t.id=?", (transfer_id,))
-        if not rows:
+        the line and the mark finds it in the log and does not write it twice. A row of a job
+        decided at arrival whose instance is not described yet waits for its study
+        (LOG_AWAITS_DESCRIPTION); its counters are counted now (`counted` when it is written)."""
+        row = self._transfer_for_log(transfer_id)
+        if row is None:
             return
-        row = rows[0]
+        if row["awaits_description"] and self._defer_until_described(transfer_id):
+            self._count(row["target"], row["status"], row["instances"], row["bytes"], late)
+            return
+        if row["awaits_description"]:  # described meanwhile: the row now names its study
+            row = self._transfer_for_log(transfer_id) or row
         status, instances, bytes_sent = row["status"], row["instances"], row["bytes"]
         outcome = (f"{status}: {instances} instance(s), {bytes_sent} bytes, job {row['job_id']}, "
                    f"transfer {transfer_id}")
@@ -120,12 +135,34 @@ class AuditRecorder:
             destination=row["target"],
             outcome=outcome,
         )
-        self._count(row["target"], status, instances, bytes_sent, late)
+        self._count(row["target"], status, instances, bytes_sent, late or counted)
 
         def mark() -> None:
             with self.db.transaction() as connection:
                 connection.execute("UPDATE transfers SET logged=1 WHERE id=?", (transfer_id,))
         self.db.durable(mark, "marking a transfer as logged")
+
+    def _transfer_for_log(self, transfer_id: int) -> sqlite3.Row | None:
+        rows = self.db.query(
+            "SELECT t.*, j.remote_ip, j.calling_aet, j.awaits_description FROM transfers t "
+            "LEFT JOIN jobs j ON j.id = t.job_id WHERE t.id=?", (transfer_id,))
+        return rows[0] if rows else None
+
+    def _defer_until_described(self, transfer_id: int) -> bool:
+        """Marks the row as waiting for its instance's description when its job was decided at
+        arrival and is still without a study; False when the description came first. One
+        statement, so it and the completion (jobs/arrival.py) cannot both miss the line."""
+        deferred = 0
+
+        def mark() -> None:
+            nonlocal deferred
+            with self.db.transaction() as connection:
+                deferred = connection.execute(
+                    "UPDATE transfers SET logged=? WHERE id=? AND logged=0 AND EXISTS ("
+                    "SELECT 1 FROM jobs j WHERE j.id = transfers.job_id AND j.awaits_description=1)",
+                    (LOG_AWAITS_DESCRIPTION, transfer_id)).rowcount
+        self.db.durable(mark, "deferring a transfer's log line")
+        return deferred > 0
 
     def _count(self, target: str, status: str, instances: int, bytes_sent: int,
                late: bool) -> None:
@@ -147,8 +184,9 @@ class AuditRecorder:
         else:
             where, parameters = "(writer IS NULL OR writer NOT LIKE ?)", (f"{generation}:%",)
         rows = self.db.query(
-            f"SELECT id, ended_at FROM transfers WHERE logged=0 AND {where} ORDER BY id",
-            parameters)
+            f"SELECT id, ended_at FROM transfers WHERE (logged=0 AND {where}) OR (logged=? AND "
+            "NOT EXISTS (SELECT 1 FROM jobs j WHERE j.id = transfers.job_id AND "
+            "j.awaits_description=1)) ORDER BY id", (*parameters, LOG_AWAITS_DESCRIPTION))
         written = 0
         for row in rows:
             if self.log.mentions(f"transfer {row['id']}", row["ended_at"]):
@@ -176,7 +214,7 @@ class AuditRecorder:
         study_uid: str = "",
         connection: sqlite3.Connection | None = None,
     ) -> None:
-        row = (
+        row: tuple[object, ...] = (
             now_iso(), event, status, patient_id, study_uid, resource_id, rule, target, job_id,
             detail,
         )
@@ -184,6 +222,17 @@ class AuditRecorder:
             "INSERT INTO audit_events(at, event, status, patient_id, study_uid, resource_id, rule,"
             " target, job_id, detail) VALUES(?,?,?,?,?,?,?,?,?,?)"
         )
+        if job_id is not None and not study_uid:
+            # A job decided at arrival may have learnt its study since its caller read it.
+            sql = (
+                "INSERT INTO audit_events(at, event, status, patient_id, study_uid, resource_id,"
+                " rule, target, job_id, detail) VALUES(?,?,?,"
+                " COALESCE(NULLIF(?, ''), (SELECT patient_id FROM jobs WHERE id=?), ''),"
+                " COALESCE(NULLIF(?, ''), (SELECT study_uid FROM jobs WHERE id=?), ''),"
+                " ?,?,?,?,?)"
+            )
+            row = (now_iso(), event, status, patient_id, job_id, study_uid, job_id,
+                   resource_id, rule, target, job_id, detail)
         if connection is not None:
             connection.execute(sql, row)  # the caller's transaction: its caller retries it
             return

@@ -4,9 +4,10 @@ storage commitment."""
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING
 
+from orthanc_plugin.db import Database
 from orthanc_plugin.forwarding.action import Forwarder
 from orthanc_plugin.forwarding.commitment import CommitmentWatcher, commitment_gauges
 from orthanc_plugin.forwarding.commitment import read_settings as read_commit_settings
@@ -26,11 +27,19 @@ if TYPE_CHECKING:
     from orthanc_plugin.context import CapabilityContext
 
 
-def study_labeller(labels: StudyLabels) -> Callable[[sqlite3.Row, str, int], None]:
+def study_labeller(labels: StudyLabels, db: Database
+                   ) -> Callable[[sqlite3.Row, str, int], None]:
     """A settled forward job's study gets rtgw-sent-<TARGET> once something reached the target,
     and rtgw-parked while a job of it is parked (removed when one of its jobs completes)."""
     def label(job: sqlite3.Row, state: str, sent: int) -> None:
-        if state not in ("done", "dead") or not job["study_uid"]:
+        if state not in ("done", "dead"):
+            return
+        if not job["study_uid"]:
+            # Read at its claim; decided at arrival, its study may be known by now, else the
+            # description labels it (label_settled).
+            fresh = db.query("SELECT * FROM jobs WHERE id=?", (job["id"],))
+            job = fresh[0] if fresh else job
+        if not job["study_uid"]:
             return
         study = orthanc_study_id(job["patient_id"] or "", job["study_uid"])
         if state == "dead":
@@ -41,6 +50,19 @@ def study_labeller(labels: StudyLabels) -> Callable[[sqlite3.Row, str, int], Non
         if job["last_error"]:  # it failed before (perhaps parked, then retried by hand)
             labels.remove(study, PARKED)
     return label
+
+
+def label_settled(db: Database, label: Callable[[sqlite3.Row, str, int], None],
+                  job_ids: Sequence[int]) -> None:
+    """Labels the studies of forward jobs that ended before their study was known (decided at
+    arrival, jobs/arrival.py), as their own settling would have."""
+    marks = ",".join("?" * len(job_ids))
+    for job in db.query(
+        f"SELECT j.*, (SELECT COUNT(*) FROM job_items i WHERE i.job_id = j.id AND "
+        f"i.state='sent') AS sent FROM jobs j WHERE j.id IN ({marks}) AND j.action=?",
+        (*job_ids, JOB_ACTION),
+    ):
+        label(job, job["state"], job["sent"])
 
 
 def _keyed_uids(ctx: CapabilityContext) -> Callable[[str], str]:
@@ -75,7 +97,9 @@ def install(ctx: CapabilityContext) -> None:
     )
     forwarder.after_settle = ctx.refresh_queue_gauges
     forwarder.stopping = ctx.stopping
-    forwarder.label_study = study_labeller(ctx.labels)
+    forwarder.label_study = study_labeller(ctx.labels, ctx.db)
+    ctx.hooks.after_records_completed.append(
+        lambda job_ids: label_settled(ctx.db, forwarder.label_study, job_ids))
     forwarder.commit_wanted = commit.wanted
     ctx.registry.add_planner(ForwardAction, plan_forward)
     ctx.registry.add_executor(JOB_ACTION, forwarder)

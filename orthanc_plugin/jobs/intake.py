@@ -10,7 +10,7 @@ import sqlite3
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from orthanc_plugin.audit.clock import now_iso
@@ -18,11 +18,12 @@ from orthanc_plugin.audit.recorder import AuditRecorder
 from orthanc_plugin.db import Database
 from orthanc_plugin.forwarding.model import OutgoingInstance, order_for_sending
 from orthanc_plugin.jobs.apply import Applied, queue_rule_actions
+from orthanc_plugin.jobs.arrival import ArrivalDecider, ArrivalDecision, Completed
 from orthanc_plugin.jobs.executors import Registry
 from orthanc_plugin.jobs.facts import SOURCE_BY_ORIGIN, FactsBuilder
 from orthanc_plugin.jobs.queue import JobQueue, JobSpec
 from orthanc_plugin.ports import Host, HostError
-from orthanc_plugin.rules import Rule, RuleSet, Trigger, evaluate
+from orthanc_plugin.rules import InstanceFacts, Rule, RuleSet, Trigger, evaluate
 
 CURSOR_KEY = "changes_cursor"
 PLAN_LABEL_TAG = "300a-0002"
@@ -31,6 +32,13 @@ MAX_DESCRIBE_FAILURES = 5
 # "Quiet" means no instance arrived for this long, not merely none in the last pass: notes come a
 # few milliseconds apart within a series, and passes are 50 ms apart.
 QUIET_AFTER_SECONDS = 1.0
+# Describing (a REST call per instance, then audit rows, plan tracking and the index) waits while
+# notes keep coming, since forward rules were decided from the notes already (jobs/arrival.py):
+# until no note came for this long ...
+DESCRIBE_AFTER_NOTES_PAUSE_SECONDS = 0.3
+# ... or the oldest waiting instance has waited this long, so a burst that never ends (a busy
+# site, a harvest) delays stable-study and plan rules by at most this much, never starves them.
+DESCRIBE_AT_MOST_AFTER_SECONDS = 2.0
 
 
 class Intake:
@@ -59,7 +67,13 @@ class Intake:
         self._deleted_inbox: deque[str] = deque()
         self._series_cache: dict[str, dict[str, Any]] = {}
         self._describe_failures: dict[str, int] = {}
+        # Seconds, monotonic; the contract tests' harness turns it to make a burst end.
+        self.clock: Callable[[], float] = time.monotonic
         self._last_arrival = float("-inf")
+        self._last_note = float("-inf")
+        self._describe_waiting_since: float | None = None
+        self._catching_up = False
+        self.arrival = ArrivalDecider(queue, registry, recorder, rules)
         # Capabilities that store instances themselves on behalf of an outside source (the import
         # folder) name it here: instance ID -> source, or None when the instance is not theirs.
         self.source_overrides: list[Callable[[str], str | None]] = []
@@ -69,6 +83,9 @@ class Intake:
         self.after_describe: list[Callable[[], bool]] = []
         # Hooks that may wait until no instance is arriving (e.g. the SQL index).
         self.when_quiet: list[Callable[[], bool]] = []
+        # Called with the jobs decided at arrival that had already ended when their instance was
+        # described (e.g. the study's sent label, which needs the study).
+        self.after_records_completed: list[Callable[[Sequence[int]], None]] = []
 
     # -- called from Orthanc's callbacks: memory only, no I/O ---------------------------------
     def note_stored(self, instance_id: str, noted: dict[str, Any]) -> None:
@@ -93,11 +110,12 @@ class Intake:
         with self.lock:
             arriving = self._drain_callbacks()
             arriving |= self._tail_changes()
-            arriving |= self._describe_new()
+            now = self.clock()
+            if not self._describe_waits(now):
+                arriving |= self._describe_new()
             busy = arriving | self._run_after_describe(self.after_describe)
             busy |= self._run_instance_rules()
             busy |= self._run_stable_studies()
-            now = time.monotonic()
             if arriving:
                 self._last_arrival = now
             quiet = now - self._last_arrival >= QUIET_AFTER_SECONDS
@@ -108,17 +126,40 @@ class Intake:
                 busy |= self._run_after_describe(self.when_quiet)
             return busy
 
+    def _describe_waits(self, now: float) -> bool:
+        """Whether describing waits this pass (see DESCRIBE_AFTER_NOTES_PAUSE_SECONDS). Once the
+        longest wait is reached, everything waiting is described before waiting again."""
+        if self._catching_up:
+            return False
+        if now - self._last_note >= DESCRIBE_AFTER_NOTES_PAUSE_SECONDS:
+            self._describe_waiting_since = None
+            return False
+        if self._describe_waiting_since is None:
+            self._describe_waiting_since = now
+        if now - self._describe_waiting_since < DESCRIBE_AT_MOST_AFTER_SECONDS:
+            return True
+        self._catching_up = True
+        self._describe_waiting_since = None
+        return False
+
     def _drain_callbacks(self) -> bool:
         if not self._callback_inbox and not self._stable_inbox and not self._deleted_inbox:
             return False
         stamp = now_iso()
+        queued = False
         with self.db.transaction() as connection:
+            if self._callback_inbox:
+                self._last_note = self.clock()
             while self._callback_inbox:
                 instance_id, noted = self._callback_inbox.popleft()
-                connection.execute(
+                inserted = connection.execute(
                     "INSERT OR IGNORE INTO received(instance_id, received_at) VALUES(?,?)",
                     (instance_id, stamp),
-                )
+                ).rowcount
+                if noted and (inserted or _undecided(connection, instance_id)):
+                    # The log can list an instance before its note comes; a duplicate C-STORE of
+                    # an instance already decided or described decides nothing again.
+                    queued |= self.arrival.decide(connection, instance_id, noted, stamp)
                 if noted:
                     # What the callback read from Orthanc's metadata; the describe step then
                     # skips its own metadata call (unless the row was described already).
@@ -134,6 +175,8 @@ class Intake:
                     "UPDATE received SET state='gone' WHERE instance_id=?",
                     (self._deleted_inbox.popleft(),),
                 )
+        if queued:
+            self.wake_workers()
         return True
 
     def _tail_changes(self) -> bool:
@@ -169,21 +212,23 @@ class Intake:
             (BATCH,),
         )
         if not rows:
+            self._catching_up = False
             return False
         described = [(row, self._describe_or_reason(row["instance_id"], row)) for row in rows]
         now = time.time()
+        completed: list[Completed] = []
         with self.db.transaction() as connection:
             for row, info in described:
-                if info is None:
-                    connection.execute(
-                        "UPDATE received SET state='gone' WHERE seq=?", (row["seq"],)
-                    )
-                    continue
-                if isinstance(info, str):
-                    connection.execute(
-                        "UPDATE received SET state='quarantined' WHERE seq=?", (row["seq"],)
-                    )
-                    self.recorder.quarantine(connection, row["instance_id"], info)
+                if info is None or isinstance(info, str):
+                    if info is None:
+                        connection.execute(
+                            "UPDATE received SET state='gone' WHERE seq=?", (row["seq"],))
+                    else:
+                        connection.execute(
+                            "UPDATE received SET state='quarantined' WHERE seq=?", (row["seq"],))
+                        self.recorder.quarantine(connection, row["instance_id"], info)
+                    # Decided at arrival and never described: recorded with what is known.
+                    completed += self._complete_arrival(connection, row)
                     continue
                 info.setdefault("calling_aet", row["calling_aet"])
                 columns = ", ".join(f"{key}=?" for key in info)
@@ -196,7 +241,11 @@ class Intake:
                     "ON CONFLICT(study_id) DO UPDATE SET last_received_at=excluded.last_received_at",
                     (info["study_id"], now),
                 )
-        return len(rows) == BATCH
+        self._after_completed(completed)
+        more = len(rows) == BATCH
+        if not more:
+            self._catching_up = False
+        return more
 
     def _run_after_describe(self, hooks: list[Callable[[], bool]]) -> bool:
         """One failing hook must not stop the rules: it is logged and tried again next pass."""
@@ -303,23 +352,58 @@ class Intake:
             return False
         ruleset = self.rules()
         rules = ruleset.for_trigger(Trigger.INSTANCE)
+        by_name = {rule.name: rule for rule in ruleset.rules}
         queued = False
         labels_by_study: dict[str, tuple[str, ...]] = {}
+        completed: list[Completed] = []
         with self.db.transaction() as connection:
+            decided = self.arrival.pending(connection, [row["instance_id"] for row in rows])
             for row in rows:
                 # Every row of the batch is already described: a study's labels cannot change here.
                 if row["study_id"] not in labels_by_study:
                     labels_by_study[row["study_id"]] = _plan_labels(connection, row["study_id"])
                 facts = self.facts.build([row], labels_by_study[row["study_id"]])
+                at_arrival = decided.get(row["instance_id"], {})
                 for rule in rules:
-                    queued |= self._apply(connection, ruleset, rule, "instance",
-                                          row["instance_id"], [row], facts)
+                    if rule.name not in at_arrival:
+                        queued |= self._apply(connection, ruleset, rule, "instance",
+                                              row["instance_id"], [row], facts)
+                if at_arrival:
+                    completed += self._complete_arrival(connection, row, at_arrival, facts[0],
+                                                        by_name)
                 connection.execute(
                     "UPDATE received SET instance_rules_done=1 WHERE seq=?", (row["seq"],)
                 )
+        self._after_completed(completed)
         if queued:
             self.wake_workers()
         return len(rows) == BATCH
+
+    def _complete_arrival(self, connection: sqlite3.Connection, row: sqlite3.Row,
+                          decisions: Mapping[str, ArrivalDecision] | None = None,
+                          facts: InstanceFacts | None = None,
+                          rules_by_name: Mapping[str, Rule] | None = None) -> list[Completed]:
+        """The records of decisions taken at arrival, completed now that the instance is
+        described (or known never to be: gone, quarantined, when `decisions` is not given)."""
+        if decisions is None:
+            decisions = self.arrival.pending(connection, [row["instance_id"]]).get(
+                row["instance_id"], {})
+        if not decisions:
+            return []
+        return [self.arrival.complete(connection, row, decisions, facts, rules_by_name or {})]
+
+    def _after_completed(self, completed: list[Completed]) -> None:
+        """Once the completing transaction committed: the log lines that waited for the study,
+        and the hooks for jobs that ended before it was known."""
+        for done in completed:
+            for transfer_id, job_state in done.transfers_to_log:
+                self.recorder.log_transfer(transfer_id, job_state, counted=True)
+            if done.settled_jobs:
+                for hook in self.after_records_completed:
+                    try:
+                        hook(done.settled_jobs)
+                    except Exception as error:
+                        self.host.log_error(f"after-records hook: {error!r}")
 
     def _run_stable_studies(self) -> bool:
         now = time.time()
@@ -475,6 +559,13 @@ def noted_facts(fields: Sequence[str]) -> dict[str, Any]:
     size = fields[len(_NOTE_COLUMNS)]
     facts["file_size"] = int(size) if size.isdigit() else 0
     return facts
+
+
+def _undecided(connection: sqlite3.Connection, instance_id: str) -> bool:
+    return connection.execute(
+        "SELECT 1 FROM received r WHERE r.instance_id=? AND r.state='new' AND NOT EXISTS ("
+        "SELECT 1 FROM arrival_decisions d WHERE d.instance_id = r.instance_id)",
+        (instance_id,)).fetchone() is not None
 
 
 def _signal_stable(connection: sqlite3.Connection, study_id: str) -> None:

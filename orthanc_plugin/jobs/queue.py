@@ -45,6 +45,8 @@ class JobSpec:
     calling_aet: str = ""
     remote_ip: str = ""
     priority: int = Priority.NORMAL
+    # Decided from the arrival note (jobs/arrival.py): patient and study follow the description.
+    awaits_description: bool = False
 
 
 @dataclass(frozen=True)
@@ -120,11 +122,12 @@ class JobQueue:
         cursor = connection.execute(
             "INSERT OR IGNORE INTO jobs(idempotency_key, rule, action, trigger, level, resource_id,"
             " patient_id, study_uid, calling_aet, remote_ip, target, created_at, updated_at,"
-            " created_epoch, priority) VALUES(?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+            " created_epoch, priority, awaits_description) VALUES(?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
             (
                 idempotency_key(spec, fresh), spec.rule, spec.action, spec.trigger, spec.level,
                 spec.resource_id, spec.patient_id, spec.study_uid, spec.calling_aet,
                 spec.remote_ip, spec.target, stamp, stamp, time.time(), int(spec.priority),
+                int(spec.awaits_description),
             ),
         )
         if cursor.rowcount == 0:

@@ -22,7 +22,10 @@ CREATE TABLE IF NOT EXISTS jobs(
     claim_id TEXT, claim_items INTEGER NOT NULL DEFAULT 0,
     -- When its current run of failed attempts began (NULL once it delivers): a destination's
     -- failover moves a job that has failed to reach it for long enough.
-    failing_since REAL
+    failing_since REAL,
+    -- 1 while a job decided from the arrival note (jobs/arrival.py) waits for its instance's
+    -- description to name the patient and study in its records.
+    awaits_description INTEGER NOT NULL DEFAULT 0
 );
 CREATE INDEX IF NOT EXISTS jobs_ready ON jobs(state, next_attempt_at);
 CREATE INDEX IF NOT EXISTS jobs_rule_target ON jobs(rule, target);
@@ -75,7 +78,8 @@ CREATE TABLE IF NOT EXISTS study_progress(
 ADDED_COLUMNS = {
     "jobs": {"claimed_by": "TEXT", "crashes": "INTEGER NOT NULL DEFAULT 0",
              "priority": "INTEGER NOT NULL DEFAULT 10", "claim_id": "TEXT",
-             "claim_items": "INTEGER NOT NULL DEFAULT 0", "failing_since": "REAL"},
+             "claim_items": "INTEGER NOT NULL DEFAULT 0", "failing_since": "REAL",
+             "awaits_description": "INTEGER NOT NULL DEFAULT 0"},
     "job_items": {"in_flight_job": "TEXT", "in_flight_pos": "INTEGER", "commit_state": "TEXT",
                   "commit_txn": "TEXT", "commit_since": "REAL",
                   # Deliveries made before the column existed were reported by their own rows.

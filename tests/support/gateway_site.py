@@ -10,12 +10,13 @@ a rules file) and drives the same entry points the worker threads call: the note
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from orthanc_plugin.app import Gateway, build_gateway
 from orthanc_plugin.channels import NOTED_METADATA, STORED, decode_note, encode_note
+from orthanc_plugin.jobs.intake import DESCRIBE_AFTER_NOTES_PAUSE_SECONDS
 from orthanc_plugin.jobs.queue import Claim
 from orthanc_plugin.worker.main import _note_handler
 from tests.support.fake_orthanc import FakeOrthanc
@@ -28,11 +29,28 @@ MAX_CLAIMS = 200
 Row = dict[str, Any]
 
 
+class Clock:
+    """The intake's monotonic clock, turned by hand."""
+
+    def __init__(self) -> None:
+        self.seconds = 1000.0
+
+    def __call__(self) -> float:
+        return self.seconds
+
+    def advance(self, seconds: float) -> None:
+        self.seconds += seconds + 0.001
+
+
 @dataclass
 class GatewaySite:
     gateway: Gateway
     orthanc: FakeOrthanc
     folder: Path
+    clock: Clock = field(default_factory=Clock)
+
+    def __post_init__(self) -> None:
+        self.gateway.intake.clock = self.clock
 
     # -- driving it ----------------------------------------------------------------------------
     def stored_note(self, instance_id: str) -> bytes:
@@ -50,7 +68,15 @@ class GatewaySite:
             handle(*note)
 
     def take_in(self) -> int:
-        """Intake passes until one finds nothing more to do at once; returns the passes run."""
+        """Intake passes until one finds nothing more to do at once, then the notes pause (the
+        burst is over, so what waited for it is described) and passes again; returns the passes
+        run."""
+        passes = self.take_in_while_arriving()
+        self.clock.advance(DESCRIBE_AFTER_NOTES_PAUSE_SECONDS)
+        return passes + self.take_in_while_arriving()
+
+    def take_in_while_arriving(self) -> int:
+        """Intake passes as they run while notes keep coming (no pause in them)."""
         for passes in range(1, MAX_INTAKE_PASSES + 1):
             if not self.gateway.intake.step():
                 return passes
