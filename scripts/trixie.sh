@@ -90,6 +90,7 @@ TRIXIE_TESTS=(tests/integration/test_forwarding.py tests/integration/test_delive
               tests/integration/test_real_rt_files.py tests/integration/test_vendor_corpus.py
               tests/integration/test_transform.py tests/integration/test_dicomweb.py
               tests/integration/test_hooks.py tests/integration/test_webhooks.py
+              tests/integration/test_arrival.py tests/integration/test_resilience.py
               tests/browser)
 
 # Prepared and mounted until this script exits.
