@@ -7,7 +7,12 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from orthanc_plugin.config import SECTION, ConfigError, resolve_path
-from orthanc_plugin.deid.action import DELETE_JOB_ACTION, AnonymizeExecutor, DeleteOriginals
+from orthanc_plugin.deid.action import (
+    COPY_THREADS,
+    DELETE_JOB_ACTION,
+    AnonymizeExecutor,
+    DeleteOriginals,
+)
 from orthanc_plugin.deid.keys import Pseudonymizer, new_secret
 from orthanc_plugin.deid.routes import add_routes
 from orthanc_plugin.deid.rule import JOB_ACTION, AnonymizeAction, plan_anonymize
@@ -31,11 +36,20 @@ def pseudonymizer(ctx: CapabilityContext) -> Pseudonymizer:
     return Pseudonymizer(secret)
 
 
+def copy_threads(ctx: CapabilityContext) -> int:
+    """RtGateway.Deid.CopyThreads: copies in the making at once per worker process."""
+    settings = ctx.config.section.get("Deid") or {}
+    value = settings.get("CopyThreads", COPY_THREADS) if isinstance(settings, dict) else None
+    if not isinstance(value, int) or isinstance(value, bool) or not 1 <= value <= 16:
+        raise ConfigError(f"{SECTION}.Deid.CopyThreads: expected a whole number from 1 to 16")
+    return value
+
+
 def install(ctx: CapabilityContext) -> None:
     keys = pseudonymizer(ctx)
     ctx.db.ensure_columns("deid_copies", {"report": "TEXT"})  # databases of earlier versions
     ctx.registry.add_planner(AnonymizeAction, plan_anonymize)
-    executor = AnonymizeExecutor(ctx.jobs, keys)
+    executor = AnonymizeExecutor(ctx.jobs, keys, copy_threads(ctx))
     executor.labels = ctx.labels
     ctx.registry.add_executor(JOB_ACTION, executor)
     ctx.registry.add_executor(DELETE_JOB_ACTION, DeleteOriginals(

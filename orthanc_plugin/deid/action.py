@@ -5,14 +5,21 @@ The copy is posted to Orthanc's REST API by a worker, noted first as the gateway
 are queued for the copies as ordinary forward jobs (retries, transfer rows, metrics). With
 keep_original: false a delete-original job removes the original once its copy is confirmed
 stored and no other job still needs it. Audit rows and log lines name the pseudonym only.
+
+A claim's copies are made a few at a time on a small pool (pipeline.py): the next instance is read
+and de-identified while Orthanc stores the previous one. The executor base still takes one
+outcome per instance, in order, so recording, quarantine and retries are the base's as before.
 """
 
 from __future__ import annotations
 
 import json
 import sqlite3
+import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass
 from io import BytesIO
 from typing import Any
@@ -25,9 +32,11 @@ from orthanc_plugin.audit.recorder import AuditRecorder
 from orthanc_plugin.db import Database
 from orthanc_plugin.deid.keys import Pseudonymizer
 from orthanc_plugin.deid.model import DeidError, DeidResult, deidentify
+from orthanc_plugin.deid.pipeline import Pipeline
 from orthanc_plugin.deid.rule import AnonymizeAction
 from orthanc_plugin.deid.tables import record_mapping
 from orthanc_plugin.jobs.executor_base import ItemExecutor, JobContext, Refuse
+from orthanc_plugin.jobs.executors import action_of_job, jobs_with_items
 from orthanc_plugin.jobs.own_output import store_own_instance
 from orthanc_plugin.jobs.queue import Claim, ClaimedItem, JobQueue, JobSpec
 from orthanc_plugin.labels import DEID_COPY, StudyLabels
@@ -38,6 +47,11 @@ DELETE_TARGET_PREFIX = "originals-after-"
 STORED_STATUSES = ("Success", "AlreadyStored")
 DELETE_WAIT_SECONDS = 5.0
 RECORD_BATCH = 50
+# Copies in the making at once per worker process. bench/deid (200 CT slices, 2 shared cores, 8
+# rounds each, gateway/Orthanc /anonymize): 1 (before) 0.54, 2 0.63, 3 0.81, 4 0.82-0.91, 6 0.91.
+COPY_THREADS = 4
+# Items started ahead of the one the executor waits for, per thread: a queued item holds no bytes.
+AHEAD_PER_THREAD = 2
 
 
 @dataclass(frozen=True)
@@ -58,28 +72,70 @@ class AnonymizeExecutor(ItemExecutor[AnonymizeAction, StoredCopy]):
     max_items_per_claim = 100
     record_batch = RECORD_BATCH
 
-    def __init__(self, context: JobContext, keys: Pseudonymizer) -> None:
+    def __init__(self, context: JobContext, keys: Pseudonymizer,
+                 threads: int = COPY_THREADS) -> None:
         super().__init__(context)
         self.keys = keys
-        # Per job (one thread runs a job): where the time went, for the audit.
+        self.threads = max(1, threads)
+        # Shared by the worker's sender threads: at most `threads` copies in the making per
+        # process, each thread keeping its own keep-alive connection to Orthanc.
+        self._pool = ThreadPoolExecutor(self.threads, thread_name_prefix="rtgw-deid-copier")
+        # Per job (one sender thread runs a claim): where the time went, for the audit.
         self._clocks: dict[int, _PhaseClock] = {}
+        # Per claimed job: the pipeline making its copies, and the action it makes them with.
+        self._pipelines: dict[int, tuple[Pipeline[ClaimedItem, StoredCopy], AnonymizeAction]] = {}
+
+    def run(self, claim: Claim) -> None:
+        """Starts the claim's copies on the pool, then lets the base take them one by one.
+
+        Actions are looked up here as the base will look them up: a job whose rule lost its
+        action gets no copy made (the base parks it), and `step` makes a copy itself when the
+        rules changed in between."""
+        rules = self.context.rules()
+        actions: dict[int, tuple[sqlite3.Row, AnonymizeAction]] = {}
+        items: list[ClaimedItem] = []
+        for job, job_items in jobs_with_items(claim):
+            action = action_of_job(rules, job, AnonymizeAction)
+            if action is not None:
+                actions[job["id"]] = (job, action)
+                self._clocks[job["id"]] = _PhaseClock(self.threads)
+                items += job_items
+        pipeline = Pipeline(self._pool, lambda item: self._copy(*actions[item.job_id], item),
+                            items, self.threads * AHEAD_PER_THREAD)
+        for job_id, (_, action) in actions.items():
+            self._pipelines[job_id] = (pipeline, action)
+        try:
+            super().run(claim)
+        finally:
+            for job_id in actions:
+                self._pipelines.pop(job_id, None)
+                self._clocks.pop(job_id, None)
+            pipeline.close()
 
     def step(self, job: sqlite3.Row, item: ClaimedItem, action: AnonymizeAction) -> StoredCopy:
-        clock = self._clocks.setdefault(job["id"], _PhaseClock())
-        original = self.host.get_bytes(f"/instances/{item.instance_id}/file")
-        clock.lap("read")
-        try:
-            ds = pydicom.dcmread(BytesIO(original))
-            result = deidentify(ds, action.settings, self.keys)
-        except (DeidError, InvalidDicomError) as problem:
-            raise Refuse(f"cannot be de-identified: {problem}", "invalid-input",
-                         quarantine=True) from problem
-        buffer = BytesIO()
-        ds.save_as(buffer, enforce_file_format=True)
-        data = buffer.getvalue()
-        clock.lap("de-identify")
-        answer = store_own_instance(self.host, self.db, ds, data, "deid")
-        clock.lap("store")
+        started = self._pipelines.get(job["id"])
+        if started is None or started[1] != action:
+            return self._copy(job, action, item)
+        return started[0].take(item)
+
+    def _copy(self, job: sqlite3.Row, action: AnonymizeAction, item: ClaimedItem) -> StoredCopy:
+        """Read, de-identify, store: runs on the pool; what it raises, `step` raises."""
+        clock = self._clocks.get(job["id"]) or _PhaseClock(self.threads)
+        with clock.timing("read"):
+            original = self.host.get_bytes(f"/instances/{item.instance_id}/file")
+        with clock.timing("de-identify"):
+            try:
+                ds = pydicom.dcmread(BytesIO(original))
+                result = deidentify(ds, action.settings, self.keys)
+            except (DeidError, InvalidDicomError) as problem:
+                raise Refuse(f"cannot be de-identified: {problem}", "invalid-input",
+                             quarantine=True) from problem
+            del original  # the copy's bytes are next: hold one instance's worth, not two
+            buffer = BytesIO()
+            ds.save_as(buffer, enforce_file_format=True)
+            data = buffer.getvalue()
+        with clock.timing("store"):
+            answer = store_own_instance(self.host, self.db, ds, data, "deid")
         if not isinstance(answer, dict) or answer.get("Status") not in STORED_STATUSES:
             raise HostError(f"POST /instances did not confirm the copy: {answer!r}")
         return StoredCopy(str(answer["ID"]), str(answer.get("ParentStudy", "")), result,
@@ -87,13 +143,12 @@ class AnonymizeExecutor(ItemExecutor[AnonymizeAction, StoredCopy]):
 
     def record(self, job: sqlite3.Row, action: AnonymizeAction,
                done: Sequence[tuple[ClaimedItem, StoredCopy]]) -> None:
-        self._record(job, action, list(done))
-        if job["id"] in self._clocks:
-            self._clocks[job["id"]].lap("record")
+        with self._clocks.get(job["id"], _PhaseClock(1)).timing("record"):
+            self._record(job, action, list(done))
 
     def after_job(self, job: sqlite3.Row, action: AnonymizeAction,
                   done: Sequence[tuple[ClaimedItem, StoredCopy]], outcome: str) -> None:
-        clock = self._clocks.pop(job["id"], _PhaseClock())
+        clock = self._clocks.get(job["id"]) or _PhaseClock(self.threads)
         copies = list(done)
         self._queue_followers(job, action, copies)
         if self.labels is not None:
@@ -233,19 +288,30 @@ class DeleteOriginals:
 
 
 class _PhaseClock:
-    """Seconds spent per phase, for the audit: where an operator's time goes (read, store, ...)."""
+    """Seconds spent per phase, for the audit: where an operator's time goes (read, store, ...).
 
-    def __init__(self) -> None:
-        self.started = self.last = time.perf_counter()
+    Phases are summed over the copy threads, so they may add up to more than the job's time."""
+
+    def __init__(self, threads: int) -> None:
+        self.started = time.perf_counter()
+        self.threads = threads
         self.phases: dict[str, float] = {}
+        self._lock = threading.Lock()
 
-    def lap(self, phase: str) -> None:
-        now = time.perf_counter()
-        self.phases[phase] = self.phases.get(phase, 0.0) + now - self.last
-        self.last = now
+    @contextmanager
+    def timing(self, phase: str) -> Iterator[None]:
+        start = time.perf_counter()
+        try:
+            yield
+        finally:
+            seconds = time.perf_counter() - start
+            with self._lock:
+                self.phases[phase] = self.phases.get(phase, 0.0) + seconds
 
     def total(self) -> float:
         return time.perf_counter() - self.started
 
     def __str__(self) -> str:
-        return ", ".join(f"{name} {seconds:.2f} s" for name, seconds in self.phases.items())
+        with self._lock:
+            phases = ", ".join(f"{name} {seconds:.2f} s" for name, seconds in self.phases.items())
+        return f"{phases}, over {self.threads} thread(s)" if phases else "nothing done"

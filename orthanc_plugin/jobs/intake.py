@@ -24,6 +24,7 @@ from orthanc_plugin.jobs.facts import SOURCE_BY_ORIGIN, FactsBuilder
 from orthanc_plugin.jobs.queue import JobQueue, JobSpec
 from orthanc_plugin.ports import Host, HostError
 from orthanc_plugin.rules import InstanceFacts, Rule, RuleSet, Trigger, evaluate
+from orthanc_plugin.rules.arrival import DICOM_ORIGIN
 
 CURSOR_KEY = "changes_cursor"
 PLAN_LABEL_TAG = "300a-0002"
@@ -148,10 +149,12 @@ class Intake:
         stamp = now_iso()
         queued = False
         with self.db.transaction() as connection:
-            if self._callback_inbox:
-                self._last_note = self.clock()
             while self._callback_inbox:
                 instance_id, noted = self._callback_inbox.popleft()
+                if noted.get("origin") == DICOM_ORIGIN:
+                    # A peer's burst; the gateway's own stores (copies, overlays) are no reason
+                    # to wait, and they are never decided at arrival.
+                    self._last_note = self.clock()
                 inserted = connection.execute(
                     "INSERT OR IGNORE INTO received(instance_id, received_at) VALUES(?,?)",
                     (instance_id, stamp),

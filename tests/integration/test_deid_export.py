@@ -161,8 +161,10 @@ def test_full_profile_copy_links_at_the_destination_and_carries_no_identity(
     new_study = {row["original_uid"]: row["new_uid"] for row in mapping["uids"]}[rtset.study_uid]
     assert {str(ds.StudyInstanceUID) for ds in copies} == {new_study}
     # The copy came back into the gateway as gateway output: no rule fired on it.
-    evaluations = gateway_rows(gateway, kind="evaluations", study=new_study)
-    assert evaluations and not any(row["matched"] for row in evaluations)
+    evaluations = wait_until(
+        lambda: gateway_rows(gateway, kind="evaluations", study=new_study), 30,
+        "the gateway evaluated the copy it stored")
+    assert not any(row["matched"] for row in evaluations)
     copy_study = gateway.post("/tools/lookup", new_study).json()[0]["ID"]
     original_study = gateway.post("/tools/lookup", rtset.study_uid).json()[0]["ID"]
     if gateway.json("/system").get("HasLabels"):  # Orthanc 1.12+: Explorer 2 can filter by them
