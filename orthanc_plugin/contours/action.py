@@ -23,6 +23,7 @@ from orthanc_plugin.jobs.executor_base import ItemExecutor, JobContext, Postpone
 from orthanc_plugin.jobs.own_output import store_own_instance
 from orthanc_plugin.jobs.queue import ClaimedItem, JobSpec
 from orthanc_plugin.ports import HostError
+from orthanc_plugin.reception import GATE
 
 DEFAULT_WAIT_POLL_SECONDS = 5.0
 
@@ -50,7 +51,8 @@ class OverlayExecutor(ItemExecutor[OverlayAction, int]):
                 self._wait_or_give_up(job, item, action, search.waiting_for)
             started = time.perf_counter()
             images = [read_instance(self.host, iid) for iid in search.instance_ids]
-            build = build_overlay_series(images, rtstruct, action.options)
+            build = build_overlay_series(images, rtstruct, action.options,
+                                         pause=GATE.before_request)
         except ContourError as problem:
             raise Refuse(str(problem), "invalid-input", quarantine=True) from problem
         self.event(job, "overlay-built", "ok", _describe_build(

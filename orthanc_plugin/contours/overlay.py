@@ -10,7 +10,7 @@ than a second copy.
 from __future__ import annotations
 
 import copy
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 
@@ -102,9 +102,12 @@ def write_overlay(ds: Dataset, index: int, mask: np.ndarray, label: str) -> None
 # -- the build -----------------------------------------------------------------------------------
 def build_overlay_series(
     images: Sequence[Dataset], rtstruct: Dataset, options: OverlayOptions,
-    now: datetime | None = None,
+    now: datetime | None = None, pause: Callable[[], None] = lambda: None,
 ) -> OverlayBuild:
-    """Rasterize the selected ROIs on the images and make one derived series per plane."""
+    """Rasterize the selected ROIs on the images and make one derived series per plane.
+
+    `pause` is called between ROIs and between derived images: the worker holds there while a
+    modality's instances arrive (reception.py), since this CPU work competes with Orthanc's."""
     structure_set = parse_structure_set(rtstruct)
     if not images:
         raise ContourError("no images to draw the contours on")
@@ -121,7 +124,10 @@ def build_overlay_series(
             f"{len(selected)} ROIs selected but an image holds at most {MAX_OVERLAY_GROUPS} "
             "overlay groups: ignore some or merge them"
         )
-    results = [rasterize_roi(roi, geometry) for roi in selected]
+    results = []
+    for roi in selected:
+        pause()
+        results.append(rasterize_roi(roi, geometry))
     layers = _layers(results, geometry.shape, options.per_roi)
     volume = _pixel_volume(sources) if _needs_pixels(options, geometry) else None
     stamp = now or datetime.now()
@@ -130,7 +136,7 @@ def build_overlay_series(
         view = choose_view(plane, geometry)
         series.append(_plane_series(
             plane, view, geometry, sources, layers, volume, structure_set.sop_instance_uid,
-            options, number, stamp,
+            options, number, stamp, pause,
         ))
     return OverlayBuild(
         series=series,
@@ -169,7 +175,7 @@ def _pixel_volume(sources: Sequence[Dataset]) -> np.ndarray:
 def _plane_series(
     plane: Plane, view: View, geometry: SeriesGeometry, sources: Sequence[Dataset],
     layers: Sequence[tuple[str, np.ndarray]], volume: np.ndarray | None, rtstruct_uid: str,
-    options: OverlayOptions, number: int, now: datetime,
+    options: OverlayOptions, number: int, now: datetime, pause: Callable[[], None],
 ) -> OverlaySeries:
     entropy = [rtstruct_uid, options.key(), plane.value]
     series_uid = generate_uid(entropy_srcs=entropy)
@@ -184,6 +190,7 @@ def _plane_series(
     all_sources = [_reference(source) for source in sources]
     datasets = []
     for index, placement in enumerate(placements(view, geometry)):
+        pause()
         masks = [(label, mask[index]) for label, mask in arranged_layers]
         template = sources[index] if view.native else sources[0]
         image = pixels[index] if pixels is not None else None

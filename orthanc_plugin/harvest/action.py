@@ -5,15 +5,28 @@ The harvest has its own loop rather than jobs of the durable queue: its unit of 
 harvest_items (a query or a series move), not a list of stored instances, those rows already are
 the durable state (a job per step would only copy them), and a walk that lasts weeks must not hold
 the forwarding senders. The loop's threads start and stop with the gateway.
+
+Where the time of a harvest goes (bench/harvest), and what the loop does about it:
+- the ZIP: Orthanc deflating a whole patient after its last move was about a fifth of the harvest.
+  Each series' ZIP is asked of Orthanc as soon as the series is stored whole, while the other
+  moves run; the patient's ZIP copies their compressed entries (zips.py);
+- reception first (reception.py): the harvest's threads are background work, held while DICOM
+  instances arrive. The instances a harvest's own C-MOVEs bring are not a modality to make way
+  for: while a move of this loop runs, and QUIET_SLACK_SECONDS after, its REST calls go at once;
+  otherwise they are held as any background work (a modality sending keeps the next move waiting);
+- polling: a move's job is asked about soon after its start, then less often (remote.py);
+- one request, not two, to count a series in the gateway (`/tools/find` expanded).
 """
 
 from __future__ import annotations
 
+import contextlib
 import sqlite3
 import threading
 import time
 import traceback
-from collections.abc import Callable
+import zipfile
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -41,9 +54,14 @@ from orthanc_plugin.harvest.outputs import (
 )
 from orthanc_plugin.harvest.remote import Interrupted, OrthancQueryRetrieve
 from orthanc_plugin.harvest.store import Child, HarvestStore
+from orthanc_plugin.harvest.zips import part_path, valid_part, write_merged, write_part
 from orthanc_plugin.ports import Host, HostError
+from orthanc_plugin.reception import GATE
 
 IDLE_WAIT_SECONDS = 1.0
+# After the harvest's own last move ended, instances still noted arriving are taken as its own this
+# much longer than the gate's quiet period (the lead notes them a little after they are stored).
+QUIET_SLACK_SECONDS = 1.0
 
 
 @dataclass(frozen=True)
@@ -72,6 +90,9 @@ class HarvestRunner:
         self._limiter_lock = threading.Lock()
         self._zip_lock = threading.Lock()
         self._threads: list[threading.Thread] = []
+        self._own_lock = threading.Lock()
+        self._own_moves = 0                    # this loop's C-MOVEs running now
+        self._own_quiet_at = float("-inf")     # monotonic: until then arrivals may be its own
 
     # -- life cycle --------------------------------------------------------------------------------
     def start(self) -> None:
@@ -185,7 +206,8 @@ class HarvestRunner:
             if item["level"] == ItemLevel.SERIES.value:
                 self._move_series(item, definition, policy)
             else:
-                self._query(item, definition, policy)
+                with self._reception_marking():
+                    self._query(item, definition, policy)
         except Interrupted:
             return   # left in flight; recover() runs it again at the next start
         except Exception as error:   # never lose the row: it goes back with backoff
@@ -193,7 +215,8 @@ class HarvestRunner:
             self.store.settle(item["id"], after_query(False, item["attempts"], policy,
                                                        f"internal error: {error}"))
         try:
-            self._after_step(item)
+            with self._reception_marking():
+                self._after_step(item)
         except Interrupted:
             return   # a ZIP not written now is written at the next step of the patient or a refresh
 
@@ -209,6 +232,28 @@ class HarvestRunner:
             counts = self.store.counts(harvest_id).get(ItemLevel.SERIES.value, {})
             self.recorder.event("harvest-done", status="done",
                                 detail=f"harvest {harvest_id}: series {counts}")
+
+    # -- reception first -------------------------------------------------------------------------
+    def _reception_marking(self) -> contextlib.AbstractContextManager[None]:
+        """Background (held while instances arrive) unless the arrivals may be this loop's own."""
+        with self._own_lock:
+            own = self._own_moves > 0 or time.monotonic() < self._own_quiet_at
+        return GATE.background(not own)
+
+    @contextlib.contextmanager
+    def _own_move(self) -> Iterator[None]:
+        """A C-MOVE of this loop runs: the instances arriving meanwhile are the ones it asked for."""
+        with self._own_lock:
+            self._own_moves += 1
+        try:
+            with GATE.background(False):
+                yield
+        finally:
+            with self._own_lock:
+                self._own_moves -= 1
+                quiet = GATE.settings.quiet_seconds if GATE.settings.enabled else 0.0
+                self._own_quiet_at = max(self._own_quiet_at,
+                                         time.monotonic() + quiet + QUIET_SLACK_SECONDS)
 
     # -- rate --------------------------------------------------------------------------------------
     def _throttle(self, source: str, cap: int) -> None:
@@ -315,33 +360,48 @@ class HarvestRunner:
     # -- series ------------------------------------------------------------------------------------
     def _move_series(self, item: sqlite3.Row, definition: HarvestDefinition, policy: RetryPolicy) -> None:
         expected = item["expected_instances"]
-        orthanc_id, stored = self.remote.stored_series(item["series_uid"])
-        if after_move(True, expected, stored, item["attempts"], policy).state is ItemState.COMPLETE:
-            # Already here whole (a resumed step, or an earlier harvest): no C-MOVE.
-            self.store.settle(item["id"], Transition(ItemState.COMPLETE),
-                              stored_instances=stored, orthanc_series_id=orthanc_id)
-            return
-        try:
-            query_id, index = self._retrieve_handle(item, definition)
-            # The retrieve only starts an Orthanc job: the request's outcome is the job's.
-            job_id, request_id = self._request(item, definition, "C-MOVE",
-                                               lambda: self.remote.retrieve(query_id, index), "sent")
-        except HostError as error:
-            self.store.settle(item["id"], after_move(False, expected, stored, item["attempts"], policy,
-                                                     str(error)), stored_instances=stored)
-            return
-        self.store.update(item["id"], orthanc_job=job_id)
-        outcome = self.remote.wait_job(job_id)
-        self.store.finish_request(request_id, "ok" if outcome.ok else "error",
-                                  None if outcome.error is None else outcome.error[:500])
-        expected = self.store.item(item["id"])["expected_instances"]
-        orthanc_id, stored = self.remote.stored_series(item["series_uid"])
-        transition = after_move(outcome.ok, expected, stored, item["attempts"], policy, outcome.error)
-        self.store.settle(item["id"], transition, stored_instances=stored, orthanc_series_id=orthanc_id)
+        with self._reception_marking():
+            orthanc_id, stored = self.remote.stored_series(item["series_uid"])
+            if after_move(True, expected, stored, item["attempts"], policy).state is ItemState.COMPLETE:
+                # Already here whole (a resumed step, or an earlier harvest): no C-MOVE.
+                self.store.settle(item["id"], Transition(ItemState.COMPLETE),
+                                  stored_instances=stored, orthanc_series_id=orthanc_id)
+                return
+            try:
+                query_id, index = self._retrieve_handle(item, definition)
+            except HostError as error:
+                self._move_failed(item, policy, expected, stored, error)
+                return
+        with self._own_move():
+            try:
+                # The retrieve only starts an Orthanc job: the request's outcome is the job's.
+                job_id, request_id = self._request(
+                    item, definition, "C-MOVE", lambda: self.remote.retrieve(query_id, index), "sent")
+            except HostError as error:
+                self._move_failed(item, policy, expected, stored, error)
+                return
+            self.store.update(item["id"], orthanc_job=job_id)
+            outcome = self.remote.wait_job(job_id)
+            self.store.finish_request(request_id, "ok" if outcome.ok else "error",
+                                      None if outcome.error is None else outcome.error[:500])
+            expected = self.store.item(item["id"])["expected_instances"]
+            orthanc_id, stored = self.remote.stored_series(item["series_uid"])
+            transition = after_move(outcome.ok, expected, stored, item["attempts"], policy,
+                                    outcome.error)
+            self.store.settle(item["id"], transition, stored_instances=stored,
+                              orthanc_series_id=orthanc_id)
+            if transition.state is ItemState.COMPLETE and orthanc_id is not None:
+                # The slot is free again (settled): the next series moves while this one is zipped.
+                self._keep_series_zip(item, orthanc_id, stored)
         if transition.state is ItemState.INCOMPLETE:
             self.recorder.event("harvest-series-incomplete", status="incomplete",
                                 patient_id=item["patient_id"], study_uid=item["study_uid"],
                                 resource_id=item["series_uid"], detail=transition.error or "")
+
+    def _move_failed(self, item: sqlite3.Row, policy: RetryPolicy, expected: int | None, stored: int,
+                     error: HostError) -> None:
+        self.store.settle(item["id"], after_move(False, expected, stored, item["attempts"], policy,
+                                                 str(error)), stored_instances=stored)
 
     def _retrieve_handle(self, item: sqlite3.Row, definition: HarvestDefinition) -> tuple[str, int]:
         """The Orthanc query answer to retrieve the series from; a fresh C-FIND if it is gone.
@@ -377,16 +437,42 @@ class HarvestRunner:
             name = zip_name(patient["patient_id"], len(series), self.settings.zip_delimiter)
             path = inside(folder, name)
             try:
-                data = self.remote.archive([row["orthanc_series_id"] for row in series])
-            except HostError as error:
+                # Each series' ZIP was kept when it arrived whole; one lost (a restart in between,
+                # a failed answer) is asked for now.
+                parts = [self._series_zip(harvest_id, row["series_uid"], row["orthanc_series_id"],
+                                          row["stored_instances"] or 0) for row in series]
+                write_merged(path, parts)
+            except (HostError, OSError, zipfile.BadZipFile) as error:
                 self.recorder.event("harvest-zip", status="failed", patient_id=patient["patient_id"],
                                     detail=f"{name}: {error}")
                 return
-            write_atomically(path, data)
             previous = patient["zip_name"]
             self.store.update(patient_item_id, zip_name=name, zip_series_count=len(series))
             if previous and previous != name:
                 # The name carries the count: the older, smaller ZIP would only mislead.
                 inside(folder, previous).unlink(missing_ok=True)
+            for part in parts:   # in the patient's ZIP now; a rebuild asks Orthanc again
+                part.unlink(missing_ok=True)
             self.recorder.event("harvest-zip", status="ok", patient_id=patient["patient_id"],
-                                target=str(path), detail=f"{len(series)} series, {len(data)} bytes")
+                                target=str(path),
+                                detail=f"{len(series)} series, {path.stat().st_size} bytes")
+
+    def _keep_series_zip(self, item: sqlite3.Row, orthanc_series_id: str, stored: int) -> None:
+        """The ZIP of a series stored whole, kept for its patient's ZIP; a failure only means it is
+        asked again when the patient's ZIP is written."""
+        try:
+            with self._zip_lock:
+                if item["patient_item_id"] is None or not self.store.patient_active(
+                        item["patient_item_id"]):
+                    return   # nothing else of the patient to wait for: its ZIP step takes this one
+                self._series_zip(item["harvest_id"], item["series_uid"], orthanc_series_id, stored)
+        except (HostError, OSError, zipfile.BadZipFile) as error:
+            self.log_error(f"harvest {item['harvest_id']}: ZIP of series {item['series_uid']} "
+                           f"left for later: {error}")
+
+    def _series_zip(self, harvest_id: int, series_uid: str, orthanc_series_id: str,
+                    stored: int) -> Path:
+        path = part_path(harvest_folder(self.settings.folder, harvest_id), series_uid, stored)
+        if not valid_part(path):
+            write_part(path, self.remote.series_archive(orthanc_series_id))
+        return path

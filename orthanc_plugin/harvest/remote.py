@@ -1,8 +1,10 @@
 """Orthanc's own query/retrieve and archive calls, as the harvest uses them.
 
-C-MOVEs and ZIP archives run as Orthanc jobs (`"Synchronous": false`) that are then polled: the
+C-MOVEs run as Orthanc jobs (`"Synchronous": false`) that are then polled: the
 4.0 Python plugin holds the GIL during an SDK call, and a synchronous C-MOVE would hold it while
-the very instances it asked for wait on the stored-instance callback.
+the very instances it asked for wait on the stored-instance callback. A poll comes soon after the
+start and then less and less often (at most every `poll_seconds`): a move of a small series is seen
+ended within milliseconds, a move of an hour is not asked about thousands of times.
 """
 
 from __future__ import annotations
@@ -24,6 +26,17 @@ class Interrupted(Exception):
 class JobOutcome:
     ok: bool
     error: str | None = None
+
+
+FIRST_POLL_SECONDS = 0.01
+POLL_SHARE = 0.1
+
+
+def poll_interval(elapsed: float, poll_seconds: float) -> float:
+    """How long to wait before asking again about a job running for `elapsed` seconds: a tenth of
+    that (at least FIRST_POLL_SECONDS, at most poll_seconds), so the wait after its end is small
+    next to its length."""
+    return min(poll_seconds, max(FIRST_POLL_SECONDS, elapsed * POLL_SHARE))
 
 
 class OrthancQueryRetrieve:
@@ -68,7 +81,8 @@ class OrthancQueryRetrieve:
         return str(answer["ID"])
 
     def wait_job(self, job_id: str) -> JobOutcome:
-        deadline = time.monotonic() + self.job_timeout_seconds
+        started = time.monotonic()
+        deadline = started + self.job_timeout_seconds
         while True:
             job = self.host.get_json(f"/jobs/{job_id}")
             state = job.get("State")
@@ -80,23 +94,18 @@ class OrthancQueryRetrieve:
                 with contextlib.suppress(HostError):
                     self.host.post_json(f"/jobs/{job_id}/cancel", {})
                 return JobOutcome(False, f"job {job_id} still {state} after {self.job_timeout_seconds:.0f}s")
-            if self.stopping.wait(self.poll_seconds):
+            if self.stopping.wait(poll_interval(time.monotonic() - started, self.poll_seconds)):
                 raise Interrupted(job_id)
 
     def stored_series(self, series_uid: str) -> tuple[str | None, int]:
         """(Orthanc series id, instances stored) of a series in the gateway's own Orthanc."""
-        ids = self.host.post_json(
-            "/tools/find", {"Level": "Series", "Query": {"SeriesInstanceUID": series_uid}})
-        if not ids:
+        found = self.host.post_json("/tools/find", {
+            "Level": "Series", "Query": {"SeriesInstanceUID": series_uid}, "Expand": True})
+        if not found:
             return None, 0
-        series = self.host.get_json(f"/series/{ids[0]}")
-        return str(ids[0]), len(series.get("Instances", []))
+        series = found[0]   # expanded: the series with its instances, in one request
+        return str(series["ID"]), len(series.get("Instances", []))
 
-    def archive(self, orthanc_series_ids: list[str]) -> bytes:
-        answer = self.host.post_json(
-            "/tools/create-archive", {"Resources": orthanc_series_ids, "Synchronous": False})
-        job_id = str(answer["ID"])
-        outcome = self.wait_job(job_id)
-        if not outcome.ok:
-            raise HostError(f"archive job {job_id}: {outcome.error}")
-        return self.host.get_bytes(f"/jobs/{job_id}/archive")
+    def series_archive(self, orthanc_series_id: str) -> bytes:
+        """One series as a ZIP (Orthanc's own layout and compression), for the patient's ZIP."""
+        return self.host.get_bytes(f"/series/{orthanc_series_id}/archive")

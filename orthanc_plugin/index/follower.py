@@ -16,6 +16,7 @@ from pydicom import dcmread
 from orthanc_plugin.index.rt_metrics import REFERENCE_KINDS
 from orthanc_plugin.index.store import IndexStore
 from orthanc_plugin.ports import HostError
+from orthanc_plugin.reception import GATE
 
 if TYPE_CHECKING:
     from orthanc_plugin.context import CapabilityContext
@@ -47,6 +48,10 @@ class IndexFollower:
         last = cursor
         for row in rows:
             if row["state"] == "new":
+                break
+            if GATE.arriving():
+                # A modality started sending: hand the intake thread back at once (reception.py);
+                # Intake.when_quiet calls again once it is quiet.
                 break
             if row["state"] == "ready":
                 try:

@@ -14,6 +14,7 @@ from orthanc_plugin.db import DatabaseUnwritable, is_disk_error
 from orthanc_plugin.jobs.executors import Registry
 from orthanc_plugin.jobs.intake import Intake
 from orthanc_plugin.jobs.queue import Claim, JobQueue
+from orthanc_plugin.reception import GATE
 
 IDLE_WAIT_SECONDS = 1.0
 # How long a half-full claim waits for more instances of the same target (see JobQueue.claim).
@@ -128,7 +129,10 @@ class WorkerPool:
         if self.watch is not None:
             self.watch.started(description)
         try:
-            self.registry.executor(claim.action).run(claim)
+            # Overlay, anonymize, export, deletes: their REST calls wait while a modality's
+            # instances arrive (reception.py); forwarding never does.
+            with GATE.for_action(claim.action):
+                self.registry.executor(claim.action).run(claim)
         except MemoryError:
             # Counted as a crash of this job by the supervisor: twice and it is parked as poison.
             if self.watch is not None:

@@ -17,6 +17,7 @@ from orthanc_plugin.plans.dvh import (
 )
 from orthanc_plugin.plans.dvh_source import DvhInputError, bundle_dvhs
 from orthanc_plugin.ports import HostError
+from orthanc_plugin.reception import GATE
 
 # Part of the cache key: a DVH cached by an earlier method is computed again.
 METHOD_VERSION = 5  # 5: structures' display colours; 4: inner contours named in the method;
@@ -47,10 +48,13 @@ def plan_dvh(ctx: CapabilityContext, plan: dict[str, Any]) -> dict[str, Any] | N
         return dcmread(BytesIO(data), stop_before_pixels=not pixels, force=True)
 
     try:
-        doses = [read(m["instance_id"], pixels=True) for m in plan["objects"]
-                 if m["modality"] == "RTDOSE"]
-        result = bundle_dvhs(read(members["RTSTRUCT"]["instance_id"]), doses,
-                             read(plan["plan_instance_id"]), end_caps=end_caps,
+        # Whole RT objects read on a page's request: they wait while a modality sends.
+        with GATE.background():
+            doses = [read(m["instance_id"], pixels=True) for m in plan["objects"]
+                     if m["modality"] == "RTDOSE"]
+            structures = read(members["RTSTRUCT"]["instance_id"])
+            plan_object = read(plan["plan_instance_id"])
+        result = bundle_dvhs(structures, doses, plan_object, end_caps=end_caps,
                              interpolation=interpolation, inner_contours=inner)
     except MemoryError:
         raise

@@ -17,6 +17,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from orthanc_plugin.ports import HostError
+from orthanc_plugin.reception import ReceptionGate
 
 CONNECT_TIMEOUT = 10.0
 READ_TIMEOUT = 900.0
@@ -26,7 +27,8 @@ class HttpHost:
     """One keep-alive connection per thread, plain http.client: the intake makes a few calls per
     received instance, and a heavier client's per-call cost showed in the relay's CPU time."""
 
-    def __init__(self, base_url: str, auth: tuple[str, str] | None, label: str) -> None:
+    def __init__(self, base_url: str, auth: tuple[str, str] | None, label: str,
+                 gate: ReceptionGate | None = None) -> None:
         parts = urlsplit(base_url.rstrip("/"))
         self.base_url = base_url.rstrip("/")
         self._https = parts.scheme == "https"
@@ -39,6 +41,8 @@ class HttpHost:
         self.label = label
         self._local = threading.local()
         self.metrics: dict[str, float] = {}
+        # Reception first (reception.py): background threads' calls wait while instances arrive.
+        self.gate = gate
 
     def _connection(self) -> http.client.HTTPConnection:
         connection = getattr(self._local, "connection", None)
@@ -52,6 +56,8 @@ class HttpHost:
         return connection
 
     def _request(self, method: str, uri: str, data: bytes | None = None) -> bytes:
+        if self.gate is not None:
+            self.gate.before_request()
         for attempt in (1, 2):
             connection = self._connection()
             try:

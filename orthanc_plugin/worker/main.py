@@ -26,6 +26,14 @@ from orthanc_plugin.channels import DELETED, STABLE, STORED, WAKE, Channels
 from orthanc_plugin.config import ConfigError, GatewayConfig, parse_config
 from orthanc_plugin.db import META_SCHEMA, Database, DatabaseUnwritable
 from orthanc_plugin.jobs.intake import noted_facts
+from orthanc_plugin.reception import (
+    ARRIVAL_FILE,
+    GATE,
+    ArrivalBeacon,
+    ReceptionSettings,
+    read_reception_settings,
+    summary,
+)
 from orthanc_plugin.rules import RulesError
 from orthanc_plugin.worker.api_server import ApiServer
 from orthanc_plugin.worker.guard import (
@@ -65,12 +73,13 @@ def _read_envelope() -> tuple[dict[str, Any], Path]:
 def _host_for(config: GatewayConfig, label: str) -> HttpHost:
     settings = config.worker
     auth = (settings.http_user, settings.http_password) if settings.http_user else None
-    return HttpHost(settings.orthanc_url, auth, label)
+    return HttpHost(settings.orthanc_url, auth, label, GATE)
 
 
 def check(orthanc_config: dict[str, Any], config_dir: Path) -> int:
     try:
         config = parse_config(orthanc_config, config_dir)
+        read_reception_settings(config.section)
         build_gateway(_host_for(config, "check"), orthanc_config, config_dir)
     except (RulesError, ConfigError) as error:
         sys.stderr.write(f"RtGateway: not starting: {error}\n")
@@ -107,6 +116,7 @@ def main(argv: list[str] | None = None) -> int:
     label = f"worker {args.index}"
     try:
         config = parse_config(orthanc_config, config_dir)
+        reception = read_reception_settings(config.section)
     except ConfigError as error:
         sys.stderr.write(f"RtGateway {label}: {error}\n")
         return EXIT_CONFIG
@@ -116,6 +126,8 @@ def main(argv: list[str] | None = None) -> int:
     threading.stack_size(THREAD_STACK_BYTES)
     limit_memory(config.worker.memory_limit_mb)
     channels.pid_file(args.index).write_text(str(os.getpid()))
+    # Before the first REST call: background threads of this process wait while instances arrive.
+    GATE.configure(reception, channels.folder, args.index)
     host = _host_for(config, label)
     gateway = _build(orthanc_config, config_dir, host)
     gateway.db.trouble.report = host.log_error
@@ -128,7 +140,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.crashed_pid:
         _reclaim(gateway, f"{args.generation}:{args.crashed_pid}", args.crash_reason)
 
-    inbox = NoteInbox(channels.worker_socket(args.index), _note_handler(gateway, lead),
+    beacon = ArrivalBeacon(channels.folder / ARRIVAL_FILE) if lead and reception.enabled else None
+    inbox = NoteInbox(channels.worker_socket(args.index), _note_handler(gateway, lead, beacon),
                       host.log_error)
     inbox.start()
     api: ApiServer | None = None
@@ -138,6 +151,7 @@ def main(argv: list[str] | None = None) -> int:
             worker_pids=lambda: {i: _pid_of(channels, i) for i in range(config.workers + 1)})
         others = [channels.worker_socket(i) for i in range(1, config.workers + 1)]
         gateway.wake_other_workers = WakeSender(others).wake
+        _show_reception(gateway, channels, reception)
         gateway.start(lead=True, generation=args.generation)
         api = ApiServer(channels.api_socket, gateway.router, host.log_error,
                         config.worker.max_body_bytes)
@@ -188,14 +202,32 @@ def _reclaim(gateway: Gateway, claimant: str, reason: str) -> None:
         gateway.host.log_error(f"job {job_id} parked as poison: {reason}")
 
 
-def _note_handler(gateway: Gateway, lead: bool) -> Any:
+def _show_reception(gateway: Gateway, channels: Channels, settings: ReceptionSettings) -> None:
+    """GET stats and the Prometheus gauges show what reception first held, summed over workers."""
+    gateway.hooks.stats.append(lambda: {"reception_first": summary(channels.folder, settings)})
+
+    def gauges() -> dict[str, float]:
+        shown = summary(channels.folder, settings)
+        return {"rtgw_reception_first_held_calls_total": shown["held_calls"],
+                "rtgw_reception_first_held_seconds_total": shown["held_seconds"],
+                "rtgw_reception_first_pass_windows_total": shown["pass_windows"]}
+
+    gateway.hooks.metrics.append(gauges)
+
+
+def _note_handler(gateway: Gateway, lead: bool, beacon: ArrivalBeacon | None = None) -> Any:
     def handle(kind: str, fields: list[str]) -> None:
         if kind == WAKE:
             gateway.pool.wake_senders()
         elif not lead:
             return
         elif kind == STORED and fields:
-            gateway.record_stored_instance(fields[0], noted_facts(fields[1:]))
+            noted = noted_facts(fields[1:])
+            if beacon is not None:
+                # First, and before any database work: background workers hold their REST
+                # calls from the next one on (reception.py).
+                beacon.noted(str(noted.get("origin", "")))
+            gateway.record_stored_instance(fields[0], noted)
         elif kind == STABLE and fields:
             gateway.notify_stable_study(fields[0])
         elif kind == DELETED and fields:

@@ -164,3 +164,14 @@ def test_too_many_rois_for_one_group_each(scene: dict) -> None:
     rtstruct = make_rtstruct(ct, [(f"R{n}", square) for n in range(17)])
     with pytest.raises(ContourError, match="at most 16"):
         build_overlay_series(ct, rtstruct, OverlayOptions(per_roi=True))
+
+
+def test_the_build_pauses_between_rois_and_between_derived_images(scene: dict) -> None:
+    """Where the worker holds while a modality sends (reception.py): once per ROI rasterized and
+    once per derived image of every plane, so CPU work yields as often as its REST calls do."""
+    pauses: list[int] = []
+    options = OverlayOptions(planes=(Plane.AXIAL, Plane.CORONAL))
+    build = build_overlay_series(scene["ct"], scene["rtstruct"], options,
+                                 pause=lambda: pauses.append(1))
+    images = sum(len(series.datasets) for series in build.series)
+    assert len(pauses) == len(build.rois) + images
