@@ -81,8 +81,13 @@ def test_a_plan_reaches_an_orthanc_dicomweb_server_by_stow(
              called="RTGATEWAY")
     wait_until(lambda: webpacs.sop_instance_uids() >= uids, 90, "the plan at WEBPACS")
     assert webpacs.sop_instance_uids() == uids
-    success = [row for row in gateway_rows(gateway, kind="transfers", patient="WEB-1")
-               if row["status"] == "success"]
+
+    def success_rows() -> list[dict]:
+        # Decided at arrival: a row names its patient once the burst is described.
+        rows = [row for row in gateway_rows(gateway, kind="transfers", patient="WEB-1")
+                if row["status"] == "success"]
+        return rows if sum(row["instances"] for row in rows) >= len(uids) else []
+    success = wait_until(success_rows, 30, "the deliveries recorded under the patient")
     assert sum(row["instances"] for row in success) == len(uids)
     assert all(row["target"] == "WEBPACS" for row in success)
     # The destinations' check answers for a DICOMweb server too (QIDO-RS, no C-ECHO there).
