@@ -42,11 +42,19 @@ class WebhookStore:
     def next_due(self, url: str, now: float) -> sqlite3.Row | None:
         """The URL's oldest pending delivery with its event, if its time has come. Only the oldest:
         a receiver gets its events in order, so a later one waits behind a failing one."""
+        # A job decided at arrival names its patient and study once its instance is described
+        # (jobs/arrival.py): its event waits for that, then carries them. A Row answers a name
+        # with its first column, so the job's names, listed before o.*, fill an event written
+        # before it knew them.
         row = self.db.query(
-            "SELECT d.attempts, d.next_attempt_at, o.* FROM webhook_deliveries d "
-            "JOIN webhook_outbox o ON o.id = d.outbox_id "
+            "SELECT d.attempts, d.next_attempt_at, "
+            "COALESCE(NULLIF(o.patient_id, ''), j.patient_id, '') AS patient_id, "
+            "COALESCE(NULLIF(o.study_uid, ''), j.study_uid, '') AS study_uid, "
+            "COALESCE(j.awaits_description, 0) AS job_awaits_description, o.* "
+            "FROM webhook_deliveries d JOIN webhook_outbox o ON o.id = d.outbox_id "
+            "LEFT JOIN jobs j ON j.id = o.job_id "
             "WHERE d.url=? AND d.state='pending' ORDER BY d.outbox_id LIMIT 1", (url,))
-        if not row or row[0]["next_attempt_at"] > now:
+        if not row or row[0]["next_attempt_at"] > now or row[0]["job_awaits_description"]:
             return None
         return row[0]
 

@@ -250,3 +250,24 @@ def test_an_instance_deleted_before_its_description_completes_its_records(site_f
     (evaluation,) = site.rows("SELECT * FROM evaluations")
     assert evaluation["resource_id"] == plan and evaluation["matched"] == 1
     assert {job["awaits_description"] for job in site.jobs("forward")} == {0}
+
+
+def test_a_delivered_webhook_waits_for_the_description_and_names_the_study(
+        tmp_path: Path) -> None:
+    from orthanc_plugin.webhooks.store import WebhookStore
+
+    url = "https://ops.example.org/rtgw"
+    site = build_site(tmp_path, FORWARD_BY_AE, FakeOrthanc({"ARCHIVE": "ARCHIVE_AE"}), {
+        "Webhooks": [{"Url": url, "Secret": "s" * 24, "Events": ["delivered"]}]})
+    rtset = make_rt_set("P-HOOK", n_slices=1)
+    plan = site.orthanc.receive(rtset.rtplan, calling_aet="TPS")  # type: ignore[arg-type]
+    site.note_stored(plan)
+    site.take_in_while_arriving()
+    site.run_queue()
+    store = WebhookStore(site.gateway.db)
+    assert site.rows("SELECT study_uid FROM webhook_outbox") == [{"study_uid": ""}]
+    assert store.next_due(url, now=1e12) is None  # the study is not known yet: it waits
+    site.take_in()
+    due = store.next_due(url, now=1e12)
+    assert due is not None and dict(due)["study_uid"] == rtset.study_uid
+    assert dict(due)["patient_id"] == "P-HOOK" and due["event"] == "delivered"
