@@ -113,6 +113,14 @@ def count(peer: OrthancProcess, patient_id: str) -> int:
     return len(found.json()) if found.ok else 0
 
 
+
+def copies_sent(gateway: OrthancProcess, patient: str, targets: set[str]) -> dict[str, str]:
+    """Target -> the detail of its copy-sent event, once every target has one under the patient
+    (a forward decided at arrival names its patient when the burst is described)."""
+    events = gateway.json("/rt-gateway/audit", params={"kind": "events", "patient": patient})
+    details = {e["target"]: e["detail"] for e in events if e["event"] == "copy-sent"}
+    return details if targets <= set(details) else {}
+
 def test_each_destination_gets_its_syntax_and_tags_with_identical_pixels(
         gateway: OrthancProcess, peers: dict[str, OrthancProcess], tmp_path: Path) -> None:
     plan = make_rt_set("XFORM-1", "Syntax^Sam", n_slices=4)
@@ -144,8 +152,8 @@ def test_each_destination_gets_its_syntax_and_tags_with_identical_pixels(
             SYNTAXES["jpeg-ls"][0]
         tags = gateway.json(f"/instances/{instance_id}/simplified-tags")
         assert tags["InstitutionName"] == "General Hospital"
-    events = gateway.json("/rt-gateway/audit", params={"kind": "events", "patient": "XFORM-1"})
-    details = {e["target"]: e["detail"] for e in events if e["event"] == "copy-sent"}
+    details = wait_until(lambda: copies_sent(gateway, "XFORM-1", {"ARCHIVE_A", "VIEWER_B"}), 30,
+                         "the copies' audit events under the patient")
     assert "as Explicit VR Little Endian" in details["ARCHIVE_A"]
     assert "InstitutionName set" in details["ARCHIVE_A"]
     assert "private group 0009 removed" in details["ARCHIVE_A"]
@@ -185,6 +193,8 @@ def test_structure_names_reach_the_tps_in_tg263_and_the_original_stays(
     unmapped = gateway.json("/rt-gateway/names/unmapped")
     assert "z_ring" in [row["name"] for row in unmapped["names"]]
     assert "SpinalCord" not in [row["name"] for row in unmapped["names"]]
+    wait_until(lambda: copies_sent(gateway, "XFORM-2", {"TPS"}), 30,
+               "the copy's audit event under the patient")
     events = gateway.json("/rt-gateway/audit", params={"kind": "events", "patient": "XFORM-2"})
     (detail,) = [e["detail"] for e in events if e["event"] == "copy-sent"]
     assert "names: Brain Stem → Brainstem, ptv 70 → PTV_70" in detail
