@@ -31,13 +31,17 @@ from orthanc_plugin.audit.clock import now_iso
 from orthanc_plugin.audit.recorder import AuditRecorder
 from orthanc_plugin.db import Database
 from orthanc_plugin.deid.keys import Pseudonymizer
-from orthanc_plugin.deid.model import DeidError, DeidResult, deidentify
+from orthanc_plugin.deid.model import DeidError, DeidResult, copy_keys, deidentify
 from orthanc_plugin.deid.pipeline import Pipeline
 from orthanc_plugin.deid.rule import AnonymizeAction
-from orthanc_plugin.deid.tables import record_mapping
+from orthanc_plugin.deid.tables import original_keys, record_mapping
 from orthanc_plugin.jobs.executor_base import ItemExecutor, JobContext, Refuse
 from orthanc_plugin.jobs.executors import action_of_job, jobs_with_items
-from orthanc_plugin.jobs.own_output import store_own_instance
+from orthanc_plugin.jobs.own_output import (
+    note_own_output,
+    orthanc_instance_id,
+    store_own_instance,
+)
 from orthanc_plugin.jobs.queue import Claim, ClaimedItem, JobQueue, JobSpec
 from orthanc_plugin.labels import DEID_COPY, StudyLabels
 from orthanc_plugin.ports import Host, HostError
@@ -100,7 +104,10 @@ class AnonymizeExecutor(ItemExecutor[AnonymizeAction, StoredCopy]):
                 actions[job["id"]] = (job, action)
                 self._clocks[job["id"]] = _PhaseClock(self.threads)
                 items += job_items
-        pipeline = Pipeline(self._pool, lambda item: self._copy(*actions[item.job_id], item),
+        noted = self._note_copies_ahead({job_id: action for job_id, (_, action) in actions.items()},
+                                        items)
+        pipeline = Pipeline(self._pool,
+                            lambda item: self._copy(*actions[item.job_id], item, noted),
                             items, self.threads * AHEAD_PER_THREAD)
         for job_id, (_, action) in actions.items():
             self._pipelines[job_id] = (pipeline, action)
@@ -118,7 +125,24 @@ class AnonymizeExecutor(ItemExecutor[AnonymizeAction, StoredCopy]):
             return self._copy(job, action, item)
         return started[0].take(item)
 
-    def _copy(self, job: sqlite3.Row, action: AnonymizeAction, item: ClaimedItem) -> StoredCopy:
+    def _note_copies_ahead(self, actions: dict[int, AnonymizeAction],
+                           items: list[ClaimedItem]) -> frozenset[str]:
+        """Notes the Orthanc IDs the claim's copies will have as the gateway's own output, in one
+        transaction, from the originals' keys and the keyed UIDs; a copy whose ID differs from
+        the guess (an original not described yet, keys Orthanc trimmed) is noted on its own."""
+        originals = original_keys(self.db, [item.instance_id for item in items])
+        expected = []
+        for item in items:
+            keys = originals.get(item.instance_id)
+            if keys is not None:
+                expected.append(orthanc_instance_id(
+                    *copy_keys(keys, actions[item.job_id].settings, self.keys)))
+        if expected:
+            note_own_output(self.db, expected, "deid")
+        return frozenset(expected)
+
+    def _copy(self, job: sqlite3.Row, action: AnonymizeAction, item: ClaimedItem,
+              noted: frozenset[str] = frozenset()) -> StoredCopy:
         """Read, de-identify, store: runs on the pool; what it raises, `step` raises."""
         clock = self._clocks.get(job["id"]) or _PhaseClock(self.threads)
         with clock.timing("read"):
@@ -135,7 +159,7 @@ class AnonymizeExecutor(ItemExecutor[AnonymizeAction, StoredCopy]):
             ds.save_as(buffer, enforce_file_format=True)
             data = buffer.getvalue()
         with clock.timing("store"):
-            answer = store_own_instance(self.host, self.db, ds, data, "deid")
+            answer = store_own_instance(self.host, self.db, ds, data, "deid", noted)
         if not isinstance(answer, dict) or answer.get("Status") not in STORED_STATUSES:
             raise HostError(f"POST /instances did not confirm the copy: {answer!r}")
         return StoredCopy(str(answer["ID"]), str(answer.get("ParentStudy", "")), result,

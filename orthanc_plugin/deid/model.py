@@ -11,6 +11,8 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import date, timedelta
 
+from pydicom.datadict import keyword_for_tag
+from pydicom.dataelem import DataElement, RawDataElement
 from pydicom.dataset import Dataset
 from pydicom.multival import MultiValue
 from pydicom.tag import BaseTag
@@ -32,6 +34,11 @@ DEFAULT_PATIENT_ID_PATTERN = "ANON-{hash}"
 STANDARD_UID_ROOT = "1.2.840.10008."
 TEXT_VRS = frozenset({"LO", "SH", "ST", "LT", "UT", "UC"})
 DATE_VRS = frozenset({"DA", "DT", "TM"})
+# What _handle_by_vr looks at: sequences and UIDs in either profile, names, dates and free text in
+# the full one. Any other VR (numbers, code strings, pixel data) is left as read.
+ALWAYS_WALKED_VRS = frozenset({"SQ", "UI"})
+FULL_PROFILE_VRS = frozenset({"PN"}) | DATE_VRS | TEXT_VRS
+UNDECIDED_VRS = frozenset({"UN"})
 # Identifiers shorter than this would match ordinary words and numbers in unrelated text.
 MIN_IDENTIFIER_LENGTH = 3
 
@@ -91,6 +98,27 @@ def deidentify(ds: Dataset, settings: DeidSettings, keys: Pseudonymizer) -> Deid
     return result
 
 
+def keyed_uid(keys: Pseudonymizer, original: str) -> str:
+    """The UID a copy carries for `original`: keyed, except DICOM's own (standard) UIDs."""
+    original = original.strip().rstrip("\x00")
+    if not original or original.startswith(STANDARD_UID_ROOT):
+        return original
+    return keys.uid(original)
+
+
+def copy_keys(original: tuple[str, str, str, str], settings: DeidSettings,
+              keys: Pseudonymizer) -> tuple[str, str, str, str]:
+    """(PatientID, StudyInstanceUID, SeriesInstanceUID, SOPInstanceUID) of the copy that
+    `deidentify` makes of an instance with these keys: known before the file is read, so the
+    copy's Orthanc ID can be noted ahead (a guess checked against the copy itself)."""
+    patient_id, *uids = original
+    new_patient = keys.patient_id(patient_id, settings.patient_id_pattern)
+    if settings.maps_uids:
+        uids = [keyed_uid(keys, uid) for uid in uids]
+    study, series, sop = uids
+    return new_patient, study, series, sop
+
+
 class _Walker:
     def __init__(
         self, settings: DeidSettings, keys: Pseudonymizer, result: DeidResult,
@@ -105,16 +133,33 @@ class _Walker:
     def walk(self, ds: Dataset, path: str = "") -> None:
         kept_blocks = self._kept_private_blocks(ds)
         for tag in list(ds.keys()):
+            if tag.is_private and not _in_blocks(tag, kept_blocks):
+                del ds[tag]
+                self._changed(f"{path}{tag}", "removed (private)")
+                continue
+            if not self._may_change(tag, ds.get_item(tag)):
+                continue  # left as read: written back byte for byte, never decoded
             element = ds[tag]
             where = f"{path}{element.keyword or tag}"
-            if tag.is_private:
-                if not _in_blocks(tag, kept_blocks):
-                    del ds[tag]
-                    self._changed(where, "removed (private)")
-                    continue
-            elif self._handle_by_table(ds, tag, element.keyword, where):
+            if not tag.is_private and self._handle_by_table(ds, tag, element.keyword, where):
                 continue
             self._handle_by_vr(ds, tag, where)
+
+    def _may_change(self, tag: BaseTag, element: DataElement | RawDataElement | None) -> bool:
+        """Whether the profile could touch this element, judged without decoding its value.
+
+        Why: decoding every value and encoding it again was half the copy's Python time (bench/deid:
+        numbers, code strings and pixel data are most of a CT slice's elements and none of them
+        changes). An element whose VR the file does not say (implicit VR) or says is UN is
+        decoded, so a name sent as UN is still found by the dictionary's VR."""
+        if element is None:
+            return False
+        if self._action(keyword_for_tag(tag), tag) is not None:
+            return True
+        vr = element.VR
+        if vr is None or vr in UNDECIDED_VRS or vr in ALWAYS_WALKED_VRS:
+            return True
+        return self.full and vr in FULL_PROFILE_VRS
 
     def _changed(self, where: str, what: str) -> None:
         self.result.changes.append(f"{where}: {what}")
@@ -199,11 +244,9 @@ class _Walker:
             self._changed(where, "cleaned of the patient's name words (scrub-clinical-labels)")
 
     def _uid(self, original: str, keyword: str) -> str:
-        original = original.strip().rstrip("\x00")
-        if not original or original.startswith(STANDARD_UID_ROOT):
-            return original
-        new = self.keys.uid(original)
-        self.result.uids.setdefault(original, (new, keyword))
+        new = keyed_uid(self.keys, original)
+        if new != original.strip().rstrip("\x00"):
+            self.result.uids.setdefault(original.strip().rstrip("\x00"), (new, keyword))
         return new
 
     def _date_or_time(self, value: object, vr: str) -> object:

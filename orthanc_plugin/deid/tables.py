@@ -16,6 +16,8 @@ from orthanc_plugin.deid.keys import new_secret
 from orthanc_plugin.deid.model import DeidResult
 
 SECRET_KEY = "deid_secret"
+# Instance IDs per IN (...) query: well under SQLite's bound on parameters.
+QUERY_CHUNK = 500
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS deid_patients(
@@ -102,3 +104,18 @@ def mapping_for(db: Database, patient: str) -> dict[str, Any] | None:
     row["uids"] = [dict(u) for u in uids]
     row["copies"] = [{**dict(c), "report": json.loads(c["report"] or "[]")} for c in copies]
     return row
+
+
+def original_keys(db: Database, instance_ids: list[str]) -> dict[str, tuple[str, str, str, str]]:
+    """Instance ID -> (PatientID, StudyInstanceUID, SeriesInstanceUID, SOPInstanceUID) as the
+    intake described it; instances not described (yet) are absent."""
+    keys: dict[str, tuple[str, str, str, str]] = {}
+    for start in range(0, len(instance_ids), QUERY_CHUNK):
+        chunk = instance_ids[start:start + QUERY_CHUNK]
+        rows = db.query(
+            "SELECT instance_id, patient_id, study_uid, series_uid, sop_instance_uid FROM received"
+            f" WHERE state='ready' AND instance_id IN ({','.join('?' * len(chunk))})", tuple(chunk))
+        for row in rows:
+            keys[row["instance_id"]] = (row["patient_id"] or "", row["study_uid"] or "",
+                                        row["series_uid"] or "", row["sop_instance_uid"] or "")
+    return keys

@@ -8,6 +8,7 @@ which may see the instance at once, knows it as `source: GATEWAY` and rules skip
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Container, Iterable
 from typing import Any
 
 from orthanc_plugin.audit.clock import now_iso
@@ -30,22 +31,31 @@ def orthanc_instance_id(patient_id: str, study_uid: str, series_uid: str, sop_ui
     return "-".join(digest[i : i + 8] for i in range(0, 40, 8))
 
 
-def _note(db: Database, instance_id: str, made_by: str) -> None:
+def note_own_output(db: Database, instance_ids: Iterable[str], made_by: str) -> None:
+    """Notes Orthanc IDs the gateway is about to store, in one transaction.
+
+    Why a batch: a write transaction per copy, taken by several copy threads while the intake
+    writes too, waited on SQLite's lock (bench/deid: a tenth of the copy threads' time). An
+    executor that knows its copies' keys before it makes them notes them all at once."""
+    stamp = now_iso()
     with db.transaction() as connection:
-        connection.execute(
+        connection.executemany(
             "INSERT OR IGNORE INTO own_output(instance_id, made_by, at) VALUES(?,?,?)",
-            (instance_id, made_by, now_iso()))
+            [(instance_id, made_by, stamp) for instance_id in instance_ids])
 
 
-def store_own_instance(host: Host, db: Database, ds: Any, data: bytes, made_by: str) -> Any:
-    """POST /instances, noted first as the gateway's own output; returns Orthanc's answer."""
+def store_own_instance(host: Host, db: Database, ds: Any, data: bytes, made_by: str,
+                       noted: Container[str] = ()) -> Any:
+    """POST /instances, noted first as the gateway's own output (unless among `noted`, the IDs
+    the caller noted beforehand); returns Orthanc's answer."""
     keys = [str(ds.get(keyword, "") or "").strip() for keyword in
             ("PatientID", "StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID")]
     expected = orthanc_instance_id(*keys)
-    _note(db, expected, made_by)
+    if expected not in noted:
+        note_own_output(db, [expected], made_by)
     answer = host.post_bytes("/instances", data)
     if isinstance(answer, dict) and answer.get("ID") and answer["ID"] != expected:
-        _note(db, str(answer["ID"]), made_by)
+        note_own_output(db, [str(answer["ID"])], made_by)
     return answer
 
 

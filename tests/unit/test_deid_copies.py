@@ -223,6 +223,34 @@ def test_a_claim_broken_in_the_middle_loses_and_duplicates_no_copy(
         assert data == model_copy(site.orthanc.instances[original].file)
 
 
+def test_the_copies_ids_are_noted_as_the_gateways_own_before_the_first_is_stored(
+        site_for: SiteFor, monkeypatch: pytest.MonkeyPatch) -> None:
+    """One transaction for the claim's own-output notes, not one per copy (bench/deid): when the
+    first copy reaches Orthanc, every copy's ID is noted, and the intake takes each as GATEWAY."""
+    site = site_for(4)
+    originals = receive_stable_study(site, make_rt_set(n_slices=8).all())
+    noted_at_first_post: list[int] = []
+    post_bytes = site.orthanc.post_bytes
+
+    def counting_post(uri: str, data: bytes) -> Any:
+        if uri == "/instances" and not noted_at_first_post:
+            noted_at_first_post.append(len(site.rows("SELECT 1 FROM own_output")))
+        return post_bytes(uri, data)
+
+    monkeypatch.setattr(site.orthanc, "post_bytes", counting_post)
+    site.run_queue()
+    site.take_in()
+
+    copies = {row["copy_instance_id"] for row in site.rows("SELECT * FROM deid_copies")}
+    assert len(copies) == len(originals)
+    assert set(noted_at_first_post) == {len(originals)}  # every thread that saw no count yet
+    assert {row["instance_id"] for row in site.rows(
+        "SELECT instance_id FROM own_output WHERE made_by='deid'")} == copies
+    sources = {row["instance_id"]: row["source"] for row in site.rows(
+        "SELECT instance_id, source FROM received")}
+    assert {sources[copy] for copy in copies} == {"GATEWAY"}
+
+
 @pytest.mark.parametrize("threads", [0, 17, "4", True])
 def test_copy_threads_out_of_range_is_refused_with_its_path(tmp_path: Path, threads: Any) -> None:
     with pytest.raises(ConfigError, match=r"RtGateway\.Deid\.CopyThreads"):
