@@ -25,6 +25,12 @@ def _run(command: list[str]) -> str:
         return ""
 
 
+def _orthanc_root() -> list[str]:
+    """The chroot prefix when the bench ran Orthanc in trixie's root (scripts/trixie.sh)."""
+    root = os.environ.get("RTGW_ORTHANC_CHROOT", "")
+    return ["chroot", root] if root else []
+
+
 def machine() -> dict[str, Any]:
     memory_kb = 0
     try:
@@ -39,7 +45,11 @@ def machine() -> dict[str, Any]:
         "memory_gb": round(memory_kb / 1024 / 1024, 1),
         "python": platform.python_version(),
         "kernel": platform.release(),
-        "orthanc": (_run(["Orthanc", "--version"]).splitlines() or [""])[0],
+        "orthanc": (_run([*_orthanc_root(), "Orthanc", "--version"]).splitlines() or [""])[0],
+        **({"orthanc_root": os.environ["RTGW_ORTHANC_CHROOT"],
+            "worker_python": _run([*_orthanc_root(), "/opt/rtgw-venv/bin/python", "-c",
+                                   "import platform; print(platform.python_version())"])}
+           if _orthanc_root() else {}),
         "commit": commit,
         "tree_clean": _run(["git", "status", "--porcelain", "--untracked-files=no"]) == "",
         "at": datetime.now(UTC).isoformat(timespec="seconds"),

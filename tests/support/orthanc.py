@@ -23,6 +23,9 @@ USER, PASSWORD = "rtgw", "test-password"
 # peers, senders and the tests stay on this machine. The folder sees /tmp and this checkout at the
 # same paths, so nothing else changes.
 CHROOT = os.environ.get("RTGW_ORTHANC_CHROOT", "")
+# Benchmarks on trixie run every Orthanc there (the Lua router and the targets too), so that a
+# ratio compares one Orthanc version with itself; tests keep plain peers on the host.
+CHROOT_ALL = os.environ.get("RTGW_ORTHANC_CHROOT_ALL", "") == "1"
 CHROOT_VENV = "/opt/rtgw-venv"
 
 
@@ -116,7 +119,7 @@ class OrthancProcess:
         config_path.write_text(json.dumps(config, indent=2))
         env = dict(os.environ, TCP_NODELAY="1")
         command = ["Orthanc", str(config_path)]
-        if CHROOT and self.plugin:
+        if CHROOT and (self.plugin or CHROOT_ALL):
             command = ["chroot", CHROOT, "/usr/sbin/Orthanc", str(config_path)]
             env["RTGW_VENV"] = CHROOT_VENV
         log = self.log_path.open("ab")
