@@ -33,9 +33,10 @@ from pathlib import Path
 from typing import Any
 
 from orthanc_plugin.config import SECTION, ConfigError
+from orthanc_plugin.forwarding.rule import JOB_ACTION as FORWARD_ACTION
 
 # Job actions whose REST calls never wait: the relay is what a receiver waits for.
-FOREGROUND_ACTIONS = frozenset({"forward"})
+FOREGROUND_ACTIONS = frozenset({FORWARD_ACTION})
 # Threads of the lead that run background loops of their own and are not claims of the queue:
 # harvest (C-FIND/C-MOVE a remote PACS), retention and cleanup (deletes). Named here, by their
 # thread names (periodic.py, harvest/action.py), so that those capabilities need no change.

@@ -17,11 +17,13 @@ from io import BytesIO
 
 from orthanc_plugin.contours.model import ContourError
 from orthanc_plugin.contours.overlay import OverlayBuild, build_overlay_series
-from orthanc_plugin.contours.rule import OverlayAction
+from orthanc_plugin.contours.rule import JOB_ACTION, OverlayAction
 from orthanc_plugin.contours.sources import find_images, read_instance, read_rtstruct
+from orthanc_plugin.forwarding.rule import JOB_ACTION as FORWARD_ACTION
 from orthanc_plugin.jobs.executor_base import ItemExecutor, JobContext, Postpone, Refuse
+from orthanc_plugin.jobs.follow_ups import FollowUp
 from orthanc_plugin.jobs.own_output import store_own_instance
-from orthanc_plugin.jobs.queue import ClaimedItem, JobSpec
+from orthanc_plugin.jobs.queue import ClaimedItem
 from orthanc_plugin.ports import HostError
 from orthanc_plugin.reception import GATE
 
@@ -29,8 +31,9 @@ DEFAULT_WAIT_POLL_SECONDS = 5.0
 
 
 class OverlayExecutor(ItemExecutor[OverlayAction, int]):
-    name = "overlay"
+    name = JOB_ACTION
     action_type = OverlayAction
+    follow_ups_event = "forward-queued"
     max_items_per_claim = 1
 
     def __init__(self, context: JobContext,
@@ -102,25 +105,10 @@ class OverlayExecutor(ItemExecutor[OverlayAction, int]):
     def _queue_forwards(
         self, job: sqlite3.Row, action: OverlayAction, stored: dict[str, list[str]]
     ) -> None:
-        if not action.targets:
-            return
-        queued = []
-        with self.db.transaction() as connection:
-            for series_uid, ids in stored.items():
-                for target in action.targets:
-                    spec = JobSpec(
-                        rule=job["rule"], action="forward", trigger=job["trigger"],
-                        level="series", resource_id=series_uid, target=target,
-                        patient_id=job["patient_id"], study_uid=job["study_uid"],
-                        calling_aet=job["calling_aet"], remote_ip=job["remote_ip"],
-                        priority=job["priority"],
-                    )
-                    forward_id, count = self.queue.enqueue(connection, spec, ids)
-                    if forward_id is not None:
-                        queued.append(f"job {forward_id}: {count} instance(s) to {target}")
-        if queued:
-            self.event(job, "overlay-forward-queued", "ok", "; ".join(queued))
-            self.context.wake_workers()
+        self.follow(job, [
+            FollowUp(FORWARD_ACTION, target, "series", series_uid, tuple(ids),
+                     job["patient_id"], job["study_uid"], "{count} instance(s) to {target}")
+            for series_uid, ids in stored.items() for target in action.targets])
 
 
 def _describe_build(build: OverlayBuild, images: int, seconds: float) -> str:

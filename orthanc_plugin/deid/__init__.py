@@ -49,9 +49,8 @@ def install(ctx: CapabilityContext) -> None:
     keys = pseudonymizer(ctx)
     ctx.db.ensure_columns("deid_copies", {"report": "TEXT"})  # databases of earlier versions
     ctx.registry.add_planner(AnonymizeAction, plan_anonymize)
-    executor = AnonymizeExecutor(ctx.jobs, keys, copy_threads(ctx))
-    executor.labels = ctx.labels
-    ctx.registry.add_executor(JOB_ACTION, executor)
+    ctx.registry.add_executor(JOB_ACTION, AnonymizeExecutor(ctx.jobs, keys, copy_threads(ctx),
+                                                            ctx.labels))
     ctx.registry.add_executor(DELETE_JOB_ACTION, DeleteOriginals(
         ctx.host, ctx.db, ctx.queue, ctx.recorder,
     ))

@@ -33,18 +33,21 @@ from orthanc_plugin.db import Database
 from orthanc_plugin.deid.keys import Pseudonymizer
 from orthanc_plugin.deid.model import DeidError, DeidResult, copy_keys, deidentify
 from orthanc_plugin.deid.pipeline import Pipeline
-from orthanc_plugin.deid.rule import AnonymizeAction
+from orthanc_plugin.deid.rule import JOB_ACTION, AnonymizeAction
 from orthanc_plugin.deid.tables import original_keys, record_mapping
+from orthanc_plugin.forwarding.rule import JOB_ACTION as FORWARD_ACTION
 from orthanc_plugin.jobs.executor_base import ItemExecutor, JobContext, Refuse
 from orthanc_plugin.jobs.executors import action_of_job, jobs_with_items
+from orthanc_plugin.jobs.follow_ups import FollowUp
 from orthanc_plugin.jobs.own_output import (
     note_own_output,
     orthanc_instance_id,
     store_own_instance,
 )
-from orthanc_plugin.jobs.queue import Claim, ClaimedItem, JobQueue, JobSpec
+from orthanc_plugin.jobs.queue import Claim, ClaimedItem, JobQueue
 from orthanc_plugin.labels import DEID_COPY, StudyLabels
 from orthanc_plugin.ports import Host, HostError
+from orthanc_plugin.rules.priority import Priority
 
 DELETE_JOB_ACTION = "delete-original"
 DELETE_TARGET_PREFIX = "originals-after-"
@@ -71,17 +74,17 @@ class StoredCopy:
 
 
 class AnonymizeExecutor(ItemExecutor[AnonymizeAction, StoredCopy]):
-    name = "anonymize"
-    # Set at install: the copies' studies are labelled rtgw-deid-copy (Orthanc 1.12+).
-    labels: StudyLabels | None = None
+    name = JOB_ACTION
     action_type = AnonymizeAction
     max_items_per_claim = 100
     record_batch = RECORD_BATCH
 
     def __init__(self, context: JobContext, keys: Pseudonymizer,
-                 threads: int = COPY_THREADS) -> None:
+                 threads: int = COPY_THREADS, labels: StudyLabels | None = None) -> None:
         super().__init__(context)
         self.keys = keys
+        # The copies' studies are labelled rtgw-deid-copy (Orthanc 1.12+; None: no labels).
+        self.labels = labels
         self.threads = max(1, threads)
         # Shared by the worker's sender threads: at most `threads` copies in the making per
         # process, each thread keeping its own keep-alive connection to Orthanc.
@@ -225,36 +228,19 @@ class AnonymizeExecutor(ItemExecutor[AnonymizeAction, StoredCopy]):
         if not copies:
             return
         first = copies[0][1]
-        queued = []
-        with self.db.transaction() as connection:
-            for target in action.targets:
-                spec = JobSpec(
-                    rule=job["rule"], action="forward", trigger=job["trigger"], level="study",
-                    resource_id=first.study_id, target=target,
-                    patient_id=first.result.new_patient_id, study_uid=first.study_uid,
-                    calling_aet=job["calling_aet"], remote_ip=job["remote_ip"],
-                    priority=job["priority"],
-                )
-                job_id, count = self.queue.enqueue(connection, spec, [c.instance_id for _, c in copies])
-                if job_id is not None:
-                    queued.append(f"job {job_id}: {count} copy(ies) to {target}")
-            if not action.keep_original:
-                spec = JobSpec(
-                    rule=job["rule"], action=DELETE_JOB_ACTION, trigger=job["trigger"],
-                    # Its own target: the queue assigns an instance once per (rule, target),
-                    # and the anonymize job already holds these originals for job["target"].
-                    level=job["level"], resource_id=job["resource_id"],
-                    target=f"{DELETE_TARGET_PREFIX}{job['target']}",
-                    patient_id=first.result.new_patient_id, study_uid=first.study_uid,
-                    calling_aet=job["calling_aet"], remote_ip=job["remote_ip"],
-                )
-                job_id, count = self.queue.enqueue(connection, spec, [i.instance_id for i, _ in copies])
-                if job_id is not None:
-                    queued.append(f"job {job_id}: delete {count} original(s)")
-        if queued:
-            self.event(job, "anonymize-followers-queued", "ok", "; ".join(queued),
-                       patient=first.result.new_patient_id, study=first.study_uid)
-            self.context.wake_workers()
+        patient, study = first.result.new_patient_id, first.study_uid
+        copy_ids = tuple(copy.instance_id for _, copy in copies)
+        follow_ups = [FollowUp(FORWARD_ACTION, target, "study", first.study_id, copy_ids,
+                               patient, study, "{count} copy(ies) to {target}")
+                      for target in action.targets]
+        if not action.keep_original:
+            # Its own target: the queue assigns an instance once per (rule, target), and the
+            # anonymize job already holds these originals for job["target"].
+            follow_ups.append(FollowUp(
+                DELETE_JOB_ACTION, f"{DELETE_TARGET_PREFIX}{job['target']}", job["level"],
+                job["resource_id"], tuple(item.instance_id for item, _ in copies),
+                patient, study, "delete {count} original(s)", priority=Priority.NORMAL))
+        self.follow(job, follow_ups, patient=patient, study=study)
 
 
 class DeleteOriginals:

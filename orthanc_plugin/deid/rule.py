@@ -5,21 +5,22 @@
                   keep_original: true}
     - forward: [RESEARCH]        # sends the de-identified copy, never the original
 
-The forwards after an anonymize are folded into it at parse time: the intake then never queues
-the originals for them, and the anonymize executor queues the copies once they are stored.
+The forwards after an anonymize are folded into it at parse time (rules/derivations.py): the intake
+then never queues the originals for them, and the anonymize executor queues the copies once they
+are stored (jobs/follow_ups.py).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 
 from orthanc_plugin.deid.model import DEFAULT_PATIENT_ID_PATTERN, DeidSettings
 from orthanc_plugin.deid.profile import Option, Profile
 from orthanc_plugin.jobs.executors import PlannedJob
+from orthanc_plugin.rules.derivations import register_derivation
 from orthanc_plugin.rules.errors import RulesError
-from orthanc_plugin.rules.model import Action, ForwardAction
-from orthanc_plugin.rules.schema_actions import ACTION_COMPOSERS, ACTION_PARSERS, ActionContext
+from orthanc_plugin.rules.schema_actions import ACTION_PARSERS, ActionContext
 from orthanc_plugin.rules.schema_values import name_list
 from orthanc_plugin.rules.wording import kind_of, one_of
 
@@ -31,6 +32,9 @@ KEYS = ("profile", "options", "keep_private_creators", "patient_id_pattern", "ke
 
 @dataclass(frozen=True)
 class AnonymizeAction:
+    rule_key: ClassVar[str] = JOB_ACTION
+    output_words: ClassVar[str] = "the de-identified copy"
+
     settings: DeidSettings
     keep_original: bool = True
     targets: tuple[str, ...] = ()  # the rule's following forwards: they receive the copy
@@ -82,39 +86,11 @@ def parse_anonymize(raw: Any, path: str, context: ActionContext) -> AnonymizeAct
     return AnonymizeAction(settings, keep_original)
 
 
-def fold_forwards(actions: tuple[Action, ...], path: str) -> tuple[Action, ...]:
-    """Forwards after an anonymize send its copy: they become its targets."""
-    folded: list[Any] = []
-    anonymize: AnonymizeAction | None = None
-    position = 0
-    for index, action in enumerate(actions):
-        if isinstance(action, AnonymizeAction):
-            if anonymize is not None:
-                raise RulesError(f"{path}[{index}]", "only one anonymize per rule")
-            anonymize, position = action, len(folded)
-            folded.append(action)
-        elif anonymize is None:
-            folded.append(action)
-        elif isinstance(action, ForwardAction):
-            duplicate = set(action.targets) & set(anonymize.targets)
-            if duplicate:
-                raise RulesError(f"{path}[{index}]", f"duplicate target '{sorted(duplicate)[0]}'")
-            anonymize = AnonymizeAction(anonymize.settings, anonymize.keep_original,
-                                        anonymize.targets + action.targets)
-            folded[position] = anonymize
-        else:
-            # Anything else would act on the original, which a reader of the rule would not expect.
-            raise RulesError(f"{path}[{index}]", "only forward may follow anonymize "
-                             "(it sends the de-identified copy); put other actions before it")
-    return tuple(folded)
-
-
 def plan_anonymize(action: AnonymizeAction) -> list[PlannedJob]:
     return [PlannedJob(JOB_ACTION, action.job_target)]
 
 
 
 
-ACTION_PARSERS["anonymize"] = parse_anonymize
-if fold_forwards not in ACTION_COMPOSERS:
-    ACTION_COMPOSERS.append(fold_forwards)
+ACTION_PARSERS[JOB_ACTION] = parse_anonymize
+register_derivation(AnonymizeAction)

@@ -10,9 +10,10 @@ from collections.abc import Callable, Mapping
 
 from orthanc_plugin.audit.recorder import AuditRecorder
 from orthanc_plugin.destinations.model import DestinationPolicy
-from orthanc_plugin.jobs.queue import JobQueue
 
-FORWARD = "forward"   # only C-STORE jobs have a modality to fail over from
+# Only C-STORE jobs have a modality to fail over from.
+from orthanc_plugin.forwarding.rule import JOB_ACTION as FORWARD
+from orthanc_plugin.jobs.queue import JobQueue
 
 
 class Failover:

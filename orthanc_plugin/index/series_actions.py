@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from orthanc_plugin.api.router import ApiError
+from orthanc_plugin.forwarding.rule import JOB_ACTION
 from orthanc_plugin.index.safe_names import inside, safe_name
 from orthanc_plugin.index.store import IndexStore
 from orthanc_plugin.jobs.queue import JobSpec
@@ -22,7 +23,6 @@ from orthanc_plugin.ports import HostError
 if TYPE_CHECKING:
     from orthanc_plugin.context import CapabilityContext
 
-JOB_ACTION = "forward"
 TRIGGER = "manual"
 
 

@@ -24,6 +24,7 @@ from typing import Any, ClassVar, Generic, TypeVar
 from orthanc_plugin.audit.recorder import AuditRecorder
 from orthanc_plugin.db import Database
 from orthanc_plugin.jobs.executors import action_of_job, jobs_with_items
+from orthanc_plugin.jobs.follow_ups import FollowUp, queue_follow_ups
 from orthanc_plugin.jobs.queue import Claim, ClaimedItem, JobQueue
 from orthanc_plugin.ports import Host, HostError
 from orthanc_plugin.rules import RuleSet
@@ -78,6 +79,8 @@ class ItemExecutor(Generic[Action, Result]):
     max_items_per_claim: int = 1
     # Results recorded (mark_sent and the capability's own rows) in batches of this size.
     record_batch: ClassVar[int] = 1
+    # The audit event, after the name, that lists the jobs `follow` queued.
+    follow_ups_event: ClassVar[str] = "followers-queued"
 
     def __init__(self, context: JobContext) -> None:
         self.context = context
@@ -153,6 +156,24 @@ class ItemExecutor(Generic[Action, Result]):
         # record, never drops it (a capability's record is all-or-nothing and idempotent).
         if done:
             self.db.durable(lambda: self.record(job, action, done), f"recording {self.name}")
+
+    # -- what follows a derivation ---------------------------------------------------------------
+    def follow(self, job: sqlite3.Row, follow_ups: Sequence[FollowUp], *, patient: str = "",
+               study: str = "") -> None:
+        """Queues the jobs that hand on what this job made (follow_ups.py), in one transaction,
+        audited as "<name>-<follow_ups_event>" under `patient` and `study` (the output's, when
+        the job row names the originals)."""
+        if not follow_ups:
+            return
+        with self.db.transaction() as connection:
+            queued = queue_follow_ups(connection, self.queue, job, follow_ups)
+        if queued:
+            event, detail = f"{self.name}-{self.follow_ups_event}", "; ".join(queued)
+            if patient or study:
+                self.event(job, event, "ok", detail, patient=patient, study=study)
+            else:
+                self.event(job, event, "ok", detail)
+            self.context.wake_workers()
 
     # -- shared outcomes -------------------------------------------------------------------------
     def refuse(self, job: sqlite3.Row, item: ClaimedItem, refusal: Refuse) -> None:

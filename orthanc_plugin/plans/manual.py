@@ -8,6 +8,9 @@ from collections.abc import Collection, Sequence
 from typing import TYPE_CHECKING, Any
 
 from orthanc_plugin.api.router import ApiError
+
+# The forwarding executor sends a manual plan, in the bundle's order.
+from orthanc_plugin.forwarding.rule import JOB_ACTION
 from orthanc_plugin.plans.tracker import _member_rows, plan_job_spec
 from orthanc_plugin.rules.groups import SECTION as GROUPS
 from orthanc_plugin.rules.groups import expand
@@ -17,7 +20,6 @@ if TYPE_CHECKING:
     from orthanc_plugin.context import CapabilityContext
 
 MANUAL_TRIGGER = "manual"
-JOB_ACTION = "forward"   # the forwarding executor sends it, in the bundle's order
 
 
 def send_plans(

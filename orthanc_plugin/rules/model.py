@@ -28,9 +28,11 @@ class ForwardAction:
     steps: tuple[object, ...] = ()
 
 
-# Later action types (anonymize, export, overlay) join this union and the parser registry in
-# schema_actions.py; consumers pick the types they handle with isinstance.
-Action: TypeAlias = ForwardAction
+# Any rule action: forward here, and each capability's own frozen dataclass (anonymize, export,
+# overlay, hold, normalize...), registered with its parser in schema_actions.py. The union cannot
+# be spelled here (rules import no capability): consumers pick the types they handle with
+# isinstance.
+Action: TypeAlias = object
 
 
 # -- conditions --------------------------------------------------------------------------------
