@@ -15,19 +15,14 @@ only their step.
 from __future__ import annotations
 
 import importlib
+import importlib.util
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from orthanc_plugin.context import CapabilityContext
 
-# Packages whose rule.py registers an action (or top-level section) parser; imported before the
-# rules are loaded.
-RULE_MODULES: list[str] = ["orthanc_plugin.contours.rule", "orthanc_plugin.deid.rule",
-                          "orthanc_plugin.export.rule", "orthanc_plugin.harvest.rule",
-                          "orthanc_plugin.cleanup.rule", "orthanc_plugin.destinations.rule",
-                          "orthanc_plugin.approvals.rule", "orthanc_plugin.transform.rule"]
-
-# Packages with an install(ctx) function, called once the gateway's core is built.
+# Packages with an install(ctx) function, called once the gateway's core is built: adding a
+# capability is one line here (its rule.py, tables.py and install are found by name).
 CAPABILITIES: list[str] = [
     "orthanc_plugin.forwarding", "orthanc_plugin.web", "orthanc_plugin.contours",
     "orthanc_plugin.harvest", "orthanc_plugin.deid", "orthanc_plugin.importer",
@@ -38,8 +33,11 @@ CAPABILITIES: list[str] = [
 
 
 def register_rule_actions() -> None:
-    for name in RULE_MODULES:
-        importlib.import_module(name)
+    """Imports each capability's rule.py (it registers its action parsers and composers) before
+    rules are loaded, in the list's order (the order composers run in)."""
+    for name in CAPABILITIES:
+        if importlib.util.find_spec(f"{name}.rule") is not None:
+            importlib.import_module(f"{name}.rule")
 
 
 def extra_schemas() -> list[str]:
