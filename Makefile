@@ -9,6 +9,7 @@ run:
 test: setup
 	.venv/bin/ruff check .
 	.venv/bin/mypy
+	.venv/bin/python scripts/import_rules.py
 	TCP_NODELAY=1 .venv/bin/python -m pytest tests
 	scripts/trixie.sh test
 
@@ -18,6 +19,7 @@ unit: setup
 lint: setup
 	.venv/bin/ruff check .
 	.venv/bin/mypy
+	.venv/bin/python scripts/import_rules.py
 
 bench: setup
 	mkdir -p bench/results

@@ -1,4 +1,5 @@
-"""Pure forwarding logic: the order a plan is sent in, and what a failed Orthanc store job means."""
+"""Pure forwarding logic: what a failed Orthanc store job means. (The order a plan is sent in is the
+queue's: jobs/send_order.py.)"""
 
 from __future__ import annotations
 
@@ -6,29 +7,6 @@ import math
 import re
 from dataclasses import dataclass
 from enum import StrEnum
-
-# A planning system imports a plan only once what it references is there: images, then the
-# structure set drawn on them, then the plan, then the dose computed for the plan.
-_MODALITY_RANK = {"RTSTRUCT": 1, "RTPLAN": 2, "RTDOSE": 3, "RTIMAGE": 4, "RTRECORD": 5}
-
-
-def send_rank(modality: str | None) -> int:
-    return _MODALITY_RANK.get((modality or "").upper(), 0)
-
-
-@dataclass(frozen=True)
-class OutgoingInstance:
-    instance_id: str
-    modality: str = ""
-    series_uid: str = ""
-    instance_number: int = 0
-
-
-def order_for_sending(instances: list[OutgoingInstance]) -> list[OutgoingInstance]:
-    return sorted(
-        instances,
-        key=lambda item: (send_rank(item.modality), item.series_uid, item.instance_number),
-    )
 
 
 class FailureKind(StrEnum):

@@ -16,12 +16,12 @@ from typing import Any
 from orthanc_plugin.audit.clock import now_iso
 from orthanc_plugin.audit.recorder import AuditRecorder
 from orthanc_plugin.db import Database
-from orthanc_plugin.forwarding.model import OutgoingInstance, order_for_sending
 from orthanc_plugin.jobs.apply import Applied, queue_rule_actions
 from orthanc_plugin.jobs.arrival import ArrivalDecider, ArrivalDecision, Completed
 from orthanc_plugin.jobs.executors import Registry
 from orthanc_plugin.jobs.facts import SOURCE_BY_ORIGIN, FactsBuilder
 from orthanc_plugin.jobs.queue import JobQueue, JobSpec
+from orthanc_plugin.jobs.send_order import OutgoingInstance, order_for_sending
 from orthanc_plugin.ports import Host, HostError
 from orthanc_plugin.rules import InstanceFacts, Rule, RuleSet, Trigger, evaluate
 from orthanc_plugin.rules.arrival import DICOM_ORIGIN

@@ -15,7 +15,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
-from orthanc_plugin.forwarding.model import OutgoingInstance, order_for_sending
+from orthanc_plugin.jobs.send_order import OutgoingInstance, order_for_sending
 
 RT_MODALITIES = ("RTSTRUCT", "RTPLAN", "RTDOSE")
 

@@ -4,11 +4,10 @@ import pytest
 
 from orthanc_plugin.forwarding.model import (
     FailureKind,
-    OutgoingInstance,
     classify_failure,
     delivered_before_failure,
-    order_for_sending,
 )
+from orthanc_plugin.jobs.send_order import OutgoingInstance, order_for_sending
 
 
 def test_plan_is_sent_images_first_then_structure_plan_dose() -> None:

@@ -1,0 +1,48 @@
+"""The package's "nevers" (scripts/import_rules.py, run by `make lint`): they hold for the code as it
+is, and the check finds each one broken in a copy of the package that breaks it."""
+
+from __future__ import annotations
+
+import importlib.util
+import shutil
+from pathlib import Path
+from types import ModuleType
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def checker() -> ModuleType:
+    spec = importlib.util.spec_from_file_location("import_rules", ROOT / "scripts/import_rules.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_the_package_keeps_its_nevers() -> None:
+    assert checker().broken_rules(ROOT / "orthanc_plugin") == []
+
+
+def test_each_never_broken_in_a_copy_is_found_with_its_place(tmp_path: Path) -> None:
+    copy = tmp_path / "orthanc_plugin"
+    shutil.copytree(ROOT / "orthanc_plugin", copy, ignore=shutil.ignore_patterns("__pycache__"))
+    planted = {
+        "rules/model.py": "import sqlite3\n",
+        "rules/values.py": "from orthanc_plugin.db import Database\n",
+        "jobs/queue.py": "from orthanc_plugin.deid.keys import Pseudonymizer\n",
+        "export/model.py": "from orthanc_plugin import channels\nfrom orthanc_plugin.host import Host\n",
+        "deid/profile.py": "import orthanc\n",
+    }
+    for name, line in planted.items():
+        path = copy / name
+        path.write_text(path.read_text(encoding="utf-8") + line, encoding="utf-8")
+    found = checker().broken_rules(copy)
+    assert [problem.split(": ", 2)[1:] for problem in found] == [
+        ["imports orthanc", "only host.py imports the orthanc SDK module"],
+        ["imports orthanc_plugin.channels", "a capability never imports the plugin side"],
+        ["imports orthanc_plugin.host.Host", "a capability never imports the plugin side"],
+        ["imports orthanc_plugin.deid.keys.Pseudonymizer",
+         "the queue (jobs/) imports no capability"],
+        ["imports sqlite3", "rules/ imports nothing impure"],
+        ["imports orthanc_plugin.db.Database", "rules/ imports nothing impure"],
+    ]
