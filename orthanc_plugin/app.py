@@ -5,7 +5,7 @@ from __future__ import annotations
 import contextlib
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -32,7 +32,7 @@ from orthanc_plugin.jobs.own_output import own_output_source
 from orthanc_plugin.jobs.queue import JobQueue
 from orthanc_plugin.jobs.tables import ADDED_COLUMNS
 from orthanc_plugin.jobs.tables import SCHEMA as JOBS_SCHEMA
-from orthanc_plugin.jobs.workers import WorkerPool
+from orthanc_plugin.jobs.workers import WorkerPool, WorkerRole
 from orthanc_plugin.labels import StudyLabels
 from orthanc_plugin.ports import Host, HostError
 from orthanc_plugin.retention import PRUNED_PREFIX, Retention, pruned_total
@@ -52,14 +52,18 @@ RULES_SHA_KEY = "rules_in_force_sha256"
 
 
 class Gateway:
-    def __init__(self, host: Host, config: GatewayConfig, ruleset: RuleSet) -> None:
+    def __init__(self, host: Host, config: GatewayConfig, ruleset: RuleSet,
+                 role: WorkerRole | None = None) -> None:
+        role = role or WorkerRole()
+        self.role = role
         self.host = host
         self.config = config
         self.ruleset = ruleset
         self._rules_lock = threading.Lock()
         self.db = Database(
             config.database, [META_SCHEMA, AUDIT_SCHEMA, JOBS_SCHEMA, OWN_OUTPUT_SCHEMA,
-                              ARRIVAL_SCHEMA, *capabilities.extra_schemas()]
+                              ARRIVAL_SCHEMA, *capabilities.extra_schemas()],
+            role.report_trouble,
         )
         for table, columns in {**ADDED_COLUMNS, **AUDIT_ADDED_COLUMNS}.items():
             self.db.ensure_columns(table, columns)
@@ -67,7 +71,7 @@ class Gateway:
         self.recorder = AuditRecorder(
             self.db, TransactionLog(config.transaction_log_folder), self.metrics
         )
-        self.queue = JobQueue(self.db, config.retry)
+        self.queue = JobQueue(self.db, config.retry, role.claimant)
         # Set at a requested stop: executors end their claims at the next safe boundary.
         self.stopping = threading.Event()
         self.registry = Registry()
@@ -76,15 +80,16 @@ class Gateway:
             config.stable_age_seconds, self._wake_senders, self.registry,
         )
         self.intake.source_overrides.append(own_output_source(self.db))
-        self.pool = WorkerPool(
-            self.intake, self.queue, self.registry, config.workers,
-            config.poll_interval_seconds, host.log_error,
-        )
-        # The lead worker wakes the other worker processes too (set by the worker's main).
-        self.wake_other_workers: Callable[[], None] = lambda: None
         self._rules_checked_at = 0.0
         self._followed_rules_sha = ""
-        self.pool.before_claim = self.follow_published_rules
+        self.pool = WorkerPool(
+            self.intake, self.queue, self.registry,
+            config.workers if role.job_threads is None else role.job_threads,
+            config.poll_interval_seconds, host.log_error, watch=role.watch,
+            before_claim=self.follow_published_rules,
+        )
+        # The lead worker wakes the other worker processes too.
+        self.wake_other_workers = role.wake_other_workers
         self.job_context = JobContext(host, self.db, self.queue, self.recorder,
                                       lambda: self.ruleset, self._wake_senders, self.stopping)
         try:
@@ -102,10 +107,9 @@ class Gateway:
         self.hooks.stats.append(
             lambda: {"intake": {"decided_at_arrival": self.intake.arrival.decided}})
         self.rules_text = _read_text(config.rules_file)
-        # The worker's main fills in how to find the worker processes (their pid files).
         self.health_probes = HealthProbes(
             self.db, {"storage": config.storage_directory, "database": config.database.parent},
-            config.min_free_disk_mb, lambda: {})
+            config.min_free_disk_mb, role.worker_pids)
         self.retention = Retention(self.db, read_retention(config.section), host.log_warning)
         add_routes(self.router, self)
         self._started = False
@@ -399,14 +403,15 @@ def _read_text(path: Path) -> str:
         return ""
 
 
-def build_gateway(host: Host, orthanc_config: dict[str, Any], config_dir: Path) -> Gateway:
+def build_gateway(host: Host, orthanc_config: dict[str, Any], config_dir: Path,
+                  role: WorkerRole | None = None) -> Gateway:
     """Read the settings and the rules; a broken rules file raises and Orthanc does not start."""
     config = parse_config(orthanc_config, config_dir)
     capabilities.register_rule_actions()
     # No DicomModalities in the file: they may live in Orthanc's database, checked at reload.
     ruleset = load_rules_file(config.rules_file,
                               set(config.known_modalities) | set(config.dicomweb_servers) or None)
-    return Gateway(host, config, ruleset)
+    return Gateway(host, config, ruleset, role)
 
 
 __all__ = ["Gateway", "Trigger", "build_gateway"]

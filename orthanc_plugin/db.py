@@ -73,12 +73,13 @@ class DiskTrouble:
 
 
 class Database:
-    def __init__(self, path: Path, schemas: Iterable[str]) -> None:
+    def __init__(self, path: Path, schemas: Iterable[str],
+                 report_trouble: Callable[[str], None] | None = None) -> None:
         self.path = path
         path.parent.mkdir(parents=True, exist_ok=True)
         self._local = threading.local()
         self._functions: dict[str, tuple[int, Callable[..., Any]]] = {}
-        self.trouble = DiskTrouble()
+        self.trouble = DiskTrouble(report_trouble)
         # Set when the process stops: a write waiting for disk space gives up (the work it
         # would have recorded is still in flight in the queue and is verified at the next start).
         self.stopping = threading.Event()

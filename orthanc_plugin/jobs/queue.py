@@ -99,11 +99,11 @@ STORE_JOB_MEMORY_SECONDS = 2 * 86400
 
 
 class JobQueue:
-    def __init__(self, db: Database, policy: RetryPolicySettings) -> None:
+    def __init__(self, db: Database, policy: RetryPolicySettings, claimant: str = "") -> None:
         self.db = db
         self.policy = policy
         # "<generation>:<pid>": which worker process of which generation holds a claim.
-        self.claimant = ""
+        self.claimant = claimant
         # Destination policies (caps, time windows) consulted inside each claim; the gateway's
         # hooks hold this same list (context.Hooks.claim_admission).
         self.admission_checks: list[AdmissionCheck] = []

@@ -8,6 +8,7 @@ import threading
 import time
 import traceback
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from typing import Protocol
 
 from orthanc_plugin.db import DatabaseUnwritable, is_disk_error
@@ -40,6 +41,23 @@ class ClaimWatch(Protocol):
     def out_of_memory(self, description: str) -> None: ...
 
 
+@dataclass(frozen=True)
+class WorkerRole:
+    """What this worker process is, given when its gateway is built (worker/main.py), never set
+    on the built objects afterwards. The defaults are a lone process: the tests' gateways, the
+    `--check` run."""
+
+    claimant: str = ""                       # "<generation>:<pid>", written on the jobs it claims
+    job_threads: int | None = None           # None: the configured Workers
+    watch: ClaimWatch | None = None          # the job time limit's clock
+    # The lead's /health: index -> pid of each worker process, None when unknown.
+    worker_pids: Callable[[], dict[int, int | None]] = field(default=lambda: {})
+    # The lead wakes the other worker processes when it queues work.
+    wake_other_workers: Callable[[], None] = field(default=lambda: None)
+    # Where a database that stops taking writes is reported (Orthanc's log); None: nowhere.
+    report_trouble: Callable[[str], None] | None = None
+
+
 class WorkerPool:
     def __init__(
         self,
@@ -49,10 +67,12 @@ class WorkerPool:
         workers: int,
         poll_interval_seconds: float,
         log_error: Callable[[str], None],
+        watch: ClaimWatch | None = None,
+        before_claim: Callable[[], None] = lambda: None,
     ) -> None:
-        self.watch: ClaimWatch | None = None
+        self.watch = watch
         # Called before each claim (e.g. to pick up rules reloaded by the lead worker).
-        self.before_claim: Callable[[], None] = lambda: None
+        self.before_claim = before_claim
         self.intake = intake
         self.queue = queue
         self.registry = registry

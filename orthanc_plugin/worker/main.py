@@ -17,7 +17,6 @@ import signal
 import sqlite3
 import sys
 import threading
-from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +25,7 @@ from orthanc_plugin.channels import DELETED, STABLE, STORED, WAKE, Channels
 from orthanc_plugin.config import ConfigError, GatewayConfig, parse_config
 from orthanc_plugin.db import META_SCHEMA, Database, DatabaseUnwritable
 from orthanc_plugin.jobs.intake import noted_facts
+from orthanc_plugin.jobs.workers import WorkerRole
 from orthanc_plugin.reception import (
     ARRIVAL_FILE,
     GATE,
@@ -87,9 +87,10 @@ def check(orthanc_config: dict[str, Any], config_dir: Path) -> int:
     return 0
 
 
-def _build(orthanc_config: dict[str, Any], config_dir: Path, host: HttpHost) -> Gateway:
+def _build(orthanc_config: dict[str, Any], config_dir: Path, host: HttpHost,
+           role: WorkerRole) -> Gateway:
     try:
-        return build_gateway(host, orthanc_config, config_dir)
+        return build_gateway(host, orthanc_config, config_dir, role)
     except RulesError as error:
         # The file changed since Orthanc started and is broken now: the rules in force stay.
         config = parse_config(orthanc_config, config_dir)
@@ -99,7 +100,7 @@ def _build(orthanc_config: dict[str, Any], config_dir: Path, host: HttpHost) -> 
         if not text:
             raise
         host.log_error(f"rules file refused ({error}); the rules in force stay")
-        return Gateway(host, config, load_rules_text(text, None))
+        return Gateway(host, config, load_rules_text(text, None), role)
 
 
 THREAD_STACK_BYTES = 4 << 20
@@ -129,13 +130,19 @@ def main(argv: list[str] | None = None) -> int:
     # Before the first REST call: background threads of this process wait while instances arrive.
     GATE.configure(reception, channels.folder, args.index)
     host = _host_for(config, label)
-    gateway = _build(orthanc_config, config_dir, host)
-    gateway.db.trouble.report = host.log_error
     lead = args.index == 0
-    gateway.pool.workers = 0 if lead else config.worker.threads_per_worker
-    gateway.queue.claimant = f"{args.generation}:{os.getpid()}"
     clock = JobClock(config.worker.job_time_limit_seconds, host.log_error)
-    gateway.pool.watch = clock
+    others = [channels.worker_socket(i) for i in range(1, config.workers + 1)]
+    role = WorkerRole(
+        claimant=f"{args.generation}:{os.getpid()}",
+        # The lead runs the intake and the capabilities' loops; the others run the jobs.
+        job_threads=0 if lead else config.worker.threads_per_worker,
+        watch=clock,
+        worker_pids=lambda: {i: _pid_of(channels, i) for i in range(config.workers + 1)},
+        wake_other_workers=WakeSender(others).wake if lead else (lambda: None),
+        report_trouble=host.log_error,
+    )
+    gateway = _build(orthanc_config, config_dir, host, role)
     clock.start_watchdog()
     if args.crashed_pid:
         _reclaim(gateway, f"{args.generation}:{args.crashed_pid}", args.crash_reason)
@@ -146,11 +153,6 @@ def main(argv: list[str] | None = None) -> int:
     inbox.start()
     api: ApiServer | None = None
     if lead:
-        gateway.health_probes = replace(
-            gateway.health_probes,
-            worker_pids=lambda: {i: _pid_of(channels, i) for i in range(config.workers + 1)})
-        others = [channels.worker_socket(i) for i in range(1, config.workers + 1)]
-        gateway.wake_other_workers = WakeSender(others).wake
         _show_reception(gateway, channels, reception)
         gateway.start(lead=True, generation=args.generation)
         api = ApiServer(channels.api_socket, gateway.router, host.log_error,

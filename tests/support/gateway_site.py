@@ -18,6 +18,7 @@ from orthanc_plugin.app import Gateway, build_gateway
 from orthanc_plugin.channels import NOTED_METADATA, STORED, decode_note, encode_note
 from orthanc_plugin.jobs.intake import DESCRIBE_AFTER_NOTES_PAUSE_SECONDS
 from orthanc_plugin.jobs.queue import Claim
+from orthanc_plugin.jobs.workers import WorkerRole
 from orthanc_plugin.worker.main import _note_handler
 from tests.support.fake_orthanc import FakeOrthanc
 
@@ -156,8 +157,7 @@ def build_site(folder: Path, rules: str, orthanc: FakeOrthanc,
                             for name, modality in orthanc.modalities.items()},
         "RtGateway": section,
     }
-    gateway = build_gateway(orthanc, orthanc_config, folder)
-    gateway.queue.claimant = CLAIMANT
+    gateway = build_gateway(orthanc, orthanc_config, folder, WorkerRole(claimant=CLAIMANT))
     # What the lead's start does before its threads run: the intake starts at the end of the
     # log, so only what arrives from now on is the gateway's.
     gateway.publish_rules()
