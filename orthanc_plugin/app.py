@@ -16,12 +16,12 @@ from orthanc_plugin.api.health import HealthProbes, probe_write
 from orthanc_plugin.api.router import Router
 from orthanc_plugin.audit.metrics import Metrics
 from orthanc_plugin.audit.recorder import AuditRecorder
-from orthanc_plugin.audit.tables import ADDED_COLUMNS as AUDIT_ADDED_COLUMNS
+from orthanc_plugin.audit.tables import MIGRATIONS as AUDIT_MIGRATIONS
 from orthanc_plugin.audit.tables import SCHEMA as AUDIT_SCHEMA
 from orthanc_plugin.audit.translog import TransactionLog
 from orthanc_plugin.config import SECTION, ConfigError, GatewayConfig, parse_config
 from orthanc_plugin.context import CapabilityContext, Hooks
-from orthanc_plugin.db import META_SCHEMA, Database
+from orthanc_plugin.db import META_SCHEMA, Database, Migration
 from orthanc_plugin.forwarding.verify import InstanceKeys
 from orthanc_plugin.jobs.arrival import SCHEMA as ARRIVAL_SCHEMA
 from orthanc_plugin.jobs.executor_base import JobContext
@@ -30,7 +30,7 @@ from orthanc_plugin.jobs.intake import Intake
 from orthanc_plugin.jobs.own_output import SCHEMA as OWN_OUTPUT_SCHEMA
 from orthanc_plugin.jobs.own_output import own_output_source
 from orthanc_plugin.jobs.queue import JobQueue
-from orthanc_plugin.jobs.tables import ADDED_COLUMNS
+from orthanc_plugin.jobs.tables import MIGRATIONS as JOBS_MIGRATIONS
 from orthanc_plugin.jobs.tables import SCHEMA as JOBS_SCHEMA
 from orthanc_plugin.jobs.workers import WorkerPool, WorkerRole
 from orthanc_plugin.labels import StudyLabels
@@ -65,8 +65,9 @@ class Gateway:
                               ARRIVAL_SCHEMA, *capabilities.extra_schemas()],
             role.report_trouble,
         )
-        for table, columns in {**ADDED_COLUMNS, **AUDIT_ADDED_COLUMNS}.items():
-            self.db.ensure_columns(table, columns)
+        # Before anything reads or writes: one sequence over the core's parts and the
+        # capabilities' (db.Migration).
+        self.db.migrate(all_migrations())
         self.metrics = Metrics(host.set_metric)
         self.recorder = AuditRecorder(
             self.db, TransactionLog(config.transaction_log_folder), self.metrics
@@ -401,6 +402,11 @@ def _read_text(path: Path) -> str:
         return path.read_text(encoding="utf-8")
     except OSError:
         return ""
+
+
+def all_migrations() -> list[Migration]:
+    """Every part's schema migrations, one sequence (db.check_migrations)."""
+    return [*JOBS_MIGRATIONS, *AUDIT_MIGRATIONS, *capabilities.migrations()]
 
 
 def build_gateway(host: Host, orthanc_config: dict[str, Any], config_dir: Path,

@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from orthanc_plugin.context import CapabilityContext
+    from orthanc_plugin.db import Migration
 
 # Packages with an install(ctx) function, called once the gateway's core is built: adding a
 # capability is one line here (its rule.py, tables.py and install are found by name).
@@ -49,6 +50,19 @@ def extra_schemas() -> list[str]:
             continue
         schemas.append(tables.SCHEMA)
     return schemas
+
+
+def migrations() -> list[Migration]:
+    """The capabilities' schema migrations (their tables.py MIGRATIONS), numbered with the core's
+    in one sequence (db.check_migrations)."""
+    found: list[Migration] = []
+    for name in CAPABILITIES:
+        try:
+            tables = importlib.import_module(f"{name}.tables")
+        except ModuleNotFoundError:
+            continue
+        found += getattr(tables, "MIGRATIONS", ())
+    return found
 
 
 def install_all(context: CapabilityContext) -> None:

@@ -6,8 +6,9 @@ import functools
 import sqlite3
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager, suppress
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Concatenate, ParamSpec, Protocol, TypeVar
 
@@ -87,13 +88,39 @@ class Database:
         for schema in schemas:
             self.connection().executescript(schema)
 
-    def ensure_columns(self, table: str, columns: dict[str, str]) -> None:
-        """Columns added after a table was first created: an older database gains them in place."""
-        with self.transaction() as connection:
-            present = {row["name"] for row in connection.execute(f"PRAGMA table_info({table})")}
-            for name, declaration in columns.items():
-                if name not in present:
-                    connection.execute(f"ALTER TABLE {table} ADD COLUMN {name} {declaration}")
+    def migrate(self, migrations: Sequence[Migration]) -> list[int]:
+        """Brings the database to the last migration's version; returns the versions applied.
+
+        Each migration runs in its own write transaction that first reads the version again, so
+        worker processes starting together apply each one once; one that stops half-way is rolled
+        back whole and runs again at the next start. Adding a column is idempotent: a database
+        that an earlier version upgraded column by column (before versions were kept) takes the
+        migrations it already has without error."""
+        ordered = check_migrations(migrations)
+        applied = []
+        for migration in ordered:
+            with self.transaction() as connection:
+                row = connection.execute("SELECT value FROM meta WHERE key=?",
+                                         (SCHEMA_VERSION_KEY,)).fetchone()
+                current = int(row["value"]) if row else 0
+                if current >= migration.version:
+                    continue
+                for table, columns in migration.columns.items():
+                    present = {c["name"] for c in connection.execute(f"PRAGMA table_info({table})")}
+                    if not present:
+                        continue  # not made yet: its part's schema makes it whole
+                    for name, declaration in columns.items():
+                        if name not in present:
+                            connection.execute(f"ALTER TABLE {table} ADD COLUMN {name} {declaration}")
+                for statement in migration.statements:
+                    connection.execute(statement)
+                self.set_meta(SCHEMA_VERSION_KEY, str(migration.version), connection)
+                applied.append(migration.version)
+        return applied
+
+    def schema_version(self) -> int:
+        value = self.get_meta(SCHEMA_VERSION_KEY)
+        return int(value) if value else 0
 
     def connection(self) -> sqlite3.Connection:
         connection = getattr(self._local, "connection", None)
@@ -207,3 +234,26 @@ def durable_write(
 
 
 META_SCHEMA = "CREATE TABLE IF NOT EXISTS meta(key TEXT PRIMARY KEY, value TEXT);"
+SCHEMA_VERSION_KEY = "schema_version"
+
+
+@dataclass(frozen=True)
+class Migration:
+    """One step of the schema after the first release: columns a database of an earlier version
+    lacks (table -> column -> declaration), then statements (indexes). Its part (jobs, audit, a
+    capability's tables.py) declares it; the gateway runs them all in version order at start."""
+
+    version: int
+    what: str
+    columns: dict[str, dict[str, str]] = field(default_factory=dict)
+    statements: tuple[str, ...] = ()
+
+
+def check_migrations(migrations: Sequence[Migration]) -> list[Migration]:
+    """The migrations in version order; versions must run 1, 2, 3... with none twice or missing
+    (two parts declaring the same version would otherwise apply in an order nobody chose)."""
+    ordered = sorted(migrations, key=lambda migration: migration.version)
+    versions = [migration.version for migration in ordered]
+    if versions != list(range(1, len(ordered) + 1)):
+        raise ValueError(f"schema migrations must be numbered 1..{len(ordered)}, got {versions}")
+    return ordered

@@ -1,5 +1,7 @@
 """Audit tables: what was received, every rule decision, every transfer attempt, other events."""
 
+from orthanc_plugin.db import Migration
+
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS received(
     seq INTEGER PRIMARY KEY AUTOINCREMENT,
@@ -53,7 +55,8 @@ CREATE TABLE IF NOT EXISTS quarantine(
 );
 """
 
-# Columns that databases created by an earlier version lack (Database.ensure_columns).
-ADDED_COLUMNS = {
-    "transfers": {"writer": "TEXT", "logged": "INTEGER NOT NULL DEFAULT 1"},
-}
+# The audit's steps since the first release (db.Migration).
+MIGRATIONS = (
+    Migration(3, "transfers: which worker wrote the row, its transaction-log line written",
+              {"transfers": {"writer": "TEXT", "logged": "INTEGER NOT NULL DEFAULT 1"}}),
+)

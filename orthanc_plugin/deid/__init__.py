@@ -47,7 +47,6 @@ def copy_threads(ctx: CapabilityContext) -> int:
 
 def install(ctx: CapabilityContext) -> None:
     keys = pseudonymizer(ctx)
-    ctx.db.ensure_columns("deid_copies", {"report": "TEXT"})  # databases of earlier versions
     ctx.registry.add_planner(AnonymizeAction, plan_anonymize)
     ctx.registry.add_executor(JOB_ACTION, AnonymizeExecutor(ctx.jobs, keys, copy_threads(ctx),
                                                             ctx.labels))

@@ -11,11 +11,16 @@ import sqlite3
 from typing import Any
 
 from orthanc_plugin.audit.clock import now_iso
-from orthanc_plugin.db import Database
+from orthanc_plugin.db import Database, Migration
 from orthanc_plugin.deid.keys import new_secret
 from orthanc_plugin.deid.model import DeidResult
 
 SECRET_KEY = "deid_secret"
+# De-identification's steps since the first release (db.Migration).
+MIGRATIONS = (
+    Migration(5, "de-identified copies: the object's de-identification report",
+              {"deid_copies": {"report": "TEXT"}}),
+)
 # Instance IDs per IN (...) query: well under SQLite's bound on parameters.
 QUERY_CHUNK = 500
 

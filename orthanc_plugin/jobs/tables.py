@@ -1,5 +1,7 @@
 """The durable queue: a job per (rule, resource, target), its instances, and the changes cursor."""
 
+from orthanc_plugin.db import Migration
+
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS jobs(
     id INTEGER PRIMARY KEY AUTOINCREMENT,
@@ -74,14 +76,18 @@ CREATE TABLE IF NOT EXISTS study_progress(
 );
 """
 
-# Columns that databases created by an earlier version lack (Database.ensure_columns).
-ADDED_COLUMNS = {
-    "jobs": {"claimed_by": "TEXT", "crashes": "INTEGER NOT NULL DEFAULT 0",
-             "priority": "INTEGER NOT NULL DEFAULT 10", "claim_id": "TEXT",
-             "claim_items": "INTEGER NOT NULL DEFAULT 0", "failing_since": "REAL",
-             "awaits_description": "INTEGER NOT NULL DEFAULT 0"},
-    "job_items": {"in_flight_job": "TEXT", "in_flight_pos": "INTEGER", "commit_state": "TEXT",
-                  "commit_txn": "TEXT", "commit_since": "REAL",
-                  # Deliveries made before the column existed were reported by their own rows.
-                  "reported": "INTEGER NOT NULL DEFAULT 1"},
-}
+# The queue's steps since the first release (db.Migration; the gateway runs every part's in
+# version order at start).
+MIGRATIONS = (
+    Migration(1, "jobs: claim owner and crash count, priority, claim size, failing since", {
+        "jobs": {"claimed_by": "TEXT", "crashes": "INTEGER NOT NULL DEFAULT 0",
+                 "priority": "INTEGER NOT NULL DEFAULT 10", "claim_id": "TEXT",
+                 "claim_items": "INTEGER NOT NULL DEFAULT 0", "failing_since": "REAL"}}),
+    Migration(2, "job items: in flight, storage commitment, reported", {
+        "job_items": {"in_flight_job": "TEXT", "in_flight_pos": "INTEGER",
+                      "commit_state": "TEXT", "commit_txn": "TEXT", "commit_since": "REAL",
+                      # Deliveries made before the column existed were reported by their rows.
+                      "reported": "INTEGER NOT NULL DEFAULT 1"}}),
+    Migration(6, "jobs: decided at arrival, awaiting the description",
+              {"jobs": {"awaits_description": "INTEGER NOT NULL DEFAULT 0"}}),
+)

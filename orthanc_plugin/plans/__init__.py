@@ -29,10 +29,6 @@ def install(ctx: CapabilityContext) -> None:
     expected = settings.get("ExpectedDoses", 1)
     if isinstance(expected, bool) or not isinstance(expected, int) or expected < 0:
         raise ConfigError(f"{SECTION}.Plans.ExpectedDoses: expected a whole number >= 0, got {expected!r}")
-    # Columns a database of an earlier version lacks.
-    ctx.db.ensure_columns("rt_objects", {"dose_summation": "TEXT", "beam_count": "INTEGER"})
-    ctx.db.ensure_columns("plan_bundles", {"accession_number": "TEXT", "search_text": "TEXT",
-                                           "patient_birth_date": "TEXT", "patient_sex": "TEXT"})
     ctx.db.add_function(search.SQL_FUNCTION, 1, search.fold)
     ctx.db.connection().executescript(WORKLIST_INDEX)
     end_caps = settings.get("DvhEndCaps", DEFAULT_END_CAPS)

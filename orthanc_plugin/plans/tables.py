@@ -1,5 +1,15 @@
 """Plan bundles: the references each RT object carries, the bundles, and what each rule did."""
 
+from orthanc_plugin.db import Migration
+
+# The plans' steps since the first release (db.Migration).
+MIGRATIONS = (
+    Migration(4, "plans: dose summation and beam count; the worklist's search columns", {
+        "rt_objects": {"dose_summation": "TEXT", "beam_count": "INTEGER"},
+        "plan_bundles": {"accession_number": "TEXT", "search_text": "TEXT",
+                         "patient_birth_date": "TEXT", "patient_sex": "TEXT"}}),
+)
+
 SCHEMA = """
 -- Bundles find images by SOP Instance UID in the shared received table.
 CREATE INDEX IF NOT EXISTS received_sop_uid ON received(sop_instance_uid);

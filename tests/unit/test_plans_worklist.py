@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from orthanc_plugin.api.router import ApiError
+from orthanc_plugin.app import all_migrations
 from orthanc_plugin.audit.tables import SCHEMA as AUDIT_SCHEMA
 from orthanc_plugin.config import RetryPolicySettings
 from orthanc_plugin.db import META_SCHEMA, Database
@@ -27,7 +28,7 @@ SLICE_UID = "1.2.826.0.1.3680043.8.498.99999999999999999999"
 def db(tmp_path: Path) -> Database:
     database = Database(tmp_path / "g.sqlite",
                         [META_SCHEMA, AUDIT_SCHEMA, JOBS_SCHEMA, PLANS_SCHEMA])
-    database.ensure_columns("plan_bundles", {"accession_number": "TEXT", "search_text": "TEXT"})
+    database.migrate(all_migrations())
     database.add_function(SQL_FUNCTION, 1, fold)
     database.connection().executescript(WORKLIST_INDEX)
     add_plan(database, "P1", "SMITH^JOHN", "PAT-1", "BREAST_L", "TPS", 100.0, complete=True)

@@ -4,12 +4,12 @@ from pathlib import Path
 
 import pytest
 
+from orthanc_plugin.app import all_migrations
 from orthanc_plugin.audit.tables import SCHEMA as AUDIT_SCHEMA
 from orthanc_plugin.config import RetryPolicySettings
 from orthanc_plugin.db import META_SCHEMA, Database
 from orthanc_plugin.jobs.queue import JobQueue, JobSpec
 from orthanc_plugin.jobs.retry import decide
-from orthanc_plugin.jobs.tables import ADDED_COLUMNS
 from orthanc_plugin.jobs.tables import SCHEMA as JOBS_SCHEMA
 
 POLICY = RetryPolicySettings(max_attempts=3, base_delay_seconds=0, max_delay_seconds=0)
@@ -155,8 +155,7 @@ def test_a_delivery_in_an_older_database_is_not_counted_again(tmp_path: Path) ->
             "INSERT INTO job_items(job_id, rule, target, instance_id, position, state)"
             " VALUES(1, 'r', 'ARCHIVE', 'old', 0, 'sent');")
     db = Database(path, [META_SCHEMA, AUDIT_SCHEMA, JOBS_SCHEMA])
-    for table, columns in ADDED_COLUMNS.items():
-        db.ensure_columns(table, columns)
+    assert db.migrate(all_migrations()) == list(range(1, len(all_migrations()) + 1))
     queue = JobQueue(db, POLICY)
     with db.transaction() as connection:
         assert queue.take_unreported(connection, 1) == (0, 0)

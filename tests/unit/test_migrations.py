@@ -1,0 +1,129 @@
+"""One migration path (db.Migration, issue 24 item 1): every part's migrations in one numbered sequence,
+run at start, tested from every earlier version's schema: a database at version k (the columns
+of the later migrations absent, as that version made it) ends with the same tables as a new one,
+its rows kept and the new columns at their defaults."""
+
+from __future__ import annotations
+
+import sqlite3
+from pathlib import Path
+
+import pytest
+
+from orthanc_plugin import capabilities
+from orthanc_plugin.app import all_migrations
+from orthanc_plugin.audit.tables import SCHEMA as AUDIT_SCHEMA
+from orthanc_plugin.db import META_SCHEMA, SCHEMA_VERSION_KEY, Database, Migration, check_migrations
+from orthanc_plugin.jobs.arrival import SCHEMA as ARRIVAL_SCHEMA
+from orthanc_plugin.jobs.own_output import SCHEMA as OWN_OUTPUT_SCHEMA
+from orthanc_plugin.jobs.tables import SCHEMA as JOBS_SCHEMA
+
+SCHEMAS = [META_SCHEMA, AUDIT_SCHEMA, JOBS_SCHEMA, OWN_OUTPUT_SCHEMA, ARRIVAL_SCHEMA,
+           *capabilities.extra_schemas()]
+MIGRATIONS = check_migrations(all_migrations())   # in version order
+LATEST = len(MIGRATIONS)
+# Columns whose default differs on purpose in an upgraded database: the rows that were there
+# before it are what the default describes (job_items.reported: a delivery made before the column
+# existed was reported by its own transfer row). Every insert names these columns.
+DEFAULT_FOR_EARLIER_ROWS = {("job_items", "reported")}
+
+
+def tables_of(path: Path) -> dict[str, list[tuple[str, str, int, str | None]]]:
+    """table -> its columns (name, type, not null, default), as SQLite reports them."""
+    with sqlite3.connect(path) as connection:
+        names = [row[0] for row in connection.execute(
+            "SELECT name FROM sqlite_master WHERE type='table' ORDER BY name")]
+        return {name: sorted(
+            (row[1], row[2], row[3], "(earlier rows)" if (name, row[1]) in
+             DEFAULT_FOR_EARLIER_ROWS else row[4])
+            for row in connection.execute(f"PRAGMA table_info({name})")) for name in names}
+
+
+def without_columns(connection: sqlite3.Connection, table: str, dropped: set[str]) -> None:
+    """The table made again without these columns, its other columns as they are (type, NOT
+    NULL, default, primary key). ALTER TABLE DROP COLUMN cannot be used: SQLite 3.40 refuses it
+    on a table whose CREATE text ends in a comment."""
+    info = connection.execute(f"PRAGMA table_info({table})").fetchall()
+    kept = [row for row in info if row[1] not in dropped]
+    if len(kept) == len(info):
+        return
+    keys = [row[1] for row in sorted(kept, key=lambda row: row[5]) if row[5]]
+    definitions = []
+    for _, name, kind, not_null, default, key in kept:
+        text = f"{name} {kind}"
+        if key and len(keys) == 1:
+            text += " PRIMARY KEY AUTOINCREMENT" if kind.upper() == "INTEGER" else " PRIMARY KEY"
+        text += " NOT NULL" * bool(not_null) + (f" DEFAULT {default}" if default is not None else "")
+        definitions.append(text)
+    if len(keys) > 1:
+        definitions.append(f"PRIMARY KEY({', '.join(keys)})")
+    columns = ", ".join(row[1] for row in kept)
+    # Triggers on it go with the old table; the schemas make them again when the database opens.
+    connection.execute("PRAGMA legacy_alter_table=ON")
+    connection.execute(f"ALTER TABLE {table} RENAME TO {table}_today")
+    connection.execute(f"CREATE TABLE {table}({', '.join(definitions)})")
+    connection.execute(f"INSERT INTO {table}({columns}) SELECT {columns} FROM {table}_today")
+    connection.execute(f"DROP TABLE {table}_today")
+
+
+def database_at(path: Path, version: int) -> None:
+    """A database as version `version` left it: today's tables without the later migrations'
+    columns, and no version recorded before the first migration existed."""
+    Database(path, SCHEMAS).migrate(MIGRATIONS)
+    with sqlite3.connect(path) as connection:
+        connection.execute("DELETE FROM meta WHERE key=?", (SCHEMA_VERSION_KEY,))
+        later: dict[str, set[str]] = {}
+        for migration in MIGRATIONS[version:]:
+            for table, columns in migration.columns.items():
+                later.setdefault(table, set()).update(columns)
+        for table, dropped in later.items():
+            without_columns(connection, table, dropped)
+        if version:
+            connection.execute("INSERT INTO meta(key, value) VALUES(?, ?)",
+                               (SCHEMA_VERSION_KEY, str(version)))
+        connection.execute(
+            "INSERT INTO jobs(idempotency_key, rule, action, trigger, level, resource_id, target,"
+            " created_at, updated_at, next_attempt_at) VALUES('k', 'r', 'forward', 'instance',"
+            " 'instance', 'i1', 'ARCHIVE', 'then', 'then', 0)")
+
+
+def test_the_parts_migrations_are_one_sequence_without_gaps() -> None:
+    assert [migration.version for migration in check_migrations(MIGRATIONS)] == list(
+        range(1, LATEST + 1))
+    with pytest.raises(ValueError, match=r"numbered 1\.\.2"):
+        check_migrations([Migration(1, "a"), Migration(1, "b")])
+    with pytest.raises(ValueError, match=r"got \[1, 3\]"):
+        check_migrations([Migration(3, "c"), Migration(1, "a")])
+
+
+@pytest.mark.parametrize("version", range(LATEST + 1))
+def test_a_database_of_every_earlier_version_ends_as_a_new_one(tmp_path: Path,
+                                                               version: int) -> None:
+    new = tmp_path / "new.sqlite"
+    Database(new, SCHEMAS).migrate(MIGRATIONS)
+    old = tmp_path / "old.sqlite"
+    database_at(old, version)
+    assert tables_of(old) != tables_of(new) or version == LATEST
+
+    db = Database(old, SCHEMAS)
+    assert db.migrate(MIGRATIONS) == list(range(version + 1, LATEST + 1))
+    assert db.schema_version() == LATEST
+    assert tables_of(old) == tables_of(new)
+    (job,) = db.query("SELECT * FROM jobs")
+    assert (job["resource_id"], job["priority"], job["crashes"]) == ("i1", 10, 0)
+    assert db.migrate(MIGRATIONS) == []   # the next start has nothing to do
+
+
+def test_a_migration_that_fails_half_way_is_rolled_back_whole_and_runs_again(
+        tmp_path: Path) -> None:
+    db = Database(tmp_path / "g.sqlite", [META_SCHEMA, "CREATE TABLE t(a TEXT);"])
+    steps = [Migration(1, "b", {"t": {"b": "TEXT"}}),
+             Migration(2, "c, then an index on a table that is not there",
+                       {"t": {"c": "TEXT"}}, ("CREATE INDEX t_d ON missing(d)",))]
+    with pytest.raises(sqlite3.OperationalError):
+        db.migrate(steps)
+    assert db.schema_version() == 1
+    assert [row["name"] for row in db.query("PRAGMA table_info(t)")] == ["a", "b"]
+    fixed = [steps[0], Migration(2, "c", {"t": {"c": "TEXT"}}, ("CREATE INDEX t_c ON t(c)",))]
+    assert db.migrate(fixed) == [2]
+    assert [row["name"] for row in db.query("PRAGMA table_info(t)")] == ["a", "b", "c"]
