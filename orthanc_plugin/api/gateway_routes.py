@@ -18,6 +18,7 @@ from orthanc_plugin.api.router import (
 from orthanc_plugin.audit.clock import now_iso
 from orthanc_plugin.audit.queries import AuditQueryError, audit_rows, stats, to_csv
 from orthanc_plugin.forwarding.stow import qido_echo
+from orthanc_plugin.jobs.states import ALL_JOB_STATES
 from orthanc_plugin.ports import HostError
 from orthanc_plugin.rules import RulesError
 
@@ -25,7 +26,7 @@ if TYPE_CHECKING:
     from orthanc_plugin.app import Gateway
 
 ECHO_PREFIX = "last_echo:"
-JOB_STATES = ("pending", "held", "running", "done", "dead", "cancelled")
+JOB_STATES = ALL_JOB_STATES
 MAX_JOBS_LISTED = 10_000
 
 

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from orthanc_plugin.db import Database
+from orthanc_plugin.jobs.states import JobState
 
 
 @dataclass(frozen=True)
@@ -51,9 +52,10 @@ def health(probes: HealthProbes) -> tuple[int, dict[str, Any]]:
             "SELECT state, COUNT(*) AS n FROM jobs GROUP BY state")}
         oldest = probes.db.query(
             "SELECT MIN(created_epoch) AS t FROM jobs WHERE state IN ('pending','running')")[0]["t"]
-        report["queue"] = {"pending": counts.get("pending", 0), "running": counts.get("running", 0),
-                           "parked": counts.get("dead", 0),
-                           "awaiting_approval": counts.get("held", 0),
+        report["queue"] = {"pending": counts.get(JobState.PENDING, 0),
+                           "running": counts.get(JobState.RUNNING, 0),
+                           "parked": counts.get(JobState.DEAD, 0),
+                           "awaiting_approval": counts.get(JobState.HELD, 0),
                            "oldest_pending_seconds": round(now - oldest, 1) if oldest else None}
     except Exception as error:
         problems.append(f"gateway database not readable: {error}")

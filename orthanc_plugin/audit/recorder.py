@@ -10,6 +10,7 @@ from orthanc_plugin.audit.clock import now_iso
 from orthanc_plugin.audit.metrics import Metrics
 from orthanc_plugin.audit.translog import TransactionLog
 from orthanc_plugin.db import Database
+from orthanc_plugin.jobs.states import JobState
 
 # transfers.logged: 0 not yet, 1 written, 2 waiting for the instance's description (a job decided
 # at arrival, jobs/arrival.py, delivered before its patient and study were known): the line is
@@ -119,9 +120,9 @@ class AuditRecorder:
         status, instances, bytes_sent = row["status"], row["instances"], row["bytes"]
         outcome = (f"{status}: {instances} instance(s), {bytes_sent} bytes, job {row['job_id']}, "
                    f"transfer {transfer_id}")
-        if job_state == "dead":
+        if job_state == JobState.DEAD:
             outcome += " (parked)"
-        elif job_state == "pending" and status != "success":
+        elif job_state == JobState.PENDING and status != "success":
             outcome += " (will retry)"
         if late:
             outcome += " (logged after a restart)"

@@ -14,6 +14,7 @@ from datetime import datetime
 
 from orthanc_plugin.db import Database
 from orthanc_plugin.harvest.model import ACTIVE_STATES
+from orthanc_plugin.jobs.states import JobState
 from orthanc_plugin.retention import FOLLOWER_CURSORS
 
 # Jobs that are the clean-up's own (delete-after) never keep a study: they end with it.
@@ -132,9 +133,9 @@ def _job_text(job: sqlite3.Row) -> str:
     state = {"pending": "waiting to run", "running": "running", "dead": "parked",
              "held": "awaiting approval"}[job["state"]]
     what = f"job {job['id']} ({job['action']} to {job['target']}) {state}"
-    if job["state"] == "dead" and job["last_error"]:
+    if job["state"] == JobState.DEAD and job["last_error"]:
         what += f": {job['last_error']}"
-    elif job["state"] == "pending" and job["last_status"] == "waiting" and job["last_error"]:
+    elif job["state"] == JobState.PENDING and job["last_status"] == "waiting" and job["last_error"]:
         what += f" ({job['last_error']})"
     return what
 

@@ -24,6 +24,7 @@ from orthanc_plugin.jobs.executor_base import ItemExecutor, JobContext, Postpone
 from orthanc_plugin.jobs.follow_ups import FollowUp
 from orthanc_plugin.jobs.own_output import store_own_instance
 from orthanc_plugin.jobs.queue import ClaimedItem
+from orthanc_plugin.jobs.states import JobState
 from orthanc_plugin.ports import HostError
 from orthanc_plugin.reception import GATE
 
@@ -77,7 +78,7 @@ class OverlayExecutor(ItemExecutor[OverlayAction, int]):
 
     def after_job(self, job: sqlite3.Row, action: OverlayAction,
                   done: Sequence[tuple[ClaimedItem, int]], outcome: str) -> None:
-        if outcome == "done":
+        if outcome == JobState.DONE:
             self.event(job, "overlay-done", "ok", f"{len(done)} RTSTRUCT(s)")
 
     def _store(

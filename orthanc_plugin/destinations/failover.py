@@ -14,6 +14,7 @@ from orthanc_plugin.destinations.model import DestinationPolicy
 # Only C-STORE jobs have a modality to fail over from.
 from orthanc_plugin.forwarding.rule import JOB_ACTION as FORWARD
 from orthanc_plugin.jobs.queue import JobQueue
+from orthanc_plugin.jobs.states import JobState
 
 
 class Failover:
@@ -48,7 +49,7 @@ class Failover:
         if done is None:
             return 0
         job, new_id, count = done
-        why = ("parked" if job["state"] == "dead" else
+        why = ("parked" if job["state"] == JobState.DEAD else
                f"failing for {now - (job['failing_since'] or now):.0f} s")
         self.recorder.event(
             "failed-over", status="failover", rule=job["rule"], target=policy.name,

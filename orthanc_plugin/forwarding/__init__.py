@@ -16,6 +16,7 @@ from orthanc_plugin.forwarding.rule import JOB_ACTION, plan_forward, verify_sett
 from orthanc_plugin.forwarding.stow import StowClient
 from orthanc_plugin.forwarding.tables import COMMIT_INDEX
 from orthanc_plugin.forwarding.verify import InFlightVerifier
+from orthanc_plugin.jobs.states import JobState
 from orthanc_plugin.labels import PARKED, StudyLabels, label_for_target, orthanc_study_id
 from orthanc_plugin.rules import ForwardAction
 from orthanc_plugin.transform.copy import CopyMaker
@@ -42,7 +43,7 @@ def study_labeller(labels: StudyLabels, db: Database
         if not job["study_uid"]:
             return
         study = orthanc_study_id(job["patient_id"] or "", job["study_uid"])
-        if state == "dead":
+        if state == JobState.DEAD:
             labels.add(study, PARKED)
             return
         if sent:

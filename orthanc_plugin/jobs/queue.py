@@ -15,6 +15,7 @@ from orthanc_plugin.config import RetryPolicySettings
 from orthanc_plugin.db import Database, durable_write
 from orthanc_plugin.jobs.ledger import in_ledger
 from orthanc_plugin.jobs.retry import decide
+from orthanc_plugin.jobs.states import FAILED_ITEM_STATES, ItemState, JobState
 from orthanc_plugin.rules.priority import AGING_SECONDS_PER_LEVEL, Priority
 
 # A job's rank: its priority plus one level (10) per AGING_SECONDS_PER_LEVEL waited.
@@ -25,9 +26,8 @@ TARGETS_PER_CLAIM = 50
 # A claim gives way between associations to a job ranked this much higher (half a level).
 OUTRANK_MARGIN = 5.0
 
-READY_STATES = ("pending",)
 # Waiting for a person's approval (orthanc_plugin/approvals): never claimed until approved.
-HELD = "held"
+HELD = JobState.HELD
 # A hold that expired parks its jobs with this status; retried by hand, they are held again.
 HOLD_EXPIRED = "approval-expired"
 
@@ -439,12 +439,12 @@ class JobQueue:
 
     @durable_write
     def settle(self, job_ids: Sequence[int], error: str | None, status: str | None, *,
-               unfinished: str = "") -> dict[int, str]:
+               unfinished: str = "") -> dict[int, JobState]:
         """After a claim ran: done, parked (dead) or back to pending with backoff, per job.
 
         unfinished: the claim stopped early on purpose, with no error (a destination's pace, a
         higher-priority job): what remains waits again with this status, no attempt spent."""
-        outcome: dict[int, str] = {}
+        outcome: dict[int, JobState] = {}
         stamp = now_iso()
         with self.db.transaction() as connection:
             # The claim ends: jobs held back because it had the destination's association
@@ -458,9 +458,9 @@ class JobQueue:
             for job_id in job_ids:
                 job = connection.execute("SELECT * FROM jobs WHERE id=?", (job_id,)).fetchone()
                 counts = _item_counts(connection, job_id)
-                if counts.get("pending", 0) == 0:
-                    refused = counts.get("refused", 0) + counts.get("not-committed", 0)
-                    state = "dead" if refused else "done"
+                if counts.get(ItemState.PENDING, 0) == 0:
+                    refused = sum(counts.get(failed, 0) for failed in FAILED_ITEM_STATES)
+                    state = JobState.DEAD if refused else JobState.DONE
                     last_error = job["last_error"] if refused else None
                     connection.execute(
                         "UPDATE jobs SET state=?, updated_at=?, last_error=? WHERE id=?",
@@ -473,10 +473,10 @@ class JobQueue:
                         "UPDATE jobs SET state='pending', attempts=MAX(attempts-1, 0), "
                         "next_attempt_at=0, updated_at=?, last_status=?, last_error=NULL "
                         "WHERE id=?", (stamp, unfinished, job_id))
-                    outcome[job_id] = "pending"
+                    outcome[job_id] = JobState.PENDING
                     continue
                 decision = decide(job["attempts"], self.policy)
-                state = "pending" if decision.retry else "dead"
+                state = JobState.PENDING if decision.retry else JobState.DEAD
                 now = time.time()
                 connection.execute(
                     "UPDATE jobs SET state=?, next_attempt_at=?, updated_at=?, last_error=?, "

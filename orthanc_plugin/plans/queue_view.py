@@ -8,13 +8,15 @@ from typing import Any
 
 from orthanc_plugin.api.router import ApiError
 from orthanc_plugin.db import Database
+from orthanc_plugin.jobs.states import ALL_JOB_STATES, JobState
 
 # The page's word for each queue state, the same on every tab ("dead" is the table's word).
-STATE_WORDS = {"pending": "waiting", "running": "sending", "done": "done", "dead": "parked",
-               "cancelled": "cancelled", "held": "awaiting approval"}
-VIEWS = {"active": ("pending", "running"), "held": ("held",), "parked": ("dead",),
-         "done": ("done",), "cancelled": ("cancelled",),
-         "all": ("pending", "held", "running", "dead", "done", "cancelled")}
+STATE_WORDS = {JobState.PENDING: "waiting", JobState.RUNNING: "sending", JobState.DONE: "done",
+               JobState.DEAD: "parked", JobState.CANCELLED: "cancelled",
+               JobState.HELD: "awaiting approval"}
+VIEWS = {"active": (JobState.PENDING, JobState.RUNNING), "held": (JobState.HELD,),
+         "parked": (JobState.DEAD,), "done": (JobState.DONE,),
+         "cancelled": (JobState.CANCELLED,), "all": ALL_JOB_STATES}
 PER_PAGE_MAX = 200
 
 
@@ -90,8 +92,8 @@ def _described(db: Database, rows: Sequence[Any]) -> list[dict[str, Any]]:
             "attempts": row["attempts"],
             "created_epoch": row["created_epoch"],
             "updated_at": row["updated_at"],
-            "next_attempt_at": row["next_attempt_at"] if row["state"] == "pending" else None,
+            "next_attempt_at": row["next_attempt_at"] if row["state"] == JobState.PENDING else None,
             "waiting_for": row["last_error"] if row["last_status"] == "waiting" else None,
-            "last_error": None if row["state"] == "done" else row["last_error"],
+            "last_error": None if row["state"] == JobState.DONE else row["last_error"],
         })
     return described
