@@ -18,10 +18,11 @@ from urllib.parse import unquote_plus
 import orthanc
 
 from orthanc_plugin.channels import (
-    DELETED,
     NOTED_METADATA,
-    STABLE,
-    STORED,
+    DeletedNote,
+    NotedFacts,
+    StableStudyNote,
+    StoredNote,
     channels_for,
     gateway_store_jobs,
 )
@@ -98,7 +99,8 @@ def register(plugin: Plugin) -> None:
         try:
             noted = [dicom.GetInstanceMetadata(key) if dicom.HasInstanceMetadata(key) else ""
                      for key in NOTED_METADATA]
-            plugin.notes.send(STORED, instance_id, *noted, str(dicom.GetInstanceSize()))
+            plugin.notes.send(StoredNote(instance_id, NotedFacts.of(
+                noted, int(dicom.GetInstanceSize()))))
         except Exception:  # a callback must never break Orthanc's store path
             orthanc.LogError("RtGateway: stored-instance callback: " + traceback.format_exc())
 
@@ -109,11 +111,11 @@ def register(plugin: Plugin) -> None:
             elif change_type == orthanc.ChangeType.ORTHANC_STOPPED:
                 plugin.stop()
             elif change_type == orthanc.ChangeType.STABLE_STUDY:
-                plugin.notes.send(STABLE, resource_id)
+                plugin.notes.send(StableStudyNote(resource_id))
             elif (change_type == orthanc.ChangeType.DELETED
                   and level == orthanc.ResourceType.INSTANCE):
                 # Orthanc 1.10 signals deletions to plugins but does not log them in /changes.
-                plugin.notes.send(DELETED, resource_id)
+                plugin.notes.send(DeletedNote(resource_id))
         except Exception:
             orthanc.LogError("RtGateway: change callback: " + traceback.format_exc())
 

@@ -11,10 +11,12 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import asdict
 from typing import Any
 
 from orthanc_plugin.audit.clock import now_iso
 from orthanc_plugin.audit.recorder import AuditRecorder
+from orthanc_plugin.channels import NotedFacts
 from orthanc_plugin.db import Database
 from orthanc_plugin.jobs.apply import Applied, queue_rule_actions
 from orthanc_plugin.jobs.arrival import ArrivalDecider, ArrivalDecision, Completed
@@ -551,17 +553,9 @@ class Intake:
         return new_instances > 0
 
 
-_NOTE_COLUMNS = ("calling_aet", "called_aet", "remote_ip", "origin", "sop_class_uid")
-
-
-def noted_facts(fields: Sequence[str]) -> dict[str, Any]:
-    """The columns a stored-instance note carries (channels.NOTED_METADATA, then the size)."""
-    if len(fields) < len(_NOTE_COLUMNS) + 1:
-        return {}
-    facts: dict[str, Any] = dict(zip(_NOTE_COLUMNS, fields, strict=False))
-    size = fields[len(_NOTE_COLUMNS)]
-    facts["file_size"] = int(size) if size.isdigit() else 0
-    return facts
+def noted_facts(facts: NotedFacts | None) -> dict[str, Any]:
+    """The received row's columns a stored-instance note fills ({} when it carried none)."""
+    return asdict(facts) if facts is not None else {}
 
 
 def _undecided(connection: sqlite3.Connection, instance_id: str) -> bool:

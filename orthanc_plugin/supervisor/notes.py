@@ -6,7 +6,7 @@ import contextlib
 import socket
 from pathlib import Path
 
-from orthanc_plugin.channels import encode_note
+from orthanc_plugin.channels import Note, encode_note
 
 
 class NoteSender:
@@ -15,10 +15,10 @@ class NoteSender:
         self._socket = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
         self._socket.setblocking(False)
 
-    def send(self, kind: str, *fields: str) -> None:
+    def send(self, note: Note) -> None:
         # A full buffer or an absent worker drops the note: the worker reads /changes anyway.
         with contextlib.suppress(OSError):
-            self._socket.sendto(encode_note(kind, *fields), self.destination)
+            self._socket.sendto(encode_note(note), self.destination)
 
     def close(self) -> None:
         self._socket.close()

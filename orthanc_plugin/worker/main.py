@@ -21,7 +21,14 @@ from pathlib import Path
 from typing import Any
 
 from orthanc_plugin.app import RULES_TEXT_KEY, Gateway, build_gateway
-from orthanc_plugin.channels import DELETED, STABLE, STORED, WAKE, Channels
+from orthanc_plugin.channels import (
+    Channels,
+    DeletedNote,
+    Note,
+    StableStudyNote,
+    StoredNote,
+    WakeNote,
+)
 from orthanc_plugin.config import ConfigError, GatewayConfig, parse_config
 from orthanc_plugin.db import META_SCHEMA, Database, DatabaseUnwritable
 from orthanc_plugin.jobs.intake import noted_facts
@@ -218,21 +225,20 @@ def _show_reception(gateway: Gateway, channels: Channels, settings: ReceptionSet
 
 
 def _note_handler(gateway: Gateway, lead: bool, beacon: ArrivalBeacon | None = None) -> Any:
-    def handle(kind: str, fields: list[str]) -> None:
-        if kind == WAKE:
+    def handle(note: Note) -> None:
+        if isinstance(note, WakeNote):
             gateway.pool.wake_senders()
         elif not lead:
             return
-        elif kind == STORED and fields:
-            noted = noted_facts(fields[1:])
+        elif isinstance(note, StoredNote):
             if beacon is not None:
                 # First, and before any database work: background workers hold their REST
                 # calls from the next one on (reception.py).
-                beacon.noted(str(noted.get("origin", "")))
-            gateway.record_stored_instance(fields[0], noted)
-        elif kind == STABLE and fields:
-            gateway.notify_stable_study(fields[0])
-        elif kind == DELETED and fields:
-            gateway.notify_deleted_instance(fields[0])
+                beacon.noted(note.facts.origin if note.facts else "")
+            gateway.record_stored_instance(note.instance_id, noted_facts(note.facts))
+        elif isinstance(note, StableStudyNote):
+            gateway.notify_stable_study(note.study_id)
+        elif isinstance(note, DeletedNote):
+            gateway.notify_deleted_instance(note.instance_id)
 
     return handle

@@ -8,9 +8,9 @@ import threading
 from collections.abc import Callable
 from pathlib import Path
 
-from orthanc_plugin.channels import decode_note
+from orthanc_plugin.channels import Note, WakeNote, decode_note, encode_note
 
-NoteHandler = Callable[[str, list[str]], None]
+NoteHandler = Callable[[Note], None]
 
 
 class NoteInbox:
@@ -39,9 +39,12 @@ class NoteInbox:
             if note is None:
                 continue
             try:
-                self._handle(*note)
+                self._handle(note)
             except Exception as error:  # a bad note must not end the inbox
                 self._log_error(f"note {data[:80]!r}: {error!r}")
+
+
+WAKE_DATAGRAM = encode_note(WakeNote())
 
 
 class WakeSender:
@@ -55,4 +58,4 @@ class WakeSender:
     def wake(self) -> None:
         for path in self._paths:
             with contextlib.suppress(OSError):
-                self._socket.sendto(b"W", path)
+                self._socket.sendto(WAKE_DATAGRAM, path)

@@ -15,7 +15,13 @@ from pathlib import Path
 from typing import Any
 
 from orthanc_plugin.app import Gateway, build_gateway
-from orthanc_plugin.channels import NOTED_METADATA, STORED, decode_note, encode_note
+from orthanc_plugin.channels import (
+    NOTED_METADATA,
+    NotedFacts,
+    StoredNote,
+    decode_note,
+    encode_note,
+)
 from orthanc_plugin.jobs.intake import DESCRIBE_AFTER_NOTES_PAUSE_SECONDS
 from orthanc_plugin.jobs.queue import Claim
 from orthanc_plugin.jobs.workers import WorkerRole
@@ -58,7 +64,7 @@ class GatewaySite:
         """The datagram the plugin's stored-instance callback sends (host.py: on_stored)."""
         instance = self.orthanc.instances[instance_id]
         noted = [instance.metadata.get(key, "") for key in NOTED_METADATA]
-        return encode_note(STORED, instance_id, *noted, str(len(instance.file)))
+        return encode_note(StoredNote(instance_id, NotedFacts.of(noted, len(instance.file))))
 
     def note_stored(self, *instance_ids: str) -> None:
         """The plugin noted these stored instances; the lead worker's inbox hands them over."""
@@ -66,7 +72,7 @@ class GatewaySite:
         for instance_id in instance_ids:
             note = decode_note(self.stored_note(instance_id))
             assert note is not None
-            handle(*note)
+            handle(note)
 
     def take_in(self) -> int:
         """Intake passes until one finds nothing more to do at once, then the notes pause (the

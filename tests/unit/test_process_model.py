@@ -11,7 +11,16 @@ from typing import Any
 import pytest
 
 from orthanc_plugin.audit.tables import SCHEMA as AUDIT_SCHEMA
-from orthanc_plugin.channels import STORED, channels_for, decode_note, encode_note
+from orthanc_plugin.channels import (
+    DeletedNote,
+    NotedFacts,
+    StableStudyNote,
+    StoredNote,
+    WakeNote,
+    channels_for,
+    decode_note,
+    encode_note,
+)
 from orthanc_plugin.config import RetryPolicySettings
 from orthanc_plugin.db import META_SCHEMA, Database
 from orthanc_plugin.forwarding.verify import InFlightVerifier, InstanceKeys
@@ -78,8 +87,15 @@ def test_a_clean_stop_hands_claims_back_without_spending_an_attempt(queue: JobQu
 
 
 def test_notes_round_trip_and_garbage_is_ignored() -> None:
-    assert decode_note(encode_note(STORED, "id-1", "MY AE")) == (STORED, ["id-1", "MY AE"])
-    assert decode_note(b"X nonsense") is None
+    stored = StoredNote("id-1", NotedFacts("MY AE", "RTGW", "10.0.0.5", "DicomProtocol",
+                                           "1.2.840.10008.5.1.4.1.1.2", 524_288))
+    for note in (stored, StoredNote("id-2"), StableStudyNote("study-1"), DeletedNote("id-3"),
+                 WakeNote()):
+        assert decode_note(encode_note(note)) == note
+    # A stored note whose facts are cut short still names its instance (the intake asks Orthanc).
+    assert decode_note(b"S id-4 MY\x1fAE RTGW") == StoredNote("id-4")
+    for garbage in (b"X nonsense", b"S", b"T ", b""):
+        assert decode_note(garbage) is None
 
 
 def test_long_database_paths_get_a_short_private_socket_folder(tmp_path: Path) -> None:
