@@ -226,10 +226,10 @@ def durable_write(
 ) -> Callable[Concatenate[Owner, Params], Result]:
     """A method whose database writes wait out a full disk (see Database.durable). The method
     must be all-or-nothing: one transaction, or writes into a transaction its caller owns."""
-    @functools.wraps(method)
-    def wrapper(self: Owner, *args: Params.args, **kwargs: Params.kwargs) -> Result:
+    def wrapper(self: Owner, /, *args: Params.args, **kwargs: Params.kwargs) -> Result:
         return self.db.durable(lambda: method(self, *args, **kwargs),
                                method.__name__.replace("_", " "))
+    functools.update_wrapper(wrapper, method)
     return wrapper
 
 
