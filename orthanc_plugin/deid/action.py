@@ -13,7 +13,6 @@ outcome per instance, in order, so recording, quarantine and retries are the bas
 
 from __future__ import annotations
 
-import json
 import sqlite3
 import threading
 import time
@@ -27,14 +26,20 @@ from typing import Any
 import pydicom
 from pydicom.errors import InvalidDicomError
 
-from orthanc_plugin.audit.clock import now_iso
 from orthanc_plugin.audit.recorder import AuditRecorder
 from orthanc_plugin.db import Database
 from orthanc_plugin.deid.keys import Pseudonymizer
 from orthanc_plugin.deid.model import DeidError, DeidResult, copy_keys, deidentify
 from orthanc_plugin.deid.pipeline import Pipeline
 from orthanc_plugin.deid.rule import JOB_ACTION, AnonymizeAction
-from orthanc_plugin.deid.tables import original_keys, record_mapping
+from orthanc_plugin.deid.tables import (
+    CopyRecord,
+    has_copy,
+    mark_original_deleted,
+    original_keys,
+    record_copies,
+    record_mapping,
+)
 from orthanc_plugin.forwarding.rule import JOB_ACTION as FORWARD_ACTION
 from orthanc_plugin.jobs.executor_base import ItemExecutor, JobContext, Refuse
 from orthanc_plugin.jobs.executors import action_of_job, jobs_with_items
@@ -205,20 +210,16 @@ class AnonymizeExecutor(ItemExecutor[AnonymizeAction, StoredCopy]):
         are made again on replay, which Orthanc answers with AlreadyStored: same UIDs, same bytes."""
         if not batch:
             return
-        stamp = now_iso()
         with self.db.transaction() as connection:
-            for item, copy in batch:
+            for _, copy in batch:
                 result = copy.result
                 record_mapping(connection, result,
                                self.keys.date_offset_days(result.original_patient_id))
-                connection.execute(
-                    "INSERT OR REPLACE INTO deid_copies(original_instance_id, target,"
-                    " copy_instance_id, new_sop_instance_uid, new_patient_id, job_id, settings,"
-                    " stored_at, report) VALUES(?,?,?,?,?,?,?,?,?)",
-                    (item.instance_id, job["target"], copy.instance_id, copy.sop_instance_uid,
-                     result.new_patient_id, job["id"], action.settings.describe(), stamp,
-                     json.dumps(result.changes)),
-                )
+            record_copies(connection, [
+                CopyRecord(item.instance_id, job["target"], copy.instance_id, copy.sop_instance_uid,
+                           copy.result.new_patient_id, job["id"], action.settings.describe(),
+                           tuple(copy.result.changes))
+                for item, copy in batch])
         self.queue.mark_sent([item for item, _ in batch],
                              {item.instance_id: copy.size for item, copy in batch})
 
@@ -269,11 +270,7 @@ class DeleteOriginals:
                 if not problem.missing:
                     error = f"Orthanc: {problem}"
                     break
-            with self.db.transaction() as connection:
-                connection.execute(
-                    "UPDATE deid_copies SET original_deleted_at=? WHERE original_instance_id=?",
-                    (now_iso(), item.instance_id),
-                )
+            mark_original_deleted(self.db, item.instance_id)
             self.queue.mark_sent([item], {})
             deleted += 1
         self.queue.settle(claim.job_ids, error, "host" if error else None)
@@ -288,15 +285,8 @@ class DeleteOriginals:
             )
 
     def _still_needed(self, item: ClaimedItem) -> bool:
-        rows = self.db.query(
-            "SELECT 1 FROM job_items i JOIN jobs j ON j.id = i.job_id WHERE i.instance_id=? "
-            "AND i.state='pending' AND j.action<>? AND j.state IN ('pending','running') LIMIT 1",
-            (item.instance_id, DELETE_JOB_ACTION),
-        )
-        copied = self.db.query(
-            "SELECT 1 FROM deid_copies WHERE original_instance_id=? LIMIT 1", (item.instance_id,)
-        )
-        return bool(rows) or not copied
+        return (self.queue.pending_in_other_jobs(item.instance_id, DELETE_JOB_ACTION)
+                or not has_copy(self.db, item.instance_id))
 
 
 class _PhaseClock:

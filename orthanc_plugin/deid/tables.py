@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import sqlite3
+from dataclasses import dataclass
 from typing import Any
 
 from orthanc_plugin.audit.clock import now_iso
@@ -124,3 +125,41 @@ def original_keys(db: Database, instance_ids: list[str]) -> dict[str, tuple[str,
             keys[row["instance_id"]] = (row["patient_id"] or "", row["study_uid"] or "",
                                         row["series_uid"] or "", row["sop_instance_uid"] or "")
     return keys
+
+
+@dataclass(frozen=True)
+class CopyRecord:
+    """One stored de-identified copy, as deid_copies keeps it (the report: the object's changes)."""
+
+    original_instance_id: str
+    target: str
+    copy_instance_id: str
+    new_sop_instance_uid: str
+    new_patient_id: str
+    job_id: int
+    settings: str
+    report: tuple[str, ...]
+
+
+def record_copies(connection: sqlite3.Connection, copies: list[CopyRecord]) -> None:
+    """In the caller's transaction; a copy made again (a replay) replaces its row."""
+    stamp = now_iso()
+    connection.executemany(
+        "INSERT OR REPLACE INTO deid_copies(original_instance_id, target, copy_instance_id,"
+        " new_sop_instance_uid, new_patient_id, job_id, settings, stored_at, report)"
+        " VALUES(?,?,?,?,?,?,?,?,?)",
+        [(c.original_instance_id, c.target, c.copy_instance_id, c.new_sop_instance_uid,
+          c.new_patient_id, c.job_id, c.settings, stamp, json.dumps(list(c.report)))
+         for c in copies])
+
+
+def mark_original_deleted(db: Database, original_instance_id: str) -> None:
+    with db.transaction() as connection:
+        connection.execute(
+            "UPDATE deid_copies SET original_deleted_at=? WHERE original_instance_id=?",
+            (now_iso(), original_instance_id))
+
+
+def has_copy(db: Database, original_instance_id: str) -> bool:
+    return bool(db.query("SELECT 1 FROM deid_copies WHERE original_instance_id=? LIMIT 1",
+                         (original_instance_id,)))

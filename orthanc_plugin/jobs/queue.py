@@ -388,6 +388,13 @@ class JobQueue:
                 [(job_id,) for job_id in sorted({i.job_id for i in items})])
 
     @durable_write
+    def pending_in_other_jobs(self, instance_id: str, except_action: str) -> bool:
+        """Whether a waiting or running job of another action still has this instance to do."""
+        return bool(self.db.query(
+            "SELECT 1 FROM job_items i JOIN jobs j ON j.id = i.job_id WHERE i.instance_id=? "
+            "AND i.state='pending' AND j.action<>? AND j.state IN ('pending','running') LIMIT 1",
+            (instance_id, except_action)))
+
     def mark_in_flight(self, items: Sequence[ClaimedItem], orthanc_job: str) -> None:
         """An Orthanc store job now carries these items, in this order (one transaction)."""
         now = time.time()

@@ -256,3 +256,42 @@ def test_copy_threads_out_of_range_is_refused_with_its_path(tmp_path: Path, thre
     with pytest.raises(ConfigError, match=r"RtGateway\.Deid\.CopyThreads"):
         build_site(tmp_path, RESEARCH_COPY, FakeOrthanc({"PACS": "PACS_AE"}),
                    {"Deid": {"CopyThreads": threads}})
+
+
+def test_originals_are_deleted_only_once_their_copies_are_stored_and_nothing_else_needs_them(
+        tmp_path: Path) -> None:
+    """keep_original: false. The delete job waits while the originals are still queued for
+    another job of the rule (here: the originals forwarded to an archive before the anonymize), then
+    deletes each original whose copy is recorded, and says when in the mapping."""
+    secret = tmp_path / "deid.key"
+    secret.write_text(SECRET)
+    orthanc = FakeOrthanc({"PACS": "PACS_AE", "ARCHIVE": "ARCHIVE_AE"})
+    site = build_site(tmp_path, """
+rules:
+  - name: research copy, originals removed
+    on: stable-study
+    match: {calling_aet: TPS}
+    actions:
+      - forward: [ARCHIVE]
+      - anonymize: {profile: full, keep_original: false}
+      - forward: [PACS]
+""", orthanc, {"Deid": {"SecretFile": str(secret)}})
+    originals = receive_stable_study(site, make_rt_set(n_slices=4, with_dose=False).all())
+    assert site.jobs("delete-original") == []  # queued once the copies are stored
+    for _ in range(10):
+        site.run_queue()
+        if not site.rows("SELECT 1 FROM jobs WHERE state IN ('pending', 'running')"):
+            break
+        site.time_passes()
+    states = {(job["action"], job["target"]): job["state"] for job in site.jobs()}
+    assert states == {("forward", "ARCHIVE"): "done", ("anonymize", "PACS"): "done",
+                      ("forward", "PACS"): "done",
+                      ("delete-original", "originals-after-PACS"): "done"}
+    assert not set(originals) & set(orthanc.instances)
+    copies = site.rows("SELECT original_instance_id, copy_instance_id, original_deleted_at "
+                       "FROM deid_copies")
+    assert sorted(row["original_instance_id"] for row in copies) == sorted(originals)
+    assert all(row["original_deleted_at"] for row in copies)
+    assert sorted(orthanc.modality("PACS").received) == sorted(
+        row["copy_instance_id"] for row in copies)
+    assert sorted(orthanc.modality("ARCHIVE").received) == sorted(originals)
