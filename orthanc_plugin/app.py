@@ -14,7 +14,14 @@ from orthanc_plugin.api.cross_site import read_trusted_origins
 from orthanc_plugin.api.gateway_routes import add_routes
 from orthanc_plugin.api.health import HealthProbes, probe_write
 from orthanc_plugin.api.router import Router
+from orthanc_plugin.audit.counts import (
+    decision_totals,
+    meta_with_prefix,
+    transfer_totals,
+    transfer_totals_by_target,
+)
 from orthanc_plugin.audit.metrics import Metrics
+from orthanc_plugin.audit.received import received_keys, received_sizes
 from orthanc_plugin.audit.recorder import AuditRecorder
 from orthanc_plugin.audit.tables import MIGRATIONS as AUDIT_MIGRATIONS
 from orthanc_plugin.audit.tables import SCHEMA as AUDIT_SCHEMA
@@ -30,6 +37,7 @@ from orthanc_plugin.jobs.intake import Intake
 from orthanc_plugin.jobs.own_output import SCHEMA as OWN_OUTPUT_SCHEMA
 from orthanc_plugin.jobs.own_output import own_output_source
 from orthanc_plugin.jobs.queue import JobQueue
+from orthanc_plugin.jobs.states import JobState
 from orthanc_plugin.jobs.tables import MIGRATIONS as JOBS_MIGRATIONS
 from orthanc_plugin.jobs.tables import SCHEMA as JOBS_SCHEMA
 from orthanc_plugin.jobs.workers import WorkerPool, WorkerRole
@@ -158,28 +166,23 @@ class Gateway:
 
     def seed_metrics(self) -> None:
         """Prometheus counters continue from the audit after a restart instead of from zero."""
-        row = self.db.query(
-            "SELECT COALESCE(SUM(instances),0) AS n, COALESCE(SUM(bytes),0) AS b, "
-            "COALESCE(SUM(status<>'success'),0) AS f FROM transfers"
-        )[0]
+        totals = transfer_totals(self.db)
         # Totals of transfers pruned by retention are carried in meta: counters never go down.
-        pruned = {row["key"][len(PRUNED_PREFIX):]: float(row["value"]) for row in self.db.query(
-            "SELECT key, value FROM meta WHERE key LIKE ?", (PRUNED_PREFIX + "%",))}
-        self.metrics.gauge("rtgw_instances_sent_total", row["n"] + pruned.get("sent_instances", 0))
-        self.metrics.gauge("rtgw_bytes_sent_total", row["b"] + pruned.get("sent_bytes", 0))
-        self.metrics.gauge("rtgw_transfer_failures_total", row["f"] + pruned.get("failures", 0))
+        pruned = meta_with_prefix(self.db, PRUNED_PREFIX)
+        self.metrics.gauge("rtgw_instances_sent_total",
+                           totals.instances + pruned.get("sent_instances", 0))
+        self.metrics.gauge("rtgw_bytes_sent_total", totals.bytes + pruned.get("sent_bytes", 0))
+        self.metrics.gauge("rtgw_transfer_failures_total",
+                           totals.failures + pruned.get("failures", 0))
         targets: dict[str, list[float]] = {}
         for name, value in pruned.items():
             if name.startswith("target_"):
                 target, _, kind = name[len("target_"):].rpartition("_")
                 targets.setdefault(target, [0.0, 0.0])[kind == "failures"] += value
-        for target_row in self.db.query(
-            "SELECT target, SUM(instances) AS n, SUM(status<>'success') AS f FROM transfers "
-            "GROUP BY target"
-        ):
-            totals = targets.setdefault(target_row["target"], [0.0, 0.0])
-            totals[0] += target_row["n"] or 0
-            totals[1] += target_row["f"] or 0
+        for target, by_target in transfer_totals_by_target(self.db).items():
+            sums = targets.setdefault(target, [0.0, 0.0])
+            sums[0] += by_target.instances
+            sums[1] += by_target.failures
         for target, (sent, failed) in targets.items():
             self.metrics.gauge(f"rtgw_target_{target}_instances_sent_total", sent)
             self.metrics.gauge(f"rtgw_target_{target}_failures_total", failed)
@@ -192,9 +195,9 @@ class Gateway:
         if now - self._gauges_refreshed_at < 1.0:
             return
         self._gauges_refreshed_at = now
-        counts = {r["state"]: r["n"] for r in self.db.query(
-            "SELECT state, COUNT(*) AS n FROM jobs GROUP BY state")}
-        for state in ("pending", "held", "running", "done", "dead"):
+        counts = self.queue.state_counts()
+        for state in (JobState.PENDING, JobState.HELD, JobState.RUNNING, JobState.DONE,
+                      JobState.DEAD):
             self.metrics.gauge(f"rtgw_jobs_{state}", counts.get(state, 0))
 
     def stop(self) -> None:
@@ -227,14 +230,12 @@ class Gateway:
         """Counters from the database, so every worker's transfers count and a restart continues."""
         self._gauges_refreshed_at = float("-inf")
         self.seed_metrics()
-        row = self.db.query(
-            "SELECT (SELECT COUNT(*) FROM evaluations) AS e, "
-            "(SELECT COUNT(*) FROM evaluations WHERE matched=1 AND new_instances>0) AS m, "
-            "(SELECT COUNT(*) FROM quarantine) AS q")[0]
+        decisions = decision_totals(self.db)
         self.metrics.gauge("rtgw_rule_evaluations_total",
-                           row["e"] + pruned_total(self.db, "evaluations"))
-        self.metrics.gauge("rtgw_rule_matches_total", row["m"] + pruned_total(self.db, "matches"))
-        self.metrics.gauge("rtgw_quarantined_total", row["q"])
+                           decisions.evaluations + pruned_total(self.db, "evaluations"))
+        self.metrics.gauge("rtgw_rule_matches_total",
+                           decisions.matches + pruned_total(self.db, "matches"))
+        self.metrics.gauge("rtgw_quarantined_total", decisions.quarantined)
         writable, _ = probe_write(self.db)
         self.metrics.gauge("rtgw_database_unwritable",
                            0 if writable and not self.db.trouble.unwritable else 1)
@@ -363,17 +364,9 @@ class Gateway:
         return cancelled
 
     def instance_keys(self, instance_ids: Sequence[str]) -> dict[str, InstanceKeys]:
-        keys: dict[str, InstanceKeys] = {}
-        for start in range(0, len(instance_ids), 500):
-            chunk = list(instance_ids[start : start + 500])
-            marks = ",".join("?" * len(chunk))
-            for row in self.db.query(
-                "SELECT instance_id, study_uid, series_uid, sop_instance_uid, sop_class_uid "
-                f"FROM received WHERE instance_id IN ({marks}) AND sop_instance_uid IS NOT NULL",
-                chunk):
-                keys[row["instance_id"]] = InstanceKeys(
-                    row["study_uid"] or "", row["series_uid"] or "", row["sop_instance_uid"],
-                    row["sop_class_uid"] or "")
+        keys = {instance_id: InstanceKeys(k.study_uid, k.series_uid, k.sop_instance_uid,
+                                          k.sop_class_uid)
+                for instance_id, k in received_keys(self.db, instance_ids).items()}
         for instance_id in instance_ids:
             if instance_id not in keys:
                 with contextlib.suppress(HostError, KeyError):
@@ -384,17 +377,7 @@ class Gateway:
         return keys
 
     def file_sizes(self, instance_ids: list[str] | Any) -> dict[str, int]:
-        ids = list(instance_ids)
-        sizes: dict[str, int] = {}
-        for start in range(0, len(ids), 500):
-            chunk = ids[start : start + 500]
-            marks = ",".join("?" * len(chunk))
-            for row in self.db.query(
-                f"SELECT instance_id, file_size FROM received WHERE instance_id IN ({marks})",
-                chunk,
-            ):
-                sizes[row["instance_id"]] = row["file_size"] or 0
-        return sizes
+        return received_sizes(self.db, list(instance_ids))
 
 
 def _read_text(path: Path) -> str:

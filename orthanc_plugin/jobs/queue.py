@@ -388,6 +388,11 @@ class JobQueue:
                 [(job_id,) for job_id in sorted({i.job_id for i in items})])
 
     @durable_write
+    def state_counts(self) -> dict[str, int]:
+        """How many jobs are in each state."""
+        return {row["state"]: int(row["n"]) for row in self.db.query(
+            "SELECT state, COUNT(*) AS n FROM jobs GROUP BY state")}
+
     def pending_in_other_jobs(self, instance_id: str, except_action: str) -> bool:
         """Whether a waiting or running job of another action still has this instance to do."""
         return bool(self.db.query(

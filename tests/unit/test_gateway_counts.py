@@ -1,0 +1,55 @@
+"""The gateway's counters and the received table's reads, from their stores (audit/counts.py,
+audit/received.py): Prometheus totals continue from the audit (pruned totals added), per target
+too, and a destination is asked about the keys the intake recorded."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from orthanc_plugin.retention import PRUNED_PREFIX
+from tests.support.fake_orthanc import FakeOrthanc
+from tests.support.gateway_site import build_site
+from tests.support.rtset import make_rt_set
+
+RULES = """
+rules:
+  - name: everything to the archive
+    on: instance
+    match: {calling_aet: TPS}
+    actions:
+      - forward: [ARCHIVE]
+"""
+
+
+def test_counters_continue_from_the_audit_and_the_received_keys_are_read_back(
+        tmp_path: Path) -> None:
+    orthanc = FakeOrthanc({"ARCHIVE": "ARCHIVE_AE"})
+    site = build_site(tmp_path, RULES, orthanc)
+    datasets = make_rt_set(n_slices=3, with_dose=False).all()
+    ids = [orthanc.receive(ds, calling_aet="TPS") for ds in datasets]
+    orthanc.modality("ARCHIVE").refused_with[ids[0]] = "0xA700"   # one refused for good
+    site.note_stored(*ids)
+    site.take_in()
+    site.run_queue()
+    with site.gateway.db.transaction() as connection:  # what retention pruned earlier
+        connection.executemany("INSERT INTO meta(key, value) VALUES(?, ?)", [
+            (PRUNED_PREFIX + "sent_instances", "100"), (PRUNED_PREFIX + "failures", "2"),
+            (PRUNED_PREFIX + "target_ARCHIVE_instances", "100")])
+
+    counters = site.gateway.metrics_snapshot()
+    sent = sum(row["instances"] for row in site.transfers("success"))
+    assert sent == len(ids) - 1
+    assert counters["rtgw_instances_sent_total"] == 100 + sent
+    assert counters["rtgw_transfer_failures_total"] == 2 + len(site.transfers()) - len(
+        site.transfers("success"))
+    assert counters["rtgw_target_ARCHIVE_instances_sent_total"] == 100 + sent
+    assert counters["rtgw_jobs_dead"] == 1 and counters["rtgw_jobs_pending"] == 0
+    assert counters["rtgw_rule_evaluations_total"] == len(site.rows("SELECT 1 FROM evaluations"))
+
+    keys = site.gateway.instance_keys([*ids, "not-received"])
+    assert set(keys) == set(ids)   # an unknown instance is asked of Orthanc, which has none
+    for instance_id, ds in zip(ids, datasets, strict=True):
+        assert (keys[instance_id].sop_uid, keys[instance_id].sop_class_uid) == (
+            str(ds.SOPInstanceUID), str(ds.SOPClassUID))
+    sizes = site.gateway.file_sizes(ids)
+    assert sizes == {iid: len(orthanc.instances[iid].file) for iid in ids}
