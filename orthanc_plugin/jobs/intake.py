@@ -18,6 +18,7 @@ from orthanc_plugin.audit.clock import now_iso
 from orthanc_plugin.audit.recorder import AuditRecorder
 from orthanc_plugin.channels import NotedFacts
 from orthanc_plugin.db import Database
+from orthanc_plugin.jobs import intake_store as store
 from orthanc_plugin.jobs.apply import Applied, queue_rule_actions
 from orthanc_plugin.jobs.arrival import ArrivalDecider, ArrivalDecision, Completed
 from orthanc_plugin.jobs.executors import Registry
@@ -157,29 +158,19 @@ class Intake:
                     # A peer's burst; the gateway's own stores (copies, overlays) are no reason
                     # to wait, and they are never decided at arrival.
                     self._last_note = self.clock()
-                inserted = connection.execute(
-                    "INSERT OR IGNORE INTO received(instance_id, received_at) VALUES(?,?)",
-                    (instance_id, stamp),
-                ).rowcount
-                if noted and (inserted or _undecided(connection, instance_id)):
+                inserted = store.note_received(connection, instance_id, stamp)
+                if noted and (inserted or store.undecided(connection, instance_id)):
                     # The log can list an instance before its note comes; a duplicate C-STORE of
                     # an instance already decided or described decides nothing again.
                     queued |= self.arrival.decide(connection, instance_id, noted, stamp)
                 if noted:
                     # What the callback read from Orthanc's metadata; the describe step then
                     # skips its own metadata call (unless the row was described already).
-                    columns = ", ".join(f"{key}=?" for key in noted)
-                    connection.execute(
-                        f"UPDATE received SET {columns} WHERE instance_id=? AND state='new'",
-                        (*noted.values(), instance_id),
-                    )
+                    store.fill_noted(connection, instance_id, noted)
             while self._stable_inbox:
-                _signal_stable(connection, self._stable_inbox.popleft())
+                store.signal_stable(connection, self._stable_inbox.popleft())
             while self._deleted_inbox:
-                connection.execute(
-                    "UPDATE received SET state='gone' WHERE instance_id=?",
-                    (self._deleted_inbox.popleft(),),
-                )
+                store.mark_instance_gone(connection, self._deleted_inbox.popleft())
         if queued:
             self.wake_workers()
         return True
@@ -195,27 +186,17 @@ class Intake:
             for change in changes:
                 kind, resource = change.get("ChangeType"), change.get("ID")
                 if kind == "NewInstance":
-                    connection.execute(
-                        "INSERT OR IGNORE INTO received(instance_id, received_at) VALUES(?,?)",
-                        (resource, stamp),
-                    )
+                    store.note_received(connection, resource, stamp)
                 elif kind == "StableStudy":
-                    _signal_stable(connection, resource)
+                    store.signal_stable(connection, resource)
                 elif kind == "Deleted" and change.get("ResourceType") == "Instance":
-                    connection.execute(
-                        "UPDATE received SET state='gone' WHERE instance_id=?", (resource,)
-                    )
+                    store.mark_instance_gone(connection, resource)
             self.db.set_meta(CURSOR_KEY, str(answer.get("Last", cursor)), connection)
         return not answer.get("Done", True)
 
     # -- describing an instance from Orthanc's index ---------------------------------------------
     def _describe_new(self) -> bool:
-        rows = self.db.query(
-            "SELECT seq, instance_id, calling_aet, called_aet, remote_ip, origin, sop_class_uid, "
-            "file_size FROM received WHERE state='new' ORDER BY seq "
-            "LIMIT ?",
-            (BATCH,),
-        )
+        rows = store.new_rows(self.db, BATCH)
         if not rows:
             self._catching_up = False
             return False
@@ -226,26 +207,15 @@ class Intake:
             for row, info in described:
                 if info is None or isinstance(info, str):
                     if info is None:
-                        connection.execute(
-                            "UPDATE received SET state='gone' WHERE seq=?", (row["seq"],))
+                        store.mark_gone(connection, row["seq"])
                     else:
-                        connection.execute(
-                            "UPDATE received SET state='quarantined' WHERE seq=?", (row["seq"],))
+                        store.mark_quarantined(connection, row["seq"])
                         self.recorder.quarantine(connection, row["instance_id"], info)
                     # Decided at arrival and never described: recorded with what is known.
                     completed += self._complete_arrival(connection, row)
                     continue
                 info.setdefault("calling_aet", row["calling_aet"])
-                columns = ", ".join(f"{key}=?" for key in info)
-                connection.execute(
-                    f"UPDATE received SET {columns}, state='ready' WHERE seq=?",
-                    (*info.values(), row["seq"]),
-                )
-                connection.execute(
-                    "INSERT INTO study_progress(study_id, last_received_at) VALUES(?, ?) "
-                    "ON CONFLICT(study_id) DO UPDATE SET last_received_at=excluded.last_received_at",
-                    (info["study_id"], now),
-                )
+                store.mark_described(connection, row["seq"], info, now)
         self._after_completed(completed)
         more = len(rows) == BATCH
         if not more:
@@ -348,11 +318,7 @@ class Intake:
 
     # -- rules -----------------------------------------------------------------------------------
     def _run_instance_rules(self) -> bool:
-        rows = self.db.query(
-            "SELECT * FROM received WHERE state='ready' AND instance_rules_done=0 ORDER BY seq "
-            "LIMIT ?",
-            (BATCH,),
-        )
+        rows = store.rows_for_instance_rules(self.db, BATCH)
         if not rows:
             return False
         ruleset = self.rules()
@@ -366,7 +332,8 @@ class Intake:
             for row in rows:
                 # Every row of the batch is already described: a study's labels cannot change here.
                 if row["study_id"] not in labels_by_study:
-                    labels_by_study[row["study_id"]] = _plan_labels(connection, row["study_id"])
+                    labels_by_study[row["study_id"]] = store.plan_labels(connection,
+                                                                          row["study_id"])
                 facts = self.facts.build([row], labels_by_study[row["study_id"]])
                 at_arrival = decided.get(row["instance_id"], {})
                 for rule in rules:
@@ -376,9 +343,7 @@ class Intake:
                 if at_arrival:
                     completed += self._complete_arrival(connection, row, at_arrival, facts[0],
                                                         by_name)
-                connection.execute(
-                    "UPDATE received SET instance_rules_done=1 WHERE seq=?", (row["seq"],)
-                )
+                store.mark_instance_rules_done(connection, row["seq"])
         self._after_completed(completed)
         if queued:
             self.wake_workers()
@@ -412,11 +377,7 @@ class Intake:
 
     def _run_stable_studies(self) -> bool:
         now = time.time()
-        rows = self.db.query(
-            "SELECT p.study_id, p.stable_signalled, p.last_received_at, p.stable_done_seq "
-            "FROM study_progress p WHERE EXISTS (SELECT 1 FROM received r WHERE "
-            "r.study_id = p.study_id AND r.state='ready' AND r.seq > p.stable_done_seq)"
-        )
+        rows = store.studies_with_new_instances(self.db)
         queued = False
         for row in rows:
             # Orthanc's IsStable is the truth: a signal may be stale if instances came after it.
@@ -442,20 +403,14 @@ class Intake:
         rules = ruleset.for_trigger(Trigger.STABLE_STUDY)
         queued = False
         with self.db.transaction() as connection:
-            rows = connection.execute(
-                "SELECT * FROM received WHERE study_id=? AND state='ready' ORDER BY seq",
-                (study_id,),
-            ).fetchall()
+            rows = store.study_rows(connection, study_id)
             if not rows:
                 return False
-            labels = _plan_labels(connection, study_id)
+            labels = store.plan_labels(connection, study_id)
             facts = self.facts.build(rows, labels)
             for rule in rules:
                 queued |= self._apply(connection, ruleset, rule, "study", study_id, rows, facts)
-            connection.execute(
-                "UPDATE study_progress SET stable_done_seq=?, stable_signalled=0 WHERE study_id=?",
-                (max(row["seq"] for row in rows), study_id),
-            )
+            store.stable_rules_done(connection, study_id, max(row["seq"] for row in rows))
         return queued
 
     def adopt_study_instances(self, study_id: str) -> None:
@@ -466,10 +421,7 @@ class Intake:
             return
         stamp = now_iso()
         with self.db.transaction() as connection:
-            connection.executemany(
-                "INSERT OR IGNORE INTO received(instance_id, received_at) VALUES(?,?)",
-                [(item["ID"], stamp) for item in instances],
-            )
+            store.note_many_received(connection, [item["ID"] for item in instances], stamp)
         while self._describe_new():
             pass
 
@@ -477,8 +429,7 @@ class Intake:
         """The study's instances as received rows, for a dry run: instances the intake has not
         seen (stored before its cursor) are described in memory and never enter the intake, so
         testing the rules on an old study cannot queue or send anything."""
-        rows = [dict(row) for row in self.db.query(
-            "SELECT * FROM received WHERE study_id=? AND state='ready' ORDER BY seq", (study_id,))]
+        rows = [dict(row) for row in store.study_rows(self.db, study_id)]
         known = {row["instance_id"] for row in rows}
         try:
             instances = self.host.get_json(f"/studies/{study_id}/instances")
@@ -556,27 +507,3 @@ class Intake:
 def noted_facts(facts: NotedFacts | None) -> dict[str, Any]:
     """The received row's columns a stored-instance note fills ({} when it carried none)."""
     return asdict(facts) if facts is not None else {}
-
-
-def _undecided(connection: sqlite3.Connection, instance_id: str) -> bool:
-    return connection.execute(
-        "SELECT 1 FROM received r WHERE r.instance_id=? AND r.state='new' AND NOT EXISTS ("
-        "SELECT 1 FROM arrival_decisions d WHERE d.instance_id = r.instance_id)",
-        (instance_id,)).fetchone() is not None
-
-
-def _signal_stable(connection: sqlite3.Connection, study_id: str) -> None:
-    connection.execute(
-        "INSERT INTO study_progress(study_id, last_received_at, stable_signalled) VALUES(?, ?, 1) "
-        "ON CONFLICT(study_id) DO UPDATE SET stable_signalled=1",
-        (study_id, time.time()),
-    )
-
-
-def _plan_labels(connection: sqlite3.Connection, study_id: str) -> tuple[str, ...]:
-    rows = connection.execute(
-        "SELECT DISTINCT plan_label FROM received WHERE study_id=? AND modality='RTPLAN' "
-        "AND state='ready' AND plan_label <> '' ORDER BY plan_label",
-        (study_id,),
-    ).fetchall()
-    return tuple(row["plan_label"] for row in rows)

@@ -1,0 +1,126 @@
+"""The intake's store: the received rows it keeps (audit/tables.py) and each study's progress
+(jobs/tables.py). SQL only here; the intake owns the transactions, so the writers take the
+caller's connection and a pass's decisions commit together.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import time
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from orthanc_plugin.db import Database
+
+Row = sqlite3.Row
+# The columns the describe step reads of a new row (what the note already told).
+NEW_ROW_COLUMNS = ("seq, instance_id, calling_aet, called_aet, remote_ip, origin, sop_class_uid, "
+                   "file_size")
+
+
+# -- arrival -------------------------------------------------------------------------------------
+def note_received(connection: sqlite3.Connection, instance_id: str, stamp: str) -> bool:
+    """A row for the instance unless it has one; True when this made it."""
+    return connection.execute(
+        "INSERT OR IGNORE INTO received(instance_id, received_at) VALUES(?,?)",
+        (instance_id, stamp)).rowcount > 0
+
+
+def note_many_received(connection: sqlite3.Connection, instance_ids: Sequence[str],
+                       stamp: str) -> None:
+    connection.executemany("INSERT OR IGNORE INTO received(instance_id, received_at) VALUES(?,?)",
+                           [(instance_id, stamp) for instance_id in instance_ids])
+
+
+def fill_noted(connection: sqlite3.Connection, instance_id: str,
+               noted: Mapping[str, Any]) -> None:
+    """What the stored-instance note told, on a row not described yet."""
+    columns = ", ".join(f"{key}=?" for key in noted)
+    connection.execute(f"UPDATE received SET {columns} WHERE instance_id=? AND state='new'",
+                       (*noted.values(), instance_id))
+
+
+def undecided(connection: sqlite3.Connection, instance_id: str) -> bool:
+    """A row made from Orthanc's log before its note came: not described, nothing decided."""
+    return connection.execute(
+        "SELECT 1 FROM received r WHERE r.instance_id=? AND r.state='new' AND NOT EXISTS ("
+        "SELECT 1 FROM arrival_decisions d WHERE d.instance_id = r.instance_id)",
+        (instance_id,)).fetchone() is not None
+
+
+def mark_instance_gone(connection: sqlite3.Connection, instance_id: str) -> None:
+    connection.execute("UPDATE received SET state='gone' WHERE instance_id=?", (instance_id,))
+
+
+# -- describing ----------------------------------------------------------------------------------
+def new_rows(db: Database, limit: int) -> list[Row]:
+    return db.query(f"SELECT {NEW_ROW_COLUMNS} FROM received WHERE state='new' ORDER BY seq "
+                    "LIMIT ?", (limit,))
+
+
+def mark_gone(connection: sqlite3.Connection, seq: int) -> None:
+    connection.execute("UPDATE received SET state='gone' WHERE seq=?", (seq,))
+
+
+def mark_quarantined(connection: sqlite3.Connection, seq: int) -> None:
+    connection.execute("UPDATE received SET state='quarantined' WHERE seq=?", (seq,))
+
+
+def mark_described(connection: sqlite3.Connection, seq: int, info: Mapping[str, Any],
+                   now: float) -> None:
+    """The row as Orthanc's index describes it, ready for the rules; its study heard from now."""
+    columns = ", ".join(f"{key}=?" for key in info)
+    connection.execute(f"UPDATE received SET {columns}, state='ready' WHERE seq=?",
+                       (*info.values(), seq))
+    connection.execute(
+        "INSERT INTO study_progress(study_id, last_received_at) VALUES(?, ?) "
+        "ON CONFLICT(study_id) DO UPDATE SET last_received_at=excluded.last_received_at",
+        (info["study_id"], now))
+
+
+# -- instance rules ------------------------------------------------------------------------------
+def rows_for_instance_rules(db: Database, limit: int) -> list[Row]:
+    return db.query("SELECT * FROM received WHERE state='ready' AND instance_rules_done=0 "
+                    "ORDER BY seq LIMIT ?", (limit,))
+
+
+def mark_instance_rules_done(connection: sqlite3.Connection, seq: int) -> None:
+    connection.execute("UPDATE received SET instance_rules_done=1 WHERE seq=?", (seq,))
+
+
+def plan_labels(connection: sqlite3.Connection, study_id: str) -> tuple[str, ...]:
+    """The labels of the study's described plans, in order."""
+    rows = connection.execute(
+        "SELECT DISTINCT plan_label FROM received WHERE study_id=? AND modality='RTPLAN' "
+        "AND state='ready' AND plan_label <> '' ORDER BY plan_label", (study_id,)).fetchall()
+    return tuple(row["plan_label"] for row in rows)
+
+
+# -- stable studies ------------------------------------------------------------------------------
+def signal_stable(connection: sqlite3.Connection, study_id: str) -> None:
+    connection.execute(
+        "INSERT INTO study_progress(study_id, last_received_at, stable_signalled) VALUES(?, ?, 1) "
+        "ON CONFLICT(study_id) DO UPDATE SET stable_signalled=1", (study_id, time.time()))
+
+
+def studies_with_new_instances(db: Database) -> list[Row]:
+    """Studies with described instances their stable-study rules have not seen yet."""
+    return db.query(
+        "SELECT p.study_id, p.stable_signalled, p.last_received_at, p.stable_done_seq "
+        "FROM study_progress p WHERE EXISTS (SELECT 1 FROM received r WHERE "
+        "r.study_id = p.study_id AND r.state='ready' AND r.seq > p.stable_done_seq)")
+
+
+def study_rows(connection: sqlite3.Connection | Database, study_id: str) -> list[Row]:
+    """The study's described instances, in the order they came."""
+    query = "SELECT * FROM received WHERE study_id=? AND state='ready' ORDER BY seq"
+    if isinstance(connection, Database):
+        return connection.query(query, (study_id,))
+    return connection.execute(query, (study_id,)).fetchall()
+
+
+def stable_rules_done(connection: sqlite3.Connection, study_id: str, up_to_seq: int) -> None:
+    connection.execute(
+        "UPDATE study_progress SET stable_done_seq=?, stable_signalled=0 WHERE study_id=?",
+        (up_to_seq, study_id))
+
