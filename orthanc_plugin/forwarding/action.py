@@ -367,11 +367,14 @@ class Forwarder:
         jobs = {job["id"]: job for job in claim.jobs}
         for job_id, tally in tallies.items():
             job = jobs[job_id]
-            self.label_study(job, outcome.get(job_id, ""), tally.sent)
             written = self.queue.db.durable(
                 functools.partial(self._write_transfers, job, tally), "writing the transfer rows")
             for transfer_id in written:
                 self.recorder.log_transfer(transfer_id, outcome.get(job_id, ""))
+        # Labels last: a REST call per study (Orthanc 1.12), which made every later job's rows
+        # wait behind it while the jobs already showed as done.
+        for job_id, tally in tallies.items():
+            self.label_study(jobs[job_id], outcome.get(job_id, ""), tally.sent)
 
     def _write_transfers(self, job: sqlite3.Row, tally: _JobTally) -> list[int]:
         """The attempt's rows, in one transaction with the deliveries they count: a success row

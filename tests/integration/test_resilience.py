@@ -117,14 +117,26 @@ def test_kill_9_with_jobs_pending_then_restart_delivers_exactly_once(tmp_path: P
         assert set(receiver.stores) == expected
         evaluated = {r["resource_id"] for r in gateway_rows(gateway, kind="evaluations")}
         assert len(evaluated) == len(expected)
+
+        def success_lines() -> list[str]:
+            return [line for path in sorted(gateway.folder.rglob("transactions-*.log"))
+                    for line in path.read_text().splitlines() if "\tsuccess: " in line]
+
+        def recorded() -> bool:
+            # A claim's jobs are settled before its transfer rows and log lines are written:
+            # the queue can be drained a moment before the last rows exist.
+            rows = [r for r in gateway_rows(gateway, kind="transfers") if r["status"] == "success"]
+            return (sum(r["instances"] for r in rows) >= len(expected)
+                    and len(success_lines()) >= len(rows))
+
+        wait_until(recorded, 30, "every delivery recorded and logged")
         transfers = gateway_rows(gateway, kind="transfers")
         success = [r for r in transfers if r["status"] == "success"]
         assert sum(r["instances"] for r in success) == len(expected)
         assert sum(r["instances"] for r in transfers) == len(expected)
         stats = gateway.json("/rt-gateway/stats")
         assert stats["by_target"]["ARCHIVE"]["sent"] == len(expected)
-        lines = [line for path in sorted(gateway.folder.rglob("transactions-*.log"))
-                 for line in path.read_text().splitlines() if "\tsuccess: " in line]
+        lines = success_lines()
         assert len(lines) == len(success), lines
         logged = sum(int(line.split("\tsuccess: ")[1].split(" ")[0]) for line in lines)
         assert logged == len(expected)
