@@ -30,7 +30,7 @@ from orthanc_plugin.config import SECTION, ConfigError, GatewayConfig, parse_con
 from orthanc_plugin.context import CapabilityContext, Hooks
 from orthanc_plugin.db import META_SCHEMA, Database, Migration
 from orthanc_plugin.forwarding.verify import InstanceKeys
-from orthanc_plugin.jobs.arrival import SCHEMA as ARRIVAL_SCHEMA
+from orthanc_plugin.jobs.arrival_store import SCHEMA as ARRIVAL_SCHEMA
 from orthanc_plugin.jobs.executor_base import JobContext
 from orthanc_plugin.jobs.executors import Registry
 from orthanc_plugin.jobs.intake import Intake

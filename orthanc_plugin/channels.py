@@ -142,20 +142,3 @@ def decode_note(data: bytes) -> Note | None:
     if kind == DELETED:
         return DeletedNote(fields[0])
     return None
-
-
-def gateway_store_jobs(database: Path, candidates: list[str]) -> list[str]:
-    """Which of these Orthanc job IDs are store jobs the gateway started (read-only)."""
-    import sqlite3
-
-    if not database.exists() or not candidates:
-        return []
-    marks = ",".join("?" * len(candidates))
-    try:
-        with sqlite3.connect(f"file:{database}?mode=ro", uri=True, timeout=2) as connection:
-            rows = connection.execute(
-                f"SELECT orthanc_job FROM orthanc_store_jobs WHERE orthanc_job IN ({marks})",
-                candidates).fetchall()
-    except sqlite3.Error:
-        return []
-    return [str(row[0]) for row in rows]

@@ -210,6 +210,14 @@ class Database:
             self._local.connection = None
 
 
+def write_probe(connection: sqlite3.Connection, size_bytes: int) -> None:
+    """Writes `size_bytes` to a table of its own and removes them, in the caller's transaction:
+    fails as a real write of that size would when the file cannot take it."""
+    connection.execute("CREATE TABLE IF NOT EXISTS health_probe(data BLOB)")
+    connection.execute("INSERT INTO health_probe(data) VALUES(zeroblob(?))", (size_bytes,))
+    connection.execute("DELETE FROM health_probe")
+
+
 Result = TypeVar("Result")
 Params = ParamSpec("Params")
 

@@ -1,20 +1,7 @@
-"""What Orthanc loads as its PythonScript: puts the venv and this checkout on the path, installs."""
+"""Kept for the configurations that still name this path as Orthanc's PythonScript (sites set up
+before the plugin side moved to in_orthanc/): runs in_orthanc/entry.py, the one to name now."""
 
-import os
-import site
-import sys
+import runpy
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-VENV = Path(os.environ.get("RTGW_VENV", ROOT / ".venv"))
-
-# Appended, never prepended: rt-utils pulls the obsolete `dataclasses` backport, which would
-# shadow the standard library if it came first (ARCHITECTURE.md).
-site.addsitedir(str(VENV / "lib" / f"python{sys.version_info.major}.{sys.version_info.minor}"
-                    / "site-packages"))
-if str(ROOT) not in sys.path:
-    sys.path.append(str(ROOT))
-
-from orthanc_plugin.host import install  # noqa: E402
-
-install()
+runpy.run_path(str(Path(__file__).resolve().parent / "in_orthanc" / "entry.py"))

@@ -19,11 +19,12 @@ from __future__ import annotations
 
 import sqlite3
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
+from orthanc_plugin import retention_store
 from orthanc_plugin.config import SECTION, ConfigError
 from orthanc_plugin.db import Database
 from orthanc_plugin.jobs.ledger import remember
@@ -65,10 +66,8 @@ def pruned_total(db: Database, name: str) -> float:
 
 
 def _add_pruned(connection: sqlite3.Connection, totals: dict[str, float]) -> None:
-    connection.executemany(
-        "INSERT INTO meta(key, value) VALUES(?, ?) ON CONFLICT(key) DO UPDATE SET "
-        "value = CAST(CAST(value AS REAL) + CAST(excluded.value AS REAL) AS TEXT)",
-        [(PRUNED_PREFIX + name, str(value)) for name, value in totals.items() if value])
+    retention_store.add_to_meta_totals(
+        connection, {PRUNED_PREFIX + name: value for name, value in totals.items() if value})
 
 
 class Retention:
@@ -101,18 +100,18 @@ class Retention:
         assert self.settings.max_age_seconds is not None
         cutoff_epoch = (now if now is not None else time.time()) - self.settings.max_age_seconds
         cutoff = datetime.fromtimestamp(cutoff_epoch, UTC).isoformat(timespec="milliseconds")
+        batch = self.settings.batch_rows
         removed = {
             "jobs": self._batches(lambda c: self._jobs(c, cutoff)),
             "transfers": self._batches(lambda c: self._transfers(c, cutoff)),
             "evaluations": self._batches(lambda c: self._evaluations(c, cutoff)),
-            "audit events": self._batches(lambda c: self._delete(
-                c, "audit_events", "id", "at < ?", (cutoff,))),
+            "audit events": self._batches(
+                lambda c: retention_store.delete_audit_events_before(c, cutoff, batch)),
             "received rows": self._batches(lambda c: self._received(c, cutoff)),
-            "study rows": self._batches(lambda c: self._delete(
-                c, "study_progress", "study_id", "last_received_at < ? AND NOT EXISTS (SELECT 1 "
-                "FROM received r WHERE r.study_id = study_progress.study_id)", (cutoff_epoch,))),
-            "own outputs": self._batches(lambda c: self._delete(
-                c, "own_output", "instance_id", "at < ?", (cutoff,))),
+            "study rows": self._batches(
+                lambda c: retention_store.delete_quiet_studies_before(c, cutoff_epoch, batch)),
+            "own outputs": self._batches(
+                lambda c: retention_store.delete_own_outputs_before(c, cutoff, batch)),
         }
         self.last_run = removed
         return removed
@@ -128,83 +127,48 @@ class Retention:
             time.sleep(self.settings.pause_seconds)
         return total
 
-    def _delete(self, connection: sqlite3.Connection, table: str, key: str, where: str,
-                values: Iterable[Any]) -> int:
-        return connection.execute(
-            f"DELETE FROM {table} WHERE {key} IN (SELECT {key} FROM {table} WHERE {where} "
-            f"LIMIT ?)", (*values, self.settings.batch_rows)).rowcount
-
     def _jobs(self, connection: sqlite3.Connection, cutoff: str) -> int:
-        ids = [row[0] for row in connection.execute(
-            "SELECT id FROM jobs WHERE state='done' AND updated_at < ? ORDER BY id LIMIT ?",
-            (cutoff, self.settings.batch_rows))]
+        ids = retention_store.done_jobs_before(connection, cutoff, self.settings.batch_rows)
         if not ids:
             return 0
-        marks = ",".join("?" * len(ids))
-        items = connection.execute(
-            f"SELECT rule, target, instance_id, commit_state FROM job_items "
-            f"WHERE job_id IN ({marks})", ids).fetchall()
-        remember(connection, [(row[0], row[1], row[2]) for row in items])
-        _add_pruned(connection, {"committed": sum(row[3] == "committed" for row in items)})
-        connection.execute(f"DELETE FROM job_items WHERE job_id IN ({marks})", ids)
-        return connection.execute(f"DELETE FROM jobs WHERE id IN ({marks})", ids).rowcount
+        items = retention_store.items_of_jobs(connection, ids)
+        remember(connection, [(item.rule, item.target, item.instance_id) for item in items])
+        _add_pruned(connection,
+                    {"committed": sum(item.commit_state == "committed" for item in items)})
+        return retention_store.delete_jobs(connection, ids)
 
     def _transfers(self, connection: sqlite3.Connection, cutoff: str) -> int:
-        rows = connection.execute(
-            "SELECT id, target, instances, bytes, status FROM transfers WHERE started_at < ? "
-            "ORDER BY id LIMIT ?", (cutoff, self.settings.batch_rows)).fetchall()
+        rows = retention_store.transfers_before(connection, cutoff, self.settings.batch_rows)
         if not rows:
             return 0
         totals: dict[str, float] = {"sent_instances": 0, "sent_bytes": 0, "failures": 0}
         for row in rows:
-            failed = row["status"] != "success"
-            totals["sent_instances"] += row["instances"]
-            totals["sent_bytes"] += row["bytes"]
+            failed = row.status != "success"
+            totals["sent_instances"] += row.instances
+            totals["sent_bytes"] += row.bytes
             totals["failures"] += failed
-            for name, value in ((f"target_{row['target']}_instances", row["instances"]),
-                                (f"target_{row['target']}_failures", failed)):
+            for name, value in ((f"target_{row.target}_instances", row.instances),
+                                (f"target_{row.target}_failures", failed)):
                 totals[name] = totals.get(name, 0) + value
         _add_pruned(connection, totals)
-        ids = [row["id"] for row in rows]
-        return connection.execute(
-            f"DELETE FROM transfers WHERE id IN ({','.join('?' * len(ids))})", ids).rowcount
+        return retention_store.delete_transfers(connection, [row.id for row in rows])
 
     def _evaluations(self, connection: sqlite3.Connection, cutoff: str) -> int:
-        rows = connection.execute(
-            "SELECT id, matched, new_instances FROM evaluations WHERE at < ? ORDER BY id LIMIT ?",
-            (cutoff, self.settings.batch_rows)).fetchall()
+        rows = retention_store.evaluations_before(connection, cutoff, self.settings.batch_rows)
         if not rows:
             return 0
         _add_pruned(connection, {
             "evaluations": len(rows),
-            "matches": sum(1 for row in rows if row["matched"] and row["new_instances"] > 0)})
-        ids = [row["id"] for row in rows]
-        return connection.execute(
-            f"DELETE FROM evaluations WHERE id IN ({','.join('?' * len(ids))})", ids).rowcount
+            "matches": sum(1 for row in rows if row.matched and row.new_instances > 0)})
+        return retention_store.delete_evaluations(connection, [row.id for row in rows])
 
     def _received(self, connection: sqlite3.Connection, cutoff: str) -> int:
-        """Rows every rule and follower is done with: instance rules ran (or the instance is gone
-        or quarantined), its study's stable rules ran past it, every follower's cursor passed it,
-        and no unfinished job still names the instance."""
-        cursors = [int(row[0]) for row in connection.execute(
-            f"SELECT value FROM meta WHERE key IN ({','.join('?' * len(FOLLOWER_CURSORS))})",
-            FOLLOWER_CURSORS)]
+        """Rows every rule and follower is done with (retention_store.delete_finished_received
+        says which)."""
+        cursors = retention_store.meta_ints(connection, FOLLOWER_CURSORS)
         followed_up_to = min(cursors) if cursors else None
-        # A deleted instance's row tells the index to drop its entry: kept until it has.
-        index_waits = (
-            "AND NOT (r.state = 'gone' AND EXISTS (SELECT 1 FROM index_entries e "
-            "WHERE e.instance_id = r.instance_id)) "
-            if connection.execute("SELECT 1 FROM sqlite_master WHERE name='index_entries'")
-            .fetchone() else "")
-        return connection.execute(
-            "DELETE FROM received WHERE seq IN (SELECT r.seq FROM received r WHERE "
-            "r.received_at < ? AND r.state <> 'new' "
-            "AND (r.instance_rules_done = 1 OR r.state IN ('gone', 'quarantined')) "
-            "AND (? IS NULL OR r.seq <= ?) "
-            "AND r.seq <= COALESCE((SELECT p.stable_done_seq FROM study_progress p "
-            "                       WHERE p.study_id = r.study_id), r.seq) "
-            # Uncorrelated, so SQLite builds the (small) set of unfinished instances once.
-            "AND r.instance_id NOT IN (SELECT i.instance_id FROM jobs j JOIN job_items i "
-            "                          ON i.job_id = j.id WHERE j.state <> 'done') "
-            f"{index_waits}ORDER BY r.seq LIMIT ?)",
-            (cutoff, followed_up_to, followed_up_to, self.settings.batch_rows)).rowcount
+        # A deleted instance's row tells the index to drop its entry: kept until it has (when the
+        # index capability is on, i.e. its table exists).
+        return retention_store.delete_finished_received(
+            connection, cutoff, followed_up_to, self.settings.batch_rows,
+            wait_for_index=retention_store.has_table(connection, "index_entries"))

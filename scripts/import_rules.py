@@ -4,9 +4,14 @@
   Orthanc module (a rules file is data; evaluating it must not touch anything);
 - `jobs/` (the queue, the intake, the executor base) imports no capability: capabilities plug
   into it (registry, hooks, follow-ups), never the other way round;
-- a capability never imports the plugin side (the code that runs inside Orthanc: entry.py,
-  host.py, channels.py, supervisor/): it runs in worker processes and talks to Orthanc over REST;
-- `orthanc` (the SDK module that exists only inside Orthanc) is imported by host.py alone.
+- a capability never imports the plugin side (the code that runs inside Orthanc: in_orthanc/,
+  and channels.py, the notes it sends): it runs in worker processes and talks to Orthanc over
+  REST;
+- `orthanc` (the SDK module that exists only inside Orthanc) is imported by in_orthanc/host.py
+  alone;
+- SQL lives only in stores: a statement (a string that reads as SQL) or an execute call appears
+  only in a store module, named `store`, `tables` or `*_store`, or one of the NAMED_STORES, so
+  a second database engine has one layer to implement.
 
 Usage: python scripts/import_rules.py [package folder]; prints each broken rule with its place and
 exits 1 when there is one.
@@ -15,15 +20,28 @@ exits 1 when there is one.
 from __future__ import annotations
 
 import ast
+import re
 import sys
 from collections.abc import Iterator
 from pathlib import Path
 
 PACKAGE = "orthanc_plugin"
-PLUGIN_SIDE = ("entry", "host", "channels", "supervisor")
+PLUGIN_SIDE = ("in_orthanc", "channels")
 IMPURE_FOR_RULES = ("sqlite3", "requests", "http", "socket", "urllib.request", "pynetdicom",
                     "orthanc", "subprocess")
-SDK_ADAPTER = "host"
+SDK_ADAPTER = "in_orthanc.host"
+STORE_NAMES = ("store", "tables", "db")
+# Stores whose names say what they hold rather than that they are stores.
+NAMED_STORES = frozenset({
+    "jobs.queue", "jobs.ledger", "jobs.own_output",            # the queue and its records
+    "audit.recorder", "audit.counts", "audit.received", "audit.queries",   # the audit's tables
+    "index.query",    # runs the user's read-only SQL against the index: the query page's store
+    "index.model",    # the index's tables, laid out from the site's own dicom.sql
+})
+SQL_TEXT = re.compile(
+    r"^\s*(SELECT|INSERT|UPDATE|DELETE|CREATE|WITH|PRAGMA|ALTER|DROP|REPLACE)\s"
+    r"|\b(SELECT\s.+\sFROM|INSERT (OR \w+ )?INTO|DELETE FROM|UPDATE \w+ SET)\b", re.S)
+EXECUTE_CALLS = ("execute", "executemany", "executescript")
 
 
 def capabilities(package: Path) -> list[str]:
@@ -55,6 +73,29 @@ def imports(path: Path, module: str) -> Iterator[tuple[int, str]]:
                 yield node.lineno, f"{base}.{alias.name}"
 
 
+def is_store(module: str) -> bool:
+    """module: dotted within the package (jobs.queue)."""
+    name = module.rsplit(".", 1)[-1]
+    return name in STORE_NAMES or name.endswith("_store") or module in NAMED_STORES
+
+
+def sql_outside_stores(path: Path) -> Iterator[tuple[int, str]]:
+    """(line, what) for each SQL statement text or execute call in the file; docstrings are
+    prose, not statements."""
+    tree = ast.parse(path.read_text(encoding="utf-8"), str(path))
+    docstrings = {id(node.body[0].value) for node in ast.walk(tree)
+                  if isinstance(node, ast.Module | ast.ClassDef | ast.FunctionDef
+                                | ast.AsyncFunctionDef)
+                  and node.body and isinstance(node.body[0], ast.Expr)}
+    for node in ast.walk(tree):
+        if (isinstance(node, ast.Constant) and isinstance(node.value, str)
+                and id(node) not in docstrings and SQL_TEXT.search(node.value)):
+            yield node.lineno, f"SQL {node.value.strip()[:40]!r}"
+        elif (isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute)
+              and node.func.attr in EXECUTE_CALLS):
+            yield node.lineno, f"calls .{node.func.attr}()"
+
+
 def _within(name: str, prefix: str) -> bool:
     return name == prefix or name.startswith(f"{prefix}.")
 
@@ -79,7 +120,11 @@ def broken_rules(package: Path) -> list[str]:
                                                 for side in PLUGIN_SIDE):
                 found.append(f"{where}: a capability never imports the plugin side")
             if _within(name, "orthanc") and module != f"{PACKAGE}.{SDK_ADAPTER}":
-                found.append(f"{where}: only {SDK_ADAPTER}.py imports the orthanc SDK module")
+                found.append(f"{where}: only {SDK_ADAPTER.replace('.', '/')}.py imports the orthanc "
+                             "SDK module")
+        if not is_store(module.removeprefix(f"{PACKAGE}.")):
+            for line, what in sql_outside_stores(path):
+                found.append(f"{path}:{line}: {what}: SQL lives only in stores")
     return found
 
 

@@ -14,7 +14,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from orthanc_plugin.db import Database
+from orthanc_plugin.db import Database, write_probe
+from orthanc_plugin.jobs.queue import JobQueue
 from orthanc_plugin.jobs.states import JobState
 
 
@@ -34,9 +35,7 @@ PROBE_BYTES = 16 * 1024
 def probe_write(db: Database) -> tuple[bool, str]:
     try:
         with db.transaction() as connection:
-            connection.execute("CREATE TABLE IF NOT EXISTS health_probe(data BLOB)")
-            connection.execute("INSERT INTO health_probe(data) VALUES(zeroblob(?))", (PROBE_BYTES,))
-            connection.execute("DELETE FROM health_probe")
+            write_probe(connection, PROBE_BYTES)
             db.set_meta("health_checked_at", str(time.time()), connection)
     except Exception as error:  # a full disk or a locked file: that is the answer
         return False, str(error)
@@ -48,10 +47,8 @@ def health(probes: HealthProbes) -> tuple[int, dict[str, Any]]:
     report: dict[str, Any] = {}
     now = time.time()
     try:
-        counts = {row["state"]: row["n"] for row in probes.db.query(
-            "SELECT state, COUNT(*) AS n FROM jobs GROUP BY state")}
-        oldest = probes.db.query(
-            "SELECT MIN(created_epoch) AS t FROM jobs WHERE state IN ('pending','running')")[0]["t"]
+        counts = JobQueue.jobs_by_state(probes.db)
+        oldest = JobQueue.oldest_waiting_epoch(probes.db)
         report["queue"] = {"pending": counts.get(JobState.PENDING, 0),
                            "running": counts.get(JobState.RUNNING, 0),
                            "parked": counts.get(JobState.DEAD, 0),

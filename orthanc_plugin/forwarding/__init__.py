@@ -3,18 +3,18 @@ storage commitment."""
 
 from __future__ import annotations
 
-import sqlite3
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING
 
 from orthanc_plugin.db import Database
+from orthanc_plugin.forwarding import store
 from orthanc_plugin.forwarding.action import Forwarder
 from orthanc_plugin.forwarding.commitment import CommitmentWatcher, commitment_gauges
 from orthanc_plugin.forwarding.commitment import read_settings as read_commit_settings
 from orthanc_plugin.forwarding.routes import add_routes
 from orthanc_plugin.forwarding.rule import JOB_ACTION, plan_forward, verify_settings
+from orthanc_plugin.forwarding.store import JobStudy
 from orthanc_plugin.forwarding.stow import StowClient
-from orthanc_plugin.forwarding.tables import COMMIT_INDEX
 from orthanc_plugin.forwarding.verify import InFlightVerifier
 from orthanc_plugin.jobs.states import JobState
 from orthanc_plugin.labels import PARKED, StudyLabels, label_for_target, orthanc_study_id
@@ -29,41 +29,35 @@ if TYPE_CHECKING:
 
 
 def study_labeller(labels: StudyLabels, db: Database
-                   ) -> Callable[[sqlite3.Row, str, int], None]:
+                   ) -> Callable[[JobStudy, str, int], None]:
     """A settled forward job's study gets rtgw-sent-<TARGET> once something reached the target,
     and rtgw-parked while a job of it is parked (removed when one of its jobs completes)."""
-    def label(job: sqlite3.Row, state: str, sent: int) -> None:
+    def label(job: JobStudy, state: str, sent: int) -> None:
         if state not in ("done", "dead"):
             return
-        if not job["study_uid"]:
+        if not job.study_uid:
             # Read at its claim; decided at arrival, its study may be known by now, else the
             # description labels it (label_settled).
-            fresh = db.query("SELECT * FROM jobs WHERE id=?", (job["id"],))
-            job = fresh[0] if fresh else job
-        if not job["study_uid"]:
+            job = store.job_study(db, job.job_id) or job
+        if not job.study_uid:
             return
-        study = orthanc_study_id(job["patient_id"] or "", job["study_uid"])
+        study = orthanc_study_id(job.patient_id, job.study_uid)
         if state == JobState.DEAD:
             labels.add(study, PARKED)
             return
         if sent:
-            labels.add(study, label_for_target(job["target"]))
-        if job["last_error"]:  # it failed before (perhaps parked, then retried by hand)
+            labels.add(study, label_for_target(job.target))
+        if job.failed_before:
             labels.remove(study, PARKED)
     return label
 
 
-def label_settled(db: Database, label: Callable[[sqlite3.Row, str, int], None],
+def label_settled(db: Database, label: Callable[[JobStudy, str, int], None],
                   job_ids: Sequence[int]) -> None:
     """Labels the studies of forward jobs that ended before their study was known (decided at
     arrival, jobs/arrival.py), as their own settling would have."""
-    marks = ",".join("?" * len(job_ids))
-    for job in db.query(
-        f"SELECT j.*, (SELECT COUNT(*) FROM job_items i WHERE i.job_id = j.id AND "
-        f"i.state='sent') AS sent FROM jobs j WHERE j.id IN ({marks}) AND j.action=?",
-        (*job_ids, JOB_ACTION),
-    ):
-        label(job, job["state"], job["sent"])
+    for job in store.settled_jobs(db, job_ids, JOB_ACTION):
+        label(job, job.state, job.sent)
 
 
 def _keyed_uids(ctx: CapabilityContext) -> Callable[[str], str]:
@@ -75,8 +69,7 @@ def _keyed_uids(ctx: CapabilityContext) -> Callable[[str], str]:
 
 def install(ctx: CapabilityContext) -> None:
     commit = read_commit_settings(ctx.section("Forwarding"))
-    with ctx.db.transaction() as connection:
-        connection.execute(COMMIT_INDEX)
+    store.create_commit_index(ctx.db)
     watcher = CommitmentWatcher(ctx.host, ctx.db, ctx.recorder, commit, ctx.host.log_warning,
                                 ctx.instance_keys)
     ctx.hooks.on_start.append(watcher.start)

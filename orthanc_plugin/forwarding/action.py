@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import functools
 import sqlite3
 import threading
 import time
@@ -17,6 +16,7 @@ from orthanc_plugin.forwarding.model import (
     classify_failure,
     delivered_before_failure,
 )
+from orthanc_plugin.forwarding.store import JobStudy
 from orthanc_plugin.forwarding.stow import StowClient, StowError, sop_instance_uid
 from orthanc_plugin.forwarding.verify import InFlightVerifier
 from orthanc_plugin.jobs.queue import Claim, ClaimedItem, JobQueue
@@ -81,7 +81,7 @@ class Forwarder:
         # in flight is cut (a cut chunk would be sent again after the restart).
         self.stopping: threading.Event = threading.Event()
         # Set by the capability: labels the job's study by its outcome (Orthanc 1.12+).
-        self.label_study: Callable[[sqlite3.Row, str, int], None] = lambda job, state, sent: None
+        self.label_study: Callable[[JobStudy, str, int], None] = lambda job, state, sent: None
         # Set by the capability: targets whose receiver is asked for storage commitment.
         self.commit_wanted: Callable[[str], bool] = lambda target: False
 
@@ -362,22 +362,28 @@ class Forwarder:
             # Retrying cannot create a modality: park at once with the reason.
             for job_id in claim.job_ids:
                 self.queue.policy_exhaust(job_id)
-        outcome = self.queue.settle(claim.job_ids, error, status, unfinished=unfinished)
-        self.after_settle()
         jobs = {job["id"]: job for job in claim.jobs}
-        for job_id, tally in tallies.items():
-            job = jobs[job_id]
-            written = self.queue.db.durable(
-                functools.partial(self._write_transfers, job, tally), "writing the transfer rows")
-            for transfer_id in written:
+        written: dict[int, list[int]] = {}
+
+        def write_transfers(connection: sqlite3.Connection, _: object) -> None:
+            written.clear()  # a full disk makes the whole settle run again
+            for job_id, tally in tallies.items():
+                written[job_id] = self._write_transfers(connection, jobs[job_id], tally)
+
+        outcome = self.queue.settle(claim.job_ids, error, status, unfinished=unfinished,
+                                    with_outcome=write_transfers)
+        self.after_settle()
+        for job_id, transfer_ids in written.items():
+            for transfer_id in transfer_ids:
                 self.recorder.log_transfer(transfer_id, outcome.get(job_id, ""))
         # Labels last: a REST call per study (Orthanc 1.12), which made every later job's rows
         # wait behind it while the jobs already showed as done.
         for job_id, tally in tallies.items():
-            self.label_study(jobs[job_id], outcome.get(job_id, ""), tally.sent)
+            self.label_study(JobStudy.of(jobs[job_id]), outcome.get(job_id, ""), tally.sent)
 
-    def _write_transfers(self, job: sqlite3.Row, tally: _JobTally) -> list[int]:
-        """The attempt's rows, in one transaction with the deliveries they count: a success row
+    def _write_transfers(self, connection: sqlite3.Connection, job: sqlite3.Row,
+                         tally: _JobTally) -> list[int]:
+        """The attempt's rows, in the settle's transaction with the deliveries they count: a success row
         for every delivery of the job not counted yet (this attempt's, and those a dead worker
         established or a restart verified), and a refused or failed row for what went wrong.
         Each delivered instance is so counted by exactly one success row."""
@@ -388,17 +394,16 @@ class Forwarder:
         else:
             problem = None
         written: list[int] = []
-        with self.queue.db.transaction() as connection:
-            delivered, delivered_bytes = self.queue.take_unreported(connection, job["id"])
-            common = {"job": dict(job), "attempt": job["attempts"] + 1,
-                      "started_at": tally.started_at, "orthanc_job": tally.orthanc_job,
-                      "writer": self.queue.claimant}
-            if delivered or problem is None:
-                written.append(self.recorder.insert_transfer(
-                    connection, status="success", instances=delivered,
-                    bytes_sent=delivered_bytes, error=None, **common))
-            if problem is not None:
-                written.append(self.recorder.insert_transfer(
-                    connection, status=problem[0], instances=0, bytes_sent=0, error=problem[1],
-                    **common))
+        delivered, delivered_bytes = self.queue.take_unreported(connection, job["id"])
+        common = {"job": dict(job), "attempt": job["attempts"] + 1,
+                  "started_at": tally.started_at, "orthanc_job": tally.orthanc_job,
+                  "writer": self.queue.claimant}
+        if delivered or problem is None:
+            written.append(self.recorder.insert_transfer(
+                connection, status="success", instances=delivered,
+                bytes_sent=delivered_bytes, error=None, **common))
+        if problem is not None:
+            written.append(self.recorder.insert_transfer(
+                connection, status=problem[0], instances=0, bytes_sent=0, error=problem[1],
+                **common))
         return written

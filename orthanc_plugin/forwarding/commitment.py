@@ -18,7 +18,6 @@ no longer knows (Orthanc restarted meanwhile) is asked again.
 
 from __future__ import annotations
 
-import sqlite3
 import time
 from collections import defaultdict
 from collections.abc import Callable, Sequence
@@ -28,14 +27,21 @@ from typing import Any
 from orthanc_plugin.audit.recorder import AuditRecorder
 from orthanc_plugin.config import SECTION, ConfigError
 from orthanc_plugin.db import Database, durable_write
+from orthanc_plugin.forwarding import store
+from orthanc_plugin.forwarding.store import (
+    COMMITTED,
+    DUE,
+    FAILED,
+    REQUESTED,
+    CommitRequest,
+    DueItem,
+    ItemKey,
+)
 from orthanc_plugin.forwarding.verify import InstanceKeys
 from orthanc_plugin.periodic import PeriodicLoop
 from orthanc_plugin.ports import Host, HostError
 from orthanc_plugin.retention import pruned_total
 
-COMMITTED = "committed"
-NOT_COMMITTED = "not-committed"        # job_items.state: parked until a retry by hand
-DUE, REQUESTED, FAILED = "due", "requested", "failed"   # job_items.commit_state
 FAILURES_NAMED_IN_AUDIT = 5
 # After a refused request the target is asked again this much later, not every round: a node
 # without storage commitment should not get an association every few seconds for an hour.
@@ -72,13 +78,6 @@ def read_settings(forwarding: dict[str, Any]) -> CommitSettings:
                           numbers["CheckEverySeconds"], int(numbers["Batch"]))
 
 
-@dataclass(frozen=True)
-class DueItem:
-    job_id: int
-    instance_id: str
-    since: float
-
-
 class CommitmentWatcher:
     def __init__(self, host: Host, db: Database, recorder: AuditRecorder,
                  settings: CommitSettings, log: Callable[[str], None],
@@ -110,14 +109,9 @@ class CommitmentWatcher:
         self._request_due(now)
 
     def _request_due(self, now: float) -> None:
-        rows = self.db.query(
-            "SELECT i.job_id, i.instance_id, i.commit_since, j.target FROM job_items i "
-            "JOIN jobs j ON j.id = i.job_id WHERE i.commit_state = ? "
-            "ORDER BY i.commit_since LIMIT ?", (DUE, self.settings.batch))
         by_target: dict[str, list[DueItem]] = defaultdict(list)
-        for row in rows:
-            by_target[row["target"]].append(
-                DueItem(row["job_id"], row["instance_id"], row["commit_since"] or now))
+        for item in store.due_items(self.db, self.settings.batch):
+            by_target[item.target].append(item)
         for target, items in by_target.items():
             self._request(target, items, now)
 
@@ -158,7 +152,7 @@ class CommitmentWatcher:
 
     def _expire(self, target: str, items: list[DueItem], error: str, now: float) -> None:
         expired = [(item.job_id, item.instance_id) for item in items
-                   if now - item.since >= self.settings.timeout_seconds]
+                   if now - (item.since or now) >= self.settings.timeout_seconds]
         if expired:
             self._fail(target, expired, f"no storage commitment from {target} within "
                        f"{self.settings.timeout_seconds:g} s: {error}", None)
@@ -166,19 +160,12 @@ class CommitmentWatcher:
     @durable_write
     def _note_requested(self, target: str, transaction: str, items: list[DueItem],
                         now: float) -> None:
-        with self.db.transaction() as connection:
-            connection.execute(
-                "INSERT OR REPLACE INTO commit_requests(transaction_uid, target, requested_epoch, "
-                "instances, state) VALUES(?,?,?,?, 'pending')",
-                (transaction, target, now, len(items)))
-            connection.executemany(
-                "UPDATE job_items SET commit_state=?, commit_txn=? WHERE job_id=? AND instance_id=?",
-                [(REQUESTED, transaction, item.job_id, item.instance_id) for item in items])
+        store.note_requested(self.db, target, transaction,
+                             [(item.job_id, item.instance_id) for item in items], now)
 
     def _read_reports(self, now: float) -> None:
-        for request in self.db.query(
-                "SELECT * FROM commit_requests WHERE state='pending' ORDER BY requested_epoch"):
-            transaction, target = request["transaction_uid"], request["target"]
+        for request in store.pending_requests(self.db):
+            transaction, target = request.transaction_uid, request.target
             try:
                 report = self.host.get_json(f"/storage-commitment/{transaction}")
             except HostError as error:
@@ -188,7 +175,7 @@ class CommitmentWatcher:
                 continue
             status = report.get("Status") if isinstance(report, dict) else None
             if status == "Pending":
-                if now - request["requested_epoch"] >= self.settings.timeout_seconds:
+                if now - request.requested_epoch >= self.settings.timeout_seconds:
                     self._settle_report(request, {}, {}, f"no storage commitment report from "
                                         f"{target} within {self.settings.timeout_seconds:g} s")
                 continue
@@ -197,18 +184,15 @@ class CommitmentWatcher:
             self._settle_report(request, _by_sop(report.get("Success")),
                                 _by_sop(report.get("Failures")), "")
 
-    def _settle_report(self, request: sqlite3.Row, committed: dict[str, Any],
+    def _settle_report(self, request: CommitRequest, committed: dict[str, Any],
                        failed: dict[str, Any], no_answer: str) -> None:
-        transaction, target = request["transaction_uid"], request["target"]
-        items = self.db.query(
-            "SELECT job_id, instance_id FROM job_items WHERE commit_txn=? AND commit_state=?",
-            (transaction, REQUESTED))
-        uids = self._sop_uids([row["instance_id"] for row in items])
-        good: list[tuple[int, str]] = []
-        bad: dict[str, list[tuple[int, str]]] = defaultdict(list)
-        for row in items:
-            key = (row["job_id"], row["instance_id"])
-            sop = uids.get(row["instance_id"], ("", ""))[1]
+        transaction, target = request.transaction_uid, request.target
+        items = store.requested_items(self.db, transaction)
+        uids = self._sop_uids([instance_id for _, instance_id in items])
+        good: list[ItemKey] = []
+        bad: dict[str, list[ItemKey]] = defaultdict(list)
+        for key in items:
+            sop = uids.get(key[1], ("", ""))[1]
             if sop in committed:
                 good.append(key)
             elif sop in failed:
@@ -225,27 +209,17 @@ class CommitmentWatcher:
             self._fail(target, keys, reason, transaction)
 
     @durable_write
-    def _record_committed(self, transaction: str, keys: Sequence[tuple[int, str]]) -> None:
-        with self.db.transaction() as connection:
-            connection.executemany(
-                "UPDATE job_items SET commit_state=? WHERE job_id=? AND instance_id=?",
-                [(COMMITTED, job_id, instance_id) for job_id, instance_id in keys])
-            connection.execute(
-                "UPDATE commit_requests SET state='done' WHERE transaction_uid=?", (transaction,))
+    def _record_committed(self, transaction: str, keys: Sequence[ItemKey]) -> None:
+        store.record_committed(self.db, transaction, keys)
 
     @durable_write
-    def _ask_again(self, request: sqlite3.Row, why: str) -> None:
-        transaction = request["transaction_uid"]
-        with self.db.transaction() as connection:
-            connection.execute(
-                "UPDATE job_items SET commit_state=?, commit_txn=NULL "
-                "WHERE commit_txn=? AND commit_state=?", (DUE, transaction, REQUESTED))
-            connection.execute(
-                "UPDATE commit_requests SET state='lost' WHERE transaction_uid=?", (transaction,))
-        self.recorder.event("commit-report-lost", status="retry", target=request["target"],
+    def _ask_again(self, request: CommitRequest, why: str) -> None:
+        transaction = request.transaction_uid
+        store.ask_again(self.db, transaction)
+        self.recorder.event("commit-report-lost", status="retry", target=request.target,
                             detail=f"transaction {transaction}: {why}")
 
-    def _fail(self, target: str, keys: Sequence[tuple[int, str]], reason: str,
+    def _fail(self, target: str, keys: Sequence[ItemKey], reason: str,
               transaction: str | None) -> None:
         """Not committed: the instance is parked with the reason; its job is parked once nothing
         of it is still being sent (the forwarder's settle does it otherwise)."""
@@ -260,22 +234,9 @@ class CommitmentWatcher:
                 detail=f"{message} (instances {named}{', ...' if len(keys) > 5 else ''})")
 
     @durable_write
-    def _record_failed(self, keys: Sequence[tuple[int, str]], reason: str, jobs: list[int],
+    def _record_failed(self, keys: Sequence[ItemKey], reason: str, jobs: list[int],
                        message: str, transaction: str | None) -> None:
-        with self.db.transaction() as connection:
-            connection.executemany(
-                "UPDATE job_items SET state=?, status=?, commit_state=? "
-                "WHERE job_id=? AND instance_id=?",
-                [(NOT_COMMITTED, reason, FAILED, job_id, instance_id)
-                 for job_id, instance_id in keys])
-            connection.executemany(
-                "UPDATE jobs SET last_error=?, last_status=?, "
-                "state=CASE WHEN state='done' THEN 'dead' ELSE state END WHERE id=?",
-                [(message, NOT_COMMITTED, job_id) for job_id in jobs])
-            if transaction is not None:
-                connection.execute(
-                    "UPDATE commit_requests SET state='done' WHERE transaction_uid=?",
-                    (transaction,))
+        store.record_not_committed(self.db, keys, reason, jobs, message, transaction)
 
     def _sop_uids(self, instance_ids: Sequence[str]) -> dict[str, tuple[str, str]]:
         """Orthanc instance ID -> (SOP Class UID, SOP Instance UID)."""
@@ -300,9 +261,7 @@ def commitment_gauges(db: Database) -> dict[str, float]:
     """Instances by storage commitment state, for Prometheus (an alert on not-committed or on a
     growing waiting count). Committed is a counter: retention carries the committed items of the
     finished jobs it removes, so it never goes down (a rate() over it stays true)."""
-    counts = {row["commit_state"]: row["n"] for row in db.query(
-        "SELECT commit_state, COUNT(*) AS n FROM job_items WHERE commit_state IS NOT NULL "
-        "GROUP BY commit_state")}
+    counts = store.commit_state_counts(db)
     return {"rtgw_instances_committed_total": counts.get(COMMITTED, 0)
             + pruned_total(db, "committed"),
             "rtgw_instances_commit_waiting": counts.get(DUE, 0) + counts.get(REQUESTED, 0),

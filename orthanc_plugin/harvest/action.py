@@ -154,10 +154,7 @@ class HarvestRunner:
         settled = sum(series.get(s.value, 0) for s in (ItemState.COMPLETE, ItemState.INCOMPLETE,
                                                        ItemState.FAILED))
         remaining = sum(series.get(s.value, 0) for s in (ItemState.PENDING, ItemState.MOVING))
-        sums = self.store.db.query(
-            "SELECT COALESCE(SUM(expected_instances),0) AS expected, COALESCE(SUM(stored_instances),0)"
-            " AS stored, COALESCE(SUM(moves),0) AS moves FROM harvest_items WHERE harvest_id=? AND"
-            " level='series' AND state <> 'skipped'", (harvest["id"],))[0]
+        sums = self.store.series_sums(harvest["id"])
         elapsed = time.time() - harvest["started_epoch"]
         return {
             "id": harvest["id"], "name": harvest["name"], "source": harvest["source"],
@@ -165,15 +162,13 @@ class HarvestRunner:
             "finished_at": harvest["finished_at"],
             "definition": self.store.definition(harvest).to_json(),
             "counts": counts,
-            "instances": {"expected": sums["expected"], "stored": sums["stored"]},
-            "moves": sums["moves"],
+            "instances": {"expected": sums.expected, "stored": sums.stored},
+            "moves": sums.moves,
             "rate": {"requests_last_minute": self.store.requests_last_minute(harvest["source"]),
                      "max_requests_per_minute": harvest["max_requests_per_minute"]},
             "eta_seconds": (eta_seconds(elapsed, settled, remaining)
                             if harvest["state"] == "running" else None),
-            "zips": [row["zip_name"] for row in self.store.db.query(
-                "SELECT zip_name FROM harvest_items WHERE harvest_id=? AND level='patient' AND zip_name"
-                " IS NOT NULL ORDER BY patient_id", (harvest["id"],))],
+            "zips": self.store.patient_zips(harvest["id"]),
             "folder": str(harvest_folder(self.settings.folder, harvest["id"])),
         }
 

@@ -44,6 +44,15 @@ class Child:
     answer_index: int | None = None
 
 
+@dataclass(frozen=True)
+class SeriesSums:
+    """Instances and C-MOVEs over a harvest's series rows, the skipped ones left out."""
+
+    expected: int
+    stored: int
+    moves: int
+
+
 def canonical_json(definition: HarvestDefinition) -> str:
     """The parsed definition in one spelling: `[ct]` and `[CT]`, or reordered keys, compare equal."""
     return json.dumps(definition.to_json(), sort_keys=True, separators=(",", ":"))
@@ -307,6 +316,19 @@ class HarvestStore:
         ):
             counts.setdefault(row["level"], {})[row["state"]] = row["n"]
         return counts
+
+    def series_sums(self, harvest_id: int) -> SeriesSums:
+        row = self.db.query(
+            "SELECT COALESCE(SUM(expected_instances),0) AS expected, COALESCE(SUM(stored_instances),0)"
+            " AS stored, COALESCE(SUM(moves),0) AS moves FROM harvest_items WHERE harvest_id=? AND"
+            " level='series' AND state <> 'skipped'", (harvest_id,))[0]
+        return SeriesSums(row["expected"], row["stored"], row["moves"])
+
+    def patient_zips(self, harvest_id: int) -> list[str]:
+        """The ZIP names written so far, one per patient, by PatientID."""
+        return [row["zip_name"] for row in self.db.query(
+            "SELECT zip_name FROM harvest_items WHERE harvest_id=? AND level='patient' AND zip_name"
+            " IS NOT NULL ORDER BY patient_id", (harvest_id,))]
 
     # -- requests ----------------------------------------------------------------------------------
     def record_request(self, item: sqlite3.Row, source: str, kind: str, outcome: str,

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING
 
 from pydicom import dcmread
 
+from orthanc_plugin.index import entries_store
 from orthanc_plugin.index.rt_metrics import REFERENCE_KINDS
 from orthanc_plugin.index.store import IndexStore
 from orthanc_plugin.ports import HostError
@@ -42,40 +43,36 @@ class IndexFollower:
 
     def _add_new(self) -> bool:
         cursor = int(self.db.get_meta(CURSOR_KEY) or 0)
-        rows = self.db.query(
-            "SELECT seq, instance_id, state, modality, patient_id, study_uid FROM received "
-            "WHERE seq > ? ORDER BY seq LIMIT ?", (cursor, BATCH))
+        rows = entries_store.received_after(self.db, cursor, BATCH)
         last = cursor
         for row in rows:
-            if row["state"] == "new":
+            if row.state == "new":
                 break
             if GATE.arriving():
                 # A modality started sending: hand the intake thread back at once (reception.py);
                 # Intake.when_quiet calls again once it is quiet.
                 break
-            if row["state"] == "ready":
+            if row.state == "ready":
                 try:
-                    sop = self.index_instance(row["instance_id"], row["modality"] or "")
+                    sop = self.index_instance(row.instance_id, row.modality or "")
                 except Exception as error:
-                    failures = self._failures.get(row["instance_id"], 0) + 1
-                    self._failures[row["instance_id"]] = failures
+                    failures = self._failures.get(row.instance_id, 0) + 1
+                    self._failures[row.instance_id] = failures
                     if failures < MAX_READ_FAILURES:
                         break
-                    self._failures.pop(row["instance_id"], None)
+                    self._failures.pop(row.instance_id, None)
                     self.ctx.recorder.event(
-                        "index-failed", status="error", resource_id=row["instance_id"],
-                        patient_id=row["patient_id"] or "", study_uid=row["study_uid"] or "",
+                        "index-failed", status="error", resource_id=row.instance_id,
+                        patient_id=row.patient_id or "", study_uid=row.study_uid or "",
                         detail=f"not indexed: {type(error).__name__}: {error}")
                     sop = None
                 if sop:
                     with self.db.transaction() as connection:
-                        connection.execute(
-                            "INSERT OR REPLACE INTO index_entries(instance_id, sop_instance_uid)"
-                            " VALUES(?,?)", (row["instance_id"], sop))
-            last = row["seq"]
+                        entries_store.note_indexed(connection, row.instance_id, sop)
+            last = row.seq
         if last != cursor:
             self.db.set_meta(CURSOR_KEY, str(last))
-        return len(rows) == BATCH and last == rows[-1]["seq"]
+        return len(rows) == BATCH and last == rows[-1].seq
 
     def index_instance(self, instance_id: str, modality: str) -> str | None:
         try:
@@ -91,11 +88,7 @@ class IndexFollower:
         return str(ds.get("SOPInstanceUID", "")) or None
 
     def _remove_gone(self) -> None:
-        gone = self.db.query(
-            "SELECT e.instance_id, e.sop_instance_uid FROM index_entries e JOIN received r "
-            "ON r.instance_id = e.instance_id WHERE r.state='gone'")
-        for row in gone:
-            self.store.remove(row["sop_instance_uid"])
+        for entry in entries_store.gone_entries(self.db):
+            self.store.remove(entry.sop_instance_uid)
             with self.db.transaction() as connection:
-                connection.execute("DELETE FROM index_entries WHERE instance_id=?",
-                                   (row["instance_id"],))
+                entries_store.forget(connection, [entry.instance_id])

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from orthanc_plugin.api.router import ApiError
+from orthanc_plugin.index import entries_store
 from orthanc_plugin.index.follower import IndexFollower
 from orthanc_plugin.index.store import IndexStore
 
@@ -60,7 +61,7 @@ class IndexRebuilder:
         if scope.kind == "all" and after == 0:
             self.store.clear()
             with self.ctx.db.transaction() as connection:
-                connection.execute("DELETE FROM index_entries")
+                entries_store.forget_all(connection)
         page, total = self._page(scope, after, limit)
         counts = {"examined": len(page), "indexed": 0, "already_indexed": 0, "gone": 0, "failed": 0}
         modalities: dict[str, str] = {}
@@ -95,8 +96,7 @@ class IndexRebuilder:
         if not sop:
             return "gone"
         with self.ctx.db.transaction() as connection:
-            connection.execute("INSERT OR REPLACE INTO index_entries(instance_id, sop_instance_uid)"
-                               " VALUES(?,?)", (instance_id, sop))
+            entries_store.note_indexed(connection, instance_id, sop)
         return "indexed"
 
     def _page(self, scope: RebuildScope, after: int, limit: int) -> tuple[list[dict[str, Any]], int | None]:

@@ -43,8 +43,7 @@ def add_routes(ctx: CapabilityContext, store: IndexStore) -> None:
         table = known.get(name.lower())
         if table is None:
             raise ApiError(404, f"no table {name!r} (tables: {', '.join(sorted(known.values()))})")
-        result = run_query(store.path, f'SELECT * FROM "{table}"', MAX_ROWS_CAP,
-                           max_result_bytes=TABLE_DUMP_MAX_BYTES)
+        result = store.dump_table(table, MAX_ROWS_CAP, TABLE_DUMP_MAX_BYTES)
         return csv_response(result.as_csv())
 
     def list_tables(_: Request) -> Response:

@@ -34,16 +34,10 @@ def select_series(store: IndexStore, select: Any) -> list[str]:
 
 
 def patient_series(store: IndexStore, patient_id: str) -> list[str]:
-    layout = store.layout
-    series_key, series_link = layout.key("series").name, layout.parent_link("series")
-    study_key, study_link = layout.key("study").name, layout.parent_link("study")
-    if series_link is None or study_link is None:
+    uids = store.series_of_patient(patient_id)
+    if uids is None:
         raise ApiError(400, "select.patient: the index layout links no series to a patient")
-    rows = store.db.query(
-        f'SELECT s."{series_key}" FROM DICOMseries s JOIN DICOMstudies t '
-        f'ON s."{series_link.name}" = t."{study_key}" WHERE t."{study_link.name}" = ?',
-        (patient_id,))
-    return [row[0] for row in rows if row[0]]
+    return uids
 
 
 def query_series(store: IndexStore, sql: str) -> list[str]:

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 from orthanc_plugin.api.router import ApiError
 from orthanc_plugin.forwarding.rule import JOB_ACTION
+from orthanc_plugin.index import entries_store
 from orthanc_plugin.index.safe_names import inside, safe_name
 from orthanc_plugin.index.store import IndexStore
 from orthanc_plugin.jobs.queue import JobSpec
@@ -130,8 +131,7 @@ class SeriesActions:
                 self.store.remove(sop)
             ids = [instance["ID"] for instance in item.instances]
             with self.ctx.db.transaction() as connection:
-                connection.executemany("DELETE FROM index_entries WHERE instance_id=?",
-                                       [(instance_id,) for instance_id in ids])
+                entries_store.forget(connection, ids)
             self.ctx.recorder.event(
                 "index-series-delete", status="deleted", resource_id=item.uid,
                 patient_id=item.patient_id, study_uid=item.study_uid,

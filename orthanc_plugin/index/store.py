@@ -1,9 +1,17 @@
-"""Writes the index file: one instance in (all four levels and its RT rows), one instance out."""
+"""The index file's store: writes one instance in (all four levels and its RT rows) or out, and
+reads what the maintenance actions and the plan page need of it. SQL only here (and in query.py,
+which runs the user's read-only SQL); the gateway database's side is entries_store.py.
+
+Identifiers in the SQL are the layout's column names, double-quoted (model.py takes no name with
+a double quote), and fixed table names; a table a request names is one of the file's own.
+"""
 
 from __future__ import annotations
 
 import sqlite3
 import time
+from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -20,9 +28,20 @@ from orthanc_plugin.index.model import (
     level_row,
     modalities_in_study,
 )
+from orthanc_plugin.index.query import QueryResult, run_query
 from orthanc_plugin.index.tables import RT_SCHEMA, RT_TABLES_BY_SOP
 
 DEVICE_NAME = "ORTHANC"   # Conquest's storage device; here Orthanc's storage holds the files
+CHUNK = 500               # SQLite caps the number of parameters of one statement
+
+
+@dataclass(frozen=True)
+class PlanSummary:
+    intent: str | None
+    fractions: int | None
+    prescription_gy: float | None
+    beams: int | None
+    total_mu: float | None
 
 
 class IndexStore:
@@ -155,6 +174,73 @@ class IndexStore:
         return bool(self.db.query(f'SELECT 1 FROM DICOMimages WHERE "{key}"=? LIMIT 1',
                                   (sop_instance_uid,)))
 
+    # -- reads ---------------------------------------------------------------------------------
+    def series_of_patient(self, patient_id: str) -> list[str] | None:
+        """The patient's series instance UIDs (empty ones left out); None when the layout links
+        no series to a patient."""
+        layout = self.layout
+        series_key, series_link = layout.key("series").name, layout.parent_link("series")
+        study_key, study_link = layout.key("study").name, layout.parent_link("study")
+        if series_link is None or study_link is None:
+            return None
+        rows = self.db.query(
+            f'SELECT s."{series_key}" FROM DICOMseries s JOIN DICOMstudies t '
+            f'ON s."{series_link.name}" = t."{study_key}" WHERE t."{study_link.name}" = ?',
+            (patient_id,))
+        return [row[0] for row in rows if row[0]]
+
+    def dump_table(self, table: str, max_rows: int, max_result_bytes: int) -> QueryResult:
+        """Every row of `table`, read-only; `table` must be one table_names(path) gave."""
+        if '"' in table:
+            raise ValueError(f"not a table name: {table!r}")
+        return run_query(self.path, f'SELECT * FROM "{table}"', max_rows,
+                         max_result_bytes=max_result_bytes)
+
+    def plan_row(self, sop_instance_uid: str) -> dict[str, object] | None:
+        rows = self.db.query("SELECT * FROM RTplans WHERE SOPInstanc=?", (sop_instance_uid,))
+        return dict(rows[0]) if rows else None
+
+    def beam_rows(self, plan_uid: str) -> list[dict[str, object]]:
+        return [dict(row) for row in self.db.query(
+            "SELECT * FROM RTbeams WHERE SOPInstanc=? ORDER BY BeamNumber", (plan_uid,))]
+
+    def roi_rows(self, structure_set_uids: Sequence[str]) -> list[dict[str, object]]:
+        if not structure_set_uids:
+            return []
+        return [dict(row) for row in self.db.query(
+            f"SELECT * FROM RTrois WHERE SOPInstanc IN ({_marks(structure_set_uids)}) "
+            "ORDER BY ROINumber", structure_set_uids)]
+
+    def dose_rows(self, dose_uids: Sequence[str]) -> list[dict[str, object]]:
+        if not dose_uids:
+            return []
+        return [dict(row) for row in self.db.query(
+            f"SELECT * FROM RTdoses WHERE SOPInstanc IN ({_marks(dose_uids)})", dose_uids)]
+
+    def dose_maxima(self, dose_uids: Sequence[str]) -> dict[str, float]:
+        """Dose SOP Instance UID -> DoseMaxGy, for the doses indexed with one."""
+        maxima: dict[str, float] = {}
+        for start in range(0, len(dose_uids), CHUNK):
+            chunk = dose_uids[start:start + CHUNK]
+            for row in self.db.query(
+                    f"SELECT SOPInstanc, DoseMaxGy FROM RTdoses WHERE SOPInstanc IN ({_marks(chunk)})",
+                    chunk):
+                if row["DoseMaxGy"] is not None:
+                    maxima[row["SOPInstanc"]] = float(row["DoseMaxGy"])
+        return maxima
+
+    def plan_summaries(self, plan_uids: Sequence[str]) -> dict[str, PlanSummary]:
+        answer: dict[str, PlanSummary] = {}
+        for start in range(0, len(plan_uids), CHUNK):
+            chunk = plan_uids[start:start + CHUNK]
+            for row in self.db.query(
+                    "SELECT SOPInstanc, PlanIntent, Fractions, PrescriptionGy, BeamCount, TotalMU "
+                    f"FROM RTplans WHERE SOPInstanc IN ({_marks(chunk)})", chunk):
+                answer[row["SOPInstanc"]] = PlanSummary(
+                    row["PlanIntent"], row["Fractions"], row["PrescriptionGy"], row["BeamCount"],
+                    row["TotalMU"])
+        return answer
+
     @staticmethod
     def _delete_rt(connection: sqlite3.Connection, sop: str) -> None:
         for table in RT_TABLES_BY_SOP:
@@ -167,3 +253,7 @@ def _insert(connection: sqlite3.Connection, table: str, row: dict[str, Any]) -> 
         f"INSERT INTO {table}({', '.join(names)}) VALUES({','.join('?' * len(names))})",
         [row[n] for n in names],
     )
+
+
+def _marks(values: Sequence[object]) -> str:
+    return ",".join("?" * len(values))

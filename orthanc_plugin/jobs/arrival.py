@@ -10,43 +10,19 @@ own Lua router (issue 11's measurements). The decision itself needs only the not
 
 from __future__ import annotations
 
-import json
 import sqlite3
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from orthanc_plugin.audit.recorder import LOG_AWAITS_DESCRIPTION, AuditRecorder
+from orthanc_plugin.audit.recorder import AuditRecorder
+from orthanc_plugin.jobs import arrival_store
 from orthanc_plugin.jobs.apply import queue_rule_actions
+from orthanc_plugin.jobs.arrival_store import ArrivalDecision
 from orthanc_plugin.jobs.executors import Registry
 from orthanc_plugin.jobs.queue import JobQueue, JobSpec
 from orthanc_plugin.rules import InstanceFacts, Rule, RuleSet, evaluate
 from orthanc_plugin.rules.arrival import answers, arrival_facts, decidable_at_arrival
-
-SCHEMA = """
--- Decisions taken from a stored-instance note, waiting for the instance's description to be
--- recorded in full (jobs/arrival.py); a row lives from arrival to description.
-CREATE TABLE IF NOT EXISTS arrival_decisions(
-    instance_id TEXT NOT NULL, rule TEXT NOT NULL,
-    matched INTEGER NOT NULL, failed_condition TEXT, reason TEXT,
-    new_instances INTEGER NOT NULL DEFAULT 0, targets TEXT NOT NULL DEFAULT '[]',
-    job_ids TEXT NOT NULL DEFAULT '[]', rules_sha256 TEXT, decided_at TEXT NOT NULL,
-    PRIMARY KEY(instance_id, rule)
-);
-"""
-
-
-@dataclass(frozen=True)
-class ArrivalDecision:
-    instance_id: str
-    rule: str
-    matched: bool
-    failed_condition: str | None
-    reason: str
-    new_instances: int
-    targets: tuple[str, ...]
-    job_ids: tuple[int, ...]
-    rules_sha256: str
 
 
 @dataclass(frozen=True)
@@ -114,14 +90,9 @@ class ArrivalDecider:
             applied = queue_rule_actions(connection, self.queue, self.registry, rule,
                                          [facts.instance_id], spec_for)
             job_ids, targets, new_instances = applied.job_ids, applied.targets, applied.new_instances
-        connection.execute(
-            "INSERT OR REPLACE INTO arrival_decisions(instance_id, rule, matched, failed_condition,"
-            " reason, new_instances, targets, job_ids, rules_sha256, decided_at)"
-            " VALUES(?,?,?,?,?,?,?,?,?,?)",
-            (facts.instance_id, rule.name, int(evaluation.matched), evaluation.failed_condition,
-             evaluation.reason, new_instances, json.dumps(list(targets)), json.dumps(job_ids),
-             sha, stamp),
-        )
+        arrival_store.record_decision(connection, ArrivalDecision(
+            facts.instance_id, rule.name, evaluation.matched, evaluation.failed_condition,
+            evaluation.reason, new_instances, targets, tuple(job_ids), sha), stamp)
         return new_instances > 0
 
     # -- once described ----------------------------------------------------------------------------
@@ -129,20 +100,7 @@ class ArrivalDecider:
     def pending(connection: sqlite3.Connection, instance_ids: Sequence[str]
                 ) -> dict[str, dict[str, ArrivalDecision]]:
         """instance ID -> rule name -> the decision taken at its arrival."""
-        found: dict[str, dict[str, ArrivalDecision]] = {}
-        for start in range(0, len(instance_ids), 500):
-            chunk = list(instance_ids[start:start + 500])
-            marks = ",".join("?" * len(chunk))
-            for row in connection.execute(
-                f"SELECT * FROM arrival_decisions WHERE instance_id IN ({marks})", chunk
-            ).fetchall():
-                found.setdefault(row["instance_id"], {})[row["rule"]] = ArrivalDecision(
-                    row["instance_id"], row["rule"], bool(row["matched"]),
-                    row["failed_condition"], row["reason"] or "", row["new_instances"],
-                    tuple(json.loads(row["targets"])), tuple(json.loads(row["job_ids"])),
-                    row["rules_sha256"] or "",
-                )
-        return found
+        return arrival_store.decisions_for(connection, instance_ids)
 
     def complete(self, connection: sqlite3.Connection, row: sqlite3.Row,
                  decisions: Mapping[str, ArrivalDecision], described_facts: InstanceFacts | None,
@@ -165,27 +123,12 @@ class ArrivalDecider:
             self._check_against_description(connection, row, decision, described_facts,
                                             rules_by_name.get(decision.rule))
             job_ids += decision.job_ids
-        connection.execute("DELETE FROM arrival_decisions WHERE instance_id=?",
-                           (row["instance_id"],))
+        arrival_store.forget_decisions(connection, row["instance_id"])
         if not job_ids:
             return Completed((), ())
-        marks = ",".join("?" * len(job_ids))
-        connection.execute(
-            f"UPDATE jobs SET patient_id=?, study_uid=?, awaits_description=0 WHERE id IN ({marks})"
-            " AND awaits_description=1", (patient_id, study_uid, *job_ids))
-        for table in ("transfers", "audit_events"):
-            connection.execute(
-                f"UPDATE {table} SET patient_id=?, study_uid=? WHERE job_id IN ({marks}) AND "
-                "(study_uid IS NULL OR study_uid='')", (patient_id, study_uid, *job_ids))
-        to_log = connection.execute(
-            f"SELECT t.id, j.state FROM transfers t JOIN jobs j ON j.id = t.job_id "
-            f"WHERE t.job_id IN ({marks}) AND t.logged=? ORDER BY t.id",
-            (*job_ids, LOG_AWAITS_DESCRIPTION)).fetchall()
-        settled = connection.execute(
-            f"SELECT id FROM jobs WHERE id IN ({marks}) AND state IN ('done', 'dead')",
-            job_ids).fetchall()
-        return Completed(tuple((item["id"], item["state"]) for item in to_log),
-                         tuple(item["id"] for item in settled))
+        arrival_store.name_patient_and_study(connection, job_ids, patient_id, study_uid)
+        return Completed(tuple(arrival_store.transfers_awaiting_description(connection, job_ids)),
+                         tuple(arrival_store.settled_jobs(connection, job_ids)))
 
     def _check_against_description(self, connection: sqlite3.Connection, row: sqlite3.Row,
                                    decision: ArrivalDecision, facts: InstanceFacts | None,

@@ -20,7 +20,8 @@ from orthanc_plugin.channels import NotedFacts
 from orthanc_plugin.db import Database
 from orthanc_plugin.jobs import intake_store as store
 from orthanc_plugin.jobs.apply import Applied, queue_rule_actions
-from orthanc_plugin.jobs.arrival import ArrivalDecider, ArrivalDecision, Completed
+from orthanc_plugin.jobs.arrival import ArrivalDecider, Completed
+from orthanc_plugin.jobs.arrival_store import ArrivalDecision
 from orthanc_plugin.jobs.executors import Registry
 from orthanc_plugin.jobs.facts import SOURCE_BY_ORIGIN, FactsBuilder
 from orthanc_plugin.jobs.queue import JobQueue, JobSpec

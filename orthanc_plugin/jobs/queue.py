@@ -451,11 +451,16 @@ class JobQueue:
 
     @durable_write
     def settle(self, job_ids: Sequence[int], error: str | None, status: str | None, *,
-               unfinished: str = "") -> dict[int, JobState]:
+               unfinished: str = "",
+               with_outcome: Callable[[sqlite3.Connection, dict[int, JobState]], None]
+               | None = None) -> dict[int, JobState]:
         """After a claim ran: done, parked (dead) or back to pending with backoff, per job.
 
         unfinished: the claim stopped early on purpose, with no error (a destination's pace, a
-        higher-priority job): what remains waits again with this status, no attempt spent."""
+        higher-priority job): what remains waits again with this status, no attempt spent.
+        with_outcome: the executor's own records of the attempt (its transfer rows), written in
+        the same transaction: a job never shows as done without them, and a crash leaves both
+        or neither."""
         outcome: dict[int, JobState] = {}
         stamp = now_iso()
         with self.db.transaction() as connection:
@@ -498,6 +503,8 @@ class JobQueue:
                      job_id),
                 )
                 outcome[job_id] = state
+            if with_outcome is not None:
+                with_outcome(connection, outcome)
         return outcome
 
     @staticmethod
@@ -640,6 +647,21 @@ class JobQueue:
         else:
             rows = self.db.query("SELECT * FROM jobs ORDER BY id DESC LIMIT ?", (limit,))
         return [_job_json(self.db, row) for row in rows]
+
+    # -- for /health: plain reads of the file, no queue needed and no waiting out a full disk
+    # (state_counts waits; /health must answer, and reports a failed read as unreadable) --------
+    @staticmethod
+    def jobs_by_state(db: Database) -> dict[str, int]:
+        """How many jobs are in each state (a state without jobs is absent)."""
+        return {row["state"]: int(row["n"]) for row in db.query(
+            "SELECT state, COUNT(*) AS n FROM jobs GROUP BY state")}
+
+    @staticmethod
+    def oldest_waiting_epoch(db: Database) -> float | None:
+        """When the oldest pending or running job was made (epoch seconds); None without one."""
+        oldest = db.query("SELECT MIN(created_epoch) AS t FROM jobs "
+                          "WHERE state IN ('pending','running')")[0]["t"]
+        return None if oldest is None else float(oldest)
 
 
 def _unassigned(

@@ -15,7 +15,7 @@ from orthanc_plugin.plans.dvh import (
     INTERPOLATIONS,
 )
 from orthanc_plugin.plans.routes import add_routes
-from orthanc_plugin.plans.tables import WORKLIST_INDEX
+from orthanc_plugin.plans.tables import create_worklist_index
 from orthanc_plugin.plans.tracker import PlanTracker
 
 if TYPE_CHECKING:
@@ -30,7 +30,7 @@ def install(ctx: CapabilityContext) -> None:
     if isinstance(expected, bool) or not isinstance(expected, int) or expected < 0:
         raise ConfigError(f"{SECTION}.Plans.ExpectedDoses: expected a whole number >= 0, got {expected!r}")
     ctx.db.add_function(search.SQL_FUNCTION, 1, search.fold)
-    ctx.db.connection().executescript(WORKLIST_INDEX)
+    create_worklist_index(ctx.db)
     end_caps = settings.get("DvhEndCaps", DEFAULT_END_CAPS)
     if end_caps not in END_CAPS:
         raise ConfigError(f"{SECTION}.Plans.DvhEndCaps: expected one of {', '.join(END_CAPS)}, "

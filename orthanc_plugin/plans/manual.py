@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import uuid
 from collections.abc import Collection, Sequence
 from typing import TYPE_CHECKING, Any
@@ -11,7 +10,8 @@ from orthanc_plugin.api.router import ApiError
 
 # The forwarding executor sends a manual plan, in the bundle's order.
 from orthanc_plugin.forwarding.rule import JOB_ACTION
-from orthanc_plugin.plans.tracker import _member_rows, plan_job_spec
+from orthanc_plugin.plans import store
+from orthanc_plugin.plans.tracker import member_rows, plan_job_spec
 from orthanc_plugin.rules.groups import SECTION as GROUPS
 from orthanc_plugin.rules.groups import expand
 from orthanc_plugin.rules.priority import Priority
@@ -39,27 +39,28 @@ def send_plans(
     if unknown:
         raise ApiError(400, f"targets: unknown {', '.join(map(str, unknown))} "
                             f"(known: {', '.join(sorted(known)) or 'none'})")
-    bundles = {}
+    bundles: dict[str, store.PlanBundle] = {}
     for plan_id in plan_ids:
-        rows = ctx.db.query("SELECT * FROM plan_bundles WHERE plan_uid=?", (plan_id,))
-        if not rows:
+        found = store.bundle(ctx.db, plan_id)
+        if found is None:
             raise ApiError(404, f"no plan {plan_id!r}")
-        bundles[plan_id] = rows[0]
+        bundles[plan_id] = found
     if confirmed_incomplete is not None:
         # The page asks for an incomplete plan to be ticked on its own: one not ticked is refused.
-        unconfirmed = [f"{bundle['plan_label'] or plan_id} ({bundle['patient_name'] or ''})"
+        unconfirmed = [f"{bundle.plan_label or plan_id} ({bundle.patient_name or ''})"
                        for plan_id, bundle in bundles.items()
-                       if not bundle["complete"] and plan_id not in confirmed_incomplete]
+                       if not bundle.complete and plan_id not in confirmed_incomplete]
         if unconfirmed:
             raise ApiError(409, "incomplete plan(s) not confirmed for sending: "
                                 + ", ".join(unconfirmed))
     if confirmed_again is not None:
         # The page asks for a plan that already went to a target to be ticked again, by
         # "<plan id>:<target>": one not ticked is refused, before anything is queued.
-        again = [f"{bundle['plan_label'] or plan_id} to {target}"
+        again = [f"{bundle.plan_label or plan_id} to {target}"
                  for plan_id, bundle in bundles.items() for target in targets
                  if f"{plan_id}:{target}" not in confirmed_again
-                 and _already_sent(ctx, bundle, target)]
+                 and store.sent_or_on_its_way(ctx.db, bundle.plan_uid, bundle.study_uid or "",
+                                              target)]
         if again:
             raise ApiError(409, "already sent or on its way, not confirmed for sending again: "
                                 + ", ".join(again))
@@ -67,30 +68,23 @@ def send_plans(
     answer: list[dict[str, Any]] = []
     with ctx.db.transaction() as connection:
         for plan_id, bundle in bundles.items():
-            ordered = [row["instance_id"] for row in _member_rows(connection, bundle)]
+            ordered = [row["instance_id"] for row in member_rows(connection, bundle)]
             for target in targets:
                 spec = plan_job_spec(request, MANUAL_TRIGGER, JOB_ACTION, target, bundle,
                                      priority)
                 job_id, count = ctx.queue.enqueue(connection, spec, ordered)
-                missing = json.loads(bundle["missing_json"])
+                missing = bundle.missing
                 ctx.recorder.event(
                     "plan-manual-send", status="queued" if job_id else "nothing-to-send",
                     rule=request, target=target, job_id=job_id, resource_id=plan_id,
-                    patient_id=bundle["patient_id"] or "", study_uid=bundle["study_uid"] or "",
-                    detail=f"plan {bundle['plan_label']!r}: {count} instance(s)"
+                    patient_id=bundle.patient_id or "", study_uid=bundle.study_uid or "",
+                    detail=f"plan {bundle.plan_label!r}: {count} instance(s)"
                     + (f"; incomplete, missing: {'; '.join(missing)}" if missing else ""),
                     connection=connection,
                 )
-                answer.append({"id": job_id, "plan": plan_id, "label": bundle["plan_label"],
+                answer.append({"id": job_id, "plan": plan_id, "label": bundle.plan_label,
                                "target": target, "instances": count,
-                               "complete": bool(bundle["complete"]), "missing": missing})
+                               "complete": bundle.complete, "missing": missing})
     ctx.wake_workers()
     return answer
 
-
-def _already_sent(ctx: CapabilityContext, bundle: Any, target: str) -> bool:
-    """A job of this plan (or of its study, by a study rule) to the target is done or under way."""
-    return bool(ctx.db.query(
-        "SELECT 1 FROM jobs WHERE target = ? AND state IN ('done', 'pending', 'running') AND "
-        "(resource_id = ? OR (study_uid <> '' AND study_uid = ? AND level <> 'plan')) LIMIT 1",
-        (target, bundle["plan_uid"], bundle["study_uid"] or "")))

@@ -4,14 +4,13 @@ from __future__ import annotations
 
 import csv
 import io
-import json
-import sqlite3
 import weakref
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
 from orthanc_plugin.api.router import ApiError, Request, Response, csv_response, json_response
 from orthanc_plugin.csv_cells import safe_mapping
+from orthanc_plugin.plans import store
 from orthanc_plugin.plans.dvh_store import plan_dvh
 from orthanc_plugin.plans.manual import send_plans
 from orthanc_plugin.plans.queue_view import PER_PAGE_MAX, queue_page
@@ -26,49 +25,34 @@ CSV_COLUMNS = ("id", "patient_id", "patient_name", "label", "name", "date", "com
                "missing", "calling_aet", "objects", "max_dose_gy")
 
 
-def plan_json(row: sqlite3.Row) -> dict[str, Any]:
+def plan_json(bundle: store.PlanBundle) -> dict[str, Any]:
     return {
-        "id": row["plan_uid"],
-        "plan_instance_id": row["plan_instance_id"],
-        "patient_id": row["patient_id"],
-        "patient_name": row["patient_name"],
-        "birth_date": row["patient_birth_date"],
-        "sex": row["patient_sex"],
-        "study_uid": row["study_uid"],
-        "label": row["plan_label"],
-        "name": row["plan_name"],
-        "date": row["plan_date"],
-        "complete": bool(row["complete"]),
-        "missing": json.loads(row["missing_json"]),
-        "calling_aet": row["calling_aet"],
-        "objects": json.loads(row["members_json"]),
-        "updated_at": row["updated_at"],
-        "received_at": row["first_seen_epoch"],
+        "id": bundle.plan_uid,
+        "plan_instance_id": bundle.plan_instance_id,
+        "patient_id": bundle.patient_id,
+        "patient_name": bundle.patient_name,
+        "birth_date": bundle.patient_birth_date,
+        "sex": bundle.patient_sex,
+        "study_uid": bundle.study_uid,
+        "label": bundle.plan_label,
+        "name": bundle.plan_name,
+        "date": bundle.plan_date,
+        "complete": bundle.complete,
+        "missing": bundle.missing,
+        "calling_aet": bundle.calling_aet,
+        "objects": bundle.members,
+        "updated_at": bundle.updated_at,
+        "received_at": bundle.first_seen_epoch,
     }
 
 
-def _filtered(ctx: CapabilityContext, query: dict[str, str] | Any) -> list[sqlite3.Row]:
-    clauses: list[str] = []
-    values: list[Any] = []
-    if query.get("label"):
-        clauses.append("plan_label LIKE ? ESCAPE '\\'")
-        values.append("%" + _like(query["label"]) + "%")
-    if query.get("patient"):
-        clauses.append("patient_id = ?")
-        values.append(query["patient"])
-    if query.get("study"):
-        clauses.append("study_uid = ?")
-        values.append(query["study"])
-    if query.get("since"):
-        clauses.append("plan_date >= ?")
-        values.append(query["since"].replace("-", ""))
-    if query.get("complete") in ("true", "false"):
-        clauses.append("complete = ?")
-        values.append(int(query["complete"] == "true"))
-    where = f"WHERE {' AND '.join(clauses)}" if clauses else ""
-    return ctx.db.query(
-        f"SELECT * FROM plan_bundles {where} ORDER BY patient_id, plan_date, plan_label", values
-    )
+def _filtered(ctx: CapabilityContext, query: dict[str, str] | Any) -> list[store.PlanBundle]:
+    since, complete = query.get("since"), query.get("complete")
+    return store.filtered_bundles(
+        ctx.db, label=query.get("label") or "", patient_id=query.get("patient") or "",
+        study_uid=query.get("study") or "",
+        plan_date_from=since.replace("-", "") if since else None,
+        complete=complete == "true" if complete in ("true", "false") else None)
 
 
 def _id_list(body: dict[str, Any], name: str, what: str) -> set[str] | None:
@@ -83,14 +67,7 @@ def _id_list(body: dict[str, Any], name: str, what: str) -> set[str] | None:
 
 def _files(ctx: CapabilityContext, members: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """The plan's files per kind of object: how many, in how many series, received when."""
-    received: dict[str, str] = {}
-    ids = [member["instance_id"] for member in members]
-    for start in range(0, len(ids), 500):   # SQLite caps the number of parameters
-        chunk = ids[start:start + 500]
-        for row in ctx.db.query(
-                f"SELECT instance_id, received_at FROM received WHERE instance_id IN "
-                f"({','.join('?' * len(chunk))})", chunk):
-            received[row["instance_id"]] = row["received_at"]
+    received = store.received_at(ctx.db, [member["instance_id"] for member in members])
     kinds: dict[str, dict[str, Any]] = {}
     for member in members:
         entry = kinds.setdefault(member["modality"], {"modality": member["modality"], "count": 0,
@@ -103,20 +80,6 @@ def _files(ctx: CapabilityContext, members: list[dict[str, Any]]) -> list[dict[s
              "series": len(entry["series"]),
              "first_received": min(entry["received"], default=None),
              "last_received": max(entry["received"], default=None)} for entry in kinds.values()]
-
-
-def _decisions(ctx: CapabilityContext, plan_id: str, study_uid: str) -> list[dict[str, Any]]:
-    """The latest decision of each rule on this plan (plan-complete) and on its study (stable
-    study), with the reason a rule did not fire."""
-    return [dict(row) for row in ctx.db.query(
-        "SELECT rule, trigger, level, matched, failed_condition, reason, at FROM evaluations "
-        "WHERE id IN (SELECT MAX(id) FROM evaluations WHERE (level = 'plan' AND resource_id = ?) "
-        "OR (level = 'study' AND study_uid = ? AND study_uid <> '') GROUP BY rule, level) "
-        "ORDER BY rule", (plan_id, study_uid))]
-
-
-def _like(text: str) -> str:
-    return text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
 
 
 def _csv(plans: list[dict[str, Any]]) -> str:
@@ -139,15 +102,13 @@ def add_routes(ctx: CapabilityContext) -> None:
         return json_response(plans)
 
     def get_plan(request: Request) -> Response:
-        rows = ctx.db.query("SELECT * FROM plan_bundles WHERE plan_uid=?", (request.params["id"],))
-        if not rows:
+        found = store.bundle(ctx.db, request.params["id"])
+        if found is None:
             raise ApiError(404, f"no plan {request.params['id']!r}")
-        plan = plan_json(rows[0])
-        plan["rule_runs"] = [dict(row) for row in ctx.db.query(
-            "SELECT rule, outcome, at, missing_json, jobs FROM plan_rule_runs WHERE plan_uid=? "
-            "ORDER BY at", (plan["id"],))]
+        plan = plan_json(found)
+        plan["rule_runs"] = store.rule_runs(ctx.db, plan["id"])
         plan["files"] = _files(ctx, plan["objects"])
-        plan["decisions"] = _decisions(ctx, plan["id"], plan["study_uid"] or "")
+        plan["decisions"] = store.latest_decisions(ctx.db, plan["id"], plan["study_uid"] or "")
         if request.choice_param("dvh", ("true", "false"), "true") == "true":
             plan["dvh"] = plan_dvh(ctx, plan)
         for provider in DETAIL_PROVIDERS.get(ctx, ()):

@@ -1,6 +1,6 @@
 """Plan bundles: the references each RT object carries, the bundles, and what each rule did."""
 
-from orthanc_plugin.db import Migration
+from orthanc_plugin.db import Database, Migration
 
 # The plans' steps since the first release (db.Migration).
 MIGRATIONS = (
@@ -104,3 +104,10 @@ END;
 INSERT INTO plan_search(rowid, text) SELECT rowid, search_text FROM plan_bundles
     WHERE rowid NOT IN (SELECT rowid FROM plan_search);
 """
+
+
+def create_worklist_index(db: Database) -> None:
+    """The worklist's indexes, triggers and search table (WORKLIST_INDEX), once the migrations
+    have given plan_bundles its search columns."""
+    # executescript commits on its own, so this runs outside any transaction.
+    db.connection().executescript(WORKLIST_INDEX)

@@ -6,9 +6,7 @@ does not grow with the database (issue: 1,000 plans were 24 MB of JSON with ever
 
 from __future__ import annotations
 
-import json
 import re
-import sqlite3
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -16,25 +14,14 @@ from typing import Any
 
 from orthanc_plugin.api.router import ApiError
 from orthanc_plugin.db import Database
-from orthanc_plugin.plans.search import fold
+from orthanc_plugin.plans import store
 
 PER_PAGE_DEFAULT = 50
 PER_PAGE_MAX = 200
-SORTS = {
-    "received": "first_seen_epoch",
-    "patient": "patient_name COLLATE NOCASE",
-    "label": "plan_label COLLATE NOCASE",
-    "date": "plan_date",
-    "source": "calling_aet",
-}
+SORTS = tuple(store.WORKLIST_SORTS)
 # Where a plan went, in one word per state (the page and the queue say the same).
-STATUS_FILTERS = ("sent", "sending", "parked", "held", "not-sent")
+STATUS_FILTERS = tuple(store.STATUS_CONDITIONS)
 _UID = re.compile(r"\b\d+(?:\.\d+){3,}\b")
-
-# A plan's study-level and instance-level jobs count for it too: a stable-study rule sends the
-# plan's files with its study.
-_JOBS_OF_PLAN = ("(j.resource_id = b.plan_uid OR (j.study_uid <> '' AND j.study_uid = b.study_uid"
-                 " AND j.level <> 'plan'))")
 
 
 @dataclass(frozen=True)
@@ -97,113 +84,27 @@ def _moment(query: Mapping[str, str], name: str) -> float | None:
     return moment.timestamp()
 
 
-def _like(text: str) -> str:
-    return "%" + text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
-
-
-def _where(query: WorklistQuery) -> tuple[str, list[Any]]:
-    clauses: list[str] = []
-    values: list[Any] = []
-    # Every word must be found somewhere: "john smith", "smith breast", "PAT-2".
-    for word in [fold(word) for word in query.text.split()[:8]]:
-        if not word.strip():
-            continue
-        if len(word) >= 3 and not set(word) & set("%_\\\""):
-            # The trigram index shortlists (plans/tables.py); the row's own text decides.
-            clauses.append("b.rowid IN (SELECT rowid FROM plan_search WHERE text LIKE ?)")
-            values.append(f"%{word}%")
-        clauses.append("search_text LIKE ? ESCAPE '\\'")
-        values.append(_like(word))
-    if query.complete is not None:
-        clauses.append("complete = ?")
-        values.append(int(query.complete))
-    if query.source:
-        clauses.append("calling_aet = ?")
-        values.append(query.source)
-    if query.received_from is not None:
-        clauses.append("first_seen_epoch >= ?")
-        values.append(query.received_from)
-    if query.received_to is not None:
-        clauses.append("first_seen_epoch < ?")
-        values.append(query.received_to)
-    if query.patient:
-        clauses.append("patient_id = ?")
-        values.append(query.patient)
-    if query.study:
-        clauses.append("study_uid = ?")
-        values.append(query.study)
-    if query.status:
-        clauses.append(_STATUS_SQL[query.status])
-    return (f"WHERE {' AND '.join(clauses)}" if clauses else ""), values
-
-
-def _exists(condition: str) -> str:
-    return f"EXISTS (SELECT 1 FROM jobs j WHERE {_JOBS_OF_PLAN} AND {condition})"
-
-
-_STATUS_SQL = {
-    "sent": _exists("j.state = 'done'"),
-    "sending": _exists("j.state IN ('pending', 'running')"),
-    "parked": _exists("j.state = 'dead'"),
-    "held": "EXISTS (SELECT 1 FROM plan_rule_runs r WHERE r.plan_uid = b.plan_uid "
-            "AND r.outcome = 'held' AND NOT EXISTS (SELECT 1 FROM plan_rule_runs f WHERE "
-            "f.plan_uid = r.plan_uid AND f.rule = r.rule AND f.outcome <> 'held'))",
-    "not-sent": "NOT " + _exists("1"),
-}
-
-
 def worklist_page(db: Database, query: WorklistQuery,
                   summaries: Callable[[Sequence[str]], dict[str, dict[str, Any]]]) -> dict[str, Any]:
     """One page of plans, the total that match, and the sources to filter by."""
-    where, values = _where(query)
-    direction = "DESC" if query.descending else "ASC"
-    order = f"ORDER BY {SORTS[query.sort]} {direction}, plan_uid LIMIT ? OFFSET ?"
-    window = [query.per_page, (query.page - 1) * query.per_page]
-    # The page's ids from the worklist index (plans/tables.py), then only those rows whole. A
-    # filtered list is counted in the same pass over the index; the whole list by the index's size.
-    if where:
-        found = db.query(f"SELECT plan_uid, COUNT(*) OVER () AS total FROM plan_bundles b "
-                         f"{where} {order}", [*values, *window])
-        total = found[0]["total"] if found else _count(db, where, values)
-    else:
-        found = db.query(f"SELECT plan_uid FROM plan_bundles b {order}", window)
-        total = db.query("SELECT COUNT(*) AS n FROM plan_bundles")[0]["n"]
-    page_ids = [row["plan_uid"] for row in found]
-    by_id = {row["plan_uid"]: row for row in db.query(
-        f"SELECT * FROM plan_bundles WHERE plan_uid IN ({','.join('?' * len(page_ids))})",
-        page_ids)} if page_ids else {}
-    rows = [by_id[plan_id] for plan_id in page_ids if plan_id in by_id]
-    plan_ids = [row["plan_uid"] for row in rows]
+    # The page's ids from the worklist index, then only those rows whole.
+    found = store.worklist_ids(db, query)
+    total = found.total
+    rows = store.bundles_by_uid(db, found.plan_uids)
+    plan_ids = [row.plan_uid for row in rows]
     extra = summaries(plan_ids) if plan_ids else {}
     went = _destinations(db, rows)
-    held = _held(db, plan_ids)
-    plans = [_plan_row(row, extra.get(row["plan_uid"], {}), went.get(row["plan_uid"], []),
-                       row["plan_uid"] in held) for row in rows]
-    sources = _sources(db)
+    held = store.held_plans(db, plan_ids)
+    plans = [_plan_row(row, extra.get(row.plan_uid, {}), went.get(row.plan_uid, []),
+                       row.plan_uid in held) for row in rows]
+    sources = store.plan_sources(db)
     return {"total": total, "page": query.page, "per_page": query.per_page,
             "pages": max(1, -(-total // query.per_page)), "plans": plans, "sources": sources}
 
 
-def _count(db: Database, where: str, values: list[Any]) -> int:
-    """A page past the end has no row to carry the count: count on its own."""
-    return int(db.query(f"SELECT COUNT(*) AS n FROM plan_bundles b {where}", values)[0]["n"])
-
-
-def _sources(db: Database, most: int = 100) -> list[str]:
-    """The distinct calling AEs, one index probe each (a DISTINCT would read every plan)."""
-    sources: list[str] = []
-    while len(sources) < most:
-        row = db.query("SELECT MIN(calling_aet) AS aet FROM plan_bundles WHERE calling_aet > ?",
-                       (sources[-1] if sources else "",))[0]
-        if row["aet"] is None:
-            break
-        sources.append(row["aet"])
-    return sources
-
-
-def _plan_row(row: sqlite3.Row, summary: dict[str, Any], destinations: list[dict[str, Any]],
-              held: bool) -> dict[str, Any]:
-    members = json.loads(row["members_json"])
+def _plan_row(row: store.PlanBundle, summary: dict[str, Any],
+              destinations: list[dict[str, Any]], held: bool) -> dict[str, Any]:
+    members = row.members
     counts: dict[str, int] = {}
     series: set[str] = set()
     for member in members:
@@ -211,18 +112,18 @@ def _plan_row(row: sqlite3.Row, summary: dict[str, Any], destinations: list[dict
         if member["modality"] not in ("RTPLAN", "RTSTRUCT", "RTDOSE"):
             series.add(member.get("series_uid", ""))
     return {
-        "id": row["plan_uid"],
-        "patient_id": row["patient_id"],
-        "patient_name": row["patient_name"],
-        "birth_date": row["patient_birth_date"],
-        "sex": row["patient_sex"],
-        "label": row["plan_label"],
-        "name": row["plan_name"],
-        "date": row["plan_date"],
-        "source": row["calling_aet"],
-        "received_at": row["first_seen_epoch"],
-        "complete": bool(row["complete"]),
-        "missing": [humane_missing(text) for text in json.loads(row["missing_json"])],
+        "id": row.plan_uid,
+        "patient_id": row.patient_id,
+        "patient_name": row.patient_name,
+        "birth_date": row.patient_birth_date,
+        "sex": row.patient_sex,
+        "label": row.plan_label,
+        "name": row.plan_name,
+        "date": row.plan_date,
+        "source": row.calling_aet,
+        "received_at": row.first_seen_epoch,
+        "complete": row.complete,
+        "missing": [humane_missing(text) for text in row.missing],
         "counts": counts,
         "image_series": len(series),
         "intent": summary.get("intent"),
@@ -238,44 +139,28 @@ def humane_missing(text: str) -> str:
     return _UID.sub("(referenced, not received)", text)
 
 
-def _destinations(db: Database, rows: Sequence[sqlite3.Row]) -> dict[str, list[dict[str, Any]]]:
+def _destinations(db: Database,
+                  rows: Sequence[store.PlanBundle]) -> dict[str, list[dict[str, Any]]]:
     """Per plan and target, the latest job's state and time: "sent to ARCHIVE at 14:02"."""
     if not rows:
         return {}
     plan_of_study: dict[str, list[str]] = {}
     for row in rows:
-        if row["study_uid"]:
-            plan_of_study.setdefault(row["study_uid"], []).append(row["plan_uid"])
-    plan_ids = [row["plan_uid"] for row in rows]
-    marks_plans = ",".join("?" * len(plan_ids))
-    studies = sorted(plan_of_study)
-    marks_studies = ",".join("?" * len(studies)) or "''"
-    jobs = db.query(
-        "SELECT id, level, resource_id, study_uid, target, state, updated_at, last_status "
-        f"FROM jobs WHERE resource_id IN ({marks_plans}) OR (study_uid IN ({marks_studies}) "
-        "AND level <> 'plan') ORDER BY id", [*plan_ids, *studies])
+        if row.study_uid:
+            plan_of_study.setdefault(row.study_uid, []).append(row.plan_uid)
+    plan_ids = [row.plan_uid for row in rows]
     latest: dict[tuple[str, str], dict[str, Any]] = {}
-    for job in jobs:
-        owners = ([job["resource_id"]] if job["level"] == "plan"
-                  else plan_of_study.get(job["study_uid"], []))
+    for job in store.jobs_of_plans(db, plan_ids, sorted(plan_of_study)):
+        owners = ([job.resource_id] if job.level == "plan"
+                  else plan_of_study.get(job.study_uid or "", []))
         for plan_id in owners:
             if plan_id not in plan_ids:
                 continue
-            latest[(plan_id, job["target"])] = {
-                "target": job["target"], "state": job["state"], "at": job["updated_at"],
-                "waiting": job["last_status"] == "waiting"}
+            latest[(plan_id, job.target)] = {
+                "target": job.target, "state": job.state, "at": job.updated_at,
+                "waiting": job.last_status == "waiting"}
     answer: dict[str, list[dict[str, Any]]] = {}
     for (plan_id, _), entry in sorted(latest.items()):
         answer.setdefault(plan_id, []).append(entry)
     return answer
 
-
-def _held(db: Database, plan_ids: Sequence[str]) -> set[str]:
-    if not plan_ids:
-        return set()
-    marks = ",".join("?" * len(plan_ids))
-    rows = db.query(
-        f"SELECT DISTINCT plan_uid FROM plan_rule_runs r WHERE outcome='held' AND plan_uid IN "
-        f"({marks}) AND NOT EXISTS (SELECT 1 FROM plan_rule_runs f WHERE f.plan_uid = r.plan_uid "
-        "AND f.rule = r.rule AND f.outcome <> 'held')", list(plan_ids))
-    return {row["plan_uid"] for row in rows}

@@ -16,7 +16,7 @@ def install(ctx: CapabilityContext) -> None:
     # Imported here: the forwarder imports this package's copy maker, and plans imports the
     # forwarder's model, so a module-level import of plans would go round in a circle.
     from orthanc_plugin.plans.routes import add_detail_provider
-    from orthanc_plugin.transform.record import names_of
+    from orthanc_plugin.transform.store import names_of
 
     add_routes(ctx.router, ctx.db)
     # The plan page shows each name its copies carried, before and after, per destination.

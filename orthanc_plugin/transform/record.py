@@ -5,13 +5,13 @@ from __future__ import annotations
 
 from collections import Counter, defaultdict
 from collections.abc import Iterable, Sequence
-from typing import Any
 
 from orthanc_plugin.audit.recorder import AuditRecorder
 from orthanc_plugin.db import Database
 from orthanc_plugin.jobs.queue import Claim, ClaimedItem
 from orthanc_plugin.transform.copy import MadeCopy
 from orthanc_plugin.transform.rename import Status
+from orthanc_plugin.transform.store import CopyName, note_copy_names
 from orthanc_plugin.transform.syntax import title_of
 
 MAX_NAMES_IN_DETAIL = 40
@@ -31,12 +31,10 @@ class CopyRecorder:
         with self.db.transaction() as connection:
             for job_id, copies in by_job.items():
                 job = jobs[job_id]
-                connection.executemany(
-                    "INSERT OR IGNORE INTO copy_names(at, instance_id, target, rule, attribute,"
-                    " before, after, status) VALUES(?,?,?,?,?,?,?,?)",
-                    [(stamp, item.instance_id, claim.target, job["rule"], name.attribute,
-                      name.before, name.after, str(name.status))
-                     for item, copy in copies for name in copy.renamed])
+                note_copy_names(connection, stamp, claim.target, job["rule"], [
+                    CopyName(item.instance_id, name.attribute, name.before, name.after,
+                             str(name.status))
+                    for item, copy in copies for name in copy.renamed])
                 self.recorder.event(
                     "copy-sent", status="ok", rule=job["rule"], target=claim.target,
                     job_id=job_id, study_uid=job["study_uid"] or "",
@@ -71,16 +69,3 @@ def describe(copies: Sequence[MadeCopy]) -> str:
 
 def _unique(texts: Iterable[str]) -> list[str]:
     return list(dict.fromkeys(texts))
-
-
-def names_of(db: Database, instance_ids: Sequence[str]) -> list[dict[str, Any]]:
-    """The names each copy of these instances carried, for the plan page."""
-    rows = []
-    for start in range(0, len(instance_ids), 500):   # SQLite caps the number of parameters
-        chunk = list(instance_ids[start:start + 500])
-        rows.extend(db.query(
-            f"SELECT target, rule, attribute, before, after, status, MAX(at) AS at"
-            f" FROM copy_names WHERE instance_id IN ({','.join('?' * len(chunk))})"
-            f" GROUP BY target, rule, attribute, before ORDER BY target, attribute, before",
-            chunk))
-    return [dict(row) for row in rows]

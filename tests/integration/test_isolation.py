@@ -21,7 +21,7 @@ import pytest
 import requests
 from pydicom.uid import generate_uid
 
-from orthanc_plugin.supervisor.processes import parent_pid as parent_of
+from orthanc_plugin.in_orthanc.supervisor.processes import parent_pid as parent_of
 from tests.integration.conftest import keep_logs, require_orthanc
 from tests.integration.helpers import gateway_rows, sop_uids, study_sop_uids
 from tests.support.orthanc import (

@@ -84,7 +84,7 @@ class OrthancProcess:
             self.add_modality(name, peer)
         if plugin:
             self.config["Plugins"] = [PLUGIN]
-            self.config["PythonScript"] = str(ROOT / "orthanc_plugin" / "entry.py")
+            self.config["PythonScript"] = str(ROOT / "orthanc_plugin" / "in_orthanc" / "entry.py")
             self.config["RtGateway"] = {
                 "RulesFile": str(self.rules_path),
                 "Database": str(folder / "gateway" / "gateway.sqlite"),

@@ -35,7 +35,7 @@ def test_dockerfile_passes_hadolint() -> None:
 def test_dockerfile_has_a_health_check_and_the_gateway_settings() -> None:
     text = (ROOT / "docker" / "Dockerfile").read_text()
     assert "HEALTHCHECK" in text and "healthcheck.py" in text
-    assert "ORTHANC__PYTHON_SCRIPT=/opt/rt-gateway/orthanc_plugin/entry.py" in text
+    assert "ORTHANC__PYTHON_SCRIPT=/opt/rt-gateway/orthanc_plugin/in_orthanc/entry.py" in text
     compose = yaml.safe_load((ROOT / "docker" / "compose.yaml").read_text())
     assert {"gateway", "target"} <= set(compose["services"])
     base = next(line.split()[1] for line in text.splitlines() if line.startswith("FROM "))
@@ -67,7 +67,7 @@ def test_systemd_unit_verifies_and_can_write_every_gateway_folder() -> None:
     for folder in folders:
         assert any(folder == root or root in folder.parents for root in writable), folder
     assert "ExecStart=/usr/sbin/Orthanc /etc/rt-gateway/orthanc.json" in text
-    assert config["PythonScript"] == "/opt/rt-gateway/orthanc_plugin/entry.py"
+    assert config["PythonScript"] == "/opt/rt-gateway/orthanc_plugin/in_orthanc/entry.py"
 
 
 @pytest.fixture

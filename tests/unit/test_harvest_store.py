@@ -4,7 +4,7 @@ import pytest
 
 from orthanc_plugin.db import META_SCHEMA, Database
 from orthanc_plugin.harvest.model import ItemLevel, ItemState, Transition, parse_definition
-from orthanc_plugin.harvest.store import Child, HarvestStore
+from orthanc_plugin.harvest.store import Child, HarvestStore, SeriesSums
 from orthanc_plugin.harvest.tables import SCHEMA
 
 
@@ -89,3 +89,38 @@ def test_a_refresh_walks_again_and_keeps_complete_series(store: HarvestStore) ->
     rows = {row["series_uid"]: row["state"] for row in store.items(harvest_id) if row["level"] == "series"}
     assert rows == {"A": "pending", "B": "pending", "C": "pending"}
     assert store.harvest(harvest_id)["pass"] == 2   # type: ignore[index]
+
+
+def test_series_sums_count_the_series_rows_not_skipped(store: HarvestStore) -> None:
+    harvest_id = harvest(store, concurrency=4)
+    assert store.series_sums(harvest_id) == SeriesSums(0, 0, 0)     # nothing walked yet
+    walk_to_series(store, harvest_id, ["A", "B"])
+    study = next(row for row in store.items(harvest_id) if row["level"] == "study")
+    store.add_children(study, [series("C", expected=7), series("D", expected=100,
+                                                               state=ItemState.SKIPPED)],
+                       Transition(ItemState.DONE))
+    a = store.claim()
+    assert a is not None and a["series_uid"] == "A"
+    store.record_request(a, "PACS", "C-MOVE", "ok", None, 0.0)
+    store.record_request(a, "PACS", "C-MOVE", "ok", None, 0.0)
+    store.record_request(a, "PACS", "C-FIND", "ok", None, 0.0)     # only moves count
+    store.settle(a["id"], Transition(ItemState.COMPLETE), stored_instances=2)
+    other = harvest(store, patients=["P9"])
+    other_patient = next(row for row in store.items(other) if row["level"] == "patient")
+    store.add_children(other_patient, [series("Z", expected=50)], Transition(ItemState.DONE))
+    assert any(row["series_uid"] == "Z" for row in store.items(other))
+    assert store.series_sums(harvest_id) == SeriesSums(expected=3 + 3 + 7, stored=2, moves=2)
+
+
+def test_patient_zips_by_patient_id_once_written(store: HarvestStore) -> None:
+    harvest_id = harvest(store, patients=["P2", "P1", "P3"])
+    patients = {row["patient_id"]: row["id"] for row in store.items(harvest_id)
+                if row["level"] == "patient"}
+    assert store.patient_zips(harvest_id) == []
+    store.update(patients["P2"], zip_name="P2__1.zip", zip_series_count=1)
+    store.update(patients["P1"], zip_name="P1__2.zip", zip_series_count=2)
+    store.update(patients["P3"], zip_name=None)
+    other = harvest(store, patients=["P0"])
+    store.update(next(row["id"] for row in store.items(other) if row["level"] == "patient"),
+                 zip_name="P0__1.zip")
+    assert store.patient_zips(harvest_id) == ["P1__2.zip", "P2__1.zip"]

@@ -30,7 +30,8 @@ def test_each_never_broken_in_a_copy_is_found_with_its_place(tmp_path: Path) -> 
         "rules/model.py": "import sqlite3\n",
         "rules/values.py": "from orthanc_plugin.db import Database\n",
         "jobs/queue.py": "from orthanc_plugin.deid.keys import Pseudonymizer\n",
-        "export/model.py": "from orthanc_plugin import channels\nfrom orthanc_plugin.host import Host\n",
+        "export/model.py": ("from orthanc_plugin import channels\n"
+                            "from orthanc_plugin.in_orthanc.host import Host\n"),
         "deid/profile.py": "import orthanc\n",
     }
     for name, line in planted.items():
@@ -38,11 +39,36 @@ def test_each_never_broken_in_a_copy_is_found_with_its_place(tmp_path: Path) -> 
         path.write_text(path.read_text(encoding="utf-8") + line, encoding="utf-8")
     found = checker().broken_rules(copy)
     assert [problem.split(": ", 2)[1:] for problem in found] == [
-        ["imports orthanc", "only host.py imports the orthanc SDK module"],
+        ["imports orthanc", "only in_orthanc/host.py imports the orthanc SDK module"],
         ["imports orthanc_plugin.channels", "a capability never imports the plugin side"],
-        ["imports orthanc_plugin.host.Host", "a capability never imports the plugin side"],
+        ["imports orthanc_plugin.in_orthanc.host.Host", "a capability never imports the plugin side"],
         ["imports orthanc_plugin.deid.keys.Pseudonymizer",
          "the queue (jobs/) imports no capability"],
         ["imports sqlite3", "rules/ imports nothing impure"],
         ["imports orthanc_plugin.db.Database", "rules/ imports nothing impure"],
     ]
+
+
+def test_sql_outside_a_store_is_found_and_prose_is_not(tmp_path: Path) -> None:
+    copy = tmp_path / "orthanc_plugin"
+    shutil.copytree(ROOT / "orthanc_plugin", copy, ignore=shutil.ignore_patterns("__pycache__"))
+    planted = {
+        # A statement and an execute call in a capability's model: both breaches.
+        "export/model.py": ('\n\ndef _peek(db):\n    return db.connection().execute(\n'
+                            '        f"SELECT name FROM exports WHERE id={1}")\n'),
+        # The same in a store, and SQL words in a docstring or an HTTP verb: none is.
+        "export/tables.py": '\n\ndef _peek(db):\n    return db.execute("DELETE FROM exports")\n',
+        "labels.py": '\n\ndef _verb():\n    """SELECT a label FROM the study."""\n    return "DELETE"\n',
+    }
+    for name, text in planted.items():
+        path = copy / name
+        path.write_text(path.read_text(encoding="utf-8") + text, encoding="utf-8")
+    found = [problem for problem in checker().broken_rules(copy)
+             if any(problem.startswith(f"{copy}/{name}:") for name in planted)]
+    lines = len((copy / "export/model.py").read_text(encoding="utf-8").splitlines())
+    assert [problem.split(": ", 1)[1] for problem in found] == [
+        "calls .execute(): SQL lives only in stores",
+        "SQL 'SELECT name FROM exports WHERE id=': SQL lives only in stores",
+    ]
+    assert [problem.split(": ", 1)[0] for problem in found] == [
+        f"{copy}/export/model.py:{lines - 1}", f"{copy}/export/model.py:{lines}"]

@@ -8,10 +8,13 @@ from pathlib import Path
 
 import pytest
 
-from orthanc_plugin.index import rt_metrics
+from orthanc_plugin.audit.tables import SCHEMA as AUDIT_SCHEMA
+from orthanc_plugin.db import META_SCHEMA, Database
+from orthanc_plugin.index import entries_store, rt_metrics
 from orthanc_plugin.index.model import DEFAULT_LAYOUT, DicomSqlError, parse_dicom_sql
 from orthanc_plugin.index.query import QueryError, run_query
 from orthanc_plugin.index.store import IndexStore
+from orthanc_plugin.index.tables import SCHEMA as ENTRIES_SCHEMA
 from tests.support.rtset import RtSet, make_rt_set
 
 CONQUEST_COLUMNS = [
@@ -158,3 +161,107 @@ def test_read_only_connection_cannot_write_directly(store: IndexStore) -> None:
     connection = read_only_connection(store.path)
     with pytest.raises(sqlite3.OperationalError):
         connection.execute("insert into DICOMpatients(PatientID) values('x')")
+
+
+# -- the store's reads (plan page, maintenance selection, table dump) -----------------------------
+def test_series_of_a_patient_are_its_series_only(store: IndexStore, rtset: RtSet) -> None:
+    other = make_rt_set("IDX-2", n_slices=1, rows=8, columns=8, with_dose=False)
+    for number, ds in enumerate(other.all()):
+        store.put(ds, f"other-{number}", None)
+    expected = {str(ds.SeriesInstanceUID) for ds in rtset.all()}
+    found = store.series_of_patient("IDX-1")
+    assert found is not None and sorted(found) == sorted(expected)
+    assert store.series_of_patient("IDX-%") == []       # a value, not a pattern
+    assert store.series_of_patient("nobody") == []
+
+
+def test_plan_rows_of_the_plan_and_its_members(store: IndexStore, rtset: RtSet) -> None:
+    plan_uid = str(rtset.rtplan.SOPInstanceUID)
+    plan = store.plan_row(plan_uid)
+    assert plan is not None and plan["PlanLabel"] == "ADP1" and plan["Fractions"] == 20
+    assert store.plan_row(str(rtset.rtstruct.SOPInstanceUID)) is None
+    beams = store.beam_rows(plan_uid)
+    assert [beam["BeamNumber"] for beam in beams] == [1, 2, 3, 4]
+    assert [beam["BeamName"] for beam in beams] == ["G000", "G090", "G180", "G270"]
+    rois = store.roi_rows([str(rtset.rtstruct.SOPInstanceUID), "unknown"])
+    assert [roi["ROIName"] for roi in rois] == ["BODY", "PTV", "Rectum"]
+    assert [roi["ROINumber"] for roi in rois] == sorted(roi["ROINumber"] for roi in rois)
+    assert rtset.rtdose is not None
+    doses = store.dose_rows([str(rtset.rtdose.SOPInstanceUID)])
+    assert len(doses) == 1 and doses[0]["DoseMaxGy"] == pytest.approx(61.8, abs=1e-4)
+    assert store.roi_rows([]) == [] and store.dose_rows([]) == []
+    assert store.roi_rows([plan_uid]) == []       # a plan's SOP is not a structure set's
+
+
+def test_dose_maxima_across_more_uids_than_one_statement_takes(
+    store: IndexStore, rtset: RtSet
+) -> None:
+    assert rtset.rtdose is not None
+    dose_uid = str(rtset.rtdose.SOPInstanceUID)
+    uids = [f"1.2.3.{n}" for n in range(1200)] + [dose_uid]
+    assert store.dose_maxima(uids) == {dose_uid: pytest.approx(61.8, abs=1e-4)}
+    with store.db.transaction() as connection:
+        connection.execute("UPDATE RTdoses SET DoseMaxGy=NULL")
+    assert store.dose_maxima([dose_uid]) == {}   # indexed without a maximum: left out
+
+
+def test_plan_summaries_by_plan_uid(store: IndexStore, rtset: RtSet) -> None:
+    plan_uid = str(rtset.rtplan.SOPInstanceUID)
+    summaries = store.plan_summaries([f"9.9.{n}" for n in range(700)] + [plan_uid])
+    assert list(summaries) == [plan_uid]
+    summary = summaries[plan_uid]
+    assert (summary.intent, summary.fractions, summary.prescription_gy, summary.beams) == (
+        "CURATIVE", 20, 60.0, 4)
+    assert summary.total_mu == pytest.approx(4 * 86.25)
+
+
+def test_dump_table_reads_every_row_read_only(store: IndexStore, rtset: RtSet) -> None:
+    result = store.dump_table("RTbeams", 100, 1_000_000)
+    assert len(result.rows) == 4 and "BeamName" in result.columns and not result.truncated
+    assert store.dump_table("RTbeams", 2, 1_000_000).truncated
+    with pytest.raises(ValueError):
+        store.dump_table('RTbeams"; DROP TABLE "RTplans', 10, 1_000)
+
+
+# -- the gateway database's side: received rows followed, index entries kept ---------------------
+@pytest.fixture()
+def gateway(tmp_path: Path) -> Database:
+    db = Database(tmp_path / "g.sqlite", [META_SCHEMA, AUDIT_SCHEMA, ENTRIES_SCHEMA])
+    with db.transaction() as connection:
+        for instance_id, state, modality in (("i1", "ready", "CT"), ("i2", "gone", None),
+                                             ("i3", "new", "RTPLAN"), ("i4", "ready", "RTDOSE")):
+            connection.execute(
+                "INSERT INTO received(instance_id, received_at, state, modality, patient_id,"
+                " study_uid) VALUES(?,?,?,?,?,?)", (instance_id, "t", state, modality, "P", "S"))
+    return db
+
+
+def entries(db: Database) -> dict[str, str]:
+    return {row["instance_id"]: row["sop_instance_uid"]
+            for row in db.query("SELECT * FROM index_entries")}
+
+
+def test_received_after_a_seq_in_order_and_limited(gateway: Database) -> None:
+    rows = entries_store.received_after(gateway, 0, 10)
+    assert [(row.seq, row.instance_id, row.state, row.modality) for row in rows] == [
+        (1, "i1", "ready", "CT"), (2, "i2", "gone", None), (3, "i3", "new", "RTPLAN"),
+        (4, "i4", "ready", "RTDOSE")]
+    assert (rows[0].patient_id, rows[0].study_uid) == ("P", "S")
+    assert [row.instance_id for row in entries_store.received_after(gateway, 1, 2)] == ["i2", "i3"]
+    assert entries_store.received_after(gateway, 4, 10) == []
+
+
+def test_index_entries_noted_replaced_and_forgotten(gateway: Database) -> None:
+    with gateway.transaction() as connection:
+        for instance_id in ("i1", "i2", "i4"):
+            entries_store.note_indexed(connection, instance_id, f"sop-{instance_id}")
+        entries_store.note_indexed(connection, "i1", "sop-again")   # indexed again: replaced
+    assert entries(gateway) == {"i1": "sop-again", "i2": "sop-i2", "i4": "sop-i4"}
+    assert entries_store.gone_entries(gateway) == [entries_store.IndexEntry("i2", "sop-i2")]
+    with gateway.transaction() as connection:
+        entries_store.forget(connection, ["i2", "i4", "never-indexed"])
+    assert entries(gateway) == {"i1": "sop-again"}
+    assert entries_store.gone_entries(gateway) == []
+    with gateway.transaction() as connection:
+        entries_store.forget_all(connection)
+    assert entries(gateway) == {}

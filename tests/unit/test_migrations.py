@@ -14,7 +14,7 @@ from orthanc_plugin import capabilities
 from orthanc_plugin.app import all_migrations
 from orthanc_plugin.audit.tables import SCHEMA as AUDIT_SCHEMA
 from orthanc_plugin.db import META_SCHEMA, SCHEMA_VERSION_KEY, Database, Migration, check_migrations
-from orthanc_plugin.jobs.arrival import SCHEMA as ARRIVAL_SCHEMA
+from orthanc_plugin.jobs.arrival_store import SCHEMA as ARRIVAL_SCHEMA
 from orthanc_plugin.jobs.own_output import SCHEMA as OWN_OUTPUT_SCHEMA
 from orthanc_plugin.jobs.tables import SCHEMA as JOBS_SCHEMA
 

@@ -24,11 +24,11 @@ from orthanc_plugin.channels import (
 from orthanc_plugin.config import RetryPolicySettings
 from orthanc_plugin.db import META_SCHEMA, Database
 from orthanc_plugin.forwarding.verify import InFlightVerifier, InstanceKeys
+from orthanc_plugin.in_orthanc.supervisor.processes import exit_reason
 from orthanc_plugin.jobs.queue import ClaimedItem, JobQueue, JobSpec
 from orthanc_plugin.jobs.tables import SCHEMA as JOBS_SCHEMA
 from orthanc_plugin.ports import HostError
 from orthanc_plugin.rules import RulesError, load_rules_text
-from orthanc_plugin.supervisor.processes import exit_reason
 
 POLICY = RetryPolicySettings(max_attempts=3, base_delay_seconds=0, max_delay_seconds=0)
 

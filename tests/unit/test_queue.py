@@ -201,3 +201,31 @@ def test_a_delivery_ends_a_run_of_failures(queue: JobQueue) -> None:
     assert claim is not None
     queue.mark_sent(claim.items, {})
     assert queue.db.query("SELECT failing_since FROM jobs WHERE id=?", (job_id,))[0][0] is None
+
+
+def test_a_job_is_settled_with_its_records_or_not_at_all(queue: JobQueue) -> None:
+    """The executor's rows (forwarding's transfer rows) commit with the job's new state: a job
+    never shows as done before they exist, and a failure while writing them leaves it running."""
+    job_id, _ = enqueue(queue, ["a", "b"])
+    assert job_id is not None
+    claim = queue.claim(10)
+    assert claim is not None
+    queue.mark_sent(claim.items, {"a": 1, "b": 2})
+    seen: list[dict[int, str]] = []
+
+    def fails_half_way(connection: sqlite3.Connection, outcome: dict[int, str]) -> None:
+        seen.append(dict(outcome))
+        queue.take_unreported(connection, job_id)
+        raise RuntimeError("killed while writing the rows")
+
+    with pytest.raises(RuntimeError):
+        queue.settle([job_id], None, None, with_outcome=fails_half_way)
+    assert seen == [{job_id: "done"}]
+    assert queue.db.query("SELECT state FROM jobs WHERE id=?", (job_id,))[0]["state"] == "running"
+    counted: list[tuple[int, int]] = []
+
+    def counts(connection: sqlite3.Connection, outcome: dict[int, str]) -> None:
+        counted.append(queue.take_unreported(connection, job_id))
+
+    assert queue.settle([job_id], None, None, with_outcome=counts) == {job_id: "done"}
+    assert counted == [(2, 3)]    # the failed settle counted nothing: it was rolled back whole

@@ -11,7 +11,7 @@ from __future__ import annotations
 import threading
 from collections.abc import Callable
 
-from orthanc_plugin.supervisor.proxy import ApiProxy
+from orthanc_plugin.in_orthanc.supervisor.proxy import ApiProxy
 
 PERIOD_SECONDS = 2.0
 

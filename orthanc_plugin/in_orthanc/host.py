@@ -24,20 +24,20 @@ from orthanc_plugin.channels import (
     StableStudyNote,
     StoredNote,
     channels_for,
-    gateway_store_jobs,
 )
 from orthanc_plugin.config import ConfigError, parse_config
-from orthanc_plugin.supervisor.metrics import MetricsCopier
-from orthanc_plugin.supervisor.notes import NoteSender
-from orthanc_plugin.supervisor.processes import (
+from orthanc_plugin.in_orthanc.supervisor.metrics import MetricsCopier
+from orthanc_plugin.in_orthanc.supervisor.notes import NoteSender
+from orthanc_plugin.in_orthanc.supervisor.processes import (
     Supervisor,
     WorkerCommand,
     validate_in_worker,
     worker_python,
 )
-from orthanc_plugin.supervisor.proxy import ApiProxy
+from orthanc_plugin.in_orthanc.supervisor.proxy import ApiProxy
+from orthanc_plugin.jobs.orthanc_jobs_store import gateway_store_jobs
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]   # the checkout: orthanc_plugin/in_orthanc/host.py
 EXPLORER_JS = ROOT / "orthanc_plugin" / "web" / "static" / "explorer.js"
 
 
