@@ -49,6 +49,7 @@ from orthanc_plugin.rules import (
     RulesError,
     RuleSet,
     Trigger,
+    Vocabulary,
     evaluate,
     explain_each,
     load_rules_file,
@@ -61,9 +62,11 @@ RULES_SHA_KEY = "rules_in_force_sha256"
 
 class Gateway:
     def __init__(self, host: Host, config: GatewayConfig, ruleset: RuleSet,
-                 role: WorkerRole | None = None) -> None:
+                 role: WorkerRole | None = None, vocabulary: Vocabulary | None = None) -> None:
         role = role or WorkerRole()
         self.role = role
+        # What the rules may say, from the capability list; every reload reads with it.
+        self.vocabulary = vocabulary if vocabulary is not None else capabilities.vocabulary()
         self.host = host
         self.config = config
         self.ruleset = ruleset
@@ -95,7 +98,7 @@ class Gateway:
             self.intake, self.queue, self.registry,
             config.workers if role.job_threads is None else role.job_threads,
             config.poll_interval_seconds, host.log_error, watch=role.watch,
-            before_claim=self.follow_published_rules,
+            before_claim=self.follow_published_rules, gate=role.gate,
         )
         # The lead worker wakes the other worker processes too.
         self.wake_other_workers = role.wake_other_workers
@@ -106,12 +109,17 @@ class Gateway:
         except ValueError as error:
             raise ConfigError(f"{SECTION}.TrustedOrigins: {error}") from None
         self.router = Router(trusted)
-        # The intake's hook lists are the context's: a capability plugs in by name.
+        self.retention = Retention(self.db, read_retention(config.section), host.log_warning)
+        # The intake's, the queue's and retention's hook lists are the context's: a capability
+        # plugs in by name.
         self.hooks = Hooks(after_describe=self.intake.after_describe,
                            when_quiet=self.intake.when_quiet,
                            source_overrides=self.intake.source_overrides,
                            after_records_completed=self.intake.after_records_completed,
-                           claim_admission=self.queue.admission_checks)
+                           claim_admission=self.queue.admission_checks,
+                           items_reset=self.queue.items_reset,
+                           job_details=self.queue.job_details,
+                           jobs_pruned=self.retention.jobs_pruned)
         # How many arrivals were decided from the plugin's note alone (jobs/arrival.py).
         self.hooks.stats.append(
             lambda: {"intake": {"decided_at_arrival": self.intake.arrival.decided}})
@@ -119,7 +127,6 @@ class Gateway:
         self.health_probes = HealthProbes(
             self.db, {"storage": config.storage_directory, "database": config.database.parent},
             config.min_free_disk_mb, role.worker_pids)
-        self.retention = Retention(self.db, read_retention(config.section), host.log_warning)
         add_routes(self.router, self)
         self._started = False
         self._gauges_refreshed_at = float("-inf")
@@ -130,7 +137,7 @@ class Gateway:
             rules=lambda: self.ruleset, known_targets=self.known_targets,
             wake_workers=self._wake_senders, file_sizes=self.file_sizes,
             instance_keys=self.instance_keys, refresh_queue_gauges=self.refresh_queue_gauges,
-            labels=StudyLabels(host, host.log_warning),
+            labels=StudyLabels(host, host.log_warning), gate=role.gate,
         )
         capabilities.install_all(self.context)
 
@@ -263,7 +270,8 @@ class Gateway:
             return
         text = self.db.get_meta(RULES_TEXT_KEY) or ""
         try:
-            ruleset = load_rules_text(text, None, Path(self.config.rules_file).parent)
+            ruleset = load_rules_text(text, None, Path(self.config.rules_file).parent,
+                                      self.vocabulary)
         except RulesError as error:  # the lead validated it; log and keep what is in force
             self.host.log_error(f"published rules not loaded: {error}")
             return
@@ -281,7 +289,8 @@ class Gateway:
     def reload_rules(self) -> RuleSet:
         with self._rules_lock:
             try:
-                ruleset = load_rules_file(self.config.rules_file, self.known_targets())
+                ruleset = load_rules_file(self.config.rules_file, self.known_targets(),
+                                          self.vocabulary)
             except RulesError as error:
                 self.recorder.event("rules-reload", status="refused", detail=str(error))
                 self.host.log_error(f"rules not reloaded, the previous rules stay: {error}")
@@ -396,11 +405,12 @@ def build_gateway(host: Host, orthanc_config: dict[str, Any], config_dir: Path,
                   role: WorkerRole | None = None) -> Gateway:
     """Read the settings and the rules; a broken rules file raises and Orthanc does not start."""
     config = parse_config(orthanc_config, config_dir)
-    capabilities.register_rule_actions()
+    vocabulary = capabilities.vocabulary()
     # No DicomModalities in the file: they may live in Orthanc's database, checked at reload.
     ruleset = load_rules_file(config.rules_file,
-                              set(config.known_modalities) | set(config.dicomweb_servers) or None)
-    return Gateway(host, config, ruleset, role)
+                              set(config.known_modalities) | set(config.dicomweb_servers) or None,
+                              vocabulary)
+    return Gateway(host, config, ruleset, role, vocabulary)
 
 
 __all__ = ["Gateway", "Trigger", "build_gateway"]

@@ -20,9 +20,11 @@ from orthanc_plugin.db import Database
 from orthanc_plugin.jobs.executor_base import JobContext
 from orthanc_plugin.jobs.executors import Registry
 from orthanc_plugin.jobs.facts import FactsBuilder
-from orthanc_plugin.jobs.queue import AdmissionCheck, JobQueue
+from orthanc_plugin.jobs.queue import AdmissionCheck, JobDetails, JobItemsReset, JobQueue
 from orthanc_plugin.labels import StudyLabels
 from orthanc_plugin.ports import Host
+from orthanc_plugin.reception import ReceptionGate
+from orthanc_plugin.retention import JobsPruned
 from orthanc_plugin.rules import RuleSet
 
 
@@ -46,6 +48,13 @@ class Hooks:
     on_rules_loaded: list[Callable[[RuleSet], object]] = field(default_factory=list)
     # Destination policies the queue consults inside each claim (caps, time windows).
     claim_admission: list[AdmissionCheck] = field(default_factory=list)
+    # A job retried by hand, in the queue's transaction: what a capability recorded of its
+    # items that go back to pending is forgotten (forwarding: their commitment).
+    items_reset: list[JobItemsReset] = field(default_factory=list)
+    # What a capability adds to a job's JSON (forwarding: its storage commitment).
+    job_details: list[JobDetails] = field(default_factory=list)
+    # Retention prunes finished jobs: a capability's records of them go in the same batch.
+    jobs_pruned: list[JobsPruned] = field(default_factory=list)
     # Gauges a capability adds to the Prometheus snapshot (name -> value), read per scrape.
     metrics: list[Callable[[], dict[str, float]]] = field(default_factory=list)
     # Sections a capability adds to GET stats (name -> JSON value), read per request.
@@ -73,6 +82,9 @@ class CapabilityContext:
     refresh_queue_gauges: Callable[[], None]
     # Orthanc labels on the studies acted on (1.12+, feature-detected; nothing on 1.10).
     labels: StudyLabels
+    # This worker process's reception gate (reception.py): background work marks its threads
+    # with it and holds its own loops while a modality's instances arrive.
+    gate: ReceptionGate
 
     @property
     def config_dir(self) -> Path:

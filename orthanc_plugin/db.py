@@ -114,6 +114,8 @@ class Database:
                             connection.execute(f"ALTER TABLE {table} ADD COLUMN {name} {declaration}")
                 for statement in migration.statements:
                     connection.execute(statement)
+                if migration.moves is not None:
+                    migration.moves(connection)
                 self.set_meta(SCHEMA_VERSION_KEY, str(migration.version), connection)
                 applied.append(migration.version)
         return applied
@@ -255,6 +257,10 @@ class Migration:
     what: str
     columns: dict[str, dict[str, str]] = field(default_factory=dict)
     statements: tuple[str, ...] = ()
+    # A step that moves rows (a record leaving one part's table for another's), run after the
+    # columns and statements in the same transaction; it must find out what the database holds,
+    # since a new database runs every step too.
+    moves: Callable[[sqlite3.Connection], None] | None = None
 
 
 def check_migrations(migrations: Sequence[Migration]) -> list[Migration]:

@@ -8,9 +8,9 @@ C-STORE (bench/isolation, before this gate: ingest 1.36x idle while an overlay b
   channels folder (`ArrivalBeacon`, at most every PUBLISH_EVERY_SECONDS), and only for instances a
   DICOM peer sent (Origin `DicomProtocol`): the gateway's own stores (overlay series, anonymized
   copies, the import folder) come back through REST and must not hold the work that makes them;
-- every worker process asks, before each REST call of a thread marked as background (`GATE`), how
-  long ago that file was touched; while it is less than QuietSeconds the call waits, in short
-  sleeps, then goes once the burst has ended: the work catches up by itself;
+- every worker process asks, before each REST call of a thread marked as background (its
+  `ReceptionGate`), how long ago that file was touched; while it is less than QuietSeconds the
+  call waits, in short sleeps, then goes once the burst has ended: the work catches up by itself;
 - a thread held MaxPauseSeconds in a row gets a pass window of a tenth of that, then is held again:
   a reception that never ends (a long migration) slows background work, never stops it;
 - forwarding (the relay), the intake, the routes and the lead's delivery loops are not marked and
@@ -156,7 +156,12 @@ class Counters:
 
 @dataclass
 class ReceptionGate:
-    """Every worker process's side: holds the REST calls of threads marked as background."""
+    """Every worker process's side: holds the REST calls of threads marked as background.
+
+    One per worker process, built by its main (`for_worker`) before the first REST call and handed
+    to what marks or holds calls: the HTTP host, the worker pool (WorkerRole.gate) and the
+    capabilities (CapabilityContext.gate). Built without arguments it is disabled: a test's gateway,
+    the `--check` run."""
 
     settings: ReceptionSettings = field(default_factory=lambda: ReceptionSettings(enabled=False))
     arrival_file: Path | None = None
@@ -170,17 +175,22 @@ class ReceptionGate:
         self._local = threading.local()
         self._lock = threading.Lock()
 
-    def configure(self, settings: ReceptionSettings, folder: Path, index: int) -> None:
-        self.settings = settings
-        self.arrival_file = folder / ARRIVAL_FILE
-        self.counters_file = folder / f"{COUNTERS_PREFIX}{index}.json"
+    @classmethod
+    def for_worker(cls, settings: ReceptionSettings, folder: Path, index: int, *,
+                   age: Callable[[Path], float | None] = arrival_age,
+                   clock: Callable[[], float] = time.monotonic,
+                   sleep: Callable[[float], None] = time.sleep) -> ReceptionGate:
+        """Worker `index`'s gate, reading the arrival file and its counters in `folder`."""
+        counters_file = folder / f"{COUNTERS_PREFIX}{index}.json"
         # Counters are totals like Prometheus counters: a worker that restarts continues them.
+        counters = Counters()
         try:
-            counts = json.loads(self.counters_file.read_text())
-            self.counters = Counters(int(counts["held_calls"]), float(counts["held_seconds"]),
-                                     int(counts["pass_windows"]))
+            counts = json.loads(counters_file.read_text())
+            counters = Counters(int(counts["held_calls"]), float(counts["held_seconds"]),
+                                int(counts["pass_windows"]))
         except (OSError, ValueError, KeyError, TypeError):
             pass
+        return cls(settings, folder / ARRIVAL_FILE, counters_file, age, clock, sleep, counters)
 
     @contextmanager
     def background(self, is_background: bool = True) -> Iterator[None]:
@@ -280,6 +290,3 @@ def summary(folder: Path, settings: ReceptionSettings) -> dict[str, Any]:
         "by_worker": by_worker,
     }
 
-
-# The process's gate: disabled until the worker's main configures it.
-GATE = ReceptionGate()

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import sqlite3
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -70,6 +70,10 @@ def _add_pruned(connection: sqlite3.Connection, totals: dict[str, float]) -> Non
         connection, {PRUNED_PREFIX + name: value for name, value in totals.items() if value})
 
 
+# (the batch's connection, the job IDs pruned) -> totals to carry (name -> amount).
+JobsPruned = Callable[[sqlite3.Connection, Sequence[int]], dict[str, float]]
+
+
 class Retention:
     def __init__(self, db: Database, settings: RetentionSettings,
                  log: Callable[[str], None]) -> None:
@@ -77,6 +81,10 @@ class Retention:
         self.settings = settings
         self.log = log
         self.last_run: dict[str, int] = {}
+        # A capability's own records of the jobs pruned go with them, in the same batch; it
+        # returns the totals to carry so that its counters never go down (forwarding: committed
+        # instances). context.Hooks.jobs_pruned holds this list.
+        self.jobs_pruned: list[JobsPruned] = []
         self.loop = PeriodicLoop("retention", settings.check_every_seconds, self._round, log)
         # Set at a stop: a pruning round ends between batches.
         self.stopping = self.loop.stopping
@@ -133,8 +141,8 @@ class Retention:
             return 0
         items = retention_store.items_of_jobs(connection, ids)
         remember(connection, [(item.rule, item.target, item.instance_id) for item in items])
-        _add_pruned(connection,
-                    {"committed": sum(item.commit_state == "committed" for item in items)})
+        for forget in self.jobs_pruned:
+            _add_pruned(connection, forget(connection, ids))
         return retention_store.delete_jobs(connection, ids)
 
     def _transfers(self, connection: sqlite3.Connection, cutoff: str) -> int:

@@ -24,7 +24,6 @@ class PrunedItem:
     rule: str
     target: str
     instance_id: str
-    commit_state: str | None
 
 
 @dataclass(frozen=True)
@@ -72,9 +71,9 @@ def done_jobs_before(connection: sqlite3.Connection, cutoff: str, limit: int) ->
 
 
 def items_of_jobs(connection: sqlite3.Connection, job_ids: Sequence[int]) -> list[PrunedItem]:
-    return [PrunedItem(row["rule"], row["target"], row["instance_id"], row["commit_state"])
+    return [PrunedItem(row["rule"], row["target"], row["instance_id"])
             for row in connection.execute(
-                f"SELECT rule, target, instance_id, commit_state FROM job_items "
+                f"SELECT rule, target, instance_id FROM job_items "
                 f"WHERE job_id IN ({_marks(job_ids)})", tuple(job_ids))]
 
 

@@ -17,7 +17,7 @@ from orthanc_plugin.jobs.executors import PlannedJob
 from orthanc_plugin.rules.durations import duration_seconds
 from orthanc_plugin.rules.errors import RulesError
 from orthanc_plugin.rules.model import Action
-from orthanc_plugin.rules.schema_actions import ACTION_COMPOSERS, ACTION_PARSERS, ActionContext
+from orthanc_plugin.rules.schema_actions import ActionComposer, ActionContext, ActionParser
 from orthanc_plugin.rules.wording import kind_of, one_of
 
 KEYS = ("approvers", "expires")
@@ -65,6 +65,7 @@ def plan_hold(action: HoldAction) -> list[PlannedJob]:
     return []   # no job of its own: it holds the jobs the rule's other actions queue
 
 
-ACTION_PARSERS["hold"] = parse_hold
-if hold_first not in ACTION_COMPOSERS:
-    ACTION_COMPOSERS.insert(0, hold_first)
+# What this capability adds to the rules' vocabulary (capabilities.vocabulary()). hold_first runs
+# before every other composer: it must see the actions as written, before a fold moves them.
+ACTIONS: dict[str, ActionParser] = {"hold": parse_hold}
+COMPOSE_FIRST: tuple[ActionComposer, ...] = (hold_first,)

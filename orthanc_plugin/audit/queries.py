@@ -138,13 +138,15 @@ def stats(db: Database) -> dict[str, Any]:
             f"WHERE j.state = 'dead' AND i.state <> 'sent' GROUP BY j.{key}"
         ):
             _group(groups, row["name"])["instances_parked"] = row["n"]
-        # Storage commitment (forwarding/commitment.py): sent vs what the receiver confirmed.
+        # Storage commitment (forwarding's records, forwarding/tables.py): sent vs what the
+        # receiver confirmed.
         for row in db.query(
-            f"SELECT {key} AS name, "
+            f"SELECT i.{key} AS name, "
             "SUM(CASE WHEN commit_state='committed' THEN 1 ELSE 0 END) AS committed, "
             "SUM(CASE WHEN commit_state IN ('due','requested') THEN 1 ELSE 0 END) AS waiting, "
             "SUM(CASE WHEN commit_state='failed' THEN 1 ELSE 0 END) AS failed "
-            f"FROM job_items WHERE commit_state IS NOT NULL GROUP BY {key}"
+            "FROM forward_items f JOIN job_items i ON i.job_id = f.job_id AND "
+            f"i.instance_id = f.instance_id WHERE f.commit_state IS NOT NULL GROUP BY i.{key}"
         ):
             _group(groups, row["name"])["commitment"] = {
                 "committed": row["committed"], "waiting": row["waiting"],

@@ -27,8 +27,7 @@ from orthanc_plugin.jobs.executors import PlannedJob
 from orthanc_plugin.rules.durations import duration_seconds
 from orthanc_plugin.rules.errors import RulesError
 from orthanc_plugin.rules.numbers import positive_number
-from orthanc_plugin.rules.schema import SECTION_PARSERS
-from orthanc_plugin.rules.schema_actions import ACTION_PARSERS, ActionContext
+from orthanc_plugin.rules.schema_actions import ActionContext, ActionParser, SectionParser
 from orthanc_plugin.rules.wording import kind_of, one_of
 
 SECTION = "cleanup"
@@ -86,5 +85,6 @@ def plan_delete_after(action: DeleteAfterAction) -> list[PlannedJob]:
     return [PlannedJob(JOB_ACTION, action.job_target)]
 
 
-SECTION_PARSERS[SECTION] = parse_cleanup
-ACTION_PARSERS["delete_after"] = parse_delete_after
+# What this capability adds to the rules' vocabulary (capabilities.vocabulary()).
+SECTIONS: dict[str, SectionParser] = {SECTION: parse_cleanup}
+ACTIONS: dict[str, ActionParser] = {"delete_after": parse_delete_after}

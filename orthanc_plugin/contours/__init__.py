@@ -6,7 +6,7 @@ from typing import TYPE_CHECKING
 
 from orthanc_plugin.config import SECTION, ConfigError
 from orthanc_plugin.contours.action import DEFAULT_WAIT_POLL_SECONDS, OverlayExecutor
-from orthanc_plugin.contours.model import ContourLimits, configure_limits
+from orthanc_plugin.contours.model import ContourLimits
 from orthanc_plugin.contours.routes import add_routes
 from orthanc_plugin.contours.rule import JOB_ACTION, OverlayAction, plan_overlay
 
@@ -21,13 +21,14 @@ def install(ctx: CapabilityContext) -> None:
     poll = settings.get("WaitPollSeconds", DEFAULT_WAIT_POLL_SECONDS)
     if isinstance(poll, bool) or not isinstance(poll, int | float) or poll <= 0:
         raise ConfigError(f"{SECTION}.Contours.WaitPollSeconds: expected a number > 0, got {poll!r}")
-    configure_limits(ContourLimits(
+    limits = ContourLimits(
         max_points_per_contour=_whole(settings, "MaxPointsPerContour", 50_000),
         max_points_per_structure_set=_whole(settings, "MaxPointsPerStructureSet", 5_000_000),
-    ))
+    )
     ctx.registry.add_planner(OverlayAction, plan_overlay)
-    ctx.registry.add_executor(JOB_ACTION, OverlayExecutor(ctx.jobs, float(poll)))
-    add_routes(ctx.router, ctx.host)
+    ctx.registry.add_executor(JOB_ACTION, OverlayExecutor(ctx.jobs, float(poll), limits,
+                                                          ctx.gate.before_request))
+    add_routes(ctx.router, ctx.host, limits)
 
 
 def _whole(settings: dict[str, object], key: str, default: int) -> int:

@@ -12,10 +12,10 @@ from __future__ import annotations
 
 import sqlite3
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from io import BytesIO
 
-from orthanc_plugin.contours.model import ContourError
+from orthanc_plugin.contours.model import DEFAULT_LIMITS, ContourError, ContourLimits
 from orthanc_plugin.contours.overlay import OverlayBuild, build_overlay_series
 from orthanc_plugin.contours.rule import JOB_ACTION, OverlayAction
 from orthanc_plugin.contours.sources import find_images, read_instance, read_rtstruct
@@ -26,7 +26,6 @@ from orthanc_plugin.jobs.own_output import store_own_instance
 from orthanc_plugin.jobs.queue import ClaimedItem
 from orthanc_plugin.jobs.states import JobState
 from orthanc_plugin.ports import HostError
-from orthanc_plugin.reception import GATE
 
 DEFAULT_WAIT_POLL_SECONDS = 5.0
 
@@ -38,9 +37,16 @@ class OverlayExecutor(ItemExecutor[OverlayAction, int]):
     max_items_per_claim = 1
 
     def __init__(self, context: JobContext,
-                 wait_poll_seconds: float = DEFAULT_WAIT_POLL_SECONDS) -> None:
+                 wait_poll_seconds: float = DEFAULT_WAIT_POLL_SECONDS,
+                 limits: ContourLimits = DEFAULT_LIMITS,
+                 pause: Callable[[], None] = lambda: None) -> None:
         super().__init__(context)
         self.wait_poll_seconds = wait_poll_seconds
+        # The site's RtGateway.Contours limits: beyond them a structure set is refused.
+        self.limits = limits
+        # The worker's reception gate (reception.py): the build holds between ROIs while a
+        # modality's instances arrive. Nothing by default (a test's executor).
+        self.pause = pause
 
     def step(self, job: sqlite3.Row, item: ClaimedItem, action: OverlayAction) -> int:
         modality = self.host.get_json(f"/instances/{item.instance_id}/series")[
@@ -49,14 +55,14 @@ class OverlayExecutor(ItemExecutor[OverlayAction, int]):
             # A stable-study rule hands over the images too: only structure sets make overlays.
             return 0
         try:
-            rtstruct, structure_set = read_rtstruct(self.host, item.instance_id)
+            rtstruct, structure_set = read_rtstruct(self.host, item.instance_id, self.limits)
             search = find_images(self.host, structure_set, item.instance_id)
             if not search.complete:
                 self._wait_or_give_up(job, item, action, search.waiting_for)
             started = time.perf_counter()
             images = [read_instance(self.host, iid) for iid in search.instance_ids]
             build = build_overlay_series(images, rtstruct, action.options,
-                                         pause=GATE.before_request)
+                                         pause=self.pause, limits=self.limits)
         except ContourError as problem:
             raise Refuse(str(problem), "invalid-input", quarantine=True) from problem
         self.event(job, "overlay-built", "ok", _describe_build(

@@ -168,16 +168,11 @@ class ContourLimits:
     max_points_per_structure_set: int = 5_000_000
 
 
+# The site's limits (RtGateway.Contours) are handed down from install(); these when not given.
 DEFAULT_LIMITS = ContourLimits()
-_limits = DEFAULT_LIMITS
 
 
-def configure_limits(limits: ContourLimits) -> None:
-    global _limits
-    _limits = limits
-
-
-def parse_structure_set(ds: Dataset) -> StructureSet:
+def parse_structure_set(ds: Dataset, limits: ContourLimits = DEFAULT_LIMITS) -> StructureSet:
     if str(ds.get("Modality", "")) != "RTSTRUCT" and "ROIContourSequence" not in ds:
         raise ContourError("not an RTSTRUCT: no ROIContourSequence")
     names = {
@@ -208,14 +203,14 @@ def parse_structure_set(ds: Dataset) -> StructureSet:
         name = names.get(number, f"ROI {number}")
         for contour in contours:
             total_points += len(contour.points)
-            if len(contour.points) > _limits.max_points_per_contour:
+            if len(contour.points) > limits.max_points_per_contour:
                 raise ContourError(
                     f"ROI '{name}' contour {contour.number} has {len(contour.points)} points, more "
-                    f"than the limit of {_limits.max_points_per_contour} "
+                    f"than the limit of {limits.max_points_per_contour} "
                     "(RtGateway.Contours.MaxPointsPerContour)")
-        if total_points > _limits.max_points_per_structure_set:
+        if total_points > limits.max_points_per_structure_set:
             raise ContourError(
-                f"the structure set has more than {_limits.max_points_per_structure_set} contour "
+                f"the structure set has more than {limits.max_points_per_structure_set} contour "
                 "points (RtGateway.Contours.MaxPointsPerStructureSet)")
         rois.append(Roi(number, name, contours,
                         colour if len(colour) == 3 else (255, 0, 0)))

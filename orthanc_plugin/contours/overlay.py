@@ -26,7 +26,9 @@ from pydicom.uid import (
 )
 
 from orthanc_plugin.contours.model import (
+    DEFAULT_LIMITS,
     ContourError,
+    ContourLimits,
     SeriesGeometry,
     SliceGeometry,
     parse_structure_set,
@@ -103,12 +105,13 @@ def write_overlay(ds: Dataset, index: int, mask: np.ndarray, label: str) -> None
 def build_overlay_series(
     images: Sequence[Dataset], rtstruct: Dataset, options: OverlayOptions,
     now: datetime | None = None, pause: Callable[[], None] = lambda: None,
+    limits: ContourLimits = DEFAULT_LIMITS,
 ) -> OverlayBuild:
     """Rasterize the selected ROIs on the images and make one derived series per plane.
 
     `pause` is called between ROIs and between derived images: the worker holds there while a
     modality's instances arrive (reception.py), since this CPU work competes with Orthanc's."""
-    structure_set = parse_structure_set(rtstruct)
+    structure_set = parse_structure_set(rtstruct, limits)
     if not images:
         raise ContourError("no images to draw the contours on")
     by_uid = {str(ds.SOPInstanceUID): ds for ds in images}

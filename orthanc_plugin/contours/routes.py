@@ -11,7 +11,9 @@ from typing import TYPE_CHECKING, Any
 
 from orthanc_plugin.api.router import ApiError, Request, Response, json_response
 from orthanc_plugin.contours.model import (
+    DEFAULT_LIMITS,
     ContourError,
+    ContourLimits,
     SeriesGeometry,
     SliceGeometry,
     StructureSet,
@@ -27,13 +29,14 @@ if TYPE_CHECKING:
 MISSING_SHOWN = 20
 
 
-def add_routes(router: Router, host: Host) -> None:
+def add_routes(router: Router, host: Host,
+               limits: ContourLimits = DEFAULT_LIMITS) -> None:
     def preview(request: Request) -> Response:
         instance_id = request.params["id"]
         ignore = _globs(request.query.get("ignore", ""))
         keep = _globs(request.query.get("keep", ""))
         try:
-            _, structure_set = read_rtstruct(host, instance_id)
+            _, structure_set = read_rtstruct(host, instance_id, limits)
         except HostError as error:
             if error.missing:
                 raise ApiError(404, f"no instance {instance_id} in Orthanc") from error

@@ -1,4 +1,4 @@
-"""The `overlay` rule action: options, parser (registered in ACTION_PARSERS) and planner.
+"""The `overlay` rule action: options, parser (declared in ACTIONS) and planner.
 
     - overlay: {ignore: [skull, "*body*"], planes: [axial, coronal], forward: [VIEWER],
                 per_roi: false, burn_in_outline: false, series_description: Contours,
@@ -15,7 +15,7 @@ from orthanc_plugin.contours.overlay import OverlayOptions
 from orthanc_plugin.contours.planes import Plane
 from orthanc_plugin.jobs.executors import PlannedJob
 from orthanc_plugin.rules.errors import RulesError
-from orthanc_plugin.rules.schema_actions import ACTION_PARSERS, ActionContext, parse_forward
+from orthanc_plugin.rules.schema_actions import ActionContext, ActionParser, parse_forward
 from orthanc_plugin.rules.schema_values import name_list
 from orthanc_plugin.rules.wording import kind_of, one_of
 
@@ -129,4 +129,5 @@ def _duration(raw: Any, path: str) -> float:
     return seconds
 
 
-ACTION_PARSERS["overlay"] = parse_overlay
+# What this capability adds to the rules' vocabulary (capabilities.vocabulary()).
+ACTIONS: dict[str, ActionParser] = {"overlay": parse_overlay}

@@ -9,7 +9,13 @@ from pydicom import dcmread
 from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
 
-from orthanc_plugin.contours.model import ContourError, StructureSet, parse_structure_set
+from orthanc_plugin.contours.model import (
+    DEFAULT_LIMITS,
+    ContourError,
+    ContourLimits,
+    StructureSet,
+    parse_structure_set,
+)
 from orthanc_plugin.ports import Host, HostError
 
 IMAGE_MODALITIES = ("CT", "MR", "PT")
@@ -30,9 +36,10 @@ class ImageSearch:
         return self.series_id is not None and not self.waiting_for
 
 
-def read_rtstruct(host: Host, instance_id: str) -> tuple[Dataset, StructureSet]:
+def read_rtstruct(host: Host, instance_id: str, limits: ContourLimits = DEFAULT_LIMITS
+                  ) -> tuple[Dataset, StructureSet]:
     dataset = read_instance(host, instance_id)
-    return dataset, parse_structure_set(dataset)
+    return dataset, parse_structure_set(dataset, limits)
 
 
 def read_instance(host: Host, instance_id: str, *, pixels: bool = True) -> Dataset:

@@ -18,9 +18,9 @@ from typing import Any, ClassVar
 from orthanc_plugin.deid.model import DEFAULT_PATIENT_ID_PATTERN, DeidSettings
 from orthanc_plugin.deid.profile import Option, Profile
 from orthanc_plugin.jobs.executors import PlannedJob
-from orthanc_plugin.rules.derivations import register_derivation
+from orthanc_plugin.rules.derivations import FoldForwardsInto
 from orthanc_plugin.rules.errors import RulesError
-from orthanc_plugin.rules.schema_actions import ACTION_PARSERS, ActionContext
+from orthanc_plugin.rules.schema_actions import ActionComposer, ActionContext, ActionParser
 from orthanc_plugin.rules.schema_values import name_list
 from orthanc_plugin.rules.wording import kind_of, one_of
 
@@ -92,5 +92,7 @@ def plan_anonymize(action: AnonymizeAction) -> list[PlannedJob]:
 
 
 
-ACTION_PARSERS[JOB_ACTION] = parse_anonymize
-register_derivation(AnonymizeAction)
+# What this capability adds to the rules' vocabulary (capabilities.vocabulary()): the forwards
+# after an anonymize send its copy.
+ACTIONS: dict[str, ActionParser] = {JOB_ACTION: parse_anonymize}
+COMPOSERS: tuple[ActionComposer, ...] = (FoldForwardsInto(AnonymizeAction),)

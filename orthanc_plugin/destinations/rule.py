@@ -33,8 +33,7 @@ from orthanc_plugin.destinations.model import (
 from orthanc_plugin.rules.durations import duration_seconds
 from orthanc_plugin.rules.errors import RulesError
 from orthanc_plugin.rules.numbers import positive_number
-from orthanc_plugin.rules.schema import SECTION_PARSERS
-from orthanc_plugin.rules.schema_actions import ActionContext
+from orthanc_plugin.rules.schema_actions import ActionContext, SectionParser
 from orthanc_plugin.rules.wording import kind_of, one_of
 from orthanc_plugin.transform.coerce import CoercionError, parse_coercion
 from orthanc_plugin.transform.syntax import AS_RECEIVED, syntax_named
@@ -136,4 +135,5 @@ def _whole(raw: dict[str, Any], key: str, path: str) -> int | None:
     return None if value is None else int(value)
 
 
-SECTION_PARSERS[SECTION] = parse_destinations
+# What this capability adds to the rules' vocabulary (capabilities.vocabulary()).
+SECTIONS: dict[str, SectionParser] = {SECTION: parse_destinations}

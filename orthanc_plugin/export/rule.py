@@ -12,7 +12,7 @@ from typing import Any
 from orthanc_plugin.export.model import DEFAULT_TEMPLATE, TemplateError, template_keywords
 from orthanc_plugin.jobs.executors import PlannedJob
 from orthanc_plugin.rules.errors import RulesError
-from orthanc_plugin.rules.schema_actions import ACTION_PARSERS, ActionContext
+from orthanc_plugin.rules.schema_actions import ActionContext, ActionParser
 from orthanc_plugin.rules.wording import kind_of, one_of
 
 JOB_ACTION = "export"
@@ -55,4 +55,5 @@ def plan_export_job(action: ExportAction) -> list[PlannedJob]:
     return [PlannedJob(JOB_ACTION, action.job_target)]
 
 
-ACTION_PARSERS["export"] = parse_export
+# What this capability adds to the rules' vocabulary (capabilities.vocabulary()).
+ACTIONS: dict[str, ActionParser] = {"export": parse_export}

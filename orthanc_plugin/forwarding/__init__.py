@@ -69,7 +69,10 @@ def _keyed_uids(ctx: CapabilityContext) -> Callable[[str], str]:
 
 def install(ctx: CapabilityContext) -> None:
     commit = read_commit_settings(ctx.section("Forwarding"))
-    store.create_commit_index(ctx.db)
+    # What forwarding keeps of its items follows them: retried by hand, pruned, shown.
+    ctx.hooks.items_reset.append(store.forget_reset_items)
+    ctx.hooks.jobs_pruned.append(store.forget_pruned_jobs)
+    ctx.hooks.job_details.append(lambda job_id: store.job_commitment(ctx.db, job_id))
     watcher = CommitmentWatcher(ctx.host, ctx.db, ctx.recorder, commit, ctx.host.log_warning,
                                 ctx.instance_keys)
     ctx.hooks.on_start.append(watcher.start)
@@ -79,6 +82,7 @@ def install(ctx: CapabilityContext) -> None:
     verify = verify_settings(ctx.config.section)
     default = verify.get("*", "c-find")
     stow = StowClient(ctx.config.dicomweb_servers) if ctx.config.dicomweb_servers else None
+    label_study = study_labeller(ctx.labels, ctx.db)
     forwarder = Forwarder(
         ctx.host, ctx.queue, ctx.recorder, ctx.file_sizes,
         ctx.config.max_instances_per_association,
@@ -88,13 +92,13 @@ def install(ctx: CapabilityContext) -> None:
         copy_specs=CopySpecs(ctx.rules),
         copy_record=CopyRecorder(ctx.db, ctx.recorder),
         stow=stow,
+        after_settle=ctx.refresh_queue_gauges,
+        stopping=ctx.stopping,
+        label_study=label_study,
+        commit_wanted=commit.wanted,
     )
-    forwarder.after_settle = ctx.refresh_queue_gauges
-    forwarder.stopping = ctx.stopping
-    forwarder.label_study = study_labeller(ctx.labels, ctx.db)
     ctx.hooks.after_records_completed.append(
-        lambda job_ids: label_settled(ctx.db, forwarder.label_study, job_ids))
-    forwarder.commit_wanted = commit.wanted
+        lambda job_ids: label_settled(ctx.db, label_study, job_ids))
     ctx.registry.add_planner(ForwardAction, plan_forward)
     ctx.registry.add_executor(JOB_ACTION, forwarder)
     add_routes(ctx.router, ctx.db)

@@ -10,6 +10,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 from orthanc_plugin.audit.recorder import AuditRecorder
+from orthanc_plugin.forwarding import store
 from orthanc_plugin.forwarding.model import (
     FailureKind,
     StoreFailure,
@@ -60,6 +61,11 @@ class Forwarder:
         copy_specs: CopySpecs | None = None,
         copy_record: CopyRecorder | None = None,
         stow: StowClient | None = None,
+        *,
+        after_settle: Callable[[], None] = lambda: None,
+        stopping: threading.Event | None = None,
+        label_study: Callable[[JobStudy, str, int], None] = lambda job, state, sent: None,
+        commit_wanted: Callable[[str], bool] = lambda target: False,
     ) -> None:
         self.host = host
         # A destination (or rule) that wants its own copy (transform/): each instance is made by
@@ -75,15 +81,43 @@ class Forwarder:
         self.file_sizes = file_sizes
         self.max_per_association = max_per_association
         self.max_items_per_claim = max_per_association * 5
-        # Set by the gateway to refresh the queue gauges once jobs change state.
-        self.after_settle: Callable[[], None] = lambda: None
-        # Set by the gateway: a stop ends a claim at the next association boundary, so nothing
-        # in flight is cut (a cut chunk would be sent again after the restart).
-        self.stopping: threading.Event = threading.Event()
-        # Set by the capability: labels the job's study by its outcome (Orthanc 1.12+).
-        self.label_study: Callable[[JobStudy, str, int], None] = lambda job, state, sent: None
-        # Set by the capability: targets whose receiver is asked for storage commitment.
-        self.commit_wanted: Callable[[str], bool] = lambda target: False
+        # The gateway's: refreshes the queue gauges once jobs change state.
+        self.after_settle = after_settle
+        # The gateway's: a stop ends a claim at the next association boundary, so nothing in
+        # flight is cut (a cut chunk would be sent again after the restart). None (a test's
+        # forwarder): never stopped.
+        self.stopping = stopping if stopping is not None else threading.Event()
+        # Labels the job's study by its outcome (Orthanc 1.12+).
+        self.label_study = label_study
+        # Targets whose receiver is asked for storage commitment.
+        self.commit_wanted = commit_wanted
+
+    # -- forwarding's records of the items, with the queue's -------------------------------------
+    def _mark_sent(self, items: Sequence[ClaimedItem], sizes: dict[str, int],
+                   status: str | None = None, commit_target: str | None = None) -> None:
+        """Delivered, in one transaction with what forwarding keeps of them: no longer in flight,
+        and due for storage commitment when the target gives it."""
+        since = (time.time() if commit_target is not None and self.commit_wanted(commit_target)
+                 else None)
+        self.queue.mark_sent(items, sizes, status,
+                             also=lambda connection, sent: store.note_delivered(
+                                 connection, sent, since))
+
+    def _mark_in_flight(self, items: Sequence[ClaimedItem], orthanc_job: str) -> None:
+        """An Orthanc store job now carries these items, in this order."""
+        def write() -> None:
+            with self.queue.db.transaction() as connection:
+                store.mark_in_flight(connection, items, orthanc_job, time.time())
+                self.queue.note_orthanc_job(connection, [item.job_id for item in items],
+                                            orthanc_job)
+        self.queue.db.durable(write, "noting what a store job carries")
+
+    def _clear_in_flight(self, items: Sequence[ClaimedItem]) -> None:
+        """The receiver's answer for these is known: not delivered, to be sent again."""
+        def write() -> None:
+            with self.queue.db.transaction() as connection:
+                store.clear_in_flight(connection, items)
+        self.queue.db.durable(write, "clearing what a store job carried")
 
     def run(self, claim: Claim) -> None:
         started = self.recorder.now()
@@ -112,9 +146,8 @@ class Forwarder:
             else:
                 delivered, failure, orthanc_job = self._send_chunk(
                     claim.target, chunk, sum(sizes.get(item.instance_id, 0) for item in chunk))
-            self.queue.mark_sent(chunk[:delivered], sizes,
-                                 commit=self.commit_wanted(claim.target))
-            self.queue.clear_in_flight(chunk[delivered:])
+            self._mark_sent(chunk[:delivered], sizes, commit_target=claim.target)
+            self._clear_in_flight(chunk[delivered:])
             for item in chunk[:delivered]:
                 tally = tallies[item.job_id]
                 tally.sent += 1
@@ -167,7 +200,7 @@ class Forwarder:
         under a label Orthanc does not know: after a crash the receiver is asked (C-FIND)."""
         assert self.copies is not None
         label = f"copy-{uuid.uuid4().hex[:12]}"
-        self.queue.mark_in_flight(chunk, label)
+        self._mark_in_flight(chunk, label)
         made_list: list[tuple[ClaimedItem, MadeCopy]] = []
         failure: StoreFailure | None = None
         for item in chunk:
@@ -201,7 +234,7 @@ class Forwarder:
         failure of the request as a whole is returned (nothing of the chunk recorded sent)."""
         assert self.stow is not None
         label = f"stow-{uuid.uuid4().hex[:12]}"
-        self.queue.mark_in_flight(chunk, label)
+        self._mark_in_flight(chunk, label)
         parts: list[tuple[ClaimedItem, bytes, str]] = []
         made_list: list[tuple[ClaimedItem, MadeCopy]] = []
         for item in chunk:
@@ -219,7 +252,7 @@ class Forwarder:
                 continue
             except HostError as error:
                 if not error.missing:
-                    self.queue.clear_in_flight(chunk)
+                    self._clear_in_flight(chunk)
                     return classify_failure(str(error))
                 self._skip_gone(claim, [item], tallies)
                 continue
@@ -229,11 +262,11 @@ class Forwarder:
         try:
             outcome = self.stow.store(claim.target, [data for _, data, _ in parts])
         except StowError as error:
-            self.queue.clear_in_flight([item for item, _, _ in parts])
+            self._clear_in_flight([item for item, _, _ in parts])
             return StoreFailure(FailureKind.RETRYABLE if error.retryable
                                 else FailureKind.UNKNOWN_TARGET, "stow-rs", str(error))
         stored = [item for item, _, uid in parts if uid in outcome.stored]
-        self.queue.mark_sent(stored, sizes)
+        self._mark_sent(stored, sizes)
         for item in stored:
             tallies[item.job_id].sent += 1
             tallies[item.job_id].bytes += sizes.get(item.instance_id, 0)
@@ -252,7 +285,7 @@ class Forwarder:
             self.copy_record.sent(claim, [pair for pair in made_list
                                           if pair[0].instance_id in done])
         if unanswered:
-            self.queue.clear_in_flight(unanswered)
+            self._clear_in_flight(unanswered)
             return StoreFailure(FailureKind.RETRYABLE, "stow-rs",
                                 f"STOW-RS to {claim.target}: {len(unanswered)} instance(s) "
                                 "neither stored nor refused in the response")
@@ -263,13 +296,13 @@ class Forwarder:
     ) -> list[ClaimedItem]:
         """Items left in flight by a stopped or dead worker: what the receiver confirmed is
         recorded as sent and left out; the rest is sent again (verify.py)."""
-        uncertain = [item for item in claim.items if item.in_flight_job]
+        flights = store.in_flight_of(self.queue.db, claim.items)
+        uncertain = [item for item in claim.items if item in flights]
         if not uncertain or self.verifier is None:
             return list(claim.items)
-        verdict = self.verifier.verify(claim.target, uncertain)
-        self.queue.mark_sent(verdict.delivered, sizes, status="verified",
-                             commit=self.commit_wanted(claim.target))
-        self.queue.clear_in_flight(verdict.resend)
+        verdict = self.verifier.verify(claim.target, {item: flights[item] for item in uncertain})
+        self._mark_sent(verdict.delivered, sizes, status="verified", commit_target=claim.target)
+        self._clear_in_flight(verdict.resend)
         for item in verdict.delivered:
             tallies[item.job_id].sent += 1
             tallies[item.job_id].bytes += sizes.get(item.instance_id, 0)
@@ -295,7 +328,7 @@ class Forwarder:
                     gone.append(item)
         for item in gone:
             reason = "source instance deleted from Orthanc before it was sent"
-            self.queue.mark_gone(item, reason)
+            self.queue.mark_gone(item, reason, also=store.clear_in_flight)
             self.recorder.event("source-gone", status="skipped", target=claim.target,
                                 job_id=item.job_id, resource_id=item.instance_id, detail=reason)
         return gone
@@ -315,7 +348,7 @@ class Forwarder:
                 return 0, StoreFailure(FailureKind.SOURCE_GONE, "missing", str(error)), None
             return 0, classify_failure(str(error), None), None
         orthanc_job = str(answer["ID"])
-        self.queue.mark_in_flight(chunk, orthanc_job)
+        self._mark_in_flight(chunk, orthanc_job)
         time.sleep(chunk_bytes / FASTEST_SEND_BYTES_PER_SECOND)
         poll = POLL_SECONDS
         while True:
@@ -349,7 +382,7 @@ class Forwarder:
             self.copy_record.not_made(item, target, failure.message)
         tally.refused += 1
         tally.refusals.append(message)
-        self.queue.mark_refused(item, failure.status)
+        self.queue.mark_refused(item, failure.status, also=store.clear_in_flight)
         self.queue.note_refusal(item.job_id, message, failure.status)
 
     def _settle(

@@ -1,19 +1,22 @@
-"""Forwarding's store: the storage commitment requests (forwarding/tables.py) and the commitment
-and in-flight columns forwarding keeps on the queue's items. SQL only here; commitment.py keeps
-the rounds and the decisions, routes.py and __init__.py the page and the labels.
+"""Forwarding's store: its records of the instances it forwards (in flight in an Orthanc store
+job, storage commitment), the store jobs it started and its storage commitment requests
+(forwarding/tables.py). SQL only here; action.py and commitment.py keep the decisions.
 
-Every writer is one transaction: an instance's commitment state and its request's state change
-together, so a crash between them cannot leave a request done with items still waiting for it.
+The writers that follow a queue item's state take the queue's transaction (JobQueue.mark_sent's
+`also`): an instance is never recorded sent while still in flight, nor sent without being due
+for its commitment. The others are one transaction each: an instance's commitment state and its
+request's state change together.
 """
 
 from __future__ import annotations
 
+import sqlite3
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from orthanc_plugin.db import Database
-from orthanc_plugin.forwarding.tables import COMMIT_INDEX
+from orthanc_plugin.jobs.queue import ClaimedItem
 
 # job_items.commit_state: due (to be asked), requested (asked, report awaited), committed, failed.
 DUE, REQUESTED, COMMITTED, FAILED = "due", "requested", "committed", "failed"
@@ -21,6 +24,15 @@ DUE, REQUESTED, COMMITTED, FAILED = "due", "requested", "committed", "failed"
 NOT_COMMITTED = "not-committed"
 
 ItemKey = tuple[int, str]   # (job id, Orthanc instance ID)
+# Orthanc store jobs are remembered this long: SaveJobs resumes only what was active at a stop.
+STORE_JOB_MEMORY_SECONDS = 2 * 86400
+
+
+@dataclass(frozen=True)
+class InFlight:
+    """The Orthanc store job that carried an item when a worker stopped or died, and its place."""
+    orthanc_job: str
+    position: int
 
 
 @dataclass(frozen=True)
@@ -56,19 +68,76 @@ class CommitRequest:
     requested_epoch: float
 
 
-def create_commit_index(db: Database) -> None:
-    with db.transaction() as connection:
-        connection.execute(COMMIT_INDEX)
+# -- in flight ------------------------------------------------------------------------------------
+def in_flight_of(db: Database, items: Sequence[ClaimedItem]) -> dict[ClaimedItem, InFlight]:
+    """Which of a claim's items an Orthanc store job carried when a worker stopped or died."""
+    wanted = {(item.job_id, item.instance_id): item for item in items}
+    found: dict[ClaimedItem, InFlight] = {}
+    for job_id in sorted({item.job_id for item in items}):
+        for row in db.query("SELECT instance_id, in_flight_job, in_flight_pos FROM forward_items "
+                            "WHERE job_id=? AND in_flight_job IS NOT NULL", (job_id,)):
+            item = wanted.get((job_id, row["instance_id"]))
+            if item is not None:
+                found[item] = InFlight(str(row["in_flight_job"]), int(row["in_flight_pos"] or 0))
+    return found
 
 
+def mark_in_flight(connection: sqlite3.Connection, items: Sequence[ClaimedItem],
+                   orthanc_job: str, now: float) -> None:
+    """An Orthanc store job now carries these items, in this order; the job is remembered so
+    that Orthanc resuming it after a restart can be undone (in_orthanc/host.py)."""
+    connection.executemany(
+        "INSERT INTO forward_items(job_id, instance_id, in_flight_job, in_flight_pos) "
+        "VALUES(?,?,?,?) ON CONFLICT(job_id, instance_id) DO UPDATE SET "
+        "in_flight_job=excluded.in_flight_job, in_flight_pos=excluded.in_flight_pos",
+        [(item.job_id, item.instance_id, orthanc_job, position)
+         for position, item in enumerate(items)])
+    connection.execute(
+        "INSERT OR IGNORE INTO orthanc_store_jobs(orthanc_job, created_epoch) VALUES(?,?)",
+        (orthanc_job, now))
+    connection.execute("DELETE FROM orthanc_store_jobs WHERE created_epoch < ?",
+                       (now - STORE_JOB_MEMORY_SECONDS,))
+
+
+def clear_in_flight(connection: sqlite3.Connection, items: Sequence[ClaimedItem]) -> None:
+    """The receiver's answer for these is known (refused, gone, or to be sent again)."""
+    keys = [(item.job_id, item.instance_id) for item in items]
+    connection.executemany(
+        "UPDATE forward_items SET in_flight_job=NULL, in_flight_pos=NULL "
+        "WHERE job_id=? AND instance_id=?", keys)
+    connection.executemany(
+        "DELETE FROM forward_items WHERE job_id=? AND instance_id=? AND commit_state IS NULL",
+        keys)
+
+
+def note_delivered(connection: sqlite3.Connection, items: Sequence[ClaimedItem],
+                   commit_since: float | None) -> None:
+    """Delivered: no longer in flight; due for storage commitment from commit_since (None: the
+    target has none, so nothing of it is kept)."""
+    keys = [(item.job_id, item.instance_id) for item in items]
+    connection.executemany("DELETE FROM forward_items WHERE job_id=? AND instance_id=?", keys)
+    if commit_since is not None:
+        connection.executemany(
+            "INSERT INTO forward_items(job_id, instance_id, commit_state, commit_since) "
+            "VALUES(?,?,?,?)", [(*key, DUE, commit_since) for key in keys])
+
+
+def forget_reset_items(connection: sqlite3.Connection, job_id: int) -> None:
+    """A job retried by hand: its items back to pending are sent (and committed) afresh."""
+    connection.execute(
+        "DELETE FROM forward_items WHERE job_id=? AND instance_id IN (SELECT instance_id FROM "
+        "job_items WHERE job_id=? AND state='pending')", (job_id, job_id))
+
+
+# -- storage commitment ---------------------------------------------------------------------------
 def due_items(db: Database, limit: int) -> list[DueItem]:
     """The oldest instances due for a commitment request, with their job's target."""
     return [DueItem(int(row["job_id"]), str(row["instance_id"]), row["commit_since"],
                     str(row["target"]))
             for row in db.query(
-                "SELECT i.job_id, i.instance_id, i.commit_since, j.target FROM job_items i "
-                "JOIN jobs j ON j.id = i.job_id WHERE i.commit_state = ? "
-                "ORDER BY i.commit_since LIMIT ?", (DUE, limit))]
+                "SELECT f.job_id, f.instance_id, f.commit_since, j.target FROM forward_items f "
+                "JOIN jobs j ON j.id = f.job_id WHERE f.commit_state = ? "
+                "ORDER BY f.commit_since LIMIT ?", (DUE, limit))]
 
 
 def note_requested(db: Database, target: str, transaction: str, items: Sequence[ItemKey],
@@ -78,7 +147,8 @@ def note_requested(db: Database, target: str, transaction: str, items: Sequence[
             "INSERT OR REPLACE INTO commit_requests(transaction_uid, target, requested_epoch, "
             "instances, state) VALUES(?,?,?,?, 'pending')", (transaction, target, now, len(items)))
         connection.executemany(
-            "UPDATE job_items SET commit_state=?, commit_txn=? WHERE job_id=? AND instance_id=?",
+            "UPDATE forward_items SET commit_state=?, commit_txn=? "
+            "WHERE job_id=? AND instance_id=?",
             [(REQUESTED, transaction, job_id, instance_id) for job_id, instance_id in items])
 
 
@@ -94,14 +164,14 @@ def pending_requests(db: Database) -> list[CommitRequest]:
 def requested_items(db: Database, transaction: str) -> list[ItemKey]:
     """The instances a request asked for that have no answer recorded yet."""
     return [(int(row["job_id"]), str(row["instance_id"])) for row in db.query(
-        "SELECT job_id, instance_id FROM job_items WHERE commit_txn=? AND commit_state=?",
+        "SELECT job_id, instance_id FROM forward_items WHERE commit_txn=? AND commit_state=?",
         (transaction, REQUESTED))]
 
 
 def record_committed(db: Database, transaction: str, items: Sequence[ItemKey]) -> None:
     with db.transaction() as connection:
         connection.executemany(
-            "UPDATE job_items SET commit_state=? WHERE job_id=? AND instance_id=?",
+            "UPDATE forward_items SET commit_state=? WHERE job_id=? AND instance_id=?",
             [(COMMITTED, job_id, instance_id) for job_id, instance_id in items])
         connection.execute(
             "UPDATE commit_requests SET state='done' WHERE transaction_uid=?", (transaction,))
@@ -111,7 +181,7 @@ def ask_again(db: Database, transaction: str) -> None:
     """The report is lost (Orthanc restarted): its instances are due again, the request lost."""
     with db.transaction() as connection:
         connection.execute(
-            "UPDATE job_items SET commit_state=?, commit_txn=NULL "
+            "UPDATE forward_items SET commit_state=?, commit_txn=NULL "
             "WHERE commit_txn=? AND commit_state=?", (DUE, transaction, REQUESTED))
         connection.execute(
             "UPDATE commit_requests SET state='lost' WHERE transaction_uid=?", (transaction,))
@@ -124,10 +194,11 @@ def record_not_committed(db: Database, items: Sequence[ItemKey], reason: str,
     still sending is settled by the forwarder, which sees the parked items)."""
     with db.transaction() as connection:
         connection.executemany(
-            "UPDATE job_items SET state=?, status=?, commit_state=? "
-            "WHERE job_id=? AND instance_id=?",
-            [(NOT_COMMITTED, reason, FAILED, job_id, instance_id)
-             for job_id, instance_id in items])
+            "UPDATE job_items SET state=?, status=? WHERE job_id=? AND instance_id=?",
+            [(NOT_COMMITTED, reason, job_id, instance_id) for job_id, instance_id in items])
+        connection.executemany(
+            "UPDATE forward_items SET commit_state=? WHERE job_id=? AND instance_id=?",
+            [(FAILED, job_id, instance_id) for job_id, instance_id in items])
         connection.executemany(
             "UPDATE jobs SET last_error=?, last_status=?, "
             "state=CASE WHEN state='done' THEN 'dead' ELSE state END WHERE id=?",
@@ -139,16 +210,33 @@ def record_not_committed(db: Database, items: Sequence[ItemKey], reason: str,
 
 def commit_state_counts(db: Database) -> dict[str, int]:
     return {str(row["commit_state"]): int(row["n"]) for row in db.query(
-        "SELECT commit_state, COUNT(*) AS n FROM job_items WHERE commit_state IS NOT NULL "
+        "SELECT commit_state, COUNT(*) AS n FROM forward_items WHERE commit_state IS NOT NULL "
         "GROUP BY commit_state")}
+
+
+def job_commitment(db: Database, job_id: int) -> dict[str, Any]:
+    """A job's storage commitment for its JSON; nothing for a target without it."""
+    counts = {str(row["commit_state"]): int(row["n"]) for row in db.query(
+        "SELECT commit_state, COUNT(*) AS n FROM forward_items WHERE job_id=? "
+        "AND commit_state IS NOT NULL GROUP BY commit_state", (job_id,))}
+    if not counts:
+        return {}
+    return {"commitment": {
+        "committed": counts.get(COMMITTED, 0),
+        "waiting": counts.get(DUE, 0) + counts.get(REQUESTED, 0),
+        "not_committed": [{"instance": row["instance_id"], "reason": row["status"]}
+                          for row in db.query(
+                              "SELECT instance_id, status FROM job_items WHERE job_id=? "
+                              "AND state=?", (job_id, NOT_COMMITTED))]}}
 
 
 def in_flight(db: Database, limit: int) -> list[dict[str, Any]]:
     """Instances an Orthanc store job carries now, with their place in it, for the page."""
     return [dict(row) for row in db.query(
-        "SELECT i.job_id, i.instance_id, i.in_flight_job, i.in_flight_pos, j.target, j.rule "
-        "FROM job_items i JOIN jobs j ON j.id = i.job_id "
-        "WHERE i.in_flight_job IS NOT NULL AND i.state='pending' ORDER BY i.job_id LIMIT ?",
+        "SELECT f.job_id, f.instance_id, f.in_flight_job, f.in_flight_pos, j.target, j.rule "
+        "FROM forward_items f JOIN job_items i ON i.job_id = f.job_id AND "
+        "i.instance_id = f.instance_id JOIN jobs j ON j.id = f.job_id "
+        "WHERE f.in_flight_job IS NOT NULL AND i.state='pending' ORDER BY f.job_id LIMIT ?",
         (limit,))]
 
 
@@ -167,3 +255,14 @@ def settled_jobs(db: Database, job_ids: Sequence[int], action: str) -> list[JobS
                 f"SELECT j.*, (SELECT COUNT(*) FROM job_items i WHERE i.job_id = j.id AND "
                 f"i.state='sent') AS sent FROM jobs j WHERE j.id IN ({marks}) AND j.action=?",
                 (*job_ids, action))]
+
+
+def forget_pruned_jobs(connection: sqlite3.Connection, job_ids: Sequence[int]) -> dict[str, float]:
+    """Retention removes these finished jobs: their records go too, and the committed ones are
+    carried in retention's totals (the committed counter never goes down)."""
+    marks = ",".join("?" * len(job_ids))
+    committed = connection.execute(
+        f"SELECT COUNT(*) FROM forward_items WHERE job_id IN ({marks}) AND commit_state=?",
+        (*job_ids, COMMITTED)).fetchone()[0]
+    connection.execute(f"DELETE FROM forward_items WHERE job_id IN ({marks})", tuple(job_ids))
+    return {"committed": float(committed)}

@@ -1,6 +1,34 @@
-"""Forwarding's own table: the storage commitment requests it made (commitment.py)."""
+"""Forwarding's own tables: what it keeps of each instance it forwards beyond the queue's item
+(in flight in an Orthanc store job, storage commitment), the store jobs it started, and the
+storage commitment requests it made (commitment.py). The queue (jobs/tables.py) knows none of it.
+"""
+
+import sqlite3
+
+from orthanc_plugin.db import Migration
 
 SCHEMA = """
+-- One row per queued instance while an Orthanc store job carries it or its storage commitment is
+-- followed; gone once it is neither. After a crash, what the receiver holds of an instance in
+-- flight is asked (that job's outcome, else a C-FIND) before anything is sent again.
+CREATE TABLE IF NOT EXISTS forward_items(
+    job_id INTEGER NOT NULL, instance_id TEXT NOT NULL,
+    in_flight_job TEXT, in_flight_pos INTEGER,
+    commit_state TEXT, commit_txn TEXT, commit_since REAL,   -- due | requested | committed | failed
+    PRIMARY KEY(job_id, instance_id)
+);
+CREATE INDEX IF NOT EXISTS forward_items_commit ON forward_items(commit_state, commit_since)
+    WHERE commit_state IS NOT NULL;
+CREATE INDEX IF NOT EXISTS forward_items_txn ON forward_items(commit_txn)
+    WHERE commit_txn IS NOT NULL;
+
+-- Every Orthanc store job the gateway started (kept two days): with Orthanc's SaveJobs on, such a
+-- job found active when Orthanc starts was resumed by Orthanc and is cancelled (in_orthanc/host.py).
+CREATE TABLE IF NOT EXISTS orthanc_store_jobs(
+    orthanc_job TEXT PRIMARY KEY, created_epoch REAL NOT NULL
+);
+CREATE INDEX IF NOT EXISTS orthanc_store_jobs_age ON orthanc_store_jobs(created_epoch);
+
 CREATE TABLE IF NOT EXISTS commit_requests(
     transaction_uid TEXT PRIMARY KEY,
     target TEXT NOT NULL,
@@ -11,6 +39,30 @@ CREATE TABLE IF NOT EXISTS commit_requests(
 CREATE INDEX IF NOT EXISTS commit_requests_state ON commit_requests(state);
 """
 
-# Created once job_items has its commit columns (an older database gains them after SCHEMA runs).
-COMMIT_INDEX = ("CREATE INDEX IF NOT EXISTS job_items_commit ON job_items(commit_state) "
-                "WHERE commit_state IS NOT NULL")
+# Columns versions 2-6 kept on the queue's job_items for forwarding.
+_OLD_COLUMNS = ("in_flight_job", "in_flight_pos", "commit_state", "commit_txn", "commit_since")
+
+
+def move_records_out_of_the_queue(connection: sqlite3.Connection) -> None:
+    """Forwarding's records leave job_items for forward_items. The old columns stay behind,
+    emptied (SQLite 3.40 cannot drop a column of a table whose CREATE text ends in a comment, and
+    rebuilding job_items would rewrite every row for nothing): nothing reads them any more."""
+    present = {row[1] for row in connection.execute("PRAGMA table_info(job_items)")}
+    if not set(_OLD_COLUMNS) <= present:
+        return   # a new database, or one from before version 2: nothing to move
+    connection.execute(
+        "INSERT OR IGNORE INTO forward_items(job_id, instance_id, in_flight_job, in_flight_pos, "
+        "commit_state, commit_txn, commit_since) SELECT job_id, instance_id, in_flight_job, "
+        "in_flight_pos, commit_state, commit_txn, commit_since FROM job_items "
+        "WHERE in_flight_job IS NOT NULL OR commit_state IS NOT NULL")
+    connection.execute(
+        "UPDATE job_items SET in_flight_job=NULL, in_flight_pos=NULL, commit_state=NULL, "
+        "commit_txn=NULL, commit_since=NULL WHERE in_flight_job IS NOT NULL "
+        "OR commit_state IS NOT NULL")
+    connection.execute("DROP INDEX IF EXISTS job_items_commit")
+
+
+MIGRATIONS = (
+    Migration(7, "forwarding's in-flight and storage commitment records in their own table",
+              moves=move_records_out_of_the_queue),
+)

@@ -16,10 +16,11 @@ from __future__ import annotations
 
 import time
 from collections import defaultdict
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 from orthanc_plugin.forwarding.model import delivered_before_failure
+from orthanc_plugin.forwarding.store import InFlight
 from orthanc_plugin.forwarding.stow import StowClient
 from orthanc_plugin.jobs.queue import ClaimedItem
 from orthanc_plugin.ports import Host, HostError
@@ -53,21 +54,23 @@ class InFlightVerifier:
         # DICOMweb destinations are asked by QIDO-RS instead of C-FIND.
         self.stow = stow
 
-    def verify(self, target: str, items: Sequence[ClaimedItem]) -> Verdict:
+    def verify(self, target: str, items: Mapping[ClaimedItem, InFlight]) -> Verdict:
+        """items: each uncertain item with the store job that carried it and its place there."""
         by_job: dict[str, list[ClaimedItem]] = defaultdict(list)
-        for item in items:
-            by_job[item.in_flight_job].append(item)
+        for item, flight in items.items():
+            by_job[flight.orthanc_job].append(item)
         delivered: list[ClaimedItem] = []
         unknown: list[ClaimedItem] = []
         hows: list[str] = []
         for orthanc_job, group in by_job.items():
-            outcome = self._job_outcome(orthanc_job, max(item.in_flight_pos for item in group) + 1)
+            outcome = self._job_outcome(orthanc_job,
+                                        max(items[item].position for item in group) + 1)
             if outcome is None:
                 unknown.extend(group)
                 continue
             confirmed = outcome
-            delivered.extend(item for item in group if item.in_flight_pos < confirmed)
-            unknown.extend(item for item in group if item.in_flight_pos >= confirmed)
+            delivered.extend(item for item in group if items[item].position < confirmed)
+            unknown.extend(item for item in group if items[item].position >= confirmed)
             hows.append(f"Orthanc job {orthanc_job}: {confirmed} confirmed")
         asked = "QIDO-RS" if self.stow is not None and self.stow.serves(target) else "C-FIND"
         if unknown and self.verify_mode(target) == "c-find":

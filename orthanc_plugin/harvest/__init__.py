@@ -44,7 +44,7 @@ def install(ctx: CapabilityContext) -> None:
     settings = read_settings(ctx.config.section.get("Harvest") or {}, ctx.config.config_dir,
                              ctx.config.database.parent / "harvest")
     runner = HarvestRunner(ctx.host, HarvestStore(ctx.db), ctx.recorder, settings,
-                           ctx.host.log_error)
+                           ctx.host.log_error, ctx.gate)
     ctx.hooks.on_start.append(runner.start)
     ctx.hooks.on_stop.append(runner.stop)
     ctx.hooks.on_rules_loaded.append(

@@ -56,7 +56,7 @@ from orthanc_plugin.harvest.remote import Interrupted, OrthancQueryRetrieve
 from orthanc_plugin.harvest.store import Child, HarvestStore
 from orthanc_plugin.harvest.zips import part_path, valid_part, write_merged, write_part
 from orthanc_plugin.ports import Host, HostError
-from orthanc_plugin.reception import GATE
+from orthanc_plugin.reception import ReceptionGate
 
 IDLE_WAIT_SECONDS = 1.0
 # After the harvest's own last move ended, instances still noted arriving are taken as its own this
@@ -76,8 +76,12 @@ class HarvestSettings:
 
 class HarvestRunner:
     def __init__(self, host: Host, store: HarvestStore, recorder: AuditRecorder,
-                 settings: HarvestSettings, log_error: Callable[[str], None]) -> None:
+                 settings: HarvestSettings, log_error: Callable[[str], None],
+                 gate: ReceptionGate | None = None) -> None:
         self.host = host
+        # The worker's reception gate (reception.py): C-FIND/C-MOVE calls are background work,
+        # unless the arrivals may be this loop's own. None: a disabled gate (a test's runner).
+        self.gate = gate if gate is not None else ReceptionGate()
         self.store = store
         self.recorder = recorder
         self.settings = settings
@@ -233,7 +237,7 @@ class HarvestRunner:
         """Background (held while instances arrive) unless the arrivals may be this loop's own."""
         with self._own_lock:
             own = self._own_moves > 0 or time.monotonic() < self._own_quiet_at
-        return GATE.background(not own)
+        return self.gate.background(not own)
 
     @contextlib.contextmanager
     def _own_move(self) -> Iterator[None]:
@@ -241,12 +245,13 @@ class HarvestRunner:
         with self._own_lock:
             self._own_moves += 1
         try:
-            with GATE.background(False):
+            with self.gate.background(False):
                 yield
         finally:
             with self._own_lock:
                 self._own_moves -= 1
-                quiet = GATE.settings.quiet_seconds if GATE.settings.enabled else 0.0
+                reception = self.gate.settings
+                quiet = reception.quiet_seconds if reception.enabled else 0.0
                 self._own_quiet_at = max(self._own_quiet_at,
                                          time.monotonic() + quiet + QUIET_SLACK_SECONDS)
 

@@ -1,7 +1,8 @@
 """The `harvests:` section of the rules file: named harvest definitions, as POSTed to /harvests.
 
-Registered into the rules schema at import (SECTION_PARSERS), so the rules package never imports
-the harvest package. Errors name the place the rules way, e.g. `harvests[0].patients.StudyDate`.
+Declared in SECTIONS, which capabilities.vocabulary() hands to the rules loader, so the rules
+package never imports the harvest package. Errors name the place the rules way, e.g.
+`harvests[0].patients.StudyDate`.
 """
 
 from __future__ import annotations
@@ -11,8 +12,7 @@ from typing import Any
 
 from orthanc_plugin.harvest.model import HarvestDefinition, HarvestError, parse_definition
 from orthanc_plugin.rules.errors import RulesError
-from orthanc_plugin.rules.schema import SECTION_PARSERS
-from orthanc_plugin.rules.schema_actions import ActionContext
+from orthanc_plugin.rules.schema_actions import ActionContext, SectionParser
 from orthanc_plugin.rules.wording import kind_of
 
 SECTION = "harvests"
@@ -69,4 +69,5 @@ def _with_numbers(raw: dict[str, Any]) -> dict[str, Any]:
     return read
 
 
-SECTION_PARSERS[SECTION] = parse_harvests
+# What this capability adds to the rules' vocabulary (capabilities.vocabulary()).
+SECTIONS: dict[str, SectionParser] = {SECTION: parse_harvests}

@@ -26,6 +26,7 @@ from orthanc_plugin.channels import (
     channels_for,
 )
 from orthanc_plugin.config import ConfigError, parse_config
+from orthanc_plugin.in_orthanc.resumed_jobs_store import gateway_store_jobs
 from orthanc_plugin.in_orthanc.supervisor.metrics import MetricsCopier
 from orthanc_plugin.in_orthanc.supervisor.notes import NoteSender
 from orthanc_plugin.in_orthanc.supervisor.processes import (
@@ -35,7 +36,6 @@ from orthanc_plugin.in_orthanc.supervisor.processes import (
     worker_python,
 )
 from orthanc_plugin.in_orthanc.supervisor.proxy import ApiProxy
-from orthanc_plugin.jobs.orthanc_jobs_store import gateway_store_jobs
 
 ROOT = Path(__file__).resolve().parents[2]   # the checkout: orthanc_plugin/in_orthanc/host.py
 EXPLORER_JS = ROOT / "orthanc_plugin" / "web" / "static" / "explorer.js"

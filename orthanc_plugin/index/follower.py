@@ -17,7 +17,6 @@ from orthanc_plugin.index import entries_store
 from orthanc_plugin.index.rt_metrics import REFERENCE_KINDS
 from orthanc_plugin.index.store import IndexStore
 from orthanc_plugin.ports import HostError
-from orthanc_plugin.reception import GATE
 
 if TYPE_CHECKING:
     from orthanc_plugin.context import CapabilityContext
@@ -48,7 +47,7 @@ class IndexFollower:
         for row in rows:
             if row.state == "new":
                 break
-            if GATE.arriving():
+            if self.ctx.gate.arriving():
                 # A modality started sending: hand the intake thread back at once (reception.py);
                 # Intake.when_quiet calls again once it is quiet.
                 break

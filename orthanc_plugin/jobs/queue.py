@@ -70,9 +70,14 @@ POLICY_WAIT_STATUSES = ("window", "paced", "busy")
 class ClaimedItem:
     job_id: int
     instance_id: str
-    # The Orthanc store job that carried it when a worker stopped or died, and its place there.
-    in_flight_job: str = ""
-    in_flight_pos: int = 0
+
+
+# A capability's own records of items, written in the queue's transaction (forwarding's in-flight
+# and commitment records): the connection, then the items or the job concerned.
+ItemsRecord = Callable[[sqlite3.Connection, Sequence[ClaimedItem]], None]
+JobItemsReset = Callable[[sqlite3.Connection, int], None]
+# A capability's part of a job's JSON (GET jobs/{id}): job id -> the keys it adds.
+JobDetails = Callable[[int], dict[str, Any]]
 
 
 @dataclass
@@ -95,7 +100,6 @@ def idempotency_key(spec: JobSpec, instance_ids: Sequence[str]) -> str:
 
 
 POISON_AFTER_CRASHES = 2
-STORE_JOB_MEMORY_SECONDS = 2 * 86400
 
 
 class JobQueue:
@@ -107,6 +111,11 @@ class JobQueue:
         # Destination policies (caps, time windows) consulted inside each claim; the gateway's
         # hooks hold this same list (context.Hooks.claim_admission).
         self.admission_checks: list[AdmissionCheck] = []
+        # A job retried by hand: its capability forgets what it recorded of the items that
+        # go back to pending (context.Hooks.items_reset holds this list).
+        self.items_reset: list[JobItemsReset] = []
+        # What a capability adds to a job's JSON (context.Hooks.job_details holds this list).
+        self.job_details: list[JobDetails] = []
 
     def enqueue(
         self, connection: sqlite3.Connection, spec: JobSpec, instance_ids: Sequence[str]
@@ -241,7 +250,7 @@ class JobQueue:
             partial = False
             for job in candidates:
                 pending = connection.execute(
-                    "SELECT instance_id, in_flight_job, in_flight_pos FROM job_items "
+                    "SELECT instance_id FROM job_items "
                     "WHERE job_id=? AND state='pending' ORDER BY position",
                     (job["id"],),
                 ).fetchall()
@@ -251,8 +260,7 @@ class JobQueue:
                     # Paced: the first job gives only what the destination takes now.
                     pending, partial = pending[:max_items], True
                 jobs.append(job)
-                items.extend(ClaimedItem(job["id"], row["instance_id"], row["in_flight_job"] or "",
-                                         row["in_flight_pos"] or 0) for row in pending)
+                items.extend(ClaimedItem(job["id"], row["instance_id"]) for row in pending)
             newest = max(job["created_epoch"] for job in jobs)
             # Linger only until one association's worth is ready, never for a whole claim: while
             # instances keep arriving, "wait for a full claim" would wait for the end of ingest.
@@ -265,12 +273,22 @@ class JobQueue:
             counts: dict[int, int] = {}
             for item in items:
                 counts[item.job_id] = counts.get(item.job_id, 0) + 1
-            connection.executemany(
+            stamp = now_iso()
+            # A job is taken only while it still waits: the claim's own compare-and-set, not the
+            # engine's lock. SQLite's write lock (BEGIN IMMEDIATE) makes the whole claim one
+            # writer at a time already; an engine with row locks (PostgreSQL reading the
+            # candidates FOR UPDATE SKIP LOCKED) relies on this check, and a job another node
+            # took meanwhile is left out with its items.
+            taken = {job["id"] for job in jobs if connection.execute(
                 "UPDATE jobs SET state='running', attempts=attempts+1, updated_at=?, claimed_by=?, "
-                "claim_id=?, claim_items=? WHERE id=?",
-                [(now_iso(), self.claimant, claim_id, counts.get(job["id"], 0), job["id"])
-                 for job in jobs],
-            )
+                "claim_id=?, claim_items=? WHERE id=? AND state='pending'",
+                (stamp, self.claimant, claim_id, counts.get(job["id"], 0), job["id"]),
+            ).rowcount == 1}
+            if len(taken) < len(jobs):
+                jobs = [job for job in jobs if job["id"] in taken]
+                items = [item for item in items if item.job_id in taken]
+                if not jobs:
+                    return None
         return Claim(action=action, target=target, jobs=jobs, items=items, partial=partial)
 
     def _admitted_target(self, connection: sqlite3.Connection,
@@ -370,18 +388,19 @@ class JobQueue:
 
     @durable_write
     def mark_sent(self, items: Sequence[ClaimedItem], sizes: dict[str, int],
-                  status: str | None = None, *, commit: bool = False) -> None:
-        """commit: the receiver is asked for storage commitment of these (commitment.py)."""
+                  status: str | None = None, *, also: ItemsRecord | None = None) -> None:
+        """also: the executor's own records of these deliveries, in the same transaction
+        (forwarding: no longer in flight, due for storage commitment)."""
         stamp = now_iso()
-        commit_state, since = ("due", time.time()) if commit else (None, None)
         with self.db.transaction() as connection:
             connection.executemany(
-                "UPDATE job_items SET state='sent', sent_at=?, bytes=?, status=?, "
-                "in_flight_job=NULL, in_flight_pos=NULL, commit_state=?, commit_txn=NULL, "
-                "commit_since=? WHERE job_id=? AND instance_id=?",
-                [(stamp, sizes.get(i.instance_id, 0), status, commit_state, since, i.job_id,
-                  i.instance_id) for i in items],
+                "UPDATE job_items SET state='sent', sent_at=?, bytes=?, status=? "
+                "WHERE job_id=? AND instance_id=?",
+                [(stamp, sizes.get(i.instance_id, 0), status, i.job_id, i.instance_id)
+                 for i in items],
             )
+            if also is not None:
+                also(connection, items)
             # It reached its destination: whatever failed before is no longer a run of failures.
             connection.executemany(
                 "UPDATE jobs SET failing_since=NULL WHERE id=? AND failing_since IS NOT NULL",
@@ -400,54 +419,39 @@ class JobQueue:
             "AND i.state='pending' AND j.action<>? AND j.state IN ('pending','running') LIMIT 1",
             (instance_id, except_action)))
 
-    def mark_in_flight(self, items: Sequence[ClaimedItem], orthanc_job: str) -> None:
-        """An Orthanc store job now carries these items, in this order (one transaction)."""
-        now = time.time()
-        with self.db.transaction() as connection:
-            connection.executemany(
-                "UPDATE job_items SET in_flight_job=?, in_flight_pos=? "
-                "WHERE job_id=? AND instance_id=?",
-                [(orthanc_job, pos, i.job_id, i.instance_id) for pos, i in enumerate(items)])
-            connection.executemany(
-                "UPDATE jobs SET orthanc_job=? WHERE id=?",
-                [(orthanc_job, job_id) for job_id in sorted({i.job_id for i in items})])
-            connection.execute(
-                "INSERT OR IGNORE INTO orthanc_store_jobs(orthanc_job, created_epoch) VALUES(?,?)",
-                (orthanc_job, now))
-            connection.execute("DELETE FROM orthanc_store_jobs WHERE created_epoch < ?",
-                               (now - STORE_JOB_MEMORY_SECONDS,))
-
     @durable_write
-    def clear_in_flight(self, items: Sequence[ClaimedItem]) -> None:
-        """The receiver's answer for these is known: not delivered, to be sent again."""
-        with self.db.transaction() as connection:
-            connection.executemany(
-                "UPDATE job_items SET in_flight_job=NULL, in_flight_pos=NULL "
-                "WHERE job_id=? AND instance_id=?", [(i.job_id, i.instance_id) for i in items])
-
-    @durable_write
-    def mark_gone(self, item: ClaimedItem, reason: str) -> None:
+    def mark_gone(self, item: ClaimedItem, reason: str, *,
+                  also: ItemsRecord | None = None) -> None:
         """The source instance no longer exists in Orthanc: nothing left to send."""
         with self.db.transaction() as connection:
             connection.execute(
-                "UPDATE job_items SET state='gone', status=?, in_flight_job=NULL "
-                "WHERE job_id=? AND instance_id=?", (reason, item.job_id, item.instance_id))
+                "UPDATE job_items SET state='gone', status=? WHERE job_id=? AND instance_id=?",
+                (reason, item.job_id, item.instance_id))
+            if also is not None:
+                also(connection, [item])
 
     @durable_write
-    def mark_refused(self, item: ClaimedItem, status: str) -> None:
+    def mark_refused(self, item: ClaimedItem, status: str, *,
+                     also: ItemsRecord | None = None) -> None:
         with self.db.transaction() as connection:
             connection.execute(
-                "UPDATE job_items SET state='refused', status=?, in_flight_job=NULL "
-                "WHERE job_id=? AND instance_id=?",
+                "UPDATE job_items SET state='refused', status=? WHERE job_id=? AND instance_id=?",
                 (status, item.job_id, item.instance_id),
             )
+            if also is not None:
+                also(connection, [item])
 
     @durable_write
     def set_orthanc_job(self, job_ids: Sequence[int], orthanc_job: str) -> None:
         with self.db.transaction() as connection:
-            connection.executemany(
-                "UPDATE jobs SET orthanc_job=? WHERE id=?", [(orthanc_job, j) for j in job_ids]
-            )
+            self.note_orthanc_job(connection, job_ids, orthanc_job)
+
+    @staticmethod
+    def note_orthanc_job(connection: sqlite3.Connection, job_ids: Sequence[int],
+                         orthanc_job: str) -> None:
+        """The Orthanc job that runs these jobs now, in the caller's transaction."""
+        connection.executemany("UPDATE jobs SET orthanc_job=? WHERE id=?",
+                               [(orthanc_job, job_id) for job_id in sorted(set(job_ids))])
 
     @durable_write
     def settle(self, job_ids: Sequence[int], error: str | None, status: str | None, *,
@@ -576,11 +580,12 @@ class JobQueue:
             if cursor.rowcount == 0:
                 return False
             connection.execute(
-                "UPDATE job_items SET state='pending', status=NULL, commit_state=NULL, "
-                "commit_txn=NULL, reported=0 WHERE job_id=? AND state IN ('refused', "
-                "'not-committed')",
+                "UPDATE job_items SET state='pending', status=NULL, reported=0 "
+                "WHERE job_id=? AND state IN ('refused', 'not-committed')",
                 (job_id,),
             )
+            for forget in self.items_reset:
+                forget(connection, job_id)
         return True
 
     def cancel_by_hand(self, job_id: int) -> bool:
@@ -637,7 +642,7 @@ class JobQueue:
         rows = self.db.query("SELECT * FROM jobs WHERE id=?", (job_id,))
         if not rows:
             return None
-        return _job_json(self.db, rows[0])
+        return self._json(rows[0])
 
     def list(self, state: str | None = None, limit: int = 200) -> list[dict[str, Any]]:
         if state:
@@ -646,7 +651,13 @@ class JobQueue:
             )
         else:
             rows = self.db.query("SELECT * FROM jobs ORDER BY id DESC LIMIT ?", (limit,))
-        return [_job_json(self.db, row) for row in rows]
+        return [self._json(row) for row in rows]
+
+    def _json(self, row: sqlite3.Row) -> dict[str, Any]:
+        job = _job_json(self.db, row)
+        for details in self.job_details:
+            job.update(details(int(row["id"])))
+        return job
 
     # -- for /health: plain reads of the file, no queue needed and no waiting out a full disk
     # (state_counts waits; /health must answer, and reports a failed read as unreadable) --------
@@ -705,15 +716,4 @@ def _job_json(db: Database, row: sqlite3.Row) -> dict[str, Any]:
     job["bytes"] = db.query(
         "SELECT COALESCE(SUM(bytes),0) AS b FROM job_items WHERE job_id=?", (row["id"],)
     )[0]["b"]
-    commits = {r["commit_state"]: r["n"] for r in db.query(
-        "SELECT commit_state, COUNT(*) AS n FROM job_items WHERE job_id=? "
-        "AND commit_state IS NOT NULL GROUP BY commit_state", (row["id"],))}
-    if commits:  # only for a target with storage commitment
-        job["commitment"] = {"committed": commits.get("committed", 0),
-                             "waiting": commits.get("due", 0) + commits.get("requested", 0),
-                             "not_committed": [
-                                 {"instance": r["instance_id"], "reason": r["status"]}
-                                 for r in db.query(
-                                     "SELECT instance_id, status FROM job_items WHERE job_id=? "
-                                     "AND state='not-committed'", (row["id"],))]}
     return job

@@ -43,11 +43,6 @@ CREATE TABLE IF NOT EXISTS job_items(
     position INTEGER NOT NULL,
     state TEXT NOT NULL DEFAULT 'pending',      -- pending | sent | refused | gone | not-committed
     status TEXT, sent_at TEXT, bytes INTEGER NOT NULL DEFAULT 0,
-    -- Set while an Orthanc store job carries the instance: after a crash, what the receiver
-    -- holds is asked (that job's outcome, else a C-FIND) before anything is sent again.
-    in_flight_job TEXT, in_flight_pos INTEGER,
-    -- Storage commitment (forwarding/commitment.py): due | requested | committed | failed.
-    commit_state TEXT, commit_txn TEXT, commit_since REAL,
     -- 1 once a success transfer row counts this delivery: whoever established it (the receiver's
     -- answer, Orthanc's job after a restart, a C-FIND), it is counted in exactly one row.
     reported INTEGER NOT NULL DEFAULT 0,
@@ -57,13 +52,6 @@ CREATE TABLE IF NOT EXISTS job_items(
 CREATE INDEX IF NOT EXISTS job_items_state ON job_items(job_id, state);
 -- A destination's pace: what it received in the last minute.
 CREATE INDEX IF NOT EXISTS job_items_target_sent ON job_items(target, sent_at);
-
--- Every Orthanc store job the gateway started (kept two days): with Orthanc's SaveJobs on, such a
--- job found active when Orthanc starts was resumed by Orthanc and is cancelled (host.py).
-CREATE TABLE IF NOT EXISTS orthanc_store_jobs(
-    orthanc_job TEXT PRIMARY KEY, created_epoch REAL NOT NULL
-);
-CREATE INDEX IF NOT EXISTS orthanc_store_jobs_age ON orthanc_store_jobs(created_epoch);
 
 -- (rule, target, instance) of pruned finished jobs as a 64-bit hash: "sent once" outlives them
 -- (jobs/ledger.py, retention.py).
@@ -83,11 +71,11 @@ MIGRATIONS = (
         "jobs": {"claimed_by": "TEXT", "crashes": "INTEGER NOT NULL DEFAULT 0",
                  "priority": "INTEGER NOT NULL DEFAULT 10", "claim_id": "TEXT",
                  "claim_items": "INTEGER NOT NULL DEFAULT 0", "failing_since": "REAL"}}),
-    Migration(2, "job items: in flight, storage commitment, reported", {
-        "job_items": {"in_flight_job": "TEXT", "in_flight_pos": "INTEGER",
-                      "commit_state": "TEXT", "commit_txn": "TEXT", "commit_since": "REAL",
-                      # Deliveries made before the column existed were reported by their rows.
-                      "reported": "INTEGER NOT NULL DEFAULT 1"}}),
+    # Version 2 also gave job_items forwarding's in-flight and commitment columns; version 7
+    # (forwarding/tables.py) moved those records to forwarding's own table.
+    # Deliveries made before the column existed were reported by their own transfer rows.
+    Migration(2, "job items: reported",
+              {"job_items": {"reported": "INTEGER NOT NULL DEFAULT 1"}}),
     Migration(6, "jobs: decided at arrival, awaiting the description",
               {"jobs": {"awaits_description": "INTEGER NOT NULL DEFAULT 0"}}),
 )

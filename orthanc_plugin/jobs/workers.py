@@ -15,7 +15,7 @@ from orthanc_plugin.db import DatabaseUnwritable, is_disk_error
 from orthanc_plugin.jobs.executors import Registry
 from orthanc_plugin.jobs.intake import Intake
 from orthanc_plugin.jobs.queue import Claim, JobQueue
-from orthanc_plugin.reception import GATE
+from orthanc_plugin.reception import ReceptionGate
 
 IDLE_WAIT_SECONDS = 1.0
 # How long a half-full claim waits for more instances of the same target (see JobQueue.claim).
@@ -56,6 +56,9 @@ class WorkerRole:
     wake_other_workers: Callable[[], None] = field(default=lambda: None)
     # Where a database that stops taking writes is reported (Orthanc's log); None: nowhere.
     report_trouble: Callable[[str], None] | None = None
+    # This process's reception gate (reception.py), built by the worker's main before its first
+    # REST call; the default is disabled (holds nothing).
+    gate: ReceptionGate = field(default_factory=ReceptionGate)
 
 
 class WorkerPool:
@@ -69,8 +72,12 @@ class WorkerPool:
         log_error: Callable[[str], None],
         watch: ClaimWatch | None = None,
         before_claim: Callable[[], None] = lambda: None,
+        gate: ReceptionGate | None = None,
     ) -> None:
         self.watch = watch
+        # Marks each claim's REST calls as background or not (reception.py); None: a disabled
+        # gate of its own (a test's pool).
+        self.gate = gate if gate is not None else ReceptionGate()
         # Called before each claim (e.g. to pick up rules reloaded by the lead worker).
         self.before_claim = before_claim
         self.intake = intake
@@ -151,7 +158,7 @@ class WorkerPool:
         try:
             # Overlay, anonymize, export, deletes: their REST calls wait while a modality's
             # instances arrive (reception.py); forwarding never does.
-            with GATE.for_action(claim.action):
+            with self.gate.for_action(claim.action):
                 self.registry.executor(claim.action).run(claim)
         except MemoryError:
             # Counted as a crash of this job by the supervisor: twice and it is parked as poison.

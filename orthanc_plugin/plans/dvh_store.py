@@ -17,7 +17,6 @@ from orthanc_plugin.plans.dvh import (
 )
 from orthanc_plugin.plans.dvh_source import DvhInputError, bundle_dvhs
 from orthanc_plugin.ports import HostError
-from orthanc_plugin.reception import GATE
 
 # Part of the cache key: a DVH cached by an earlier method is computed again.
 METHOD_VERSION = 5  # 5: structures' display colours; 4: inner contours named in the method;
@@ -49,7 +48,7 @@ def plan_dvh(ctx: CapabilityContext, plan: dict[str, Any]) -> dict[str, Any] | N
 
     try:
         # Whole RT objects read on a page's request: they wait while a modality sends.
-        with GATE.background():
+        with ctx.gate.background():
             doses = [read(m["instance_id"], pixels=True) for m in plan["objects"]
                      if m["modality"] == "RTDOSE"]
             structures = read(members["RTSTRUCT"]["instance_id"])

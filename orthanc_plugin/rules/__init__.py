@@ -18,13 +18,21 @@ from orthanc_plugin.rules.model import (
     Trigger,
 )
 from orthanc_plugin.rules.schema import load_rules_file, load_rules_text
-from orthanc_plugin.rules.schema_actions import ACTION_PARSERS, ActionContext, ActionParser
+from orthanc_plugin.rules.schema_actions import (
+    CORE_VOCABULARY,
+    ActionComposer,
+    ActionContext,
+    ActionParser,
+    SectionParser,
+    Vocabulary,
+)
 from orthanc_plugin.rules.values import AnyValue, Cidr, Contains, Equals, Glob, Regex, ValueSpec
 from orthanc_plugin.rules.why_not import explain_each
 
 __all__ = [
-    "ACTION_PARSERS",
+    "CORE_VOCABULARY",
     "Action",
+    "ActionComposer",
     "ActionContext",
     "ActionParser",
     "AllOf",
@@ -45,9 +53,11 @@ __all__ = [
     "Rule",
     "RuleSet",
     "RulesError",
+    "SectionParser",
     "TagCondition",
     "Trigger",
     "ValueSpec",
+    "Vocabulary",
     "evaluate",
     "explain_each",
     "load_rules_file",

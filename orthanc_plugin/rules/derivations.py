@@ -1,5 +1,7 @@
 """Actions that derive an output (a de-identified copy, a compressed copy...) and the forwards after
-them: one composer, written once, that every derivation registers the same way.
+them: one composer, written once, that every derivation declares the same way in its rule.py:
+
+    COMPOSERS = (FoldForwardsInto(AnonymizeAction),)
 
     - anonymize: {profile: full}
     - forward: [RESEARCH]          # sends the derived output, never the original
@@ -9,7 +11,8 @@ The forwards written after a derivation are folded into it at parse time: they b
 its output for them once it is stored (jobs/follow_ups.py). Anything else after a derivation is
 refused: it would act on the original, which a reader of the rule would not expect.
 
-Pure: the rules package imports no capability; a capability hands its action class in.
+Pure: the rules package imports no capability; a capability hands its action class in, and
+capabilities.vocabulary() gathers the composers (rules/schema_actions.py, Vocabulary).
 """
 
 from __future__ import annotations
@@ -19,7 +22,6 @@ from typing import Any, ClassVar, Protocol
 
 from orthanc_plugin.rules.errors import RulesError
 from orthanc_plugin.rules.model import Action, ForwardAction
-from orthanc_plugin.rules.schema_actions import ACTION_COMPOSERS
 
 
 class Derivation(Protocol):
@@ -35,7 +37,7 @@ class Derivation(Protocol):
 
 @dataclass(frozen=True)
 class FoldForwardsInto:
-    """The composer (ACTION_COMPOSERS) of one derivation class: at most one per rule, and only
+    """The composer (Vocabulary.composers) of one derivation class: at most one per rule, and only
     forwards after it, each folded into its targets (a target written twice is refused)."""
 
     derivation: type[Any]
@@ -65,10 +67,3 @@ class FoldForwardsInto:
                     f"{path}[{index}]", f"only forward may follow {kind.rule_key} (it sends "
                     f"{kind.output_words}); put other actions before it")
         return tuple(folded)
-
-
-def register_derivation(derivation: type[Derivation]) -> None:
-    """One line in a derivation's rule.py; a module imported twice registers nothing more."""
-    composer = FoldForwardsInto(derivation)
-    if composer not in ACTION_COMPOSERS:
-        ACTION_COMPOSERS.append(composer)

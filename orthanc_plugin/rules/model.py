@@ -125,7 +125,7 @@ class Rule:
 class RuleSet:
     rules: tuple[Rule, ...]
     sha256: str  # of the file's bytes: audit rows name the exact rules that decided
-    # Extra top-level sections as their registered parsers returned them (schema.SECTION_PARSERS),
+    # Extra top-level sections as their parsers returned them (the loader's Vocabulary.sections),
     # e.g. "harvests"; opaque here so the rules package imports no capability.
     sections: dict[str, Any] = field(default_factory=dict, hash=False)
 

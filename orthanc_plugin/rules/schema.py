@@ -5,7 +5,7 @@ from __future__ import annotations
 import copy
 import hashlib
 import os
-from collections.abc import Callable, Collection
+from collections.abc import Collection
 from pathlib import Path
 from typing import Any
 
@@ -15,23 +15,24 @@ from orthanc_plugin.rules.groups import SECTION as GROUPS
 from orthanc_plugin.rules.groups import parse_groups
 from orthanc_plugin.rules.model import Rule, RuleSet, Trigger
 from orthanc_plugin.rules.priority import parse_priority
-from orthanc_plugin.rules.schema_actions import ActionContext, parse_actions
+from orthanc_plugin.rules.schema_actions import (
+    CORE_VOCABULARY,
+    ActionContext,
+    SectionParser,
+    Vocabulary,
+    parse_actions,
+)
 from orthanc_plugin.rules.schema_match import parse_match
 from orthanc_plugin.rules.wording import kind_of, one_of
 from orthanc_plugin.rules.yaml_text import FILE_PATH, parse_yaml
 
-__all__ = ["SECTION_PARSERS", "RulesError", "SectionParser", "load_rules_file", "load_rules_text"]
+__all__ = ["RulesError", "SectionParser", "Vocabulary", "load_rules_file", "load_rules_text"]
 
 RULE_KEYS = ("name", "description", "enabled", "on", "match", "actions", "include_gateway_output",
              "complete_within", "then", "priority")
 # What a plan-complete rule does with a bundle still incomplete after complete_within.
 THEN_CHOICES = ("forward-incomplete", "hold")
 _TRIGGERS = tuple(trigger.value for trigger in Trigger)
-# Extra top-level sections of the rules file, e.g. `harvests:`, each read by the capability that
-# owns it (registered at import, like ACTION_PARSERS): (the value, its path, context) -> what
-# RuleSet.sections keeps under that key, or RulesError. The rules package never imports them.
-SectionParser = Callable[[Any, str, ActionContext], Any]
-SECTION_PARSERS: dict[str, SectionParser] = {}
 _MISSING_HINTS = {
     "on": f" (expected one of: {one_of(_TRIGGERS)})",
     # Forwarding everything must be a visible decision, not a forgotten key.
@@ -41,8 +42,12 @@ _MISSING_HINTS = {
 
 
 def load_rules_file(
-    path: str | os.PathLike[str], known_targets: Collection[str] | None = None
+    path: str | os.PathLike[str], known_targets: Collection[str] | None = None,
+    vocabulary: Vocabulary = CORE_VOCABULARY,
 ) -> RuleSet:
+    """`vocabulary`: the actions and sections the file may use; the gateway's is
+    capabilities.vocabulary() (capabilities.load_rules_file passes it), this package's own only
+    knows `forward`."""
     try:
         data = Path(path).read_bytes()
     except OSError as error:
@@ -51,19 +56,23 @@ def load_rules_file(
         text = data.decode("utf-8-sig")
     except UnicodeDecodeError as error:
         raise RulesError(FILE_PATH, f"{path} is not UTF-8 text: {error}") from error
-    return _rule_set(text, hashlib.sha256(data).hexdigest(), known_targets, Path(path).parent)
+    return _rule_set(text, hashlib.sha256(data).hexdigest(), known_targets, Path(path).parent,
+                     vocabulary)
 
 
 def load_rules_text(text: str, known_targets: Collection[str] | None = None,
-                    base_dir: Path | None = None) -> RuleSet:
+                    base_dir: Path | None = None,
+                    vocabulary: Vocabulary = CORE_VOCABULARY) -> RuleSet:
     """`known_targets=None` skips the target check (no Orthanc to ask, e.g. a CI lint);
-    `base_dir`: where relative paths in the rules are read from (the rules file's folder)."""
+    `base_dir`: where relative paths in the rules are read from (the rules file's folder);
+    `vocabulary`: as for load_rules_file."""
     return _rule_set(text, hashlib.sha256(text.encode("utf-8")).hexdigest(), known_targets,
-                     base_dir)
+                     base_dir, vocabulary)
 
 
 def _rule_set(text: str, sha256: str, known_targets: Collection[str] | None,
-              base_dir: Path | None = None) -> RuleSet:
+              base_dir: Path | None, vocabulary: Vocabulary) -> RuleSet:
+    section_parsers = vocabulary.sections
     document = parse_yaml(text)
     if document is None:
         raise RulesError(FILE_PATH, "the file is empty (expected a mapping with a 'rules' list)")
@@ -72,8 +81,8 @@ def _rule_set(text: str, sha256: str, known_targets: Collection[str] | None,
             FILE_PATH, f"expected a mapping with a 'rules' list, got {kind_of(document)}"
         )
     for key in document:
-        if key not in ("rules", GROUPS) and key not in SECTION_PARSERS:
-            expected = one_of(["rules", GROUPS, *SECTION_PARSERS])
+        if key not in ("rules", GROUPS) and key not in section_parsers:
+            expected = one_of(["rules", GROUPS, *section_parsers])
             raise RulesError(FILE_PATH, f"unknown key '{key}' (expected one of: {expected})")
     if "rules" not in document:
         raise RulesError(FILE_PATH, "missing 'rules' (expected a list of rules)")
@@ -86,7 +95,7 @@ def _rule_set(text: str, sha256: str, known_targets: Collection[str] | None,
     rules: list[Rule] = []
     first_index: dict[str, int] = {}
     for index, raw in enumerate(raw_rules):
-        rule = _rule(raw, f"rules[{index}]", context)
+        rule = _rule(raw, f"rules[{index}]", context, vocabulary)
         if rule.name in first_index:
             raise RulesError(
                 f"rules[{index}].name",
@@ -94,14 +103,14 @@ def _rule_set(text: str, sha256: str, known_targets: Collection[str] | None,
             )
         first_index[rule.name] = index
         rules.append(rule)
-    sections = {key: SECTION_PARSERS[key](document[key], key, context)
-                for key in document if key in SECTION_PARSERS}
+    sections = {key: section_parsers[key](document[key], key, context)
+                for key in document if key in section_parsers}
     if GROUPS in document:
         sections[GROUPS] = groups
     return RuleSet(tuple(rules), sha256, sections)
 
 
-def _rule(raw: Any, path: str, context: ActionContext) -> Rule:
+def _rule(raw: Any, path: str, context: ActionContext, vocabulary: Vocabulary) -> Rule:
     if not isinstance(raw, dict):
         raise RulesError(path, f"expected a rule mapping, got {kind_of(raw)}")
     for key in raw:
@@ -123,7 +132,7 @@ def _rule(raw: Any, path: str, context: ActionContext) -> Rule:
         enabled=_flag(raw, "enabled", path, default=True),
         on=on,
         match=parse_match(raw["match"], prefix=f"{path}."),
-        actions=parse_actions(raw["actions"], f"{path}.actions", context),
+        actions=parse_actions(raw["actions"], f"{path}.actions", context, vocabulary),
         include_gateway_output=_flag(raw, "include_gateway_output", path, default=False),
         description=description,
         complete_within_seconds=complete_within,

@@ -1,10 +1,12 @@
-"""Reads a rule's `actions`. A new action type is one parser added to ACTION_PARSERS."""
+"""Reads a rule's `actions` with the words of a Vocabulary: a new action type is one parser in it,
+declared by its capability's rule.py (capabilities.vocabulary() gathers them)."""
 
 from __future__ import annotations
 
 from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import MappingProxyType
 from typing import Any
 
 from orthanc_plugin.rules.errors import RulesError
@@ -79,36 +81,56 @@ def _target(name: str, path: str, context: ActionContext) -> str:
     return name
 
 
-ACTION_PARSERS: dict[str, ActionParser] = {
-    "forward": parse_forward,
-}
-
 # (the parsed actions of one rule, their path) -> the actions as the rule will run them. A capability
 # whose action changes what the later actions act on (anonymize: the following forwards send the
 # de-identified copy) folds those actions into its own here.
 ActionComposer = Callable[[tuple[Action, ...], str], tuple[Action, ...]]
-ACTION_COMPOSERS: list[ActionComposer] = []
+# An extra top-level section of the rules file, e.g. `harvests:`, read by the capability that owns
+# it: (the value, its path, context) -> what RuleSet.sections keeps under that key, or RulesError.
+SectionParser = Callable[[Any, str, ActionContext], Any]
 
 
-def parse_actions(raw: Any, path: str, context: ActionContext) -> tuple[Action, ...]:
+@dataclass(frozen=True)
+class Vocabulary:
+    """What a rules file may say: its actions (name -> parser), the composers run over each rule's
+    parsed actions (in this order), and its extra top-level sections (name -> parser).
+
+    A value handed to the loaders, never a registry: the rules package imports no capability, so
+    the gateway's vocabulary is built outside it from the capabilities' declarations
+    (capabilities.vocabulary()), and two vocabularies can be used side by side."""
+
+    actions: Mapping[str, ActionParser]
+    composers: tuple[ActionComposer, ...] = ()
+    sections: Mapping[str, SectionParser] = field(default_factory=lambda: MappingProxyType({}))
+
+
+# The rules package's own words: `forward` alone. Every capability's action, composer and section
+# comes in through a Vocabulary built outside (capabilities.vocabulary()).
+CORE_VOCABULARY = Vocabulary(MappingProxyType({"forward": parse_forward}))
+
+
+def parse_actions(raw: Any, path: str, context: ActionContext,
+                  vocabulary: Vocabulary = CORE_VOCABULARY) -> tuple[Action, ...]:
     if not isinstance(raw, list):
         raise RulesError(path, f"expected a list of actions, got {kind_of(raw)}")
     if not raw:
         raise RulesError(path, "expected at least one action")
-    actions = tuple(_action(item, f"{path}[{index}]", context) for index, item in enumerate(raw))
-    for compose in ACTION_COMPOSERS:
+    actions = tuple(_action(item, f"{path}[{index}]", context, vocabulary.actions)
+                    for index, item in enumerate(raw))
+    for compose in vocabulary.composers:
         actions = compose(actions, path)
     return actions
 
 
-def _action(raw: Any, path: str, context: ActionContext) -> Action:
+def _action(raw: Any, path: str, context: ActionContext,
+            parsers: Mapping[str, ActionParser]) -> Action:
     if not isinstance(raw, dict) or len(raw) != 1:
         got = f"{len(raw)} keys" if isinstance(raw, dict) else kind_of(raw)
         raise RulesError(path, f"expected a mapping with one action such as forward, got {got}")
     ((name, value),) = raw.items()
-    parser = ACTION_PARSERS.get(name)
+    parser = parsers.get(name)
     if parser is None:
         raise RulesError(
-            path, f"unknown action '{name}' (expected one of: {one_of(ACTION_PARSERS)})"
+            path, f"unknown action '{name}' (expected one of: {one_of(parsers)})"
         )
     return parser(value, f"{path}.{name}", context)

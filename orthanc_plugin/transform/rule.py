@@ -19,7 +19,7 @@ from typing import Any
 from orthanc_plugin.rules.errors import RulesError
 from orthanc_plugin.rules.model import Action, ForwardAction
 from orthanc_plugin.rules.numbers import positive_number
-from orthanc_plugin.rules.schema_actions import ACTION_COMPOSERS, ACTION_PARSERS, ActionContext
+from orthanc_plugin.rules.schema_actions import ActionComposer, ActionContext, ActionParser
 from orthanc_plugin.rules.wording import kind_of, one_of
 from orthanc_plugin.transform.coerce import CoercionError, parse_coercion
 from orthanc_plugin.transform.names_source import NamesError, check_site_synonyms
@@ -135,8 +135,9 @@ def _number(raw: dict[str, Any], key: str, path: str, default: float, most: floa
     return number
 
 
-ACTION_PARSERS["normalize"] = parse_normalize
-ACTION_PARSERS["coerce"] = parse_coerce
-ACTION_PARSERS["hook"] = parse_hook
-if fold_into_forwards not in ACTION_COMPOSERS:
-    ACTION_COMPOSERS.append(fold_into_forwards)
+# What this capability adds to the rules' vocabulary (capabilities.vocabulary()): the steps become
+# the following forward's.
+ACTIONS: dict[str, ActionParser] = {
+    "normalize": parse_normalize, "coerce": parse_coerce, "hook": parse_hook,
+}
+COMPOSERS: tuple[ActionComposer, ...] = (fold_into_forwards,)

@@ -35,8 +35,8 @@ from orthanc_plugin.jobs.intake import noted_facts
 from orthanc_plugin.jobs.workers import WorkerRole
 from orthanc_plugin.reception import (
     ARRIVAL_FILE,
-    GATE,
     ArrivalBeacon,
+    ReceptionGate,
     ReceptionSettings,
     read_reception_settings,
     summary,
@@ -77,17 +77,18 @@ def _read_envelope() -> tuple[dict[str, Any], Path]:
     return envelope.get("orthanc") or {}, Path(envelope.get("config_dir") or ".")
 
 
-def _host_for(config: GatewayConfig, label: str) -> HttpHost:
+def _host_for(config: GatewayConfig, label: str, gate: ReceptionGate) -> HttpHost:
     settings = config.worker
     auth = (settings.http_user, settings.http_password) if settings.http_user else None
-    return HttpHost(settings.orthanc_url, auth, label, GATE)
+    return HttpHost(settings.orthanc_url, auth, label, gate)
 
 
 def check(orthanc_config: dict[str, Any], config_dir: Path) -> int:
     try:
         config = parse_config(orthanc_config, config_dir)
         read_reception_settings(config.section)
-        build_gateway(_host_for(config, "check"), orthanc_config, config_dir)
+        # A disabled gate: the check holds nothing.
+        build_gateway(_host_for(config, "check", ReceptionGate()), orthanc_config, config_dir)
     except (RulesError, ConfigError) as error:
         sys.stderr.write(f"RtGateway: not starting: {error}\n")
         return EXIT_CONFIG
@@ -101,7 +102,7 @@ def _build(orthanc_config: dict[str, Any], config_dir: Path, host: HttpHost,
     except RulesError as error:
         # The file changed since Orthanc started and is broken now: the rules in force stay.
         config = parse_config(orthanc_config, config_dir)
-        from orthanc_plugin.rules import load_rules_text
+        from orthanc_plugin.capabilities import load_rules_text
 
         text = Database(config.database, [META_SCHEMA]).get_meta(RULES_TEXT_KEY)
         if not text:
@@ -135,8 +136,9 @@ def main(argv: list[str] | None = None) -> int:
     limit_memory(config.worker.memory_limit_mb)
     channels.pid_file(args.index).write_text(str(os.getpid()))
     # Before the first REST call: background threads of this process wait while instances arrive.
-    GATE.configure(reception, channels.folder, args.index)
-    host = _host_for(config, label)
+    # The one gate of this process, handed to the host, the pool and the capabilities (role).
+    gate = ReceptionGate.for_worker(reception, channels.folder, args.index)
+    host = _host_for(config, label, gate)
     lead = args.index == 0
     clock = JobClock(config.worker.job_time_limit_seconds, host.log_error)
     others = [channels.worker_socket(i) for i in range(1, config.workers + 1)]
@@ -148,6 +150,7 @@ def main(argv: list[str] | None = None) -> int:
         worker_pids=lambda: {i: _pid_of(channels, i) for i in range(config.workers + 1)},
         wake_other_workers=WakeSender(others).wake if lead else (lambda: None),
         report_trouble=host.log_error,
+        gate=gate,
     )
     gateway = _build(orthanc_config, config_dir, host, role)
     clock.start_watchdog()

@@ -50,11 +50,13 @@ def arrival_order(peer: OrthancProcess, study_uid: str) -> list[str]:
 def item_states(gateway: OrthancProcess, study_uid: str,
                 second: str = "i.status") -> dict[str, tuple[str, Any]]:
     """SOP Instance UID -> (state, `second`) of every queued item of the study, read from the
-    gateway's database (`second`: a job_items column, e.g. status or commit state)."""
+    gateway's database (`second`: a column of the item `i`, e.g. status, or of forwarding's record
+    of it `f`, e.g. its commit state)."""
     with sqlite3.connect(gateway.gateway_db) as connection:
         rows = connection.execute(
             f"SELECT r.sop_instance_uid, i.state, {second} FROM job_items i "
             "JOIN jobs j ON j.id = i.job_id JOIN received r ON r.instance_id = i.instance_id "
+            "LEFT JOIN forward_items f ON f.job_id = i.job_id AND f.instance_id = i.instance_id "
             "WHERE j.study_uid = ?", (study_uid,)).fetchall()
     return {row[0]: (row[1], row[2]) for row in rows}
 

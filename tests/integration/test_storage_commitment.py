@@ -108,7 +108,7 @@ def commit_settled(gateway: OrthancProcess, study_uid: str, state: str) -> bool:
 
 
 def item_commit_states(gateway: OrthancProcess, study_uid: str) -> dict[str, tuple[str, str]]:
-    return item_states(gateway, study_uid, "COALESCE(i.commit_state, '')")
+    return item_states(gateway, study_uid, "COALESCE(f.commit_state, '')")
 
 
 def test_all_committed_by_an_archive_that_holds_them(

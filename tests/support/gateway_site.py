@@ -128,7 +128,11 @@ class GatewaySite:
         return self.rows("SELECT * FROM jobs WHERE action=? ORDER BY id", (action,))
 
     def items(self, job_id: int) -> list[Row]:
-        return self.rows("SELECT * FROM job_items WHERE job_id=? ORDER BY position", (job_id,))
+        """The queue's items with forwarding's records of them (in flight, commitment)."""
+        return self.rows(
+            "SELECT i.*, f.in_flight_job, f.in_flight_pos, f.commit_state FROM job_items i "
+            "LEFT JOIN forward_items f ON f.job_id = i.job_id AND f.instance_id = i.instance_id "
+            "WHERE i.job_id=? ORDER BY i.position", (job_id,))
 
     def events(self, event: str) -> list[Row]:
         return self.rows("SELECT * FROM audit_events WHERE event=? ORDER BY id", (event,))

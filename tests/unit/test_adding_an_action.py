@@ -6,7 +6,6 @@ the compressed copies (never the originals) through the queue's ordinary forward
 
 from __future__ import annotations
 
-import importlib
 from collections.abc import Iterator
 from io import BytesIO
 from pathlib import Path
@@ -16,8 +15,6 @@ import pytest
 from pydicom.uid import RLELossless
 
 from orthanc_plugin import capabilities
-from orthanc_plugin.rules.derivations import FoldForwardsInto, register_derivation
-from orthanc_plugin.rules.schema_actions import ACTION_COMPOSERS, ACTION_PARSERS
 from tests.support.fake_orthanc import FakeOrthanc
 from tests.support.gateway_site import GatewaySite, build_site
 from tests.support.rtset import make_ct_series
@@ -36,24 +33,14 @@ rules:
 
 @pytest.fixture
 def site(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[GatewaySite]:
-    # The one line a new capability adds.
+    # The one line a new capability adds: its rule.py's declarations (ACTIONS, COMPOSERS) come
+    # into the vocabulary the gateway builds from this list; nothing else is registered.
     monkeypatch.setattr(capabilities, "CAPABILITIES",
                         [*capabilities.CAPABILITIES, "tests.support.compress"])
-    # Imported here, not at collection (importing rule.py registers the action, and other test
-    # modules word their expected errors from the registry); registered again on each use, as
-    # importing it did the first time (a module is imported once per process).
-    rule = importlib.import_module("tests.support.compress.rule")
-    ACTION_PARSERS[JOB_ACTION] = rule.parse_compress
-    register_derivation(rule.CompressAction)
     orthanc = FakeOrthanc({"ARCHIVE": "ARCHIVE_AE"})
     built = build_site(tmp_path, RULES, orthanc)
     yield built
     assert orthanc.unsupported == []
-    # The registries are the process's: other tests must not see the example's action, and
-    # the next test's gateway imports (so registers) the example again.
-    ACTION_PARSERS.pop(JOB_ACTION, None)
-    while FoldForwardsInto(rule.CompressAction) in ACTION_COMPOSERS:
-        ACTION_COMPOSERS.remove(FoldForwardsInto(rule.CompressAction))
 
 
 def test_a_new_derivation_runs_on_the_shared_contract_and_its_copies_are_forwarded(
@@ -93,8 +80,8 @@ def test_a_new_derivation_runs_on_the_shared_contract_and_its_copies_are_forward
 
 def test_what_the_new_action_refuses_is_worded_like_every_other_rule_error(
         site: GatewaySite) -> None:
+    from orthanc_plugin.capabilities import load_rules_text
     from orthanc_plugin.rules import RulesError
-    from orthanc_plugin.rules.schema import load_rules_text
 
     with pytest.raises(RulesError, match=r"rules\[0\]\.actions\[1\]: only forward may follow "
                                          r"compress \(it sends the compressed copy\)"):

@@ -11,16 +11,14 @@ from orthanc_plugin.approvals.model import Decision, DecisionRefused, HoldAction
 from orthanc_plugin.approvals.store import ApprovalStore
 from orthanc_plugin.approvals.tables import SCHEMA as APPROVALS_SCHEMA
 from orthanc_plugin.audit.tables import SCHEMA as AUDIT_SCHEMA
-from orthanc_plugin.capabilities import register_rule_actions
+from orthanc_plugin.capabilities import load_rules_text
 from orthanc_plugin.config import RetryPolicySettings
 from orthanc_plugin.db import META_SCHEMA, Database
 from orthanc_plugin.jobs.queue import JobQueue, JobSpec
 from orthanc_plugin.jobs.tables import SCHEMA as JOBS_SCHEMA
 from orthanc_plugin.plans.tables import SCHEMA as PLANS_SCHEMA
 from orthanc_plugin.rules import RulesError
-from orthanc_plugin.rules.schema import load_rules_text
 
-register_rule_actions()
 POLICY = RetryPolicySettings(max_attempts=3, base_delay_seconds=0, max_delay_seconds=0)
 
 

@@ -16,8 +16,7 @@ import pytest
 from pydicom.uid import generate_uid
 
 from orthanc_plugin.audit.recorder import LOG_AWAITS_DESCRIPTION
-from orthanc_plugin.capabilities import register_rule_actions
-from orthanc_plugin.rules import load_rules_text
+from orthanc_plugin.capabilities import load_rules_text
 from orthanc_plugin.rules.arrival import (
     answers,
     arrival_facts,
@@ -63,7 +62,6 @@ rules:
 
 
 def rules_by_name() -> dict[str, object]:
-    register_rule_actions()
     return {rule.name: rule for rule in load_rules_text(RULES, KNOWN).rules}
 
 

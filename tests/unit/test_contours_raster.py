@@ -12,6 +12,7 @@ from pydicom.uid import generate_uid
 
 from orthanc_plugin.contours.model import (
     ContourError,
+    ContourLimits,
     SeriesGeometry,
     SliceGeometry,
     parse_structure_set,
@@ -211,3 +212,18 @@ def test_a_contour_point_that_is_not_finite_is_refused(bad: str) -> None:
     rtstruct.save_as(buffer, enforce_file_format=True)
     with pytest.raises(ContourError, match="not a finite number"):
         parse_structure_set(dcmread(DicomBytesIO(buffer.getvalue())))
+
+
+def test_limits_are_the_callers_and_two_can_be_used_side_by_side() -> None:
+    # RtGateway.Contours limits are handed down from install(), never set on the module: a
+    # structure set refused under tight limits still parses under the defaults.
+    images = ct(rows=16, columns=16, spacing=(1.0, 1.0), n_slices=2, thickness=2.0)
+    z = float(images[0].ImagePositionPatient[2])
+    triangle = np.array([[2.0, 2.0, z], [10.0, 2.0, z], [10.0, 10.0, z]])
+    rtstruct = make_rtstruct(images, [("S", [(triangle, None)])])
+    tight = ContourLimits(max_points_per_contour=2)
+    with pytest.raises(ContourError, match="more than the limit of 2"):
+        parse_structure_set(rtstruct, tight)
+    assert parse_structure_set(rtstruct).rois[0].name == "S"
+    with pytest.raises(ContourError, match=r"more than 2 contour points"):
+        parse_structure_set(rtstruct, ContourLimits(max_points_per_structure_set=2))

@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 
 from orthanc_plugin.audit.tables import SCHEMA as AUDIT_SCHEMA
+from orthanc_plugin.capabilities import load_rules_text
 from orthanc_plugin.config import RetryPolicySettings
 from orthanc_plugin.contours.planes import Plane
 from orthanc_plugin.contours.rule import OverlayAction, plan_overlay
@@ -14,7 +15,7 @@ from orthanc_plugin.db import META_SCHEMA, Database
 from orthanc_plugin.jobs.executors import PlannedJob
 from orthanc_plugin.jobs.queue import JobQueue, JobSpec
 from orthanc_plugin.jobs.tables import SCHEMA as JOBS_SCHEMA
-from orthanc_plugin.rules import RulesError, load_rules_text
+from orthanc_plugin.rules import RulesError
 
 
 def overlay_of(options: str, targets: set[str] | None = None) -> OverlayAction:

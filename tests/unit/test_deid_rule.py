@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 
+from orthanc_plugin.capabilities import load_rules_text
 from orthanc_plugin.db import META_SCHEMA, Database
 from orthanc_plugin.deid import tables
 from orthanc_plugin.deid.keys import Pseudonymizer
@@ -13,7 +14,7 @@ from orthanc_plugin.deid.model import DeidResult
 from orthanc_plugin.deid.profile import Option, Profile
 from orthanc_plugin.deid.rule import AnonymizeAction, plan_anonymize
 from orthanc_plugin.jobs.executors import PlannedJob
-from orthanc_plugin.rules import ForwardAction, RulesError, load_rules_text
+from orthanc_plugin.rules import ForwardAction, RulesError
 
 
 def actions_of(actions: str, targets: set[str] | None = None) -> tuple:

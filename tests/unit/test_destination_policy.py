@@ -12,9 +12,10 @@ from typing import Any
 
 import pytest
 
+from orthanc_plugin.capabilities import load_rules_text
 from orthanc_plugin.destinations import admission
 from orthanc_plugin.destinations.model import WindowError, parse_window, window_state
-from orthanc_plugin.rules import RulesError, load_rules_text
+from orthanc_plugin.rules import RulesError
 from tests.support.fake_orthanc import FakeOrthanc
 from tests.support.gateway_site import GatewaySite, build_site
 from tests.support.rtset import make_rt_set

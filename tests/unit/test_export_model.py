@@ -8,6 +8,7 @@ from pathlib import Path
 import pydicom
 import pytest
 
+from orthanc_plugin.capabilities import load_rules_text
 from orthanc_plugin.db import META_SCHEMA, Database
 from orthanc_plugin.export.exporter import Source, export_instance
 from orthanc_plugin.export.files import DestinationUnavailable, inside, write_atomically
@@ -21,7 +22,7 @@ from orthanc_plugin.export.model import (
 )
 from orthanc_plugin.export.rule import ExportAction
 from orthanc_plugin.export.tables import SCHEMA, transfers
-from orthanc_plugin.rules import RulesError, load_rules_text
+from orthanc_plugin.rules import RulesError
 from tests.support.rtset import make_rt_set
 
 

@@ -27,9 +27,11 @@ from orthanc_plugin.harvest.store import HarvestStore
 from orthanc_plugin.harvest.tables import SCHEMA
 from orthanc_plugin.harvest.zips import PARTS_FOLDER, merge, write_merged, write_part
 from orthanc_plugin.ports import HostError
-from orthanc_plugin.reception import GATE
+from orthanc_plugin.reception import ReceptionGate
 
 SERIES = {"1.2.3.1": 3, "1.2.3.2": 3, "1.2.3.3": 2}   # series -> slices at the source
+# The runners' gate, as a worker's main hands it down: the fake Orthanc reads its marking.
+GATE = ReceptionGate()
 
 
 class FakeOrthanc:
@@ -106,7 +108,8 @@ def runner(tmp_path: Path) -> HarvestRunner:
     db = Database(tmp_path / "g.sqlite", [META_SCHEMA, AUDIT_SCHEMA, SCHEMA])
     recorder = AuditRecorder(db, TransactionLog(tmp_path / "log"), Metrics(lambda name, value: None))
     return HarvestRunner(FakeOrthanc(), HarvestStore(db), recorder,  # type: ignore[arg-type]
-                         HarvestSettings(tmp_path / "h", poll_seconds=0.01), lambda message: None)
+                         HarvestSettings(tmp_path / "h", poll_seconds=0.01), lambda message: None,
+                         GATE)
 
 
 def run_all(runner: HarvestRunner) -> None:

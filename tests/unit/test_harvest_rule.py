@@ -6,9 +6,9 @@ import pytest
 
 from orthanc_plugin import capabilities
 from orthanc_plugin.harvest.model import SelectionKind
-from orthanc_plugin.rules import RulesError, load_rules_text
+from orthanc_plugin.rules import RulesError
 
-capabilities.register_rule_actions()
+load_rules_text = capabilities.load_rules_text
 
 SOURCES = ("PACS", "ARCHIVE")
 

@@ -20,9 +20,9 @@ from orthanc_plugin.harvest.rules_sync import RulesHarvests
 from orthanc_plugin.harvest.store import HarvestStore
 from orthanc_plugin.harvest.tables import SCHEMA
 from orthanc_plugin.ports import Host
-from orthanc_plugin.rules import RuleSet, load_rules_text
+from orthanc_plugin.rules import RuleSet
 
-capabilities.register_rule_actions()
+load_rules_text = capabilities.load_rules_text
 
 
 @pytest.fixture

@@ -26,6 +26,13 @@ LATEST = len(MIGRATIONS)
 # before it are what the default describes (job_items.reported: a delivery made before the column
 # existed was reported by its own transfer row). Every insert names these columns.
 DEFAULT_FOR_EARLIER_ROWS = {("job_items", "reported")}
+# Version 7 moved forwarding's records (in flight, storage commitment) out of the queue's job_items
+# into forwarding's own forward_items; versions 2-6 had them as job_items columns, which an
+# upgraded database keeps, emptied (forwarding/tables.py says why).
+FORWARDING_COLUMNS_BEFORE_7 = {"in_flight_job": "TEXT", "in_flight_pos": "INTEGER",
+                               "commit_state": "TEXT", "commit_txn": "TEXT",
+                               "commit_since": "REAL"}
+LEFT_BEHIND = {("job_items", name) for name in FORWARDING_COLUMNS_BEFORE_7}
 
 
 def tables_of(path: Path) -> dict[str, list[tuple[str, str, int, str | None]]]:
@@ -36,7 +43,8 @@ def tables_of(path: Path) -> dict[str, list[tuple[str, str, int, str | None]]]:
         return {name: sorted(
             (row[1], row[2], row[3], "(earlier rows)" if (name, row[1]) in
              DEFAULT_FOR_EARLIER_ROWS else row[4])
-            for row in connection.execute(f"PRAGMA table_info({name})")) for name in names}
+            for row in connection.execute(f"PRAGMA table_info({name})")
+            if (name, row[1]) not in LEFT_BEHIND) for name in names}
 
 
 def without_columns(connection: sqlite3.Connection, table: str, dropped: set[str]) -> None:
@@ -78,6 +86,10 @@ def database_at(path: Path, version: int) -> None:
                 later.setdefault(table, set()).update(columns)
         for table, dropped in later.items():
             without_columns(connection, table, dropped)
+        if version < 7:
+            connection.execute("DROP TABLE forward_items")
+            for name, kind in FORWARDING_COLUMNS_BEFORE_7.items() if version >= 2 else ():
+                connection.execute(f"ALTER TABLE job_items ADD COLUMN {name} {kind}")
         if version:
             connection.execute("INSERT INTO meta(key, value) VALUES(?, ?)",
                                (SCHEMA_VERSION_KEY, str(version)))

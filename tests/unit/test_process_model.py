@@ -23,6 +23,7 @@ from orthanc_plugin.channels import (
 )
 from orthanc_plugin.config import RetryPolicySettings
 from orthanc_plugin.db import META_SCHEMA, Database
+from orthanc_plugin.forwarding.store import InFlight
 from orthanc_plugin.forwarding.verify import InFlightVerifier, InstanceKeys
 from orthanc_plugin.in_orthanc.supervisor.processes import exit_reason
 from orthanc_plugin.jobs.queue import ClaimedItem, JobQueue, JobSpec
@@ -171,8 +172,9 @@ class FakeOrthanc:
         return {"ID": "q1"}
 
 
-def _items(job: str, count: int) -> list[ClaimedItem]:
-    return [ClaimedItem(1, f"i{job}{n}", job, n) for n in range(count)]
+def _items(job: str, count: int) -> dict[ClaimedItem, InFlight]:
+    """count items the Orthanc store job `job` carried, in order."""
+    return {ClaimedItem(1, f"i{job}{n}"): InFlight(job, n) for n in range(count)}
 
 
 def _keys(ids: Any) -> dict[str, InstanceKeys]:

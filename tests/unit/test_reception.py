@@ -50,9 +50,8 @@ class FakeTime:
 
 def make_gate(tmp_path: Path, fake: FakeTime, settings: ReceptionSettings = SETTINGS,
               ) -> ReceptionGate:
-    gate = ReceptionGate(age=fake.age, clock=lambda: fake.now, sleep=fake.sleep)
-    gate.configure(settings, tmp_path, 1)
-    return gate
+    return ReceptionGate.for_worker(settings, tmp_path, 1, age=fake.age, clock=lambda: fake.now,
+                                    sleep=fake.sleep)
 
 
 # -- the decision ----------------------------------------------------------------------------------

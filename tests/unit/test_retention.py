@@ -12,6 +12,7 @@ from orthanc_plugin.audit.tables import SCHEMA as AUDIT_SCHEMA
 from orthanc_plugin.config import ConfigError, RetryPolicySettings
 from orthanc_plugin.db import META_SCHEMA, Database
 from orthanc_plugin.forwarding.commitment import commitment_gauges
+from orthanc_plugin.forwarding.store import forget_pruned_jobs, note_delivered, record_committed
 from orthanc_plugin.forwarding.tables import SCHEMA as FORWARDING_SCHEMA
 from orthanc_plugin.jobs.own_output import SCHEMA as OWN_OUTPUT_SCHEMA
 from orthanc_plugin.jobs.queue import JobQueue, JobSpec
@@ -90,19 +91,21 @@ def test_committed_counter_keeps_what_retention_removes(tmp_path: Path) -> None:
         queue_job(db, queue, f"i{n}", [f"i{n}"])
     claim = queue.claim(1000)
     assert claim is not None
-    queue.mark_sent(claim.items, {}, commit=True)
+    queue.mark_sent(claim.items, {},
+                    also=lambda connection, sent: note_delivered(connection, sent, time.time()))
     queue.settle(claim.job_ids, None, None)
-    with db.transaction() as connection:
-        # Four confirmed by the receiver, two still waiting for its report.
-        connection.execute("UPDATE job_items SET commit_state='committed' "
-                           "WHERE instance_id IN ('i0','i1','i2','i3')")
+    # Four confirmed by the receiver, two still waiting for its report.
+    record_committed(db, "1.2.3", [(item.job_id, item.instance_id) for item in claim.items
+                                   if item.instance_id in ("i0", "i1", "i2", "i3")])
     before = commitment_gauges(db)
     assert before["rtgw_instances_committed_total"] == 4
     assert before["rtgw_instances_commit_waiting"] == 2
     retention = Retention(db, RetentionSettings(max_age_seconds=DAY, batch_rows=4,
                                                 pause_seconds=0), lambda _: None)
+    retention.jobs_pruned.append(forget_pruned_jobs)   # as forwarding's install does
     assert retention.prune(now=time.time() + 2 * DAY)["jobs"] == 6
     assert db.query("SELECT COUNT(*) AS n FROM job_items")[0]["n"] == 0
+    assert db.query("SELECT COUNT(*) AS n FROM forward_items")[0]["n"] == 0
     assert commitment_gauges(db)["rtgw_instances_committed_total"] == 4
 
 

@@ -30,16 +30,15 @@ def db(tmp_path: Path) -> Database:
 
 
 def add_job(connection: sqlite3.Connection, state: str, updated_at: str,
-            items: Sequence[tuple[str, str | None]] = ()) -> int:
+            items: Sequence[str] = ()) -> int:
     job_id = connection.execute(
         "INSERT INTO jobs(idempotency_key, rule, action, trigger, level, resource_id, target,"
         " state, created_at, updated_at) VALUES(?, 'r', 'forward', 'instance', 'instance', 'x',"
         " 'PACS', ?, ?, ?)", (uuid.uuid4().hex, state, updated_at, updated_at)).lastrowid
     assert job_id is not None
     connection.executemany(
-        "INSERT INTO job_items(job_id, rule, target, instance_id, position, state, commit_state)"
-        " VALUES(?, 'r', 'PACS', ?, 0, 'sent', ?)",
-        [(job_id, instance_id, commit) for instance_id, commit in items])
+        "INSERT INTO job_items(job_id, rule, target, instance_id, position, state)"
+        " VALUES(?, 'r', 'PACS', ?, 0, 'sent')", [(job_id, instance_id) for instance_id in items])
     return int(job_id)
 
 
@@ -72,18 +71,17 @@ def test_meta_ints_reads_only_the_keys_that_are_set(db: Database) -> None:
 # -- finished jobs -------------------------------------------------------------------------------
 def test_old_done_jobs_are_found_in_id_order_and_go_with_their_items(db: Database) -> None:
     with db.transaction() as connection:
-        done = [add_job(connection, "done", OLD, [(f"i{n}", "committed" if n else None)])
+        done = [add_job(connection, "done", OLD, [f"i{n}"])
                 for n in range(3)]
-        recent = add_job(connection, "done", NEW, [("recent", None)])
-        parked = add_job(connection, "dead", OLD, [("parked", None)])
-        pending = add_job(connection, "pending", OLD, [("pending", None)])
+        recent = add_job(connection, "done", NEW, ["recent"])
+        parked = add_job(connection, "dead", OLD, ["parked"])
+        pending = add_job(connection, "pending", OLD, ["pending"])
     with db.transaction() as connection:
         assert store.done_jobs_before(connection, CUTOFF, 2) == done[:2]
         assert store.done_jobs_before(connection, CUTOFF, 10) == done
         items = store.items_of_jobs(connection, done[1:])
         assert sorted(items, key=lambda item: item.instance_id) == [
-            store.PrunedItem("r", "PACS", "i1", "committed"),
-            store.PrunedItem("r", "PACS", "i2", "committed")]
+            store.PrunedItem("r", "PACS", "i1"), store.PrunedItem("r", "PACS", "i2")]
         assert store.delete_jobs(connection, done[:2]) == 2
     left = [row["id"] for row in db.query("SELECT id FROM jobs ORDER BY id")]
     assert left == [done[2], recent, parked, pending]
@@ -182,8 +180,8 @@ def test_a_received_row_goes_only_once_every_rule_follower_and_job_is_done_with_
         received(connection, "past-the-cursor")                       # seq 10: followers behind
         connection.execute("INSERT INTO study_progress(study_id, last_received_at,"
                            " stable_done_seq) VALUES('T', 0, 6)")
-        add_job(connection, "pending", OLD, [("in-a-job", None)])
-        add_job(connection, "done", OLD, [("in-a-done-job", None)])
+        add_job(connection, "pending", OLD, ["in-a-job"])
+        add_job(connection, "done", OLD, ["in-a-done-job"])
     with db.transaction() as connection:
         assert store.delete_finished_received(connection, CUTOFF, 9, 500,
                                               wait_for_index=False) == 4

@@ -10,8 +10,9 @@ from typing import Any
 import pytest
 
 from orthanc_plugin import capabilities
+from orthanc_plugin.capabilities import load_rules_file, load_rules_text
 from orthanc_plugin.rules import (
-    ACTION_PARSERS,
+    CORE_VOCABULARY,
     AllOf,
     AnyOf,
     AnyValue,
@@ -27,12 +28,10 @@ from orthanc_plugin.rules import (
     RulesError,
     TagCondition,
     Trigger,
-    load_rules_file,
-    load_rules_text,
+    Vocabulary,
 )
+from orthanc_plugin.rules import load_rules_text as load_with
 from orthanc_plugin.rules.schema_actions import ActionContext
-
-capabilities.register_rule_actions()
 
 RT_PLAN_STORAGE = "1.2.840.10008.5.1.4.1.1.481.5"
 TARGETS = ("ORGANO", "ARCHIVE")
@@ -260,15 +259,16 @@ def test_unknown_targets_are_not_checked_without_known_targets() -> None:
     assert rule.actions == (ForwardAction(("ANYWHERE",)),)
 
 
-def test_actions_are_parsed_through_the_registry(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_actions_are_parsed_through_the_vocabulary_given() -> None:
     seen: list[tuple[Any, str, ActionContext]] = []
 
     def parse_export(raw: Any, path: str, context: ActionContext) -> Any:
         seen.append((raw, path, context))
         return ("export", raw)
 
-    monkeypatch.setitem(ACTION_PARSERS, "export", parse_export)
-    rule = one_rule("match: {}\nactions: [{export: /tmp/out}]\n", known=TARGETS).rules[0]
+    words = Vocabulary({**CORE_VOCABULARY.actions, "export": parse_export})
+    rule = load_with("rules:\n  - name: r\n    on: instance\n    match: {}\n"
+                     "    actions: [{export: /tmp/out}]\n", TARGETS, vocabulary=words).rules[0]
     assert rule.actions == (("export", "/tmp/out"),)
     assert seen[0][1] == "rules[0].actions[0].export"
     assert seen[0][2].known_targets == TARGETS
@@ -422,9 +422,9 @@ def test_yaml_merge_keys_may_be_overridden() -> None:
         ),
         (
             "rules:\n  - {name: a, on: instance, match: {}, actions: [{foward: A}]}\n",
-            # Every capability's parser, as the gateway registers them (order of tests aside).
+            # Every capability's parser, as the gateway's vocabulary holds them.
             "rules[0].actions[0]: unknown action 'foward' (expected one of: "
-            f"{', '.join(sorted(ACTION_PARSERS))})",
+            f"{', '.join(sorted(capabilities.vocabulary().actions))})",
         ),
         (
             "rules:\n  - {name: a, on: instance, match: {}, actions: [forward]}\n",

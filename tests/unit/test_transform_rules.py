@@ -8,15 +8,14 @@ from pathlib import Path
 import pytest
 from pydicom import Dataset
 
-from orthanc_plugin.capabilities import register_rule_actions
+from orthanc_plugin.capabilities import load_rules_text
 from orthanc_plugin.config import ConfigError, dicomweb_servers
 from orthanc_plugin.forwarding.stow import parse_response, reason_text
-from orthanc_plugin.rules import ForwardAction, RulesError, RuleSet, load_rules_text
+from orthanc_plugin.rules import ForwardAction, RulesError, RuleSet
 from orthanc_plugin.transform.coerce import CoercionError, parse_coercion
 from orthanc_plugin.transform.resolve import CopySpecs
 from orthanc_plugin.transform.spec import CoerceStep, HookStep, NormalizeStep
 
-register_rule_actions()
 TARGETS = {"TPS", "ARCHIVE", "CD_ROBOT"}
 
 

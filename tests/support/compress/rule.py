@@ -10,9 +10,9 @@ from dataclasses import dataclass
 from typing import Any, ClassVar
 
 from orthanc_plugin.jobs.executors import PlannedJob
-from orthanc_plugin.rules.derivations import register_derivation
+from orthanc_plugin.rules.derivations import FoldForwardsInto
 from orthanc_plugin.rules.errors import RulesError
-from orthanc_plugin.rules.schema_actions import ACTION_PARSERS, ActionContext
+from orthanc_plugin.rules.schema_actions import ActionComposer, ActionContext, ActionParser
 from orthanc_plugin.rules.wording import kind_of, one_of
 
 JOB_ACTION = "compress"
@@ -44,5 +44,6 @@ def plan_compress(action: CompressAction) -> list[PlannedJob]:
     return [PlannedJob(JOB_ACTION, action.job_target)]
 
 
-ACTION_PARSERS[JOB_ACTION] = parse_compress
-register_derivation(CompressAction)
+# What it adds to the rules' vocabulary: its action, and the forwards after it send its copy.
+ACTIONS: dict[str, ActionParser] = {JOB_ACTION: parse_compress}
+COMPOSERS: tuple[ActionComposer, ...] = (FoldForwardsInto(CompressAction),)

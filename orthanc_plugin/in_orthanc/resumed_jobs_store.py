@@ -1,6 +1,7 @@
-"""The Orthanc store jobs the gateway started (jobs/tables.py `orthanc_store_jobs`), read by the
+"""The Orthanc store jobs the gateway started (forwarding/tables.py `orthanc_store_jobs`), read by the
 plugin at Orthanc's start, read-only and before any worker exists (host.py says why it cannot
-wait for one). The queue writes them (JobQueue.mark_in_flight).
+wait for one). Forwarding writes them (forwarding/store.py mark_in_flight); this reads the file
+directly, not through the forwarding package, which Orthanc's process must not import.
 """
 
 from __future__ import annotations
