@@ -1,21 +1,33 @@
 """The `overlay` rule action: options, parser (declared in ACTIONS) and planner.
 
-    - overlay: {ignore: [skull, "*body*"], planes: [axial, coronal], forward: [VIEWER],
+    - overlay: {ignore: [skull, "*body*"], planes: [axial, coronal],
                 per_roi: false, burn_in_outline: false, series_description: Contours,
                 series_number: 901, wait_for_images: 10m}
+    - forward: [VIEWER]          # sends the overlay series, never the originals
+
+An overlay is a derivation like anonymize (rules/derivations.py): the forwards written after it
+send what it made. Its own `forward:` key says the same and stays accepted; both together are
+one list of targets (a target named twice is refused). To send the originals as well, write
+their forward before the overlay.
 """
 
 from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 
 from orthanc_plugin.contours.overlay import OverlayOptions
 from orthanc_plugin.contours.planes import Plane
 from orthanc_plugin.jobs.executors import PlannedJob
+from orthanc_plugin.rules.derivations import FoldForwardsInto
 from orthanc_plugin.rules.errors import RulesError
-from orthanc_plugin.rules.schema_actions import ActionContext, ActionParser, parse_forward
+from orthanc_plugin.rules.schema_actions import (
+    ActionComposer,
+    ActionContext,
+    ActionParser,
+    parse_forward,
+)
 from orthanc_plugin.rules.schema_values import name_list
 from orthanc_plugin.rules.wording import kind_of, one_of
 
@@ -34,6 +46,9 @@ _UNIT_SECONDS = {"s": 1, "m": 60, "h": 3600, None: 1}
 @dataclass(frozen=True)
 class OverlayAction:
     """Build the contour overlay series of the matched RTSTRUCTs, store it, forward it."""
+
+    rule_key: ClassVar[str] = JOB_ACTION
+    output_words: ClassVar[str] = "the overlay series"
 
     options: OverlayOptions
     targets: tuple[str, ...] = ()
@@ -130,4 +145,6 @@ def _duration(raw: Any, path: str) -> float:
 
 
 # What this capability adds to the rules' vocabulary (capabilities.vocabulary()).
-ACTIONS: dict[str, ActionParser] = {"overlay": parse_overlay}
+ACTIONS: dict[str, ActionParser] = {JOB_ACTION: parse_overlay}
+# The forwards after an overlay send its series, as after any derivation.
+COMPOSERS: tuple[ActionComposer, ...] = (FoldForwardsInto(OverlayAction),)

@@ -15,7 +15,7 @@ from orthanc_plugin.db import META_SCHEMA, Database
 from orthanc_plugin.jobs.executors import PlannedJob
 from orthanc_plugin.jobs.queue import JobQueue, JobSpec
 from orthanc_plugin.jobs.tables import SCHEMA as JOBS_SCHEMA
-from orthanc_plugin.rules import RulesError
+from orthanc_plugin.rules import ForwardAction, RulesError
 
 
 def overlay_of(options: str, targets: set[str] | None = None) -> OverlayAction:
@@ -49,6 +49,32 @@ def test_defaults_and_every_option() -> None:
     assert full.options.per_roi and full.options.burn_in_outline
     assert full.options.series_number == 901 and full.options.series_description == "Contours"
     assert plan_overlay(full) == [PlannedJob("overlay", "VIEWER+ARCHIVE")]
+
+
+def actions_of(actions: str) -> tuple[object, ...]:
+    text = f"""
+rules:
+  - name: contours
+    on: instance
+    match: {{modality: RTSTRUCT}}
+    actions:
+{actions}
+"""
+    return load_rules_text(text, {"A", "B", "C"}).rules[0].actions
+
+
+def test_the_forwards_after_an_overlay_send_its_series_as_after_any_derivation() -> None:
+    """Written as for anonymize: a forward before the overlay sends the originals, those after
+    it (and its own forward key) the overlay series; nothing else may follow it."""
+    before, overlay = actions_of("      - forward: [A]\n      - overlay: {forward: [B]}\n"
+                                 "      - forward: [C]")
+    assert isinstance(before, ForwardAction) and before.targets == ("A",)
+    assert isinstance(overlay, OverlayAction) and overlay.targets == ("B", "C")
+    assert plan_overlay(overlay) == [PlannedJob("overlay", "B+C")]
+    with pytest.raises(RulesError, match=r"actions\[1\]: duplicate target 'B'"):
+        actions_of("      - overlay: {forward: [B]}\n      - forward: [B]")
+    with pytest.raises(RulesError, match="only forward may follow overlay .*overlay series"):
+        actions_of("      - overlay: {}\n      - export: {folder: /tmp}")
 
 
 @pytest.mark.parametrize(

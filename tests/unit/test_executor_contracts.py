@@ -458,6 +458,36 @@ def test_overlay_waits_for_its_images_then_builds_stores_and_forwards(site_for: 
     assert len(site.events("overlay-done")) == 1
 
 
+OVERLAY_THEN_FORWARD = """
+rules:
+  - name: contours overlay, then forward
+    on: instance
+    match: {modality: RTSTRUCT}
+    actions:
+      - overlay: {}
+      - forward: [PACS]
+"""
+
+
+def test_a_forward_written_after_an_overlay_sends_the_series_not_the_originals(
+        site_for: SiteFor) -> None:
+    """The derive-then-forward grammar of anonymize holds for the overlay too."""
+    site = site_for(OVERLAY_THEN_FORWARD)
+    rtset = make_rt_set(n_slices=3, with_dose=False)
+    for ds in rtset.ct:
+        site.orthanc.receive(ds, calling_aet="TPS")
+    structures = site.orthanc.receive(rtset.rtstruct, calling_aet="TPS")
+    site.take_in()
+    site.run_queue()
+
+    assert site.jobs("overlay")[0]["state"] == "done"
+    own = [row["instance_id"] for row in site.rows("SELECT instance_id FROM own_output")]
+    (forward,) = site.jobs("forward")
+    assert (forward["target"], forward["state"]) == ("PACS", "done")
+    assert sorted(site.orthanc.modality("PACS").received) == sorted(own) and own
+    assert structures not in site.orthanc.modality("PACS").received
+
+
 def test_overlay_that_gives_up_on_missing_images_is_refused_not_quarantined(
         site_for: SiteFor) -> None:
     site = overlay_site(site_for, "0")
