@@ -318,8 +318,8 @@ class Gateway:
     def test_rules(self, study: str) -> dict[str, Any]:
         """Which rules would fire on a study and why (not); nothing is queued or sent."""
         study_id = self._resolve_study(study)
-        rows: list[Any] = self.intake.study_rows_without_adopting(study_id)
-        labels = tuple(sorted({r["plan_label"] for r in rows if r["plan_label"]}))
+        rows = self.intake.study_rows_without_adopting(study_id)
+        labels = tuple(sorted({r.plan_label for r in rows if r.plan_label}))
         facts = self.intake.facts.build(rows, labels)
         results = []
         for rule in self.ruleset.rules:

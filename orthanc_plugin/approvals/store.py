@@ -22,6 +22,7 @@ from orthanc_plugin.approvals.model import (
 from orthanc_plugin.audit.clock import iso_at, now_iso
 from orthanc_plugin.db import Database
 from orthanc_plugin.jobs.queue import HELD, HOLD_EXPIRED, JobSpec
+from orthanc_plugin.jobs.records import Job
 
 EXPIRED_BY = "gateway (expiry)"
 
@@ -102,8 +103,8 @@ class ApprovalStore:
                                            f"nothing left to decide")
             check_decider(user, json.loads(approval["approvers"]), approval["rule"])
             held = _held_jobs(connection, approval_id)
-            targets = chosen_targets(asked, sorted({job["target"] for job in held}))
-            job_ids = [job["id"] for job in held if job["target"] in targets]
+            targets = chosen_targets(asked, sorted({job.target for job in held}))
+            job_ids = [job.id for job in held if job.target in targets]
             stamp = now_iso()
             if decision == Decision.APPROVE:
                 connection.executemany(
@@ -119,7 +120,7 @@ class ApprovalStore:
                 "INSERT INTO approval_decisions(approval_id, target, decision, user, comment, at) "
                 "VALUES(?,?,?,?,?,?)",
                 [(approval_id, target, decision.value, user, comment, stamp) for target in targets])
-            still = sorted({job["target"] for job in held if job["target"] not in targets})
+            still = sorted({job.target for job in held if job.target not in targets})
             if not still:
                 connection.execute("UPDATE approvals SET state=? WHERE id=?",
                                    (ApprovalState.DECIDED.value, approval_id))
@@ -140,8 +141,8 @@ class ApprovalStore:
                 connection.executemany(
                     "UPDATE jobs SET state='dead', last_status=?, last_error=?, updated_at=? "
                     "WHERE id=? AND state=?",
-                    [(HOLD_EXPIRED, reason, stamp, job["id"], HELD) for job in held])
-                targets = sorted({job["target"] for job in held})
+                    [(HOLD_EXPIRED, reason, stamp, job.id, HELD) for job in held])
+                targets = sorted({job.target for job in held})
                 connection.executemany(
                     "INSERT INTO approval_decisions(approval_id, target, decision, user, comment, "
                     "at) VALUES(?,?,?,?,?,?)",
@@ -151,7 +152,7 @@ class ApprovalStore:
                                    (ApprovalState.EXPIRED.value, approval["id"]))
                 expired.append(Decided(approval["id"], approval["rule"],
                                        approval["patient_id"] or "", approval["study_uid"] or "",
-                                       "expired", targets, [job["id"] for job in held]))
+                                       "expired", targets, [job.id for job in held]))
         return expired
 
     def reopen_retried(self, now: float) -> list[int]:
@@ -268,7 +269,7 @@ class ApprovalStore:
         }
 
 
-def _held_jobs(connection: sqlite3.Connection, approval_id: int) -> list[sqlite3.Row]:
-    return connection.execute(
-        "SELECT j.id, j.target FROM approval_jobs aj JOIN jobs j ON j.id=aj.job_id WHERE "
-        "aj.approval_id=? AND j.state=? ORDER BY j.id", (approval_id, HELD)).fetchall()
+def _held_jobs(connection: sqlite3.Connection, approval_id: int) -> list[Job]:
+    return [Job.of_row(row) for row in connection.execute(
+        "SELECT j.* FROM approval_jobs aj JOIN jobs j ON j.id=aj.job_id WHERE "
+        "aj.approval_id=? AND j.state=? ORDER BY j.id", (approval_id, HELD)).fetchall()]

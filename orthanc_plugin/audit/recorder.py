@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import sqlite3
 from collections.abc import Mapping
-from typing import Any
 
 from orthanc_plugin.audit.clock import now_iso
 from orthanc_plugin.audit.metrics import Metrics
 from orthanc_plugin.audit.translog import TransactionLog
 from orthanc_plugin.db import Database
+from orthanc_plugin.jobs.records import Job
 from orthanc_plugin.jobs.states import JobState
 
 # transfers.logged: 0 not yet, 1 written, 2 waiting for the instance's description (a job decided
@@ -73,7 +73,7 @@ class AuditRecorder:
     def insert_transfer(
         connection: sqlite3.Connection,
         *,
-        job: Mapping[str, Any],
+        job: Job,
         attempt: int,
         status: str,
         instances: int,
@@ -95,8 +95,8 @@ class AuditRecorder:
             " COALESCE((SELECT study_uid FROM jobs WHERE id=?), ?),"
             " ?,?,?,?,?,?,?,?,?,?,0)",
             (
-                job["id"], job["rule"], job["resource_id"], job["id"], job["patient_id"],
-                job["id"], job["study_uid"], job["target"], attempt, status, instances,
+                job.id, job.rule, job.resource_id, job.id, job.patient_id,
+                job.id, job.study_uid, job.target, attempt, status, instances,
                 bytes_sent, started_at, now_iso(), error, orthanc_job, writer,
             ),
         )

@@ -274,12 +274,12 @@ class DeleteAfterForwarded:
         for job_id, reason in waiting.items():
             self.queue.postpone([job_id], DELETE_AFTER_WAIT_SECONDS, f"kept: {reason}")
         for job in claim.jobs:
-            if deleted.get(job["id"]):
+            if deleted.get(job.id):
                 self.recorder.event(
-                    "instances-deleted-after-forwarding", status="ok", rule=job["rule"],
-                    job_id=job["id"], resource_id=job["resource_id"],
-                    patient_id=job["patient_id"] or "", study_uid=job["study_uid"] or "",
-                    detail=f"{deleted[job['id']]} instance(s) deleted from Orthanc's storage: "
+                    "instances-deleted-after-forwarding", status="ok", rule=job.rule,
+                    job_id=job.id, resource_id=job.resource_id,
+                    patient_id=job.patient_id or "", study_uid=job.study_uid or "",
+                    detail=f"{deleted[job.id]} instance(s) deleted from Orthanc's storage: "
                            "delivered, and nothing else needs them")
 
     def blockers(self, item: ClaimedItem) -> list[str]:

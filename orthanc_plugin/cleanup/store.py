@@ -14,6 +14,7 @@ from datetime import datetime
 
 from orthanc_plugin.db import Database
 from orthanc_plugin.harvest.model import ACTIVE_STATES
+from orthanc_plugin.jobs.records import Job
 from orthanc_plugin.jobs.states import JobState
 from orthanc_plugin.retention import FOLLOWER_CURSORS
 
@@ -76,21 +77,21 @@ class CleanupStore:
     def open_jobs(self, study_id: str, study_uid: str) -> list[str]:
         """Jobs not delivered nor cancelled that concern the study, by its UID or its instances."""
         rows = self.db.query(
-            f"SELECT id, action, target, state, last_error, last_status FROM jobs "
+            f"SELECT * FROM jobs "
             f"WHERE state IN ({_marks(OPEN_JOB_STATES)}) AND action NOT IN "
             f"({_marks(self.own_actions)}) AND (study_uid=? OR id IN (SELECT i.job_id FROM "
             f"job_items i JOIN received r ON r.instance_id=i.instance_id WHERE r.study_id=?)) "
             f"ORDER BY id", (*OPEN_JOB_STATES, *self.own_actions, study_uid, study_id))
-        return _named([_job_text(row) for row in rows], "more job(s) not finished")
+        return _named([_job_text(Job.of_row(row)) for row in rows], "more job(s) not finished")
 
     def instance_jobs(self, instance_id: str) -> list[str]:
         """Jobs not delivered nor cancelled that carry this instance."""
         rows = self.db.query(
-            f"SELECT j.id, j.action, j.target, j.state, j.last_error, j.last_status FROM job_items i "
+            f"SELECT j.* FROM job_items i "
             f"JOIN jobs j ON j.id=i.job_id WHERE i.instance_id=? AND j.state IN "
             f"({_marks(OPEN_JOB_STATES)}) AND j.action NOT IN ({_marks(self.own_actions)}) "
             f"ORDER BY j.id", (instance_id, *OPEN_JOB_STATES, *self.own_actions))
-        return _named([_job_text(row) for row in rows], "more job(s) not finished")
+        return _named([_job_text(Job.of_row(row)) for row in rows], "more job(s) not finished")
 
     def study_of(self, instance_id: str) -> tuple[str, str, str] | None:
         """(Orthanc study ID, StudyInstanceUID, PatientID) of a received instance."""
@@ -129,14 +130,14 @@ class CleanupStore:
         return {row["study_id"] for row in self.db.query("SELECT study_id FROM study_progress")}
 
 
-def _job_text(job: sqlite3.Row) -> str:
+def _job_text(job: Job) -> str:
     state = {"pending": "waiting to run", "running": "running", "dead": "parked",
-             "held": "awaiting approval"}[job["state"]]
-    what = f"job {job['id']} ({job['action']} to {job['target']}) {state}"
-    if job["state"] == JobState.DEAD and job["last_error"]:
-        what += f": {job['last_error']}"
-    elif job["state"] == JobState.PENDING and job["last_status"] == "waiting" and job["last_error"]:
-        what += f" ({job['last_error']})"
+             "held": "awaiting approval"}[job.state]
+    what = f"job {job.id} ({job.action} to {job.target}) {state}"
+    if job.state == JobState.DEAD and job.last_error:
+        what += f": {job.last_error}"
+    elif job.state == JobState.PENDING and job.last_status == "waiting" and job.last_error:
+        what += f" ({job.last_error})"
     return what
 
 

@@ -10,7 +10,6 @@ refusals, quarantine and audit are the shared executor contract's (jobs/executor
 
 from __future__ import annotations
 
-import sqlite3
 import time
 from collections.abc import Callable, Sequence
 from io import BytesIO
@@ -24,6 +23,7 @@ from orthanc_plugin.jobs.executor_base import ItemExecutor, JobContext, Postpone
 from orthanc_plugin.jobs.follow_ups import FollowUp
 from orthanc_plugin.jobs.own_output import store_own_instance
 from orthanc_plugin.jobs.queue import ClaimedItem
+from orthanc_plugin.jobs.records import Job
 from orthanc_plugin.jobs.states import JobState
 from orthanc_plugin.ports import HostError
 
@@ -48,7 +48,7 @@ class OverlayExecutor(ItemExecutor[OverlayAction, int]):
         # modality's instances arrive. Nothing by default (a test's executor).
         self.pause = pause
 
-    def step(self, job: sqlite3.Row, item: ClaimedItem, action: OverlayAction) -> int:
+    def step(self, job: Job, item: ClaimedItem, action: OverlayAction) -> int:
         modality = self.host.get_json(f"/instances/{item.instance_id}/series")[
             "MainDicomTags"].get("Modality", "")
         if modality != "RTSTRUCT":
@@ -71,24 +71,24 @@ class OverlayExecutor(ItemExecutor[OverlayAction, int]):
         self._queue_forwards(job, action, stored)
         return size
 
-    def _wait_or_give_up(self, job: sqlite3.Row, item: ClaimedItem, action: OverlayAction,
+    def _wait_or_give_up(self, job: Job, item: ClaimedItem, action: OverlayAction,
                          waiting_for: str) -> None:
-        waited = time.time() - float(job["created_epoch"])
+        waited = time.time() - job.created_epoch
         if waited < action.wait_for_images_seconds:
-            if job["last_status"] != "waiting":  # one audit row per wait, not per poll
+            if job.last_status != "waiting":  # one audit row per wait, not per poll
                 self.event(job, "overlay-waiting", "waiting", waiting_for, item)
             delay = min(self.wait_poll_seconds, action.wait_for_images_seconds - waited)
             raise Postpone(delay, waiting_for)
         raise Refuse(f"gave up after {waited:.0f} s: {waiting_for}", "images-missing",
                      event="images-missing")
 
-    def after_job(self, job: sqlite3.Row, action: OverlayAction,
+    def after_job(self, job: Job, action: OverlayAction,
                   done: Sequence[tuple[ClaimedItem, int]], outcome: str) -> None:
         if outcome == JobState.DONE:
             self.event(job, "overlay-done", "ok", f"{len(done)} RTSTRUCT(s)")
 
     def _store(
-        self, job: sqlite3.Row, item: ClaimedItem, build: OverlayBuild
+        self, job: Job, item: ClaimedItem, build: OverlayBuild
     ) -> tuple[dict[str, list[str]], int]:
         stored: dict[str, list[str]] = {}
         total = 0
@@ -110,11 +110,11 @@ class OverlayExecutor(ItemExecutor[OverlayAction, int]):
         return stored, total
 
     def _queue_forwards(
-        self, job: sqlite3.Row, action: OverlayAction, stored: dict[str, list[str]]
+        self, job: Job, action: OverlayAction, stored: dict[str, list[str]]
     ) -> None:
         self.follow(job, [
             FollowUp(FORWARD_ACTION, target, "series", series_uid, tuple(ids),
-                     job["patient_id"], job["study_uid"], "{count} instance(s) to {target}")
+                     job.patient_id or "", job.study_uid or "", "{count} instance(s) to {target}")
             for series_uid, ids in stored.items() for target in action.targets])
 
 

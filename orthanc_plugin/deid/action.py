@@ -13,7 +13,6 @@ outcome per instance, in order, so recording, quarantine and retries are the bas
 
 from __future__ import annotations
 
-import sqlite3
 import threading
 import time
 from collections.abc import Iterator, Sequence
@@ -50,6 +49,7 @@ from orthanc_plugin.jobs.own_output import (
     store_own_instance,
 )
 from orthanc_plugin.jobs.queue import Claim, ClaimedItem, JobQueue
+from orthanc_plugin.jobs.records import Job
 from orthanc_plugin.labels import DEID_COPY, StudyLabels
 from orthanc_plugin.ports import Host, HostError
 from orthanc_plugin.rules.priority import Priority
@@ -106,13 +106,13 @@ class AnonymizeExecutor(ItemExecutor[AnonymizeAction, StoredCopy]):
         action gets no copy made (the base parks it), and `step` makes a copy itself when the
         rules changed in between."""
         rules = self.context.rules()
-        actions: dict[int, tuple[sqlite3.Row, AnonymizeAction]] = {}
+        actions: dict[int, tuple[Job, AnonymizeAction]] = {}
         items: list[ClaimedItem] = []
         for job, job_items in jobs_with_items(claim):
             action = action_of_job(rules, job, AnonymizeAction)
             if action is not None:
-                actions[job["id"]] = (job, action)
-                self._clocks[job["id"]] = _PhaseClock(self.threads)
+                actions[job.id] = (job, action)
+                self._clocks[job.id] = _PhaseClock(self.threads)
                 items += job_items
         noted = self._note_copies_ahead({job_id: action for job_id, (_, action) in actions.items()},
                                         items)
@@ -129,8 +129,8 @@ class AnonymizeExecutor(ItemExecutor[AnonymizeAction, StoredCopy]):
                 self._clocks.pop(job_id, None)
             pipeline.close()
 
-    def step(self, job: sqlite3.Row, item: ClaimedItem, action: AnonymizeAction) -> StoredCopy:
-        started = self._pipelines.get(job["id"])
+    def step(self, job: Job, item: ClaimedItem, action: AnonymizeAction) -> StoredCopy:
+        started = self._pipelines.get(job.id)
         if started is None or started[1] != action:
             return self._copy(job, action, item)
         return started[0].take(item)
@@ -151,10 +151,10 @@ class AnonymizeExecutor(ItemExecutor[AnonymizeAction, StoredCopy]):
             note_own_output(self.db, expected, "deid")
         return frozenset(expected)
 
-    def _copy(self, job: sqlite3.Row, action: AnonymizeAction, item: ClaimedItem,
+    def _copy(self, job: Job, action: AnonymizeAction, item: ClaimedItem,
               noted: frozenset[str] = frozenset()) -> StoredCopy:
         """Read, de-identify, store: runs on the pool; what it raises, `step` raises."""
-        clock = self._clocks.get(job["id"]) or _PhaseClock(self.threads)
+        clock = self._clocks.get(job.id) or _PhaseClock(self.threads)
         with clock.timing("read"):
             original = self.host.get_bytes(f"/instances/{item.instance_id}/file")
         with clock.timing("de-identify"):
@@ -175,14 +175,14 @@ class AnonymizeExecutor(ItemExecutor[AnonymizeAction, StoredCopy]):
         return StoredCopy(str(answer["ID"]), str(answer.get("ParentStudy", "")), result,
                           str(ds.StudyInstanceUID), str(ds.SOPInstanceUID), len(data))
 
-    def record(self, job: sqlite3.Row, action: AnonymizeAction,
+    def record(self, job: Job, action: AnonymizeAction,
                done: Sequence[tuple[ClaimedItem, StoredCopy]]) -> None:
-        with self._clocks.get(job["id"], _PhaseClock(1)).timing("record"):
+        with self._clocks.get(job.id, _PhaseClock(1)).timing("record"):
             self._record(job, action, list(done))
 
-    def after_job(self, job: sqlite3.Row, action: AnonymizeAction,
+    def after_job(self, job: Job, action: AnonymizeAction,
                   done: Sequence[tuple[ClaimedItem, StoredCopy]], outcome: str) -> None:
-        clock = self._clocks.get(job["id"]) or _PhaseClock(self.threads)
+        clock = self._clocks.get(job.id) or _PhaseClock(self.threads)
         copies = list(done)
         self._queue_followers(job, action, copies)
         if self.labels is not None:
@@ -197,14 +197,14 @@ class AnonymizeExecutor(ItemExecutor[AnonymizeAction, StoredCopy]):
                 patient=first.result.new_patient_id, study=first.study_uid,
             )
 
-    def event(self, job: sqlite3.Row, event: str, status: str, detail: str,
+    def event(self, job: Job, event: str, status: str, detail: str,
               item: ClaimedItem | None = None, **names: Any) -> None:
         # The job row holds the original patient ID and study UID: the audit names the copy only.
         super().event(job, event, status, detail, item, patient=names.get("patient", ""),
                       study=names.get("study", ""))
 
     def _record(
-        self, job: sqlite3.Row, action: AnonymizeAction, batch: list[tuple[ClaimedItem, StoredCopy]]
+        self, job: Job, action: AnonymizeAction, batch: list[tuple[ClaimedItem, StoredCopy]]
     ) -> None:
         """One transaction per batch, not per instance. A crash before it only means the copies
         are made again on replay, which Orthanc answers with AlreadyStored: same UIDs, same bytes."""
@@ -216,15 +216,15 @@ class AnonymizeExecutor(ItemExecutor[AnonymizeAction, StoredCopy]):
                 record_mapping(connection, result,
                                self.keys.date_offset_days(result.original_patient_id))
             record_copies(connection, [
-                CopyRecord(item.instance_id, job["target"], copy.instance_id, copy.sop_instance_uid,
-                           copy.result.new_patient_id, job["id"], action.settings.describe(),
+                CopyRecord(item.instance_id, job.target, copy.instance_id, copy.sop_instance_uid,
+                           copy.result.new_patient_id, job.id, action.settings.describe(),
                            tuple(copy.result.changes))
                 for item, copy in batch])
         self.queue.mark_sent([item for item, _ in batch],
                              {item.instance_id: copy.size for item, copy in batch})
 
     def _queue_followers(
-        self, job: sqlite3.Row, action: AnonymizeAction, copies: list[tuple[ClaimedItem, StoredCopy]]
+        self, job: Job, action: AnonymizeAction, copies: list[tuple[ClaimedItem, StoredCopy]]
     ) -> None:
         if not copies:
             return
@@ -236,10 +236,10 @@ class AnonymizeExecutor(ItemExecutor[AnonymizeAction, StoredCopy]):
                       for target in action.targets]
         if not action.keep_original:
             # Its own target: the queue assigns an instance once per (rule, target), and the
-            # anonymize job already holds these originals for job["target"].
+            # anonymize job already holds these originals for job.target.
             follow_ups.append(FollowUp(
-                DELETE_JOB_ACTION, f"{DELETE_TARGET_PREFIX}{job['target']}", job["level"],
-                job["resource_id"], tuple(item.instance_id for item, _ in copies),
+                DELETE_JOB_ACTION, f"{DELETE_TARGET_PREFIX}{job.target}", job.level,
+                job.resource_id, tuple(item.instance_id for item, _ in copies),
                 patient, study, "delete {count} original(s)", priority=Priority.NORMAL))
         self.follow(job, follow_ups, patient=patient, study=study)
 
@@ -279,9 +279,9 @@ class DeleteOriginals:
                 "original-deleted", status="retry" if error else "ok",
                 detail=f"{deleted} original(s) deleted after their copy was stored" + (
                     f"; {error}" if error else ""),
-                rule=job["rule"], target=job["target"], job_id=job["id"],
-                resource_id=job["resource_id"], patient_id=job["patient_id"],
-                study_uid=job["study_uid"],
+                rule=job.rule, target=job.target, job_id=job.id,
+                resource_id=job.resource_id, patient_id=job.patient_id or "",
+                study_uid=job.study_uid or "",
             )
 
     def _still_needed(self, item: ClaimedItem) -> bool:

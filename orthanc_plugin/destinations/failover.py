@@ -49,13 +49,13 @@ class Failover:
         if done is None:
             return 0
         job, new_id, count = done
-        why = ("parked" if job["state"] == JobState.DEAD else
-               f"failing for {now - (job['failing_since'] or now):.0f} s")
+        why = ("parked" if job.state == JobState.DEAD else
+               f"failing for {now - (job.failing_since or now):.0f} s")
         self.recorder.event(
-            "failed-over", status="failover", rule=job["rule"], target=policy.name,
-            job_id=job_id, resource_id=job["resource_id"], patient_id=job["patient_id"] or "",
-            study_uid=job["study_uid"] or "",
-            detail=f"job {job_id} to {policy.name} ({why}: {job['last_error'] or 'no answer'}) "
+            "failed-over", status="failover", rule=job.rule, target=policy.name,
+            job_id=job_id, resource_id=job.resource_id, patient_id=job.patient_id or "",
+            study_uid=job.study_uid or "",
+            detail=f"job {job_id} to {policy.name} ({why}: {job.last_error or 'no answer'}) "
                    f"moved whole to {policy.failover}"
                    + (f" as job {new_id} ({count} instance(s))" if new_id is not None
                       else " (which already had every instance)"))

@@ -7,7 +7,6 @@ already there) or failed; the FileTransfer table lists every file written.
 
 from __future__ import annotations
 
-import sqlite3
 from pathlib import Path
 
 from pydicom.errors import InvalidDicomError
@@ -19,6 +18,7 @@ from orthanc_plugin.export.model import Decision
 from orthanc_plugin.export.rule import ExportAction
 from orthanc_plugin.jobs.executor_base import ItemExecutor, JobContext, Refuse, RetryLater
 from orthanc_plugin.jobs.queue import ClaimedItem
+from orthanc_plugin.jobs.records import Job
 
 
 class ExportExecutor(ItemExecutor[ExportAction, int]):
@@ -30,13 +30,13 @@ class ExportExecutor(ItemExecutor[ExportAction, int]):
         super().__init__(context)
         self.config_dir = config_dir
 
-    def step(self, job: sqlite3.Row, item: ClaimedItem, action: ExportAction) -> int:
+    def step(self, job: Job, item: ClaimedItem, action: ExportAction) -> int:
         folder = resolve_path(self.config_dir, action.folder)
         data = self.host.get_bytes(f"/instances/{item.instance_id}/file")
         try:
             outcome = export_instance(
                 self.db, folder, action.filename, data,
-                Source(item.instance_id, job["calling_aet"] or "", job["rule"]),
+                Source(item.instance_id, job.calling_aet or "", job.rule),
             )
         except DestinationUnavailable as problem:
             raise RetryLater(str(problem), "destination-unavailable", "waiting") from problem

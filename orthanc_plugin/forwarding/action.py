@@ -8,6 +8,7 @@ import time
 import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 from orthanc_plugin.audit.recorder import AuditRecorder
 from orthanc_plugin.forwarding import store
@@ -21,6 +22,7 @@ from orthanc_plugin.forwarding.store import JobStudy
 from orthanc_plugin.forwarding.stow import StowClient, StowError, sop_instance_uid
 from orthanc_plugin.forwarding.verify import InFlightVerifier
 from orthanc_plugin.jobs.queue import Claim, ClaimedItem, JobQueue
+from orthanc_plugin.jobs.records import Job
 from orthanc_plugin.ports import Host, HostError
 from orthanc_plugin.transform.copy import CopyMaker, CopyRefused, MadeCopy
 from orthanc_plugin.transform.record import CopyRecorder
@@ -189,7 +191,7 @@ class Forwarder:
         claim goes the fast way, through Orthanc's store jobs)."""
         if self.copies is None or self.copy_specs is None:
             return {}
-        specs = {job["id"]: self.copy_specs.for_job(job, claim.target) for job in claim.jobs}
+        specs = {job.id: self.copy_specs.for_job(job, claim.target) for job in claim.jobs}
         return specs if any(specs.values()) else {}
 
     def _send_copies(
@@ -395,7 +397,7 @@ class Forwarder:
             # Retrying cannot create a modality: park at once with the reason.
             for job_id in claim.job_ids:
                 self.queue.policy_exhaust(job_id)
-        jobs = {job["id"]: job for job in claim.jobs}
+        jobs = {job.id: job for job in claim.jobs}
         written: dict[int, list[int]] = {}
 
         def write_transfers(connection: sqlite3.Connection, _: object) -> None:
@@ -414,7 +416,7 @@ class Forwarder:
         for job_id, tally in tallies.items():
             self.label_study(JobStudy.of(jobs[job_id]), outcome.get(job_id, ""), tally.sent)
 
-    def _write_transfers(self, connection: sqlite3.Connection, job: sqlite3.Row,
+    def _write_transfers(self, connection: sqlite3.Connection, job: Job,
                          tally: _JobTally) -> list[int]:
         """The attempt's rows, in the settle's transaction with the deliveries they count: a success row
         for every delivery of the job not counted yet (this attempt's, and those a dead worker
@@ -427,10 +429,11 @@ class Forwarder:
         else:
             problem = None
         written: list[int] = []
-        delivered, delivered_bytes = self.queue.take_unreported(connection, job["id"])
-        common = {"job": dict(job), "attempt": job["attempts"] + 1,
-                  "started_at": tally.started_at, "orthanc_job": tally.orthanc_job,
-                  "writer": self.queue.claimant}
+        delivered, delivered_bytes = self.queue.take_unreported(connection, job.id)
+        common: dict[str, Any] = {"job": job, "attempt": job.attempts + 1,
+                                  "started_at": tally.started_at,
+                                  "orthanc_job": tally.orthanc_job,
+                                  "writer": self.queue.claimant}
         if delivered or problem is None:
             written.append(self.recorder.insert_transfer(
                 connection, status="success", instances=delivered,

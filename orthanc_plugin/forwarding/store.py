@@ -12,11 +12,12 @@ from __future__ import annotations
 
 import sqlite3
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from orthanc_plugin.db import Database
 from orthanc_plugin.jobs.queue import ClaimedItem
+from orthanc_plugin.jobs.records import Job
 
 # job_items.commit_state: due (to be asked), requested (asked, report awaited), committed, failed.
 DUE, REQUESTED, COMMITTED, FAILED = "due", "requested", "committed", "failed"
@@ -55,10 +56,10 @@ class JobStudy:
     sent: int = 0
 
     @classmethod
-    def of(cls, job: Any) -> JobStudy:
-        """From a job row as the queue's claim reads it."""
-        return cls(int(job["id"]), job["patient_id"] or "", job["study_uid"] or "",
-                   str(job["target"]), bool(job["last_error"]))
+    def of(cls, job: Job) -> JobStudy:
+        """From a job as the queue's claim hands it out."""
+        return cls(job.id, job.patient_id or "", job.study_uid or "", job.target,
+                   bool(job.last_error))
 
 
 @dataclass(frozen=True)
@@ -242,19 +243,20 @@ def in_flight(db: Database, limit: int) -> list[dict[str, Any]]:
 
 def job_study(db: Database, job_id: int) -> JobStudy | None:
     rows = db.query("SELECT * FROM jobs WHERE id=?", (job_id,))
-    return JobStudy.of(rows[0]) if rows else None
+    return JobStudy.of(Job.of_row(rows[0])) if rows else None
 
 
 def settled_jobs(db: Database, job_ids: Sequence[int], action: str) -> list[JobStudy]:
     """These jobs of the action, with their state and how many of their instances were sent."""
     marks = ",".join("?" * len(job_ids))
-    return [JobStudy(int(row["id"]), row["patient_id"] or "", row["study_uid"] or "",
-                     str(row["target"]), bool(row["last_error"]), str(row["state"]),
-                     int(row["sent"]))
-            for row in db.query(
-                f"SELECT j.*, (SELECT COUNT(*) FROM job_items i WHERE i.job_id = j.id AND "
-                f"i.state='sent') AS sent FROM jobs j WHERE j.id IN ({marks}) AND j.action=?",
-                (*job_ids, action))]
+    settled = []
+    for row in db.query(
+            f"SELECT j.*, (SELECT COUNT(*) FROM job_items i WHERE i.job_id = j.id AND "
+            f"i.state='sent') AS sent FROM jobs j WHERE j.id IN ({marks}) AND j.action=?",
+            (*job_ids, action)):
+        job = Job.of_row(row)
+        settled.append(replace(JobStudy.of(job), state=str(job.state), sent=int(row["sent"])))
+    return settled
 
 
 def forget_pruned_jobs(connection: sqlite3.Connection, job_ids: Sequence[int]) -> dict[str, float]:

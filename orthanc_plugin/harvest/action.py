@@ -21,7 +21,6 @@ Where the time of a harvest goes (bench/harvest), and what the loop does about i
 from __future__ import annotations
 
 import contextlib
-import sqlite3
 import threading
 import time
 import traceback
@@ -53,7 +52,7 @@ from orthanc_plugin.harvest.outputs import (
     write_atomically,
 )
 from orthanc_plugin.harvest.remote import Interrupted, OrthancQueryRetrieve
-from orthanc_plugin.harvest.store import Child, HarvestStore
+from orthanc_plugin.harvest.store import Child, Harvest, HarvestItem, HarvestStore
 from orthanc_plugin.harvest.zips import part_path, valid_part, write_merged, write_part
 from orthanc_plugin.ports import Host, HostError
 from orthanc_plugin.reception import ReceptionGate
@@ -152,28 +151,28 @@ class HarvestRunner:
         return changed
 
     # -- status ------------------------------------------------------------------------------------
-    def status(self, harvest: sqlite3.Row) -> dict[str, Any]:
-        counts = self.store.counts(harvest["id"])
+    def status(self, harvest: Harvest) -> dict[str, Any]:
+        counts = self.store.counts(harvest.id)
         series = counts.get(ItemLevel.SERIES.value, {})
         settled = sum(series.get(s.value, 0) for s in (ItemState.COMPLETE, ItemState.INCOMPLETE,
                                                        ItemState.FAILED))
         remaining = sum(series.get(s.value, 0) for s in (ItemState.PENDING, ItemState.MOVING))
-        sums = self.store.series_sums(harvest["id"])
-        elapsed = time.time() - harvest["started_epoch"]
+        sums = self.store.series_sums(harvest.id)
+        elapsed = time.time() - harvest.started_epoch
         return {
-            "id": harvest["id"], "name": harvest["name"], "source": harvest["source"],
-            "state": harvest["state"], "pass": harvest["pass"], "created_at": harvest["created_at"],
-            "finished_at": harvest["finished_at"],
+            "id": harvest.id, "name": harvest.name, "source": harvest.source,
+            "state": harvest.state, "pass": harvest.pass_number, "created_at": harvest.created_at,
+            "finished_at": harvest.finished_at,
             "definition": self.store.definition(harvest).to_json(),
             "counts": counts,
             "instances": {"expected": sums.expected, "stored": sums.stored},
             "moves": sums.moves,
-            "rate": {"requests_last_minute": self.store.requests_last_minute(harvest["source"]),
-                     "max_requests_per_minute": harvest["max_requests_per_minute"]},
+            "rate": {"requests_last_minute": self.store.requests_last_minute(harvest.source),
+                     "max_requests_per_minute": harvest.max_requests_per_minute},
             "eta_seconds": (eta_seconds(elapsed, settled, remaining)
-                            if harvest["state"] == "running" else None),
-            "zips": self.store.patient_zips(harvest["id"]),
-            "folder": str(harvest_folder(self.settings.folder, harvest["id"])),
+                            if harvest.state == "running" else None),
+            "zips": self.store.patient_zips(harvest.id),
+            "folder": str(harvest_folder(self.settings.folder, harvest.id)),
         }
 
     def inventory(self, harvest_id: int) -> str:
@@ -195,14 +194,14 @@ class HarvestRunner:
             self.wakeup.wait(IDLE_WAIT_SECONDS if due is None else min(max(due, 0.01), IDLE_WAIT_SECONDS))
             self.wakeup.clear()
 
-    def _run(self, item: sqlite3.Row) -> None:
-        harvest = self.store.harvest(item["harvest_id"])
+    def _run(self, item: HarvestItem) -> None:
+        harvest = self.store.harvest(item.harvest_id)
         assert harvest is not None
         definition = self.store.definition(harvest)
         policy = RetryPolicy(definition.max_attempts, definition.retry_delay_seconds,
                              definition.retry_max_delay_seconds)
         try:
-            if item["level"] == ItemLevel.SERIES.value:
+            if item.level == ItemLevel.SERIES.value:
                 self._move_series(item, definition, policy)
             else:
                 with self._reception_marking():
@@ -210,8 +209,8 @@ class HarvestRunner:
         except Interrupted:
             return   # left in flight; recover() runs it again at the next start
         except Exception as error:   # never lose the row: it goes back with backoff
-            self.log_error(f"harvest {item['harvest_id']} item {item['id']}: " + traceback.format_exc())
-            self.store.settle(item["id"], after_query(False, item["attempts"], policy,
+            self.log_error(f"harvest {item.harvest_id} item {item.id}: " + traceback.format_exc())
+            self.store.settle(item.id, after_query(False, item.attempts, policy,
                                                        f"internal error: {error}"))
         try:
             with self._reception_marking():
@@ -219,10 +218,10 @@ class HarvestRunner:
         except Interrupted:
             return   # a ZIP not written now is written at the next step of the patient or a refresh
 
-    def _after_step(self, item: sqlite3.Row) -> None:
-        if item["patient_item_id"] is not None:
-            self._write_zip_if_settled(item["harvest_id"], item["patient_item_id"])
-        self._finish_if_settled(item["harvest_id"])
+    def _after_step(self, item: HarvestItem) -> None:
+        if item.patient_item_id is not None:
+            self._write_zip_if_settled(item.harvest_id, item.patient_item_id)
+        self._finish_if_settled(item.harvest_id)
 
     def _finish_if_settled(self, harvest_id: int) -> None:
         if self.store.finish_if_settled(harvest_id):
@@ -268,7 +267,7 @@ class HarvestRunner:
         if wait > 0 and self.stopping.wait(wait):
             raise Interrupted("stopping while waiting for the rate limit")
 
-    def _request(self, item: sqlite3.Row, definition: HarvestDefinition, kind: str,
+    def _request(self, item: HarvestItem, definition: HarvestDefinition, kind: str,
                  call: Callable[[], Any], outcome: str = "ok") -> tuple[Any, int]:
         """One request to the source, through its token bucket, recorded whatever the outcome.
 
@@ -284,45 +283,45 @@ class HarvestRunner:
         return result, self.store.record_request(item, definition.source, kind, outcome, None, sent_at)
 
     # -- queries -----------------------------------------------------------------------------------
-    def _query(self, item: sqlite3.Row, definition: HarvestDefinition, policy: RetryPolicy) -> None:
+    def _query(self, item: HarvestItem, definition: HarvestDefinition, policy: RetryPolicy) -> None:
         level, query = self._query_for(item, definition)
         try:
             (query_id, answers), _ = self._request(
                 item, definition, "C-FIND", lambda: self.remote.find(definition.source, level, query))
         except HostError as error:
-            self.store.settle(item["id"], after_query(False, item["attempts"], policy, str(error)))
+            self.store.settle(item.id, after_query(False, item.attempts, policy, str(error)))
             return
         children = self._children(item, definition, query_id, answers)
-        if item["level"] != ItemLevel.STUDY.value:
+        if item.level != ItemLevel.STUDY.value:
             self.remote.forget(query_id)   # only series answers are retrieved from later
-        self.store.add_children(item, children, after_query(True, item["attempts"], policy))
+        self.store.add_children(item, children, after_query(True, item.attempts, policy))
 
     @staticmethod
-    def _query_for(item: sqlite3.Row, definition: HarvestDefinition) -> tuple[str, dict[str, str]]:
+    def _query_for(item: HarvestItem, definition: HarvestDefinition) -> tuple[str, dict[str, str]]:
         filters = dict(definition.study_filters)
         study_keys = {"StudyInstanceUID": "", "StudyDescription": "",
                       "StudyDate": filters.get("StudyDate", ""),
                       "ModalitiesInStudy": filters.get("ModalitiesInStudy", "")}
-        level = ItemLevel(item["level"])
+        level = ItemLevel(item.level)
         if level is ItemLevel.SELECTION:
             if definition.selection.kind is SelectionKind.REGEX:
                 return "Patient", {"PatientID": "*", "PatientName": ""}
             return "Study", {"PatientID": "", "PatientName": "", **study_keys,
                              **dict(definition.selection.query)}
         if level is ItemLevel.PATIENT:
-            return "Study", {"PatientID": item["patient_id"], **study_keys}
-        return "Series", {"PatientID": item["patient_id"], "StudyInstanceUID": item["study_uid"],
+            return "Study", {"PatientID": item.patient_id, **study_keys}
+        return "Series", {"PatientID": item.patient_id, "StudyInstanceUID": item.study_uid,
                           "SeriesInstanceUID": "", "Modality": "", "SeriesDescription": "",
                           "NumberOfSeriesRelatedInstances": ""}
 
     @staticmethod
-    def _children(item: sqlite3.Row, definition: HarvestDefinition, query_id: str,
+    def _children(item: HarvestItem, definition: HarvestDefinition, query_id: str,
                   answers: list[dict[str, Any]]) -> list[Child]:
         walk_studies = "study" in definition.levels
         walk_series = definition.retrieves
         below = {True: ItemState.PENDING, False: ItemState.DONE}
         children: list[Child] = []
-        level = ItemLevel(item["level"])
+        level = ItemLevel(item.level)
         for index, answer in enumerate(answers):
             patient_id = str(answer.get("PatientID", ""))
             if level is ItemLevel.SELECTION:
@@ -333,7 +332,7 @@ class HarvestRunner:
                     continue
             if level in (ItemLevel.SELECTION, ItemLevel.PATIENT):
                 # A PatientID with wildcard characters could match others: keep exact matches.
-                if level is ItemLevel.PATIENT and patient_id != item["patient_id"]:
+                if level is ItemLevel.PATIENT and patient_id != item.patient_id:
                     continue
                 study_uid = str(answer.get("StudyInstanceUID", ""))
                 if study_uid:
@@ -346,7 +345,7 @@ class HarvestRunner:
                 continue
             modality = str(answer.get("Modality", ""))
             children.append(Child(
-                ItemLevel.SERIES, item["patient_id"], item["study_uid"], series_uid, modality,
+                ItemLevel.SERIES, item.patient_id, item.study_uid, series_uid, modality,
                 str(answer.get("SeriesDescription", "")),
                 parse_count(answer.get("NumberOfSeriesRelatedInstances")),
                 ItemState.PENDING if definition.keeps_modality(modality) else ItemState.SKIPPED,
@@ -358,13 +357,13 @@ class HarvestRunner:
         return children
 
     # -- series ------------------------------------------------------------------------------------
-    def _move_series(self, item: sqlite3.Row, definition: HarvestDefinition, policy: RetryPolicy) -> None:
-        expected = item["expected_instances"]
+    def _move_series(self, item: HarvestItem, definition: HarvestDefinition, policy: RetryPolicy) -> None:
+        expected = item.expected_instances
         with self._reception_marking():
-            orthanc_id, stored = self.remote.stored_series(item["series_uid"])
-            if after_move(True, expected, stored, item["attempts"], policy).state is ItemState.COMPLETE:
+            orthanc_id, stored = self.remote.stored_series(item.series_uid)
+            if after_move(True, expected, stored, item.attempts, policy).state is ItemState.COMPLETE:
                 # Already here whole (a resumed step, or an earlier harvest): no C-MOVE.
-                self.store.settle(item["id"], Transition(ItemState.COMPLETE),
+                self.store.settle(item.id, Transition(ItemState.COMPLETE),
                                   stored_instances=stored, orthanc_series_id=orthanc_id)
                 return
             try:
@@ -380,47 +379,47 @@ class HarvestRunner:
             except HostError as error:
                 self._move_failed(item, policy, expected, stored, error)
                 return
-            self.store.update(item["id"], orthanc_job=job_id)
+            self.store.update(item.id, orthanc_job=job_id)
             outcome = self.remote.wait_job(job_id)
             self.store.finish_request(request_id, "ok" if outcome.ok else "error",
                                       None if outcome.error is None else outcome.error[:500])
-            expected = self.store.item(item["id"])["expected_instances"]
-            orthanc_id, stored = self.remote.stored_series(item["series_uid"])
-            transition = after_move(outcome.ok, expected, stored, item["attempts"], policy,
+            expected = self.store.item(item.id).expected_instances
+            orthanc_id, stored = self.remote.stored_series(item.series_uid)
+            transition = after_move(outcome.ok, expected, stored, item.attempts, policy,
                                     outcome.error)
-            self.store.settle(item["id"], transition, stored_instances=stored,
+            self.store.settle(item.id, transition, stored_instances=stored,
                               orthanc_series_id=orthanc_id)
             if transition.state is ItemState.COMPLETE and orthanc_id is not None:
                 # The slot is free again (settled): the next series moves while this one is zipped.
                 self._keep_series_zip(item, orthanc_id, stored)
         if transition.state is ItemState.INCOMPLETE:
             self.recorder.event("harvest-series-incomplete", status="incomplete",
-                                patient_id=item["patient_id"], study_uid=item["study_uid"],
-                                resource_id=item["series_uid"], detail=transition.error or "")
+                                patient_id=item.patient_id, study_uid=item.study_uid,
+                                resource_id=item.series_uid, detail=transition.error or "")
 
-    def _move_failed(self, item: sqlite3.Row, policy: RetryPolicy, expected: int | None, stored: int,
+    def _move_failed(self, item: HarvestItem, policy: RetryPolicy, expected: int | None, stored: int,
                      error: HostError) -> None:
-        self.store.settle(item["id"], after_move(False, expected, stored, item["attempts"], policy,
+        self.store.settle(item.id, after_move(False, expected, stored, item.attempts, policy,
                                                  str(error)), stored_instances=stored)
 
-    def _retrieve_handle(self, item: sqlite3.Row, definition: HarvestDefinition) -> tuple[str, int]:
+    def _retrieve_handle(self, item: HarvestItem, definition: HarvestDefinition) -> tuple[str, int]:
         """The Orthanc query answer to retrieve the series from; a fresh C-FIND if it is gone.
 
         Orthanc keeps a bounded number of queries and none across a restart.
         """
-        query_id, index = item["query_id"], item["answer_index"]
-        known = query_id and index is not None
-        if known and self.remote.answer_series_uid(query_id, index) == item["series_uid"]:
+        query_id, index = item.query_id, item.answer_index
+        if query_id and index is not None and (
+                self.remote.answer_series_uid(query_id, index) == item.series_uid):
             return query_id, index
-        query = {"PatientID": item["patient_id"], "StudyInstanceUID": item["study_uid"],
-                 "SeriesInstanceUID": item["series_uid"], "NumberOfSeriesRelatedInstances": ""}
+        query = {"PatientID": item.patient_id, "StudyInstanceUID": item.study_uid,
+                 "SeriesInstanceUID": item.series_uid, "NumberOfSeriesRelatedInstances": ""}
         (query_id, answers), _ = self._request(
             item, definition, "C-FIND", lambda: self.remote.find(definition.source, "Series", query))
         if not answers:
-            raise HostError(f"series {item['series_uid']} no longer found at {definition.source}")
+            raise HostError(f"series {item.series_uid} no longer found at {definition.source}")
         expected = parse_count(answers[0].get("NumberOfSeriesRelatedInstances"))
-        self.store.update(item["id"], query_id=query_id, answer_index=0,
-                          expected_instances=expected if expected is not None else item["expected_instances"])
+        self.store.update(item.id, query_id=query_id, answer_index=0,
+                          expected_instances=expected if expected is not None else item.expected_instances)
         return query_id, 0
 
     # -- ZIP ---------------------------------------------------------------------------------------
@@ -431,43 +430,44 @@ class HarvestRunner:
                 return
             patient = self.store.item(patient_item_id)
             series = self.store.complete_series(patient_item_id)
-            if not series or len(series) == patient["zip_series_count"]:
+            if not series or len(series) == patient.zip_series_count:
                 return
             folder = harvest_folder(self.settings.folder, harvest_id)
-            name = zip_name(patient["patient_id"], len(series), self.settings.zip_delimiter)
+            name = zip_name(patient.patient_id, len(series), self.settings.zip_delimiter)
             path = inside(folder, name)
             try:
                 # Each series' ZIP was kept when it arrived whole; one lost (a restart in between,
                 # a failed answer) is asked for now.
-                parts = [self._series_zip(harvest_id, row["series_uid"], row["orthanc_series_id"],
-                                          row["stored_instances"] or 0) for row in series]
+                # A complete series was counted in Orthanc: it has its Orthanc ID.
+                parts = [self._series_zip(harvest_id, row.series_uid, str(row.orthanc_series_id),
+                                          row.stored_instances or 0) for row in series]
                 write_merged(path, parts)
             except (HostError, OSError, zipfile.BadZipFile) as error:
-                self.recorder.event("harvest-zip", status="failed", patient_id=patient["patient_id"],
+                self.recorder.event("harvest-zip", status="failed", patient_id=patient.patient_id,
                                     detail=f"{name}: {error}")
                 return
-            previous = patient["zip_name"]
+            previous = patient.zip_name
             self.store.update(patient_item_id, zip_name=name, zip_series_count=len(series))
             if previous and previous != name:
                 # The name carries the count: the older, smaller ZIP would only mislead.
                 inside(folder, previous).unlink(missing_ok=True)
             for part in parts:   # in the patient's ZIP now; a rebuild asks Orthanc again
                 part.unlink(missing_ok=True)
-            self.recorder.event("harvest-zip", status="ok", patient_id=patient["patient_id"],
+            self.recorder.event("harvest-zip", status="ok", patient_id=patient.patient_id,
                                 target=str(path),
                                 detail=f"{len(series)} series, {path.stat().st_size} bytes")
 
-    def _keep_series_zip(self, item: sqlite3.Row, orthanc_series_id: str, stored: int) -> None:
+    def _keep_series_zip(self, item: HarvestItem, orthanc_series_id: str, stored: int) -> None:
         """The ZIP of a series stored whole, kept for its patient's ZIP; a failure only means it is
         asked again when the patient's ZIP is written."""
         try:
             with self._zip_lock:
-                if item["patient_item_id"] is None or not self.store.patient_active(
-                        item["patient_item_id"]):
+                if item.patient_item_id is None or not self.store.patient_active(
+                        item.patient_item_id):
                     return   # nothing else of the patient to wait for: its ZIP step takes this one
-                self._series_zip(item["harvest_id"], item["series_uid"], orthanc_series_id, stored)
+                self._series_zip(item.harvest_id, item.series_uid, orthanc_series_id, stored)
         except (HostError, OSError, zipfile.BadZipFile) as error:
-            self.log_error(f"harvest {item['harvest_id']}: ZIP of series {item['series_uid']} "
+            self.log_error(f"harvest {item.harvest_id}: ZIP of series {item.series_uid} "
                            f"left for later: {error}")
 
     def _series_zip(self, harvest_id: int, series_uid: str, orthanc_series_id: str,

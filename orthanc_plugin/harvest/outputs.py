@@ -5,11 +5,14 @@ from __future__ import annotations
 import csv
 import io
 import os
-import sqlite3
 from collections.abc import Iterable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from orthanc_plugin.csv_cells import safe_row
+
+if TYPE_CHECKING:
+    from orthanc_plugin.harvest.store import HarvestItem
 
 INVENTORY_COLUMNS = (
     "level", "patient_id", "study_uid", "series_uid", "modality", "description", "state",
@@ -40,11 +43,18 @@ def write_atomically(path: Path, data: bytes) -> None:
     os.replace(temporary, path)
 
 
-def inventory_csv(rows: Iterable[sqlite3.Row]) -> str:
+def inventory_cells(item: HarvestItem) -> tuple[object, ...]:
+    """An item's values under INVENTORY_COLUMNS, in that order (a contract test checks each is
+    the column its header names)."""
+    return (item.level, item.patient_id, item.study_uid, item.series_uid, item.modality,
+            item.description, item.state, item.expected_instances, item.stored_instances,
+            item.attempts, item.moves, item.zip_name, item.last_error)
+
+
+def inventory_csv(items: Iterable[HarvestItem]) -> str:
     out = io.StringIO()
     writer = csv.writer(out, lineterminator="\n")
     writer.writerow(INVENTORY_COLUMNS)
-    for row in rows:
-        writer.writerow(safe_row(
-            "" if row[column] is None else row[column] for column in INVENTORY_COLUMNS))
+    for item in items:
+        writer.writerow(safe_row("" if value is None else value for value in inventory_cells(item)))
     return out.getvalue()

@@ -43,7 +43,9 @@ def add_routes(router: Router, ctx: CapabilityContext, runner: HarvestRunner) ->
         changed = {"pause": runner.pause, "resume": runner.resume, "cancel": runner.cancel,
                    "refresh": runner.refresh}[verb](harvest_id)
         if not changed:
-            state = runner.store.harvest(harvest_id)["state"]  # type: ignore[index]
+            found = runner.store.harvest(harvest_id)
+            assert found is not None
+            state = found.state
             raise ApiError(409, f"harvest {harvest_id} is {state}: cannot {verb}")
         harvest = runner.store.harvest(harvest_id)
         assert harvest is not None
@@ -53,7 +55,7 @@ def add_routes(router: Router, ctx: CapabilityContext, runner: HarvestRunner) ->
         return csv_response(runner.inventory(harvest_or_404(request)))
 
     def requests(request: Request) -> Response:
-        return json_response([dict(row) for row in runner.store.requests(harvest_or_404(request))])
+        return json_response(runner.store.requests(harvest_or_404(request)))
 
     router.add("POST", "harvests", create)
     router.add("GET", "harvests", list_all)

@@ -49,7 +49,7 @@ class RulesHarvests:
     def _sync_one(self, definition: HarvestDefinition, rules_sha256: str) -> str:
         store = self.runner.store
         current = store.rule_version(definition.name)
-        if current is not None and current["definition"] == canonical_json(definition):
+        if current is not None and current.definition == canonical_json(definition):
             return "unchanged"
         # The file may have been checked before Orthanc could list its modalities (start-up).
         known = self.known_sources()
@@ -64,8 +64,8 @@ class RulesHarvests:
             self.runner.recorder.event("harvest-rules", status="created", target=definition.source,
                                        detail=f"'{definition.name}' version 1: harvest {harvest_id}")
             return "created"
-        version = current["version"] + 1
-        superseded = current["harvest_id"]
+        version = current.version + 1
+        superseded = current.harvest_id
         cancelled = self.runner.cancel(superseded)
         self.runner.recorder.event(
             "harvest-rules", status="new-version", target=definition.source,

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import sqlite3
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from typing import Any
 
 from orthanc_plugin.audit.clock import now_iso
@@ -42,6 +42,83 @@ class Child:
     state: ItemState = ItemState.PENDING
     query_id: str | None = None
     answer_index: int | None = None
+
+
+@dataclass(frozen=True)
+class Harvest:
+    """A row of harvests. `definition` stays the JSON text (HarvestStore.definition parses it)."""
+
+    id: int
+    name: str
+    source: str
+    definition: str
+    state: str
+    pass_number: int        # the column `pass`
+    concurrency: int
+    max_requests_per_minute: int
+    created_at: str
+    started_epoch: float
+    updated_at: str
+    finished_at: str | None
+
+    @classmethod
+    def from_row(cls, row: Any) -> Harvest:
+        return cls(row["id"], row["name"], row["source"], row["definition"], row["state"],
+                   row["pass"], row["concurrency"], row["max_requests_per_minute"],
+                   row["created_at"], row["started_epoch"], row["updated_at"], row["finished_at"])
+
+
+@dataclass(frozen=True)
+class HarvestItem:
+    """A row of harvest_items: a selection query, a patient, a study or a series."""
+
+    id: int
+    harvest_id: int
+    parent_id: int | None
+    patient_item_id: int | None
+    level: str
+    depth: int
+    patient_id: str
+    study_uid: str
+    series_uid: str
+    modality: str
+    description: str
+    state: str
+    attempts: int
+    moves: int
+    next_attempt_at: float
+    expected_instances: int | None
+    stored_instances: int | None
+    orthanc_series_id: str | None
+    query_id: str | None
+    answer_index: int | None
+    orthanc_job: str | None
+    zip_name: str | None
+    zip_series_count: int | None
+    last_error: str | None
+    found_in_pass: int
+    updated_at: str
+
+    @classmethod
+    def from_row(cls, row: Any) -> HarvestItem:
+        """Every column by its name (the contract test checks the table has no other)."""
+        return cls(**{field.name: row[field.name] for field in fields(cls)})
+
+
+@dataclass(frozen=True)
+class HarvestRuleVersion:
+    """A row of harvest_rule_versions: one version of a harvest defined in the rules file."""
+
+    name: str
+    version: int
+    harvest_id: int
+    definition: str          # canonical JSON (sorted keys)
+    rules_sha256: str
+    created_at: str
+
+    @classmethod
+    def from_row(cls, row: Any) -> HarvestRuleVersion:
+        return cls(**{field.name: row[field.name] for field in fields(cls)})
 
 
 @dataclass(frozen=True)
@@ -96,21 +173,21 @@ class HarvestStore:
                 self._insert(connection, harvest_id, None, None, Child(ItemLevel.SELECTION, ""), 1)
         return harvest_id
 
-    def rule_version(self, name: str) -> sqlite3.Row | None:
+    def rule_version(self, name: str) -> HarvestRuleVersion | None:
         """The version in force of a harvest defined in the rules file (the highest), or None."""
         rows = self.db.query(
             "SELECT * FROM harvest_rule_versions WHERE name=? ORDER BY version DESC LIMIT 1", (name,))
-        return rows[0] if rows else None
+        return HarvestRuleVersion.from_row(rows[0]) if rows else None
 
-    def harvest(self, harvest_id: int) -> sqlite3.Row | None:
+    def harvest(self, harvest_id: int) -> Harvest | None:
         rows = self.db.query("SELECT * FROM harvests WHERE id=?", (harvest_id,))
-        return rows[0] if rows else None
+        return Harvest.from_row(rows[0]) if rows else None
 
-    def definition(self, harvest: sqlite3.Row) -> HarvestDefinition:
-        return parse_definition(json.loads(harvest["definition"]))
+    def definition(self, harvest: Harvest) -> HarvestDefinition:
+        return parse_definition(json.loads(harvest.definition))
 
-    def harvests(self) -> list[sqlite3.Row]:
-        return self.db.query("SELECT * FROM harvests ORDER BY id")
+    def harvests(self) -> list[Harvest]:
+        return [Harvest.from_row(row) for row in self.db.query("SELECT * FROM harvests ORDER BY id")]
 
     def set_harvest_state(self, harvest_id: int, state: str, only_from: tuple[str, ...]) -> bool:
         with self.db.transaction() as connection:
@@ -182,7 +259,7 @@ class HarvestStore:
                 count += cursor.rowcount
         return count
 
-    def claim(self) -> sqlite3.Row | None:
+    def claim(self) -> HarvestItem | None:
         """The next ready row of a running harvest that has a free slot, marked in flight."""
         now = time.time()
         with self.db.transaction() as connection:
@@ -201,7 +278,8 @@ class HarvestStore:
                 "UPDATE harvest_items SET state=?, attempts=attempts+1, updated_at=? WHERE id=?",
                 (state.value, now_iso(), row["id"]),
             )
-            return connection.execute("SELECT * FROM harvest_items WHERE id=?", (row["id"],)).fetchone()
+            return HarvestItem.from_row(
+                connection.execute("SELECT * FROM harvest_items WHERE id=?", (row["id"],)).fetchone())
 
     def next_due_in(self) -> float | None:
         rows = self.db.query(
@@ -231,32 +309,32 @@ class HarvestStore:
                 (*columns.values(), now_iso(), item_id),
             )
 
-    def add_children(self, parent: sqlite3.Row, children: list[Child], transition: Transition) -> int:
+    def add_children(self, parent: HarvestItem, children: list[Child], transition: Transition) -> int:
         """Record what a query found and settle the parent, in one transaction."""
         added = 0
         with self.db.transaction() as connection:
             harvest = connection.execute(
-                "SELECT pass FROM harvests WHERE id=?", (parent["harvest_id"],)).fetchone()
+                "SELECT pass FROM harvests WHERE id=?", (parent.harvest_id,)).fetchone()
             for child in children:
-                patient_item = parent["patient_item_id"]
-                if child.level is ItemLevel.STUDY and parent["level"] == ItemLevel.SELECTION.value:
+                patient_item = parent.patient_item_id
+                if child.level is ItemLevel.STUDY and parent.level == ItemLevel.SELECTION.value:
                     patient_item = self._patient_row(connection, parent, child.patient_id, harvest["pass"])
-                added += self._insert(connection, parent["harvest_id"], parent["id"], patient_item, child,
+                added += self._insert(connection, parent.harvest_id, parent.id, patient_item, child,
                                       harvest["pass"])
             connection.execute(
                 "UPDATE harvest_items SET state=?, next_attempt_at=0, last_error=?, updated_at=? WHERE id=?",
-                (transition.state.value, transition.error, now_iso(), parent["id"]),
+                (transition.state.value, transition.error, now_iso(), parent.id),
             )
         return added
 
-    def _patient_row(self, connection: sqlite3.Connection, parent: sqlite3.Row, patient_id: str,
+    def _patient_row(self, connection: sqlite3.Connection, parent: HarvestItem, patient_id: str,
                      harvest_pass: int) -> int:
         """A query selection finds studies directly: their patient rows are recorded as done."""
-        self._insert(connection, parent["harvest_id"], parent["id"], None,
+        self._insert(connection, parent.harvest_id, parent.id, None,
                      Child(ItemLevel.PATIENT, patient_id, state=ItemState.DONE), harvest_pass)
         return int(connection.execute(
             "SELECT id FROM harvest_items WHERE harvest_id=? AND level='patient' AND patient_id=?",
-            (parent["harvest_id"], patient_id)).fetchone()[0])
+            (parent.harvest_id, patient_id)).fetchone()[0])
 
     @staticmethod
     def _insert(connection: sqlite3.Connection, harvest_id: int, parent_id: int | None,
@@ -290,23 +368,24 @@ class HarvestStore:
             connection.execute("UPDATE harvest_items SET patient_item_id=id WHERE id=?", (cursor.lastrowid,))
         return 1
 
-    def item(self, item_id: int) -> sqlite3.Row:
-        return self.db.query("SELECT * FROM harvest_items WHERE id=?", (item_id,))[0]
+    def item(self, item_id: int) -> HarvestItem:
+        return HarvestItem.from_row(
+            self.db.query("SELECT * FROM harvest_items WHERE id=?", (item_id,))[0])
 
-    def items(self, harvest_id: int) -> list[sqlite3.Row]:
-        return self.db.query(
+    def items(self, harvest_id: int) -> list[HarvestItem]:
+        return [HarvestItem.from_row(row) for row in self.db.query(
             "SELECT * FROM harvest_items WHERE harvest_id=? AND level <> 'selection' "
-            "ORDER BY patient_id, depth, study_uid, series_uid", (harvest_id,))
+            "ORDER BY patient_id, depth, study_uid, series_uid", (harvest_id,))]
 
     def patient_active(self, patient_item_id: int) -> int:
         return int(self.db.query(
             f"SELECT COUNT(*) AS n FROM harvest_items WHERE (patient_item_id=? OR id=?) "
             f"AND state IN ({_marks(_ACTIVE)})", (patient_item_id, patient_item_id, *_ACTIVE))[0]["n"])
 
-    def complete_series(self, patient_item_id: int) -> list[sqlite3.Row]:
-        return self.db.query(
+    def complete_series(self, patient_item_id: int) -> list[HarvestItem]:
+        return [HarvestItem.from_row(row) for row in self.db.query(
             "SELECT * FROM harvest_items WHERE patient_item_id=? AND level='series' AND state='complete' "
-            "ORDER BY study_uid, series_uid", (patient_item_id,))
+            "ORDER BY study_uid, series_uid", (patient_item_id,))]
 
     def counts(self, harvest_id: int) -> dict[str, dict[str, int]]:
         counts: dict[str, dict[str, int]] = {}
@@ -331,17 +410,17 @@ class HarvestStore:
             " IS NOT NULL ORDER BY patient_id", (harvest_id,))]
 
     # -- requests ----------------------------------------------------------------------------------
-    def record_request(self, item: sqlite3.Row, source: str, kind: str, outcome: str,
+    def record_request(self, item: HarvestItem, source: str, kind: str, outcome: str,
                        detail: str | None, at_epoch: float) -> int:
         with self.db.transaction() as connection:
             cursor = connection.execute(
                 "INSERT INTO harvest_requests(at, at_epoch, harvest_id, item_id, source, kind, level,"
                 " outcome, detail) VALUES(?,?,?,?,?,?,?,?,?)",
-                (now_iso(), at_epoch, item["harvest_id"], item["id"], source, kind, item["level"],
+                (now_iso(), at_epoch, item.harvest_id, item.id, source, kind, item.level,
                  outcome, detail),
             )
             if kind == "C-MOVE":
-                connection.execute("UPDATE harvest_items SET moves=moves+1 WHERE id=?", (item["id"],))
+                connection.execute("UPDATE harvest_items SET moves=moves+1 WHERE id=?", (item.id,))
             return int(cursor.lastrowid or 0)
 
     def finish_request(self, request_id: int, outcome: str, detail: str | None) -> None:
@@ -350,10 +429,12 @@ class HarvestStore:
             connection.execute("UPDATE harvest_requests SET outcome=?, detail=? WHERE id=?",
                                (outcome, detail, request_id))
 
-    def requests(self, harvest_id: int) -> list[sqlite3.Row]:
-        return self.db.query(
+    def requests(self, harvest_id: int) -> list[dict[str, object]]:
+        """The harvest's requests as the page shows them (JSON): every column of harvest_requests,
+        in the table's order, then the series UID of the row it was sent for."""
+        return [dict(row) for row in self.db.query(
             "SELECT r.*, i.series_uid FROM harvest_requests r JOIN harvest_items i ON i.id=r.item_id "
-            "WHERE r.harvest_id=? ORDER BY r.id", (harvest_id,))
+            "WHERE r.harvest_id=? ORDER BY r.id", (harvest_id,))]
 
     def requests_last_minute(self, source: str) -> int:
         return int(self.db.query(

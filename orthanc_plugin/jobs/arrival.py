@@ -20,6 +20,7 @@ from orthanc_plugin.jobs import arrival_store
 from orthanc_plugin.jobs.apply import queue_rule_actions
 from orthanc_plugin.jobs.arrival_store import ArrivalDecision
 from orthanc_plugin.jobs.executors import Registry
+from orthanc_plugin.jobs.intake_store import NewReceived, Received
 from orthanc_plugin.jobs.queue import JobQueue, JobSpec
 from orthanc_plugin.rules import InstanceFacts, Rule, RuleSet, evaluate
 from orthanc_plugin.rules.arrival import answers, arrival_facts, decidable_at_arrival
@@ -102,56 +103,54 @@ class ArrivalDecider:
         """instance ID -> rule name -> the decision taken at its arrival."""
         return arrival_store.decisions_for(connection, instance_ids)
 
-    def complete(self, connection: sqlite3.Connection, row: sqlite3.Row,
+    def complete(self, connection: sqlite3.Connection, row: Received | NewReceived,
                  decisions: Mapping[str, ArrivalDecision], described_facts: InstanceFacts | None,
                  rules_by_name: Mapping[str, Rule]) -> Completed:
         """Record the arrival decisions of one described instance as if they had been taken now,
-        with the patient and study the description gave, in the caller's transaction."""
-        patient_id, study_uid = _column(row, "patient_id"), _column(row, "study_uid")
+        with the patient and study the description gave, in the caller's transaction (a row
+        never described, gone or quarantined, has neither: NewReceived)."""
+        patient_id, study_uid = ((row.patient_id or "", row.study_uid or "")
+                                 if isinstance(row, Received) else ("", ""))
         job_ids: list[int] = []
         for decision in decisions.values():
             self.recorder.evaluation(
-                connection, trigger="instance", level="instance", resource_id=row["instance_id"],
+                connection, trigger="instance", level="instance", resource_id=row.instance_id,
                 patient_id=patient_id, study_uid=study_uid, rule=decision.rule,
                 matched=decision.matched, failed_condition=decision.failed_condition,
                 reason=decision.reason, instances=1 if decision.matched else 0,
                 new_instances=decision.new_instances, rules_sha256=decision.rules_sha256,
-                source={"remote_ip": row["remote_ip"] or "",
-                        "calling_aet": row["calling_aet"] or ""},
+                source={"remote_ip": row.remote_ip or "",
+                        "calling_aet": row.calling_aet or ""},
                 targets=decision.targets,
             )
             self._check_against_description(connection, row, decision, described_facts,
                                             rules_by_name.get(decision.rule))
             job_ids += decision.job_ids
-        arrival_store.forget_decisions(connection, row["instance_id"])
+        arrival_store.forget_decisions(connection, row.instance_id)
         if not job_ids:
             return Completed((), ())
         arrival_store.name_patient_and_study(connection, job_ids, patient_id, study_uid)
         return Completed(tuple(arrival_store.transfers_awaiting_description(connection, job_ids)),
                          tuple(arrival_store.settled_jobs(connection, job_ids)))
 
-    def _check_against_description(self, connection: sqlite3.Connection, row: sqlite3.Row,
-                                   decision: ArrivalDecision, facts: InstanceFacts | None,
-                                   rule: Rule | None) -> None:
+    def _check_against_description(self, connection: sqlite3.Connection,
+                                   row: Received | NewReceived, decision: ArrivalDecision,
+                                   facts: InstanceFacts | None, rule: Rule | None) -> None:
         """The note's facts are Orthanc's own metadata, but a modality read from the SOP class
         can differ from a faulty file's Modality: such a difference is audited, never hidden
-        (what was queued stands: it may already have been sent)."""
-        if facts is None or rule is None:
+        (what was queued stands: it may already have been sent). Only a described row has
+        facts to check against."""
+        if facts is None or rule is None or not isinstance(row, Received):
             return
         if evaluate(rule, [facts]).matched == decision.matched:
             return
         self.recorder.event(
             "arrival-decision-differs", status="warning", rule=rule.name,
-            resource_id=row["instance_id"], patient_id=_column(row, "patient_id"),
-            study_uid=_column(row, "study_uid"),
+            resource_id=row.instance_id, patient_id=row.patient_id or "",
+            study_uid=row.study_uid or "",
             detail=(f"decided {'matched' if decision.matched else 'not matched'} from the "
                     f"arrival note, the description says otherwise (modality "
-                    f"{_column(row, 'modality') or '?'}, SOP class "
-                    f"{_column(row, 'sop_class_uid') or '?'})"),
+                    f"{row.modality or '?'}, SOP class {row.sop_class_uid or '?'})"),
             connection=connection,
         )
 
-
-def _column(row: sqlite3.Row, key: str) -> str:
-    """A received row's column as text; a row read before its description lacks some."""
-    return str(row[key] or "") if key in row.keys() else ""  # noqa: SIM118 (Row: `in` reads values)

@@ -15,7 +15,6 @@ A step answers with a result (recorded as sent) or raises one of:
 
 from __future__ import annotations
 
-import sqlite3
 import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -26,6 +25,7 @@ from orthanc_plugin.db import Database
 from orthanc_plugin.jobs.executors import action_of_job, jobs_with_items
 from orthanc_plugin.jobs.follow_ups import FollowUp, queue_follow_ups
 from orthanc_plugin.jobs.queue import Claim, ClaimedItem, JobQueue
+from orthanc_plugin.jobs.records import Job
 from orthanc_plugin.ports import Host, HostError
 from orthanc_plugin.rules import RuleSet
 
@@ -90,10 +90,10 @@ class ItemExecutor(Generic[Action, Result]):
         self.recorder = context.recorder
 
     # -- what a capability writes ----------------------------------------------------------------
-    def step(self, job: sqlite3.Row, item: ClaimedItem, action: Action) -> Result:
+    def step(self, job: Job, item: ClaimedItem, action: Action) -> Result:
         raise NotImplementedError
 
-    def record(self, job: sqlite3.Row, action: Action,
+    def record(self, job: Job, action: Action,
                done: Sequence[tuple[ClaimedItem, Result]]) -> None:
         """Record results; the default marks them sent with the size `size_of` gives."""
         self.queue.mark_sent([item for item, _ in done],
@@ -102,7 +102,7 @@ class ItemExecutor(Generic[Action, Result]):
     def size_of(self, result: Result) -> int:
         return result if isinstance(result, int) else 0
 
-    def after_job(self, job: sqlite3.Row, action: Action,
+    def after_job(self, job: Job, action: Action,
                   done: Sequence[tuple[ClaimedItem, Result]], outcome: str) -> None:
         """Called once the job is settled (outcome: done, pending, dead)."""
 
@@ -111,13 +111,13 @@ class ItemExecutor(Generic[Action, Result]):
         for job, items in jobs_with_items(claim):
             self.run_job(job, items)
 
-    def run_job(self, job: sqlite3.Row, items: list[ClaimedItem]) -> None:
+    def run_job(self, job: Job, items: list[ClaimedItem]) -> None:
         action = action_of_job(self.context.rules(), job, self.action_type)
         if action is None:
-            reason = (f"rule '{job['rule']}' has no {self.name} action for {job['target']} any "
+            reason = (f"rule '{job.rule}' has no {self.name} action for {job.target} any "
                       "more (rules reloaded?)")
             self.event(job, f"{self.name}-failed", "failed", reason)
-            self.queue.park(job["id"], reason, "no-action")
+            self.queue.park(job.id, reason, "no-action")
             return
         done: list[tuple[ClaimedItem, Result]] = []
         recorded = 0
@@ -131,7 +131,7 @@ class ItemExecutor(Generic[Action, Result]):
                 done.append((item, self.step(job, item, action)))
             except Postpone as wait:
                 self._record_durably(job, action, done[recorded:])
-                self.queue.postpone([job["id"]], max(wait.seconds, 0.0), f"waiting: {wait.reason}")
+                self.queue.postpone([job.id], max(wait.seconds, 0.0), f"waiting: {wait.reason}")
                 return
             except Refuse as refusal:
                 self.refuse(job, item, refusal)
@@ -147,10 +147,10 @@ class ItemExecutor(Generic[Action, Result]):
                 self.event(job, f"{self.name}-error", "retry", error, item)
                 break
         self._record_durably(job, action, done[recorded:])
-        outcome = self.queue.settle([job["id"]], error, status).get(job["id"], "")
+        outcome = self.queue.settle([job.id], error, status).get(job.id, "")
         self.after_job(job, action, done, outcome)
 
-    def _record_durably(self, job: sqlite3.Row, action: Action,
+    def _record_durably(self, job: Job, action: Action,
                         done: Sequence[tuple[ClaimedItem, Result]]) -> None:
         # What was done is held here until the database takes it: a full disk delays the
         # record, never drops it (a capability's record is all-or-nothing and idempotent).
@@ -158,7 +158,7 @@ class ItemExecutor(Generic[Action, Result]):
             self.db.durable(lambda: self.record(job, action, done), f"recording {self.name}")
 
     # -- what follows a derivation ---------------------------------------------------------------
-    def follow(self, job: sqlite3.Row, follow_ups: Sequence[FollowUp], *, patient: str = "",
+    def follow(self, job: Job, follow_ups: Sequence[FollowUp], *, patient: str = "",
                study: str = "") -> None:
         """Queues the jobs that hand on what this job made (follow_ups.py), in one transaction,
         audited as "<name>-<follow_ups_event>" under `patient` and `study` (the output's, when
@@ -176,25 +176,25 @@ class ItemExecutor(Generic[Action, Result]):
             self.context.wake_workers()
 
     # -- shared outcomes -------------------------------------------------------------------------
-    def refuse(self, job: sqlite3.Row, item: ClaimedItem, refusal: Refuse) -> None:
+    def refuse(self, job: Job, item: ClaimedItem, refusal: Refuse) -> None:
         self.event(job, f"{self.name}-{refusal.event}", "failed", refusal.reason, item)
         if refusal.quarantine:
             with self.db.transaction() as connection:
                 self.recorder.quarantine(connection, item.instance_id,
-                                         f"{self.name}: {refusal.reason}", detail=f"job {job['id']}")
+                                         f"{self.name}: {refusal.reason}", detail=f"job {job.id}")
         self.queue.mark_refused(item, refusal.status)
-        self.queue.note_refusal(job["id"], refusal.reason, refusal.status)
+        self.queue.note_refusal(job.id, refusal.reason, refusal.status)
 
-    def source_gone(self, job: sqlite3.Row, item: ClaimedItem) -> None:
+    def source_gone(self, job: Job, item: ClaimedItem) -> None:
         reason = "the source instance is no longer in Orthanc"
         self.queue.mark_gone(item, reason)
         self.event(job, "source-gone", "skipped", reason, item)
 
-    def event(self, job: sqlite3.Row, event: str, status: str, detail: str,
+    def event(self, job: Job, event: str, status: str, detail: str,
               item: ClaimedItem | None = None, **names: Any) -> None:
         self.recorder.event(
-            event, status=status, detail=detail, rule=job["rule"], target=job["target"],
-            job_id=job["id"], resource_id=item.instance_id if item else job["resource_id"],
-            patient_id=names.get("patient", job["patient_id"] or ""),
-            study_uid=names.get("study", job["study_uid"] or ""),
+            event, status=status, detail=detail, rule=job.rule, target=job.target,
+            job_id=job.id, resource_id=item.instance_id if item else job.resource_id,
+            patient_id=names.get("patient", job.patient_id or ""),
+            study_uid=names.get("study", job.study_uid or ""),
         )

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from orthanc_plugin.jobs.queue import Claim, ClaimedItem
+from orthanc_plugin.jobs.records import Job
 
 
 @dataclass(frozen=True)
@@ -62,23 +63,23 @@ class Registry:
         return executor
 
 
-def jobs_with_items(claim: Claim) -> list[tuple[Any, list[ClaimedItem]]]:
+def jobs_with_items(claim: Claim) -> list[tuple[Job, list[ClaimedItem]]]:
     """The claim's jobs, each with its own items in claim order."""
-    by_job: dict[int, list[ClaimedItem]] = {job["id"]: [] for job in claim.jobs}
+    by_job: dict[int, list[ClaimedItem]] = {job.id: [] for job in claim.jobs}
     for item in claim.items:
         by_job[item.job_id].append(item)
-    return [(job, by_job[job["id"]]) for job in claim.jobs]
+    return [(job, by_job[job.id]) for job in claim.jobs]
 
 
-def action_of_job(ruleset: Any, job: Any, action_type: type) -> Any | None:
+def action_of_job(ruleset: Any, job: Job, action_type: type) -> Any | None:
     """The rule action a queued job was made for, if the rules in force still have it.
 
     Jobs outlive reloads: a renamed rule or a removed action leaves jobs without their action.
     """
     for rule in ruleset.rules:
-        if rule.name != job["rule"]:
+        if rule.name != job.rule:
             continue
         for action in rule.actions:
-            if isinstance(action, action_type) and getattr(action, "job_target", None) == job["target"]:
+            if isinstance(action, action_type) and getattr(action, "job_target", None) == job.target:
                 return action
     return None

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import sqlite3
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 
 from pydicom.datadict import tag_for_keyword
 
+from orthanc_plugin.jobs.intake_store import Received
 from orthanc_plugin.ports import Host, HostError
 from orthanc_plugin.rules import InstanceFacts
 
@@ -83,32 +83,33 @@ class FactsBuilder:
         self._study_tags.pop(study_id, None)
 
     def build(
-        self, rows: list[sqlite3.Row], plan_labels: tuple[str, ...]
+        self, rows: Sequence[Received], plan_labels: tuple[str, ...]
     ) -> list[InstanceFacts]:
+        """The facts of described received rows (the columns they read are named: Received)."""
         facts = []
         for row in rows:
-            indexed = dict(self.study_tags(row["study_id"]))
+            indexed = dict(self.study_tags(row.study_id or ""))
             indexed.update(
                 {
-                    "Modality": row["modality"] or "",
-                    "SOPClassUID": row["sop_class_uid"] or "",
-                    "SeriesInstanceUID": row["series_uid"] or "",
-                    "SOPInstanceUID": row["sop_instance_uid"] or "",
+                    "Modality": row.modality or "",
+                    "SOPClassUID": row.sop_class_uid or "",
+                    "SeriesInstanceUID": row.series_uid or "",
+                    "SOPInstanceUID": row.sop_instance_uid or "",
                 }
             )
-            if row["plan_label"]:
-                indexed["RTPlanLabel"] = row["plan_label"]
+            if row.plan_label:
+                indexed["RTPlanLabel"] = row.plan_label
             facts.append(
                 InstanceFacts(
-                    instance_id=row["instance_id"],
-                    calling_aet=row["calling_aet"] or "",
-                    called_aet=row["called_aet"] or "",
-                    remote_ip=row["remote_ip"] or "",
-                    source=row["source"] or "DICOM",
-                    modality=row["modality"] or "",
-                    sop_class_uid=row["sop_class_uid"] or "",
+                    instance_id=row.instance_id,
+                    calling_aet=row.calling_aet or "",
+                    called_aet=row.called_aet or "",
+                    remote_ip=row.remote_ip or "",
+                    source=row.source or "DICOM",
+                    modality=row.modality or "",
+                    sop_class_uid=row.sop_class_uid or "",
                     study_plan_labels=plan_labels,
-                    tags=LazyTags(self.host, row["instance_id"], indexed),
+                    tags=LazyTags(self.host, row.instance_id, indexed),
                 )
             )
         return facts

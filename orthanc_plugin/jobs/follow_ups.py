@@ -18,7 +18,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from orthanc_plugin.jobs.queue import JobQueue, JobSpec
-from orthanc_plugin.rules.priority import Priority
+from orthanc_plugin.jobs.records import Job
 
 
 @dataclass(frozen=True)
@@ -39,17 +39,17 @@ class FollowUp:
     priority: int | None = None  # None: the job that made the output's own priority
 
 
-def queue_follow_ups(connection: sqlite3.Connection, queue: JobQueue, job: sqlite3.Row,
+def queue_follow_ups(connection: sqlite3.Connection, queue: JobQueue, job: Job,
                      follow_ups: Sequence[FollowUp]) -> list[str]:
     """Queues each follow-up in the caller's transaction; returns "job N: <summary>" for each
     job that got new instances (none when every instance was already assigned)."""
     queued = []
     for follow_up in follow_ups:
         spec = JobSpec(
-            rule=job["rule"], action=follow_up.action, trigger=job["trigger"],
+            rule=job.rule, action=follow_up.action, trigger=job.trigger,
             level=follow_up.level, resource_id=follow_up.resource_id, target=follow_up.target,
             patient_id=follow_up.patient_id, study_uid=follow_up.study_uid,
-            calling_aet=job["calling_aet"], remote_ip=job["remote_ip"],
+            calling_aet=job.calling_aet or "", remote_ip=job.remote_ip or "",
             priority=_priority(follow_up, job),
         )
         job_id, count = queue.enqueue(connection, spec, follow_up.instance_ids)
@@ -59,8 +59,7 @@ def queue_follow_ups(connection: sqlite3.Connection, queue: JobQueue, job: sqlit
     return queued
 
 
-def _priority(follow_up: FollowUp, job: sqlite3.Row) -> int:
+def _priority(follow_up: FollowUp, job: Job) -> int:
     if follow_up.priority is not None:
         return follow_up.priority
-    made_with = job["priority"]
-    return int(made_with) if made_with is not None else int(Priority.NORMAL)
+    return job.priority

@@ -201,22 +201,22 @@ class Intake:
         if not rows:
             self._catching_up = False
             return False
-        described = [(row, self._describe_or_reason(row["instance_id"], row)) for row in rows]
+        described = [(row, self._describe_or_reason(row.instance_id, row)) for row in rows]
         now = time.time()
         completed: list[Completed] = []
         with self.db.transaction() as connection:
             for row, info in described:
                 if info is None or isinstance(info, str):
                     if info is None:
-                        store.mark_gone(connection, row["seq"])
+                        store.mark_gone(connection, row.seq)
                     else:
-                        store.mark_quarantined(connection, row["seq"])
-                        self.recorder.quarantine(connection, row["instance_id"], info)
+                        store.mark_quarantined(connection, row.seq)
+                        self.recorder.quarantine(connection, row.instance_id, info)
                     # Decided at arrival and never described: recorded with what is known.
                     completed += self._complete_arrival(connection, row)
                     continue
-                info.setdefault("calling_aet", row["calling_aet"])
-                store.mark_described(connection, row["seq"], info, now)
+                info.setdefault("calling_aet", row.calling_aet)
+                store.mark_described(connection, row.seq, info, now)
         self._after_completed(completed)
         more = len(rows) == BATCH
         if not more:
@@ -233,7 +233,7 @@ class Intake:
                 self.host.log_error(f"intake hook {getattr(hook, '__qualname__', hook)}: {error!r}")
         return busy
 
-    def _describe_or_reason(self, instance_id: str, noted: Any = None
+    def _describe_or_reason(self, instance_id: str, noted: store.NewReceived | None = None
                             ) -> dict[str, Any] | str | None:
         """Never let one instance stop the intake: after a few failures it goes to quarantine."""
         try:
@@ -248,14 +248,16 @@ class Intake:
         self._describe_failures.pop(instance_id, None)
         return info
 
-    def _describe(self, instance_id: str, noted: Any = None) -> dict[str, Any] | str | None:
+    def _describe(self, instance_id: str, noted: store.NewReceived | None = None
+                  ) -> dict[str, Any] | str | None:
         """Columns for the received row; None when the instance is gone; a reason to quarantine."""
         try:
-            if noted is not None and noted["sop_class_uid"]:
-                metadata = {"RemoteAET": noted["calling_aet"] or "",
-                            "CalledAET": noted["called_aet"] or "",
-                            "RemoteIP": noted["remote_ip"] or "", "Origin": noted["origin"] or "",
-                            "SopClassUid": noted["sop_class_uid"]}
+            metadata: dict[str, Any]
+            if noted is not None and noted.sop_class_uid:
+                metadata = {"RemoteAET": noted.calling_aet or "",
+                            "CalledAET": noted.called_aet or "",
+                            "RemoteIP": noted.remote_ip or "", "Origin": noted.origin or "",
+                            "SopClassUid": noted.sop_class_uid}
             else:
                 metadata = self.host.get_json(f"/instances/{instance_id}/metadata?expand")
             instance = self.host.get_json(f"/instances/{instance_id}")
@@ -329,36 +331,37 @@ class Intake:
         labels_by_study: dict[str, tuple[str, ...]] = {}
         completed: list[Completed] = []
         with self.db.transaction() as connection:
-            decided = self.arrival.pending(connection, [row["instance_id"] for row in rows])
+            decided = self.arrival.pending(connection, [row.instance_id for row in rows])
             for row in rows:
                 # Every row of the batch is already described: a study's labels cannot change here.
-                if row["study_id"] not in labels_by_study:
-                    labels_by_study[row["study_id"]] = store.plan_labels(connection,
-                                                                          row["study_id"])
-                facts = self.facts.build([row], labels_by_study[row["study_id"]])
-                at_arrival = decided.get(row["instance_id"], {})
+                study_id = row.study_id or ""
+                if study_id not in labels_by_study:
+                    labels_by_study[study_id] = store.plan_labels(connection, study_id)
+                facts = self.facts.build([row], labels_by_study[study_id])
+                at_arrival = decided.get(row.instance_id, {})
                 for rule in rules:
                     if rule.name not in at_arrival:
                         queued |= self._apply(connection, ruleset, rule, "instance",
-                                              row["instance_id"], [row], facts)
+                                              row.instance_id, [row], facts)
                 if at_arrival:
                     completed += self._complete_arrival(connection, row, at_arrival, facts[0],
                                                         by_name)
-                store.mark_instance_rules_done(connection, row["seq"])
+                store.mark_instance_rules_done(connection, row.seq)
         self._after_completed(completed)
         if queued:
             self.wake_workers()
         return len(rows) == BATCH
 
-    def _complete_arrival(self, connection: sqlite3.Connection, row: sqlite3.Row,
+    def _complete_arrival(self, connection: sqlite3.Connection,
+                          row: store.Received | store.NewReceived,
                           decisions: Mapping[str, ArrivalDecision] | None = None,
                           facts: InstanceFacts | None = None,
                           rules_by_name: Mapping[str, Rule] | None = None) -> list[Completed]:
         """The records of decisions taken at arrival, completed now that the instance is
         described (or known never to be: gone, quarantined, when `decisions` is not given)."""
         if decisions is None:
-            decisions = self.arrival.pending(connection, [row["instance_id"]]).get(
-                row["instance_id"], {})
+            decisions = self.arrival.pending(connection, [row.instance_id]).get(
+                row.instance_id, {})
         if not decisions:
             return []
         return [self.arrival.complete(connection, row, decisions, facts, rules_by_name or {})]
@@ -382,10 +385,10 @@ class Intake:
         queued = False
         for row in rows:
             # Orthanc's IsStable is the truth: a signal may be stale if instances came after it.
-            quiet = now - row["last_received_at"] >= self.stable_age_seconds
-            if not (row["stable_signalled"] or quiet) or not self._is_stable(row["study_id"]):
+            quiet = now - row.last_received_at >= self.stable_age_seconds
+            if not (row.stable_signalled or quiet) or not self._is_stable(row.study_id):
                 continue
-            queued |= self.process_stable_study(row["study_id"])
+            queued |= self.process_stable_study(row.study_id)
         if queued:
             self.wake_workers()
         return False
@@ -411,7 +414,7 @@ class Intake:
             facts = self.facts.build(rows, labels)
             for rule in rules:
                 queued |= self._apply(connection, ruleset, rule, "study", study_id, rows, facts)
-            store.stable_rules_done(connection, study_id, max(row["seq"] for row in rows))
+            store.stable_rules_done(connection, study_id, max(row.seq for row in rows))
         return queued
 
     def adopt_study_instances(self, study_id: str) -> None:
@@ -426,12 +429,12 @@ class Intake:
         while self._describe_new():
             pass
 
-    def study_rows_without_adopting(self, study_id: str) -> list[dict[str, Any]]:
+    def study_rows_without_adopting(self, study_id: str) -> list[store.Received]:
         """The study's instances as received rows, for a dry run: instances the intake has not
         seen (stored before its cursor) are described in memory and never enter the intake, so
         testing the rules on an old study cannot queue or send anything."""
-        rows = [dict(row) for row in store.study_rows(self.db, study_id)]
-        known = {row["instance_id"] for row in rows}
+        rows = store.study_rows(self.db, study_id)
+        known = {row.instance_id for row in rows}
         try:
             instances = self.host.get_json(f"/studies/{study_id}/instances")
         except HostError:
@@ -441,7 +444,7 @@ class Intake:
                 continue
             info = self._describe(item["ID"])
             if isinstance(info, dict):
-                rows.append({"seq": 0, "instance_id": item["ID"], "state": "ready", **info})
+                rows.append(store.Received.described_in_memory(item["ID"], info))
         return rows
 
     def _apply(
@@ -451,7 +454,7 @@ class Intake:
         rule: Rule,
         level: str,
         resource_id: str,
-        rows: Sequence[sqlite3.Row],
+        rows: Sequence[store.Received],
         facts: list[Any],
     ) -> bool:
         first = rows[0]
@@ -460,20 +463,20 @@ class Intake:
         except Exception as error:  # a rule that cannot be evaluated is audited, not fatal
             self.recorder.event(
                 "rule-error", status="error", rule=rule.name, resource_id=resource_id,
-                study_uid=first["study_uid"] or "", detail=f"{type(error).__name__}: {error}",
+                study_uid=first.study_uid or "", detail=f"{type(error).__name__}: {error}",
                 connection=connection,
             )
             return False
         applied = Applied()
         if evaluation.matched:
-            by_id = {row["instance_id"]: row for row in rows}
+            by_id = {row.instance_id: row for row in rows}
             ordered = order_for_sending(
                 [
                     OutgoingInstance(
                         iid,
-                        by_id[iid]["modality"] or "",
-                        by_id[iid]["series_uid"] or "",
-                        by_id[iid]["instance_number"] or 0,
+                        by_id[iid].modality or "",
+                        by_id[iid].series_uid or "",
+                        by_id[iid].instance_number or 0,
                     )
                     for iid in evaluation.instance_ids
                 ]
@@ -483,8 +486,8 @@ class Intake:
                 return JobSpec(
                     rule=rule.name, action=job_action, trigger=rule.on.value, level=level,
                     resource_id=resource_id, target=target,
-                    patient_id=first["patient_id"] or "", study_uid=first["study_uid"] or "",
-                    calling_aet=first["calling_aet"] or "", remote_ip=first["remote_ip"] or "",
+                    patient_id=first.patient_id or "", study_uid=first.study_uid or "",
+                    calling_aet=first.calling_aet or "", remote_ip=first.remote_ip or "",
                     priority=rule.priority,
                 )
 
@@ -494,12 +497,12 @@ class Intake:
         self.recorder.evaluation(
             connection,
             trigger=rule.on.value, level=level, resource_id=resource_id,
-            patient_id=first["patient_id"] or "", study_uid=first["study_uid"] or "",
+            patient_id=first.patient_id or "", study_uid=first.study_uid or "",
             rule=rule.name, matched=evaluation.matched,
             failed_condition=evaluation.failed_condition, reason=evaluation.reason,
             instances=len(evaluation.instance_ids), new_instances=new_instances,
             rules_sha256=ruleset.sha256,
-            source={"remote_ip": first["remote_ip"] or "", "calling_aet": first["calling_aet"] or ""},
+            source={"remote_ip": first.remote_ip or "", "calling_aet": first.calling_aet or ""},
             targets=targets,
         )
         return new_instances > 0

@@ -8,14 +8,87 @@ from __future__ import annotations
 import sqlite3
 import time
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, fields
 from typing import Any
 
 from orthanc_plugin.db import Database
 
-Row = sqlite3.Row
 # The columns the describe step reads of a new row (what the note already told).
 NEW_ROW_COLUMNS = ("seq, instance_id, calling_aet, called_aet, remote_ip, origin, sop_class_uid, "
                    "file_size")
+
+
+@dataclass(frozen=True)
+class NewReceived:
+    """A received row not described yet: what the stored-instance note told (NEW_ROW_COLUMNS);
+    a row made from Orthanc's log before its note came has None there."""
+
+    seq: int
+    instance_id: str
+    calling_aet: str | None
+    called_aet: str | None
+    remote_ip: str | None
+    origin: str | None
+    sop_class_uid: str | None
+    file_size: int | None
+
+    @classmethod
+    def from_row(cls, row: sqlite3.Row) -> NewReceived:
+        return cls(row["seq"], row["instance_id"], row["calling_aet"], row["called_aet"],
+                   row["remote_ip"], row["origin"], row["sop_class_uid"], row["file_size"])
+
+
+@dataclass(frozen=True)
+class Received:
+    """A whole row of `received` (audit/tables.py), every column: the rules' facts
+    (jobs/facts.py), the intake and the plans' tracker read it. The description's columns are
+    None until the instance is described."""
+
+    seq: int
+    instance_id: str
+    received_at: str
+    calling_aet: str | None
+    called_aet: str | None
+    remote_ip: str | None
+    origin: str | None
+    source: str | None
+    sop_class_uid: str | None
+    modality: str | None
+    patient_id: str | None
+    study_id: str | None
+    study_uid: str | None
+    series_id: str | None
+    series_uid: str | None
+    sop_instance_uid: str | None
+    instance_number: int | None
+    plan_label: str | None
+    file_size: int | None
+    state: str
+    instance_rules_done: int
+
+    @classmethod
+    def from_row(cls, row: sqlite3.Row) -> Received:
+        """Every column by its name (a contract test checks the table has no other)."""
+        return cls(**{field.name: row[field.name] for field in fields(cls)})
+
+    @classmethod
+    def described_in_memory(cls, instance_id: str, description: Mapping[str, Any]) -> Received:
+        """An instance the intake never took in, described for a dry run only: no sequence
+        number (0), never received (""), ready; `description` gives every other column
+        (Intake._describe)."""
+        return cls(seq=0, instance_id=instance_id, received_at="", state="ready",
+                   instance_rules_done=0, **description)
+
+
+@dataclass(frozen=True)
+class StudyProgress:
+    """A row of study_progress: when the study last received an instance, whether Orthanc
+    signalled it stable, and up to which received row its stable-study rules ran."""
+
+    study_id: str
+    stable_signalled: int
+    last_received_at: float
+    stable_done_seq: int
 
 
 # -- arrival -------------------------------------------------------------------------------------
@@ -53,9 +126,10 @@ def mark_instance_gone(connection: sqlite3.Connection, instance_id: str) -> None
 
 
 # -- describing ----------------------------------------------------------------------------------
-def new_rows(db: Database, limit: int) -> list[Row]:
-    return db.query(f"SELECT {NEW_ROW_COLUMNS} FROM received WHERE state='new' ORDER BY seq "
-                    "LIMIT ?", (limit,))
+def new_rows(db: Database, limit: int) -> list[NewReceived]:
+    return [NewReceived.from_row(row) for row in db.query(
+        f"SELECT {NEW_ROW_COLUMNS} FROM received WHERE state='new' ORDER BY seq LIMIT ?",
+        (limit,))]
 
 
 def mark_gone(connection: sqlite3.Connection, seq: int) -> None:
@@ -79,9 +153,10 @@ def mark_described(connection: sqlite3.Connection, seq: int, info: Mapping[str, 
 
 
 # -- instance rules ------------------------------------------------------------------------------
-def rows_for_instance_rules(db: Database, limit: int) -> list[Row]:
-    return db.query("SELECT * FROM received WHERE state='ready' AND instance_rules_done=0 "
-                    "ORDER BY seq LIMIT ?", (limit,))
+def rows_for_instance_rules(db: Database, limit: int) -> list[Received]:
+    return [Received.from_row(row) for row in db.query(
+        "SELECT * FROM received WHERE state='ready' AND instance_rules_done=0 ORDER BY seq "
+        "LIMIT ?", (limit,))]
 
 
 def mark_instance_rules_done(connection: sqlite3.Connection, seq: int) -> None:
@@ -103,20 +178,23 @@ def signal_stable(connection: sqlite3.Connection, study_id: str) -> None:
         "ON CONFLICT(study_id) DO UPDATE SET stable_signalled=1", (study_id, time.time()))
 
 
-def studies_with_new_instances(db: Database) -> list[Row]:
+def studies_with_new_instances(db: Database) -> list[StudyProgress]:
     """Studies with described instances their stable-study rules have not seen yet."""
-    return db.query(
+    return [StudyProgress(row["study_id"], row["stable_signalled"], row["last_received_at"],
+                          row["stable_done_seq"]) for row in db.query(
         "SELECT p.study_id, p.stable_signalled, p.last_received_at, p.stable_done_seq "
         "FROM study_progress p WHERE EXISTS (SELECT 1 FROM received r WHERE "
-        "r.study_id = p.study_id AND r.state='ready' AND r.seq > p.stable_done_seq)")
+        "r.study_id = p.study_id AND r.state='ready' AND r.seq > p.stable_done_seq)")]
 
 
-def study_rows(connection: sqlite3.Connection | Database, study_id: str) -> list[Row]:
+def study_rows(connection: sqlite3.Connection | Database, study_id: str) -> list[Received]:
     """The study's described instances, in the order they came."""
     query = "SELECT * FROM received WHERE study_id=? AND state='ready' ORDER BY seq"
     if isinstance(connection, Database):
-        return connection.query(query, (study_id,))
-    return connection.execute(query, (study_id,)).fetchall()
+        rows = connection.query(query, (study_id,))
+    else:
+        rows = connection.execute(query, (study_id,)).fetchall()
+    return [Received.from_row(row) for row in rows]
 
 
 def stable_rules_done(connection: sqlite3.Connection, study_id: str, up_to_seq: int) -> None:

@@ -14,6 +14,7 @@ from orthanc_plugin.audit.clock import epoch_of, iso_at, now_iso
 from orthanc_plugin.config import RetryPolicySettings
 from orthanc_plugin.db import Database, durable_write
 from orthanc_plugin.jobs.ledger import in_ledger
+from orthanc_plugin.jobs.records import Job
 from orthanc_plugin.jobs.retry import decide
 from orthanc_plugin.jobs.states import FAILED_ITEM_STATES, ItemState, JobState
 from orthanc_plugin.rules.priority import AGING_SECONDS_PER_LEVEL, Priority
@@ -84,14 +85,14 @@ JobDetails = Callable[[int], dict[str, Any]]
 class Claim:
     action: str
     target: str
-    jobs: list[sqlite3.Row]
+    jobs: list[Job]
     items: list[ClaimedItem]
     # Fewer items than its jobs hold (a destination's pace): the rest waits, no attempt spent.
     partial: bool = False
 
     @property
     def job_ids(self) -> list[int]:
-        return [job["id"] for job in self.jobs]
+        return [job.id for job in self.jobs]
 
 
 def idempotency_key(spec: JobSpec, instance_ids: Sequence[str]) -> str:
@@ -245,14 +246,15 @@ class JobQueue:
                 f"AND target = ? ORDER BY {RANK} DESC, id LIMIT 500",
                 (now, action, target, now, AGING_PER_SECOND),
             ).fetchall()
-            jobs: list[sqlite3.Row] = []
+            jobs: list[Job] = []
             items: list[ClaimedItem] = []
             partial = False
-            for job in candidates:
+            for candidate in candidates:
+                job = Job.of_row(candidate)
                 pending = connection.execute(
                     "SELECT instance_id FROM job_items "
                     "WHERE job_id=? AND state='pending' ORDER BY position",
-                    (job["id"],),
+                    (job.id,),
                 ).fetchall()
                 if jobs and len(items) + len(pending) > max_items:
                     break
@@ -260,8 +262,8 @@ class JobQueue:
                     # Paced: the first job gives only what the destination takes now.
                     pending, partial = pending[:max_items], True
                 jobs.append(job)
-                items.extend(ClaimedItem(job["id"], row["instance_id"]) for row in pending)
-            newest = max(job["created_epoch"] for job in jobs)
+                items.extend(ClaimedItem(job.id, row["instance_id"]) for row in pending)
+            newest = max(job.created_epoch for job in jobs)
             # Linger only until one association's worth is ready, never for a whole claim: while
             # instances keep arriving, "wait for a full claim" would wait for the end of ingest.
             if (len(items) < min(max_items, linger_until_items) and now - newest < linger_seconds
@@ -279,13 +281,13 @@ class JobQueue:
             # writer at a time already; an engine with row locks (PostgreSQL reading the
             # candidates FOR UPDATE SKIP LOCKED) relies on this check, and a job another node
             # took meanwhile is left out with its items.
-            taken = {job["id"] for job in jobs if connection.execute(
+            taken = {job.id for job in jobs if connection.execute(
                 "UPDATE jobs SET state='running', attempts=attempts+1, updated_at=?, claimed_by=?, "
                 "claim_id=?, claim_items=? WHERE id=? AND state='pending'",
-                (stamp, self.claimant, claim_id, counts.get(job["id"], 0), job["id"]),
+                (stamp, self.claimant, claim_id, counts.get(job.id, 0), job.id),
             ).rowcount == 1}
             if len(taken) < len(jobs):
-                jobs = [job for job in jobs if job["id"] in taken]
+                jobs = [job for job in jobs if job.id in taken]
                 items = [item for item in items if item.job_id in taken]
                 if not jobs:
                     return None
@@ -329,7 +331,7 @@ class JobQueue:
         claim gives way at its next association boundary (a plan for today's treatment passes a
         long research export) and its remaining instances wait, no attempt spent."""
         now = time.time()
-        best = max(job["priority"] + (now - job["created_epoch"]) * AGING_PER_SECOND
+        best = max(job.priority + (now - job.created_epoch) * AGING_PER_SECOND
                    for job in claim.jobs)
         # A job held back only because this claim has the destination's association ('busy')
         # counts as ready: it waits for this very claim.
@@ -477,12 +479,13 @@ class JobQueue:
                     "UPDATE jobs SET next_attempt_at=0 WHERE state='pending' AND target=? AND "
                     "last_status='busy'", (target,))
             for job_id in job_ids:
-                job = connection.execute("SELECT * FROM jobs WHERE id=?", (job_id,)).fetchone()
+                job = Job.of_row(connection.execute("SELECT * FROM jobs WHERE id=?",
+                                                    (job_id,)).fetchone())
                 counts = _item_counts(connection, job_id)
                 if counts.get(ItemState.PENDING, 0) == 0:
                     refused = sum(counts.get(failed, 0) for failed in FAILED_ITEM_STATES)
                     state = JobState.DEAD if refused else JobState.DONE
-                    last_error = job["last_error"] if refused else None
+                    last_error = job.last_error if refused else None
                     connection.execute(
                         "UPDATE jobs SET state=?, updated_at=?, last_error=? WHERE id=?",
                         (state, stamp, last_error, job_id),
@@ -496,7 +499,7 @@ class JobQueue:
                         "WHERE id=?", (stamp, unfinished, job_id))
                     outcome[job_id] = JobState.PENDING
                     continue
-                decision = decide(job["attempts"], self.policy)
+                decision = decide(job.attempts, self.policy)
                 state = JobState.PENDING if decision.retry else JobState.DEAD
                 now = time.time()
                 connection.execute(
@@ -606,33 +609,39 @@ class JobQueue:
             (target, action, failing_before, HOLD_EXPIRED))]
 
     @durable_write
-    def redirect(self, job_id: int, target: str, reason: str) -> tuple[sqlite3.Row, int | None, int] | None:
+    def redirect(self, job_id: int, target: str, reason: str) -> tuple[Job, int | None, int] | None:
         """Move a waiting or parked job whole to another target: a job for it with every instance
         of this one (so a plan is never half here, half there), this one cancelled with the reason.
         Returns (the old job, the new job id or None when the target already has them all, new
         instances), or None when the job was claimed or finished meanwhile."""
         with self.db.transaction() as connection:
-            job = connection.execute("SELECT * FROM jobs WHERE id=? AND state IN ('pending', "
+            row = connection.execute("SELECT * FROM jobs WHERE id=? AND state IN ('pending', "
                                      "'dead')", (job_id,)).fetchone()
-            if job is None:
+            if row is None:
                 return None
+            job = Job.of_row(row)
             instances = [row["instance_id"] for row in connection.execute(
                 "SELECT instance_id FROM job_items WHERE job_id=? ORDER BY position", (job_id,))]
-            spec = JobSpec(rule=job["rule"], action=job["action"], trigger=job["trigger"],
-                           level=job["level"], resource_id=job["resource_id"], target=target,
-                           patient_id=job["patient_id"] or "", study_uid=job["study_uid"] or "",
-                           calling_aet=job["calling_aet"] or "", remote_ip=job["remote_ip"] or "",
-                           priority=job["priority"])
+            spec = JobSpec(rule=job.rule, action=job.action, trigger=job.trigger,
+                           level=job.level, resource_id=job.resource_id, target=target,
+                           patient_id=job.patient_id or "", study_uid=job.study_uid or "",
+                           calling_aet=job.calling_aet or "", remote_ip=job.remote_ip or "",
+                           priority=job.priority)
             new_id, count = self.enqueue(connection, spec, instances)
             if new_id is not None:
                 connection.execute("UPDATE jobs SET last_status='failover', last_error=? WHERE id=?",
-                                   (f"failover from {job['target']} (job {job_id})", new_id))
+                                   (f"failover from {job.target} (job {job_id})", new_id))
             moved = f" (job {new_id})" if new_id is not None else " (it already had them all)"
             connection.execute(
                 "UPDATE jobs SET state='cancelled', last_status='failed-over', last_error=?, "
                 "updated_at=? WHERE id=?", (f"failed over to {target}{moved}: {reason}",
                                             now_iso(), job_id))
             return job, new_id, count
+
+    def job(self, job_id: int) -> Job | None:
+        """The job as it is now, or None when there is no such job (pruned)."""
+        rows = self.db.query("SELECT * FROM jobs WHERE id=?", (job_id,))
+        return Job.of_row(rows[0]) if rows else None
 
     def parked_for(self, target: str) -> list[int]:
         return [row["id"] for row in self.db.query(

@@ -68,7 +68,7 @@ def send_plans(
     answer: list[dict[str, Any]] = []
     with ctx.db.transaction() as connection:
         for plan_id, bundle in bundles.items():
-            ordered = [row["instance_id"] for row in member_rows(connection, bundle)]
+            ordered = [row.instance_id for row in member_rows(connection, bundle)]
             for target in targets:
                 spec = plan_job_spec(request, MANUAL_TRIGGER, JOB_ACTION, target, bundle,
                                      priority)

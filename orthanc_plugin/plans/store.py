@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from orthanc_plugin.db import Database
+from orthanc_plugin.jobs.intake_store import Received
 from orthanc_plugin.plans.model import RtObject, StoredInstance
 from orthanc_plugin.plans.search import fold
 
@@ -268,16 +269,16 @@ def stored_by_uid(connection: sqlite3.Connection,
 
 
 def member_rows(connection: sqlite3.Connection,
-                instance_ids: Sequence[str]) -> list[sqlite3.Row]:
+                instance_ids: Sequence[str]) -> list[Received]:
     """The received rows of these instances that are still stored, in the order given. Whole
     rows: the rules' facts (jobs/facts.py) read them as the intake does."""
-    rows: dict[str, sqlite3.Row] = {}
+    rows: dict[str, Received] = {}
     for chunk in _chunks(instance_ids):
         for row in connection.execute(
             f"SELECT * FROM received WHERE state='ready' AND instance_id IN ({_marks(chunk)})",
             chunk,
         ):
-            rows[row["instance_id"]] = row
+            rows[row["instance_id"]] = Received.from_row(row)
     return [rows[iid] for iid in instance_ids if iid in rows]
 
 

@@ -16,6 +16,7 @@ from pydicom import dcmread
 
 from orthanc_plugin.audit.clock import now_iso
 from orthanc_plugin.jobs.apply import Applied, queue_rule_actions
+from orthanc_plugin.jobs.intake_store import Received
 from orthanc_plugin.jobs.queue import JobSpec
 from orthanc_plugin.labels import HELD, orthanc_study_id
 from orthanc_plugin.plans import store
@@ -161,7 +162,7 @@ class PlanTracker:
             applied = Applied()
             if matched and not hold and evaluation is not None:
                 chosen = set(evaluation.instance_ids)
-                ordered = [row["instance_id"] for row in rows if row["instance_id"] in chosen]
+                ordered = [row.instance_id for row in rows if row.instance_id in chosen]
                 applied = queue_rule_actions(
                     connection, self.ctx.queue, self.ctx.registry, rule, ordered,
                     lambda job_action, target: plan_job_spec(
@@ -220,6 +221,6 @@ class _ReadObject:
     plan_date: str
 
 
-def member_rows(connection: sqlite3.Connection, bundle: store.PlanBundle) -> list[sqlite3.Row]:
+def member_rows(connection: sqlite3.Connection, bundle: store.PlanBundle) -> list[Received]:
     """The received rows of the bundle's members, in the bundle's sending order."""
     return store.member_rows(connection, [member["instance_id"] for member in bundle.members])

@@ -23,7 +23,7 @@ class CopyRecorder:
         self.recorder = recorder
 
     def sent(self, claim: Claim, made: Sequence[tuple[ClaimedItem, MadeCopy]]) -> None:
-        jobs = {job["id"]: job for job in claim.jobs}
+        jobs = {job.id: job for job in claim.jobs}
         by_job: dict[int, list[tuple[ClaimedItem, MadeCopy]]] = defaultdict(list)
         for item, copy in made:
             by_job[item.job_id].append((item, copy))
@@ -31,14 +31,14 @@ class CopyRecorder:
         with self.db.transaction() as connection:
             for job_id, copies in by_job.items():
                 job = jobs[job_id]
-                note_copy_names(connection, stamp, claim.target, job["rule"], [
+                note_copy_names(connection, stamp, claim.target, job.rule, [
                     CopyName(item.instance_id, name.attribute, name.before, name.after,
                              str(name.status))
                     for item, copy in copies for name in copy.renamed])
                 self.recorder.event(
-                    "copy-sent", status="ok", rule=job["rule"], target=claim.target,
-                    job_id=job_id, study_uid=job["study_uid"] or "",
-                    patient_id=job["patient_id"] or "",
+                    "copy-sent", status="ok", rule=job.rule, target=claim.target,
+                    job_id=job_id, study_uid=job.study_uid or "",
+                    patient_id=job.patient_id or "",
                     detail=describe([copy for _, copy in copies]), connection=connection)
 
     def not_made(self, item: ClaimedItem, target: str, reason: str) -> None:

@@ -4,8 +4,8 @@ destination's coercion and transfer syntax, as the rules in force say now."""
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
 
+from orthanc_plugin.jobs.records import Job
 from orthanc_plugin.rules import ForwardAction, RuleSet
 from orthanc_plugin.transform.coerce import Coercion
 from orthanc_plugin.transform.spec import CopySpec, combined
@@ -17,11 +17,11 @@ class CopySpecs:
     def __init__(self, rules: Callable[[], RuleSet]) -> None:
         self.rules = rules
 
-    def for_job(self, job: Any, target: str) -> CopySpec:
+    def for_job(self, job: Job, target: str) -> CopySpec:
         ruleset = self.rules()
         policy = (ruleset.sections.get(DESTINATIONS) or {}).get(target)
         coercion = getattr(policy, "coercion", None)
-        return combined(_rule_steps(ruleset, str(job["rule"]), str(job["target"])),
+        return combined(_rule_steps(ruleset, job.rule, job.target),
                         coercion if isinstance(coercion, Coercion) else None,
                         str(getattr(policy, "transfer_syntax", "") or ""))
 

@@ -65,6 +65,28 @@ class Endpoint:
         return rows
 
 
+@dataclass(frozen=True)
+class OutboxEvent:
+    """An event of webhook_outbox as a receiver is sent it (webhooks/payload.py); the patient
+    and study are the job's when the event was written before its instance was described."""
+
+    id: int
+    event: str
+    at: str
+    status: str | None
+    rule: str | None
+    target: str | None
+    job_id: int | None
+    action: str | None
+    resource_id: str | None
+    patient_id: str | None
+    study_uid: str | None
+    detail: str | None
+    instances: int | None
+    plan_uid: str | None
+    plan_label: str | None
+
+
 def backoff_seconds(failed_attempts: int) -> float:
     """The wait before the next attempt after `failed_attempts` failures in a row (1 -> 2 s)."""
     if failed_attempts <= 0:

@@ -15,6 +15,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from orthanc_plugin.labels import orthanc_study_id
+from orthanc_plugin.webhooks.model import OutboxEvent
 
 SCHEMA_VERSION = 1
 # Orthanc's resource identifiers: SHA-1 in five dash-separated groups of eight hex digits.
@@ -30,27 +31,27 @@ def event_id(origin: str, outbox_id: int) -> str:
     return f"rtgw-{origin}-{outbox_id}"
 
 
-def build_payload(row: Mapping[str, Any], origin: str, include_patient_data: bool) -> dict[str, Any]:
-    event = str(row["event"])
+def build_payload(row: OutboxEvent, origin: str, include_patient_data: bool) -> dict[str, Any]:
+    event = str(row.event)
     payload: dict[str, Any] = {
         "version": SCHEMA_VERSION,
         "event": event,
-        "id": event_id(origin, int(row["id"])),
-        "at": row["at"],
+        "id": event_id(origin, int(row.id)),
+        "at": row.at,
     }
-    for key, column in (("status", "status"), ("rule", "rule"), ("target", "target"),
-                        ("action", "action")):
-        if row[column]:
-            payload[key] = row[column]
-    if row["job_id"] is not None:
-        payload["job"] = int(row["job_id"])
-    if row["instances"] is not None:
-        payload["instances"] = int(row["instances"])
+    for key, value in (("status", row.status), ("rule", row.rule), ("target", row.target),
+                       ("action", row.action)):
+        if value:
+            payload[key] = value
+    if row.job_id is not None:
+        payload["job"] = int(row.job_id)
+    if row.instances is not None:
+        payload["instances"] = int(row.instances)
     numbered = _NUMBERED.get(event)
-    if numbered and row["detail"] and (found := numbered[1].match(str(row["detail"]))):
+    if numbered and row.detail and (found := numbered[1].match(str(row.detail))):
         payload[numbered[0]] = int(found.group(1))
-    patient_id, study_uid = str(row["patient_id"] or ""), str(row["study_uid"] or "")
-    resource = str(row["resource_id"] or "")
+    patient_id, study_uid = str(row.patient_id or ""), str(row.study_uid or "")
+    resource = str(row.resource_id or "")
     study: dict[str, str] = {}
     if study_uid:
         study["orthanc_id"] = orthanc_study_id(patient_id, study_uid)
@@ -63,10 +64,10 @@ def build_payload(row: Mapping[str, Any], origin: str, include_patient_data: boo
             payload["patient"] = {"patient_id": patient_id}
         if resource and "resource" not in payload:
             payload["resource"] = resource       # a plan's SOP Instance UID, a study UID
-        if row["plan_label"]:
-            payload["plan_label"] = row["plan_label"]
-        if row["detail"]:
-            payload["detail"] = row["detail"]
+        if row.plan_label:
+            payload["plan_label"] = row.plan_label
+        if row.detail:
+            payload["detail"] = row.detail
     if study:
         payload["study"] = study
     return payload

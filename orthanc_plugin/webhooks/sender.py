@@ -39,21 +39,21 @@ class EndpointSender:
         row = self.store.next_due(self.endpoint.url, now)
         if row is None:
             return False
-        body = body_of(build_payload(dict(row), self.origin, self.endpoint.include_patient_data))
+        body = body_of(build_payload(row, self.origin, self.endpoint.include_patient_data))
         headers = signed_headers(self.endpoint.secret, int(time.time()), body,
-                                 event_id(self.origin, int(row["id"])), str(row["event"]))
+                                 event_id(self.origin, int(row.id)), str(row.event))
         error = self.post(self.endpoint.url, body, headers, self.endpoint.timeout_seconds)
         where = redacted(self.endpoint.url)
         if not error:
-            self.store.delivered(self.endpoint.url, int(row["id"]))
+            self.store.delivered(self.endpoint.url, int(row.id))
             if self.failing:
                 self.failing = False
                 self.log(f"webhook {where}: delivering again")
             return True
-        delay = self.store.failed(self.endpoint.url, int(row["id"]), error, now)
+        delay = self.store.failed(self.endpoint.url, int(row.id), error, now)
         if not self.failing:  # once per episode, not once per retry
             self.failing = True
-            self.log(f"webhook {where}: {row['event']} event {row['id']} not delivered ({error}); "
+            self.log(f"webhook {where}: {row.event} event {row.id} not delivered ({error}); "
                      f"retrying with backoff, next in {delay:g} s; later events wait in order")
         return False
 

@@ -4,14 +4,14 @@ an attempt, the page's counts, and pruning what was delivered long ago."""
 from __future__ import annotations
 
 import secrets
-import sqlite3
 import time
 from collections.abc import Sequence
+from dataclasses import fields
 from typing import Any
 
 from orthanc_plugin.audit.clock import iso_at, now_iso
 from orthanc_plugin.db import Database
-from orthanc_plugin.webhooks.model import Endpoint, backoff_seconds
+from orthanc_plugin.webhooks.model import Endpoint, OutboxEvent, backoff_seconds
 
 ORIGIN_KEY = "webhooks_origin"
 
@@ -39,13 +39,13 @@ class WebhookStore:
             row = connection.execute("SELECT value FROM meta WHERE key=?", (ORIGIN_KEY,)).fetchone()
         return str(row["value"])
 
-    def next_due(self, url: str, now: float) -> sqlite3.Row | None:
+    def next_due(self, url: str, now: float) -> OutboxEvent | None:
         """The URL's oldest pending delivery with its event, if its time has come. Only the oldest:
         a receiver gets its events in order, so a later one waits behind a failing one."""
         # A job decided at arrival names its patient and study once its instance is described
-        # (jobs/arrival.py): its event waits for that, then carries them. A Row answers a name
+        # (jobs/arrival.py): its event waits for that, then carries them. A row answers a name
         # with its first column, so the job's names, listed before o.*, fill an event written
-        # before it knew them.
+        # before it knew them (OutboxEvent reads each column by name).
         row = self.db.query(
             "SELECT d.attempts, d.next_attempt_at, "
             "COALESCE(NULLIF(o.patient_id, ''), j.patient_id, '') AS patient_id, "
@@ -56,7 +56,7 @@ class WebhookStore:
             "WHERE d.url=? AND d.state='pending' ORDER BY d.outbox_id LIMIT 1", (url,))
         if not row or row[0]["next_attempt_at"] > now or row[0]["job_awaits_description"]:
             return None
-        return row[0]
+        return OutboxEvent(**{field.name: row[0][field.name] for field in fields(OutboxEvent)})
 
     def delivered(self, url: str, outbox_id: int) -> None:
         def write() -> None:

@@ -19,9 +19,14 @@ MAX_BODY_BYTES_DEFAULT = 64 << 20
 
 class _Server(socketserver.ThreadingMixIn, socketserver.UnixStreamServer):
     daemon_threads = True
-    router: Router
-    log_error: Callable[[str], None]
-    max_body_bytes: int
+
+    def __init__(self, path: str, router: Router, log_error: Callable[[str], None],
+                 max_body_bytes: int) -> None:
+        # Set before the socket binds: a request can arrive as soon as it does.
+        self.router = router
+        self.log_error = log_error
+        self.max_body_bytes = max_body_bytes
+        super().__init__(path, _Handler)
 
 
 class _Handler(BaseHTTPRequestHandler):
@@ -70,11 +75,8 @@ class ApiServer:
                  max_body_bytes: int = MAX_BODY_BYTES_DEFAULT) -> None:
         if path.exists() or path.is_symlink():
             path.unlink()
-        self._server = _Server(str(path), _Handler)
+        self._server = _Server(str(path), router, log_error, max_body_bytes)
         os.chmod(path, 0o600)
-        self._server.router = router
-        self._server.log_error = log_error
-        self._server.max_body_bytes = max_body_bytes
         self._thread = threading.Thread(target=self._server.serve_forever, name="rtgw-api",
                                         daemon=True)
 

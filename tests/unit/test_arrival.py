@@ -267,5 +267,5 @@ def test_a_delivered_webhook_waits_for_the_description_and_names_the_study(
     assert store.next_due(url, now=1e12) is None  # the study is not known yet: it waits
     site.take_in()
     due = store.next_due(url, now=1e12)
-    assert due is not None and dict(due)["study_uid"] == rtset.study_uid
-    assert dict(due)["patient_id"] == "P-HOOK" and due["event"] == "delivered"
+    assert due is not None and due.study_uid == rtset.study_uid
+    assert due.patient_id == "P-HOOK" and due.event == "delivered"

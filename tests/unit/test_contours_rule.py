@@ -73,7 +73,7 @@ def test_the_forwards_after_an_overlay_send_its_series_as_after_any_derivation()
     assert plan_overlay(overlay) == [PlannedJob("overlay", "B+C")]
     with pytest.raises(RulesError, match=r"actions\[1\]: duplicate target 'B'"):
         actions_of("      - overlay: {forward: [B]}\n      - forward: [B]")
-    with pytest.raises(RulesError, match="only forward may follow overlay .*overlay series"):
+    with pytest.raises(RulesError, match=r"only forward may follow overlay .*overlay series"):
         actions_of("      - overlay: {}\n      - export: {folder: /tmp}")
 
 

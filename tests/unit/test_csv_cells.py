@@ -13,6 +13,7 @@ from orthanc_plugin.csv_cells import safe_cell
 from orthanc_plugin.harvest.outputs import INVENTORY_COLUMNS, inventory_csv
 from orthanc_plugin.index.query import QueryResult
 from orthanc_plugin.plans.routes import _csv as plans_csv
+from tests.unit.test_harvest_outputs import harvest_item
 
 HOSTILE = ['=HYPERLINK("http://evil","x")', "=cmd|' /C calc'!A0", "+1+1", "-2+3", "@SUM(A1)",
            "\tTAB", "\rCR"]
@@ -36,7 +37,7 @@ def test_every_csv_writer_neutralises() -> None:
     value = HOSTILE[0]
     outputs = [
         to_csv([{"patient_name": value, "n": 1}]),
-        inventory_csv([{column: value for column in INVENTORY_COLUMNS}]),  # type: ignore[list-item]
+        inventory_csv([harvest_item(**{column: value for column in INVENTORY_COLUMNS})]),
         QueryResult(["PatientNam"], [(value,)], False).as_csv(),
         plans_csv([{"id": "p", "patient_name": value, "label": value, "missing": [],
                     "objects": []}]),

@@ -38,7 +38,8 @@ def making_job(queue: JobQueue) -> int:
 
 def test_follow_ups_carry_the_making_jobs_rule_and_priority_and_the_outputs_names(
         queue: JobQueue) -> None:
-    job = queue.db.query("SELECT * FROM jobs WHERE id=?", (making_job(queue),))[0]
+    job = queue.job(making_job(queue))
+    assert job is not None
     follow_ups = [
         FollowUp("forward", "RESEARCH", "study", "copy-study", ("copy-1", "copy-2"),
                  "ANON-1", "2.25.9", "{count} copy(ies) to {target}"),
@@ -48,7 +49,7 @@ def test_follow_ups_carry_the_making_jobs_rule_and_priority_and_the_outputs_name
     ]
     with queue.db.transaction() as connection:
         queued = queue_follow_ups(connection, queue, job, follow_ups)
-    rows = queue.db.query("SELECT * FROM jobs WHERE id<>? ORDER BY id", (job["id"],))
+    rows = queue.db.query("SELECT * FROM jobs WHERE id<>? ORDER BY id", (job.id,))
     assert queued == [f"job {rows[0]['id']}: 2 copy(ies) to RESEARCH",
                       f"job {rows[1]['id']}: delete 2 original(s)"]
     forward, delete = rows
@@ -58,7 +59,7 @@ def test_follow_ups_carry_the_making_jobs_rule_and_priority_and_the_outputs_name
                                      "10.0.0.5", "ANON-1", "2.25.9", int(Priority.URGENT))
     assert (delete["action"], delete["priority"]) == ("delete-original", int(Priority.NORMAL))
     items = queue.db.query("SELECT job_id, instance_id FROM job_items WHERE job_id<>? "
-                           "ORDER BY job_id, instance_id", (job["id"],))
+                           "ORDER BY job_id, instance_id", (job.id,))
     assert [(i["job_id"], i["instance_id"]) for i in items] == [
         (forward["id"], "copy-1"), (forward["id"], "copy-2"),
         (delete["id"], "orig-1"), (delete["id"], "orig-2")]

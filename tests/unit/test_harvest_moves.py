@@ -136,7 +136,7 @@ def test_each_series_is_validated_and_the_zip_is_made_of_the_series_zips(
     run_all(runner)
 
     harvest = runner.store.harvest(harvest_id)
-    assert harvest is not None and harvest["state"] == "done"
+    assert harvest is not None and harvest.state == "done"
     status = runner.status(harvest)
     assert status["counts"]["series"] == {"complete": 3}
     assert status["instances"] == {"expected": 8, "stored": 8}
@@ -169,13 +169,13 @@ def test_a_series_moved_short_stays_incomplete_is_moved_again_and_only_then_zipp
         if item is None:
             break
         runner._run(item)
-        if item["level"] == "series":
-            row = runner.store.item(item["id"])
-            seen.append((row["series_uid"], row["state"]))
+        if item.level == "series":
+            row = runner.store.item(item.id)
+            seen.append((row.series_uid, row.state))
     assert ("1.2.3.2", "pending") in seen          # 2 of 3: not complete, back in the queue
     assert fake.moves == {"1.2.3.1": 1, "1.2.3.2": 2, "1.2.3.3": 1}
-    rows = {row["series_uid"]: row for row in runner.store.items(harvest_id) if row["level"] == "series"}
-    assert {uid: (row["state"], row["stored_instances"]) for uid, row in rows.items()} == {
+    rows = {row.series_uid: row for row in runner.store.items(harvest_id) if row.level == "series"}
+    assert {uid: (row.state, row.stored_instances) for uid, row in rows.items()} == {
         "1.2.3.1": ("complete", 3), "1.2.3.2": ("complete", 3), "1.2.3.3": ("complete", 2)}
     folder = tmp_path / "h" / f"harvest-{harvest_id}"
     with zipfile.ZipFile(folder / "P1__seriesCount3.zip") as archive:
@@ -191,9 +191,9 @@ def test_a_series_still_short_after_its_attempts_is_incomplete_and_left_out_of_t
     fake.short_first_move = _Always({"1.2.3.3": 1})   # type: ignore[assignment]
     harvest_id = start(runner, fake)
     run_all(runner)
-    rows = {row["series_uid"]: row for row in runner.store.items(harvest_id) if row["level"] == "series"}
-    assert rows["1.2.3.3"]["state"] == "incomplete" and rows["1.2.3.3"]["stored_instances"] == 1
-    assert "1 of 2 instance(s) stored" in rows["1.2.3.3"]["last_error"]
+    rows = {row.series_uid: row for row in runner.store.items(harvest_id) if row.level == "series"}
+    assert rows["1.2.3.3"].state == "incomplete" and rows["1.2.3.3"].stored_instances == 1
+    assert "1 of 2 instance(s) stored" in (rows["1.2.3.3"].last_error or "")
     assert fake.moves["1.2.3.3"] == 3
     folder = tmp_path / "h" / f"harvest-{harvest_id}"
     with zipfile.ZipFile(folder / "P1__seriesCount2.zip") as archive:

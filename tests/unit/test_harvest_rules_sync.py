@@ -55,12 +55,12 @@ def test_new_harvests_are_created_and_the_same_file_again_changes_nothing(runner
     ruleset = rules(harvest("a"), harvest("b", "{regex: 'B.*'}"))
     assert sync(runner, ruleset) == {"a": "created", "b": "created"}
     rows = runner.store.harvests()
-    assert [(row["name"], row["state"]) for row in rows] == [("a", "running"), ("b", "running")]
+    assert [(row.name, row.state) for row in rows] == [("a", "running"), ("b", "running")]
     # The work done so far must survive a reload of the same file (or a restart).
     patient = runner.store.claim()
     assert patient is not None
-    runner.store.settle(patient["id"], Transition(ItemState.DONE))
-    runner.pause(rows[1]["id"])
+    runner.store.settle(patient.id, Transition(ItemState.DONE))
+    runner.pause(rows[1].id)
 
     assert sync(runner, ruleset) == {"a": "unchanged", "b": "unchanged"}
     # Reordered and with a default written out: the same definitions, still unchanged.
@@ -68,9 +68,9 @@ def test_new_harvests_are_created_and_the_same_file_again_changes_nothing(runner
     reordered = rules(harvest("b", "{regex: 'B.*'}"), defaults_written)
     assert sync(runner, reordered) == {"b": "unchanged", "a": "unchanged"}
     after = runner.store.harvests()
-    assert [(row["id"], row["state"]) for row in after] == [(rows[0]["id"], "running"),
-                                                           (rows[1]["id"], "paused")]
-    assert runner.store.item(patient["id"])["state"] == "done"
+    assert [(row.id, row.state) for row in after] == [(rows[0].id, "running"),
+                                                           (rows[1].id, "paused")]
+    assert runner.store.item(patient.id).state == "done"
     assert len(events(runner)) == 2
 
 
@@ -79,25 +79,25 @@ def test_a_changed_definition_is_a_new_version_and_cancels_the_running_one(runne
     (first,) = runner.store.harvests()
     assert sync(runner, rules(harvest("a", "[P1, P2]"))) == {"a": "new-version"}
     old, new = runner.store.harvests()
-    assert old["id"] == first["id"] and old["state"] == "cancelled"
-    assert new["state"] == "running" and new["name"] == "a"
+    assert old.id == first.id and old.state == "cancelled"
+    assert new.state == "running" and new.name == "a"
     assert runner.store.definition(new).selection.patient_ids == ("P1", "P2")
     version = runner.store.rule_version("a")
-    assert version is not None and (version["version"], version["harvest_id"]) == (2, new["id"])
+    assert version is not None and (version.version, version.harvest_id) == (2, new.id)
     assert events(runner)[-1] == (
-        "new-version", f"'a' version 2: harvest {new['id']} replaces harvest {old['id']} (cancelled)")
+        "new-version", f"'a' version 2: harvest {new.id} replaces harvest {old.id} (cancelled)")
     # Going back to the first definition is a third version, not a revival of the cancelled one.
     assert sync(runner, rules(harvest("a"))) == {"a": "new-version"}
-    assert runner.store.rule_version("a")["version"] == 3   # type: ignore[index]
+    assert runner.store.rule_version("a").version == 3   # type: ignore[union-attr]
 
 
 def test_a_finished_version_stays_done_when_replaced(runner: HarvestRunner) -> None:
     sync(runner, rules(harvest("a")))
     (first,) = runner.store.harvests()
-    runner.store.set_harvest_state(first["id"], "done", ("running",))
+    runner.store.set_harvest_state(first.id, "done", ("running",))
     sync(runner, rules(harvest("a", "[P2]")))
-    assert [row["state"] for row in runner.store.harvests()] == ["done", "running"]
-    assert events(runner)[-1][1].endswith(f"replaces harvest {first['id']}")
+    assert [row.state for row in runner.store.harvests()] == ["done", "running"]
+    assert events(runner)[-1][1].endswith(f"replaces harvest {first.id}")
 
 
 def test_an_unknown_source_is_refused_and_tried_again_at_the_next_load(runner: HarvestRunner) -> None:
@@ -111,4 +111,4 @@ def test_an_unknown_source_is_refused_and_tried_again_at_the_next_load(runner: H
 def test_harvests_posted_with_the_same_name_are_not_taken_for_the_rules_one(runner: HarvestRunner) -> None:
     posted = runner.create(rules(harvest("a", "[P9]")).sections["harvests"][0])
     assert sync(runner, rules(harvest("a"))) == {"a": "created"}
-    assert runner.store.harvest(posted)["state"] == "running"   # type: ignore[index]
+    assert runner.store.harvest(posted).state == "running"   # type: ignore[union-attr]

@@ -1,10 +1,11 @@
+from dataclasses import asdict, fields
 from pathlib import Path
 
 import pytest
 
 from orthanc_plugin.db import META_SCHEMA, Database
 from orthanc_plugin.harvest.model import ItemLevel, ItemState, Transition, parse_definition
-from orthanc_plugin.harvest.store import Child, HarvestStore, SeriesSums
+from orthanc_plugin.harvest.store import Child, Harvest, HarvestItem, HarvestStore, SeriesSums
 from orthanc_plugin.harvest.tables import SCHEMA
 
 
@@ -23,10 +24,10 @@ def series(uid: str, expected: int = 3, state: ItemState = ItemState.PENDING) ->
 
 def walk_to_series(store: HarvestStore, harvest_id: int, uids: list[str]) -> None:
     patient = store.claim()
-    assert patient is not None and patient["level"] == "patient"
+    assert patient is not None and patient.level == "patient"
     store.add_children(patient, [Child(ItemLevel.STUDY, "P1", "S1")], Transition(ItemState.DONE))
     study = store.claim()
-    assert study is not None and study["level"] == "study"   # deeper rows first
+    assert study is not None and study.level == "study"   # deeper rows first
     store.add_children(study, [series(uid) for uid in uids], Transition(ItemState.DONE))
 
 
@@ -35,12 +36,12 @@ def test_claims_go_deepest_first_and_respect_the_concurrency(store: HarvestStore
     walk_to_series(store, harvest_id, ["A", "B", "C"])
     first, second = store.claim(), store.claim()
     assert first is not None and second is not None
-    assert {first["series_uid"], second["series_uid"]} == {"A", "B"}
-    assert first["state"] == "moving" and first["attempts"] == 1
+    assert {first.series_uid, second.series_uid} == {"A", "B"}
+    assert first.state == "moving" and first.attempts == 1
     assert store.claim() is None                   # two in flight: the third waits
-    store.settle(first["id"], Transition(ItemState.COMPLETE), stored_instances=3)
+    store.settle(first.id, Transition(ItemState.COMPLETE), stored_instances=3)
     third = store.claim()
-    assert third is not None and third["series_uid"] == "C"
+    assert third is not None and third.series_uid == "C"
 
 
 def test_a_cut_resumes_only_what_was_in_flight(store: HarvestStore) -> None:
@@ -48,12 +49,12 @@ def test_a_cut_resumes_only_what_was_in_flight(store: HarvestStore) -> None:
     walk_to_series(store, harvest_id, ["A", "B"])
     done, cut = store.claim(), store.claim()
     assert done is not None and cut is not None
-    store.settle(done["id"], Transition(ItemState.COMPLETE), stored_instances=3)
+    store.settle(done.id, Transition(ItemState.COMPLETE), stored_instances=3)
     assert store.recover() == 1
-    states = {row["series_uid"]: row["state"] for row in store.items(harvest_id) if row["level"] == "series"}
-    assert states == {done["series_uid"]: "complete", cut["series_uid"]: "pending"}
+    states = {row.series_uid: row.state for row in store.items(harvest_id) if row.level == "series"}
+    assert states == {done.series_uid: "complete", cut.series_uid: "pending"}
     again = store.claim()
-    assert again is not None and again["id"] == cut["id"] and again["attempts"] == 2
+    assert again is not None and again.id == cut.id and again.attempts == 2
 
 
 def test_paused_harvests_are_not_claimed(store: HarvestStore) -> None:
@@ -69,58 +70,124 @@ def test_a_refresh_walks_again_and_keeps_complete_series(store: HarvestStore) ->
     walk_to_series(store, harvest_id, ["A", "B"])
     a, b = store.claim(), store.claim()
     assert a is not None and b is not None
-    store.settle(a["id"], Transition(ItemState.COMPLETE), stored_instances=3)
-    store.settle(b["id"], Transition(ItemState.FAILED, 0, "refused"))
+    store.settle(a.id, Transition(ItemState.COMPLETE), stored_instances=3)
+    store.settle(b.id, Transition(ItemState.FAILED, 0, "refused"))
     other = store.claim()   # P2 has no studies
-    assert other is not None and other["patient_id"] == "P2"
+    assert other is not None and other.patient_id == "P2"
     store.add_children(other, [], Transition(ItemState.DONE))
     assert store.finish_if_settled(harvest_id)
     assert not store.finish_if_settled(harvest_id)   # reported once
 
     assert store.refresh(harvest_id)
-    rows = {(row["level"], row["series_uid"]): row["state"] for row in store.items(harvest_id)}
+    rows = {(row.level, row.series_uid): row.state for row in store.items(harvest_id)}
     assert rows[("series", "A")] == "complete" and rows[("series", "B")] == "pending"
     assert rows[("study", "")] == "pending" and rows[("patient", "")] == "pending"
-    study = next(row for row in store.items(harvest_id) if row["level"] == "study")
+    study = next(row for row in store.items(harvest_id) if row.level == "study")
     # the study is found again with A grown at the source and a new series C
     added = store.add_children(study, [series("A", expected=4), series("B"), series("C")],
                                Transition(ItemState.DONE))
     assert added == 1
-    rows = {row["series_uid"]: row["state"] for row in store.items(harvest_id) if row["level"] == "series"}
-    assert rows == {"A": "pending", "B": "pending", "C": "pending"}
-    assert store.harvest(harvest_id)["pass"] == 2   # type: ignore[index]
+    series_states = {row.series_uid: row.state for row in store.items(harvest_id)
+                     if row.level == "series"}
+    assert series_states == {"A": "pending", "B": "pending", "C": "pending"}
+    assert store.harvest(harvest_id).pass_number == 2   # type: ignore[union-attr]
 
 
 def test_series_sums_count_the_series_rows_not_skipped(store: HarvestStore) -> None:
     harvest_id = harvest(store, concurrency=4)
     assert store.series_sums(harvest_id) == SeriesSums(0, 0, 0)     # nothing walked yet
     walk_to_series(store, harvest_id, ["A", "B"])
-    study = next(row for row in store.items(harvest_id) if row["level"] == "study")
+    study = next(row for row in store.items(harvest_id) if row.level == "study")
     store.add_children(study, [series("C", expected=7), series("D", expected=100,
                                                                state=ItemState.SKIPPED)],
                        Transition(ItemState.DONE))
     a = store.claim()
-    assert a is not None and a["series_uid"] == "A"
+    assert a is not None and a.series_uid == "A"
     store.record_request(a, "PACS", "C-MOVE", "ok", None, 0.0)
     store.record_request(a, "PACS", "C-MOVE", "ok", None, 0.0)
     store.record_request(a, "PACS", "C-FIND", "ok", None, 0.0)     # only moves count
-    store.settle(a["id"], Transition(ItemState.COMPLETE), stored_instances=2)
+    store.settle(a.id, Transition(ItemState.COMPLETE), stored_instances=2)
     other = harvest(store, patients=["P9"])
-    other_patient = next(row for row in store.items(other) if row["level"] == "patient")
+    other_patient = next(row for row in store.items(other) if row.level == "patient")
     store.add_children(other_patient, [series("Z", expected=50)], Transition(ItemState.DONE))
-    assert any(row["series_uid"] == "Z" for row in store.items(other))
+    assert any(row.series_uid == "Z" for row in store.items(other))
     assert store.series_sums(harvest_id) == SeriesSums(expected=3 + 3 + 7, stored=2, moves=2)
 
 
 def test_patient_zips_by_patient_id_once_written(store: HarvestStore) -> None:
     harvest_id = harvest(store, patients=["P2", "P1", "P3"])
-    patients = {row["patient_id"]: row["id"] for row in store.items(harvest_id)
-                if row["level"] == "patient"}
+    patients = {row.patient_id: row.id for row in store.items(harvest_id)
+                if row.level == "patient"}
     assert store.patient_zips(harvest_id) == []
     store.update(patients["P2"], zip_name="P2__1.zip", zip_series_count=1)
     store.update(patients["P1"], zip_name="P1__2.zip", zip_series_count=2)
     store.update(patients["P3"], zip_name=None)
     other = harvest(store, patients=["P0"])
-    store.update(next(row["id"] for row in store.items(other) if row["level"] == "patient"),
+    store.update(next(row.id for row in store.items(other) if row.level == "patient"),
                  zip_name="P0__1.zip")
     assert store.patient_zips(harvest_id) == ["P1__2.zip", "P2__1.zip"]
+
+
+# -- contract: the records carry every column ------------------------------------------------------
+def _columns(store: HarvestStore, table: str) -> list[str]:
+    return [row["name"] for row in store.db.query(f"PRAGMA table_info({table})")]
+
+
+def test_a_harvest_item_comes_back_with_every_column_written(store: HarvestStore) -> None:
+    harvest_id = harvest(store)
+    columns = _columns(store, "harvest_items")
+    assert [field.name for field in fields(HarvestItem)] == columns
+    # Every column a value of its own (none the default), written behind the store's back.
+    values: dict[str, object] = {
+        "harvest_id": harvest_id, "parent_id": 901, "patient_item_id": 902, "level": "series",
+        "depth": 3, "patient_id": "P7", "study_uid": "1.2.7", "series_uid": "1.2.7.1",
+        "modality": "RTDOSE", "description": "dose", "state": "incomplete", "attempts": 4,
+        "moves": 5, "next_attempt_at": 1234.5, "expected_instances": 6, "stored_instances": 7,
+        "orthanc_series_id": "orthanc-s", "query_id": "query-q", "answer_index": 8,
+        "orthanc_job": "job-j", "zip_name": "P7__1.zip", "zip_series_count": 9,
+        "last_error": "short", "found_in_pass": 10, "updated_at": "2024-05-01T10:00:00",
+    }
+    assert set(values) == set(columns) - {"id"}
+    with store.db.transaction() as connection:
+        item_id = connection.execute(
+            f"INSERT INTO harvest_items({', '.join(values)}) VALUES({', '.join('?' * len(values))})",
+            tuple(values.values())).lastrowid
+    assert item_id is not None
+    item = store.item(item_id)
+    assert asdict(item) == {"id": item_id, **values}
+    assert [asdict(row) for row in store.items(harvest_id) if row.id == item_id] == [asdict(item)]
+    with store.db.transaction() as connection:
+        connection.execute("UPDATE harvest_items SET state='complete', level='series' WHERE id=?",
+                           (item_id,))
+    assert [row.id for row in store.complete_series(902)] == [item_id]
+
+
+def test_a_harvest_and_its_rule_version_come_back_with_every_column(store: HarvestStore) -> None:
+    definition = parse_definition({"name": "nightly", "source": "PACS", "patients": ["P1"]})
+    harvest_id = store.create(definition, rules_sha256="c0ffee")
+    row = store.db.query("SELECT * FROM harvests WHERE id=?", (harvest_id,))[0]
+    found = store.harvest(harvest_id)
+    assert found is not None
+    # The column `pass` is a Python keyword: the record calls it pass_number.
+    renamed = {"pass": "pass_number"}
+    assert [renamed.get(name, name) for name in _columns(store, "harvests")] == [
+        field.name for field in fields(Harvest)]
+    assert {renamed.get(key, key): value for key, value in dict(row).items()} == asdict(found)
+    assert store.harvests() == [found]
+    version_row = store.db.query("SELECT * FROM harvest_rule_versions")[0]
+    version = store.rule_version("nightly")
+    assert version is not None
+    assert _columns(store, "harvest_rule_versions") == [field.name for field in fields(version)]
+    assert dict(version_row) == asdict(version)
+    assert (version.version, version.harvest_id, version.rules_sha256) == (1, harvest_id, "c0ffee")
+
+
+def test_the_requests_answer_every_column_and_the_series_in_order(store: HarvestStore) -> None:
+    harvest_id = harvest(store)
+    patient = store.claim()
+    assert patient is not None
+    request_id = store.record_request(patient, "PACS", "C-FIND", "ok", None, 12.5)
+    (answer,) = store.requests(harvest_id)
+    assert list(answer) == [*_columns(store, "harvest_requests"), "series_uid"]
+    assert (answer["id"], answer["item_id"], answer["kind"], answer["series_uid"]) == (
+        request_id, patient.id, "C-FIND", "")

@@ -136,7 +136,7 @@ def test_stored_instances_by_uid_and_member_rows_in_order_past_one_chunk(db: Dat
         rows = store.member_rows(connection, wanted)
     assert set(stored) == {f"u{n}" for n in range(count)} - {"u7"}
     assert stored["u599"].instance_id == "i599" and stored["u599"].instance_number == 599
-    assert [row["instance_id"] for row in rows] == [iid for iid in wanted[:-1] if iid != "i7"]
+    assert [row.instance_id for row in rows] == [iid for iid in wanted[:-1] if iid != "i7"]
 
 
 def test_a_rule_run_is_recorded_once_and_its_final_outcomes_end_the_pending_bundles(

@@ -1,3 +1,4 @@
+import dataclasses
 import sqlite3
 import time
 from pathlib import Path
@@ -9,8 +10,11 @@ from orthanc_plugin.audit.tables import SCHEMA as AUDIT_SCHEMA
 from orthanc_plugin.config import RetryPolicySettings
 from orthanc_plugin.db import META_SCHEMA, Database
 from orthanc_plugin.jobs.queue import JobQueue, JobSpec
+from orthanc_plugin.jobs.records import Job
 from orthanc_plugin.jobs.retry import decide
+from orthanc_plugin.jobs.states import JobState
 from orthanc_plugin.jobs.tables import SCHEMA as JOBS_SCHEMA
+from orthanc_plugin.rules.priority import Priority
 
 POLICY = RetryPolicySettings(max_attempts=3, base_delay_seconds=0, max_delay_seconds=0)
 
@@ -50,6 +54,43 @@ def test_claim_groups_jobs_of_one_target_and_keeps_order(queue: JobQueue) -> Non
     assert [item.instance_id for item in claim.items] == ["i1", "i2", "i3"]
     assert queue.claim(max_items=10).target == "ORGANO"
     assert queue.claim(max_items=10) is None
+
+
+def test_a_claim_hands_out_frozen_job_records_of_what_was_enqueued(queue: JobQueue) -> None:
+    with queue.db.transaction() as connection:
+        named, _ = queue.enqueue(connection, JobSpec(
+            rule="plan to linac", action="forward", trigger="stable-study", level="study",
+            resource_id="study-1", target="LINAC", patient_id="P1", study_uid="1.2.3",
+            calling_aet="TPS", remote_ip="10.0.0.5", priority=Priority.URGENT), ["a", "b"])
+        bare, _ = queue.enqueue(connection, JobSpec(
+            rule="plan to linac", action="forward", trigger="instance", level="instance",
+            resource_id="c", target="LINAC"), ["c"])
+    claim = queue.claim(max_items=10)
+    assert claim is not None and claim.job_ids == [named, bare]
+    first, second = claim.jobs
+    assert all(type(job) is Job for job in claim.jobs)
+    assert (first.id, first.rule, first.action, first.trigger, first.level, first.resource_id,
+            first.target, first.priority, first.patient_id, first.study_uid, first.calling_aet,
+            first.remote_ip) == (named, "plan to linac", "forward", "stable-study", "study",
+                                 "study-1", "LINAC", int(Priority.URGENT), "P1", "1.2.3", "TPS",
+                                 "10.0.0.5")
+    assert (second.id, second.resource_id, second.priority, second.patient_id,
+            second.study_uid) == (bare, "c", int(Priority.NORMAL), "", "")
+    # As read at the claim: waiting, no attempt yet (the claim's own update comes after).
+    assert first.state == JobState.PENDING == "pending" and first.attempts == 0
+    assert first.awaits_description is False and first.failing_since is None
+    assert isinstance(first.created_epoch, float) and isinstance(first.next_attempt_at, float)
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        first.target = "ELSEWHERE"  # type: ignore[misc]
+    # Every column of the jobs table is a field, and nothing else.
+    columns = [row["name"] for row in queue.db.query("PRAGMA table_info(jobs)")]
+    assert [field.name for field in dataclasses.fields(Job)] == columns
+    # The queue's own read of the job: the claim's update, the rest as enqueued.
+    running = queue.job(named)
+    assert running is not None and running.claim_id
+    assert running == dataclasses.replace(
+        first, state=JobState.RUNNING, attempts=1, updated_at=running.updated_at, claimed_by="",
+        claim_id=running.claim_id, claim_items=2)
 
 
 def test_partial_delivery_then_retry_then_park(queue: JobQueue) -> None:

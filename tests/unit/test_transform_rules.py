@@ -11,12 +11,25 @@ from pydicom import Dataset
 from orthanc_plugin.capabilities import load_rules_text
 from orthanc_plugin.config import ConfigError, dicomweb_servers
 from orthanc_plugin.forwarding.stow import parse_response, reason_text
+from orthanc_plugin.jobs.records import Job
+from orthanc_plugin.jobs.states import JobState
 from orthanc_plugin.rules import ForwardAction, RulesError, RuleSet
 from orthanc_plugin.transform.coerce import CoercionError, parse_coercion
 from orthanc_plugin.transform.resolve import CopySpecs
 from orthanc_plugin.transform.spec import CoerceStep, HookStep, NormalizeStep
 
 TARGETS = {"TPS", "ARCHIVE", "CD_ROBOT"}
+
+
+def job(rule: str, target: str) -> Job:
+    """A waiting forward job of the rule to the target, as the queue's claim hands it out."""
+    return Job(id=1, idempotency_key="k", rule=rule, action="forward", trigger="instance",
+               level="instance", resource_id="i-1", patient_id="", study_uid="",
+               calling_aet="", remote_ip="", target=target, state=JobState.PENDING, attempts=0,
+               next_attempt_at=0.0, created_at="", updated_at="", created_epoch=0.0,
+               last_error=None, last_status=None, orthanc_job=None, claimed_by=None, crashes=0,
+               priority=10, claim_id=None, claim_items=0, failing_since=None,
+               awaits_description=False)
 
 
 def rules(actions: str, destinations: str = "", base_dir: Path | None = None) -> RuleSet:
@@ -79,14 +92,14 @@ def test_destination_settings_join_the_rule_steps_after_them() -> None:
     ruleset = rules("      - coerce: {set: {InstitutionName: Rule}}\n      - forward: CD_ROBOT",
                     """destinations:
   CD_ROBOT: {transfer_syntax: implicit-little, coerce: {set: {InstitutionName: Robot}}}""")
-    spec = CopySpecs(lambda: ruleset).for_job({"rule": "r", "target": "CD_ROBOT"}, "CD_ROBOT")
+    spec = CopySpecs(lambda: ruleset).for_job(job("r", "CD_ROBOT"), "CD_ROBOT")
     assert spec.transfer_syntax == "implicit-little"
     ds = Dataset()
     for step in spec.steps:
         assert isinstance(step, CoerceStep)
         step.coercion.apply(ds)
     assert ds.InstitutionName == "Robot"   # the destination's word is last
-    plain = CopySpecs(lambda: ruleset).for_job({"rule": "other", "target": "TPS"}, "TPS")
+    plain = CopySpecs(lambda: ruleset).for_job(job("other", "TPS"), "TPS")
     assert not plain
 
 

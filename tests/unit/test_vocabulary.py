@@ -11,6 +11,7 @@ import pytest
 
 from orthanc_plugin import capabilities
 from orthanc_plugin.approvals.rule import hold_first
+from orthanc_plugin.contours.rule import OverlayAction
 from orthanc_plugin.deid.rule import AnonymizeAction
 from orthanc_plugin.reception import ReceptionGate, ReceptionSettings
 from orthanc_plugin.rules import CORE_VOCABULARY, RulesError, load_rules_text
@@ -64,7 +65,8 @@ def test_the_vocabulary_cannot_be_changed_in_place() -> None:
 def test_composers_run_in_their_declared_places() -> None:
     # hold first (it must see the actions as written), then in the capability list's order.
     assert capabilities.vocabulary().composers == (
-        hold_first, FoldForwardsInto(AnonymizeAction), fold_into_forwards)
+        hold_first, FoldForwardsInto(OverlayAction), FoldForwardsInto(AnonymizeAction),
+        fold_into_forwards)
 
 
 def test_a_word_declared_twice_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:

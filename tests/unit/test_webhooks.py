@@ -8,6 +8,8 @@ import hmac
 import json
 import time
 from collections.abc import Mapping
+from dataclasses import asdict
+from dataclasses import fields as dataclass_fields
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +30,7 @@ from orthanc_plugin.plans import search
 from orthanc_plugin.webhooks.model import (
     LONGEST_DELAY_SECONDS,
     Endpoint,
+    OutboxEvent,
     backoff_seconds,
     read_settings,
     redacted,
@@ -69,7 +72,7 @@ def test_a_receiver_rejects_a_stale_timestamp_a_changed_body_and_another_secret(
 
 
 # -- payload ----------------------------------------------------------------------------------------
-def outbox_row(**values: Any) -> dict[str, Any]:
+def outbox_row(**values: Any) -> OutboxEvent:
     row: dict[str, Any] = {
         "id": 7, "event": "delivered", "at": "2024-05-01T10:00:00.000+00:00", "status": "success",
         "rule": "to linac", "target": "LINAC", "job_id": 3, "action": "forward",
@@ -77,7 +80,7 @@ def outbox_row(**values: Any) -> dict[str, Any]:
         "detail": "Doe^John asked", "instances": 12, "plan_uid": None, "plan_label": None,
     }
     row.update(values)
-    return row
+    return OutboxEvent(**row)
 
 
 def test_without_patient_data_the_payload_names_no_patient_and_no_uid() -> None:
@@ -114,7 +117,7 @@ def test_the_approval_and_harvest_numbers_are_passed_without_the_detail() -> Non
 
 def test_the_body_is_the_same_bytes_every_time() -> None:
     row = outbox_row()
-    assert body_of(build_payload(row, "o", False)) == body_of(build_payload(dict(row), "o", False))
+    assert body_of(build_payload(row, "o", False)) == body_of(build_payload(outbox_row(), "o", False))
     assert json.loads(body_of(build_payload(row, "o", False)))["id"] == "rtgw-o-7"
 
 
@@ -210,7 +213,8 @@ class Env:
 
     def transfer(self, target: str, status: str = "success", instances: int = 3) -> None:
         job_id = self.job(target)
-        job = self.db.query("SELECT * FROM jobs WHERE id=?", (job_id,))[0]
+        job = self.queue.job(job_id)
+        assert job is not None
         with self.db.transaction() as connection:
             self.recorder.insert_transfer(connection, job=job, attempt=1, status=status,
                                           instances=instances, bytes_sent=10,
@@ -271,6 +275,20 @@ def test_a_plan_complete_event_fires_once_when_the_bundle_first_completes(tmp_pa
     assert env.outbox() == [("plan-complete", A, "")]
     row = env.db.query("SELECT * FROM webhook_outbox")[0]
     assert (row["resource_id"], row["plan_uid"], row["instances"]) == (ORTHANC_ID, "1.2.3", None)
+
+
+def test_the_due_event_carries_every_outbox_column(tmp_path: Path) -> None:
+    """Contract: next_due's record has each column of webhook_outbox, as written."""
+    env = Env(tmp_path)
+    env.store.subscribe([Endpoint(A, SECRET, frozenset({"delivered"}))])
+    env.transfer("LINAC", instances=4)
+    columns = [row["name"] for row in env.db.query("PRAGMA table_info(webhook_outbox)")]
+    assert [field.name for field in dataclass_fields(OutboxEvent)] == columns
+    written = dict(env.db.query("SELECT * FROM webhook_outbox")[0])
+    due = env.store.next_due(A, now=1e12)
+    assert due is not None and asdict(due) == written
+    assert (due.event, due.target, due.instances, due.patient_id) == ("delivered", "LINAC", 4,
+                                                                       PATIENT_ID)
 
 
 def test_without_subscriptions_nothing_is_written(tmp_path: Path) -> None:

@@ -6,7 +6,6 @@ job (its copies, forwarded): the claim loop, refusals, quarantine and audit are 
 
 from __future__ import annotations
 
-import sqlite3
 from collections.abc import Sequence
 from io import BytesIO
 
@@ -18,6 +17,7 @@ from orthanc_plugin.jobs.executor_base import ItemExecutor, Refuse
 from orthanc_plugin.jobs.follow_ups import FollowUp
 from orthanc_plugin.jobs.own_output import store_own_instance
 from orthanc_plugin.jobs.queue import ClaimedItem
+from orthanc_plugin.jobs.records import Job
 from orthanc_plugin.ports import HostError
 from tests.support.compress.rule import JOB_ACTION, CompressAction
 
@@ -27,7 +27,7 @@ class CompressExecutor(ItemExecutor[CompressAction, str]):
     action_type = CompressAction
     max_items_per_claim = 50
 
-    def step(self, job: sqlite3.Row, item: ClaimedItem, action: CompressAction) -> str:
+    def step(self, job: Job, item: ClaimedItem, action: CompressAction) -> str:
         ds = pydicom.dcmread(BytesIO(self.host.get_bytes(f"/instances/{item.instance_id}/file")))
         if "PixelData" not in ds:
             raise Refuse("no pixel data to compress", "invalid-input")
@@ -44,11 +44,11 @@ class CompressExecutor(ItemExecutor[CompressAction, str]):
             raise HostError(f"POST /instances answered {answer!r}")
         return str(answer["ID"])
 
-    def after_job(self, job: sqlite3.Row, action: CompressAction,
+    def after_job(self, job: Job, action: CompressAction,
                   done: Sequence[tuple[ClaimedItem, str]], outcome: str) -> None:
         copies = tuple(copy for _, copy in done)
         if copies:
             self.follow(job, [
-                FollowUp(FORWARD_ACTION, target, job["level"], job["resource_id"], copies,
-                         job["patient_id"], job["study_uid"], "{count} compressed to {target}")
+                FollowUp(FORWARD_ACTION, target, job.level, job.resource_id, copies,
+                         job.patient_id or "", job.study_uid or "", "{count} compressed to {target}")
                 for target in action.targets])
