@@ -72,3 +72,24 @@ def test_sql_outside_a_store_is_found_and_prose_is_not(tmp_path: Path) -> None:
     ]
     assert [problem.split(": ", 1)[0] for problem in found] == [
         f"{copy}/export/model.py:{lines - 1}", f"{copy}/export/model.py:{lines}"]
+
+
+def test_every_store_is_type_checked_strictly() -> None:
+    """mypy's strict modules (pyproject.toml) name every store the check knows: a new store
+    module is strict from its first line, or this fails with its name."""
+    import tomllib
+
+    config = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))
+    strict = {name for override in config["tool"]["mypy"]["overrides"]
+              if override.get("disallow_untyped_defs") for name in override["module"]}
+    rules = checker()
+    stores = set()
+    for path in (ROOT / "orthanc_plugin").rglob("*.py"):
+        module = ".".join(path.relative_to(ROOT).with_suffix("").parts).removesuffix(".__init__")
+        if rules.is_store(module.removeprefix("orthanc_plugin.")):
+            stores.add(module)
+    covered = {store for store in stores if store in strict
+               or any(pattern.endswith(".*") and store.startswith(pattern[:-1])
+                      for pattern in strict)}
+    assert stores - covered == set()
+    assert len(stores) > 30
