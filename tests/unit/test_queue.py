@@ -270,3 +270,22 @@ def test_a_job_is_settled_with_its_records_or_not_at_all(queue: JobQueue) -> Non
 
     assert queue.settle([job_id], None, None, with_outcome=counts) == {job_id: "done"}
     assert counted == [(2, 3)]    # the failed settle counted nothing: it was rolled back whole
+
+
+def test_a_job_taken_elsewhere_between_choice_and_claim_is_left_out(queue: JobQueue) -> None:
+    """The claim takes each job by compare-and-set (state still pending), not by trusting the
+    engine's lock: with row locks (PostgreSQL), another node may take a chosen job first. Here a
+    trigger makes the database refuse the update of one job, as a row another claim took would."""
+    first, _ = enqueue(queue, ["a", "b"], resource="s1")
+    second, _ = enqueue(queue, ["c"], resource="s2")
+    assert first is not None and second is not None
+    with queue.db.transaction() as connection:
+        connection.execute(
+            f"CREATE TRIGGER taken_elsewhere BEFORE UPDATE OF state ON jobs WHEN old.id = {first} "
+            "AND new.state = 'running' BEGIN SELECT RAISE(IGNORE); END")
+    claim = queue.claim(10)
+    assert claim is not None
+    assert [job.id for job in claim.jobs] == [second]
+    assert [item.instance_id for item in claim.items] == ["c"]
+    states = {row["id"]: row["state"] for row in queue.db.query("SELECT id, state FROM jobs")}
+    assert states == {first: "pending", second: "running"}
