@@ -12,6 +12,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Concatenate, ParamSpec, Protocol, TypeVar
 
+from orthanc_plugin.db_engine import SQLITE, DbConnection, StateDatabase
+
 # SQLite's primary result codes that mean the file cannot be written now but may be later:
 # a full disk (SQLITE_FULL), an I/O error (SQLITE_IOERR, with its extended codes), a journal or
 # WAL file that cannot be created (SQLITE_CANTOPEN).
@@ -38,8 +40,11 @@ class DiskTrouble:
     Shared by the threads of one process; each process reports its own (the lead's /health
     probes the file itself)."""
 
-    def __init__(self, report: Callable[[str], None] | None = None) -> None:
+    def __init__(self, report: Callable[[str], None] | None = None,
+                 remedy: str = "free space where RtGateway.Database lives") -> None:
         self.report = report or (lambda message: None)
+        # What a person does about it: the engine's own cause (a full disk, a server down).
+        self.remedy = remedy
         self._lock = threading.Lock()
         self.since: float | None = None
         self.last_error = ""
@@ -56,8 +61,7 @@ class DiskTrouble:
                 self.episodes += 1
         if starting:
             self.report(f"the gateway database cannot be written ({error}) while {what}: work "
-                        "waits and nothing is recorded as sent until it can; free space where "
-                        "RtGateway.Database lives")
+                        f"waits and nothing is recorded as sent until it can; {self.remedy}")
 
     def recovered(self) -> None:
         with self._lock:
@@ -74,6 +78,9 @@ class DiskTrouble:
 
 
 class Database:
+    # Which SQL the stores may speak to it (db_engine.StateDatabase).
+    dialect = SQLITE
+
     def __init__(self, path: Path, schemas: Iterable[str],
                  report_trouble: Callable[[str], None] | None = None) -> None:
         self.path = path
@@ -198,7 +205,7 @@ class Database:
         rows = self.query("SELECT value FROM meta WHERE key = ?", (key,))
         return rows[0]["value"] if rows else None
 
-    def set_meta(self, key: str, value: str, connection: sqlite3.Connection | None = None) -> None:
+    def set_meta(self, key: str, value: str, connection: DbConnection | None = None) -> None:
         (connection or self.connection()).execute(
             "INSERT INTO meta(key, value) VALUES(?, ?) "
             "ON CONFLICT(key) DO UPDATE SET value = excluded.value",
@@ -225,7 +232,9 @@ Params = ParamSpec("Params")
 
 
 class _HasDatabase(Protocol):
-    db: Database
+    # Read-only, so an owner typed with the concrete engine (db: Database) fits too.
+    @property
+    def db(self) -> StateDatabase: ...
 
 
 Owner = TypeVar("Owner", bound=_HasDatabase)

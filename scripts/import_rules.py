@@ -30,6 +30,9 @@ PLUGIN_SIDE = ("in_orthanc", "channels")
 IMPURE_FOR_RULES = ("sqlite3", "requests", "http", "socket", "urllib.request", "pynetdicom",
                     "orthanc", "subprocess")
 SDK_ADAPTER = "in_orthanc.host"
+# Several nodes share PostgreSQL through the workers only: a driver inside Orthanc's process
+# would hold Orthanc's interpreter (and its store lock) while the server is slow or away.
+NEVER_ON_PLUGIN_SIDE = ("psycopg", "psycopg_binary", "psycopg_pool", "orthanc_plugin.db_postgres")
 STORE_NAMES = ("store", "tables", "db")
 # Stores whose names say what they hold rather than that they are stores.
 NAMED_STORES = frozenset({
@@ -37,6 +40,9 @@ NAMED_STORES = frozenset({
     "audit.recorder", "audit.counts", "audit.received", "audit.queries",   # the audit's tables
     "index.query",    # runs the user's read-only SQL against the index: the query page's store
     "index.model",    # the index's tables, laid out from the site's own dicom.sql
+    # The PostgreSQL engine adapter: its transactions, meta table and migrations are SQL every
+    # engine needs of its own, as db.py's are SQLite's.
+    "db_postgres",
 })
 SQL_TEXT = re.compile(
     r"^\s*(SELECT|INSERT|UPDATE|DELETE|CREATE|WITH|PRAGMA|ALTER|DROP|REPLACE)\s"
@@ -122,6 +128,9 @@ def broken_rules(package: Path) -> list[str]:
             if _within(name, "orthanc") and module != f"{PACKAGE}.{SDK_ADAPTER}":
                 found.append(f"{where}: only {SDK_ADAPTER.replace('.', '/')}.py imports the orthanc "
                              "SDK module")
+            if part in PLUGIN_SIDE and any(_within(name, never)
+                                           for never in NEVER_ON_PLUGIN_SIDE):
+                found.append(f"{where}: nothing inside Orthanc's process talks to PostgreSQL")
         if not is_store(module.removeprefix(f"{PACKAGE}.")):
             for line, what in sql_outside_stores(path):
                 found.append(f"{path}:{line}: {what}: SQL lives only in stores")

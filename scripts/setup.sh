@@ -15,6 +15,8 @@ command -v chromium >/dev/null 2>&1 || need_apt+=(chromium)
 # systemd-analyze verifies deploy/rt-gateway.service; debootstrap makes the trixie test root.
 command -v systemd-analyze >/dev/null 2>&1 || need_apt+=(systemd)
 command -v debootstrap >/dev/null 2>&1 || need_apt+=(debootstrap)
+# The queue's second engine (several nodes on one PostgreSQL): the tests start their own server.
+compgen -G '/usr/lib/postgresql/*/bin/initdb' >/dev/null || need_apt+=(postgresql)
 # opencv-python (pulled by rt-utils for bench/contours.py) loads libGL and GLib.
 dpkg -s libgl1 >/dev/null 2>&1 || need_apt+=(libgl1)
 dpkg -s libglib2.0-0 >/dev/null 2>&1 || need_apt+=(libglib2.0-0)

@@ -72,6 +72,17 @@ prepare() {
   $SUDO cp /etc/resolv.conf "$ROOT/etc/resolv.conf"
   mount_all
   trap umount_all EXIT
+  # The queue's PostgreSQL tests start their own server (tests/support/postgres.py): the package
+  # only, no service started in the chroot and no default cluster.
+  if ! compgen -G "$ROOT/usr/lib/postgresql/*/bin/initdb" >/dev/null; then
+    echo "trixie: installing postgresql in $ROOT"
+    printf '#!/bin/sh\nexit 101\n' | $SUDO tee "$ROOT/usr/sbin/policy-rc.d" >/dev/null
+    $SUDO chmod +x "$ROOT/usr/sbin/policy-rc.d"
+    $SUDO mkdir -p "$ROOT/etc/postgresql-common"
+    echo 'create_main_cluster = false' | $SUDO tee "$ROOT/etc/postgresql-common/createcluster.conf" >/dev/null
+    in_root apt-get update -q
+    in_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends postgresql
+  fi
   [ -x "$ROOT$VENV/bin/python" ] || in_root /usr/bin/python3 -m venv "$VENV"
   $SUDO cp requirements.txt "$ROOT/tmp/rtgw-requirements.txt"
   test_pins | $SUDO tee -a "$ROOT/tmp/rtgw-requirements.txt" >/dev/null

@@ -8,10 +8,10 @@ across every worker process.
 
 from __future__ import annotations
 
-import sqlite3
 import time
 from collections.abc import Callable, Mapping
 
+from orthanc_plugin.db_engine import DbConnection
 from orthanc_plugin.destinations.model import DestinationPolicy, window_state
 from orthanc_plugin.jobs.queue import Admission, JobQueue
 
@@ -29,7 +29,7 @@ class DestinationAdmission:
         self.queue = queue
         self.policies = policies
 
-    def __call__(self, connection: sqlite3.Connection, action: str, target: str,
+    def __call__(self, connection: DbConnection, action: str, target: str,
                  now: float) -> Admission:
         policy = self.policies().get(target)
         if policy is None:

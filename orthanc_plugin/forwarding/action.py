@@ -8,9 +8,10 @@ import time
 import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 from orthanc_plugin.audit.recorder import AuditRecorder
+from orthanc_plugin.db_engine import DbConnection
 from orthanc_plugin.forwarding import store
 from orthanc_plugin.forwarding.model import (
     FailureKind,
@@ -400,10 +401,13 @@ class Forwarder:
         jobs = {job.id: job for job in claim.jobs}
         written: dict[int, list[int]] = {}
 
-        def write_transfers(connection: sqlite3.Connection, _: object) -> None:
+        def write_transfers(connection: DbConnection, _: object) -> None:
             written.clear()  # a full disk makes the whole settle run again
+            # The audit's transfer rows are written on SQLite only so far (issue 25: the queue
+            # has both engines, the audit's recorder not yet).
             for job_id, tally in tallies.items():
-                written[job_id] = self._write_transfers(connection, jobs[job_id], tally)
+                written[job_id] = self._write_transfers(cast(sqlite3.Connection, connection),
+                                                        jobs[job_id], tally)
 
         outcome = self.queue.settle(claim.job_ids, error, status, unfinished=unfinished,
                                     with_outcome=write_transfers)

@@ -16,6 +16,7 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 from orthanc_plugin.db import Database
+from orthanc_plugin.db_engine import DbConnection, StateDatabase
 from orthanc_plugin.jobs.queue import ClaimedItem
 from orthanc_plugin.jobs.records import Job
 
@@ -70,7 +71,7 @@ class CommitRequest:
 
 
 # -- in flight ------------------------------------------------------------------------------------
-def in_flight_of(db: Database, items: Sequence[ClaimedItem]) -> dict[ClaimedItem, InFlight]:
+def in_flight_of(db: StateDatabase, items: Sequence[ClaimedItem]) -> dict[ClaimedItem, InFlight]:
     """Which of a claim's items an Orthanc store job carried when a worker stopped or died."""
     wanted = {(item.job_id, item.instance_id): item for item in items}
     found: dict[ClaimedItem, InFlight] = {}
@@ -83,7 +84,7 @@ def in_flight_of(db: Database, items: Sequence[ClaimedItem]) -> dict[ClaimedItem
     return found
 
 
-def mark_in_flight(connection: sqlite3.Connection, items: Sequence[ClaimedItem],
+def mark_in_flight(connection: DbConnection, items: Sequence[ClaimedItem],
                    orthanc_job: str, now: float) -> None:
     """An Orthanc store job now carries these items, in this order; the job is remembered so
     that Orthanc resuming it after a restart can be undone (in_orthanc/host.py)."""
@@ -100,7 +101,7 @@ def mark_in_flight(connection: sqlite3.Connection, items: Sequence[ClaimedItem],
                        (now - STORE_JOB_MEMORY_SECONDS,))
 
 
-def clear_in_flight(connection: sqlite3.Connection, items: Sequence[ClaimedItem]) -> None:
+def clear_in_flight(connection: DbConnection, items: Sequence[ClaimedItem]) -> None:
     """The receiver's answer for these is known (refused, gone, or to be sent again)."""
     keys = [(item.job_id, item.instance_id) for item in items]
     connection.executemany(
@@ -111,7 +112,7 @@ def clear_in_flight(connection: sqlite3.Connection, items: Sequence[ClaimedItem]
         keys)
 
 
-def note_delivered(connection: sqlite3.Connection, items: Sequence[ClaimedItem],
+def note_delivered(connection: DbConnection, items: Sequence[ClaimedItem],
                    commit_since: float | None) -> None:
     """Delivered: no longer in flight; due for storage commitment from commit_since (None: the
     target has none, so nothing of it is kept)."""
@@ -123,7 +124,7 @@ def note_delivered(connection: sqlite3.Connection, items: Sequence[ClaimedItem],
             "VALUES(?,?,?,?)", [(*key, DUE, commit_since) for key in keys])
 
 
-def forget_reset_items(connection: sqlite3.Connection, job_id: int) -> None:
+def forget_reset_items(connection: DbConnection, job_id: int) -> None:
     """A job retried by hand: its items back to pending are sent (and committed) afresh."""
     connection.execute(
         "DELETE FROM forward_items WHERE job_id=? AND instance_id IN (SELECT instance_id FROM "

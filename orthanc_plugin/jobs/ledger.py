@@ -9,8 +9,9 @@ only keep an instance from being sent to one target by one rule, which the audit
 from __future__ import annotations
 
 import hashlib
-import sqlite3
 from collections.abc import Iterable
+
+from orthanc_plugin.db_engine import DbConnection
 
 # The table is part of the queue's schema (jobs/tables.py).
 
@@ -20,11 +21,11 @@ def ledger_key(rule: str, target: str, instance_id: str) -> int:
     return int.from_bytes(digest, "big", signed=True)
 
 
-def in_ledger(connection: sqlite3.Connection, rule: str, target: str, instance_id: str) -> bool:
+def in_ledger(connection: DbConnection, rule: str, target: str, instance_id: str) -> bool:
     return connection.execute("SELECT 1 FROM sent_ledger WHERE key=?",
                               (ledger_key(rule, target, instance_id),)).fetchone() is not None
 
 
-def remember(connection: sqlite3.Connection, assigned: Iterable[tuple[str, str, str]]) -> None:
-    connection.executemany("INSERT OR IGNORE INTO sent_ledger(key) VALUES(?)",
+def remember(connection: DbConnection, assigned: Iterable[tuple[str, str, str]]) -> None:
+    connection.executemany("INSERT INTO sent_ledger(key) VALUES(?) ON CONFLICT DO NOTHING",
                            [(ledger_key(*row),) for row in assigned])

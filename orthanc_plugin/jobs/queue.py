@@ -1,9 +1,11 @@
-"""The durable job queue in SQLite: enqueue once, claim, record outcomes, retry or park."""
+"""The durable job queue: enqueue once, claim, record outcomes, retry or park.
+
+On SQLite (db.Database) or PostgreSQL (db_postgres.PostgresDatabase): the SQL is what both accept,
+typed against db_engine's protocols; the claim alone says one thing per engine (see `claim`)."""
 
 from __future__ import annotations
 
 import hashlib
-import sqlite3
 import time
 import uuid
 from collections.abc import Callable, Sequence
@@ -12,7 +14,8 @@ from typing import Any
 
 from orthanc_plugin.audit.clock import epoch_of, iso_at, now_iso
 from orthanc_plugin.config import RetryPolicySettings
-from orthanc_plugin.db import Database, durable_write
+from orthanc_plugin.db import durable_write
+from orthanc_plugin.db_engine import POSTGRESQL, DbConnection, DbRow, StateDatabase
 from orthanc_plugin.jobs.ledger import in_ledger
 from orthanc_plugin.jobs.records import Job
 from orthanc_plugin.jobs.retry import decide
@@ -62,7 +65,7 @@ class Admission:
 
 
 # (connection inside the claim's transaction, job action, target, now) -> the admission.
-AdmissionCheck = Callable[[sqlite3.Connection, str, str, float], Admission]
+AdmissionCheck = Callable[[DbConnection, str, str, float], Admission]
 # Statuses of jobs a destination's policy holds back (not failures; looked at again on reload).
 POLICY_WAIT_STATUSES = ("window", "paced", "busy")
 
@@ -75,8 +78,8 @@ class ClaimedItem:
 
 # A capability's own records of items, written in the queue's transaction (forwarding's in-flight
 # and commitment records): the connection, then the items or the job concerned.
-ItemsRecord = Callable[[sqlite3.Connection, Sequence[ClaimedItem]], None]
-JobItemsReset = Callable[[sqlite3.Connection, int], None]
+ItemsRecord = Callable[[DbConnection, Sequence[ClaimedItem]], None]
+JobItemsReset = Callable[[DbConnection, int], None]
 # A capability's part of a job's JSON (GET jobs/{id}): job id -> the keys it adds.
 JobDetails = Callable[[int], dict[str, Any]]
 
@@ -101,10 +104,12 @@ def idempotency_key(spec: JobSpec, instance_ids: Sequence[str]) -> str:
 
 
 POISON_AFTER_CRASHES = 2
+# No attempt spent: SQLite's two-argument MAX(attempts-1, 0) is not PostgreSQL's, CASE is both's.
+GIVE_BACK_ATTEMPT = "attempts=CASE WHEN attempts > 0 THEN attempts-1 ELSE 0 END"
 
 
 class JobQueue:
-    def __init__(self, db: Database, policy: RetryPolicySettings, claimant: str = "") -> None:
+    def __init__(self, db: StateDatabase, policy: RetryPolicySettings, claimant: str = "") -> None:
         self.db = db
         self.policy = policy
         # "<generation>:<pid>": which worker process of which generation holds a claim.
@@ -119,7 +124,7 @@ class JobQueue:
         self.job_details: list[JobDetails] = []
 
     def enqueue(
-        self, connection: sqlite3.Connection, spec: JobSpec, instance_ids: Sequence[str]
+        self, connection: DbConnection, spec: JobSpec, instance_ids: Sequence[str]
     ) -> tuple[int | None, int]:
         """Queue the instances not yet assigned to (rule, target); returns (job id, new count).
 
@@ -129,23 +134,26 @@ class JobQueue:
         if not fresh:
             return None, 0
         stamp = now_iso()
-        cursor = connection.execute(
-            "INSERT OR IGNORE INTO jobs(idempotency_key, rule, action, trigger, level, resource_id,"
+        # RETURNING, not cursor.lastrowid (PostgreSQL has none); a conflict returns no row.
+        # fetchall: SQLite finishes the statement only once its rows are read.
+        inserted = connection.execute(
+            "INSERT INTO jobs(idempotency_key, rule, action, trigger, level, resource_id,"
             " patient_id, study_uid, calling_aet, remote_ip, target, created_at, updated_at,"
-            " created_epoch, priority, awaits_description) VALUES(?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+            " created_epoch, priority, awaits_description) VALUES(?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)"
+            " ON CONFLICT DO NOTHING RETURNING id",
             (
                 idempotency_key(spec, fresh), spec.rule, spec.action, spec.trigger, spec.level,
                 spec.resource_id, spec.patient_id, spec.study_uid, spec.calling_aet,
                 spec.remote_ip, spec.target, stamp, stamp, time.time(), int(spec.priority),
                 int(spec.awaits_description),
             ),
-        )
-        if cursor.rowcount == 0:
+        ).fetchall()
+        if not inserted:
             return None, 0
-        job_id = int(cursor.lastrowid or 0)
+        job_id = int(inserted[0]["id"])
         connection.executemany(
-            "INSERT OR IGNORE INTO job_items(job_id, rule, target, instance_id, position, reported)"
-            " VALUES(?,?,?,?,?,0)",
+            "INSERT INTO job_items(job_id, rule, target, instance_id, position, reported)"
+            " VALUES(?,?,?,?,?,0) ON CONFLICT DO NOTHING",
             [(job_id, spec.rule, spec.target, iid, pos) for pos, iid in enumerate(fresh)],
         )
         return job_id, len(fresh)
@@ -198,7 +206,7 @@ class JobQueue:
             return 0
         with self.db.transaction() as connection:
             cursor = connection.execute(
-                "UPDATE jobs SET state='pending', attempts=MAX(attempts-1, 0), next_attempt_at=0,"
+                "UPDATE jobs SET state='pending', " + GIVE_BACK_ATTEMPT + ", next_attempt_at=0,"
                 " updated_at=? WHERE state='running' AND claimed_by=?",
                 (now_iso(), self.claimant))
             return cursor.rowcount
@@ -241,11 +249,17 @@ class JobQueue:
                 max_items = max_items(action)
             if admission.max_items is not None:
                 max_items = max(1, min(max_items, admission.max_items))
+            # PostgreSQL: another node's claim holds the rows it read until it commits; this
+            # one takes the next ones instead of waiting for them (and then finding them gone).
+            # SQLite has one writer at a time (BEGIN IMMEDIATE): nothing to skip.
+            locking = " FOR UPDATE SKIP LOCKED" if self.db.dialect == POSTGRESQL else ""
             candidates = connection.execute(
                 f"SELECT * FROM jobs WHERE state='pending' AND next_attempt_at <= ? AND action = ? "
-                f"AND target = ? ORDER BY {RANK} DESC, id LIMIT 500",
+                f"AND target = ? ORDER BY {RANK} DESC, id LIMIT 500{locking}",
                 (now, action, target, now, AGING_PER_SECOND),
             ).fetchall()
+            if not candidates:
+                return None     # PostgreSQL: every ready job of the target is another node's now
             jobs: list[Job] = []
             items: list[ClaimedItem] = []
             partial = False
@@ -293,7 +307,7 @@ class JobQueue:
                     return None
         return Claim(action=action, target=target, jobs=jobs, items=items, partial=partial)
 
-    def _admitted_target(self, connection: sqlite3.Connection,
+    def _admitted_target(self, connection: DbConnection,
                          now: float) -> tuple[str, str, Admission] | None:
         """The (action, target) whose best ready job ranks highest among those the destination
         policies admit now; a refused target's ready jobs wait, with the reason, until it may."""
@@ -313,7 +327,7 @@ class JobQueue:
                  group["action"], group["target"], now))
         return None
 
-    def _admission(self, connection: sqlite3.Connection, action: str, target: str,
+    def _admission(self, connection: DbConnection, action: str, target: str,
                    now: float) -> Admission:
         paced: Admission | None = None
         for check in self.admission_checks:
@@ -340,7 +354,7 @@ class JobQueue:
             f"last_status='busy') AND action=? AND target=? AND {RANK} > ? LIMIT 1",
             (now, claim.action, claim.target, now, AGING_PER_SECOND, best + OUTRANK_MARGIN)))
 
-    def sent_within(self, connection: sqlite3.Connection, target: str,
+    def sent_within(self, connection: DbConnection, target: str,
                     seconds: float) -> tuple[int, int, float | None]:
         """(instances, bytes) delivered to the target in the last `seconds`, and the epoch at
         which the oldest of them leaves that window."""
@@ -353,7 +367,7 @@ class JobQueue:
         return int(row["n"]), int(row["b"]), oldest
 
     @staticmethod
-    def in_claims(connection: sqlite3.Connection, target: str) -> tuple[int, int]:
+    def in_claims(connection: DbConnection, target: str) -> tuple[int, int]:
         """(claims running, instances they hold) for the target, across every worker."""
         row = connection.execute(
             "SELECT COUNT(DISTINCT claim_id) AS claims, COALESCE(SUM(claim_items), 0) AS items "
@@ -449,7 +463,7 @@ class JobQueue:
             self.note_orthanc_job(connection, job_ids, orthanc_job)
 
     @staticmethod
-    def note_orthanc_job(connection: sqlite3.Connection, job_ids: Sequence[int],
+    def note_orthanc_job(connection: DbConnection, job_ids: Sequence[int],
                          orthanc_job: str) -> None:
         """The Orthanc job that runs these jobs now, in the caller's transaction."""
         connection.executemany("UPDATE jobs SET orthanc_job=? WHERE id=?",
@@ -458,7 +472,7 @@ class JobQueue:
     @durable_write
     def settle(self, job_ids: Sequence[int], error: str | None, status: str | None, *,
                unfinished: str = "",
-               with_outcome: Callable[[sqlite3.Connection, dict[int, JobState]], None]
+               with_outcome: Callable[[DbConnection, dict[int, JobState]], None]
                | None = None) -> dict[int, JobState]:
         """After a claim ran: done, parked (dead) or back to pending with backoff, per job.
 
@@ -494,7 +508,7 @@ class JobQueue:
                     continue
                 if unfinished and error is None:
                     connection.execute(
-                        "UPDATE jobs SET state='pending', attempts=MAX(attempts-1, 0), "
+                        "UPDATE jobs SET state='pending', " + GIVE_BACK_ATTEMPT + ", "
                         "next_attempt_at=0, updated_at=?, last_status=?, last_error=NULL "
                         "WHERE id=?", (stamp, unfinished, job_id))
                     outcome[job_id] = JobState.PENDING
@@ -504,8 +518,9 @@ class JobQueue:
                 now = time.time()
                 connection.execute(
                     "UPDATE jobs SET state=?, next_attempt_at=?, updated_at=?, last_error=?, "
-                    "last_status=?, failing_since=CASE WHEN ? IS NULL THEN failing_since ELSE "
-                    "COALESCE(failing_since, ?) END WHERE id=?",
+                    # CAST: PostgreSQL must know a parameter's type to test it for NULL.
+                    "last_status=?, failing_since=CASE WHEN CAST(? AS TEXT) IS NULL THEN "
+                    "failing_since ELSE COALESCE(failing_since, ?) END WHERE id=?",
                     (state, now + decision.delay_seconds, stamp, error, status, error, now,
                      job_id),
                 )
@@ -515,7 +530,7 @@ class JobQueue:
         return outcome
 
     @staticmethod
-    def take_unreported(connection: sqlite3.Connection, job_id: int) -> tuple[int, int]:
+    def take_unreported(connection: DbConnection, job_id: int) -> tuple[int, int]:
         """The job's deliveries no transfer row counts yet, as (instances, bytes), now counted.
 
         Runs inside the transaction that writes the transfer row: a delivery established by a
@@ -534,8 +549,8 @@ class JobQueue:
     def policy_exhaust(self, job_id: int) -> None:
         with self.db.transaction() as connection:
             connection.execute(
-                "UPDATE jobs SET attempts=MAX(attempts, ?) WHERE id=?",
-                (self.policy.max_attempts, job_id),
+                "UPDATE jobs SET attempts=CASE WHEN attempts > ? THEN attempts ELSE ? END "
+                "WHERE id=?", (self.policy.max_attempts, self.policy.max_attempts, job_id),
             )
 
     def park(self, job_id: int, reason: str, status: str) -> None:
@@ -556,7 +571,7 @@ class JobQueue:
         """Claimed jobs wait for something (e.g. images still arriving) without spending an attempt."""
         with self.db.transaction() as connection:
             connection.executemany(
-                "UPDATE jobs SET state='pending', attempts=MAX(attempts-1, 0), next_attempt_at=?,"
+                "UPDATE jobs SET state='pending', " + GIVE_BACK_ATTEMPT + ", next_attempt_at=?,"
                 " last_error=?, last_status='waiting', updated_at=? WHERE id=? AND state='running'",
                 [(time.time() + seconds, reason, now_iso(), job_id) for job_id in job_ids],
             )
@@ -567,7 +582,7 @@ class JobQueue:
         backoff."""
         with self.db.transaction() as connection:
             connection.executemany(
-                "UPDATE jobs SET attempts=MAX(attempts-1, 0), next_attempt_at=0, last_error=?, "
+                "UPDATE jobs SET " + GIVE_BACK_ATTEMPT + ", next_attempt_at=0, last_error=?, "
                 "last_status='interrupted', updated_at=? WHERE id=? AND state='pending'",
                 [(reason, now_iso(), job_id) for job_id in job_ids])
 
@@ -662,7 +677,7 @@ class JobQueue:
             rows = self.db.query("SELECT * FROM jobs ORDER BY id DESC LIMIT ?", (limit,))
         return [self._json(row) for row in rows]
 
-    def _json(self, row: sqlite3.Row) -> dict[str, Any]:
+    def _json(self, row: DbRow) -> dict[str, Any]:
         job = _job_json(self.db, row)
         for details in self.job_details:
             job.update(details(int(row["id"])))
@@ -671,13 +686,13 @@ class JobQueue:
     # -- for /health: plain reads of the file, no queue needed and no waiting out a full disk
     # (state_counts waits; /health must answer, and reports a failed read as unreadable) --------
     @staticmethod
-    def jobs_by_state(db: Database) -> dict[str, int]:
+    def jobs_by_state(db: StateDatabase) -> dict[str, int]:
         """How many jobs are in each state (a state without jobs is absent)."""
         return {row["state"]: int(row["n"]) for row in db.query(
             "SELECT state, COUNT(*) AS n FROM jobs GROUP BY state")}
 
     @staticmethod
-    def oldest_waiting_epoch(db: Database) -> float | None:
+    def oldest_waiting_epoch(db: StateDatabase) -> float | None:
         """When the oldest pending or running job was made (epoch seconds); None without one."""
         oldest = db.query("SELECT MIN(created_epoch) AS t FROM jobs "
                           "WHERE state IN ('pending','running')")[0]["t"]
@@ -685,7 +700,7 @@ class JobQueue:
 
 
 def _unassigned(
-    connection: sqlite3.Connection, rule: str, target: str, instance_ids: Sequence[str]
+    connection: DbConnection, rule: str, target: str, instance_ids: Sequence[str]
 ) -> list[str]:
     fresh: list[str] = []
     seen: set[str] = set()
@@ -702,14 +717,14 @@ def _unassigned(
     return fresh
 
 
-def _item_counts(connection: sqlite3.Connection, job_id: int) -> dict[str, int]:
+def _item_counts(connection: DbConnection, job_id: int) -> dict[str, int]:
     rows = connection.execute(
         "SELECT state, COUNT(*) AS n FROM job_items WHERE job_id=? GROUP BY state", (job_id,)
     ).fetchall()
     return {row["state"]: row["n"] for row in rows}
 
 
-def _job_json(db: Database, row: sqlite3.Row) -> dict[str, Any]:
+def _job_json(db: StateDatabase, row: DbRow) -> dict[str, Any]:
     job = dict(row)
     counts = _item_counts(db.connection(), row["id"])
     job["instances"] = sum(counts.values())

@@ -150,8 +150,8 @@ def test_two_senders_at_once_every_instance_committed_once(
         assert archive.sop_instance_uids() >= {str(ds.SOPInstanceUID) for ds in rtset.all()}
     with sqlite3.connect(gateway.gateway_db) as connection:
         asked = connection.execute(
-            "SELECT COUNT(*), COUNT(DISTINCT instance_id) FROM job_items i JOIN jobs j "
-            "ON j.id = i.job_id WHERE j.patient_id LIKE 'SC-TWO-%' AND commit_txn IS NOT NULL"
+            "SELECT COUNT(*), COUNT(DISTINCT f.instance_id) FROM forward_items f JOIN jobs j "
+            "ON j.id = f.job_id WHERE j.patient_id LIKE 'SC-TWO-%' AND f.commit_txn IS NOT NULL"
         ).fetchone()
     assert asked[0] == asked[1] == sum(len(rtset.all()) for rtset in sets)
 

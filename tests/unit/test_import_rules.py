@@ -33,15 +33,21 @@ def test_each_never_broken_in_a_copy_is_found_with_its_place(tmp_path: Path) -> 
         "export/model.py": ("from orthanc_plugin import channels\n"
                             "from orthanc_plugin.in_orthanc.host import Host\n"),
         "deid/profile.py": "import orthanc\n",
+        # Orthanc's process never talks to PostgreSQL: not the driver, not the engine adapter.
+        "channels.py": "import psycopg\n",
+        "in_orthanc/entry.py": "from orthanc_plugin.db_postgres import PostgresDatabase\n",
     }
     for name, line in planted.items():
         path = copy / name
         path.write_text(path.read_text(encoding="utf-8") + line, encoding="utf-8")
     found = checker().broken_rules(copy)
     assert [problem.split(": ", 2)[1:] for problem in found] == [
+        ["imports psycopg", "nothing inside Orthanc's process talks to PostgreSQL"],
         ["imports orthanc", "only in_orthanc/host.py imports the orthanc SDK module"],
         ["imports orthanc_plugin.channels", "a capability never imports the plugin side"],
         ["imports orthanc_plugin.in_orthanc.host.Host", "a capability never imports the plugin side"],
+        ["imports orthanc_plugin.db_postgres.PostgresDatabase",
+         "nothing inside Orthanc's process talks to PostgreSQL"],
         ["imports orthanc_plugin.deid.keys.Pseudonymizer",
          "the queue (jobs/) imports no capability"],
         ["imports sqlite3", "rules/ imports nothing impure"],

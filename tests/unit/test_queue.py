@@ -1,6 +1,7 @@
 import dataclasses
 import sqlite3
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -9,6 +10,8 @@ from orthanc_plugin.app import all_migrations
 from orthanc_plugin.audit.tables import SCHEMA as AUDIT_SCHEMA
 from orthanc_plugin.config import RetryPolicySettings
 from orthanc_plugin.db import META_SCHEMA, Database
+from orthanc_plugin.db_engine import POSTGRESQL, SQLITE, StateDatabase
+from orthanc_plugin.db_postgres import PostgresDatabase
 from orthanc_plugin.jobs.queue import JobQueue, JobSpec
 from orthanc_plugin.jobs.records import Job
 from orthanc_plugin.jobs.retry import decide
@@ -19,10 +22,29 @@ from orthanc_plugin.rules.priority import Priority
 POLICY = RetryPolicySettings(max_attempts=3, base_delay_seconds=0, max_delay_seconds=0)
 
 
+# Every test of the queue runs on both engines (the PostgreSQL one on a real server,
+# tests/support/postgres.py); a test that builds an SQLite file of an earlier layout is SQLite's.
+@pytest.fixture(params=[SQLITE, POSTGRESQL])
+def database(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[StateDatabase]:
+    if request.param == SQLITE:
+        yield Database(tmp_path / "q.sqlite", [META_SCHEMA, AUDIT_SCHEMA, JOBS_SCHEMA])
+        return
+    db = PostgresDatabase(request.getfixturevalue("postgres_conninfo"), [AUDIT_SCHEMA, JOBS_SCHEMA])
+    yield db
+    db.close()
+
+
 @pytest.fixture
-def queue(tmp_path: Path) -> JobQueue:
-    db = Database(tmp_path / "q.sqlite", [META_SCHEMA, AUDIT_SCHEMA, JOBS_SCHEMA])
-    return JobQueue(db, POLICY)
+def queue(database: StateDatabase) -> JobQueue:
+    return JobQueue(database, POLICY)
+
+
+def table_columns(db: StateDatabase, table: str) -> list[str]:
+    if db.dialect == SQLITE:
+        return [row["name"] for row in db.query(f"PRAGMA table_info({table})")]
+    return [row["column_name"] for row in db.query(
+        "SELECT column_name FROM information_schema.columns WHERE table_name=? "
+        "AND table_schema=current_schema() ORDER BY ordinal_position", (table,))]
 
 
 def spec(target: str = "ARCHIVE", resource: str = "study-1") -> JobSpec:
@@ -83,7 +105,7 @@ def test_a_claim_hands_out_frozen_job_records_of_what_was_enqueued(queue: JobQue
     with pytest.raises(dataclasses.FrozenInstanceError):
         first.target = "ELSEWHERE"  # type: ignore[misc]
     # Every column of the jobs table is a field, and nothing else.
-    columns = [row["name"] for row in queue.db.query("PRAGMA table_info(jobs)")]
+    columns = table_columns(queue.db, "jobs")
     assert [field.name for field in dataclasses.fields(Job)] == columns
     # The queue's own read of the job: the claim's update, the rest as enqueued.
     running = queue.job(named)
@@ -136,8 +158,8 @@ def test_backoff_doubles_up_to_the_cap_then_gives_up() -> None:
     assert decide(5, policy).retry is False
 
 
-def test_next_due_reflects_backoff(tmp_path: Path) -> None:
-    db = Database(tmp_path / "q.sqlite", [META_SCHEMA, AUDIT_SCHEMA, JOBS_SCHEMA])
+def test_next_due_reflects_backoff(database: StateDatabase) -> None:
+    db = database
     queue = JobQueue(db, RetryPolicySettings(5, 30, 60))
     with db.transaction() as connection:
         queue.enqueue(connection, spec(), ["a"])
@@ -280,9 +302,17 @@ def test_a_job_taken_elsewhere_between_choice_and_claim_is_left_out(queue: JobQu
     second, _ = enqueue(queue, ["c"], resource="s2")
     assert first is not None and second is not None
     with queue.db.transaction() as connection:
-        connection.execute(
-            f"CREATE TRIGGER taken_elsewhere BEFORE UPDATE OF state ON jobs WHEN old.id = {first} "
-            "AND new.state = 'running' BEGIN SELECT RAISE(IGNORE); END")
+        if queue.db.dialect == SQLITE:
+            connection.execute(
+                f"CREATE TRIGGER taken_elsewhere BEFORE UPDATE OF state ON jobs WHEN old.id = "
+                f"{first} AND new.state = 'running' BEGIN SELECT RAISE(IGNORE); END")
+        else:   # a BEFORE trigger returning NULL skips the row, as RAISE(IGNORE) does
+            connection.execute(
+                "CREATE FUNCTION skip_update() RETURNS trigger LANGUAGE plpgsql AS "
+                "$$ BEGIN RETURN NULL; END $$")
+            connection.execute(
+                f"CREATE TRIGGER taken_elsewhere BEFORE UPDATE OF state ON jobs FOR EACH ROW "
+                f"WHEN (old.id = {first} AND new.state = 'running') EXECUTE FUNCTION skip_update()")
     claim = queue.claim(10)
     assert claim is not None
     assert [job.id for job in claim.jobs] == [second]

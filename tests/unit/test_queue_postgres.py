@@ -1,0 +1,135 @@
+"""Claims that hold across nodes: several processes, each with its own PostgreSQL connection and
+claimant name, draining one queue on a real server (tests/support/postgres.py)."""
+
+from __future__ import annotations
+
+import json
+import multiprocessing
+import os
+import signal
+import time
+from multiprocessing.synchronize import Barrier, Event
+from pathlib import Path
+
+from orthanc_plugin.audit.tables import SCHEMA as AUDIT_SCHEMA
+from orthanc_plugin.config import RetryPolicySettings
+from orthanc_plugin.db_postgres import PostgresDatabase
+from orthanc_plugin.jobs.queue import JobQueue, JobSpec
+from orthanc_plugin.jobs.tables import SCHEMA as JOBS_SCHEMA
+
+POLICY = RetryPolicySettings(max_attempts=3, base_delay_seconds=0, max_delay_seconds=0)
+JOBS = 500
+# spawn: a child shares nothing with the parent's connections (fork would copy its sockets).
+SPAWN = multiprocessing.get_context("spawn")
+
+
+def one_instance_jobs(db: PostgresDatabase, count: int) -> list[int]:
+    queue = JobQueue(db, POLICY)
+    ids = []
+    with db.transaction() as connection:
+        for number in range(count):
+            job_id, _ = queue.enqueue(connection, JobSpec(
+                rule="r", action="forward", trigger="instance", level="instance",
+                resource_id=f"i{number}", target="ARCHIVE"), [f"i{number}"])
+            assert job_id is not None
+            ids.append(job_id)
+    return ids
+
+
+def drain(conninfo: str, claimant: str, start: Barrier, record: str) -> None:
+    """A node's worker: claim a few, deliver, settle, until nothing waits; writes what it took."""
+    queue = JobQueue(PostgresDatabase(conninfo), POLICY, claimant=claimant)
+    taken: list[int] = []
+    start.wait()
+    while True:
+        claim = queue.claim(max_items=5)
+        if claim is None:
+            if queue.state_counts().get("pending", 0) == 0:
+                break
+            continue        # the other node holds the rows it read: look again
+        taken.extend(claim.job_ids)
+        queue.mark_sent(claim.items, {item.instance_id: 1 for item in claim.items})
+        queue.settle(claim.job_ids, None, None)
+    Path(record).write_text(json.dumps(taken), encoding="utf-8")
+
+
+def test_two_processes_claim_every_job_exactly_once(postgres_conninfo: str,
+                                                   tmp_path: Path) -> None:
+    db = PostgresDatabase(postgres_conninfo, [AUDIT_SCHEMA, JOBS_SCHEMA])
+    ids = one_instance_jobs(db, JOBS)
+    start = SPAWN.Barrier(2)
+    records = [str(tmp_path / f"node-{name}.json") for name in "ab"]
+    workers = [SPAWN.Process(target=drain, args=(postgres_conninfo, f"node-{name}:1", start, record))
+               for name, record in zip("ab", records, strict=True)]
+    for worker in workers:
+        worker.start()
+    for worker in workers:
+        worker.join(timeout=120)
+        assert worker.exitcode == 0
+    taken = [json.loads(Path(record).read_text(encoding="utf-8")) for record in records]
+    # What each process recorded: together every job, none twice, and both did some.
+    assert sorted(taken[0] + taken[1]) == sorted(ids)
+    assert all(len(mine) > 0 for mine in taken), [len(mine) for mine in taken]
+    # What the database holds: every job done after one claim, by the node that recorded it.
+    rows = db.query("SELECT id, state, attempts, claimed_by FROM jobs")
+    assert {row["state"] for row in rows} == {"done"}
+    assert {row["attempts"] for row in rows} == {1}
+    by_node = {row["id"]: row["claimed_by"] for row in rows}
+    assert all(by_node[job_id] == "node-a:1" for job_id in taken[0])
+    assert all(by_node[job_id] == "node-b:1" for job_id in taken[1])
+    sent = db.query("SELECT COUNT(*) AS n, COUNT(DISTINCT instance_id) AS d FROM job_items "
+                    "WHERE state='sent'")[0]
+    assert (sent["n"], sent["d"]) == (JOBS, JOBS)
+    db.close()
+
+
+def claim_then_hang(conninfo: str, claimed: Event) -> None:
+    """A node that claims one job (committed: running, its name on it), then opens a transaction
+    holding the next job's row lock, and hangs until it is killed."""
+    db = PostgresDatabase(conninfo)
+    queue = JobQueue(db, POLICY, claimant="doomed:1")
+    assert queue.claim(max_items=1) is not None
+    with db.transaction() as connection:
+        connection.execute("SELECT id FROM jobs WHERE state='pending' ORDER BY id LIMIT 1 "
+                           "FOR UPDATE")
+        claimed.set()
+        time.sleep(600)
+
+
+def test_a_killed_claimant_s_job_is_reclaimed_and_finished_by_the_other(
+        postgres_conninfo: str) -> None:
+    db = PostgresDatabase(postgres_conninfo, [AUDIT_SCHEMA, JOBS_SCHEMA])
+    first, second = one_instance_jobs(db, 2)
+    claimed = SPAWN.Event()
+    doomed = SPAWN.Process(target=claim_then_hang, args=(postgres_conninfo, claimed))
+    doomed.start()
+    assert claimed.wait(60)
+    survivor = JobQueue(db, POLICY, claimant="survivor:1")
+    # While it lives, its claim and its row lock keep both jobs from the survivor.
+    assert survivor.claim(max_items=10) is None
+    assert doomed.pid is not None
+    os.kill(doomed.pid, signal.SIGKILL)
+    doomed.join(timeout=30)
+    assert doomed.exitcode == -signal.SIGKILL
+    # Its open transaction dies with its connection (PostgreSQL rolls it back and frees the row):
+    # the locked job is claimable; the claimed one is still running under its name.
+    deadline = time.monotonic() + 30
+    while (claim := survivor.claim(max_items=10)) is None:
+        assert time.monotonic() < deadline, "the dead node's row lock was never released"
+        time.sleep(0.1)
+    assert claim.job_ids == [second]
+    survivor.mark_sent(claim.items, {})
+    survivor.settle(claim.job_ids, None, None)
+    assert survivor.claim(max_items=10) is None
+    # The supervisor's view of the dead node: its running job goes back, once.
+    assert survivor.reclaim_from_crashed("doomed:1", "killed (SIGKILL)") == ([first], [])
+    assert survivor.reclaim_from_crashed("doomed:1", "killed (SIGKILL)") == ([], [])
+    claim = survivor.claim(max_items=10)
+    assert claim is not None and claim.job_ids == [first]
+    survivor.mark_sent(claim.items, {})
+    assert survivor.settle(claim.job_ids, None, None) == {first: "done"}
+    rows = {row["id"]: row for row in db.query("SELECT * FROM jobs")}
+    assert (rows[first]["state"], rows[first]["claimed_by"], rows[first]["crashes"],
+            rows[first]["attempts"]) == ("done", "survivor:1", 1, 2)
+    assert (rows[second]["state"], rows[second]["claimed_by"]) == ("done", "survivor:1")
+    db.close()
