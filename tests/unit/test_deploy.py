@@ -105,3 +105,21 @@ def test_health_check_script_follows_the_health_route(
     unhealthy = subprocess.run(script, env=env, capture_output=True, text=True)
     assert unhealthy.returncode == 1 and "not writable" in unhealthy.stdout
     assert seen[0] == "Basic cnRndzpjaGFuZ2UtbWU="
+
+
+def test_the_old_python_script_path_still_installs_the_plugin(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Sites set up before the plugin side moved to in_orthanc/ name orthanc_plugin/entry.py as
+    Orthanc's PythonScript: it must still reach the plugin's install (here a recorder; `orthanc`
+    exists only inside Orthanc, so a stand-in module lets host.py import)."""
+    import runpy
+    from unittest import mock
+
+    monkeypatch.setitem(sys.modules, "orthanc", mock.MagicMock(name="orthanc"))
+    monkeypatch.delitem(sys.modules, "orthanc_plugin.in_orthanc.host", raising=False)
+    import orthanc_plugin.in_orthanc.host as host
+
+    installed: list[str] = []
+    monkeypatch.setattr(host, "install", lambda: installed.append("installed"))
+    runpy.run_path(str(ROOT / "orthanc_plugin" / "entry.py"))
+    assert installed == ["installed"]
