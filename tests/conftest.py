@@ -4,9 +4,15 @@ once per session and only when a test asks for it."""
 from __future__ import annotations
 
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
+from orthanc_plugin.audit.tables import SCHEMA as AUDIT_SCHEMA
+from orthanc_plugin.db import META_SCHEMA, Database
+from orthanc_plugin.db_engine import POSTGRESQL, SQLITE, StateDatabase
+from orthanc_plugin.db_postgres import PostgresDatabase
+from orthanc_plugin.jobs.tables import SCHEMA as JOBS_SCHEMA
 from tests.support.postgres import PostgresServer, running_postgres
 
 
@@ -23,3 +29,15 @@ def postgres_conninfo(postgres_server: PostgresServer) -> Iterator[str]:
     conninfo = postgres_server.create_database()
     yield conninfo
     postgres_server.drop_database(conninfo)
+
+
+# The queue's tables on each engine: a test that takes this runs twice, on an SQLite file and on
+# the real PostgreSQL above (an SQLite-only test builds its own file).
+@pytest.fixture(params=[SQLITE, POSTGRESQL])
+def queue_database(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[StateDatabase]:
+    if request.param == SQLITE:
+        yield Database(tmp_path / "q.sqlite", [META_SCHEMA, AUDIT_SCHEMA, JOBS_SCHEMA])
+        return
+    db = PostgresDatabase(request.getfixturevalue("postgres_conninfo"), [AUDIT_SCHEMA, JOBS_SCHEMA])
+    yield db
+    db.close()

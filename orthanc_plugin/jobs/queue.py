@@ -16,6 +16,7 @@ from orthanc_plugin.audit.clock import epoch_of, iso_at, now_iso
 from orthanc_plugin.config import RetryPolicySettings
 from orthanc_plugin.db import durable_write
 from orthanc_plugin.db_engine import POSTGRESQL, DbConnection, DbRow, StateDatabase
+from orthanc_plugin.jobs.lease_store import LEASE_SECONDS, Leases, requeue_or_poison
 from orthanc_plugin.jobs.ledger import in_ledger
 from orthanc_plugin.jobs.records import Job
 from orthanc_plugin.jobs.retry import decide
@@ -103,15 +104,18 @@ def idempotency_key(spec: JobSpec, instance_ids: Sequence[str]) -> str:
     return f"{spec.rule}|{spec.action}|{spec.level}:{spec.resource_id}|{spec.target}|{digest}"
 
 
-POISON_AFTER_CRASHES = 2
 # No attempt spent: SQLite's two-argument MAX(attempts-1, 0) is not PostgreSQL's, CASE is both's.
 GIVE_BACK_ATTEMPT = "attempts=CASE WHEN attempts > 0 THEN attempts-1 ELSE 0 END"
 
 
 class JobQueue:
-    def __init__(self, db: StateDatabase, policy: RetryPolicySettings, claimant: str = "") -> None:
+    def __init__(self, db: StateDatabase, policy: RetryPolicySettings, claimant: str = "",
+                 lease_seconds: float = LEASE_SECONDS) -> None:
         self.db = db
         self.policy = policy
+        # The fencing tokens of this worker's claims (lease_store.py): every write for a claimed
+        # job is checked against them in its own transaction.
+        self.leases = Leases(db, lease_seconds)
         # "<generation>:<pid>": which worker process of which generation holds a claim.
         self.claimant = claimant
         # Destination policies (caps, time windows) consulted inside each claim; the gateway's
@@ -175,29 +179,11 @@ class JobQueue:
     def reclaim_from_crashed(self, claimant: str, reason: str) -> tuple[list[int], list[int]]:
         """The jobs a dead worker was running: back to pending, or parked as poison when this was
         their second crash. Returns (requeued, poisoned) job ids."""
-        requeued: list[int] = []
-        poisoned: list[int] = []
-        stamp = now_iso()
         with self.db.transaction() as connection:
             rows = connection.execute(
                 "SELECT id, crashes FROM jobs WHERE state='running' AND claimed_by=?", (claimant,)
             ).fetchall()
-            for row in rows:
-                crashes = row["crashes"] + 1
-                if crashes >= POISON_AFTER_CRASHES:
-                    connection.execute(
-                        "UPDATE jobs SET state='dead', crashes=?, last_status='poison', "
-                        "last_error=?, updated_at=? WHERE id=?",
-                        (crashes, f"poison: its run ended the worker {crashes} times "
-                         f"(last: {reason}); not retried automatically", stamp, row["id"]))
-                    poisoned.append(row["id"])
-                else:
-                    connection.execute(
-                        "UPDATE jobs SET state='pending', crashes=?, next_attempt_at=0, "
-                        "last_error=?, last_status='worker-crash', updated_at=? WHERE id=?",
-                        (crashes, f"its worker ended: {reason}", stamp, row["id"]))
-                    requeued.append(row["id"])
-        return requeued, poisoned
+            return requeue_or_poison(connection, rows, reason, "worker-crash")
 
     @durable_write
     def release_claims(self) -> int:
@@ -209,7 +195,32 @@ class JobQueue:
                 "UPDATE jobs SET state='pending', " + GIVE_BACK_ATTEMPT + ", next_attempt_at=0,"
                 " updated_at=? WHERE state='running' AND claimed_by=?",
                 (now_iso(), self.claimant))
-            return cursor.rowcount
+            released = cursor.rowcount
+        self.leases.forget(list(self.leases.held()))
+        return released
+
+    @durable_write
+    def give_back(self, job_ids: Sequence[int], reason: str) -> list[int]:
+        """A claim that cannot go on (some of its jobs were taken over): the jobs it still holds
+        wait again at once, no attempt spent; it forgets them all. Returns those given back."""
+        held = self.leases.held()
+        mine = [job_id for job_id in job_ids if job_id in held]
+        with self.db.transaction() as connection:
+            given = [job_id for job_id in mine if connection.execute(
+                "UPDATE jobs SET state='pending', " + GIVE_BACK_ATTEMPT + ", next_attempt_at=0, "
+                "last_status='interrupted', last_error=?, updated_at=? "
+                "WHERE id=? AND fence=? AND state='running'",
+                (reason, now_iso(), job_id, held[job_id])).rowcount == 1]
+        self.leases.forget(job_ids)
+        return given
+
+    def renew_leases(self) -> list[int]:
+        """The lease thread's renewal (lease_store.Leases.renew): returns the jobs lost."""
+        return self.leases.renew()
+
+    def take_over_expired(self) -> tuple[list[int], list[int]]:
+        """Any worker's jobs whose lease ran out: (requeued, poisoned)."""
+        return self.leases.take_over_expired()
 
     def has_work_now(self) -> bool:
         """Jobs running or due now (not those waiting out a backoff)."""
@@ -290,21 +301,30 @@ class JobQueue:
             for item in items:
                 counts[item.job_id] = counts.get(item.job_id, 0) + 1
             stamp = now_iso()
+            lease_until = self.leases.until(now)
             # A job is taken only while it still waits: the claim's own compare-and-set, not the
             # engine's lock. SQLite's write lock (BEGIN IMMEDIATE) makes the whole claim one
             # writer at a time already; an engine with row locks (PostgreSQL reading the
             # candidates FOR UPDATE SKIP LOCKED) relies on this check, and a job another node
-            # took meanwhile is left out with its items.
-            taken = {job.id for job in jobs if connection.execute(
-                "UPDATE jobs SET state='running', attempts=attempts+1, updated_at=?, claimed_by=?, "
-                "claim_id=?, claim_items=? WHERE id=? AND state='pending'",
-                (stamp, self.claimant, claim_id, counts.get(job.id, 0), job.id),
-            ).rowcount == 1}
+            # took meanwhile is left out with its items. Each taken job gets a new fencing
+            # token and a lease (lease_store.py).
+            fences: dict[int, int] = {}
+            for job in jobs:
+                returned = connection.execute(
+                    "UPDATE jobs SET state='running', attempts=attempts+1, updated_at=?, "
+                    "claimed_by=?, claim_id=?, claim_items=?, fence=fence+1, lease_until=? "
+                    "WHERE id=? AND state='pending' RETURNING fence",
+                    (stamp, self.claimant, claim_id, counts.get(job.id, 0), lease_until, job.id),
+                ).fetchall()
+                if returned:
+                    fences[job.id] = int(returned[0]["fence"])
+            taken = set(fences)
             if len(taken) < len(jobs):
                 jobs = [job for job in jobs if job.id in taken]
                 items = [item for item in items if item.job_id in taken]
                 if not jobs:
                     return None
+        self.leases.hold(fences)
         return Claim(action=action, target=target, jobs=jobs, items=items, partial=partial)
 
     def _admitted_target(self, connection: DbConnection,
@@ -409,6 +429,7 @@ class JobQueue:
         (forwarding: no longer in flight, due for storage commitment)."""
         stamp = now_iso()
         with self.db.transaction() as connection:
+            self.leases.check(connection, {item.job_id for item in items})
             connection.executemany(
                 "UPDATE job_items SET state='sent', sent_at=?, bytes=?, status=? "
                 "WHERE job_id=? AND instance_id=?",
@@ -440,6 +461,7 @@ class JobQueue:
                   also: ItemsRecord | None = None) -> None:
         """The source instance no longer exists in Orthanc: nothing left to send."""
         with self.db.transaction() as connection:
+            self.leases.check(connection, [item.job_id])
             connection.execute(
                 "UPDATE job_items SET state='gone', status=? WHERE job_id=? AND instance_id=?",
                 (reason, item.job_id, item.instance_id))
@@ -450,6 +472,7 @@ class JobQueue:
     def mark_refused(self, item: ClaimedItem, status: str, *,
                      also: ItemsRecord | None = None) -> None:
         with self.db.transaction() as connection:
+            self.leases.check(connection, [item.job_id])
             connection.execute(
                 "UPDATE job_items SET state='refused', status=? WHERE job_id=? AND instance_id=?",
                 (status, item.job_id, item.instance_id),
@@ -460,6 +483,7 @@ class JobQueue:
     @durable_write
     def set_orthanc_job(self, job_ids: Sequence[int], orthanc_job: str) -> None:
         with self.db.transaction() as connection:
+            self.leases.check(connection, job_ids)
             self.note_orthanc_job(connection, job_ids, orthanc_job)
 
     @staticmethod
@@ -484,6 +508,7 @@ class JobQueue:
         outcome: dict[int, JobState] = {}
         stamp = now_iso()
         with self.db.transaction() as connection:
+            self.leases.check(connection, job_ids)
             # The claim ends: jobs held back because it had the destination's association
             # ('busy') may be claimed at once, ranked against what this claim leaves.
             for target in {row["target"] for row in connection.execute(
@@ -527,6 +552,7 @@ class JobQueue:
                 outcome[job_id] = state
             if with_outcome is not None:
                 with_outcome(connection, outcome)
+        self.leases.forget(job_ids)
         return outcome
 
     @staticmethod
@@ -561,6 +587,7 @@ class JobQueue:
     @durable_write
     def note_refusal(self, job_id: int, error: str, status: str) -> None:
         with self.db.transaction() as connection:
+            self.leases.check(connection, [job_id])
             connection.execute(
                 "UPDATE jobs SET last_error=?, last_status=?, updated_at=? WHERE id=?",
                 (error, status, now_iso(), job_id),
@@ -570,11 +597,13 @@ class JobQueue:
     def postpone(self, job_ids: Sequence[int], seconds: float, reason: str) -> None:
         """Claimed jobs wait for something (e.g. images still arriving) without spending an attempt."""
         with self.db.transaction() as connection:
+            self.leases.check(connection, job_ids)
             connection.executemany(
                 "UPDATE jobs SET state='pending', " + GIVE_BACK_ATTEMPT + ", next_attempt_at=?,"
                 " last_error=?, last_status='waiting', updated_at=? WHERE id=? AND state='running'",
                 [(time.time() + seconds, reason, now_iso(), job_id) for job_id in job_ids],
             )
+        self.leases.forget(job_ids)
 
     @durable_write
     def resume_soon(self, job_ids: Sequence[int], reason: str) -> None:

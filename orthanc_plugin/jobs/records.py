@@ -50,6 +50,8 @@ class Job:
     claim_items: int
     failing_since: float | None
     awaits_description: bool
+    lease_until: float | None
+    fence: int
 
     @classmethod
     def of_row(cls, row: ColumnRow) -> Job:
@@ -83,6 +85,8 @@ class Job:
             claim_items=int(row["claim_items"]),
             failing_since=None if row["failing_since"] is None else float(row["failing_since"]),
             awaits_description=bool(row["awaits_description"]),
+            lease_until=None if row["lease_until"] is None else float(row["lease_until"]),
+            fence=int(row["fence"]),
         )
 
 

@@ -27,7 +27,10 @@ CREATE TABLE IF NOT EXISTS jobs(
     failing_since REAL,
     -- 1 while a job decided from the arrival note (jobs/arrival.py) waits for its instance's
     -- description to name the patient and study in its records.
-    awaits_description INTEGER NOT NULL DEFAULT 0
+    awaits_description INTEGER NOT NULL DEFAULT 0,
+    -- The claim's lease (epoch seconds; its worker renews it) and fencing token, incremented at
+    -- each claim and takeover: a write carrying an older token is refused (lease_store.py).
+    lease_until REAL, fence INTEGER NOT NULL DEFAULT 0
 );
 CREATE INDEX IF NOT EXISTS jobs_ready ON jobs(state, next_attempt_at);
 CREATE INDEX IF NOT EXISTS jobs_rule_target ON jobs(rule, target);
@@ -78,4 +81,7 @@ MIGRATIONS = (
               {"job_items": {"reported": "INTEGER NOT NULL DEFAULT 1"}}),
     Migration(6, "jobs: decided at arrival, awaiting the description",
               {"jobs": {"awaits_description": "INTEGER NOT NULL DEFAULT 0"}}),
+    # Jobs running when the gateway stopped have no lease: the start's recovery takes them.
+    Migration(8, "jobs: a claim's lease and fencing token",
+              {"jobs": {"lease_until": "REAL", "fence": "INTEGER NOT NULL DEFAULT 0"}}),
 )

@@ -14,6 +14,7 @@ from typing import Protocol
 from orthanc_plugin.db import DatabaseUnwritable, is_disk_error
 from orthanc_plugin.jobs.executors import Registry
 from orthanc_plugin.jobs.intake import Intake
+from orthanc_plugin.jobs.lease_store import LeaseLost
 from orthanc_plugin.jobs.queue import Claim, JobQueue
 from orthanc_plugin.reception import ReceptionGate
 
@@ -100,6 +101,8 @@ class WorkerPool:
             threading.Thread(target=self._send_loop, name=f"rtgw-sender-{n}", daemon=True)
             for n in range(self.workers)
         ]
+        self.threads.append(
+            threading.Thread(target=self._lease_loop, name="rtgw-leases", daemon=True))
         for thread in self.threads:
             thread.start()
 
@@ -169,12 +172,43 @@ class WorkerPool:
             # Stopping while the disk is full: the claim stays running and in flight, and the
             # next start verifies with the receiver what arrived.
             self.log_error(f"{claim.action} to {claim.target}: not recorded ({error})")
+        except LeaseLost as lost:
+            # Another worker took some of these jobs after their lease ran out: what this one
+            # did for them is the new holder's to establish (forwarding verifies at the
+            # destination). The claim's other jobs wait again, no attempt spent.
+            given = self.queue.give_back(claim.job_ids, "its claim was cut short: " + str(lost))
+            self.log_error(f"{claim.action} to {claim.target}: {lost}; "
+                           f"{len(given)} job(s) of the claim wait again")
         except Exception as error:  # the jobs go back to the queue with backoff
             self.log_error(f"{claim.action} to {claim.target}: " + traceback.format_exc())
             self.queue.settle(claim.job_ids, f"internal error: {error}", "internal")
         finally:
             if self.watch is not None:
                 self.watch.finished()
+
+    def _lease_loop(self) -> None:
+        """Renew this worker's leases, then take over any worker's that ran out (a paused or
+        dead process, another node): the queue's liveness needs no supervisor to notice."""
+        failing = False
+        while not self.stopping.wait(self.queue.leases.renew_every):
+            try:
+                lost = self.queue.renew_leases()
+                requeued, poisoned = self.queue.take_over_expired()
+                if failing:
+                    self.log_error("leases: the gateway database answers again; leases renewed")
+                    failing = False
+            except Exception as error:  # a database that does not answer: try again next time
+                if not failing:
+                    self.log_error(f"leases: cannot renew ({error}); claims hold for "
+                                   f"{self.queue.leases.lease_seconds:.0f} s without renewal")
+                    failing = True
+                continue
+            if lost:
+                self.log_error(f"leases: jobs {lost[:10]} were taken over by another worker")
+            if requeued or poisoned:
+                self.log_error(f"leases: took over jobs {requeued[:10]} whose lease ran out"
+                               + (f"; parked as poison: {poisoned[:10]}" if poisoned else ""))
+                self.send_wakeup.set()
 
     def _send_loop(self) -> None:
         while not self.stopping.is_set():

@@ -1,7 +1,6 @@
 import dataclasses
 import sqlite3
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -10,8 +9,7 @@ from orthanc_plugin.app import all_migrations
 from orthanc_plugin.audit.tables import SCHEMA as AUDIT_SCHEMA
 from orthanc_plugin.config import RetryPolicySettings
 from orthanc_plugin.db import META_SCHEMA, Database
-from orthanc_plugin.db_engine import POSTGRESQL, SQLITE, StateDatabase
-from orthanc_plugin.db_postgres import PostgresDatabase
+from orthanc_plugin.db_engine import SQLITE, StateDatabase
 from orthanc_plugin.jobs.queue import JobQueue, JobSpec
 from orthanc_plugin.jobs.records import Job
 from orthanc_plugin.jobs.retry import decide
@@ -22,16 +20,10 @@ from orthanc_plugin.rules.priority import Priority
 POLICY = RetryPolicySettings(max_attempts=3, base_delay_seconds=0, max_delay_seconds=0)
 
 
-# Every test of the queue runs on both engines (the PostgreSQL one on a real server,
-# tests/support/postgres.py); a test that builds an SQLite file of an earlier layout is SQLite's.
-@pytest.fixture(params=[SQLITE, POSTGRESQL])
-def database(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[StateDatabase]:
-    if request.param == SQLITE:
-        yield Database(tmp_path / "q.sqlite", [META_SCHEMA, AUDIT_SCHEMA, JOBS_SCHEMA])
-        return
-    db = PostgresDatabase(request.getfixturevalue("postgres_conninfo"), [AUDIT_SCHEMA, JOBS_SCHEMA])
-    yield db
-    db.close()
+# `queue_database` (tests/conftest.py): every test here runs on SQLite and on a real PostgreSQL.
+@pytest.fixture
+def database(queue_database: StateDatabase) -> StateDatabase:
+    return queue_database
 
 
 @pytest.fixture
@@ -112,7 +104,9 @@ def test_a_claim_hands_out_frozen_job_records_of_what_was_enqueued(queue: JobQue
     assert running is not None and running.claim_id
     assert running == dataclasses.replace(
         first, state=JobState.RUNNING, attempts=1, updated_at=running.updated_at, claimed_by="",
-        claim_id=running.claim_id, claim_items=2)
+        claim_id=running.claim_id, claim_items=2, lease_until=running.lease_until, fence=1)
+    # Its lease runs from the claim (lease_store.LEASE_SECONDS), its token is the first.
+    assert running.lease_until is not None and running.lease_until > time.time() + 30
 
 
 def test_partial_delivery_then_retry_then_park(queue: JobQueue) -> None:

@@ -14,6 +14,7 @@ from pathlib import Path
 from orthanc_plugin.audit.tables import SCHEMA as AUDIT_SCHEMA
 from orthanc_plugin.config import RetryPolicySettings
 from orthanc_plugin.db_postgres import PostgresDatabase
+from orthanc_plugin.jobs.lease_store import LeaseLost
 from orthanc_plugin.jobs.queue import JobQueue, JobSpec
 from orthanc_plugin.jobs.tables import SCHEMA as JOBS_SCHEMA
 
@@ -132,4 +133,59 @@ def test_a_killed_claimant_s_job_is_reclaimed_and_finished_by_the_other(
     assert (rows[first]["state"], rows[first]["claimed_by"], rows[first]["crashes"],
             rows[first]["attempts"]) == ("done", "survivor:1", 1, 2)
     assert (rows[second]["state"], rows[second]["claimed_by"]) == ("done", "survivor:1")
+    db.close()
+
+
+def claim_then_write_late(conninfo: str, claimed: Event, resume: Event, outcome: str) -> None:
+    """A node that claims one job on a one-second lease, is paused (SIGSTOP by the test: no
+    renewal, its connection idle), and once resumed tries to record the job as delivered."""
+    queue = JobQueue(PostgresDatabase(conninfo), POLICY, claimant="paused:1", lease_seconds=1.0)
+    claim = queue.claim(max_items=1)
+    assert claim is not None
+    claimed.set()
+    assert resume.wait(120)
+    try:
+        queue.mark_sent(claim.items, {})
+        queue.settle(claim.job_ids, None, None)
+        result = "written"
+    except LeaseLost:
+        result = "refused"
+    Path(outcome).write_text(result, encoding="utf-8")
+
+
+def test_a_paused_node_s_lease_runs_out_another_finishes_and_its_late_writes_are_refused(
+        postgres_conninfo: str, tmp_path: Path) -> None:
+    db = PostgresDatabase(postgres_conninfo, [AUDIT_SCHEMA, JOBS_SCHEMA])
+    (job_id,) = one_instance_jobs(db, 1)
+    claimed, resume = SPAWN.Event(), SPAWN.Event()
+    outcome = tmp_path / "paused.txt"
+    paused = SPAWN.Process(target=claim_then_write_late,
+                           args=(postgres_conninfo, claimed, resume, str(outcome)))
+    paused.start()
+    try:
+        assert claimed.wait(60)
+        assert paused.pid is not None
+        os.kill(paused.pid, signal.SIGSTOP)
+        survivor = JobQueue(db, POLICY, claimant="survivor:1")
+        # Nobody's supervisor sees the paused node: its lease running out is what frees the job.
+        deadline = time.monotonic() + 30
+        while survivor.take_over_expired() != ([job_id], []):
+            assert time.monotonic() < deadline, "the paused node's lease never ran out"
+            time.sleep(0.1)
+        claim = survivor.claim(max_items=10)
+        assert claim is not None and claim.job_ids == [job_id]
+        survivor.mark_sent(claim.items, {})
+        assert survivor.settle(claim.job_ids, None, None) == {job_id: "done"}
+    finally:
+        if paused.pid is not None:
+            os.kill(paused.pid, signal.SIGCONT)
+        resume.set()
+        paused.join(timeout=60)
+    assert paused.exitcode == 0
+    assert outcome.read_text(encoding="utf-8") == "refused"
+    row = db.query("SELECT state, claimed_by, crashes, attempts, fence FROM jobs")[0]
+    assert (row["state"], row["claimed_by"], row["crashes"], row["attempts"], row["fence"]) == (
+        "done", "survivor:1", 1, 2, 3)
+    sent = db.query("SELECT state, COUNT(*) AS n FROM job_items GROUP BY state")
+    assert [(r["state"], r["n"]) for r in sent] == [("sent", 1)]
     db.close()

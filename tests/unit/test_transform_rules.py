@@ -29,7 +29,7 @@ def job(rule: str, target: str) -> Job:
                next_attempt_at=0.0, created_at="", updated_at="", created_epoch=0.0,
                last_error=None, last_status=None, orthanc_job=None, claimed_by=None, crashes=0,
                priority=10, claim_id=None, claim_items=0, failing_since=None,
-               awaits_description=False)
+               awaits_description=False, lease_until=None, fence=0)
 
 
 def rules(actions: str, destinations: str = "", base_dir: Path | None = None) -> RuleSet:
