@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+import socket
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -72,6 +74,9 @@ class GatewayConfig:
     worker: WorkerSettings = WorkerSettings()
     storage_directory: Path = Path(".")
     min_free_disk_mb: int = 1024
+    # This gateway node's name, first part of every claim it makes ("<node>/<generation>:<pid>"):
+    # at start it takes back only its own earlier claims, never a live neighbour's (issue 25).
+    node_name: str = "gateway"
 
 
 def resolve_path(base: Path, value: str) -> Path:
@@ -137,7 +142,21 @@ def parse_config(orthanc_config: dict[str, Any], config_dir: Path) -> GatewayCon
         worker=_worker_settings(orthanc_config, section),
         storage_directory=storage,
         min_free_disk_mb=int(_number(section, "MinFreeDiskMB", 1024, 0)),
+        node_name=_node_name(section),
     )
+
+
+NODE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,62}")
+
+
+def _node_name(section: dict[str, Any]) -> str:
+    """RtGateway.NodeName, by default the machine's host name: unique among the nodes that
+    share one database (two nodes on one machine each set their own)."""
+    value = section.get("NodeName", socket.gethostname().split(".")[0] or "gateway")
+    if not isinstance(value, str) or not NODE_NAME.fullmatch(value):
+        raise ConfigError(f"{SECTION}.NodeName: expected 1-63 letters, digits, '.', '_' or '-' "
+                          f"starting with a letter or digit, got {value!r}")
+    return value
 
 
 def _worker_settings(orthanc_config: dict[str, Any], section: dict[str, Any]) -> WorkerSettings:

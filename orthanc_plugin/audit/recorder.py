@@ -178,12 +178,19 @@ class AuditRecorder:
 
     def log_orphaned_transfers(self, *, generation: str = "", writer: str = "") -> int:
         """Transfer rows whose worker died before their log line was marked written (the worker
-        named, or any worker of an earlier generation): the line is written unless the log
-        already holds it. Returns how many were written."""
+        named, or any worker of this node's earlier generations: each node writes its own
+        transaction log): the line is written unless the log already holds it. Returns how
+        many were written."""
+        parameters: tuple[str | int, ...]
         if writer:
             where, parameters = "writer = ?", (writer,)
         else:
-            where, parameters = "(writer IS NULL OR writer NOT LIKE ?)", (f"{generation}:%",)
+            node = generation.split("/", 1)[0] + "/" if "/" in generation else ""
+            # A writer without a node ("<generation>:<pid>") wrote before nodes had names: a
+            # single node's, so this node's.
+            where = ("(writer IS NULL OR ((writer NOT LIKE '%/%' OR "
+                     "substr(writer, 1, CAST(? AS INTEGER)) = ?) AND writer NOT LIKE ?))")
+            parameters = (len(node), node, f"{generation}:%")
         rows = self.db.query(
             f"SELECT id, ended_at FROM transfers WHERE (logged=0 AND {where}) OR (logged=? AND "
             "NOT EXISTS (SELECT 1 FROM jobs j WHERE j.id = transfers.job_id AND "

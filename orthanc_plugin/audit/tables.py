@@ -36,7 +36,7 @@ CREATE TABLE IF NOT EXISTS transfers(
     status TEXT NOT NULL,                       -- success | failed | refused
     instances INTEGER NOT NULL, bytes INTEGER NOT NULL,
     started_at TEXT NOT NULL, ended_at TEXT NOT NULL, error TEXT, orthanc_job TEXT,
-    -- The worker that wrote the row ("<generation>:<pid>") and whether its transaction-log line
+    -- The worker that wrote the row ("<node>/<generation>:<pid>") and whether its transaction-log line
     -- is written: a worker killed between the two leaves 0, and the next start writes the line.
     writer TEXT, logged INTEGER NOT NULL DEFAULT 1
 );

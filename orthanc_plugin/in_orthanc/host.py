@@ -175,7 +175,7 @@ def install() -> None:
     if problem:
         orthanc.LogError(f"RtGateway: not starting: {problem}")
         raise RuntimeError(problem)
-    supervisor = Supervisor(command, envelope, _log_warning, _log_error)
+    supervisor = Supervisor(command, envelope, _log_warning, _log_error, node=config.node_name)
     proxy = ApiProxy(channels.api_socket, max_body_bytes=config.worker.max_body_bytes)
     plugin = Plugin(supervisor, NoteSender(channels.worker_socket(0)), proxy, config.database)
     if configuration.get("SaveJobs", True):

@@ -164,14 +164,21 @@ class JobQueue:
 
     @durable_write
     def recover_after_crash(self, generation: str = "") -> int:
-        """Jobs left 'running' by an earlier generation of workers (Orthanc stopped, killed or
-        crashed) run again from their unsent items. Jobs of this generation's workers are theirs."""
-        mine = f"{generation}:%" if generation else ""
+        """Jobs left 'running' by an earlier generation of this node's workers (Orthanc stopped,
+        killed or crashed) run again from their unsent items, with a new token. Jobs of this
+        generation's workers are theirs; another node's ("<node>/..." of another name) are left
+        to their lease, which runs out if that node is gone too (lease_store.py). A claimant
+        without a node name claimed before nodes had names: a single node's, so this one's."""
+        mine = f"{generation}:" if generation else ""
+        node = generation.split("/", 1)[0] + "/" if "/" in generation else ""
         with self.db.transaction() as connection:
             cursor = connection.execute(
-                "UPDATE jobs SET state='pending', next_attempt_at=0, updated_at=? "
-                "WHERE state='running' AND (claimed_by IS NULL OR ?='' OR claimed_by NOT LIKE ?)",
-                (now_iso(), mine, mine),
+                "UPDATE jobs SET state='pending', fence=fence+1, next_attempt_at=0, updated_at=? "
+                "WHERE state='running' AND (claimed_by IS NULL OR lease_until IS NULL OR "
+                "claimed_by NOT LIKE '%/%' OR substr(claimed_by, 1, CAST(? AS INTEGER)) = ?) "
+                "AND NOT (? <> '' AND "
+                "substr(COALESCE(claimed_by, ''), 1, CAST(? AS INTEGER)) = ?)",
+                (now_iso(), len(node), node, mine, len(mine), mine),
             )
             return cursor.rowcount
 

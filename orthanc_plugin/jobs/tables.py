@@ -15,7 +15,7 @@ CREATE TABLE IF NOT EXISTS jobs(
     next_attempt_at REAL NOT NULL DEFAULT 0,
     created_at TEXT NOT NULL, updated_at TEXT NOT NULL, created_epoch REAL NOT NULL DEFAULT 0,
     last_error TEXT, last_status TEXT, orthanc_job TEXT,
-    claimed_by TEXT,                            -- "<generation>:<pid>" of the worker running it
+    claimed_by TEXT,                            -- "<node>/<generation>:<pid>" of its worker
     crashes INTEGER NOT NULL DEFAULT 0,         -- runs that ended their worker; 2 = poison
     -- Which waiting job a destination takes first (rules/priority.py): 0 low .. 30 urgent.
     priority INTEGER NOT NULL DEFAULT 10,

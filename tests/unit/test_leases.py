@@ -14,7 +14,7 @@ from orthanc_plugin.config import RetryPolicySettings
 from orthanc_plugin.db_engine import StateDatabase
 from orthanc_plugin.jobs.executors import Registry
 from orthanc_plugin.jobs.lease_store import LeaseLost
-from orthanc_plugin.jobs.queue import Claim, JobQueue, JobSpec
+from orthanc_plugin.jobs.queue import Claim, ClaimedItem, JobQueue, JobSpec
 from orthanc_plugin.jobs.states import JobState
 from orthanc_plugin.jobs.workers import WorkerPool
 
@@ -190,3 +190,31 @@ def test_a_worker_pool_renews_its_claims_and_gives_back_a_claim_that_was_taken_o
     assert job is not None and job.state == JobState.DONE and job.fence == 3
     assert item_states(queue_database, long_job) == {"a": "sent"}
     assert not any("internal error" in line for line in errors), errors
+
+
+def test_a_node_starting_takes_back_its_own_earlier_claims_never_a_live_neighbours(
+        queue_database: StateDatabase) -> None:
+    """Two nodes on one database: node A restarts (a new generation) while node B runs a claim.
+    A's start takes back A's earlier claims and claims made before leases existed, and leaves
+    B's to B (or to B's lease, should B be gone too)."""
+    before_a = JobQueue(queue_database, POLICY, claimant="node-a/100-1:101")
+    neighbour = JobQueue(queue_database, POLICY, claimant="node-b/200-1:201")
+    restarted = JobQueue(queue_database, POLICY, claimant="node-a/300-2:301")
+    a_old = enqueue(before_a, "study-1", ["a"])
+    assert before_a.claim(max_items=1) is not None
+    b_live = enqueue(neighbour, "study-2", ["b"])
+    assert neighbour.claim(max_items=1) is not None
+    legacy = enqueue(neighbour, "study-3", ["c"])
+    assert neighbour.claim(max_items=1) is not None
+    with queue_database.transaction() as connection:   # claimed by a release before leases
+        connection.execute("UPDATE jobs SET lease_until=NULL, claimed_by='400-1:401' WHERE id=?",
+                           (legacy,))
+    assert restarted.recover_after_crash("node-a/300-2") == 2
+    states = {job_id: restarted.job(job_id) for job_id in (a_old, b_live, legacy)}
+    assert {job_id: job.state for job_id, job in states.items() if job} == {
+        a_old: JobState.PENDING, b_live: JobState.RUNNING, legacy: JobState.PENDING}
+    # A's old claim carries a new token: its dead worker's writes could not land.
+    assert fence_of(queue_database, a_old) == 2 and fence_of(queue_database, b_live) == 1
+    # B is undisturbed: its writes are taken.
+    neighbour.mark_sent([ClaimedItem(b_live, "b")], {"b": 1})
+    assert neighbour.settle([b_live], None, None) == {b_live: JobState.DONE}

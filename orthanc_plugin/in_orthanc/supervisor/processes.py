@@ -91,12 +91,16 @@ class Supervisor:
     def __init__(
         self, command: WorkerCommand, configuration: str,
         log_warning: Callable[[str], None], log_error: Callable[[str], None],
+        node: str = "",
     ) -> None:
         self.command = command
         self.configuration = configuration.encode() + b"\n"
         self.log_warning = log_warning
         self.log_error = log_error
-        self.generation = f"{os.getpid()}-{time.time_ns()}"
+        # "<node>/<pid>-<ns>": the node's name first, so a start takes back only its own node's
+        # earlier claims (JobQueue.recover_after_crash), never a neighbour's on one database.
+        self.generation = f"{node}/{os.getpid()}-{time.time_ns()}" if node else \
+            f"{os.getpid()}-{time.time_ns()}"
         self.slots = [_Slot(index) for index in range(command.count)]
         self._stopping = threading.Event()
         self._thread: threading.Thread | None = None
