@@ -3,7 +3,7 @@ once per session and only when a test asks for it."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 import pytest
@@ -41,3 +41,25 @@ def queue_database(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[S
     db = PostgresDatabase(request.getfixturevalue("postgres_conninfo"), [AUDIT_SCHEMA, JOBS_SCHEMA])
     yield db
     db.close()
+
+
+# A store's own tables on each engine: `make_database([SCHEMA, ...])` in a test that takes this
+# builds them on an SQLite file, then (second run) on a fresh database of the real PostgreSQL.
+# SQLite's meta table is added; PostgresDatabase adds its own.
+MakeDatabase = Callable[[Sequence[str]], StateDatabase]
+
+
+@pytest.fixture(params=[SQLITE, POSTGRESQL])
+def make_database(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[MakeDatabase]:
+    opened: list[PostgresDatabase] = []
+
+    def make(schemas: Sequence[str]) -> StateDatabase:
+        if request.param == SQLITE:
+            return Database(tmp_path / f"s{len(opened)}.sqlite", [META_SCHEMA, *schemas])
+        db = PostgresDatabase(request.getfixturevalue("postgres_conninfo"), list(schemas))
+        opened.append(db)
+        return db
+
+    yield make
+    for db in opened:
+        db.close()
