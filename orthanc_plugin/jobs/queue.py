@@ -30,6 +30,8 @@ AGING_PER_SECOND = 10.0 / AGING_SECONDS_PER_LEVEL
 TARGETS_PER_CLAIM = 50
 # A claim gives way between associations to a job ranked this much higher (half a level).
 OUTRANK_MARGIN = 5.0
+# The first key of the per-destination advisory locks (PostgreSQL), apart from other users'.
+CLAIM_LOCK_SPACE = 250_001
 
 # Waiting for a person's approval (orthanc_plugin/approvals): never claimed until approved.
 HELD = JobState.HELD
@@ -344,6 +346,8 @@ class JobQueue:
             f"ORDER BY best DESC, first LIMIT ?",
             (now, AGING_PER_SECOND, now, TARGETS_PER_CLAIM)).fetchall()
         for group in groups:
+            if not self._deciding_alone(connection, group["target"]):
+                continue     # another node is claiming for this destination right now
             admission = self._admission(connection, group["action"], group["target"], now)
             if admission.allowed:
                 return group["action"], group["target"], admission
@@ -353,6 +357,19 @@ class JobQueue:
                 (now + admission.wait_seconds, admission.status, admission.reason,
                  group["action"], group["target"], now))
         return None
+
+    def _deciding_alone(self, connection: DbConnection, target: str) -> bool:
+        """Whether this claim may decide for the target now. A destination's caps (associations,
+        instances per minute) count what every worker holds and sent; two nodes counting at once
+        under PostgreSQL's READ COMMITTED would each see room for one more and both claim. So a
+        claim decides for a target only while holding its advisory lock (until its transaction
+        ends), and skips a target another node is deciding for, as SKIP LOCKED skips rows: no
+        waiting, no deadlock. SQLite's write lock already makes every claim decide alone."""
+        if self.db.dialect != POSTGRESQL:
+            return True
+        row = connection.execute("SELECT pg_try_advisory_xact_lock(CAST(? AS INTEGER), "
+                                 "hashtext(?)) AS alone", (CLAIM_LOCK_SPACE, target)).fetchone()
+        return bool(row["alone"])
 
     def _admission(self, connection: DbConnection, action: str, target: str,
                    now: float) -> Admission:

@@ -7,6 +7,7 @@ import json
 import multiprocessing
 import os
 import signal
+import threading
 import time
 from multiprocessing.synchronize import Barrier, Event
 from pathlib import Path
@@ -14,6 +15,8 @@ from pathlib import Path
 from orthanc_plugin.audit.tables import SCHEMA as AUDIT_SCHEMA
 from orthanc_plugin.config import RetryPolicySettings
 from orthanc_plugin.db_postgres import PostgresDatabase
+from orthanc_plugin.destinations.admission import DestinationAdmission
+from orthanc_plugin.destinations.model import DestinationPolicy
 from orthanc_plugin.jobs.lease_store import LeaseLost
 from orthanc_plugin.jobs.queue import JobQueue, JobSpec
 from orthanc_plugin.jobs.tables import SCHEMA as JOBS_SCHEMA
@@ -189,3 +192,54 @@ def test_a_paused_node_s_lease_runs_out_another_finishes_and_its_late_writes_are
     sent = db.query("SELECT state, COUNT(*) AS n FROM job_items GROUP BY state")
     assert [(r["state"], r["n"]) for r in sent] == [("sent", 1)]
     db.close()
+
+
+def test_a_destinations_association_cap_holds_across_nodes(postgres_conninfo: str) -> None:
+    """Two nodes claim for one destination that takes one association at a time (its policy,
+    destinations/admission.py). Each node looks, while it holds its claim, at how many claims
+    run for it across the cluster: never two. Without the per-destination advisory lock both
+    count zero at once under READ COMMITTED and both claim."""
+    setup = PostgresDatabase(postgres_conninfo, [AUDIT_SCHEMA, JOBS_SCHEMA])
+    ids = one_instance_jobs(setup, 200)
+    policies = {"ARCHIVE": DestinationPolicy("ARCHIVE", max_associations=1)}
+    start = threading.Barrier(2)
+    most_seen: list[int] = []
+    taken: list[int] = []
+    errors: list[BaseException] = []
+
+    def node(name: str) -> None:
+        try:
+            db = PostgresDatabase(postgres_conninfo)
+            queue = JobQueue(db, POLICY, claimant=f"{name}/1-1:1")
+            queue.admission_checks.append(DestinationAdmission(queue, lambda: policies))
+            seen = 0
+            start.wait()
+            while True:
+                claim = queue.claim(max_items=1)
+                if claim is None:
+                    if not db.query("SELECT 1 FROM jobs WHERE state IN ('pending','running') "
+                                    "LIMIT 1"):
+                        break
+                    queue.look_again()   # 'busy': the other node holds the association
+                    continue
+                running = db.query("SELECT COUNT(DISTINCT claim_id) AS n FROM jobs "
+                                   "WHERE state='running' AND target='ARCHIVE'")[0]["n"]
+                seen = max(seen, int(running))
+                time.sleep(0.002)        # an association's worth of time, held
+                taken.extend(claim.job_ids)
+                queue.mark_sent(claim.items, {})
+                queue.settle(claim.job_ids, None, None)
+            most_seen.append(seen)
+            db.close()
+        except BaseException as error:  # reported by the test's thread
+            errors.append(error)
+
+    threads = [threading.Thread(target=node, args=(name,)) for name in ("node-a", "node-b")]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=180)
+    assert not errors, errors
+    assert sorted(taken) == sorted(ids)
+    assert most_seen == [1, 1]
+    setup.close()
