@@ -162,6 +162,17 @@ class JobQueue:
             " VALUES(?,?,?,?,?,0) ON CONFLICT DO NOTHING",
             [(job_id, spec.rule, spec.target, iid, pos) for pos, iid in enumerate(fresh)],
         )
+        if self.db.dialect == POSTGRESQL:
+            # Another node may have queued some of these (rule, target, instance) since
+            # _unassigned read: the unique key kept its items, not these. Count what this job
+            # really holds, and keep no job that holds nothing. (SQLite: one writer at a time,
+            # _unassigned's answer still holds.)
+            held = int(connection.execute("SELECT COUNT(*) AS n FROM job_items WHERE job_id=?",
+                                          (job_id,)).fetchone()["n"])
+            if held == 0:
+                connection.execute("DELETE FROM jobs WHERE id=?", (job_id,))
+                return None, 0
+            return job_id, held
         return job_id, len(fresh)
 
     @durable_write

@@ -243,3 +243,49 @@ def test_a_destinations_association_cap_holds_across_nodes(postgres_conninfo: st
     assert sorted(taken) == sorted(ids)
     assert most_seen == [1, 1]
     setup.close()
+
+
+def test_two_nodes_queueing_the_same_instance_at_once_make_one_job_of_it(
+        postgres_conninfo: str) -> None:
+    """Node A queues a study (a, b) and has not committed; node B queues instance a for the same
+    rule and target meanwhile. B waits on A's unique key, then finds a taken: B keeps no empty
+    job and says it queued nothing; a is sent once, by A's job."""
+    first_db = PostgresDatabase(postgres_conninfo, [AUDIT_SCHEMA, JOBS_SCHEMA])
+    second_db = PostgresDatabase(postgres_conninfo)
+    first, second = JobQueue(first_db, POLICY), JobQueue(second_db, POLICY)
+    by_second: list[tuple[int | None, int]] = []
+
+    def second_node() -> None:
+        try:
+            with second_db.transaction() as connection:
+                by_second.append(second.enqueue(connection, JobSpec(
+                    rule="r", action="forward", trigger="instance", level="instance",
+                    resource_id="a", target="ARCHIVE"), ["a"]))
+        except BaseException as error:  # reported by the test's thread
+            by_second.append((None, -1))
+            raise error
+
+    with first_db.transaction() as connection:
+        job_a, count = first.enqueue(connection, JobSpec(
+            rule="r", action="forward", trigger="stable-study", level="study",
+            resource_id="study-1", target="ARCHIVE"), ["a", "b"])
+        assert job_a is not None and count == 2
+        racer = threading.Thread(target=second_node)
+        racer.start()
+        # B is inside its insert, waiting on A's uncommitted key (a state, not a time). The
+        # activity view is a snapshot per transaction: cleared before each look.
+        deadline = time.monotonic() + 30
+        while not first_db.query(
+                "SELECT 1 FROM pg_stat_activity WHERE datname=current_database() AND "
+                "wait_event_type='Lock' AND query LIKE 'INSERT INTO job_items%'"):
+            assert time.monotonic() < deadline, "the second node never reached the unique key"
+            connection.execute("SELECT pg_stat_clear_snapshot()").fetchall()
+            time.sleep(0.02)
+    racer.join(timeout=30)
+    assert by_second == [(None, 0)]
+    jobs = first_db.query("SELECT id FROM jobs")
+    assert [row["id"] for row in jobs] == [job_a]
+    items = first_db.query("SELECT job_id, instance_id FROM job_items ORDER BY instance_id")
+    assert [(row["job_id"], row["instance_id"]) for row in items] == [(job_a, "a"), (job_a, "b")]
+    second_db.close()
+    first_db.close()
