@@ -6,6 +6,7 @@ stored while the plugin was stopped or crashing is found by reading the log from
 
 from __future__ import annotations
 
+import contextlib
 import sqlite3
 import threading
 import time
@@ -22,6 +23,7 @@ from orthanc_plugin.jobs import intake_store as store
 from orthanc_plugin.jobs.apply import Applied, queue_rule_actions
 from orthanc_plugin.jobs.arrival import ArrivalDecider, Completed
 from orthanc_plugin.jobs.arrival_store import ArrivalDecision
+from orthanc_plugin.jobs.changes_cursor import GAP_WAIT_SECONDS, ChangesCursor
 from orthanc_plugin.jobs.executors import Registry
 from orthanc_plugin.jobs.facts import SOURCE_BY_ORIGIN, FactsBuilder
 from orthanc_plugin.jobs.queue import JobQueue, JobSpec
@@ -83,6 +85,8 @@ class Intake:
         # folder) name it here: instance ID -> source, or None when the instance is not theirs.
         self.source_overrides: list[Callable[[str], str | None]] = []
         self.lock = threading.Lock()
+        # Where the cursor may move in Orthanc's changes log without skipping one.
+        self.changes_cursor = ChangesCursor()
         # Capabilities that follow described instances (plan bundles, the SQL index); each call
         # returns True when it has more to do at once.
         self.after_describe: list[Callable[[], bool]] = []
@@ -104,7 +108,12 @@ class Intake:
 
     # -- the loop body -------------------------------------------------------------------------
     def initialise_cursor(self) -> None:
-        """A new gateway starts at the end of the log: it does not re-send Orthanc's history."""
+        """A new gateway starts at the end of the log: it does not re-send Orthanc's history.
+        On an Orthanc whose index is a database plugin (PostgreSQL), changes can show out of
+        order, and the cursor waits at a gap before passing it (changes_cursor.py)."""
+        with contextlib.suppress(HostError):
+            if self.host.get_json("/system").get("DatabaseBackendPlugin"):
+                self.changes_cursor.gap_wait_seconds = GAP_WAIT_SECONDS
         if self.db.get_meta(CURSOR_KEY) is None:
             last = self.host.get_json("/changes?last").get("Last", 0)
             self.db.set_meta(CURSOR_KEY, str(last))
@@ -178,13 +187,21 @@ class Intake:
 
     def _tail_changes(self) -> bool:
         cursor = int(self.db.get_meta(CURSOR_KEY) or 0)
-        answer = self.host.get_json(f"/changes?since={cursor}&limit=1000")
+        now = self.clock()
+        # From the cursor, or (a gap open, read again lately) from past what was read: see
+        # changes_cursor.py, for Orthanc on a PostgreSQL index, whose changes can show late.
+        since = self.changes_cursor.since(cursor, now)
+        answer = self.host.get_json(f"/changes?since={since}&limit=1000")
         changes = answer.get("Changes", [])
-        if not changes:
+        advanced, fresh = self.changes_cursor.take(
+            cursor, since, [int(change.get("Seq", 0)) for change in changes], now)
+        if not fresh and advanced == cursor:
             return False
         stamp = now_iso()
         with self.db.transaction() as connection:
             for change in changes:
+                if int(change.get("Seq", 0)) not in fresh:
+                    continue     # taken in by an earlier read while the cursor waited at a gap
                 kind, resource = change.get("ChangeType"), change.get("ID")
                 if kind == "NewInstance":
                     store.note_received(connection, resource, stamp)
@@ -192,8 +209,10 @@ class Intake:
                     store.signal_stable(connection, resource)
                 elif kind == "Deleted" and change.get("ResourceType") == "Instance":
                     store.mark_instance_gone(connection, resource)
-            self.db.set_meta(CURSOR_KEY, str(answer.get("Last", cursor)), connection)
-        return not answer.get("Done", True)
+            if advanced != cursor:
+                self.db.set_meta(CURSOR_KEY, str(advanced), connection)
+        # Waiting at a gap: the next pass reads after the poll interval, not at once.
+        return self.changes_cursor.waiting_for(advanced) is None and not answer.get("Done", True)
 
     # -- describing an instance from Orthanc's index ---------------------------------------------
     def _describe_new(self) -> bool:

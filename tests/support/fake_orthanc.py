@@ -95,6 +95,12 @@ class FakeOrthanc:
             for name, modality_aet in (modalities or {}).items()
         }
         self.changes: list[dict[str, Json]] = []
+        # Change numbers not visible yet: another Orthanc node's store transaction, numbered
+        # before later changes, still running (several nodes on one PostgreSQL index).
+        self.invisible_changes: set[int] = set()
+        # /system's DatabaseBackendPlugin: None for Orthanc's own SQLite index, the plugin's
+        # file for a PostgreSQL index (whose changes can show out of order).
+        self.database_plugin: str | None = None
         self.store_jobs: dict[str, FakeStoreJob] = {}
         self.store_calls: list[StoreCall] = []
         # Every call as (method, uri), in order; `unsupported` lists those the fake lacks.
@@ -474,7 +480,8 @@ class FakeOrthanc:
                     "Last": last_seq}
         since = int(request.query.get("since", ["0"])[0] or 0)
         limit = int(request.query.get("limit", ["100"])[0] or 100)
-        after = [change for change in self.changes if change["Seq"] > since]
+        after = [change for change in self.changes if change["Seq"] > since
+                 and change["Seq"] not in self.invisible_changes]
         page = [dict(change) for change in after[:limit]]
         return {"Changes": page, "Done": len(after) <= limit,
                 "Last": page[-1]["Seq"] if page else last_seq}
@@ -602,4 +609,5 @@ class FakeOrthanc:
 
     def _get_system(self, request: Request) -> Json:
         return {"DicomAet": self.aet, "Name": "fake", "Version": "1.10.1", "ApiVersion": 9,
-                "HasLabels": self.has_labels, "DatabaseVersion": 6}
+                "HasLabels": self.has_labels, "DatabaseVersion": 6,
+                "DatabaseBackendPlugin": self.database_plugin}
