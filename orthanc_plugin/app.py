@@ -34,6 +34,7 @@ from orthanc_plugin.jobs.arrival_store import SCHEMA as ARRIVAL_SCHEMA
 from orthanc_plugin.jobs.executor_base import JobContext
 from orthanc_plugin.jobs.executors import Registry
 from orthanc_plugin.jobs.intake import Intake
+from orthanc_plugin.jobs.intake_lock_store import IntakeLeadership
 from orthanc_plugin.jobs.own_output import SCHEMA as OWN_OUTPUT_SCHEMA
 from orthanc_plugin.jobs.own_output import own_output_source
 from orthanc_plugin.jobs.queue import JobQueue
@@ -99,6 +100,7 @@ class Gateway:
             config.workers if role.job_threads is None else role.job_threads,
             config.poll_interval_seconds, host.log_error, watch=role.watch,
             before_claim=self.follow_published_rules, gate=role.gate,
+            intake_held=IntakeLeadership(self.db).held,
         )
         # The lead worker wakes the other worker processes too.
         self.wake_other_workers = role.wake_other_workers

@@ -30,7 +30,8 @@ AGING_PER_SECOND = 10.0 / AGING_SECONDS_PER_LEVEL
 TARGETS_PER_CLAIM = 50
 # A claim gives way between associations to a job ranked this much higher (half a level).
 OUTRANK_MARGIN = 5.0
-# The first key of the per-destination advisory locks (PostgreSQL), apart from other users'.
+# The first key of the per-destination advisory locks (PostgreSQL), apart from other users' and
+# the intake's (jobs/intake_lock_store.py).
 CLAIM_LOCK_SPACE = 250_001
 
 # Waiting for a person's approval (orthanc_plugin/approvals): never claimed until approved.

@@ -74,6 +74,7 @@ class WorkerPool:
         watch: ClaimWatch | None = None,
         before_claim: Callable[[], None] = lambda: None,
         gate: ReceptionGate | None = None,
+        intake_held: Callable[[], bool] = lambda: True,
     ) -> None:
         self.watch = watch
         # Marks each claim's REST calls as background or not (reception.py); None: a disabled
@@ -82,6 +83,12 @@ class WorkerPool:
         # Called before each claim (e.g. to pick up rules reloaded by the lead worker).
         self.before_claim = before_claim
         self.intake = intake
+        # Whether this node runs the intake now (jobs/intake_lock_store.py: one at a time across
+        # the nodes on one PostgreSQL; always on SQLite), asked before each pass.
+        self.intake_held = intake_held
+        # Said in the log only when it changes: a node that holds the intake from its start
+        # (every single node) says nothing.
+        self.intake_running = True
         self.queue = queue
         self.registry = registry
         self.workers = workers
@@ -126,6 +133,9 @@ class WorkerPool:
         while not self.stopping.is_set():
             busy = False
             try:
+                if not self._hold_intake():
+                    self.stopping.wait(self.poll_interval_seconds)
+                    continue
                 last_pass = time.monotonic()
                 busy = self.intake.step()
                 if blocked_since is not None:
@@ -153,6 +163,14 @@ class WorkerPool:
                     if since_pass < INTAKE_GATHER_SECONDS:
                         self.stopping.wait(INTAKE_GATHER_SECONDS - since_pass)
                 self.intake_wakeup.clear()
+
+    def _hold_intake(self) -> bool:
+        held = self.intake_held()
+        if held != self.intake_running:
+            self.intake_running = held
+            self.log_error("intake: this node reads Orthanc's changes now" if held else
+                           "intake: another node reads Orthanc's changes; this one stands by")
+        return held
 
     def _run(self, claim: Claim) -> None:
         description = f"{claim.action} to {claim.target} (jobs {claim.job_ids[:10]})"

@@ -62,8 +62,8 @@ def test_while_a_gap_is_open_reads_take_each_change_once_and_reread_from_the_cur
 
 def test_an_instance_whose_change_shows_late_is_still_taken_in(tmp_path: Path) -> None:
     """On the fake Orthanc with a PostgreSQL index: three CT slices arrive; the first one's
-    change is not visible yet when the intake reads. The other two are taken in, the cursor stays before the first, and
-    once its change shows, it is taken in too."""
+    change is not visible yet when the intake reads. The other two are taken in, the cursor
+    stays before the first, and once its change shows, it is taken in too."""
     orthanc = FakeOrthanc({"ARCHIVE": "ARCHIVE_AE"})
     orthanc.database_plugin = "/usr/share/orthanc/plugins/libOrthancPostgreSQLIndex.so"
     site = build_site(tmp_path, "rules: []\n", orthanc)
