@@ -123,3 +123,22 @@ def test_the_old_python_script_path_still_installs_the_plugin(
     monkeypatch.setattr(host, "install", lambda: installed.append("installed"))
     runpy.run_path(str(ROOT / "orthanc_plugin" / "entry.py"))
     assert installed == ["installed"]
+
+
+def test_the_dicom_front_config_is_valid_and_its_check_is_a_dicom_verification() -> None:
+    """deploy/several-nodes/haproxy.cfg: HAProxy accepts it, and its health check sends exactly
+    the association scripts/dicom_echo_check.py makes (a real HAProxy runs it in
+    tests/integration/test_dicom_front.py)."""
+    config = ROOT / "deploy" / "several-nodes" / "haproxy.cfg"
+    checked = subprocess.run(["/usr/sbin/haproxy", "-c", "-f", str(config)],
+                             capture_output=True, text=True, timeout=60)
+    assert checked.returncode == 0, checked.stdout + checked.stderr
+    lines = [line.strip() for line in config.read_text(encoding="utf-8").splitlines()
+             if line.strip().startswith("tcp-check")]
+    made = subprocess.run([sys.executable, str(ROOT / "scripts" / "dicom_echo_check.py")],
+                          capture_output=True, text=True, check=True, timeout=60).stdout
+    assert lines == made.split("\n")[:-1]
+    request = bytes.fromhex(lines[1].split()[-1])
+    # An A-ASSOCIATE-RQ whose length field says what follows, proposing Verification.
+    assert request[0] == 0x01 and int.from_bytes(request[2:6], "big") == len(request) - 6
+    assert b"1.2.840.10008.1.1" in request
