@@ -17,6 +17,8 @@ command -v systemd-analyze >/dev/null 2>&1 || need_apt+=(systemd)
 command -v debootstrap >/dev/null 2>&1 || need_apt+=(debootstrap)
 # The queue's second engine (several nodes on one PostgreSQL): the tests start their own server.
 compgen -G '/usr/lib/postgresql/*/bin/initdb' >/dev/null || need_apt+=(postgresql)
+# Orthanc nodes sharing one PostgreSQL index (several gateway nodes; tests/integration).
+[ -e /usr/share/orthanc/plugins/libOrthancPostgreSQLIndex.so ] || need_apt+=(orthanc-postgresql)
 # The DICOM front of several nodes (deploy/several-nodes/haproxy.cfg), run by its test.
 [ -x /usr/sbin/haproxy ] || need_apt+=(haproxy)
 # opencv-python (pulled by rt-utils for bench/contours.py) loads libGL and GLib.

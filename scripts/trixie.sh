@@ -51,7 +51,9 @@ umount_all() {
 test_pins() { grep -E '^(pytest|pytest-timeout)==' requirements-dev.txt; }
 
 prepare() {
-  want=$( (cat requirements.txt; test_pins) | sha256sum | cut -d' ' -f1)
+  # The packages named here are part of what a ready root holds: adding one prepares it again.
+  want=$( (cat requirements.txt; test_pins; echo postgresql orthanc-postgresql) | sha256sum \
+    | cut -d' ' -f1)
   if [ -f "$ROOT/.rtgw-ready" ] && [ "$(cat "$ROOT/.rtgw-ready")" = "$want" ]; then
     echo "trixie: reusing $ROOT"
     return
@@ -83,17 +85,26 @@ prepare() {
     in_root apt-get update -q
     in_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends postgresql
   fi
+  # Orthanc nodes on one PostgreSQL index (tests/integration/test_orthanc_nodes.py).
+  if [ ! -e "$ROOT/usr/share/orthanc/plugins/libOrthancPostgreSQLIndex.so" ]; then
+    echo "trixie: installing orthanc-postgresql in $ROOT"
+    in_root apt-get update -q
+    in_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends \
+      orthanc-postgresql
+  fi
   [ -x "$ROOT$VENV/bin/python" ] || in_root /usr/bin/python3 -m venv "$VENV"
   $SUDO cp requirements.txt "$ROOT/tmp/rtgw-requirements.txt"
   test_pins | $SUDO tee -a "$ROOT/tmp/rtgw-requirements.txt" >/dev/null
   in_root "$VENV/bin/python" -m pip install -q -r /tmp/rtgw-requirements.txt
   echo "$want" | $SUDO tee "$ROOT/.rtgw-ready" >/dev/null
-  in_root /usr/sbin/Orthanc --version | head -1
+  # sed, not head: head leaves early and Orthanc, still writing, dies of SIGPIPE (exit 141).
+  in_root /usr/sbin/Orthanc --version | sed -n 1p
 }
 
 # The integration tests that matter on a second Orthanc version: forwarding and delivery, plans,
 # de-identification and export, overlays, the process model, the browser.
 TRIXIE_TESTS=(tests/integration/test_forwarding.py tests/integration/test_delivery.py
+              tests/integration/test_orthanc_nodes.py
               tests/integration/test_storage_commitment.py
               tests/integration/test_plans.py tests/integration/test_deid_export.py
               tests/integration/test_contours.py tests/integration/test_isolation.py
@@ -112,7 +123,7 @@ ready() {
 }
 
 run_tests() {
-  echo "trixie: $(in_root /usr/sbin/Orthanc --version | head -1), $(in_root /usr/bin/python3 --version)"
+  echo "trixie: $(in_root /usr/sbin/Orthanc --version | sed -n 1p), $(in_root /usr/bin/python3 --version)"
   RTGW_ORTHANC_CHROOT="$ROOT" TCP_NODELAY=1 .venv/bin/python -m pytest -p no:cacheprovider \
     "${TRIXIE_TESTS[@]}" "$@"
 }
