@@ -78,3 +78,26 @@ class StateDatabase(Protocol):
     def schema_version(self) -> int: ...
 
     def migrate(self, migrations: Sequence[Migration]) -> list[int]: ...
+
+
+def dialect_of(connection: DbConnection) -> str:
+    """The engine behind a connection, for SQL handed only a connection (a migration's `moves`,
+    a store function inside its caller's transaction): PostgreSQL's connection says so
+    (db_postgres.PgConnection.dialect), sqlite3's says nothing."""
+    return str(getattr(connection, "dialect", SQLITE))
+
+
+class SplitSchema(str):
+    """A part's schema that says something PostgreSQL's translation (db_postgres.postgres_ddl)
+    cannot, such as a CREATE TRIGGER: the string itself is the SQLite text (`portable` then
+    `sqlite_only`), what db.Database runs; on PostgreSQL `portable` is translated and
+    `postgres_only` (PostgreSQL's own DDL: plpgsql functions and their triggers) runs after it."""
+
+    portable: str
+    postgres_only: str
+
+    def __new__(cls, portable: str, sqlite_only: str, postgres_only: str) -> SplitSchema:
+        schema = super().__new__(cls, portable + sqlite_only)
+        schema.portable = portable
+        schema.postgres_only = postgres_only
+        return schema

@@ -35,7 +35,7 @@ from orthanc_plugin.db import (
     Migration,
     check_migrations,
 )
-from orthanc_plugin.db_engine import POSTGRESQL, DbConnection, DbCursor
+from orthanc_plugin.db_engine import POSTGRESQL, DbConnection, DbCursor, SplitSchema
 
 Result = TypeVar("Result")
 
@@ -99,7 +99,10 @@ _DDL_REFUSED = re.compile(r"\b(CREATE\s+TRIGGER|WITHOUT\s+ROWID|PRAGMA|INSERT\s+
 
 def postgres_ddl(schema: str) -> str:
     """SQLite DDL (a part's tables.py) as PostgreSQL DDL: 64-bit integers, identity keys, double
-    precision reals; comments dropped. Raises ValueError for what it cannot translate."""
+    precision reals; comments dropped. Raises ValueError for what it cannot translate.
+    A SplitSchema: its portable part translated, then its PostgreSQL-only DDL as written."""
+    if isinstance(schema, SplitSchema):
+        return postgres_ddl(schema.portable) + "\n" + schema.postgres_only
     text = re.sub(r"--[^\n]*", "", schema)
     for pattern, replacement in _DDL_TYPES:
         text = pattern.sub(replacement, text)
@@ -164,6 +167,8 @@ class _NumericLoader(Loader):
 
 class PgConnection:
     """One thread's psycopg connection, speaking the stores' `?` SQL (db_engine.DbConnection)."""
+
+    dialect = POSTGRESQL    # db_engine.dialect_of
 
     def __init__(self, raw: psycopg.Connection[Row]) -> None:
         self.raw = raw

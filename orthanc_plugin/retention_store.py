@@ -11,10 +11,11 @@ set of keys, delete exactly those).
 
 from __future__ import annotations
 
-import sqlite3
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
+
+from orthanc_plugin.db_engine import POSTGRESQL, DbConnection, dialect_of
 
 
 @dataclass(frozen=True)
@@ -43,41 +44,51 @@ class PrunedEvaluation:
 
 
 # -- totals --------------------------------------------------------------------------------------
-def add_to_meta_totals(connection: sqlite3.Connection, totals: Mapping[str, float]) -> None:
-    """Adds each value to the number kept under its key (a missing key counts as 0)."""
+def add_to_meta_totals(connection: DbConnection, totals: Mapping[str, float]) -> None:
+    """Adds each value to the number kept under its key (a missing key counts as 0). DOUBLE
+    PRECISION: SQLite's REAL (PostgreSQL's REAL has 24 bits); the kept row named meta.value
+    (PostgreSQL finds a bare `value` ambiguous beside excluded's). The text reads back with
+    float() on both engines (SQLite writes 3.0, PostgreSQL 3)."""
     connection.executemany(
         "INSERT INTO meta(key, value) VALUES(?, ?) ON CONFLICT(key) DO UPDATE SET "
-        "value = CAST(CAST(value AS REAL) + CAST(excluded.value AS REAL) AS TEXT)",
+        "value = CAST(CAST(meta.value AS DOUBLE PRECISION) + "
+        "CAST(excluded.value AS DOUBLE PRECISION) AS TEXT)",
         [(key, str(value)) for key, value in totals.items()])
 
 
-def meta_ints(connection: sqlite3.Connection, keys: Sequence[str]) -> list[int]:
+def meta_ints(connection: DbConnection, keys: Sequence[str]) -> list[int]:
     """The values of those of these keys that are set, as integers (in no particular order)."""
     return [int(row[0]) for row in connection.execute(
         f"SELECT value FROM meta WHERE key IN ({_marks(keys)})", tuple(keys))]
 
 
-def has_table(connection: sqlite3.Connection, name: str) -> bool:
+def has_table(connection: DbConnection, name: str) -> bool:
+    """Whether the database has this table (its engine's catalogue: the caller hands a
+    connection only)."""
+    if dialect_of(connection) == POSTGRESQL:
+        return connection.execute(
+            "SELECT 1 FROM information_schema.tables WHERE table_schema = current_schema() "
+            "AND table_name = ?", (name.lower(),)).fetchone() is not None
     return connection.execute("SELECT 1 FROM sqlite_master WHERE name=?",
                               (name,)).fetchone() is not None
 
 
 # -- finished jobs -------------------------------------------------------------------------------
-def done_jobs_before(connection: sqlite3.Connection, cutoff: str, limit: int) -> list[int]:
+def done_jobs_before(connection: DbConnection, cutoff: str, limit: int) -> list[int]:
     """IDs of the oldest-numbered done jobs last updated before `cutoff`, at most `limit`."""
     return [int(row[0]) for row in connection.execute(
         "SELECT id FROM jobs WHERE state='done' AND updated_at < ? ORDER BY id LIMIT ?",
         (cutoff, limit))]
 
 
-def items_of_jobs(connection: sqlite3.Connection, job_ids: Sequence[int]) -> list[PrunedItem]:
+def items_of_jobs(connection: DbConnection, job_ids: Sequence[int]) -> list[PrunedItem]:
     return [PrunedItem(row["rule"], row["target"], row["instance_id"])
             for row in connection.execute(
                 f"SELECT rule, target, instance_id FROM job_items "
                 f"WHERE job_id IN ({_marks(job_ids)})", tuple(job_ids))]
 
 
-def delete_jobs(connection: sqlite3.Connection, job_ids: Sequence[int]) -> int:
+def delete_jobs(connection: DbConnection, job_ids: Sequence[int]) -> int:
     """The jobs and their items; returns how many jobs went."""
     marks = _marks(job_ids)
     connection.execute(f"DELETE FROM job_items WHERE job_id IN ({marks})", tuple(job_ids))
@@ -85,7 +96,7 @@ def delete_jobs(connection: sqlite3.Connection, job_ids: Sequence[int]) -> int:
 
 
 # -- transfers and evaluations -------------------------------------------------------------------
-def transfers_before(connection: sqlite3.Connection, cutoff: str,
+def transfers_before(connection: DbConnection, cutoff: str,
                      limit: int) -> list[PrunedTransfer]:
     return [PrunedTransfer(row["id"], row["target"], row["instances"], row["bytes"],
                            row["status"])
@@ -94,12 +105,12 @@ def transfers_before(connection: sqlite3.Connection, cutoff: str,
                 "ORDER BY id LIMIT ?", (cutoff, limit))]
 
 
-def delete_transfers(connection: sqlite3.Connection, ids: Sequence[int]) -> int:
+def delete_transfers(connection: DbConnection, ids: Sequence[int]) -> int:
     return connection.execute(f"DELETE FROM transfers WHERE id IN ({_marks(ids)})",
                               tuple(ids)).rowcount
 
 
-def evaluations_before(connection: sqlite3.Connection, cutoff: str,
+def evaluations_before(connection: DbConnection, cutoff: str,
                        limit: int) -> list[PrunedEvaluation]:
     return [PrunedEvaluation(row["id"], bool(row["matched"]), row["new_instances"])
             for row in connection.execute(
@@ -107,17 +118,17 @@ def evaluations_before(connection: sqlite3.Connection, cutoff: str,
                 "LIMIT ?", (cutoff, limit))]
 
 
-def delete_evaluations(connection: sqlite3.Connection, ids: Sequence[int]) -> int:
+def delete_evaluations(connection: DbConnection, ids: Sequence[int]) -> int:
     return connection.execute(f"DELETE FROM evaluations WHERE id IN ({_marks(ids)})",
                               tuple(ids)).rowcount
 
 
 # -- rows deleted by age alone -------------------------------------------------------------------
-def delete_audit_events_before(connection: sqlite3.Connection, cutoff: str, limit: int) -> int:
+def delete_audit_events_before(connection: DbConnection, cutoff: str, limit: int) -> int:
     return _delete_batch(connection, "audit_events", "id", "at < ?", (cutoff,), limit)
 
 
-def delete_quiet_studies_before(connection: sqlite3.Connection, cutoff_epoch: float,
+def delete_quiet_studies_before(connection: DbConnection, cutoff_epoch: float,
                                 limit: int) -> int:
     """Study rows last heard from before the cutoff whose received rows are all gone."""
     return _delete_batch(
@@ -125,12 +136,12 @@ def delete_quiet_studies_before(connection: sqlite3.Connection, cutoff_epoch: fl
         "FROM received r WHERE r.study_id = study_progress.study_id)", (cutoff_epoch,), limit)
 
 
-def delete_own_outputs_before(connection: sqlite3.Connection, cutoff: str, limit: int) -> int:
+def delete_own_outputs_before(connection: DbConnection, cutoff: str, limit: int) -> int:
     return _delete_batch(connection, "own_output", "instance_id", "at < ?", (cutoff,), limit)
 
 
 # -- the intake's received rows ------------------------------------------------------------------
-def delete_finished_received(connection: sqlite3.Connection, cutoff: str,
+def delete_finished_received(connection: DbConnection, cutoff: str,
                              followed_up_to: int | None, limit: int, *,
                              wait_for_index: bool) -> int:
     """Rows every rule and follower is done with, oldest first: instance rules ran (or the
@@ -145,7 +156,8 @@ def delete_finished_received(connection: sqlite3.Connection, cutoff: str,
         "DELETE FROM received WHERE seq IN (SELECT r.seq FROM received r WHERE "
         "r.received_at < ? AND r.state <> 'new' "
         "AND (r.instance_rules_done = 1 OR r.state IN ('gone', 'quarantined')) "
-        "AND (? IS NULL OR r.seq <= ?) "
+        # CAST: PostgreSQL cannot tell the type of a parameter tested only for NULL.
+        "AND (CAST(? AS TEXT) IS NULL OR r.seq <= ?) "
         "AND r.seq <= COALESCE((SELECT p.stable_done_seq FROM study_progress p "
         "                       WHERE p.study_id = r.study_id), r.seq) "
         # Uncorrelated, so SQLite builds the (small) set of unfinished instances once.
@@ -155,7 +167,7 @@ def delete_finished_received(connection: sqlite3.Connection, cutoff: str,
         (cutoff, followed_up_to, followed_up_to, limit)).rowcount
 
 
-def _delete_batch(connection: sqlite3.Connection, table: str, key: str, where: str,
+def _delete_batch(connection: DbConnection, table: str, key: str, where: str,
                   values: Iterable[Any], limit: int) -> int:
     return connection.execute(
         f"DELETE FROM {table} WHERE {key} IN (SELECT {key} FROM {table} WHERE {where} "

@@ -4,7 +4,6 @@ page lists. Every change of a job's state here happens in one transaction with i
 from __future__ import annotations
 
 import json
-import sqlite3
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -20,7 +19,7 @@ from orthanc_plugin.approvals.model import (
     expiry_reason,
 )
 from orthanc_plugin.audit.clock import iso_at, now_iso
-from orthanc_plugin.db import Database
+from orthanc_plugin.db_engine import POSTGRESQL, DbConnection, DbRow, StateDatabase
 from orthanc_plugin.jobs.queue import HELD, HOLD_EXPIRED, JobSpec
 from orthanc_plugin.jobs.records import Job
 
@@ -57,12 +56,17 @@ class Decided:
 
 
 class ApprovalStore:
-    def __init__(self, db: Database) -> None:
+    def __init__(self, db: StateDatabase) -> None:
         self.db = db
+
+    @property
+    def _locking(self) -> str:
+        """What a read of approvals about to be decided adds on PostgreSQL: their rows locked."""
+        return " FOR UPDATE" if self.db.dialect == POSTGRESQL else ""
 
     # -- holding ----------------------------------------------------------------------------------
     @staticmethod
-    def hold(connection: sqlite3.Connection, rule: str, hold: HoldAction,
+    def hold(connection: DbConnection, rule: str, hold: HoldAction,
              queued: Sequence[tuple[int, JobSpec]], now: float | None = None) -> int:
         """Hold the jobs a rule just queued, under the subject's waiting approval (or a new one)."""
         now = time.time() if now is None else now
@@ -76,14 +80,15 @@ class ApprovalStore:
         else:
             approval_id = int(connection.execute(
                 "INSERT INTO approvals(rule, subject, level, resource_id, patient_id, study_uid, "
-                "approvers, expires_seconds, created_at, expires_epoch) VALUES(?,?,?,?,?,?,?,?,?,?)",
+                "approvers, expires_seconds, created_at, expires_epoch) VALUES(?,?,?,?,?,?,?,?,?,?) "
+                "RETURNING id",
                 (rule, subject.key, subject.level, subject.resource_id, spec.patient_id,
                  spec.study_uid, json.dumps(list(hold.approvers)), hold.expires_seconds,
-                 iso_at(now), now + hold.expires_seconds)).lastrowid or 0)
+                 iso_at(now), now + hold.expires_seconds)).fetchall()[0]["id"])
         who = ", ".join(hold.approvers) if hold.approvers else "any signed-in user"
         for job_id, _ in queued:
-            connection.execute("INSERT OR IGNORE INTO approval_jobs(approval_id, job_id) VALUES(?,?)",
-                               (approval_id, job_id))
+            connection.execute("INSERT INTO approval_jobs(approval_id, job_id) VALUES(?,?) "
+                               "ON CONFLICT DO NOTHING", (approval_id, job_id))
             connection.execute(
                 "UPDATE jobs SET state=?, last_status='held', last_error=?, updated_at=? "
                 "WHERE id=? AND state='pending'",
@@ -94,7 +99,9 @@ class ApprovalStore:
     def decide(self, approval_id: int, decision: Decision, asked: Sequence[str] | None, user: str,
                comment: str) -> Decided:
         with self.db.transaction() as connection:
-            approval = connection.execute("SELECT * FROM approvals WHERE id=?",
+            # Another node deciding the same approval waits for this decision (SQLite: one
+            # writer at a time), then finds it decided.
+            approval = connection.execute("SELECT * FROM approvals WHERE id=?" + self._locking,
                                           (approval_id,)).fetchone()
             if approval is None:
                 raise DecisionRefused(404, f"no approval {approval_id}")
@@ -117,7 +124,7 @@ class ApprovalStore:
                     "updated_at=? WHERE id=? AND state=?",
                     [(f"rejected by {user}: {comment}", stamp, job_id, HELD) for job_id in job_ids])
             connection.executemany(
-                "INSERT INTO approval_decisions(approval_id, target, decision, user, comment, at) "
+                'INSERT INTO approval_decisions(approval_id, target, decision, "user", comment, at) '
                 "VALUES(?,?,?,?,?,?)",
                 [(approval_id, target, decision.value, user, comment, stamp) for target in targets])
             still = sorted({job.target for job in held if job.target not in targets})
@@ -134,7 +141,7 @@ class ApprovalStore:
         with self.db.transaction() as connection:
             for approval in connection.execute(
                     "SELECT * FROM approvals WHERE state='waiting' AND expires_epoch<=? ORDER BY id "
-                    "LIMIT 100", (now,)).fetchall():
+                    "LIMIT 100" + self._locking, (now,)).fetchall():
                 held = _held_jobs(connection, approval["id"])
                 reason = expiry_reason(approval["expires_seconds"], json.loads(approval["approvers"]))
                 stamp = now_iso()
@@ -144,8 +151,8 @@ class ApprovalStore:
                     [(HOLD_EXPIRED, reason, stamp, job.id, HELD) for job in held])
                 targets = sorted({job.target for job in held})
                 connection.executemany(
-                    "INSERT INTO approval_decisions(approval_id, target, decision, user, comment, "
-                    "at) VALUES(?,?,?,?,?,?)",
+                    'INSERT INTO approval_decisions(approval_id, target, decision, "user", '
+                    "comment, at) VALUES(?,?,?,?,?,?)",
                     [(approval["id"], target, "expired", EXPIRED_BY, reason, stamp)
                      for target in targets])
                 connection.execute("UPDATE approvals SET state=? WHERE id=?",
@@ -177,7 +184,7 @@ class ApprovalStore:
                 "aj.approval_id=approvals.id AND j.state=?)", (HELD,)).rowcount
 
     # -- the page's words and Orthanc's labels ----------------------------------------------------
-    def undescribed(self, limit: int = 20) -> list[sqlite3.Row]:
+    def undescribed(self, limit: int = 20) -> Sequence[DbRow]:
         return self.db.query("SELECT id, level, resource_id, patient_id, study_uid FROM approvals "
                              "WHERE described=0 ORDER BY id LIMIT ?", (limit,))
 
@@ -193,7 +200,7 @@ class ApprovalStore:
         rows = self.db.query("SELECT plan_label FROM plan_bundles WHERE plan_uid=?", (plan_uid,))
         return (rows[0]["plan_label"] or "") if rows else ""
 
-    def labels_due(self) -> tuple[list[sqlite3.Row], list[sqlite3.Row]]:
+    def labels_due(self) -> tuple[Sequence[DbRow], Sequence[DbRow]]:
         """(studies to label as awaiting approval, studies whose last waiting approval ended)."""
         add = self.db.query("SELECT id, patient_id, study_uid FROM approvals WHERE "
                             "state='waiting' AND labelled=0 LIMIT 50")
@@ -229,14 +236,14 @@ class ApprovalStore:
             "SELECT COUNT(DISTINCT aj.approval_id) AS n FROM approval_jobs aj JOIN jobs j ON "
             "j.id=aj.job_id WHERE j.target=? AND j.state=?", (target, HELD))[0]["n"])
 
-    def _json(self, row: sqlite3.Row) -> dict[str, Any]:
+    def _json(self, row: DbRow) -> dict[str, Any]:
         jobs = self.db.query(
             "SELECT j.id, j.target, j.state, j.action, (SELECT COUNT(*) FROM job_items i WHERE "
             "i.job_id=j.id) AS instances, (SELECT COUNT(*) FROM job_items i WHERE i.job_id=j.id "
             "AND i.state='sent') AS sent FROM approval_jobs aj JOIN jobs j ON j.id=aj.job_id "
             "WHERE aj.approval_id=? ORDER BY j.id", (row["id"],))
         decisions = self.db.query(
-            "SELECT target, decision, user, comment, at FROM approval_decisions WHERE "
+            'SELECT target, decision, "user", comment, at FROM approval_decisions WHERE '
             "approval_id=? ORDER BY id", (row["id"],))
         targets: dict[str, dict[str, Any]] = {}
         for job in jobs:
@@ -269,7 +276,7 @@ class ApprovalStore:
         }
 
 
-def _held_jobs(connection: sqlite3.Connection, approval_id: int) -> list[Job]:
+def _held_jobs(connection: DbConnection, approval_id: int) -> list[Job]:
     return [Job.of_row(row) for row in connection.execute(
         "SELECT j.* FROM approval_jobs aj JOIN jobs j ON j.id=aj.job_id WHERE "
         "aj.approval_id=? AND j.state=? ORDER BY j.id", (approval_id, HELD)).fetchall()]

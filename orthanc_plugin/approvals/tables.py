@@ -1,4 +1,7 @@
-"""Approvals: one per (rule, study or plan) while it waits; its jobs; each person's decision."""
+"""Approvals: one per (rule, study or plan) while it waits; its jobs; each person's decision.
+
+approval_decisions' column `user` is a reserved word of PostgreSQL: every statement names it
+"user", quoted (both engines take the quoted name)."""
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS approvals(
@@ -25,7 +28,8 @@ CREATE TABLE IF NOT EXISTS approval_decisions(
     id INTEGER PRIMARY KEY AUTOINCREMENT,
     approval_id INTEGER NOT NULL REFERENCES approvals(id),
     target TEXT NOT NULL, decision TEXT NOT NULL,   -- approve | reject | expired
-    user TEXT NOT NULL, comment TEXT NOT NULL DEFAULT '', at TEXT NOT NULL
+    -- Quoted: `user` is a reserved word of PostgreSQL (the same column on SQLite).
+    "user" TEXT NOT NULL, comment TEXT NOT NULL DEFAULT '', at TEXT NOT NULL
 );
 CREATE INDEX IF NOT EXISTS approval_decisions_approval ON approval_decisions(approval_id);
 """

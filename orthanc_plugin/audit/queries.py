@@ -1,14 +1,19 @@
-"""Read-only views of the audit for the REST API: filtered rows, CSV, per-rule/target stats."""
+"""Read-only views of the audit for the REST API: filtered rows, CSV, per-rule/target stats.
+
+SQL both engines accept (db_engine): rows are ordered by each table's own key (PostgreSQL has no
+rowid; in SQLite these keys are the rowid), and the one integer column a filter compares is given
+a number, never a text PostgreSQL would refuse."""
 
 from __future__ import annotations
 
 import csv
 import io
+import re
 from collections.abc import Mapping
 from typing import Any
 
 from orthanc_plugin.csv_cells import safe_mapping
-from orthanc_plugin.db import Database
+from orthanc_plugin.db_engine import StateDatabase
 
 # kind -> (table, time column, the filters that table can answer)
 AUDIT_KINDS: dict[str, tuple[str, str, dict[str, str]]] = {
@@ -38,6 +43,14 @@ AUDIT_KINDS: dict[str, tuple[str, str, dict[str, str]]] = {
 }
 
 
+# Each table's key, the order of rows stamped alike (an INTEGER PRIMARY KEY: SQLite's rowid).
+KEY_COLUMNS = {"transfers": "id", "evaluations": "id", "received": "seq", "audit_events": "id",
+               "quarantine": "id"}
+# A text SQLite reads as a number when compared with an INTEGER column (its numeric literals,
+# blanks around them allowed); any other text equals no integer.
+SQLITE_NUMBER = re.compile(r"[ \t\n\v\f\r]*[+-]?([0-9]+\.?[0-9]*|\.[0-9]+)([eE][+-]?[0-9]+)?"
+                           r"[ \t\n\v\f\r]*")
+
 MAX_AUDIT_ROWS = 100_000
 PAGING = ("kind", "since", "until", "format", "limit", "offset", "order")
 
@@ -46,7 +59,7 @@ class AuditQueryError(ValueError):
     pass
 
 
-def audit_rows(db: Database, filters: Mapping[str, str]) -> list[dict[str, Any]]:
+def audit_rows(db: StateDatabase, filters: Mapping[str, str]) -> list[dict[str, Any]]:
     kind = filters.get("kind", "transfers")
     if kind not in AUDIT_KINDS:
         raise AuditQueryError(f"kind: expected one of {', '.join(AUDIT_KINDS)}, got {kind!r}")
@@ -66,7 +79,13 @@ def audit_rows(db: Database, filters: Mapping[str, str]) -> list[dict[str, Any]]
             known = ", ".join([*PAGING, *columns])
             raise AuditQueryError(f"{name}: not a filter of {kind} (filters: {known})")
         if kind == "evaluations" and name == "status":
-            value = {"matched": "1", "not-matched": "0"}.get(value, value)
+            number = _as_sqlite_number({"matched": "1", "not-matched": "0"}.get(value, value))
+            if number is None:
+                clauses.append("1 = 0")   # matched is an integer: it equals no such text
+                continue
+            clauses.append(f"{columns[name]} = ?")
+            parameters.append(number)
+            continue
         clauses.append(f"{columns[name]} = ?")
         parameters.append(value)
     limit_text = filters.get("limit") or "10000"
@@ -83,9 +102,18 @@ def audit_rows(db: Database, filters: Mapping[str, str]) -> list[dict[str, Any]]
         raise AuditQueryError(f"order: expected asc or desc, got {order[:40]!r}")
     direction = "DESC" if order == "desc" else "ASC"
     where = f"WHERE {' AND '.join(clauses)}" if clauses else ""
-    sql = (f"SELECT * FROM {table} {where} ORDER BY {time_column} {direction}, rowid {direction} "
-           "LIMIT ? OFFSET ?")
+    sql = (f"SELECT * FROM {table} {where} ORDER BY {time_column} {direction}, "
+           f"{KEY_COLUMNS[table]} {direction} LIMIT ? OFFSET ?")
     return [dict(row) for row in db.query(sql, [*parameters, limit, int(offset_text)])]
+
+
+def _as_sqlite_number(text: str) -> int | float | None:
+    """The number SQLite makes of `text` compared with an INTEGER column, or None when it keeps
+    the text (which then equals no row): PostgreSQL refuses such a text for a bigint."""
+    if not SQLITE_NUMBER.fullmatch(text):
+        return None
+    number = float(text.strip(" \t\n\v\f\r"))
+    return int(number) if number.is_integer() else number
 
 
 def to_csv(rows: list[dict[str, Any]]) -> str:
@@ -102,7 +130,7 @@ def _group(groups: dict[str, dict[str, Any]], name: str) -> dict[str, Any]:
     return groups.setdefault(name, {"sent": 0, "bytes": 0, "successful_transfers": 0, "failed": 0})
 
 
-def stats(db: Database) -> dict[str, Any]:
+def stats(db: StateDatabase) -> dict[str, Any]:
     """Per rule and per target: instances sent, failed attempts, jobs pending and parked."""
     result: dict[str, Any] = {}
     for key in ("rule", "target"):

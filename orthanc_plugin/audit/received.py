@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from orthanc_plugin.db import Database
+from orthanc_plugin.db_engine import StateDatabase
 
 # Instance IDs per IN (...) query: well under SQLite's bound on parameters.
 CHUNK = 500
@@ -23,7 +23,7 @@ class ReceivedKeys:
     sop_class_uid: str
 
 
-def received_keys(db: Database, instance_ids: Sequence[str]) -> dict[str, ReceivedKeys]:
+def received_keys(db: StateDatabase, instance_ids: Sequence[str]) -> dict[str, ReceivedKeys]:
     """The described instances among these (one not described yet is absent)."""
     keys: dict[str, ReceivedKeys] = {}
     for chunk in _chunks(instance_ids):
@@ -37,7 +37,7 @@ def received_keys(db: Database, instance_ids: Sequence[str]) -> dict[str, Receiv
     return keys
 
 
-def received_sizes(db: Database, instance_ids: Sequence[str]) -> dict[str, int]:
+def received_sizes(db: StateDatabase, instance_ids: Sequence[str]) -> dict[str, int]:
     sizes: dict[str, int] = {}
     for chunk in _chunks(instance_ids):
         for row in db.query(

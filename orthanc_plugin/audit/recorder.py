@@ -1,14 +1,14 @@
-"""Writes the audit: evaluations, transfers and other events to SQLite, and the daily log."""
+"""Writes the audit: evaluations, transfers and other events to the gateway database (SQLite or
+PostgreSQL: SQL both engines accept), and the daily log."""
 
 from __future__ import annotations
 
-import sqlite3
 from collections.abc import Mapping
 
 from orthanc_plugin.audit.clock import now_iso
 from orthanc_plugin.audit.metrics import Metrics
 from orthanc_plugin.audit.translog import TransactionLog
-from orthanc_plugin.db import Database
+from orthanc_plugin.db_engine import DbConnection, DbRow, StateDatabase
 from orthanc_plugin.jobs.records import Job
 from orthanc_plugin.jobs.states import JobState
 
@@ -19,7 +19,7 @@ LOG_AWAITS_DESCRIPTION = 2
 
 
 class AuditRecorder:
-    def __init__(self, db: Database, log: TransactionLog, metrics: Metrics) -> None:
+    def __init__(self, db: StateDatabase, log: TransactionLog, metrics: Metrics) -> None:
         self.db = db
         self.log = log
         self.metrics = metrics
@@ -30,7 +30,7 @@ class AuditRecorder:
 
     def evaluation(
         self,
-        connection: sqlite3.Connection,
+        connection: DbConnection,
         *,
         trigger: str,
         level: str,
@@ -71,7 +71,7 @@ class AuditRecorder:
 
     @staticmethod
     def insert_transfer(
-        connection: sqlite3.Connection,
+        connection: DbConnection,
         *,
         job: Job,
         attempt: int,
@@ -87,20 +87,22 @@ class AuditRecorder:
         (log_transfer), so a row is never logged without being kept."""
         # Patient and study as the job holds them now, not as the caller read it at its claim: a
         # job decided at arrival learns them when its instance is described (jobs/arrival.py).
-        cursor = connection.execute(
+        # RETURNING, not cursor.lastrowid (PostgreSQL has none), read whole (SQLite finishes the
+        # statement only when its rows are read).
+        rows = connection.execute(
             "INSERT INTO transfers(job_id, rule, resource_id, patient_id, study_uid, target,"
             " attempt, status, instances, bytes, started_at, ended_at, error, orthanc_job,"
             " writer, logged) VALUES(?,?,?,"
             " COALESCE((SELECT patient_id FROM jobs WHERE id=?), ?),"
             " COALESCE((SELECT study_uid FROM jobs WHERE id=?), ?),"
-            " ?,?,?,?,?,?,?,?,?,?,0)",
+            " ?,?,?,?,?,?,?,?,?,?,0) RETURNING id",
             (
                 job.id, job.rule, job.resource_id, job.id, job.patient_id,
                 job.id, job.study_uid, job.target, attempt, status, instances,
                 bytes_sent, started_at, now_iso(), error, orthanc_job, writer,
             ),
-        )
-        return int(cursor.lastrowid or 0)
+        ).fetchall()
+        return int(rows[0]["id"])
 
     def log_transfer(self, transfer_id: int, job_state: str, *, late: bool = False,
                      counted: bool = False) -> None:
@@ -143,7 +145,7 @@ class AuditRecorder:
                 connection.execute("UPDATE transfers SET logged=1 WHERE id=?", (transfer_id,))
         self.db.durable(mark, "marking a transfer as logged")
 
-    def _transfer_for_log(self, transfer_id: int) -> sqlite3.Row | None:
+    def _transfer_for_log(self, transfer_id: int) -> DbRow | None:
         rows = self.db.query(
             "SELECT t.*, j.remote_ip, j.calling_aet, j.awaits_description FROM transfers t "
             "LEFT JOIN jobs j ON j.id = t.job_id WHERE t.id=?", (transfer_id,))
@@ -220,7 +222,7 @@ class AuditRecorder:
         resource_id: str = "",
         patient_id: str = "",
         study_uid: str = "",
-        connection: sqlite3.Connection | None = None,
+        connection: DbConnection | None = None,
     ) -> None:
         row: tuple[object, ...] = (
             now_iso(), event, status, patient_id, study_uid, resource_id, rule, target, job_id,
@@ -251,7 +253,7 @@ class AuditRecorder:
         self.db.durable(write, f"writing the audit event {event}")
 
     def quarantine(
-        self, connection: sqlite3.Connection, instance_id: str, reason: str, detail: str = ""
+        self, connection: DbConnection, instance_id: str, reason: str, detail: str = ""
     ) -> None:
         connection.execute(
             "INSERT INTO quarantine(at, instance_id, reason, detail) VALUES(?,?,?,?)",

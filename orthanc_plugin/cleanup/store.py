@@ -8,11 +8,10 @@ It reads the tables of the queue, the intake, plans and harvests: the clean-up's
 from __future__ import annotations
 
 import json
-import sqlite3
 from dataclasses import dataclass
 from datetime import datetime
 
-from orthanc_plugin.db import Database
+from orthanc_plugin.db_engine import DbRow, StateDatabase
 from orthanc_plugin.harvest.model import ACTIVE_STATES
 from orthanc_plugin.jobs.records import Job
 from orthanc_plugin.jobs.states import JobState
@@ -33,7 +32,7 @@ class Arrival:
 
 
 class CleanupStore:
-    def __init__(self, db: Database, own_actions: tuple[str, ...]) -> None:
+    def __init__(self, db: StateDatabase, own_actions: tuple[str, ...]) -> None:
         self.db = db
         self.own_actions = own_actions
 
@@ -147,7 +146,7 @@ def _named(reasons: list[str], rest: str) -> list[str]:
     return [*reasons[:MOST_NAMED], f"{len(reasons) - MOST_NAMED} {rest}"]
 
 
-def _plan_name(row: sqlite3.Row) -> str:
+def _plan_name(row: DbRow) -> str:
     label = row["plan_label"] or row["plan_name"] or "without a label"
     return f"'{label}'"
 

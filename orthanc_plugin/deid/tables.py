@@ -7,12 +7,12 @@ its stored copy. Read only through the authenticated route GET /rt-gateway/deid/
 from __future__ import annotations
 
 import json
-import sqlite3
 from dataclasses import dataclass
 from typing import Any
 
 from orthanc_plugin.audit.clock import now_iso
-from orthanc_plugin.db import Database, Migration
+from orthanc_plugin.db import Migration
+from orthanc_plugin.db_engine import DbConnection, StateDatabase
 from orthanc_plugin.deid.keys import new_secret
 from orthanc_plugin.deid.model import DeidResult
 
@@ -60,18 +60,19 @@ CREATE INDEX IF NOT EXISTS deid_copies_copy ON deid_copies(copy_instance_id);
 """
 
 
-def installation_secret(db: Database) -> str:
+def installation_secret(db: StateDatabase) -> str:
     """The per-installation HMAC key, created once; two threads racing keep the first one written."""
     with db.transaction() as connection:
         connection.execute(
-            "INSERT OR IGNORE INTO meta(key, value) VALUES(?, ?)", (SECRET_KEY, new_secret())
+            "INSERT INTO meta(key, value) VALUES(?, ?) ON CONFLICT DO NOTHING",
+            (SECRET_KEY, new_secret())
         )
         row = connection.execute("SELECT value FROM meta WHERE key=?", (SECRET_KEY,)).fetchone()
     return str(row["value"])
 
 
 def record_mapping(
-    connection: sqlite3.Connection, result: DeidResult, date_offset_days: int
+    connection: DbConnection, result: DeidResult, date_offset_days: int
 ) -> None:
     stamp = now_iso()
     connection.execute(
@@ -81,14 +82,14 @@ def record_mapping(
         (result.original_patient_id, result.new_patient_id, date_offset_days, stamp, stamp),
     )
     connection.executemany(
-        "INSERT OR IGNORE INTO deid_uids(original_uid, new_uid, keyword, original_patient_id,"
-        " first_seen) VALUES(?,?,?,?,?)",
+        "INSERT INTO deid_uids(original_uid, new_uid, keyword, original_patient_id,"
+        " first_seen) VALUES(?,?,?,?,?) ON CONFLICT DO NOTHING",
         [(old, new, keyword, result.original_patient_id, stamp)
          for old, (new, keyword) in result.uids.items()],
     )
 
 
-def mapping_for(db: Database, patient: str) -> dict[str, Any] | None:
+def mapping_for(db: StateDatabase, patient: str) -> dict[str, Any] | None:
     """The mapping of one patient, found by its original or its de-identified ID."""
     rows = db.query(
         "SELECT * FROM deid_patients WHERE original_patient_id=? OR new_patient_id=?",
@@ -99,7 +100,7 @@ def mapping_for(db: Database, patient: str) -> dict[str, Any] | None:
     row = dict(rows[0])
     uids = db.query(
         "SELECT original_uid, new_uid, keyword FROM deid_uids WHERE original_patient_id=? "
-        "ORDER BY first_seen, keyword",
+        "ORDER BY first_seen, keyword NULLS FIRST",   # SQLite's order; PostgreSQL's puts them last
         (row["original_patient_id"],),
     )
     copies = db.query(
@@ -112,7 +113,7 @@ def mapping_for(db: Database, patient: str) -> dict[str, Any] | None:
     return row
 
 
-def original_keys(db: Database, instance_ids: list[str]) -> dict[str, tuple[str, str, str, str]]:
+def original_keys(db: StateDatabase, instance_ids: list[str]) -> dict[str, tuple[str, str, str, str]]:
     """Instance ID -> (PatientID, StudyInstanceUID, SeriesInstanceUID, SOPInstanceUID) as the
     intake described it; instances not described (yet) are absent."""
     keys: dict[str, tuple[str, str, str, str]] = {}
@@ -141,25 +142,32 @@ class CopyRecord:
     report: tuple[str, ...]
 
 
-def record_copies(connection: sqlite3.Connection, copies: list[CopyRecord]) -> None:
-    """In the caller's transaction; a copy made again (a replay) replaces its row."""
+def record_copies(connection: DbConnection, copies: list[CopyRecord]) -> None:
+    """In the caller's transaction; a copy made again (a replay) replaces its row whole: every
+    column written again, and the original's deletion forgotten (as SQLite's INSERT OR REPLACE,
+    which made a new row, did)."""
     stamp = now_iso()
     connection.executemany(
-        "INSERT OR REPLACE INTO deid_copies(original_instance_id, target, copy_instance_id,"
+        "INSERT INTO deid_copies(original_instance_id, target, copy_instance_id,"
         " new_sop_instance_uid, new_patient_id, job_id, settings, stored_at, report)"
-        " VALUES(?,?,?,?,?,?,?,?,?)",
+        " VALUES(?,?,?,?,?,?,?,?,?) ON CONFLICT(original_instance_id, target) DO UPDATE SET"
+        " copy_instance_id=excluded.copy_instance_id,"
+        " new_sop_instance_uid=excluded.new_sop_instance_uid,"
+        " new_patient_id=excluded.new_patient_id, job_id=excluded.job_id,"
+        " settings=excluded.settings, stored_at=excluded.stored_at,"
+        " original_deleted_at=NULL, report=excluded.report",
         [(c.original_instance_id, c.target, c.copy_instance_id, c.new_sop_instance_uid,
           c.new_patient_id, c.job_id, c.settings, stamp, json.dumps(list(c.report)))
          for c in copies])
 
 
-def mark_original_deleted(db: Database, original_instance_id: str) -> None:
+def mark_original_deleted(db: StateDatabase, original_instance_id: str) -> None:
     with db.transaction() as connection:
         connection.execute(
             "UPDATE deid_copies SET original_deleted_at=? WHERE original_instance_id=?",
             (now_iso(), original_instance_id))
 
 
-def has_copy(db: Database, original_instance_id: str) -> bool:
+def has_copy(db: StateDatabase, original_instance_id: str) -> bool:
     return bool(db.query("SELECT 1 FROM deid_copies WHERE original_instance_id=? LIMIT 1",
                          (original_instance_id,)))

@@ -10,12 +10,10 @@ request's state change together.
 
 from __future__ import annotations
 
-import sqlite3
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
-from orthanc_plugin.db import Database
 from orthanc_plugin.db_engine import DbConnection, StateDatabase
 from orthanc_plugin.jobs.queue import ClaimedItem
 from orthanc_plugin.jobs.records import Job
@@ -95,7 +93,8 @@ def mark_in_flight(connection: DbConnection, items: Sequence[ClaimedItem],
         [(item.job_id, item.instance_id, orthanc_job, position)
          for position, item in enumerate(items)])
     connection.execute(
-        "INSERT OR IGNORE INTO orthanc_store_jobs(orthanc_job, created_epoch) VALUES(?,?)",
+        "INSERT INTO orthanc_store_jobs(orthanc_job, created_epoch) VALUES(?,?) "
+        "ON CONFLICT DO NOTHING",
         (orthanc_job, now))
     connection.execute("DELETE FROM orthanc_store_jobs WHERE created_epoch < ?",
                        (now - STORE_JOB_MEMORY_SECONDS,))
@@ -132,29 +131,37 @@ def forget_reset_items(connection: DbConnection, job_id: int) -> None:
 
 
 # -- storage commitment ---------------------------------------------------------------------------
-def due_items(db: Database, limit: int) -> list[DueItem]:
+def due_items(db: StateDatabase, limit: int) -> list[DueItem]:
     """The oldest instances due for a commitment request, with their job's target."""
     return [DueItem(int(row["job_id"]), str(row["instance_id"]), row["commit_since"],
                     str(row["target"]))
             for row in db.query(
                 "SELECT f.job_id, f.instance_id, f.commit_since, j.target FROM forward_items f "
-                "JOIN jobs j ON j.id = f.job_id WHERE f.commit_state = ? "
-                "ORDER BY f.commit_since LIMIT ?", (DUE, limit))]
+                "JOIN jobs j ON j.id = f.job_id LEFT JOIN job_items i ON i.job_id = f.job_id "
+                "AND i.instance_id = f.instance_id WHERE f.commit_state = ? "
+                # NULLS FIRST: SQLite's order, which PostgreSQL's ascending order is not. Those
+                # due at once in the order they were written (each job's in its instances' order:
+                # SQLite's rowid order, which PostgreSQL's rows do not keep).
+                "ORDER BY f.commit_since NULLS FIRST, f.job_id, i.position NULLS FIRST LIMIT ?",
+                (DUE, limit))]
 
 
-def note_requested(db: Database, target: str, transaction: str, items: Sequence[ItemKey],
+def note_requested(db: StateDatabase, target: str, transaction: str, items: Sequence[ItemKey],
                    now: float) -> None:
     with db.transaction() as connection:
         connection.execute(
-            "INSERT OR REPLACE INTO commit_requests(transaction_uid, target, requested_epoch, "
-            "instances, state) VALUES(?,?,?,?, 'pending')", (transaction, target, now, len(items)))
+            "INSERT INTO commit_requests(transaction_uid, target, requested_epoch, instances, "
+            "state) VALUES(?,?,?,?, 'pending') ON CONFLICT(transaction_uid) DO UPDATE SET "
+            "target=excluded.target, requested_epoch=excluded.requested_epoch, "
+            "instances=excluded.instances, state=excluded.state",
+            (transaction, target, now, len(items)))
         connection.executemany(
             "UPDATE forward_items SET commit_state=?, commit_txn=? "
             "WHERE job_id=? AND instance_id=?",
             [(REQUESTED, transaction, job_id, instance_id) for job_id, instance_id in items])
 
 
-def pending_requests(db: Database) -> list[CommitRequest]:
+def pending_requests(db: StateDatabase) -> list[CommitRequest]:
     """Requests whose report has not been read yet, oldest first."""
     return [CommitRequest(str(row["transaction_uid"]), str(row["target"]),
                           float(row["requested_epoch"]))
@@ -163,14 +170,14 @@ def pending_requests(db: Database) -> list[CommitRequest]:
                                 "ORDER BY requested_epoch")]
 
 
-def requested_items(db: Database, transaction: str) -> list[ItemKey]:
+def requested_items(db: StateDatabase, transaction: str) -> list[ItemKey]:
     """The instances a request asked for that have no answer recorded yet."""
     return [(int(row["job_id"]), str(row["instance_id"])) for row in db.query(
         "SELECT job_id, instance_id FROM forward_items WHERE commit_txn=? AND commit_state=?",
         (transaction, REQUESTED))]
 
 
-def record_committed(db: Database, transaction: str, items: Sequence[ItemKey]) -> None:
+def record_committed(db: StateDatabase, transaction: str, items: Sequence[ItemKey]) -> None:
     with db.transaction() as connection:
         connection.executemany(
             "UPDATE forward_items SET commit_state=? WHERE job_id=? AND instance_id=?",
@@ -179,7 +186,7 @@ def record_committed(db: Database, transaction: str, items: Sequence[ItemKey]) -
             "UPDATE commit_requests SET state='done' WHERE transaction_uid=?", (transaction,))
 
 
-def ask_again(db: Database, transaction: str) -> None:
+def ask_again(db: StateDatabase, transaction: str) -> None:
     """The report is lost (Orthanc restarted): its instances are due again, the request lost."""
     with db.transaction() as connection:
         connection.execute(
@@ -189,7 +196,7 @@ def ask_again(db: Database, transaction: str) -> None:
             "UPDATE commit_requests SET state='lost' WHERE transaction_uid=?", (transaction,))
 
 
-def record_not_committed(db: Database, items: Sequence[ItemKey], reason: str,
+def record_not_committed(db: StateDatabase, items: Sequence[ItemKey], reason: str,
                          job_ids: Sequence[int], message: str,
                          transaction: str | None) -> None:
     """The instances are parked with the reason; a job already done is parked with them (one
@@ -210,13 +217,13 @@ def record_not_committed(db: Database, items: Sequence[ItemKey], reason: str,
                 "UPDATE commit_requests SET state='done' WHERE transaction_uid=?", (transaction,))
 
 
-def commit_state_counts(db: Database) -> dict[str, int]:
+def commit_state_counts(db: StateDatabase) -> dict[str, int]:
     return {str(row["commit_state"]): int(row["n"]) for row in db.query(
         "SELECT commit_state, COUNT(*) AS n FROM forward_items WHERE commit_state IS NOT NULL "
         "GROUP BY commit_state")}
 
 
-def job_commitment(db: Database, job_id: int) -> dict[str, Any]:
+def job_commitment(db: StateDatabase, job_id: int) -> dict[str, Any]:
     """A job's storage commitment for its JSON; nothing for a target without it."""
     counts = {str(row["commit_state"]): int(row["n"]) for row in db.query(
         "SELECT commit_state, COUNT(*) AS n FROM forward_items WHERE job_id=? "
@@ -229,25 +236,26 @@ def job_commitment(db: Database, job_id: int) -> dict[str, Any]:
         "not_committed": [{"instance": row["instance_id"], "reason": row["status"]}
                           for row in db.query(
                               "SELECT instance_id, status FROM job_items WHERE job_id=? "
-                              "AND state=?", (job_id, NOT_COMMITTED))]}}
+                              "AND state=? ORDER BY position", (job_id, NOT_COMMITTED))]}}
 
 
-def in_flight(db: Database, limit: int) -> list[dict[str, Any]]:
+def in_flight(db: StateDatabase, limit: int) -> list[dict[str, Any]]:
     """Instances an Orthanc store job carries now, with their place in it, for the page."""
     return [dict(row) for row in db.query(
         "SELECT f.job_id, f.instance_id, f.in_flight_job, f.in_flight_pos, j.target, j.rule "
         "FROM forward_items f JOIN job_items i ON i.job_id = f.job_id AND "
         "i.instance_id = f.instance_id JOIN jobs j ON j.id = f.job_id "
-        "WHERE f.in_flight_job IS NOT NULL AND i.state='pending' ORDER BY f.job_id LIMIT ?",
+        "WHERE f.in_flight_job IS NOT NULL AND i.state='pending' ORDER BY f.job_id, i.position "
+        "LIMIT ?",
         (limit,))]
 
 
-def job_study(db: Database, job_id: int) -> JobStudy | None:
+def job_study(db: StateDatabase, job_id: int) -> JobStudy | None:
     rows = db.query("SELECT * FROM jobs WHERE id=?", (job_id,))
     return JobStudy.of(Job.of_row(rows[0])) if rows else None
 
 
-def settled_jobs(db: Database, job_ids: Sequence[int], action: str) -> list[JobStudy]:
+def settled_jobs(db: StateDatabase, job_ids: Sequence[int], action: str) -> list[JobStudy]:
     """These jobs of the action, with their state and how many of their instances were sent."""
     marks = ",".join("?" * len(job_ids))
     settled = []
@@ -260,7 +268,7 @@ def settled_jobs(db: Database, job_ids: Sequence[int], action: str) -> list[JobS
     return settled
 
 
-def forget_pruned_jobs(connection: sqlite3.Connection, job_ids: Sequence[int]) -> dict[str, float]:
+def forget_pruned_jobs(connection: DbConnection, job_ids: Sequence[int]) -> dict[str, float]:
     """Retention removes these finished jobs: their records go too, and the committed ones are
     carried in retention's totals (the committed counter never goes down)."""
     marks = ",".join("?" * len(job_ids))

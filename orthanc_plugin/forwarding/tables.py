@@ -3,9 +3,8 @@
 storage commitment requests it made (commitment.py). The queue (jobs/tables.py) knows none of it.
 """
 
-import sqlite3
-
 from orthanc_plugin.db import Migration
+from orthanc_plugin.db_engine import POSTGRESQL, DbConnection, dialect_of
 
 SCHEMA = """
 -- One row per queued instance while an Orthanc store job carries it or its storage commitment is
@@ -43,18 +42,27 @@ CREATE INDEX IF NOT EXISTS commit_requests_state ON commit_requests(state);
 _OLD_COLUMNS = ("in_flight_job", "in_flight_pos", "commit_state", "commit_txn", "commit_since")
 
 
-def move_records_out_of_the_queue(connection: sqlite3.Connection) -> None:
+def queue_item_columns(connection: DbConnection) -> set[str]:
+    """The columns job_items has (a migration is handed a connection only: its engine asked)."""
+    if dialect_of(connection) == POSTGRESQL:
+        return {str(row[0]) for row in connection.execute(
+            "SELECT column_name FROM information_schema.columns WHERE "
+            "table_schema = current_schema() AND table_name = 'job_items'")}
+    return {str(row[1]) for row in connection.execute("PRAGMA table_info(job_items)")}
+
+
+def move_records_out_of_the_queue(connection: DbConnection) -> None:
     """Forwarding's records leave job_items for forward_items. The old columns stay behind,
     emptied (SQLite 3.40 cannot drop a column of a table whose CREATE text ends in a comment, and
     rebuilding job_items would rewrite every row for nothing): nothing reads them any more."""
-    present = {row[1] for row in connection.execute("PRAGMA table_info(job_items)")}
+    present = queue_item_columns(connection)
     if not set(_OLD_COLUMNS) <= present:
         return   # a new database, or one from before version 2: nothing to move
     connection.execute(
-        "INSERT OR IGNORE INTO forward_items(job_id, instance_id, in_flight_job, in_flight_pos, "
+        "INSERT INTO forward_items(job_id, instance_id, in_flight_job, in_flight_pos, "
         "commit_state, commit_txn, commit_since) SELECT job_id, instance_id, in_flight_job, "
         "in_flight_pos, commit_state, commit_txn, commit_since FROM job_items "
-        "WHERE in_flight_job IS NOT NULL OR commit_state IS NOT NULL")
+        "WHERE in_flight_job IS NOT NULL OR commit_state IS NOT NULL ON CONFLICT DO NOTHING")
     connection.execute(
         "UPDATE job_items SET in_flight_job=NULL, in_flight_pos=NULL, commit_state=NULL, "
         "commit_txn=NULL, commit_since=NULL WHERE in_flight_job IS NOT NULL "

@@ -1,15 +1,18 @@
-"""Reads and writes the harvest tables; every step's outcome is committed before the next starts."""
+"""Reads and writes the harvest tables; every step's outcome is committed before the next starts.
+
+Speaks SQL both engines accept (db_engine.py); on PostgreSQL, where several nodes may share one
+harvest, a claim takes its row under the harvest's advisory lock, FOR UPDATE SKIP LOCKED, and by
+compare-and-set (`claim`)."""
 
 from __future__ import annotations
 
 import json
-import sqlite3
 import time
 from dataclasses import dataclass, fields
 from typing import Any
 
 from orthanc_plugin.audit.clock import now_iso
-from orthanc_plugin.db import Database
+from orthanc_plugin.db_engine import POSTGRESQL, DbConnection, DbRow, StateDatabase
 from orthanc_plugin.harvest.model import (
     ACTIVE_STATES,
     IN_FLIGHT_STATES,
@@ -26,6 +29,16 @@ from orthanc_plugin.harvest.model import (
 DEPTH = {ItemLevel.SELECTION: 0, ItemLevel.PATIENT: 1, ItemLevel.STUDY: 2, ItemLevel.SERIES: 3}
 _ACTIVE = tuple(s.value for s in ACTIVE_STATES)
 _IN_FLIGHT = tuple(s.value for s in IN_FLIGHT_STATES)
+# The first key of the per-harvest advisory locks a claim takes on PostgreSQL, apart from the
+# queue's (250_001), the intake's (250_002) and the plans' (250_010).
+HARVEST_LOCK_SPACE = 250_020
+# The rows a claim may take: pending and due, of a running harvest with fewer rows in flight than
+# its concurrency (counted over every node's claims: they share the rows).
+_READY = (f"SELECT i.* FROM harvest_items i JOIN harvests h ON h.id = i.harvest_id "
+          f"WHERE h.state='running' AND i.state='pending' AND i.next_attempt_at <= ? "
+          f"AND (SELECT COUNT(*) FROM harvest_items j WHERE j.harvest_id = h.id "
+          f"     AND j.state IN ({','.join('?' * len(_IN_FLIGHT))})) < h.concurrency ")
+_READY_ORDER = "ORDER BY i.depth DESC, i.id LIMIT 1"
 
 
 @dataclass(frozen=True)
@@ -62,7 +75,7 @@ class Harvest:
     finished_at: str | None
 
     @classmethod
-    def from_row(cls, row: Any) -> Harvest:
+    def from_row(cls, row: DbRow) -> Harvest:
         return cls(row["id"], row["name"], row["source"], row["definition"], row["state"],
                    row["pass"], row["concurrency"], row["max_requests_per_minute"],
                    row["created_at"], row["started_epoch"], row["updated_at"], row["finished_at"])
@@ -100,7 +113,7 @@ class HarvestItem:
     updated_at: str
 
     @classmethod
-    def from_row(cls, row: Any) -> HarvestItem:
+    def from_row(cls, row: DbRow) -> HarvestItem:
         """Every column by its name (the contract test checks the table has no other)."""
         return cls(**{field.name: row[field.name] for field in fields(cls)})
 
@@ -117,7 +130,7 @@ class HarvestRuleVersion:
     created_at: str
 
     @classmethod
-    def from_row(cls, row: Any) -> HarvestRuleVersion:
+    def from_row(cls, row: DbRow) -> HarvestRuleVersion:
         return cls(**{field.name: row[field.name] for field in fields(cls)})
 
 
@@ -140,7 +153,7 @@ def _marks(values: tuple[str, ...]) -> str:
 
 
 class HarvestStore:
-    def __init__(self, db: Database) -> None:
+    def __init__(self, db: StateDatabase) -> None:
         self.db = db
 
     # -- harvests ----------------------------------------------------------------------------------
@@ -149,13 +162,15 @@ class HarvestStore:
         in the same transaction, so a crash cannot leave a harvest the rules would start again."""
         stamp = now_iso()
         with self.db.transaction() as connection:
-            cursor = connection.execute(
+            # RETURNING, not cursor.lastrowid (PostgreSQL has none); fetchall: SQLite finishes
+            # the statement only once its rows are read.
+            inserted = connection.execute(
                 "INSERT INTO harvests(name, source, definition, concurrency, max_requests_per_minute,"
-                " created_at, started_epoch, updated_at) VALUES(?,?,?,?,?,?,?,?)",
+                " created_at, started_epoch, updated_at) VALUES(?,?,?,?,?,?,?,?) RETURNING id",
                 (definition.name, definition.source, json.dumps(definition.to_json()),
                  definition.concurrency, definition.max_requests_per_minute, stamp, time.time(), stamp),
-            )
-            harvest_id = int(cursor.lastrowid or 0)
+            ).fetchall()
+            harvest_id = int(inserted[0]["id"])
             if rules_sha256 is not None:
                 connection.execute(
                     "INSERT INTO harvest_rule_versions(name, version, harvest_id, definition, rules_sha256,"
@@ -233,6 +248,12 @@ class HarvestStore:
     def finish_if_settled(self, harvest_id: int) -> bool:
         """A running harvest with nothing left to do is done; true the first time only."""
         with self.db.transaction() as connection:
+            if self.db.dialect == POSTGRESQL:
+                # Another node's refresh (its harvest row updated, its rows made pending, not yet
+                # committed) would not be counted below and then be marked done: wait for it on
+                # the harvest's row, which a refresh writes first. SQLite: one writer at a time.
+                connection.execute("SELECT id FROM harvests WHERE id=? FOR UPDATE",
+                                   (harvest_id,)).fetchall()
             active = connection.execute(
                 f"SELECT COUNT(*) FROM harvest_items WHERE harvest_id=? AND state IN ({_marks(_ACTIVE)})",
                 (harvest_id, *_ACTIVE),
@@ -260,26 +281,60 @@ class HarvestStore:
         return count
 
     def claim(self) -> HarvestItem | None:
-        """The next ready row of a running harvest that has a free slot, marked in flight."""
+        """The next ready row of a running harvest that has a free slot, marked in flight.
+
+        Several nodes (PostgreSQL) claim from the same harvests: each row is taken once, by
+        compare-and-set (still pending), and a harvest's concurrency holds over all of them."""
         now = time.time()
         with self.db.transaction() as connection:
-            row = connection.execute(
-                f"SELECT i.* FROM harvest_items i JOIN harvests h ON h.id = i.harvest_id "
-                f"WHERE h.state='running' AND i.state='pending' AND i.next_attempt_at <= ? "
-                f"AND (SELECT COUNT(*) FROM harvest_items j WHERE j.harvest_id = h.id "
-                f"     AND j.state IN ({_marks(_IN_FLIGHT)})) < h.concurrency "
-                f"ORDER BY i.depth DESC, i.id LIMIT 1",
-                (now, *_IN_FLIGHT),
-            ).fetchone()
+            if self.db.dialect == POSTGRESQL:
+                row = self._ready_row_shared(connection, now)
+            else:
+                # SQLite: one writer at a time (BEGIN IMMEDIATE), the row read stays ready.
+                row = connection.execute(_READY + _READY_ORDER, (now, *_IN_FLIGHT)).fetchone()
             if row is None:
                 return None
             state = start_state(ItemLevel(row["level"]))
-            connection.execute(
-                "UPDATE harvest_items SET state=?, attempts=attempts+1, updated_at=? WHERE id=?",
+            taken = connection.execute(
+                "UPDATE harvest_items SET state=?, attempts=attempts+1, updated_at=? "
+                "WHERE id=? AND state='pending' RETURNING *",
                 (state.value, now_iso(), row["id"]),
-            )
-            return HarvestItem.from_row(
-                connection.execute("SELECT * FROM harvest_items WHERE id=?", (row["id"],)).fetchone())
+            ).fetchall()
+            return HarvestItem.from_row(taken[0]) if taken else None
+
+    @staticmethod
+    def _ready_row_shared(connection: DbConnection, now: float) -> DbRow | None:
+        """PostgreSQL: the best ready row, read while this transaction alone claims from its
+        harvest. Under READ COMMITTED two nodes counting a harvest's rows in flight at once would
+        each see a free slot and both claim: so the count is read again under the harvest's
+        advisory lock (held until commit, when the other node's claim is visible), and the row is
+        read FOR UPDATE SKIP LOCKED (a row another transaction is writing is passed over, not
+        waited for). The first lock is waited for (nothing else is held yet); a harvest after it
+        is taken only if free at once, so two claims never wait for each other's lock."""
+        passed: list[int] = []      # harvests with nothing for this claim, or locked by another
+        while True:
+            others = f"AND h.id NOT IN ({','.join('?' * len(passed))}) " if passed else ""
+            best = connection.execute(_READY + others + _READY_ORDER,
+                                      (now, *_IN_FLIGHT, *passed)).fetchone()
+            if best is None:
+                return None
+            harvest_id = int(best["harvest_id"])
+            key = (HARVEST_LOCK_SPACE, harvest_id & 0x7FFFFFFF)
+            if passed:
+                locked = bool(connection.execute(
+                    "SELECT pg_try_advisory_xact_lock(CAST(? AS INTEGER), CAST(? AS INTEGER)) "
+                    "AS locked", key).fetchone()["locked"])
+            else:
+                connection.execute("SELECT pg_advisory_xact_lock(CAST(? AS INTEGER), "
+                                   "CAST(? AS INTEGER))", key).fetchall()
+                locked = True
+            if locked:
+                row: DbRow | None = connection.execute(
+                    _READY + "AND h.id = ? " + _READY_ORDER + " FOR UPDATE OF i SKIP LOCKED",
+                    (now, *_IN_FLIGHT, harvest_id)).fetchone()
+                if row is not None:
+                    return row
+            passed.append(harvest_id)
 
     def next_due_in(self) -> float | None:
         rows = self.db.query(
@@ -327,7 +382,7 @@ class HarvestStore:
             )
         return added
 
-    def _patient_row(self, connection: sqlite3.Connection, parent: HarvestItem, patient_id: str,
+    def _patient_row(self, connection: DbConnection, parent: HarvestItem, patient_id: str,
                      harvest_pass: int) -> int:
         """A query selection finds studies directly: their patient rows are recorded as done."""
         self._insert(connection, parent.harvest_id, parent.id, None,
@@ -337,7 +392,7 @@ class HarvestStore:
             (parent.harvest_id, patient_id)).fetchone()[0])
 
     @staticmethod
-    def _insert(connection: sqlite3.Connection, harvest_id: int, parent_id: int | None,
+    def _insert(connection: DbConnection, harvest_id: int, parent_id: int | None,
                 patient_item_id: int | None, child: Child, harvest_pass: int) -> int:
         """Insert a row once; a row found again (a refresh) keeps its state. 1 if new."""
         key = (harvest_id, child.level.value, child.patient_id, child.study_uid, child.series_uid)
@@ -355,17 +410,19 @@ class HarvestStore:
                 (child.query_id, child.answer_index, state, now_iso(), child.expected_instances,
                  existing["id"]))
             return 0
-        cursor = connection.execute(
+        inserted = connection.execute(
             "INSERT INTO harvest_items(harvest_id, parent_id, patient_item_id, level, depth, patient_id,"
             " study_uid, series_uid, modality, description, state, expected_instances, query_id,"
-            " answer_index, found_in_pass, updated_at) VALUES(?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+            " answer_index, found_in_pass, updated_at) VALUES(?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)"
+            " RETURNING id",
             (harvest_id, parent_id, patient_item_id, child.level.value, DEPTH[child.level],
              child.patient_id, child.study_uid, child.series_uid, child.modality, child.description,
              child.state.value, child.expected_instances, child.query_id, child.answer_index,
              harvest_pass, now_iso()),
-        )
+        ).fetchall()
         if child.level is ItemLevel.PATIENT and patient_item_id is None:
-            connection.execute("UPDATE harvest_items SET patient_item_id=id WHERE id=?", (cursor.lastrowid,))
+            connection.execute("UPDATE harvest_items SET patient_item_id=id WHERE id=?",
+                               (inserted[0]["id"],))
         return 1
 
     def item(self, item_id: int) -> HarvestItem:
@@ -373,9 +430,14 @@ class HarvestStore:
             self.db.query("SELECT * FROM harvest_items WHERE id=?", (item_id,))[0])
 
     def items(self, harvest_id: int) -> list[HarvestItem]:
-        return [HarvestItem.from_row(row) for row in self.db.query(
-            "SELECT * FROM harvest_items WHERE harvest_id=? AND level <> 'selection' "
-            "ORDER BY patient_id, depth, study_uid, series_uid", (harvest_id,))]
+        """By patient, level, study and series. Text is ordered here, by code point (SQLite's
+        BINARY order): PostgreSQL's ORDER BY follows the database's collation ('b' before 'C'
+        in en_US), and the inventory and the ZIP names must not depend on the engine."""
+        rows = [HarvestItem.from_row(row) for row in self.db.query(
+            "SELECT * FROM harvest_items WHERE harvest_id=? AND level <> 'selection'",
+            (harvest_id,))]
+        return sorted(rows, key=lambda row: (row.patient_id, row.depth, row.study_uid,
+                                             row.series_uid, row.id))
 
     def patient_active(self, patient_item_id: int) -> int:
         return int(self.db.query(
@@ -383,9 +445,11 @@ class HarvestStore:
             f"AND state IN ({_marks(_ACTIVE)})", (patient_item_id, patient_item_id, *_ACTIVE))[0]["n"])
 
     def complete_series(self, patient_item_id: int) -> list[HarvestItem]:
-        return [HarvestItem.from_row(row) for row in self.db.query(
-            "SELECT * FROM harvest_items WHERE patient_item_id=? AND level='series' AND state='complete' "
-            "ORDER BY study_uid, series_uid", (patient_item_id,))]
+        """By study and series UID, ordered here as `items` orders."""
+        rows = [HarvestItem.from_row(row) for row in self.db.query(
+            "SELECT * FROM harvest_items WHERE patient_item_id=? AND level='series' AND state='complete'",
+            (patient_item_id,))]
+        return sorted(rows, key=lambda row: (row.study_uid, row.series_uid, row.id))
 
     def counts(self, harvest_id: int) -> dict[str, dict[str, int]]:
         counts: dict[str, dict[str, int]] = {}
@@ -404,24 +468,27 @@ class HarvestStore:
         return SeriesSums(row["expected"], row["stored"], row["moves"])
 
     def patient_zips(self, harvest_id: int) -> list[str]:
-        """The ZIP names written so far, one per patient, by PatientID."""
-        return [row["zip_name"] for row in self.db.query(
-            "SELECT zip_name FROM harvest_items WHERE harvest_id=? AND level='patient' AND zip_name"
-            " IS NOT NULL ORDER BY patient_id", (harvest_id,))]
+        """The ZIP names written so far, one per patient, by PatientID (ordered here as `items`
+        orders)."""
+        rows = self.db.query(
+            "SELECT patient_id, id, zip_name FROM harvest_items WHERE harvest_id=? AND"
+            " level='patient' AND zip_name IS NOT NULL", (harvest_id,))
+        return [row["zip_name"] for row in sorted(rows, key=lambda row: (row["patient_id"],
+                                                                          row["id"]))]
 
     # -- requests ----------------------------------------------------------------------------------
     def record_request(self, item: HarvestItem, source: str, kind: str, outcome: str,
                        detail: str | None, at_epoch: float) -> int:
         with self.db.transaction() as connection:
-            cursor = connection.execute(
+            inserted = connection.execute(
                 "INSERT INTO harvest_requests(at, at_epoch, harvest_id, item_id, source, kind, level,"
-                " outcome, detail) VALUES(?,?,?,?,?,?,?,?,?)",
+                " outcome, detail) VALUES(?,?,?,?,?,?,?,?,?) RETURNING id",
                 (now_iso(), at_epoch, item.harvest_id, item.id, source, kind, item.level,
                  outcome, detail),
-            )
+            ).fetchall()
             if kind == "C-MOVE":
                 connection.execute("UPDATE harvest_items SET moves=moves+1 WHERE id=?", (item.id,))
-            return int(cursor.lastrowid or 0)
+            return int(inserted[0]["id"])
 
     def finish_request(self, request_id: int, outcome: str, detail: str | None) -> None:
         """A C-MOVE is only known to have worked once its Orthanc job ended."""

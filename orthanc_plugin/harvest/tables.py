@@ -1,4 +1,5 @@
-"""The harvest tables in the gateway's SQLite: definitions, the walked tree, every request sent."""
+"""The harvest tables in the gateway's database (SQLite; PostgreSQL through db_postgres.postgres_ddl):
+definitions, the walked tree, every request sent."""
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS harvests(

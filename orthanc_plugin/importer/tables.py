@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from orthanc_plugin.audit.clock import now_iso
-from orthanc_plugin.db import Database
+from orthanc_plugin.db_engine import StateDatabase
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS import_files(
@@ -31,7 +31,7 @@ STATES = ("stored", "duplicate", "quarantined", "taken")
 
 
 class ImportTables:
-    def __init__(self, db: Database) -> None:
+    def __init__(self, db: StateDatabase) -> None:
         self.db = db
 
     def already_taken(self, path: str, size: int, mtime_ns: int) -> bool:
@@ -50,7 +50,7 @@ class ImportTables:
         """Before the store: the intake may describe the instance before the POST returns."""
         with self.db.transaction() as connection:
             connection.execute(
-                "INSERT OR IGNORE INTO import_instances(instance_id, at) VALUES(?,?)",
+                "INSERT INTO import_instances(instance_id, at) VALUES(?,?) ON CONFLICT DO NOTHING",
                 (instance_id, now_iso()),
             )
 
@@ -70,9 +70,11 @@ class ImportTables:
     def progress(self, recent: int = 20) -> dict[str, Any]:
         counts = {row["state"]: row["n"] for row in self.db.query(
             "SELECT state, COUNT(*) AS n FROM import_files GROUP BY state")}
+        # CAST: PostgreSQL takes no '' for a missing number (SQLite's || casts the same way).
         files = self.db.query(
-            "SELECT COUNT(DISTINCT path || ':' || COALESCE(size,'') || ':' || COALESCE(mtime_ns,''))"
-            " AS n FROM import_files WHERE path NOT LIKE '%!%'")[0]["n"]
+            "SELECT COUNT(DISTINCT path || ':' || COALESCE(CAST(size AS TEXT),'') || ':' ||"
+            " COALESCE(CAST(mtime_ns AS TEXT),'')) AS n FROM import_files WHERE path NOT LIKE '%!%'"
+        )[0]["n"]
         last = [dict(row) for row in self.db.query(
             "SELECT path, state, instance_id, detail, at FROM import_files ORDER BY id DESC LIMIT ?",
             (recent,))]

@@ -1,17 +1,16 @@
 """The intake's store: the received rows it keeps (audit/tables.py) and each study's progress
 (jobs/tables.py). SQL only here; the intake owns the transactions, so the writers take the
-caller's connection and a pass's decisions commit together.
+caller's connection and a pass's decisions commit together. SQL both engines accept (db_engine).
 """
 
 from __future__ import annotations
 
-import sqlite3
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, fields
 from typing import Any
 
-from orthanc_plugin.db import Database
+from orthanc_plugin.db_engine import DbConnection, DbRow, StateDatabase
 
 # The columns the describe step reads of a new row (what the note already told).
 NEW_ROW_COLUMNS = ("seq, instance_id, calling_aet, called_aet, remote_ip, origin, sop_class_uid, "
@@ -33,7 +32,7 @@ class NewReceived:
     file_size: int | None
 
     @classmethod
-    def from_row(cls, row: sqlite3.Row) -> NewReceived:
+    def from_row(cls, row: DbRow) -> NewReceived:
         return cls(row["seq"], row["instance_id"], row["calling_aet"], row["called_aet"],
                    row["remote_ip"], row["origin"], row["sop_class_uid"], row["file_size"])
 
@@ -67,7 +66,7 @@ class Received:
     instance_rules_done: int
 
     @classmethod
-    def from_row(cls, row: sqlite3.Row) -> Received:
+    def from_row(cls, row: DbRow) -> Received:
         """Every column by its name (a contract test checks the table has no other)."""
         return cls(**{field.name: row[field.name] for field in fields(cls)})
 
@@ -92,20 +91,21 @@ class StudyProgress:
 
 
 # -- arrival -------------------------------------------------------------------------------------
-def note_received(connection: sqlite3.Connection, instance_id: str, stamp: str) -> bool:
+def note_received(connection: DbConnection, instance_id: str, stamp: str) -> bool:
     """A row for the instance unless it has one; True when this made it."""
     return connection.execute(
-        "INSERT OR IGNORE INTO received(instance_id, received_at) VALUES(?,?)",
+        "INSERT INTO received(instance_id, received_at) VALUES(?,?) ON CONFLICT DO NOTHING",
         (instance_id, stamp)).rowcount > 0
 
 
-def note_many_received(connection: sqlite3.Connection, instance_ids: Sequence[str],
+def note_many_received(connection: DbConnection, instance_ids: Sequence[str],
                        stamp: str) -> None:
-    connection.executemany("INSERT OR IGNORE INTO received(instance_id, received_at) VALUES(?,?)",
+    connection.executemany("INSERT INTO received(instance_id, received_at) VALUES(?,?) "
+                           "ON CONFLICT DO NOTHING",
                            [(instance_id, stamp) for instance_id in instance_ids])
 
 
-def fill_noted(connection: sqlite3.Connection, instance_id: str,
+def fill_noted(connection: DbConnection, instance_id: str,
                noted: Mapping[str, Any]) -> None:
     """What the stored-instance note told, on a row not described yet."""
     columns = ", ".join(f"{key}=?" for key in noted)
@@ -113,7 +113,7 @@ def fill_noted(connection: sqlite3.Connection, instance_id: str,
                        (*noted.values(), instance_id))
 
 
-def undecided(connection: sqlite3.Connection, instance_id: str) -> bool:
+def undecided(connection: DbConnection, instance_id: str) -> bool:
     """A row made from Orthanc's log before its note came: not described, nothing decided."""
     return connection.execute(
         "SELECT 1 FROM received r WHERE r.instance_id=? AND r.state='new' AND NOT EXISTS ("
@@ -121,26 +121,26 @@ def undecided(connection: sqlite3.Connection, instance_id: str) -> bool:
         (instance_id,)).fetchone() is not None
 
 
-def mark_instance_gone(connection: sqlite3.Connection, instance_id: str) -> None:
+def mark_instance_gone(connection: DbConnection, instance_id: str) -> None:
     connection.execute("UPDATE received SET state='gone' WHERE instance_id=?", (instance_id,))
 
 
 # -- describing ----------------------------------------------------------------------------------
-def new_rows(db: Database, limit: int) -> list[NewReceived]:
+def new_rows(db: StateDatabase, limit: int) -> list[NewReceived]:
     return [NewReceived.from_row(row) for row in db.query(
         f"SELECT {NEW_ROW_COLUMNS} FROM received WHERE state='new' ORDER BY seq LIMIT ?",
         (limit,))]
 
 
-def mark_gone(connection: sqlite3.Connection, seq: int) -> None:
+def mark_gone(connection: DbConnection, seq: int) -> None:
     connection.execute("UPDATE received SET state='gone' WHERE seq=?", (seq,))
 
 
-def mark_quarantined(connection: sqlite3.Connection, seq: int) -> None:
+def mark_quarantined(connection: DbConnection, seq: int) -> None:
     connection.execute("UPDATE received SET state='quarantined' WHERE seq=?", (seq,))
 
 
-def mark_described(connection: sqlite3.Connection, seq: int, info: Mapping[str, Any],
+def mark_described(connection: DbConnection, seq: int, info: Mapping[str, Any],
                    now: float) -> None:
     """The row as Orthanc's index describes it, ready for the rules; its study heard from now."""
     columns = ", ".join(f"{key}=?" for key in info)
@@ -153,32 +153,33 @@ def mark_described(connection: sqlite3.Connection, seq: int, info: Mapping[str, 
 
 
 # -- instance rules ------------------------------------------------------------------------------
-def rows_for_instance_rules(db: Database, limit: int) -> list[Received]:
+def rows_for_instance_rules(db: StateDatabase, limit: int) -> list[Received]:
     return [Received.from_row(row) for row in db.query(
         "SELECT * FROM received WHERE state='ready' AND instance_rules_done=0 ORDER BY seq "
         "LIMIT ?", (limit,))]
 
 
-def mark_instance_rules_done(connection: sqlite3.Connection, seq: int) -> None:
+def mark_instance_rules_done(connection: DbConnection, seq: int) -> None:
     connection.execute("UPDATE received SET instance_rules_done=1 WHERE seq=?", (seq,))
 
 
-def plan_labels(connection: sqlite3.Connection, study_id: str) -> tuple[str, ...]:
-    """The labels of the study's described plans, in order."""
+def plan_labels(connection: DbConnection, study_id: str) -> tuple[str, ...]:
+    """The labels of the study's described plans, in order: by code point, as SQLite's BINARY
+    collation orders them (sorted here: a PostgreSQL database's collation may be a language's)."""
     rows = connection.execute(
         "SELECT DISTINCT plan_label FROM received WHERE study_id=? AND modality='RTPLAN' "
-        "AND state='ready' AND plan_label <> '' ORDER BY plan_label", (study_id,)).fetchall()
-    return tuple(row["plan_label"] for row in rows)
+        "AND state='ready' AND plan_label <> ''", (study_id,)).fetchall()
+    return tuple(sorted(str(row["plan_label"]) for row in rows))
 
 
 # -- stable studies ------------------------------------------------------------------------------
-def signal_stable(connection: sqlite3.Connection, study_id: str) -> None:
+def signal_stable(connection: DbConnection, study_id: str) -> None:
     connection.execute(
         "INSERT INTO study_progress(study_id, last_received_at, stable_signalled) VALUES(?, ?, 1) "
         "ON CONFLICT(study_id) DO UPDATE SET stable_signalled=1", (study_id, time.time()))
 
 
-def studies_with_new_instances(db: Database) -> list[StudyProgress]:
+def studies_with_new_instances(db: StateDatabase) -> list[StudyProgress]:
     """Studies with described instances their stable-study rules have not seen yet."""
     return [StudyProgress(row["study_id"], row["stable_signalled"], row["last_received_at"],
                           row["stable_done_seq"]) for row in db.query(
@@ -187,17 +188,15 @@ def studies_with_new_instances(db: Database) -> list[StudyProgress]:
         "r.study_id = p.study_id AND r.state='ready' AND r.seq > p.stable_done_seq)")]
 
 
-def study_rows(connection: sqlite3.Connection | Database, study_id: str) -> list[Received]:
+def study_rows(connection: DbConnection | StateDatabase, study_id: str) -> list[Received]:
     """The study's described instances, in the order they came."""
-    query = "SELECT * FROM received WHERE study_id=? AND state='ready' ORDER BY seq"
-    if isinstance(connection, Database):
-        rows = connection.query(query, (study_id,))
-    else:
-        rows = connection.execute(query, (study_id,)).fetchall()
+    rows = connection.execute(
+        "SELECT * FROM received WHERE study_id=? AND state='ready' ORDER BY seq",
+        (study_id,)).fetchall()
     return [Received.from_row(row) for row in rows]
 
 
-def stable_rules_done(connection: sqlite3.Connection, study_id: str, up_to_seq: int) -> None:
+def stable_rules_done(connection: DbConnection, study_id: str, up_to_seq: int) -> None:
     connection.execute(
         "UPDATE study_progress SET stable_done_seq=?, stable_signalled=0 WHERE study_id=?",
         (up_to_seq, study_id))

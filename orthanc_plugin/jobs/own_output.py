@@ -12,7 +12,7 @@ from collections.abc import Container, Iterable
 from typing import Any
 
 from orthanc_plugin.audit.clock import now_iso
-from orthanc_plugin.db import Database
+from orthanc_plugin.db_engine import StateDatabase
 from orthanc_plugin.ports import Host
 
 SCHEMA = """
@@ -31,7 +31,7 @@ def orthanc_instance_id(patient_id: str, study_uid: str, series_uid: str, sop_ui
     return "-".join(digest[i : i + 8] for i in range(0, 40, 8))
 
 
-def note_own_output(db: Database, instance_ids: Iterable[str], made_by: str) -> None:
+def note_own_output(db: StateDatabase, instance_ids: Iterable[str], made_by: str) -> None:
     """Notes Orthanc IDs the gateway is about to store, in one transaction.
 
     Why a batch: a write transaction per copy, taken by several copy threads while the intake
@@ -40,11 +40,12 @@ def note_own_output(db: Database, instance_ids: Iterable[str], made_by: str) -> 
     stamp = now_iso()
     with db.transaction() as connection:
         connection.executemany(
-            "INSERT OR IGNORE INTO own_output(instance_id, made_by, at) VALUES(?,?,?)",
+            "INSERT INTO own_output(instance_id, made_by, at) VALUES(?,?,?) "
+            "ON CONFLICT DO NOTHING",
             [(instance_id, made_by, stamp) for instance_id in instance_ids])
 
 
-def store_own_instance(host: Host, db: Database, ds: Any, data: bytes, made_by: str,
+def store_own_instance(host: Host, db: StateDatabase, ds: Any, data: bytes, made_by: str,
                        noted: Container[str] = ()) -> Any:
     """POST /instances, noted first as the gateway's own output (unless among `noted`, the IDs
     the caller noted beforehand); returns Orthanc's answer."""
@@ -59,7 +60,7 @@ def store_own_instance(host: Host, db: Database, ds: Any, data: bytes, made_by: 
     return answer
 
 
-def own_output_source(db: Database) -> Any:
+def own_output_source(db: StateDatabase) -> Any:
     """An intake source override: GATEWAY for what the gateway stored itself."""
     def source(instance_id: str) -> str | None:
         rows = db.query("SELECT 1 FROM own_output WHERE instance_id=?", (instance_id,))

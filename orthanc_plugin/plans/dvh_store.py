@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Any
 from pydicom import dcmread
 
 from orthanc_plugin.audit.clock import now_iso
+from orthanc_plugin.db_engine import StateDatabase
 from orthanc_plugin.plans.dvh import (
     DEFAULT_END_CAPS,
     DEFAULT_INNER_CONTOURS,
@@ -37,10 +38,9 @@ def plan_dvh(ctx: CapabilityContext, plan: dict[str, Any]) -> dict[str, Any] | N
     inner = str(ctx.section("Plans").get("DvhInnerContours", DEFAULT_INNER_CONTOURS))
     key = hashlib.sha256(json.dumps([plan["objects"], end_caps, interpolation, inner,
                                      METHOD_VERSION], sort_keys=True).encode()).hexdigest()
-    cached = ctx.db.query("SELECT members_sha256, dvh_json FROM plan_dvh WHERE plan_uid=?",
-                              (plan["id"],))
-    if cached and cached[0]["members_sha256"] == key:
-        return dict(json.loads(cached[0]["dvh_json"]))
+    cached = cached_dvh(ctx.db, plan["id"], key)
+    if cached is not None:
+        return cached
 
     def read(instance_id: str, pixels: bool = False) -> Any:
         data = ctx.host.get_bytes(f"/instances/{instance_id}/file")
@@ -69,8 +69,24 @@ def plan_dvh(ctx: CapabilityContext, plan: dict[str, Any]) -> dict[str, Any] | N
         text = json.dumps(result, allow_nan=False)
     except ValueError as error:
         return {"error": f"no DVH: a value that is not a number ({error})"}
-    with ctx.db.transaction() as connection:
-        connection.execute(
-            "INSERT OR REPLACE INTO plan_dvh(plan_uid, members_sha256, dvh_json, computed_at)"
-            " VALUES(?,?,?,?)", (plan["id"], key, text, now_iso()))
+    save_dvh(ctx.db, plan["id"], key, text)
     return result
+
+
+def cached_dvh(db: StateDatabase, plan_uid: str, key: str) -> dict[str, Any] | None:
+    """The plan's DVH kept for these members and this method (`key`), None for none."""
+    cached = db.query("SELECT members_sha256, dvh_json FROM plan_dvh WHERE plan_uid=?",
+                      (plan_uid,))
+    if cached and cached[0]["members_sha256"] == key:
+        return dict(json.loads(cached[0]["dvh_json"]))
+    return None
+
+
+def save_dvh(db: StateDatabase, plan_uid: str, key: str, text: str) -> None:
+    """Keeps the plan's DVH (JSON text) for these members and method, in place of any other."""
+    with db.transaction() as connection:
+        connection.execute(
+            "INSERT INTO plan_dvh(plan_uid, members_sha256, dvh_json, computed_at)"
+            " VALUES(?,?,?,?) ON CONFLICT(plan_uid) DO UPDATE SET"
+            " members_sha256=excluded.members_sha256, dvh_json=excluded.dvh_json,"
+            " computed_at=excluded.computed_at", (plan_uid, key, text, now_iso()))

@@ -7,7 +7,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from orthanc_plugin.api.router import ApiError
-from orthanc_plugin.db import Database
+from orthanc_plugin.db_engine import StateDatabase
 from orthanc_plugin.jobs.states import ALL_JOB_STATES, JobState
 from orthanc_plugin.plans import store
 
@@ -21,7 +21,7 @@ VIEWS = {"active": (JobState.PENDING, JobState.RUNNING), "held": (JobState.HELD,
 PER_PAGE_MAX = 200
 
 
-def queue_page(db: Database, view: str, target: str, page: int, per_page: int) -> dict[str, Any]:
+def queue_page(db: StateDatabase, view: str, target: str, page: int, per_page: int) -> dict[str, Any]:
     if view not in VIEWS:
         raise ApiError(400, f"view: expected one of {', '.join(VIEWS)}")
     states = VIEWS[view]
@@ -39,7 +39,7 @@ def queue_page(db: Database, view: str, target: str, page: int, per_page: int) -
             "jobs": _described(db, rows)}
 
 
-def _described(db: Database, rows: Sequence[store.QueueJob]) -> list[dict[str, Any]]:
+def _described(db: StateDatabase, rows: Sequence[store.QueueJob]) -> list[dict[str, Any]]:
     if not rows:
         return []
     items = store.item_counts(db, [row.id for row in rows])

@@ -1,6 +1,7 @@
 """What the worklist's search compares: names, IDs and labels folded so that a physicist typing
 "muller", "obrien" or "seed00042" finds MÜLLER^ANNA, O'BRIEN^PAT and SEED-00042. The same folding
-is applied to what is stored (a SQL function the triggers of plans/tables.py call) and to the
+is applied to what is stored (on SQLite a SQL function the triggers of plans/tables.py call; on
+PostgreSQL, which has no such function, by the writer: plans/store.py fold_search_text) and to the
 words searched."""
 
 from __future__ import annotations

@@ -7,12 +7,12 @@ the audit. SQL only here; the tracker and the manual send own their transactions
 from __future__ import annotations
 
 import json
-import sqlite3
-from collections.abc import Sequence
+import zlib
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from orthanc_plugin.db import Database
+from orthanc_plugin.db_engine import POSTGRESQL, DbConnection, DbRow, StateDatabase
 from orthanc_plugin.jobs.intake_store import Received
 from orthanc_plugin.plans.model import RtObject, StoredInstance
 from orthanc_plugin.plans.search import fold
@@ -22,6 +22,10 @@ if TYPE_CHECKING:
 
 # Values per IN (...) query: well under SQLite's bound on parameters.
 CHUNK = 500
+
+# The plans' advisory locks on PostgreSQL (apart from the queue's 250_001 and the intake's
+# 250_002): one per patient, whose bundles one transaction at a time builds (lock_patients).
+PLANS_LOCK_SPACE = 250_010
 
 
 def _chunks(values: Sequence[str]) -> list[list[str]]:
@@ -76,7 +80,7 @@ _BUNDLE_COLUMNS = ("plan_uid, plan_instance_id, patient_id, patient_name, study_
                    "patient_birth_date, patient_sex")
 
 
-def _bundle(row: sqlite3.Row) -> PlanBundle:
+def _bundle(row: DbRow) -> PlanBundle:
     return PlanBundle(
         row["plan_uid"], row["plan_instance_id"], row["patient_id"], row["patient_name"],
         row["study_uid"], row["calling_aet"], row["remote_ip"], row["plan_label"],
@@ -85,12 +89,12 @@ def _bundle(row: sqlite3.Row) -> PlanBundle:
         row["accession_number"], row["patient_birth_date"], row["patient_sex"])
 
 
-def bundle(db: Database, plan_uid: str) -> PlanBundle | None:
+def bundle(db: StateDatabase, plan_uid: str) -> PlanBundle | None:
     rows = db.query(f"SELECT {_BUNDLE_COLUMNS} FROM plan_bundles WHERE plan_uid=?", (plan_uid,))
     return _bundle(rows[0]) if rows else None
 
 
-def bundles_by_uid(db: Database, plan_uids: Sequence[str]) -> list[PlanBundle]:
+def bundles_by_uid(db: StateDatabase, plan_uids: Sequence[str]) -> list[PlanBundle]:
     """The bundles of these plans, in the order given (an unknown one is left out)."""
     if not plan_uids:
         return []
@@ -100,7 +104,7 @@ def bundles_by_uid(db: Database, plan_uids: Sequence[str]) -> list[PlanBundle]:
     return [by_uid[uid] for uid in plan_uids if uid in by_uid]
 
 
-def filtered_bundles(db: Database, *, label: str = "", patient_id: str = "", study_uid: str = "",
+def filtered_bundles(db: StateDatabase, *, label: str = "", patient_id: str = "", study_uid: str = "",
                      plan_date_from: str | None = None,
                      complete: bool | None = None) -> list[PlanBundle]:
     """Every bundle that passes the given filters (an empty text or None is no filter), by
@@ -108,7 +112,8 @@ def filtered_bundles(db: Database, *, label: str = "", patient_id: str = "", stu
     clauses: list[str] = []
     values: list[Any] = []
     if label:
-        clauses.append("plan_label LIKE ? ESCAPE '\\'")
+        # Case-insensitive on both engines (SQLite's LIKE is for ASCII, PostgreSQL's is not).
+        clauses.append("LOWER(plan_label) LIKE LOWER(?) ESCAPE '\\'")
         values.append("%" + _escape_like(label) + "%")
     if patient_id:
         clauses.append("patient_id = ?")
@@ -123,9 +128,18 @@ def filtered_bundles(db: Database, *, label: str = "", patient_id: str = "", stu
         clauses.append("complete = ?")
         values.append(int(complete))
     where = f"WHERE {' AND '.join(clauses)}" if clauses else ""
+    first = _nulls_first(db)
     return [_bundle(row) for row in db.query(
         f"SELECT {_BUNDLE_COLUMNS} FROM plan_bundles {where} "
-        "ORDER BY patient_id, plan_date, plan_label", values)]
+        f"ORDER BY patient_id{first}, plan_date{first}, plan_label{first}", values)]
+
+
+def _nulls_first(db: StateDatabase, descending: bool = False) -> str:
+    """Where an ORDER BY term puts NULLs on PostgreSQL, as SQLite does (first going up, last
+    going down; PostgreSQL's default is the other way round). Nothing on SQLite."""
+    if db.dialect != POSTGRESQL:
+        return ""
+    return " NULLS LAST" if descending else " NULLS FIRST"
 
 
 def _escape_like(text: str) -> str:
@@ -154,10 +168,12 @@ class BundleState:
     patient_sex: str
 
 
-def save_bundle(connection: sqlite3.Connection, state: BundleState, now: float,
+def save_bundle(connection: DbConnection, state: BundleState, now: float,
                 updated_at: str) -> None:
     """A new bundle is first seen now; a known one keeps its first sighting, its source and its
-    plan's names, and keeps the moment it first became complete."""
+    plan's names, and keeps the moment it first became complete (kept by the statement itself:
+    two writers at once on PostgreSQL, the second updates the row the first committed). Its
+    search text follows the names it keeps (fold_search_text)."""
     connection.execute(
         "INSERT INTO plan_bundles(plan_uid, plan_instance_id, patient_id, patient_name,"
         " study_uid, calling_aet, remote_ip, plan_label, plan_name, plan_date, complete,"
@@ -179,6 +195,58 @@ def save_bundle(connection: sqlite3.Connection, state: BundleState, now: float,
             state.patient_birth_date, state.patient_sex,
         ),
     )
+    fold_search_text(connection, [state.plan_uid])
+
+
+# The columns the worklist's search looks in (plans/tables.py SEARCH_TEXT says the same in SQL).
+SEARCH_COLUMNS = ("patient_name", "patient_id", "plan_label", "plan_name", "accession_number")
+
+
+def search_text(row: DbRow) -> str:
+    """A bundle's folded search text, as plans/tables.py's SEARCH_TEXT computes it in SQLite."""
+    return fold(" ".join(row[column] or "" for column in SEARCH_COLUMNS))
+
+
+def fold_search_text(connection: DbConnection, plan_uids: Sequence[str] | None) -> int:
+    """Sets search_text of these bundles (of every bundle without one, for None) where it is not
+    their names folded; returns how many it set. On SQLite the triggers of plans/tables.py have
+    set it already and this only reads; PostgreSQL has no rtgw_fold, so the text is folded here,
+    by the writer, in its transaction."""
+    columns = ", ".join(SEARCH_COLUMNS)
+    if plan_uids is None:
+        rows = connection.execute(f"SELECT plan_uid, search_text, {columns} FROM plan_bundles "
+                                  "WHERE search_text IS NULL").fetchall()
+    else:
+        rows = [row for chunk in _chunks(plan_uids) for row in connection.execute(
+            f"SELECT plan_uid, search_text, {columns} FROM plan_bundles WHERE plan_uid IN "
+            f"({_marks(chunk)})", chunk).fetchall()]
+    changed = [(text, row["plan_uid"]) for row in rows
+               if row["search_text"] != (text := search_text(row))]
+    if changed:
+        connection.executemany("UPDATE plan_bundles SET search_text=? WHERE plan_uid=?", changed)
+    return len(changed)
+
+
+def lock_patients(db: StateDatabase, connection: DbConnection,
+                  patient_ids: Iterable[str]) -> None:
+    """Taken first in a transaction that builds these patients' bundles again: on PostgreSQL an
+    advisory lock per patient until the transaction ends, in one order (no deadlock between two
+    nodes), so two nodes never build one patient's bundles at once, each from what the other has
+    not committed yet (node A's CT, node B's plan: neither would see the bundle complete, and
+    the later commit could undo the other's completeness). Under READ COMMITTED each statement
+    after the lock sees what the previous holder committed. SQLite: its one writer at a time
+    (BEGIN IMMEDIATE) does the same, nothing to take."""
+    if db.dialect != POSTGRESQL:
+        return
+    for patient_id in sorted(set(patient_ids)):
+        connection.execute("SELECT pg_advisory_xact_lock(CAST(? AS INTEGER), CAST(? AS INTEGER))",
+                           (PLANS_LOCK_SPACE, _lock_key(patient_id))).fetchall()
+
+
+def _lock_key(text: str) -> int:
+    """A stable signed 32-bit key of the text, the same on every node."""
+    key = zlib.crc32(text.encode())
+    return key - (1 << 32) if key >= 1 << 31 else key
 
 
 # -- what the tracker follows --------------------------------------------------------------------
@@ -195,7 +263,7 @@ class ReceivedRow:
     calling_aet: str | None
 
 
-def received_after(db: Database, seq: int, limit: int) -> list[ReceivedRow]:
+def received_after(db: StateDatabase, seq: int, limit: int) -> list[ReceivedRow]:
     """The received rows after `seq`, in the order they came, whatever their state."""
     return [ReceivedRow(row["seq"], row["instance_id"], row["state"], row["modality"],
                         row["patient_id"], row["study_uid"], row["calling_aet"])
@@ -204,7 +272,7 @@ def received_after(db: Database, seq: int, limit: int) -> list[ReceivedRow]:
                 "FROM received WHERE seq > ? ORDER BY seq LIMIT ?", (seq, limit))]
 
 
-def record_object(connection: sqlite3.Connection, row: ReceivedRow, item: RtObject,
+def record_object(connection: DbConnection, row: ReceivedRow, item: RtObject,
                   plan_name: str, plan_date: str, recorded_at: str) -> None:
     """An RT object read again keeps what it was first recorded with but its references."""
     connection.execute(
@@ -236,7 +304,7 @@ class RecordedObject:
     plan_date: str | None
 
 
-def patient_objects(connection: sqlite3.Connection, patient_id: str) -> list[RecordedObject]:
+def patient_objects(connection: DbConnection, patient_id: str) -> list[RecordedObject]:
     """The patient's RT objects whose instance is still stored (described and not gone)."""
     return [
         RecordedObject(
@@ -252,7 +320,7 @@ def patient_objects(connection: sqlite3.Connection, patient_id: str) -> list[Rec
     ]
 
 
-def stored_by_uid(connection: sqlite3.Connection,
+def stored_by_uid(connection: DbConnection,
                   uids: Sequence[str]) -> dict[str, StoredInstance]:
     """The stored instances among these SOP Instance UIDs, by UID."""
     stored: dict[str, StoredInstance] = {}
@@ -268,7 +336,7 @@ def stored_by_uid(connection: sqlite3.Connection,
     return stored
 
 
-def member_rows(connection: sqlite3.Connection,
+def member_rows(connection: DbConnection,
                 instance_ids: Sequence[str]) -> list[Received]:
     """The received rows of these instances that are still stored, in the order given. Whole
     rows: the rules' facts (jobs/facts.py) read them as the intake does."""
@@ -283,7 +351,7 @@ def member_rows(connection: sqlite3.Connection,
 
 
 # -- plan-complete rules -------------------------------------------------------------------------
-def bundles_not_run(db: Database, rule: str, outcomes: Sequence[str]) -> list[PlanBundle]:
+def bundles_not_run(db: StateDatabase, rule: str, outcomes: Sequence[str]) -> list[PlanBundle]:
     """The bundles the rule has no run of with one of these outcomes, the first seen first."""
     return [_bundle(row) for row in db.query(
         f"SELECT {_BUNDLE_COLUMNS} FROM plan_bundles b WHERE NOT EXISTS (SELECT 1 FROM "
@@ -291,21 +359,38 @@ def bundles_not_run(db: Database, rule: str, outcomes: Sequence[str]) -> list[Pl
         f"({_marks(outcomes)})) ORDER BY first_seen_epoch", (rule, *outcomes))]
 
 
-def has_run(db: Database, rule: str, plan_uid: str, outcomes: Sequence[str]) -> bool:
+def has_run(db: StateDatabase, rule: str, plan_uid: str, outcomes: Sequence[str]) -> bool:
     return bool(db.query(
         f"SELECT 1 FROM plan_rule_runs WHERE rule=? AND plan_uid=? AND outcome IN "
         f"({_marks(outcomes)})", (rule, plan_uid, *outcomes)))
 
 
-def record_rule_run(connection: sqlite3.Connection, rule: str, plan_uid: str, outcome: str,
+def rule_still_to_run(db: StateDatabase, connection: DbConnection, rule: str, plan_uid: str,
+                      outcomes: Sequence[str]) -> bool:
+    """Read first in the transaction that acts on the bundle and records the run
+    (record_rule_run): whether the bundle is still there and the rule has no run of these
+    outcomes. On PostgreSQL the bundle's row is locked first (FOR UPDATE, until the transaction
+    ends), so a second node deciding the same plan waits for the first to commit and then sees
+    its run: a plan fires, and is forwarded, once. SQLite: the transaction is the one writer."""
+    lock = " FOR UPDATE" if db.dialect == POSTGRESQL else ""
+    if not connection.execute(f"SELECT 1 FROM plan_bundles WHERE plan_uid=?{lock}",
+                              (plan_uid,)).fetchall():
+        return False
+    return not connection.execute(
+        f"SELECT 1 FROM plan_rule_runs WHERE rule=? AND plan_uid=? AND outcome IN "
+        f"({_marks(outcomes)})", (rule, plan_uid, *outcomes)).fetchall()
+
+
+def record_rule_run(connection: DbConnection, rule: str, plan_uid: str, outcome: str,
                     at: str, missing: Sequence[str], jobs: int) -> None:
     """One run per (rule, plan, outcome): a repeat of the same outcome is not recorded again."""
     connection.execute(
-        "INSERT OR IGNORE INTO plan_rule_runs(rule, plan_uid, outcome, at, missing_json, jobs)"
-        " VALUES(?,?,?,?,?,?)", (rule, plan_uid, outcome, at, json.dumps(list(missing)), jobs))
+        "INSERT INTO plan_rule_runs(rule, plan_uid, outcome, at, missing_json, jobs)"
+        " VALUES(?,?,?,?,?,?) ON CONFLICT DO NOTHING",
+        (rule, plan_uid, outcome, at, json.dumps(list(missing)), jobs))
 
 
-def rule_runs(db: Database, plan_uid: str) -> list[dict[str, object]]:
+def rule_runs(db: StateDatabase, plan_uid: str) -> list[dict[str, object]]:
     """What each rule did with the plan, oldest first, as the plan's page shows it."""
     return [dict(row) for row in db.query(
         "SELECT rule, outcome, at, missing_json, jobs FROM plan_rule_runs WHERE plan_uid=? "
@@ -313,7 +398,7 @@ def rule_runs(db: Database, plan_uid: str) -> list[dict[str, object]]:
 
 
 # -- the plan's page -----------------------------------------------------------------------------
-def received_at(db: Database, instance_ids: Sequence[str]) -> dict[str, str]:
+def received_at(db: StateDatabase, instance_ids: Sequence[str]) -> dict[str, str]:
     """When each of these instances was received (one never received is absent)."""
     received: dict[str, str] = {}
     for chunk in _chunks(instance_ids):
@@ -324,7 +409,7 @@ def received_at(db: Database, instance_ids: Sequence[str]) -> dict[str, str]:
     return received
 
 
-def latest_decisions(db: Database, plan_uid: str, study_uid: str) -> list[dict[str, object]]:
+def latest_decisions(db: StateDatabase, plan_uid: str, study_uid: str) -> list[dict[str, object]]:
     """The latest evaluation of each rule on the plan (plan-complete) and on its study (stable
     study), by rule name: the page tells why a rule did not fire."""
     return [dict(row) for row in db.query(
@@ -335,7 +420,7 @@ def latest_decisions(db: Database, plan_uid: str, study_uid: str) -> list[dict[s
 
 
 # -- manual send ---------------------------------------------------------------------------------
-def sent_or_on_its_way(db: Database, plan_uid: str, study_uid: str, target: str) -> bool:
+def sent_or_on_its_way(db: StateDatabase, plan_uid: str, study_uid: str, target: str) -> bool:
     """A job of this plan (or of its study, by a study rule) to the target is done or under way."""
     return bool(db.query(
         "SELECT 1 FROM jobs WHERE target = ? AND state IN ('done', 'pending', 'running') AND "
@@ -352,6 +437,9 @@ WORKLIST_SORTS = {
     "date": "plan_date",
     "source": "calling_aet",
 }
+# PostgreSQL has no NOCASE collation: the same order by the lowered text.
+_POSTGRES_SORTS = {**WORKLIST_SORTS, "patient": "LOWER(patient_name)",
+                   "label": "LOWER(plan_label)"}
 
 # A plan's study-level and instance-level jobs count for it too: a stable-study rule sends the
 # plan's files with its study.
@@ -374,7 +462,7 @@ STATUS_CONDITIONS = {
     "parked": _jobs_exist("j.state = 'dead'"),
     "held": "EXISTS (SELECT 1 FROM plan_rule_runs r WHERE r.plan_uid = b.plan_uid "
             f"AND r.outcome = 'held' AND {_HELD_ONLY})",
-    "not-sent": "NOT " + _jobs_exist("1"),
+    "not-sent": "NOT " + _jobs_exist("1 = 1"),   # a boolean on both engines
 }
 
 
@@ -382,15 +470,16 @@ def _contains(text: str) -> str:
     return "%" + _escape_like(text) + "%"
 
 
-def _worklist_where(query: WorklistQuery) -> tuple[str, list[Any]]:
+def _worklist_where(db: StateDatabase, query: WorklistQuery) -> tuple[str, list[Any]]:
     clauses: list[str] = []
     values: list[Any] = []
     # Every word must be found somewhere: "john smith", "smith breast", "PAT-2".
     for word in [fold(word) for word in query.text.split()[:8]]:
         if not word.strip():
             continue
-        if len(word) >= 3 and not set(word) & set("%_\\\""):
-            # The trigram index shortlists (plans/tables.py); the row's own text decides.
+        if len(word) >= 3 and not set(word) & set("%_\\\"") and db.dialect != POSTGRESQL:
+            # The trigram index shortlists (plans/tables.py, SQLite's FTS5; PostgreSQL has none
+            # and reads the worklist index); the row's own text decides.
             clauses.append("b.rowid IN (SELECT rowid FROM plan_search WHERE text LIKE ?)")
             values.append(f"%{word}%")
         clauses.append("search_text LIKE ? ESCAPE '\\'")
@@ -424,13 +513,15 @@ class WorklistIds:
     total: int             # the plans that match, on every page
 
 
-def worklist_ids(db: Database, query: WorklistQuery) -> WorklistIds:
+def worklist_ids(db: StateDatabase, query: WorklistQuery) -> WorklistIds:
     """The ids of one page of plans that match, from the worklist index alone (plans/tables.py)
     and never the table's rows; a filtered list is counted in the same pass over the index, the
     whole list by the index's size."""
-    where, values = _worklist_where(query)
+    where, values = _worklist_where(db, query)
     direction = "DESC" if query.descending else "ASC"
-    order = f"ORDER BY {WORKLIST_SORTS[query.sort]} {direction}, plan_uid LIMIT ? OFFSET ?"
+    sorts = _POSTGRES_SORTS if db.dialect == POSTGRESQL else WORKLIST_SORTS
+    nulls = _nulls_first(db, query.descending)
+    order = f"ORDER BY {sorts[query.sort]} {direction}{nulls}, plan_uid LIMIT ? OFFSET ?"
     window = [query.per_page, (query.page - 1) * query.per_page]
     if where:
         found = db.query(f"SELECT plan_uid, COUNT(*) OVER () AS total FROM plan_bundles b "
@@ -444,7 +535,7 @@ def worklist_ids(db: Database, query: WorklistQuery) -> WorklistIds:
     return WorklistIds([row["plan_uid"] for row in found], total)
 
 
-def plan_sources(db: Database, most: int = 100) -> list[str]:
+def plan_sources(db: StateDatabase, most: int = 100) -> list[str]:
     """The distinct calling AEs, one index probe each (a DISTINCT would read every plan)."""
     sources: list[str] = []
     while len(sources) < most:
@@ -470,7 +561,7 @@ class PlanJob:
     last_status: str | None
 
 
-def jobs_of_plans(db: Database, plan_uids: Sequence[str],
+def jobs_of_plans(db: StateDatabase, plan_uids: Sequence[str],
                   study_uids: Sequence[str]) -> list[PlanJob]:
     """The jobs of these plans and the study- and instance-level jobs of these studies, oldest
     first."""
@@ -484,7 +575,7 @@ def jobs_of_plans(db: Database, plan_uids: Sequence[str],
                 [*plan_uids, *study_uids])]
 
 
-def held_plans(db: Database, plan_uids: Sequence[str]) -> set[str]:
+def held_plans(db: StateDatabase, plan_uids: Sequence[str]) -> set[str]:
     """The plans among these that a rule holds (and has done nothing else with since)."""
     if not plan_uids:
         return set()
@@ -521,13 +612,13 @@ def _jobs_where(states: Sequence[str], target: str) -> tuple[str, list[Any]]:
     return where, [*states, *([target] if target else [])]
 
 
-def count_jobs(db: Database, states: Sequence[str], target: str = "") -> int:
+def count_jobs(db: StateDatabase, states: Sequence[str], target: str = "") -> int:
     """The jobs in these states (to this target when one is given)."""
     where, values = _jobs_where(states, target)
     return int(db.query(f"SELECT COUNT(*) AS n FROM jobs WHERE {where}", values)[0]["n"])
 
 
-def jobs_page(db: Database, states: Sequence[str], target: str, *, oldest_first: bool,
+def jobs_page(db: StateDatabase, states: Sequence[str], target: str, *, oldest_first: bool,
               limit: int, offset: int) -> list[QueueJob]:
     """A window of the jobs in these states: by id when `oldest_first`, else the latest
     updated first."""
@@ -544,12 +635,12 @@ def jobs_page(db: Database, states: Sequence[str], target: str, *, oldest_first:
                 [*values, limit, offset])]
 
 
-def jobs_by_state(db: Database) -> dict[str, int]:
+def jobs_by_state(db: StateDatabase) -> dict[str, int]:
     return {row["state"]: int(row["n"]) for row in db.query(
         "SELECT state, COUNT(*) AS n FROM jobs GROUP BY state")}
 
 
-def job_targets(db: Database, state: str | None = None, most: int = 200) -> list[str]:
+def job_targets(db: StateDatabase, state: str | None = None, most: int = 200) -> list[str]:
     """The targets of the jobs (of those in `state` when given), by name."""
     if state is None:
         rows = db.query("SELECT DISTINCT target FROM jobs ORDER BY target LIMIT ?", (most,))
@@ -559,7 +650,7 @@ def job_targets(db: Database, state: str | None = None, most: int = 200) -> list
     return [row["target"] for row in rows]
 
 
-def item_counts(db: Database, job_ids: Sequence[int]) -> dict[int, dict[str, int]]:
+def item_counts(db: StateDatabase, job_ids: Sequence[int]) -> dict[int, dict[str, int]]:
     """Per job, how many of its instances are in each item state (a job without items is
     absent)."""
     if not job_ids:
@@ -578,7 +669,7 @@ class PlanNames:
     date: str
 
 
-def plan_names(db: Database, plan_uids: Sequence[str]) -> dict[str, PlanNames]:
+def plan_names(db: StateDatabase, plan_uids: Sequence[str]) -> dict[str, PlanNames]:
     """The label, name and date ("" for none) of each of these plans that has a bundle."""
     if not plan_uids:
         return {}
@@ -589,7 +680,7 @@ def plan_names(db: Database, plan_uids: Sequence[str]) -> dict[str, PlanNames]:
                 f"plan_uid IN ({_marks(plan_uids)})", list(plan_uids))}
 
 
-def patient_names(db: Database, patient_ids: Sequence[str]) -> dict[str, str]:
+def patient_names(db: StateDatabase, patient_ids: Sequence[str]) -> dict[str, str]:
     """A name ("" for none) for each of these patients that has a plan."""
     if not patient_ids:
         return {}

@@ -1,6 +1,10 @@
 """Plan bundles: the references each RT object carries, the bundles, and what each rule did."""
 
+import zlib
+
 from orthanc_plugin.db import Database, Migration
+from orthanc_plugin.db_engine import StateDatabase
+from orthanc_plugin.plans.store import fold_search_text
 
 # The plans' steps since the first release (db.Migration).
 MIGRATIONS = (
@@ -41,7 +45,10 @@ CREATE TABLE IF NOT EXISTS plan_bundles(
     updated_at TEXT NOT NULL,
     accession_number TEXT,                      -- the study's, for the worklist's search
     -- The second identifier beside the name, wherever a plan is chosen for sending.
-    patient_birth_date TEXT, patient_sex TEXT
+    patient_birth_date TEXT, patient_sex TEXT,
+    -- What the worklist's search compares (SEARCH_TEXT below). Last, where migration 4 adds it
+    -- to an older table: a new database, SQLite or PostgreSQL, has it from here.
+    search_text TEXT
 );
 CREATE INDEX IF NOT EXISTS plan_bundles_patient ON plan_bundles(patient_id);
 
@@ -106,8 +113,31 @@ INSERT INTO plan_search(rowid, text) SELECT rowid, search_text FROM plan_bundles
 """
 
 
-def create_worklist_index(db: Database) -> None:
+# The worklist's indexes on PostgreSQL: no rtgw_fold, no triggers, no FTS5. The writer folds
+# search_text itself (store.save_bundle); a search reads the worklist index whole.
+POSTGRES_WORKLIST_INDEX = """
+DROP INDEX IF EXISTS plan_bundles_worklist;
+DROP INDEX IF EXISTS plan_bundles_received;
+CREATE INDEX IF NOT EXISTS plan_bundles_worklist_v2 ON plan_bundles(first_seen_epoch, plan_uid,
+    search_text, calling_aet, complete, study_uid, patient_name, plan_label, plan_date);
+CREATE INDEX IF NOT EXISTS plan_bundles_source ON plan_bundles(calling_aet);
+"""
+# db_postgres.SCHEMA_LOCK, held while a node changes the schema (nodes start together; a store
+# does not import db_postgres).
+SCHEMA_LOCK = zlib.crc32(b"rt-gateway schema")
+
+
+def create_worklist_index(db: StateDatabase) -> None:
     """The worklist's indexes, triggers and search table (WORKLIST_INDEX), once the migrations
-    have given plan_bundles its search columns."""
-    # executescript commits on its own, so this runs outside any transaction.
-    db.connection().executescript(WORKLIST_INDEX)
+    have given plan_bundles its search columns. On PostgreSQL its indexes only
+    (POSTGRES_WORKLIST_INDEX), and a search text folded for any bundle that has none."""
+    if isinstance(db, Database):
+        # executescript commits on its own, so this runs outside any transaction.
+        db.connection().executescript(WORKLIST_INDEX)
+        return
+    with db.transaction() as connection:
+        connection.execute("SELECT pg_advisory_xact_lock(?)", (SCHEMA_LOCK,)).fetchall()
+        for statement in POSTGRES_WORKLIST_INDEX.split(";"):
+            if statement.strip():
+                connection.execute(statement)
+        fold_search_text(connection, None)

@@ -78,6 +78,8 @@ class PlanTracker:
             return False
         patients = {row.patient_id or "" for row in handled if row.state == "ready"}
         with self.db.transaction() as connection:
+            # Another node building these patients' bundles waits, or is waited for.
+            store.lock_patients(self.db, connection, patients)
             for row in handled:
                 item = objects.get(row.instance_id)
                 if item is not None:
@@ -155,6 +157,11 @@ class PlanTracker:
         hold = grace and rule.then == "hold"
         ruleset = self.ctx.rules()
         with self.db.transaction() as connection:
+            # Another node may have acted on the plan since bundles_not_run: once only.
+            if not store.rule_still_to_run(self.db, connection, rule.name, bundle.plan_uid,
+                                           (*FINAL_OUTCOMES, *GRACE_OUTCOMES) if grace
+                                           else FINAL_OUTCOMES):
+                return False
             rows = member_rows(connection, bundle)
             facts = self.ctx.facts.build(rows, (bundle.plan_label or "",))
             evaluation = evaluate(rule, facts) if rows else None

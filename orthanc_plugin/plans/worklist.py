@@ -13,7 +13,7 @@ from datetime import datetime
 from typing import Any
 
 from orthanc_plugin.api.router import ApiError
-from orthanc_plugin.db import Database
+from orthanc_plugin.db_engine import StateDatabase
 from orthanc_plugin.plans import store
 
 PER_PAGE_DEFAULT = 50
@@ -84,7 +84,7 @@ def _moment(query: Mapping[str, str], name: str) -> float | None:
     return moment.timestamp()
 
 
-def worklist_page(db: Database, query: WorklistQuery,
+def worklist_page(db: StateDatabase, query: WorklistQuery,
                   summaries: Callable[[Sequence[str]], dict[str, dict[str, Any]]]) -> dict[str, Any]:
     """One page of plans, the total that match, and the sources to filter by."""
     # The page's ids from the worklist index, then only those rows whole.
@@ -139,7 +139,7 @@ def humane_missing(text: str) -> str:
     return _UID.sub("(referenced, not received)", text)
 
 
-def _destinations(db: Database,
+def _destinations(db: StateDatabase,
                   rows: Sequence[store.PlanBundle]) -> dict[str, list[dict[str, Any]]]:
     """Per plan and target, the latest job's state and time: "sent to ARCHIVE at 14:02"."""
     if not rows:

@@ -10,14 +10,17 @@ from dataclasses import fields
 from typing import Any
 
 from orthanc_plugin.audit.clock import iso_at, now_iso
-from orthanc_plugin.db import Database
+from orthanc_plugin.db_engine import StateDatabase
 from orthanc_plugin.webhooks.model import Endpoint, OutboxEvent, backoff_seconds
 
 ORIGIN_KEY = "webhooks_origin"
+# The outbox's columns next_due reads from the row itself (the names come from the job).
+_OUTBOX_OWN = ", ".join(f"o.{field.name}" for field in fields(OutboxEvent)
+                        if field.name not in ("patient_id", "study_uid"))
 
 
 class WebhookStore:
-    def __init__(self, db: Database) -> None:
+    def __init__(self, db: StateDatabase) -> None:
         self.db = db
 
     def subscribe(self, endpoints: Sequence[Endpoint]) -> None:
@@ -26,7 +29,8 @@ class WebhookStore:
         with self.db.transaction() as connection:
             connection.execute("DELETE FROM webhook_subscriptions")
             connection.executemany(
-                "INSERT OR IGNORE INTO webhook_subscriptions(url, event, target) VALUES(?,?,?)",
+                "INSERT INTO webhook_subscriptions(url, event, target) VALUES(?,?,?) "
+                "ON CONFLICT DO NOTHING",
                 [(endpoint.url, event, target) for endpoint in endpoints
                  for event, target in endpoint.subscriptions()])
 
@@ -34,7 +38,7 @@ class WebhookStore:
         """A random name for this database, drawn once: event ids stay unique if the database is
         ever replaced and its counter starts again."""
         with self.db.transaction() as connection:
-            connection.execute("INSERT OR IGNORE INTO meta(key, value) VALUES(?, ?)",
+            connection.execute("INSERT INTO meta(key, value) VALUES(?, ?) ON CONFLICT DO NOTHING",
                                (ORIGIN_KEY, secrets.token_hex(4)))
             row = connection.execute("SELECT value FROM meta WHERE key=?", (ORIGIN_KEY,)).fetchone()
         return str(row["value"])
@@ -45,12 +49,13 @@ class WebhookStore:
         # A job decided at arrival names its patient and study once its instance is described
         # (jobs/arrival.py): its event waits for that, then carries them. A row answers a name
         # with its first column, so the job's names, listed before o.*, fill an event written
-        # before it knew them (OutboxEvent reads each column by name).
+        # before it knew them (OutboxEvent reads each column by name; the outbox's own columns
+        # are named one by one, never twice: PostgreSQL's rows keep no first of two names).
         row = self.db.query(
             "SELECT d.attempts, d.next_attempt_at, "
             "COALESCE(NULLIF(o.patient_id, ''), j.patient_id, '') AS patient_id, "
             "COALESCE(NULLIF(o.study_uid, ''), j.study_uid, '') AS study_uid, "
-            "COALESCE(j.awaits_description, 0) AS job_awaits_description, o.* "
+            f"COALESCE(j.awaits_description, 0) AS job_awaits_description, {_OUTBOX_OWN} "
             "FROM webhook_deliveries d JOIN webhook_outbox o ON o.id = d.outbox_id "
             "LEFT JOIN jobs j ON j.id = o.job_id "
             "WHERE d.url=? AND d.state='pending' ORDER BY d.outbox_id LIMIT 1", (url,))
@@ -85,7 +90,8 @@ class WebhookStore:
     def pending_counts(self) -> tuple[int, int]:
         """(pending, failing): deliveries waiting, and those among them already tried."""
         row = self.db.query(
-            "SELECT COUNT(*) AS pending, COALESCE(SUM(attempts > 0), 0) AS failing "
+            "SELECT COUNT(*) AS pending, "
+            "COALESCE(SUM(CASE WHEN attempts > 0 THEN 1 ELSE 0 END), 0) AS failing "
             "FROM webhook_deliveries WHERE state='pending'")[0]
         return int(row["pending"]), int(row["failing"])
 
@@ -93,8 +99,10 @@ class WebhookStore:
         """Per URL: delivered, pending and failing counts, the head's last error and retry time."""
         result: dict[str, dict[str, Any]] = {}
         for row in self.db.query(
-                "SELECT url, SUM(state='delivered') AS delivered, SUM(state='pending') AS pending,"
-                " SUM(state='pending' AND attempts > 0) AS failing, MAX(delivered_at) AS last_at "
+                "SELECT url, SUM(CASE WHEN state='delivered' THEN 1 ELSE 0 END) AS delivered,"
+                " SUM(CASE WHEN state='pending' THEN 1 ELSE 0 END) AS pending,"
+                " SUM(CASE WHEN state='pending' AND attempts > 0 THEN 1 ELSE 0 END) AS failing,"
+                " MAX(delivered_at) AS last_at "
                 "FROM webhook_deliveries GROUP BY url"):
             result[row["url"]] = {"delivered": int(row["delivered"] or 0),
                                   "pending": int(row["pending"] or 0),

@@ -1,9 +1,10 @@
 """Approval before sending, without Orthanc: the `hold:` action as the rules file writes it, who
-may decide, and the store's holding, deciding, expiring and re-opening on a real SQLite queue."""
+may decide, and the store's holding, deciding, expiring and re-opening on a real queue, on SQLite
+and on PostgreSQL."""
 
 from __future__ import annotations
 
-from pathlib import Path
+import threading
 
 import pytest
 
@@ -13,11 +14,11 @@ from orthanc_plugin.approvals.tables import SCHEMA as APPROVALS_SCHEMA
 from orthanc_plugin.audit.tables import SCHEMA as AUDIT_SCHEMA
 from orthanc_plugin.capabilities import load_rules_text
 from orthanc_plugin.config import RetryPolicySettings
-from orthanc_plugin.db import META_SCHEMA, Database
 from orthanc_plugin.jobs.queue import JobQueue, JobSpec
 from orthanc_plugin.jobs.tables import SCHEMA as JOBS_SCHEMA
 from orthanc_plugin.plans.tables import SCHEMA as PLANS_SCHEMA
 from orthanc_plugin.rules import RulesError
+from tests.conftest import MakeDatabase
 
 POLICY = RetryPolicySettings(max_attempts=3, base_delay_seconds=0, max_delay_seconds=0)
 
@@ -62,10 +63,10 @@ def test_a_wrong_hold_is_refused_with_its_path(actions: str, path: str, reason: 
 
 
 @pytest.fixture
-def store(tmp_path: Path) -> ApprovalStore:
-    return ApprovalStore(Database(tmp_path / "a.sqlite",
-                                  [META_SCHEMA, AUDIT_SCHEMA, JOBS_SCHEMA, PLANS_SCHEMA,
-                                   APPROVALS_SCHEMA]))
+def store(make_database: MakeDatabase) -> ApprovalStore:
+    """On each engine (conftest.make_database: SQLite, then PostgreSQL)."""
+    return ApprovalStore(make_database([AUDIT_SCHEMA, JOBS_SCHEMA, PLANS_SCHEMA,
+                                        APPROVALS_SCHEMA]))
 
 
 def queue_held(store: ApprovalStore, targets: list[str], hold: HoldAction,
@@ -147,6 +148,36 @@ def test_an_expired_hold_parks_with_the_reason_and_a_retry_holds_it_again(
     again = store.get(reopened)
     assert again is not None and again["state"] == "waiting"
     assert again["expires_at"].startswith("1970-01-01T03:30")   # 9000 s + 1 h
+
+
+def test_a_decision_waits_for_another_nodes_decision_then_finds_it_decided(
+        store: ApprovalStore) -> None:
+    """Two people decide one approval on two nodes at once: the second waits for the first's
+    transaction and is refused (409), never a second decision. SQLite: one writer at a time;
+    PostgreSQL: the approval's row read FOR UPDATE (a plain read would see it still waiting)."""
+    queue_held(store, ["LINAC"], HoldAction(), ["a"])
+    (approval,) = store.page("waiting", 0, 10)[1]
+    started, finish = threading.Event(), threading.Event()
+
+    def other_node() -> None:
+        with store.db.transaction() as connection:
+            connection.execute("UPDATE approvals SET state='decided' WHERE id=?",
+                               (approval["id"],))
+            started.set()
+            finish.wait(10)
+
+    other = threading.Thread(target=other_node)
+    other.start()
+    assert started.wait(10)
+    threading.Timer(0.3, finish.set).start()
+    try:
+        with pytest.raises(DecisionRefused) as refused:
+            store.decide(approval["id"], Decision.APPROVE, None, "curie", "")
+    finally:
+        finish.set()
+        other.join()
+    assert refused.value.status == 409
+    assert (store.get(approval["id"]) or {})["decisions"] == []
 
 
 def test_a_waiting_approval_whose_jobs_were_cancelled_closes(store: ApprovalStore) -> None:

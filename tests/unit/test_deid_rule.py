@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
 
+from orthanc_plugin.audit.tables import SCHEMA as AUDIT_SCHEMA
 from orthanc_plugin.capabilities import load_rules_text
-from orthanc_plugin.db import META_SCHEMA, Database
 from orthanc_plugin.deid import tables
 from orthanc_plugin.deid.keys import Pseudonymizer
 from orthanc_plugin.deid.model import DeidResult
@@ -15,6 +13,7 @@ from orthanc_plugin.deid.profile import Option, Profile
 from orthanc_plugin.deid.rule import AnonymizeAction, plan_anonymize
 from orthanc_plugin.jobs.executors import PlannedJob
 from orthanc_plugin.rules import ForwardAction, RulesError
+from tests.conftest import MakeDatabase
 
 
 def actions_of(actions: str, targets: set[str] | None = None) -> tuple:
@@ -90,8 +89,8 @@ def test_unknown_forward_target_after_anonymize_is_refused() -> None:
         actions_of("      - anonymize:\n      - forward: NOWHERE\n", {"RESEARCH"})
 
 
-def test_mapping_is_kept_and_found_by_either_id(tmp_path: Path) -> None:
-    db = Database(tmp_path / "g.sqlite", [META_SCHEMA, tables.SCHEMA])
+def test_mapping_is_kept_and_found_by_either_id(make_database: MakeDatabase) -> None:
+    db = make_database([tables.SCHEMA])
     secret = tables.installation_secret(db)
     assert tables.installation_secret(db) == secret and len(secret) == 64
     keys = Pseudonymizer(secret)
@@ -107,3 +106,41 @@ def test_mapping_is_kept_and_found_by_either_id(tmp_path: Path) -> None:
                                     "keyword": "StudyInstanceUID"}]
     assert by_original["date_offset_days"] == keys.date_offset_days("PAT-1")
     assert tables.mapping_for(db, "PAT-2") is None
+
+
+def test_a_copy_made_again_replaces_its_row_whole(make_database: MakeDatabase) -> None:
+    """A replay's copy: its new IDs and report, and the original's deletion forgotten (the
+    original is back and deleted again later), as SQLite's INSERT OR REPLACE did."""
+    db = make_database([AUDIT_SCHEMA, tables.SCHEMA])
+    first = tables.CopyRecord("orig-1", "RESEARCH", "copy-1", "2.25.1", "ANON-1", 7, "{}",
+                              ("PatientName: removed",))
+    with db.transaction() as connection:
+        tables.record_copies(connection, [first])
+    tables.mark_original_deleted(db, "orig-1")
+    assert tables.has_copy(db, "orig-1") and not tables.has_copy(db, "orig-2")
+    again = tables.CopyRecord("orig-1", "RESEARCH", "copy-2", "2.25.2", "ANON-1", 9, "{}", ())
+    with db.transaction() as connection:
+        tables.record_copies(connection, [again])
+    (row,) = db.query("SELECT * FROM deid_copies")
+    assert (row["copy_instance_id"], row["new_sop_instance_uid"], row["job_id"],
+            row["original_deleted_at"], row["report"]) == ("copy-2", "2.25.2", 9, None, "[]")
+
+
+def test_uids_without_a_keyword_come_first_and_original_keys_are_the_intakes(
+        make_database: MakeDatabase) -> None:
+    db = make_database([AUDIT_SCHEMA, tables.SCHEMA])
+    result = DeidResult("PAT-1", "ANON-1", None, {"1.2.3": ("2.25.3", "StudyInstanceUID")})
+    with db.transaction() as connection:
+        tables.record_mapping(connection, result, 0)
+        connection.execute("INSERT INTO deid_uids(original_uid, new_uid, keyword,"
+                           " original_patient_id, first_seen) SELECT '9.9', '2.25.9', NULL,"
+                           " 'PAT-1', first_seen FROM deid_uids")
+        connection.execute("INSERT INTO received(instance_id, received_at, state, patient_id,"
+                           " study_uid, series_uid, sop_instance_uid) VALUES"
+                           " ('i1', 'now', 'ready', 'PAT-1', '1.2.3', '1.2.3.4', '1.2.3.4.5'),"
+                           " ('i2', 'now', 'new', 'PAT-1', NULL, NULL, NULL)")
+    mapping = tables.mapping_for(db, "ANON-1")
+    assert mapping is not None
+    assert [uid["keyword"] for uid in mapping["uids"]] == [None, "StudyInstanceUID"]
+    assert tables.original_keys(db, ["i1", "i2", "i3"]) == {
+        "i1": ("PAT-1", "1.2.3", "1.2.3.4", "1.2.3.4.5")}

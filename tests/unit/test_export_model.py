@@ -21,8 +21,9 @@ from orthanc_plugin.export.model import (
     template_keywords,
 )
 from orthanc_plugin.export.rule import ExportAction
-from orthanc_plugin.export.tables import SCHEMA, transfers
+from orthanc_plugin.export.tables import SCHEMA, previous_exports, record_export, transfers
 from orthanc_plugin.rules import RulesError
+from tests.conftest import MakeDatabase
 from tests.support.rtset import make_rt_set
 
 
@@ -144,3 +145,23 @@ def test_atomic_write_leaves_no_temporary_file(tmp_path: Path) -> None:
     path = write_atomically(tmp_path, "a.dcm", b"1" * 1000)
     assert path.read_bytes() == b"1" * 1000
     assert [p.name for p in tmp_path.iterdir()] == ["a.dcm"]
+
+
+def test_the_table_keeps_the_draw_tools_names_on_either_engine(make_database: MakeDatabase) -> None:
+    """Rows read back with the mixed-case names the DRAW tool wrote (PostgreSQL folds unquoted
+    names to lower case), filtered and in the order written."""
+    db = make_database([SCHEMA])
+    row = {"PatientUID": "PAT1", "PatientName": "Doe^John", "SOPInstanceUID": "1.2.3",
+           "SourcePath": "orthanc:/instances/x", "SourceAET": "AUTOSEG", "StudyDate": "20240101",
+           "ModifiedFileName": "a.dcm", "DestinationPath": "/draw", "ExportDate": "now",
+           "ContentSHA256": "aa", "Rule": "DRAW export"}
+    first = record_export(db, row)
+    second = record_export(db, {**row, "ModifiedFileName": "a_v2.dcm", "ContentSHA256": "bb"})
+    record_export(db, {**row, "SOPInstanceUID": "9.9", "PatientUID": "PAT2"})
+    assert second == first + 1
+    assert previous_exports(db, "1.2.3", "/draw") == [("aa", "a.dcm"), ("bb", "a_v2.dcm")]
+    assert previous_exports(db, "1.2.3", "/elsewhere") == []
+    rows = transfers(db, {"patient": "PAT1", "destination": "/draw", "format": "csv"})
+    assert [r["ModifiedFileName"] for r in rows] == ["a.dcm", "a_v2.dcm"]
+    assert list(rows[0]) == ["id", *row]
+    assert [r["PatientUID"] for r in transfers(db, {}, limit=2)] == ["PAT1", "PAT1"]

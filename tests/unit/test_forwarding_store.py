@@ -13,22 +13,23 @@ import pytest
 
 from orthanc_plugin.audit.tables import SCHEMA as AUDIT_SCHEMA
 from orthanc_plugin.config import RetryPolicySettings
-from orthanc_plugin.db import META_SCHEMA, Database
+from orthanc_plugin.db_engine import StateDatabase
 from orthanc_plugin.forwarding import store
 from orthanc_plugin.forwarding.tables import SCHEMA as FORWARDING_SCHEMA
 from orthanc_plugin.forwarding.tables import move_records_out_of_the_queue
 from orthanc_plugin.jobs.own_output import SCHEMA as OWN_OUTPUT_SCHEMA
 from orthanc_plugin.jobs.queue import ClaimedItem, JobQueue, JobSpec
 from orthanc_plugin.jobs.tables import SCHEMA as JOBS_SCHEMA
+from tests.conftest import MakeDatabase
 
 
 @pytest.fixture
-def db(tmp_path: Path) -> Database:
-    return Database(tmp_path / "g.sqlite", [META_SCHEMA, AUDIT_SCHEMA, JOBS_SCHEMA,
-                                            OWN_OUTPUT_SCHEMA, FORWARDING_SCHEMA])
+def db(make_database: MakeDatabase) -> StateDatabase:
+    """On each engine (conftest.make_database: SQLite, then PostgreSQL)."""
+    return make_database([AUDIT_SCHEMA, JOBS_SCHEMA, OWN_OUTPUT_SCHEMA, FORWARDING_SCHEMA])
 
 
-def sent_with_commitment(db: Database, target: str, instances: list[str]) -> list[ClaimedItem]:
+def sent_with_commitment(db: StateDatabase, target: str, instances: list[str]) -> list[ClaimedItem]:
     queue = JobQueue(db, RetryPolicySettings())
     with db.transaction() as connection:
         queue.enqueue(connection, JobSpec("r", "forward", "instance", "instance", instances[0],
@@ -41,12 +42,12 @@ def sent_with_commitment(db: Database, target: str, instances: list[str]) -> lis
     return list(claim.items)
 
 
-def in_flight(db: Database, items: list[ClaimedItem], orthanc_job: str) -> None:
+def in_flight(db: StateDatabase, items: list[ClaimedItem], orthanc_job: str) -> None:
     with db.transaction() as connection:
         store.mark_in_flight(connection, items, orthanc_job, time.time())
 
 
-def test_a_request_goes_from_due_to_committed_with_its_target(db: Database) -> None:
+def test_a_request_goes_from_due_to_committed_with_its_target(db: StateDatabase) -> None:
     items = sent_with_commitment(db, "LINAC", ["a", "b", "c"])
     due = store.due_items(db, limit=2)
     assert [(item.instance_id, item.target) for item in due] == [("a", "LINAC"), ("b", "LINAC")]
@@ -62,7 +63,7 @@ def test_a_request_goes_from_due_to_committed_with_its_target(db: Database) -> N
                                              store.COMMITTED: 1}
 
 
-def test_a_lost_report_makes_its_instances_due_again(db: Database) -> None:
+def test_a_lost_report_makes_its_instances_due_again(db: StateDatabase) -> None:
     items = sent_with_commitment(db, "LINAC", ["a", "b"])
     store.note_requested(db, "LINAC", "9.9", [(i.job_id, i.instance_id) for i in items], 5.0)
     store.ask_again(db, "9.9")
@@ -71,7 +72,7 @@ def test_a_lost_report_makes_its_instances_due_again(db: Database) -> None:
     assert [item.instance_id for item in store.due_items(db, limit=10)] == ["a", "b"]
 
 
-def test_not_committed_parks_the_instance_and_its_finished_job(db: Database) -> None:
+def test_not_committed_parks_the_instance_and_its_finished_job(db: StateDatabase) -> None:
     items = sent_with_commitment(db, "LINAC", ["a", "b"])
     job_id = items[0].job_id
     store.note_requested(db, "LINAC", "7.7", [(job_id, "a")], 5.0)
@@ -85,7 +86,7 @@ def test_not_committed_parks_the_instance_and_its_finished_job(db: Database) -> 
     assert (item["state"], item["status"]) == (store.NOT_COMMITTED, "failure 0x0110")
 
 
-def test_in_flight_lists_only_pending_items_an_orthanc_job_carries(db: Database) -> None:
+def test_in_flight_lists_only_pending_items_an_orthanc_job_carries(db: StateDatabase) -> None:
     queue = JobQueue(db, RetryPolicySettings())
     with db.transaction() as connection:
         queue.enqueue(connection, JobSpec("r", "forward", "instance", "instance", "s",
@@ -109,7 +110,7 @@ def test_in_flight_lists_only_pending_items_an_orthanc_job_carries(db: Database)
         "orthanc-job-1"
 
 
-def test_settled_jobs_carry_their_study_state_and_sent_count(db: Database) -> None:
+def test_settled_jobs_carry_their_study_state_and_sent_count(db: StateDatabase) -> None:
     sent_with_commitment(db, "PACS", ["a", "b"])
     queue = JobQueue(db, RetryPolicySettings())
     with db.transaction() as connection:
@@ -122,7 +123,7 @@ def test_settled_jobs_carry_their_study_state_and_sent_count(db: Database) -> No
     assert store.job_study(db, 1) is not None and store.job_study(db, 999) is None
 
 
-def test_a_job_retried_by_hand_is_committed_afresh(db: Database) -> None:
+def test_a_job_retried_by_hand_is_committed_afresh(db: StateDatabase) -> None:
     items = sent_with_commitment(db, "LINAC", ["a", "b"])
     job_id = items[0].job_id
     store.record_not_committed(db, [(job_id, "a")], "failure 0x0110", [job_id], "refused", None)
@@ -134,7 +135,7 @@ def test_a_job_retried_by_hand_is_committed_afresh(db: Database) -> None:
     assert [item.instance_id for item in store.due_items(db, limit=10)] == ["b"]
 
 
-def test_a_jobs_commitment_shows_in_its_json(db: Database) -> None:
+def test_a_jobs_commitment_shows_in_its_json(db: StateDatabase) -> None:
     items = sent_with_commitment(db, "LINAC", ["a", "b", "c"])
     job_id = items[0].job_id
     store.record_committed(db, "t", [(job_id, "a")])
@@ -148,7 +149,7 @@ def test_a_jobs_commitment_shows_in_its_json(db: Database) -> None:
     assert store.job_commitment(db, 999) == {}
 
 
-def test_pruned_jobs_take_their_records_and_carry_the_committed(db: Database) -> None:
+def test_pruned_jobs_take_their_records_and_carry_the_committed(db: StateDatabase) -> None:
     items = sent_with_commitment(db, "LINAC", ["a", "b"])
     other = sent_with_commitment(db, "LINAC", ["c"])
     store.record_committed(db, "t", [(items[0].job_id, "a")])

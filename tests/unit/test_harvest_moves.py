@@ -19,7 +19,6 @@ from orthanc_plugin.audit.metrics import Metrics
 from orthanc_plugin.audit.recorder import AuditRecorder
 from orthanc_plugin.audit.tables import SCHEMA as AUDIT_SCHEMA
 from orthanc_plugin.audit.translog import TransactionLog
-from orthanc_plugin.db import META_SCHEMA, Database
 from orthanc_plugin.harvest.action import HarvestRunner, HarvestSettings
 from orthanc_plugin.harvest.model import parse_definition
 from orthanc_plugin.harvest.remote import poll_interval
@@ -28,6 +27,7 @@ from orthanc_plugin.harvest.tables import SCHEMA
 from orthanc_plugin.harvest.zips import PARTS_FOLDER, merge, write_merged, write_part
 from orthanc_plugin.ports import HostError
 from orthanc_plugin.reception import ReceptionGate
+from tests.conftest import MakeDatabase
 
 SERIES = {"1.2.3.1": 3, "1.2.3.2": 3, "1.2.3.3": 2}   # series -> slices at the source
 # The runners' gate, as a worker's main hands it down: the fake Orthanc reads its marking.
@@ -104,8 +104,9 @@ class FakeOrthanc:
 
 
 @pytest.fixture
-def runner(tmp_path: Path) -> HarvestRunner:
-    db = Database(tmp_path / "g.sqlite", [META_SCHEMA, AUDIT_SCHEMA, SCHEMA])
+def runner(tmp_path: Path, make_database: MakeDatabase) -> HarvestRunner:
+    # Both engines: an SQLite file, then a real PostgreSQL (tests/conftest.py).
+    db = make_database([AUDIT_SCHEMA, SCHEMA])
     recorder = AuditRecorder(db, TransactionLog(tmp_path / "log"), Metrics(lambda name, value: None))
     return HarvestRunner(FakeOrthanc(), HarvestStore(db), recorder,  # type: ignore[arg-type]
                          HarvestSettings(tmp_path / "h", poll_seconds=0.01), lambda message: None,

@@ -13,7 +13,6 @@ from orthanc_plugin.audit.metrics import Metrics
 from orthanc_plugin.audit.recorder import AuditRecorder
 from orthanc_plugin.audit.tables import SCHEMA as AUDIT_SCHEMA
 from orthanc_plugin.audit.translog import TransactionLog
-from orthanc_plugin.db import META_SCHEMA, Database
 from orthanc_plugin.harvest.action import HarvestRunner, HarvestSettings
 from orthanc_plugin.harvest.model import ItemState, Transition
 from orthanc_plugin.harvest.rules_sync import RulesHarvests
@@ -21,13 +20,15 @@ from orthanc_plugin.harvest.store import HarvestStore
 from orthanc_plugin.harvest.tables import SCHEMA
 from orthanc_plugin.ports import Host
 from orthanc_plugin.rules import RuleSet
+from tests.conftest import MakeDatabase
 
 load_rules_text = capabilities.load_rules_text
 
 
 @pytest.fixture
-def runner(tmp_path: Path) -> HarvestRunner:
-    db = Database(tmp_path / "g.sqlite", [META_SCHEMA, AUDIT_SCHEMA, SCHEMA])
+def runner(tmp_path: Path, make_database: MakeDatabase) -> HarvestRunner:
+    # Both engines: an SQLite file, then a real PostgreSQL (tests/conftest.py).
+    db = make_database([AUDIT_SCHEMA, SCHEMA])
     recorder = AuditRecorder(db, TransactionLog(tmp_path / "log"), Metrics(lambda name, value: None))
     # No Orthanc here: the sync only writes rows, it never calls the host.
     return HarvestRunner(cast(Host, None), HarvestStore(db), recorder, HarvestSettings(tmp_path / "h"),

@@ -1,17 +1,20 @@
+"""The harvest store on both engines (tests/conftest.py make_database: SQLite, then a real
+PostgreSQL)."""
+
 from dataclasses import asdict, fields
-from pathlib import Path
 
 import pytest
 
-from orthanc_plugin.db import META_SCHEMA, Database
+from orthanc_plugin.db_engine import POSTGRESQL, SQLITE
 from orthanc_plugin.harvest.model import ItemLevel, ItemState, Transition, parse_definition
 from orthanc_plugin.harvest.store import Child, Harvest, HarvestItem, HarvestStore, SeriesSums
 from orthanc_plugin.harvest.tables import SCHEMA
+from tests.conftest import MakeDatabase
 
 
 @pytest.fixture
-def store(tmp_path: Path) -> HarvestStore:
-    return HarvestStore(Database(tmp_path / "h.sqlite", [META_SCHEMA, SCHEMA]))
+def store(make_database: MakeDatabase) -> HarvestStore:
+    return HarvestStore(make_database([SCHEMA]))
 
 
 def harvest(store: HarvestStore, **extra: object) -> int:
@@ -130,7 +133,11 @@ def test_patient_zips_by_patient_id_once_written(store: HarvestStore) -> None:
 
 # -- contract: the records carry every column ------------------------------------------------------
 def _columns(store: HarvestStore, table: str) -> list[str]:
-    return [row["name"] for row in store.db.query(f"PRAGMA table_info({table})")]
+    if store.db.dialect == SQLITE:
+        return [row["name"] for row in store.db.query(f"PRAGMA table_info({table})")]
+    return [row["column_name"] for row in store.db.query(
+        "SELECT column_name FROM information_schema.columns WHERE table_schema = current_schema()"
+        " AND table_name = ? ORDER BY ordinal_position", (table,))]
 
 
 def test_a_harvest_item_comes_back_with_every_column_written(store: HarvestStore) -> None:
@@ -150,9 +157,8 @@ def test_a_harvest_item_comes_back_with_every_column_written(store: HarvestStore
     assert set(values) == set(columns) - {"id"}
     with store.db.transaction() as connection:
         item_id = connection.execute(
-            f"INSERT INTO harvest_items({', '.join(values)}) VALUES({', '.join('?' * len(values))})",
-            tuple(values.values())).lastrowid
-    assert item_id is not None
+            f"INSERT INTO harvest_items({', '.join(values)}) VALUES({', '.join('?' * len(values))})"
+            " RETURNING id", tuple(values.values())).fetchall()[0]["id"]
     item = store.item(item_id)
     assert asdict(item) == {"id": item_id, **values}
     assert [asdict(row) for row in store.items(harvest_id) if row.id == item_id] == [asdict(item)]
@@ -191,3 +197,31 @@ def test_the_requests_answer_every_column_and_the_series_in_order(store: Harvest
     assert list(answer) == [*_columns(store, "harvest_requests"), "series_uid"]
     assert (answer["id"], answer["item_id"], answer["kind"], answer["series_uid"]) == (
         request_id, patient.id, "C-FIND", "")
+
+
+def test_rows_come_in_code_point_order_whatever_the_database_collation(
+        store: HarvestStore) -> None:
+    """SQLite orders text by code point; PostgreSQL by the database's collation, which on a
+    server set up in en_US puts 'a' before 'B'. The store orders text itself, so the inventory
+    and the ZIP list read the same on both engines."""
+    if store.db.dialect == POSTGRESQL and store.db.query(
+            "SELECT 1 FROM pg_collation WHERE collname='und-x-icu'"):
+        # As a server whose default collation is a language's: case mixed into the alphabet.
+        with store.db.transaction() as connection:
+            for column in ("patient_id", "study_uid", "series_uid"):
+                connection.execute(f'ALTER TABLE harvest_items ALTER COLUMN {column} TYPE TEXT '
+                                   f'COLLATE "und-x-icu"')
+    harvest_id = harvest(store, patients=["b", "C", "a", "B"], concurrency=4)
+    patients = {row.patient_id: row for row in store.items(harvest_id)}
+    assert list(patients) == ["B", "C", "a", "b"]
+    for name in patients:
+        store.update(patients[name].id, zip_name=f"{name}.zip")
+    assert store.patient_zips(harvest_id) == ["B.zip", "C.zip", "a.zip", "b.zip"]
+    store.add_children(patients["a"], [
+        Child(ItemLevel.SERIES, "a", study, uid, "CT", state=ItemState.COMPLETE)
+        for study, uid in (("s", "x"), ("S", "y"), ("s", "X"), ("S", "Y"))],
+        Transition(ItemState.DONE))
+    assert [(row.study_uid, row.series_uid) for row in store.complete_series(patients["a"].id)] == [
+        ("S", "Y"), ("S", "y"), ("s", "X"), ("s", "x")]
+    assert [row.series_uid for row in store.items(harvest_id) if row.patient_id == "a"] == [
+        "", "Y", "y", "X", "x"]

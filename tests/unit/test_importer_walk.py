@@ -9,10 +9,10 @@ from io import BytesIO
 from pathlib import Path
 from typing import Any
 
-from orthanc_plugin.db import Database
 from orthanc_plugin.importer.model import inspect_dicom, read_settings
 from orthanc_plugin.importer.tables import SCHEMA, ImportTables
 from orthanc_plugin.importer.watcher import ImportWatcher
+from tests.conftest import MakeDatabase
 from tests.support.rtset import make_rt_set
 
 
@@ -37,11 +37,13 @@ def dicom_bytes(patient: str) -> bytes:
     return buffer.getvalue()
 
 
-def watcher_for(folder: Path, tmp_path: Path, **raw: Any) -> tuple[ImportWatcher, FakeHost]:
+def watcher_for(folder: Path, tmp_path: Path, make_database: MakeDatabase,
+                **raw: Any) -> tuple[ImportWatcher, FakeHost]:
     host = FakeHost()
     settings = read_settings({"Folder": str(folder), "StableSeconds": 0, "ClearAfterImport": True,
                               **raw}, tmp_path, tmp_path / "quarantine")
-    tables = ImportTables(Database(tmp_path / "gateway.sqlite", [SCHEMA]))
+    # Both engines: an SQLite file, then a real PostgreSQL (tests/conftest.py).
+    tables = ImportTables(make_database([SCHEMA]))
     watcher = ImportWatcher(host, tables, FakeRecorder(), settings,  # type: ignore[arg-type]
                             lambda message: None)
     return watcher, host
@@ -52,7 +54,7 @@ def age(path: Path, seconds: float) -> None:
     os.utime(path, (then, then), follow_symlinks=False)
 
 
-def test_nested_tree_filters_and_minimum_age(tmp_path: Path) -> None:
+def test_nested_tree_filters_and_minimum_age(tmp_path: Path, make_database: MakeDatabase) -> None:
     folder = tmp_path / "incoming"
     files = {"a/b/ct1.dcm": dicom_bytes("WALK-1"), "a/tmp/ct2.dcm": dicom_bytes("WALK-2"),
              "young.dcm": dicom_bytes("WALK-3"), "notes.txt": b"not wanted",
@@ -62,7 +64,7 @@ def test_nested_tree_filters_and_minimum_age(tmp_path: Path) -> None:
         (folder / relative).write_bytes(data)
         age(folder / relative, 3600)
     age(folder / "young.dcm", 0)
-    watcher, host = watcher_for(folder, tmp_path, MinimumAgeSeconds=600,
+    watcher, host = watcher_for(folder, tmp_path, make_database, MinimumAgeSeconds=600,
                                 Include=["**/*.dcm", "**/*.zip"], Exclude=["**/tmp/**", "*.part"])
 
     for _ in range(3):  # the first look only notes sizes; later polls must not count again
@@ -84,7 +86,8 @@ def test_nested_tree_filters_and_minimum_age(tmp_path: Path) -> None:
     assert skipped["last_walk"]["too_young"] == 0 and skipped["total"]["too_young"] == 1
 
 
-def test_links_leading_out_of_the_folder_are_never_read(tmp_path: Path) -> None:
+def test_links_leading_out_of_the_folder_are_never_read(tmp_path: Path,
+                                                         make_database: MakeDatabase) -> None:
     folder = tmp_path / "incoming"
     outside = tmp_path / "elsewhere"
     (folder / "inner").mkdir(parents=True)
@@ -101,7 +104,7 @@ def test_links_leading_out_of_the_folder_are_never_read(tmp_path: Path) -> None:
     (folder / "inside-link.dcm").symlink_to(real)
     for path in (secret, real, *folder.iterdir()):
         age(path, 3600)
-    watcher, host = watcher_for(folder, tmp_path)
+    watcher, host = watcher_for(folder, tmp_path, make_database)
 
     inner = real.read_bytes()
     watcher.scan()

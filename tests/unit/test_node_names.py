@@ -1,5 +1,6 @@
 """Several gateway nodes on one database: each names its claims and transfer rows after itself
-(RtGateway.NodeName), so a node's start repairs only what its own earlier workers left."""
+(RtGateway.NodeName), so a node's start repairs only what its own earlier workers left (on both
+engines: conftest's make_database)."""
 
 from __future__ import annotations
 
@@ -12,8 +13,8 @@ from orthanc_plugin.audit.recorder import AuditRecorder
 from orthanc_plugin.audit.tables import SCHEMA as AUDIT_SCHEMA
 from orthanc_plugin.audit.translog import TransactionLog
 from orthanc_plugin.config import ConfigError, parse_config
-from orthanc_plugin.db import META_SCHEMA, Database
 from orthanc_plugin.jobs.tables import SCHEMA as JOBS_SCHEMA
+from tests.conftest import MakeDatabase
 
 
 def test_the_node_name_is_the_host_name_unless_set_and_must_be_a_plain_name(
@@ -27,10 +28,10 @@ def test_the_node_name_is_the_host_name_unless_set_and_must_be_a_plain_name(
 
 
 def test_a_node_writes_the_orphaned_log_lines_of_its_own_dead_workers_only(
-        tmp_path: Path) -> None:
+        tmp_path: Path, make_database: MakeDatabase) -> None:
     """Each node keeps its own transaction log: a row a neighbour's worker has not logged yet
     is the neighbour's to log, not a duplicate line in this node's log."""
-    db = Database(tmp_path / "g.sqlite", [META_SCHEMA, AUDIT_SCHEMA, JOBS_SCHEMA])
+    db = make_database([AUDIT_SCHEMA, JOBS_SCHEMA])
     recorder = AuditRecorder(db, TransactionLog(tmp_path / "logs"), Metrics(lambda *_: None))
     writers = {"node-a/1-1:11": "own earlier generation", "node-a/2-2:21": "own running",
                "node-b/3-3:31": "a neighbour's", "0-0:1": "before node names"}

@@ -1,37 +1,38 @@
-"""The plans' store (plans/store.py) against a real SQLite database with the gateway's schema:
-what the tracker follows and keeps, what the rules ran, and what the plan, worklist and queue
-pages read of the bundles, the received instances, the audit and the queue."""
+"""The plans' store (plans/store.py) against a real database with the gateway's schema, on both
+engines (SQLite, then a real PostgreSQL: conftest's make_database): what the tracker follows and
+keeps, what the rules ran, and what the plan, worklist and queue pages read of the bundles, the
+received instances, the audit and the queue."""
 
 from __future__ import annotations
-
-import sqlite3
-from pathlib import Path
 
 import pytest
 
 from orthanc_plugin.app import all_migrations
 from orthanc_plugin.audit.tables import SCHEMA as AUDIT_SCHEMA
-from orthanc_plugin.db import META_SCHEMA, Database
+from orthanc_plugin.db import Database
+from orthanc_plugin.db_engine import DbConnection, StateDatabase
 from orthanc_plugin.jobs.tables import SCHEMA as JOBS_SCHEMA
-from orthanc_plugin.plans import store
+from orthanc_plugin.plans import dvh_store, store
 from orthanc_plugin.plans.model import RtObject
 from orthanc_plugin.plans.search import SQL_FUNCTION, fold
 from orthanc_plugin.plans.tables import SCHEMA as PLANS_SCHEMA
 from orthanc_plugin.plans.tables import create_worklist_index
 from orthanc_plugin.plans.worklist import WorklistQuery
+from tests.conftest import MakeDatabase
 
 
 @pytest.fixture
-def db(tmp_path: Path) -> Database:
-    database = Database(tmp_path / "g.sqlite",
-                        [META_SCHEMA, AUDIT_SCHEMA, JOBS_SCHEMA, PLANS_SCHEMA])
-    database.migrate(all_migrations())
-    database.add_function(SQL_FUNCTION, 1, fold)
+def db(make_database: MakeDatabase) -> StateDatabase:
+    database = make_database([AUDIT_SCHEMA, JOBS_SCHEMA, PLANS_SCHEMA])
+    if isinstance(database, Database):
+        # PostgreSQL: a new database has the tables whole and the store folds (no function).
+        database.migrate(all_migrations())
+        database.add_function(SQL_FUNCTION, 1, fold)
     create_worklist_index(database)
     return database
 
 
-def receive(connection: sqlite3.Connection, instance_id: str, *, state: str = "ready",
+def receive(connection: DbConnection, instance_id: str, *, state: str = "ready",
             sop: str = "", modality: str = "CT", patient: str = "PAT", study_id: str = "st",
             series: str = "se", number: int = 1, at: str = "2026-12-03T08:00:00+00:00") -> None:
     connection.execute(
@@ -54,28 +55,27 @@ def bundle_state(plan_uid: str = "P1", *, complete: bool = True, label: str = "B
         accession_number="ACC", patient_birth_date="19700101", patient_sex="F")
 
 
-def save(db: Database, state: store.BundleState, now: float = 100.0,
+def save(db: StateDatabase, state: store.BundleState, now: float = 100.0,
          updated_at: str = "2026-12-03T08:00:00+00:00") -> None:
     with db.transaction() as connection:
         store.save_bundle(connection, state, now, updated_at)
 
 
-def job(connection: sqlite3.Connection, key: str, *, level: str = "plan", resource: str = "P1",
+def job(connection: DbConnection, key: str, *, level: str = "plan", resource: str = "P1",
         study: str = "", target: str = "ARCHIVE", state: str = "pending", updated: str = "t1",
         patient: str = "PAT") -> int:
-    cursor = connection.execute(
+    (row,) = connection.execute(
         "INSERT INTO jobs(idempotency_key, rule, action, trigger, level, resource_id, patient_id, "
         "study_uid, target, state, created_at, updated_at, created_epoch) "
-        "VALUES(?,?,?,?,?,?,?,?,?,?,?,?,?)",
+        "VALUES(?,?,?,?,?,?,?,?,?,?,?,?,?) RETURNING id",
         (key, "rule " + key, "forward", "manual", level, resource, patient, study, target, state,
-         "t0", updated, 5.0))
-    assert cursor.lastrowid is not None
-    return cursor.lastrowid
+         "t0", updated, 5.0)).fetchall()
+    return int(row["id"])
 
 
 # -- the tracker ---------------------------------------------------------------------------------
 def test_a_bundle_saved_again_keeps_its_first_sighting_names_and_completion(
-        db: Database) -> None:
+        db: StateDatabase) -> None:
     save(db, bundle_state(complete=False, missing=("RTDOSE",)), now=100.0)
     first = store.bundle(db, "P1")
     assert first is not None
@@ -92,7 +92,7 @@ def test_a_bundle_saved_again_keeps_its_first_sighting_names_and_completion(
     assert store.bundle(db, "nope") is None
 
 
-def test_received_rows_after_the_cursor_in_order_whatever_their_state(db: Database) -> None:
+def test_received_rows_after_the_cursor_in_order_whatever_their_state(db: StateDatabase) -> None:
     with db.transaction() as connection:
         for name, state in (("a", "ready"), ("b", "gone"), ("c", "new"), ("d", "ready")):
             receive(connection, name, state=state)
@@ -103,7 +103,7 @@ def test_received_rows_after_the_cursor_in_order_whatever_their_state(db: Databa
 
 
 def test_patient_objects_are_those_still_stored_with_their_study_and_source(
-        db: Database) -> None:
+        db: StateDatabase) -> None:
     with db.transaction() as connection:
         receive(connection, "plan", modality="RTPLAN", study_id="s1")
         receive(connection, "dose", modality="RTDOSE", state="gone")
@@ -125,7 +125,7 @@ def test_patient_objects_are_those_still_stored_with_their_study_and_source(
                                                 "plan name", "20261203")
 
 
-def test_stored_instances_by_uid_and_member_rows_in_order_past_one_chunk(db: Database) -> None:
+def test_stored_instances_by_uid_and_member_rows_in_order_past_one_chunk(db: StateDatabase) -> None:
     count = store.CHUNK + 100
     with db.transaction() as connection:
         for n in range(count):
@@ -140,7 +140,7 @@ def test_stored_instances_by_uid_and_member_rows_in_order_past_one_chunk(db: Dat
 
 
 def test_a_rule_run_is_recorded_once_and_its_final_outcomes_end_the_pending_bundles(
-        db: Database) -> None:
+        db: StateDatabase) -> None:
     save(db, bundle_state("P1"), now=200.0)
     save(db, bundle_state("P2"), now=100.0)
     save(db, bundle_state("P3"), now=300.0)
@@ -159,7 +159,7 @@ def test_a_rule_run_is_recorded_once_and_its_final_outcomes_end_the_pending_bund
 
 
 # -- the plan's page and the plans' list ---------------------------------------------------------
-def test_filtered_bundles_by_label_patient_date_and_completeness(db: Database) -> None:
+def test_filtered_bundles_by_label_patient_date_and_completeness(db: StateDatabase) -> None:
     save(db, bundle_state("P1", label="ADP_LUNG", patient="B"))
     save(db, bundle_state("P2", label="ADPXLUNG", patient="A", complete=False))
     save(db, bundle_state("P3", label="BREAST", patient="A"))
@@ -178,7 +178,7 @@ def test_filtered_bundles_by_label_patient_date_and_completeness(db: Database) -
     assert uids(study_uid="1.2.st", patient_id="B") == ["P1"]
 
 
-def test_received_times_and_the_latest_decision_of_each_rule(db: Database) -> None:
+def test_received_times_and_the_latest_decision_of_each_rule(db: StateDatabase) -> None:
     with db.transaction() as connection:
         receive(connection, "a", at="t-a")
         receive(connection, "b", at="t-b")
@@ -199,7 +199,7 @@ def test_received_times_and_the_latest_decision_of_each_rule(db: Database) -> No
 
 
 def test_sent_or_on_its_way_counts_the_plan_and_its_study_jobs_under_way_or_done(
-        db: Database) -> None:
+        db: StateDatabase) -> None:
     with db.transaction() as connection:
         job(connection, "a", resource="P1", target="DONE", state="done")
         job(connection, "b", resource="P1", target="DEAD", state="dead")
@@ -215,7 +215,7 @@ def test_sent_or_on_its_way_counts_the_plan_and_its_study_jobs_under_way_or_done
 
 
 # -- the worklist --------------------------------------------------------------------------------
-def test_worklist_ids_count_every_match_even_past_the_last_page(db: Database) -> None:
+def test_worklist_ids_count_every_match_even_past_the_last_page(db: StateDatabase) -> None:
     save(db, bundle_state("P1", source="TPS"), now=100.0)
     save(db, bundle_state("P2", source="ETHOS", complete=False), now=200.0)
     save(db, bundle_state("P3", source="ETHOS"), now=300.0)
@@ -231,7 +231,7 @@ def test_worklist_ids_count_every_match_even_past_the_last_page(db: Database) ->
     assert store.plan_sources(db) == ["ETHOS", "TPS"] and store.plan_sources(db, 1) == ["ETHOS"]
 
 
-def test_the_jobs_of_plans_and_the_plans_a_rule_holds(db: Database) -> None:
+def test_the_jobs_of_plans_and_the_plans_a_rule_holds(db: StateDatabase) -> None:
     with db.transaction() as connection:
         own = job(connection, "own", resource="P1", study="1.2.st")
         study = job(connection, "study", level="study", resource="st", study="1.2.st")
@@ -248,7 +248,7 @@ def test_the_jobs_of_plans_and_the_plans_a_rule_holds(db: Database) -> None:
 
 
 # -- the queue page ------------------------------------------------------------------------------
-def test_the_queue_page_reads_jobs_items_and_plan_names(db: Database) -> None:
+def test_the_queue_page_reads_jobs_items_and_plan_names(db: StateDatabase) -> None:
     save(db, bundle_state("P1", label="BREAST"))
     with db.transaction() as connection:
         first = job(connection, "a", target="LINAC", state="pending", updated="t3")
@@ -275,3 +275,36 @@ def test_the_queue_page_reads_jobs_items_and_plan_names(db: Database) -> None:
         "P1": store.PlanNames("BREAST", "plan BREAST", "20261203")}
     assert store.patient_names(db, ["PAT", "NOBODY"]) == {"PAT": "SMITH^JOHN"}
     assert store.item_counts(db, []) == {} and store.plan_names(db, []) == {}
+
+
+def test_worklist_sorts_ignore_case_and_put_a_missing_value_first_going_up(
+        db: StateDatabase) -> None:
+    """SQLite's NOCASE and NULLs-first order on PostgreSQL too (no NOCASE there, NULLs last)."""
+    save(db, bundle_state("P1", label="beta"), now=100.0)
+    save(db, bundle_state("P2", label="ALPHA"), now=200.0)
+    save(db, bundle_state("P3", label="Gamma"), now=300.0)
+    with db.transaction() as connection:
+        connection.execute("UPDATE plan_bundles SET plan_label=NULL, plan_date=NULL "
+                           "WHERE plan_uid='P3'")
+
+    def ids(sort: str, descending: bool) -> list[str]:
+        return store.worklist_ids(db, WorklistQuery(sort=sort, descending=descending)).plan_uids
+
+    assert ids("label", False) == ["P3", "P2", "P1"]
+    assert ids("label", True) == ["P1", "P2", "P3"]
+    assert ids("date", False)[0] == "P3" and ids("date", True)[-1] == "P3"
+    assert [b.plan_uid for b in store.filtered_bundles(db)] == ["P3", "P2", "P1"]   # no date first
+    assert [b.plan_uid for b in store.filtered_bundles(db, label="ALPHA")] == ["P2"]
+
+
+def test_a_dvh_is_kept_per_plan_and_replaced_for_other_members(db: StateDatabase) -> None:
+    assert dvh_store.cached_dvh(db, "P1", "k1") is None
+    dvh_store.save_dvh(db, "P1", "k1", '{"structures": 1}')
+    dvh_store.save_dvh(db, "P2", "k1", '{"structures": 2}')
+    assert dvh_store.cached_dvh(db, "P1", "k1") == {"structures": 1}
+    assert dvh_store.cached_dvh(db, "P1", "k2") is None      # other members: computed again
+    dvh_store.save_dvh(db, "P1", "k2", '{"structures": 3}')
+    assert dvh_store.cached_dvh(db, "P1", "k2") == {"structures": 3}
+    assert dvh_store.cached_dvh(db, "P1", "k1") is None
+    assert dvh_store.cached_dvh(db, "P2", "k1") == {"structures": 2}
+    assert int(db.query("SELECT COUNT(*) AS n FROM plan_dvh")[0]["n"]) == 2

@@ -1,10 +1,10 @@
 """The worklist and the queue as the page pages through them: search, filters, sort, paging, words
-instead of UIDs, and where each plan went. A real SQLite database with the gateway's schema."""
+instead of UIDs, and where each plan went. A real database with the gateway's schema, on both
+engines (SQLite, then a real PostgreSQL: conftest's make_database)."""
 
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import pytest
 
@@ -12,25 +12,29 @@ from orthanc_plugin.api.router import ApiError
 from orthanc_plugin.app import all_migrations
 from orthanc_plugin.audit.tables import SCHEMA as AUDIT_SCHEMA
 from orthanc_plugin.config import RetryPolicySettings
-from orthanc_plugin.db import META_SCHEMA, Database
+from orthanc_plugin.db import Database
+from orthanc_plugin.db_engine import StateDatabase
 from orthanc_plugin.jobs.queue import JobQueue, JobSpec
 from orthanc_plugin.jobs.tables import SCHEMA as JOBS_SCHEMA
+from orthanc_plugin.plans import store
 from orthanc_plugin.plans.queue_view import queue_page
 from orthanc_plugin.plans.search import SQL_FUNCTION, fold
 from orthanc_plugin.plans.tables import SCHEMA as PLANS_SCHEMA
-from orthanc_plugin.plans.tables import WORKLIST_INDEX
+from orthanc_plugin.plans.tables import create_worklist_index
 from orthanc_plugin.plans.worklist import WorklistQuery, humane_missing, parse_query, worklist_page
+from tests.conftest import MakeDatabase
 
 SLICE_UID = "1.2.826.0.1.3680043.8.498.99999999999999999999"
 
 
 @pytest.fixture
-def db(tmp_path: Path) -> Database:
-    database = Database(tmp_path / "g.sqlite",
-                        [META_SCHEMA, AUDIT_SCHEMA, JOBS_SCHEMA, PLANS_SCHEMA])
-    database.migrate(all_migrations())
-    database.add_function(SQL_FUNCTION, 1, fold)
-    database.connection().executescript(WORKLIST_INDEX)
+def db(make_database: MakeDatabase) -> StateDatabase:
+    database = make_database([AUDIT_SCHEMA, JOBS_SCHEMA, PLANS_SCHEMA])
+    if isinstance(database, Database):
+        # PostgreSQL: a new database has the tables whole and the store folds (no function).
+        database.migrate(all_migrations())
+        database.add_function(SQL_FUNCTION, 1, fold)
+    create_worklist_index(database)
     add_plan(database, "P1", "SMITH^JOHN", "PAT-1", "BREAST_L", "TPS", 100.0, complete=True)
     add_plan(database, "P2", "DOE^JANE", "PAT-2", "PROSTATE", "ETHOS", 200.0, complete=False,
              missing=[f"RTSTRUCT {SLICE_UID}", "RTDOSE (0 of 1 expected)"])
@@ -39,7 +43,7 @@ def db(tmp_path: Path) -> Database:
     return database
 
 
-def add_plan(db: Database, plan_uid: str, name: str, patient: str, label: str, source: str,
+def add_plan(db: StateDatabase, plan_uid: str, name: str, patient: str, label: str, source: str,
              received: float, *, complete: bool, missing: list[str] | None = None,
              accession: str = "") -> None:
     members = [{"instance_id": f"i-{plan_uid}-{n}", "sop_instance_uid": f"{SLICE_UID}.{n}",
@@ -55,15 +59,19 @@ def add_plan(db: Database, plan_uid: str, name: str, patient: str, label: str, s
             (plan_uid, f"i-{plan_uid}-p", patient, name, f"study-{plan_uid}", source, label,
              "plan " + label, "20261203", int(complete), json.dumps(missing or []),
              json.dumps(members), received, "2026-12-03T08:00:00+00:00", accession))
+        # As store.save_bundle does after its write: SQLite's triggers have folded the names
+        # already, PostgreSQL has none and the writer folds them.
+        folded = store.fold_search_text(connection, [plan_uid])
+        assert folded == (0 if isinstance(db, Database) else 1)
 
 
-def page(db: Database, **fields: object) -> dict:
+def page(db: StateDatabase, **fields: object) -> dict:
     summaries = {"P1": {"intent": "CURATIVE", "prescription_gy": 50.0, "fractions": 25}}
     return worklist_page(db, WorklistQuery(**fields),  # type: ignore[arg-type]
                          lambda ids: {i: summaries[i] for i in ids if i in summaries})
 
 
-def test_newest_first_by_default_in_words_without_member_uids(db: Database) -> None:
+def test_newest_first_by_default_in_words_without_member_uids(db: StateDatabase) -> None:
     answer = page(db)
     assert answer["total"] == 3 and [p["id"] for p in answer["plans"]] == ["P3", "P2", "P1"]
     text = json.dumps(answer)
@@ -75,7 +83,7 @@ def test_newest_first_by_default_in_words_without_member_uids(db: Database) -> N
     assert answer["sources"] == ["ETHOS", "TPS"]
 
 
-def test_search_by_name_in_any_order_of_words_id_label_and_accession(db: Database) -> None:
+def test_search_by_name_in_any_order_of_words_id_label_and_accession(db: StateDatabase) -> None:
     assert {p["id"] for p in page(db, text="smith")["plans"]} == {"P1", "P3"}
     assert [p["id"] for p in page(db, text="smith john")["plans"]] == ["P1"]
     assert [p["id"] for p in page(db, text="John Smith")["plans"]] == ["P1"]
@@ -87,7 +95,7 @@ def test_search_by_name_in_any_order_of_words_id_label_and_accession(db: Databas
     assert {p["id"] for p in page(db, text="_")["plans"]} == {"P1", "P3"}   # a literal _
 
 
-def test_search_ignores_accents_case_and_punctuation(db: Database) -> None:
+def test_search_ignores_accents_case_and_punctuation(db: StateDatabase) -> None:
     add_plan(db, "P4", "MÜLLER^ZOË", "PAT-4", "HN", "TPS", 50.0, complete=True)
     add_plan(db, "P5", "O'BRIEN^PAT", "PAT-5", "BRAIN", "TPS", 40.0, complete=True)
     assert [p["id"] for p in page(db, text="muller")["plans"]] == ["P4"]
@@ -98,11 +106,13 @@ def test_search_ignores_accents_case_and_punctuation(db: Database) -> None:
     assert page(db, text="'")["total"] == 5                                   # nothing to match
     with db.transaction() as connection:                                      # a rename follows
         connection.execute("UPDATE plan_bundles SET patient_name='NÚÑEZ^ANA' WHERE plan_uid='P4'")
+        # SQLite: by trigger; PostgreSQL: by the writer's fold.
+        assert store.fold_search_text(connection, ["P4"]) == (0 if isinstance(db, Database) else 1)
     assert [p["id"] for p in page(db, text="nunez")["plans"]] == ["P4"]
     assert page(db, text="muller")["total"] == 0
 
 
-def test_filters_sort_and_paging(db: Database) -> None:
+def test_filters_sort_and_paging(db: StateDatabase) -> None:
     assert [p["id"] for p in page(db, complete=False)["plans"]] == ["P2"]
     assert {p["id"] for p in page(db, source="ETHOS")["plans"]} == {"P2", "P3"}
     assert [p["id"] for p in page(db, received_from=150, received_to=250)["plans"]] == ["P2"]
@@ -113,7 +123,7 @@ def test_filters_sort_and_paging(db: Database) -> None:
     assert first["pages"] == 2 and [p["id"] for p in second["plans"]] == ["P1"]
 
 
-def test_where_each_plan_went_and_the_status_filters(db: Database) -> None:
+def test_where_each_plan_went_and_the_status_filters(db: StateDatabase) -> None:
     queue = JobQueue(db, RetryPolicySettings(max_attempts=1, base_delay_seconds=0,
                                              max_delay_seconds=0))
     with db.transaction() as connection:

@@ -1,22 +1,21 @@
-"""Retention's store (orthanc_plugin/retention_store.py) against a real gateway database file with
-the real schema: each read picks exactly the old rows it should, in order and bounded, and each
-delete removes exactly those rows."""
+"""Retention's store (orthanc_plugin/retention_store.py) against a real gateway database with the
+real schema, on SQLite and on PostgreSQL: each read picks exactly the old rows it should, in order
+and bounded, and each delete removes exactly those rows."""
 
 from __future__ import annotations
 
-import sqlite3
 import uuid
 from collections.abc import Sequence
-from pathlib import Path
 
 import pytest
 
 from orthanc_plugin import retention_store as store
 from orthanc_plugin.audit.tables import SCHEMA as AUDIT_SCHEMA
-from orthanc_plugin.db import META_SCHEMA, Database
+from orthanc_plugin.db_engine import DbConnection, StateDatabase
 from orthanc_plugin.index.tables import SCHEMA as INDEX_SCHEMA
 from orthanc_plugin.jobs.own_output import SCHEMA as OWN_OUTPUT_SCHEMA
 from orthanc_plugin.jobs.tables import SCHEMA as JOBS_SCHEMA
+from tests.conftest import MakeDatabase
 
 OLD = "2020-01-01T00:00:00.000+00:00"
 CUTOFF = "2021-01-01T00:00:00.000+00:00"
@@ -24,30 +23,30 @@ NEW = "2022-01-01T00:00:00.000+00:00"
 
 
 @pytest.fixture
-def db(tmp_path: Path) -> Database:
-    return Database(tmp_path / "g.sqlite",
-                    [META_SCHEMA, AUDIT_SCHEMA, JOBS_SCHEMA, OWN_OUTPUT_SCHEMA])
+def db(make_database: MakeDatabase) -> StateDatabase:
+    """On each engine (conftest.make_database: SQLite, then PostgreSQL)."""
+    return make_database([AUDIT_SCHEMA, JOBS_SCHEMA, OWN_OUTPUT_SCHEMA])
 
 
-def add_job(connection: sqlite3.Connection, state: str, updated_at: str,
+def add_job(connection: DbConnection, state: str, updated_at: str,
             items: Sequence[str] = ()) -> int:
     job_id = connection.execute(
         "INSERT INTO jobs(idempotency_key, rule, action, trigger, level, resource_id, target,"
         " state, created_at, updated_at) VALUES(?, 'r', 'forward', 'instance', 'instance', 'x',"
-        " 'PACS', ?, ?, ?)", (uuid.uuid4().hex, state, updated_at, updated_at)).lastrowid
-    assert job_id is not None
+        " 'PACS', ?, ?, ?) RETURNING id",
+        (uuid.uuid4().hex, state, updated_at, updated_at)).fetchall()[0][0]
     connection.executemany(
         "INSERT INTO job_items(job_id, rule, target, instance_id, position, state)"
         " VALUES(?, 'r', 'PACS', ?, 0, 'sent')", [(job_id, instance_id) for instance_id in items])
     return int(job_id)
 
 
-def count(db: Database, table: str) -> int:
+def count(db: StateDatabase, table: str) -> int:
     return int(db.query(f"SELECT COUNT(*) FROM {table}")[0][0])
 
 
 # -- totals --------------------------------------------------------------------------------------
-def test_totals_add_up_in_meta_whether_or_not_the_key_was_there(db: Database) -> None:
+def test_totals_add_up_in_meta_whether_or_not_the_key_was_there(db: StateDatabase) -> None:
     db.set_meta("pruned_sent", "5")
     with db.transaction() as connection:
         store.add_to_meta_totals(connection, {"pruned_sent": 2.5, "pruned_new": 3})
@@ -55,9 +54,14 @@ def test_totals_add_up_in_meta_whether_or_not_the_key_was_there(db: Database) ->
         store.add_to_meta_totals(connection, {"pruned_new": 4})
     assert float(db.get_meta("pruned_sent") or 0) == 7.5
     assert float(db.get_meta("pruned_new") or 0) == 7
+    # Byte totals pass 2**24 at once: added in 64-bit floats on both engines, exact.
+    with db.transaction() as connection:
+        store.add_to_meta_totals(connection, {"pruned_bytes": 2**40 + 1})
+        store.add_to_meta_totals(connection, {"pruned_bytes": 2**40 + 1})
+    assert float(db.get_meta("pruned_bytes") or 0) == 2**41 + 2
 
 
-def test_meta_ints_reads_only_the_keys_that_are_set(db: Database) -> None:
+def test_meta_ints_reads_only_the_keys_that_are_set(db: StateDatabase) -> None:
     db.set_meta("index_cursor", "12")
     db.set_meta("other", "99")
     with db.transaction() as connection:
@@ -69,7 +73,7 @@ def test_meta_ints_reads_only_the_keys_that_are_set(db: Database) -> None:
 
 
 # -- finished jobs -------------------------------------------------------------------------------
-def test_old_done_jobs_are_found_in_id_order_and_go_with_their_items(db: Database) -> None:
+def test_old_done_jobs_are_found_in_id_order_and_go_with_their_items(db: StateDatabase) -> None:
     with db.transaction() as connection:
         done = [add_job(connection, "done", OLD, [f"i{n}"])
                 for n in range(3)]
@@ -90,7 +94,7 @@ def test_old_done_jobs_are_found_in_id_order_and_go_with_their_items(db: Databas
 
 
 # -- transfers and evaluations -------------------------------------------------------------------
-def test_old_transfers_are_read_in_id_order_bounded_and_deleted_by_id(db: Database) -> None:
+def test_old_transfers_are_read_in_id_order_bounded_and_deleted_by_id(db: StateDatabase) -> None:
     with db.transaction() as connection:
         connection.executemany(
             "INSERT INTO transfers(job_id, rule, target, attempt, status, instances, bytes,"
@@ -108,7 +112,7 @@ def test_old_transfers_are_read_in_id_order_bounded_and_deleted_by_id(db: Databa
 
 
 def test_old_evaluations_are_read_with_what_they_decided_and_deleted_by_id(
-        db: Database) -> None:
+        db: StateDatabase) -> None:
     with db.transaction() as connection:
         connection.executemany(
             "INSERT INTO evaluations(at, trigger, level, resource_id, rule, matched,"
@@ -124,7 +128,7 @@ def test_old_evaluations_are_read_with_what_they_decided_and_deleted_by_id(
 
 
 # -- rows deleted by age alone -------------------------------------------------------------------
-def test_age_deletes_take_only_old_rows_and_at_most_a_batch(db: Database) -> None:
+def test_age_deletes_take_only_old_rows_and_at_most_a_batch(db: StateDatabase) -> None:
     with db.transaction() as connection:
         connection.executemany("INSERT INTO audit_events(at, event) VALUES(?, 'x')",
                                [(OLD,)] * 5 + [(NEW,)])
@@ -140,7 +144,7 @@ def test_age_deletes_take_only_old_rows_and_at_most_a_batch(db: Database) -> Non
         == ["o3"]
 
 
-def test_a_study_row_goes_once_old_and_without_received_rows(db: Database) -> None:
+def test_a_study_row_goes_once_old_and_without_received_rows(db: StateDatabase) -> None:
     with db.transaction() as connection:
         connection.executemany(
             "INSERT INTO study_progress(study_id, last_received_at) VALUES(?, ?)",
@@ -154,19 +158,19 @@ def test_a_study_row_goes_once_old_and_without_received_rows(db: Database) -> No
 
 
 # -- the intake's received rows ------------------------------------------------------------------
-def received(connection: sqlite3.Connection, instance_id: str, *, at: str = OLD,
+def received(connection: DbConnection, instance_id: str, *, at: str = OLD,
              state: str = "ready", rules_done: int = 1, study: str = "S") -> None:
     connection.execute(
         "INSERT INTO received(instance_id, received_at, state, instance_rules_done, study_id)"
         " VALUES(?, ?, ?, ?, ?)", (instance_id, at, state, rules_done, study))
 
 
-def remaining(db: Database) -> list[str]:
+def remaining(db: StateDatabase) -> list[str]:
     return [row["instance_id"] for row in db.query("SELECT instance_id FROM received ORDER BY seq")]
 
 
 def test_a_received_row_goes_only_once_every_rule_follower_and_job_is_done_with_it(
-        db: Database) -> None:
+        db: StateDatabase) -> None:
     with db.transaction() as connection:
         received(connection, "done")                                  # seq 1: goes
         received(connection, "recent", at=NEW)                        # too young
@@ -193,7 +197,7 @@ def test_a_received_row_goes_only_once_every_rule_follower_and_job_is_done_with_
     assert "past-the-cursor" not in remaining(db)
 
 
-def test_received_rows_go_oldest_first_a_batch_at_a_time(db: Database) -> None:
+def test_received_rows_go_oldest_first_a_batch_at_a_time(db: StateDatabase) -> None:
     with db.transaction() as connection:
         for n in range(5):
             received(connection, f"i{n}")
@@ -203,9 +207,9 @@ def test_received_rows_go_oldest_first_a_batch_at_a_time(db: Database) -> None:
     assert remaining(db) == ["i2", "i3", "i4"]
 
 
-def test_a_gone_instance_row_waits_for_the_index_to_drop_its_entry(tmp_path: Path) -> None:
-    db = Database(tmp_path / "g.sqlite",
-                  [META_SCHEMA, AUDIT_SCHEMA, JOBS_SCHEMA, OWN_OUTPUT_SCHEMA, INDEX_SCHEMA])
+def test_a_gone_instance_row_waits_for_the_index_to_drop_its_entry(
+        make_database: MakeDatabase) -> None:
+    db = make_database([AUDIT_SCHEMA, JOBS_SCHEMA, OWN_OUTPUT_SCHEMA, INDEX_SCHEMA])
     with db.transaction() as connection:
         received(connection, "gone-indexed", state="gone")
         received(connection, "gone-dropped", state="gone")

@@ -21,7 +21,7 @@ from orthanc_plugin.audit.recorder import AuditRecorder
 from orthanc_plugin.audit.tables import SCHEMA as AUDIT_SCHEMA
 from orthanc_plugin.audit.translog import TransactionLog
 from orthanc_plugin.config import ConfigError, RetryPolicySettings
-from orthanc_plugin.db import META_SCHEMA, Database
+from orthanc_plugin.db import Database
 from orthanc_plugin.jobs.own_output import SCHEMA as OWN_OUTPUT_SCHEMA
 from orthanc_plugin.jobs.queue import JobQueue, JobSpec
 from orthanc_plugin.jobs.tables import SCHEMA as JOBS_SCHEMA
@@ -39,6 +39,7 @@ from orthanc_plugin.webhooks.payload import body_of, build_payload
 from orthanc_plugin.webhooks.sender import EndpointSender
 from orthanc_plugin.webhooks.signing import signature, signed_headers, verify
 from orthanc_plugin.webhooks.store import WebhookStore
+from tests.conftest import MakeDatabase
 
 SECRET = b"a-shared-secret-of-32-characters"
 PATIENT_ID, STUDY_UID = "PAT-0042", "1.2.826.0.1.3680043.8.498.1"
@@ -190,10 +191,13 @@ def test_backoff_starts_at_two_seconds_doubles_and_stops_at_five_minutes() -> No
 
 # -- the outbox on the gateway's real schema --------------------------------------------------------
 class Env:
-    def __init__(self, tmp_path: Path) -> None:
-        self.db = Database(tmp_path / "g.sqlite", [META_SCHEMA, AUDIT_SCHEMA, JOBS_SCHEMA,
-                                                   OWN_OUTPUT_SCHEMA, *capabilities.extra_schemas()])
-        self.db.add_function(search.SQL_FUNCTION, 1, search.fold)
+    """The gateway's schema on one engine (conftest.make_database: SQLite, then PostgreSQL)."""
+
+    def __init__(self, tmp_path: Path, make_database: MakeDatabase) -> None:
+        self.db = make_database([AUDIT_SCHEMA, JOBS_SCHEMA, OWN_OUTPUT_SCHEMA,
+                                 *capabilities.extra_schemas()])
+        if isinstance(self.db, Database):
+            self.db.add_function(search.SQL_FUNCTION, 1, search.fold)
         self.recorder = AuditRecorder(self.db, TransactionLog(tmp_path / "logs"),
                                       Metrics(lambda name, value: None))
         self.queue = JobQueue(self.db, RetryPolicySettings(max_attempts=1, base_delay_seconds=0,
@@ -230,8 +234,9 @@ class Env:
 A, B = "https://a.example.org/h", "https://b.example.org/h"
 
 
-def test_only_subscribed_events_fill_the_outbox_one_delivery_per_url(tmp_path: Path) -> None:
-    env = Env(tmp_path)
+def test_only_subscribed_events_fill_the_outbox_one_delivery_per_url(tmp_path: Path,
+                                                                     make_database: MakeDatabase) -> None:
+    env = Env(tmp_path, make_database)
     env.store.subscribe([
         Endpoint(A, SECRET, frozenset({"delivered", "quarantined", "parked"}), frozenset({"LINAC"})),
         Endpoint(B, SECRET, frozenset({"delivered", "held-for-approval"})),
@@ -254,8 +259,9 @@ def test_only_subscribed_events_fill_the_outbox_one_delivery_per_url(tmp_path: P
     assert len(env.outbox()) == 6
 
 
-def test_a_plan_complete_event_fires_once_when_the_bundle_first_completes(tmp_path: Path) -> None:
-    env = Env(tmp_path)
+def test_a_plan_complete_event_fires_once_when_the_bundle_first_completes(
+        tmp_path: Path, make_database: MakeDatabase) -> None:
+    env = Env(tmp_path, make_database)
     env.store.subscribe([Endpoint(A, SECRET, frozenset({"plan-complete"}))])
 
     def upsert(complete: bool) -> None:
@@ -277,22 +283,23 @@ def test_a_plan_complete_event_fires_once_when_the_bundle_first_completes(tmp_pa
     assert (row["resource_id"], row["plan_uid"], row["instances"]) == (ORTHANC_ID, "1.2.3", None)
 
 
-def test_the_due_event_carries_every_outbox_column(tmp_path: Path) -> None:
+def test_the_due_event_carries_every_outbox_column(tmp_path: Path,
+                                                   make_database: MakeDatabase) -> None:
     """Contract: next_due's record has each column of webhook_outbox, as written."""
-    env = Env(tmp_path)
+    env = Env(tmp_path, make_database)
     env.store.subscribe([Endpoint(A, SECRET, frozenset({"delivered"}))])
     env.transfer("LINAC", instances=4)
-    columns = [row["name"] for row in env.db.query("PRAGMA table_info(webhook_outbox)")]
-    assert [field.name for field in dataclass_fields(OutboxEvent)] == columns
     written = dict(env.db.query("SELECT * FROM webhook_outbox")[0])
+    assert [field.name for field in dataclass_fields(OutboxEvent)] == list(written)
     due = env.store.next_due(A, now=1e12)
     assert due is not None and asdict(due) == written
     assert (due.event, due.target, due.instances, due.patient_id) == ("delivered", "LINAC", 4,
                                                                        PATIENT_ID)
 
 
-def test_without_subscriptions_nothing_is_written(tmp_path: Path) -> None:
-    env = Env(tmp_path)
+def test_without_subscriptions_nothing_is_written(tmp_path: Path,
+                                                  make_database: MakeDatabase) -> None:
+    env = Env(tmp_path, make_database)
     env.store.subscribe([Endpoint(A, SECRET, frozenset({"delivered"}))])
     env.store.subscribe([])
     env.transfer("LINAC")
@@ -318,8 +325,9 @@ class FlakyReceiver:
         return ""
 
 
-def test_a_sender_retries_with_backoff_and_keeps_the_order(tmp_path: Path) -> None:
-    env = Env(tmp_path)
+def test_a_sender_retries_with_backoff_and_keeps_the_order(tmp_path: Path,
+                                                           make_database: MakeDatabase) -> None:
+    env = Env(tmp_path, make_database)
     endpoint = Endpoint(A, SECRET, frozenset({"delivered"}))
     env.store.subscribe([endpoint])
     env.transfer("LINAC")
