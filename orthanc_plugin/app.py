@@ -28,7 +28,8 @@ from orthanc_plugin.audit.tables import SCHEMA as AUDIT_SCHEMA
 from orthanc_plugin.audit.translog import TransactionLog
 from orthanc_plugin.config import SECTION, ConfigError, GatewayConfig, parse_config
 from orthanc_plugin.context import CapabilityContext, Hooks
-from orthanc_plugin.db import META_SCHEMA, Database, Migration
+from orthanc_plugin.db import Migration
+from orthanc_plugin.db_engine import StateDatabase
 from orthanc_plugin.forwarding.verify import InstanceKeys
 from orthanc_plugin.jobs.arrival_store import SCHEMA as ARRIVAL_SCHEMA
 from orthanc_plugin.jobs.executor_base import JobContext
@@ -56,6 +57,7 @@ from orthanc_plugin.rules import (
     load_rules_file,
     load_rules_text,
 )
+from orthanc_plugin.state_database import open_state_database, where
 
 RULES_TEXT_KEY = "rules_in_force_text"
 RULES_SHA_KEY = "rules_in_force_sha256"
@@ -72,9 +74,10 @@ class Gateway:
         self.config = config
         self.ruleset = ruleset
         self._rules_lock = threading.Lock()
-        self.db = Database(
-            config.database, [META_SCHEMA, AUDIT_SCHEMA, JOBS_SCHEMA, OWN_OUTPUT_SCHEMA,
-                              ARRIVAL_SCHEMA, *capabilities.extra_schemas()],
+        # The SQLite file, or the PostgreSQL server several nodes share (state_database.py).
+        self.db: StateDatabase = open_state_database(
+            config, [AUDIT_SCHEMA, JOBS_SCHEMA, OWN_OUTPUT_SCHEMA, ARRIVAL_SCHEMA,
+                     *capabilities.extra_schemas()],
             role.report_trouble,
         )
         # Before anything reads or writes: one sequence over the core's parts and the
@@ -84,7 +87,8 @@ class Gateway:
         self.recorder = AuditRecorder(
             self.db, TransactionLog(config.transaction_log_folder), self.metrics
         )
-        self.queue = JobQueue(self.db, config.retry, role.claimant)
+        self.queue = JobQueue(self.db, config.retry, role.claimant,
+                              lease_seconds=config.claim_lease_seconds)
         # Set at a requested stop: executors end their claims at the next safe boundary.
         self.stopping = threading.Event()
         self.registry = Registry()
@@ -170,7 +174,7 @@ class Gateway:
             rules_hook(self.ruleset)
         self.host.log_warning(
             f"started: {len(self.ruleset.rules)} rule(s) from {self.config.rules_file}, "
-            f"{self.config.workers} worker process(es), database {self.config.database}"
+            f"{self.config.workers} worker process(es), database {where(self.config)}"
         )
 
     def seed_metrics(self) -> None:

@@ -77,6 +77,12 @@ class GatewayConfig:
     # This gateway node's name, first part of every claim it makes ("<node>/<generation>:<pid>"):
     # at start it takes back only its own earlier claims, never a live neighbour's (issue 25).
     node_name: str = "gateway"
+    # The gateway's state on a PostgreSQL server shared by several nodes (a libpq connection
+    # string); empty: the SQLite file at `database`, one node.
+    postgresql: str = ""
+    # How long a claim holds its jobs without renewal (jobs/lease_store.py): how long a dead
+    # node's work waits before another node takes it over.
+    claim_lease_seconds: float = 60.0
 
 
 def resolve_path(base: Path, value: str) -> Path:
@@ -143,7 +149,21 @@ def parse_config(orthanc_config: dict[str, Any], config_dir: Path) -> GatewayCon
         storage_directory=storage,
         min_free_disk_mb=int(_number(section, "MinFreeDiskMB", 1024, 0)),
         node_name=_node_name(section),
+        postgresql=_postgresql(section),
+        claim_lease_seconds=_number(section, "ClaimLeaseSeconds", 60.0, 5.0),
     )
+
+
+def _postgresql(section: dict[str, Any]) -> str:
+    """RtGateway.PostgreSQL: "host=... port=... dbname=... user=..." or a postgresql:// URI."""
+    value = section.get("PostgreSQL", "")
+    if not isinstance(value, str):
+        raise ConfigError(f"{SECTION}.PostgreSQL: expected a connection string, got {value!r}")
+    value = value.strip()
+    if value and not (value.startswith(("postgresql://", "postgres://")) or "=" in value):
+        raise ConfigError(f"{SECTION}.PostgreSQL: expected 'host=... dbname=... user=...' or a "
+                          f"postgresql:// URI, got {value!r}")
+    return value
 
 
 NODE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,62}")

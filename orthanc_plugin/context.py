@@ -16,7 +16,7 @@ from typing import Any
 from orthanc_plugin.api.router import Router
 from orthanc_plugin.audit.recorder import AuditRecorder
 from orthanc_plugin.config import SECTION, ConfigError, GatewayConfig
-from orthanc_plugin.db import Database
+from orthanc_plugin.db_engine import StateDatabase
 from orthanc_plugin.jobs.executor_base import JobContext
 from orthanc_plugin.jobs.executors import Registry
 from orthanc_plugin.jobs.facts import FactsBuilder
@@ -64,7 +64,7 @@ class Hooks:
 @dataclass(eq=False)  # identity: plans/routes keys providers by context
 class CapabilityContext:
     host: Host
-    db: Database
+    db: StateDatabase
     queue: JobQueue
     registry: Registry
     recorder: AuditRecorder

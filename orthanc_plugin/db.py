@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import sqlite3
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -20,6 +21,14 @@ from orthanc_plugin.db_engine import SQLITE, DbConnection, StateDatabase
 DISK_ERROR_CODES = frozenset({13, 10, 14})
 WAIT_FIRST_SECONDS = 0.2
 WAIT_LONGEST_SECONDS = 5.0
+
+
+def database_errors() -> tuple[type[BaseException], ...]:
+    """What a failed statement raises, whichever engine: for `except` clauses of loops that give
+    up a round and try again (PostgreSQL's driver only when a worker has loaded it: Orthanc's
+    process and a single node never do)."""
+    psycopg = sys.modules.get("psycopg")
+    return (sqlite3.Error, psycopg.Error) if psycopg is not None else (sqlite3.Error,)
 
 
 def is_disk_error(error: BaseException) -> bool:
@@ -219,7 +228,7 @@ class Database:
             self._local.connection = None
 
 
-def write_probe(connection: sqlite3.Connection, size_bytes: int) -> None:
+def write_probe(connection: DbConnection, size_bytes: int) -> None:
     """Writes `size_bytes` to a table of its own and removes them, in the caller's transaction:
     fails as a real write of that size would when the file cannot take it."""
     connection.execute("CREATE TABLE IF NOT EXISTS health_probe(data BLOB)")

@@ -3,9 +3,10 @@ database error (a full disk, a lock) ends that round only, and the next one trie
 
 from __future__ import annotations
 
-import sqlite3
 import threading
 from collections.abc import Callable
+
+from orthanc_plugin.db import database_errors
 
 
 class PeriodicLoop:
@@ -34,5 +35,5 @@ class PeriodicLoop:
         while not self.stopping.wait(self.every_seconds):
             try:
                 self.one_round()
-            except sqlite3.Error as error:
+            except database_errors() as error:
                 self.log(f"{self.name}: round stopped for now: {error}")

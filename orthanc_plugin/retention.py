@@ -17,7 +17,6 @@ Two promises survive the pruning:
 
 from __future__ import annotations
 
-import sqlite3
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -26,7 +25,7 @@ from typing import Any
 
 from orthanc_plugin import retention_store
 from orthanc_plugin.config import SECTION, ConfigError
-from orthanc_plugin.db import Database
+from orthanc_plugin.db_engine import DbConnection, StateDatabase
 from orthanc_plugin.jobs.ledger import remember
 from orthanc_plugin.periodic import PeriodicLoop
 
@@ -61,21 +60,21 @@ def read_settings(section: dict[str, Any]) -> RetentionSettings:
                              int(batch))
 
 
-def pruned_total(db: Database, name: str) -> float:
+def pruned_total(db: StateDatabase, name: str) -> float:
     return float(db.get_meta(PRUNED_PREFIX + name) or 0)
 
 
-def _add_pruned(connection: sqlite3.Connection, totals: dict[str, float]) -> None:
+def _add_pruned(connection: DbConnection, totals: dict[str, float]) -> None:
     retention_store.add_to_meta_totals(
         connection, {PRUNED_PREFIX + name: value for name, value in totals.items() if value})
 
 
 # (the batch's connection, the job IDs pruned) -> totals to carry (name -> amount).
-JobsPruned = Callable[[sqlite3.Connection, Sequence[int]], dict[str, float]]
+JobsPruned = Callable[[DbConnection, Sequence[int]], dict[str, float]]
 
 
 class Retention:
-    def __init__(self, db: Database, settings: RetentionSettings,
+    def __init__(self, db: StateDatabase, settings: RetentionSettings,
                  log: Callable[[str], None]) -> None:
         self.db = db
         self.settings = settings
@@ -124,7 +123,7 @@ class Retention:
         self.last_run = removed
         return removed
 
-    def _batches(self, one: Callable[[sqlite3.Connection], int]) -> int:
+    def _batches(self, one: Callable[[DbConnection], int]) -> int:
         total = 0
         while not self.stopping.is_set():
             with self.db.transaction() as connection:
@@ -135,7 +134,7 @@ class Retention:
             time.sleep(self.settings.pause_seconds)
         return total
 
-    def _jobs(self, connection: sqlite3.Connection, cutoff: str) -> int:
+    def _jobs(self, connection: DbConnection, cutoff: str) -> int:
         ids = retention_store.done_jobs_before(connection, cutoff, self.settings.batch_rows)
         if not ids:
             return 0
@@ -145,7 +144,7 @@ class Retention:
             _add_pruned(connection, forget(connection, ids))
         return retention_store.delete_jobs(connection, ids)
 
-    def _transfers(self, connection: sqlite3.Connection, cutoff: str) -> int:
+    def _transfers(self, connection: DbConnection, cutoff: str) -> int:
         rows = retention_store.transfers_before(connection, cutoff, self.settings.batch_rows)
         if not rows:
             return 0
@@ -161,7 +160,7 @@ class Retention:
         _add_pruned(connection, totals)
         return retention_store.delete_transfers(connection, [row.id for row in rows])
 
-    def _evaluations(self, connection: sqlite3.Connection, cutoff: str) -> int:
+    def _evaluations(self, connection: DbConnection, cutoff: str) -> int:
         rows = retention_store.evaluations_before(connection, cutoff, self.settings.batch_rows)
         if not rows:
             return 0
@@ -170,7 +169,7 @@ class Retention:
             "matches": sum(1 for row in rows if row.matched and row.new_instances > 0)})
         return retention_store.delete_evaluations(connection, [row.id for row in rows])
 
-    def _received(self, connection: sqlite3.Connection, cutoff: str) -> int:
+    def _received(self, connection: DbConnection, cutoff: str) -> int:
         """Rows every rule and follower is done with (retention_store.delete_finished_received
         says which)."""
         cursors = retention_store.meta_ints(connection, FOLLOWER_CURSORS)

@@ -14,14 +14,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from orthanc_plugin.db import Database, write_probe
+from orthanc_plugin.db import write_probe
+from orthanc_plugin.db_engine import SQLITE, StateDatabase
 from orthanc_plugin.jobs.queue import JobQueue
 from orthanc_plugin.jobs.states import JobState
 
 
 @dataclass(frozen=True)
 class HealthProbes:
-    db: Database
+    db: StateDatabase
     folders: dict[str, Path]                 # what -> folder whose disk is checked
     min_free_mb: int
     worker_pids: Callable[[], dict[int, int | None]]   # index -> pid, None when unknown
@@ -32,10 +33,13 @@ class HealthProbes:
 PROBE_BYTES = 16 * 1024
 
 
-def probe_write(db: Database) -> tuple[bool, str]:
+def probe_write(db: StateDatabase) -> tuple[bool, str]:
     try:
         with db.transaction() as connection:
-            write_probe(connection, PROBE_BYTES)
+            if db.dialect == SQLITE:
+                # SQLite: a write of some size (see PROBE_BYTES); PostgreSQL: the meta write
+                # below is the probe (its server, not this disk, decides what it takes).
+                write_probe(connection, PROBE_BYTES)
             db.set_meta("health_checked_at", str(time.time()), connection)
     except Exception as error:  # a full disk or a locked file: that is the answer
         return False, str(error)

@@ -3,7 +3,6 @@ lead worker's round (expiry, re-opening, the page's words, Orthanc's labels)."""
 
 from __future__ import annotations
 
-import sqlite3
 import time
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -11,6 +10,7 @@ from typing import Any
 from orthanc_plugin.approvals.model import Decision, HoldAction, check_comment
 from orthanc_plugin.approvals.store import ApprovalStore, Decided
 from orthanc_plugin.audit.recorder import AuditRecorder
+from orthanc_plugin.db_engine import DbConnection
 from orthanc_plugin.jobs.queue import JobSpec
 from orthanc_plugin.labels import AWAITING_APPROVAL, StudyLabels, orthanc_study_id
 from orthanc_plugin.ports import Host, HostError
@@ -34,7 +34,7 @@ class Approvals:
         self.wake_workers = wake_workers
 
     # -- the gate (inside the transaction that queued the jobs) -----------------------------------
-    def gate(self, connection: sqlite3.Connection, rule: Rule,
+    def gate(self, connection: DbConnection, rule: Rule,
              queued: list[tuple[int, JobSpec]]) -> None:
         hold = hold_of(rule)
         if hold is None:

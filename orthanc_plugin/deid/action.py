@@ -26,7 +26,7 @@ import pydicom
 from pydicom.errors import InvalidDicomError
 
 from orthanc_plugin.audit.recorder import AuditRecorder
-from orthanc_plugin.db import Database
+from orthanc_plugin.db_engine import StateDatabase
 from orthanc_plugin.deid.keys import Pseudonymizer
 from orthanc_plugin.deid.model import DeidError, DeidResult, copy_keys, deidentify
 from orthanc_plugin.deid.pipeline import Pipeline
@@ -249,7 +249,7 @@ class DeleteOriginals:
 
     max_items_per_claim = 200
 
-    def __init__(self, host: Host, db: Database, queue: JobQueue, recorder: AuditRecorder) -> None:
+    def __init__(self, host: Host, db: StateDatabase, queue: JobQueue, recorder: AuditRecorder) -> None:
         self.host = host
         self.db = db
         self.queue = queue

@@ -6,11 +6,11 @@ Behind Orthanc's authentication like every /rt-gateway/ route; nothing else expo
 from __future__ import annotations
 
 from orthanc_plugin.api.router import ApiError, Request, Response, Router, json_response
-from orthanc_plugin.db import Database
+from orthanc_plugin.db_engine import StateDatabase
 from orthanc_plugin.deid.tables import mapping_for
 
 
-def add_routes(router: Router, db: Database) -> None:
+def add_routes(router: Router, db: StateDatabase) -> None:
     def get_mapping(request: Request) -> Response:
         patient = request.query.get("patient", "").strip()
         if not patient:

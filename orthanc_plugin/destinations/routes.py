@@ -4,20 +4,19 @@ policy, window open or closed, what it carries now, its queue by priority and wh
 from __future__ import annotations
 
 import json
-import sqlite3
 from collections.abc import Callable, Mapping
 from typing import Any
 
 from orthanc_plugin.api.gateway_routes import ECHO_PREFIX
 from orthanc_plugin.api.router import Request, Response, Router, json_response
-from orthanc_plugin.db import Database
+from orthanc_plugin.db_engine import DbConnection, StateDatabase
 from orthanc_plugin.destinations import admission
 from orthanc_plugin.destinations.model import DestinationPolicy, window_state
 from orthanc_plugin.jobs.queue import JobQueue
 from orthanc_plugin.rules.priority import priority_word
 
 
-def add_routes(router: Router, db: Database, queue: JobQueue, known: Callable[[], set[str]],
+def add_routes(router: Router, db: StateDatabase, queue: JobQueue, known: Callable[[], set[str]],
                policies: Callable[[], Mapping[str, DestinationPolicy]]) -> None:
     def get_destinations(_: Request) -> Response:
         return json_response(destination_states(db, queue, known, policies))
@@ -25,7 +24,7 @@ def add_routes(router: Router, db: Database, queue: JobQueue, known: Callable[[]
     router.add("GET", "destinations", get_destinations)
 
 
-def destination_states(db: Database, queue: JobQueue, known: Callable[[], set[str]],
+def destination_states(db: StateDatabase, queue: JobQueue, known: Callable[[], set[str]],
                        policies: Callable[[], Mapping[str, DestinationPolicy]]
                        ) -> list[dict[str, Any]]:
     """Each destination's routing state (also a section of GET stats)."""
@@ -33,7 +32,7 @@ def destination_states(db: Database, queue: JobQueue, known: Callable[[], set[st
             for name in sorted(known())]
 
 
-def _state(db: Database, queue: JobQueue, name: str, policy: DestinationPolicy) -> dict[str, Any]:
+def _state(db: StateDatabase, queue: JobQueue, name: str, policy: DestinationPolicy) -> dict[str, Any]:
     window = window_state(policy.windows, policy.local(admission.CLOCK()))
     connection = db.connection()
     claims, claimed = queue.in_claims(connection, name)
@@ -59,6 +58,6 @@ def _state(db: Database, queue: JobQueue, name: str, policy: DestinationPolicy) 
     }
 
 
-def _sent_last_minute(queue: JobQueue, connection: sqlite3.Connection,
+def _sent_last_minute(queue: JobQueue, connection: DbConnection,
                       name: str) -> tuple[int, int, float | None]:
     return queue.sent_within(connection, name, admission.RATE_WINDOW_SECONDS)

@@ -11,7 +11,7 @@ from pathlib import Path
 import pydicom
 
 from orthanc_plugin.audit.clock import now_iso
-from orthanc_plugin.db import Database
+from orthanc_plugin.db_engine import StateDatabase
 from orthanc_plugin.export.files import inside, sha256_of, write_atomically
 from orthanc_plugin.export.model import (
     Decision,
@@ -43,7 +43,7 @@ class ExportOutcome:
 
 
 def export_instance(
-    db: Database, folder: Path, template: str, data: bytes, source: Source
+    db: StateDatabase, folder: Path, template: str, data: bytes, source: Source
 ) -> ExportOutcome:
     """Raises DestinationUnavailable (retry later) or pydicom's InvalidDicomError (quarantine)."""
     ds = pydicom.dcmread(BytesIO(data), stop_before_pixels=True)

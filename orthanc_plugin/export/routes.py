@@ -4,11 +4,11 @@ from __future__ import annotations
 
 from orthanc_plugin.api.router import ApiError, Request, Response, Router, csv_response, json_response
 from orthanc_plugin.audit.queries import to_csv
-from orthanc_plugin.db import Database
+from orthanc_plugin.db_engine import StateDatabase
 from orthanc_plugin.export.tables import transfers
 
 
-def add_routes(router: Router, db: Database) -> None:
+def add_routes(router: Router, db: StateDatabase) -> None:
     def get_transfers(request: Request) -> Response:
         limit = request.int_param("limit", 1000, minimum=1, maximum=100_000)
         output = request.choice_param("format", ("json", "csv"))

@@ -6,7 +6,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING
 
-from orthanc_plugin.db import Database
+from orthanc_plugin.db_engine import StateDatabase
 from orthanc_plugin.forwarding import store
 from orthanc_plugin.forwarding.action import Forwarder
 from orthanc_plugin.forwarding.commitment import CommitmentWatcher, commitment_gauges
@@ -28,7 +28,7 @@ if TYPE_CHECKING:
     from orthanc_plugin.context import CapabilityContext
 
 
-def study_labeller(labels: StudyLabels, db: Database
+def study_labeller(labels: StudyLabels, db: StateDatabase
                    ) -> Callable[[JobStudy, str, int], None]:
     """A settled forward job's study gets rtgw-sent-<TARGET> once something reached the target,
     and rtgw-parked while a job of it is parked (removed when one of its jobs completes)."""
@@ -52,7 +52,7 @@ def study_labeller(labels: StudyLabels, db: Database
     return label
 
 
-def label_settled(db: Database, label: Callable[[JobStudy, str, int], None],
+def label_settled(db: StateDatabase, label: Callable[[JobStudy, str, int], None],
                   job_ids: Sequence[int]) -> None:
     """Labels the studies of forward jobs that ended before their study was known (decided at
     arrival, jobs/arrival.py), as their own settling would have."""

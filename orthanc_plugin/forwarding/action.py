@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import sqlite3
 import threading
 import time
 import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, cast
+from typing import Any
 
 from orthanc_plugin.audit.recorder import AuditRecorder
 from orthanc_plugin.db_engine import DbConnection
@@ -403,11 +402,8 @@ class Forwarder:
 
         def write_transfers(connection: DbConnection, _: object) -> None:
             written.clear()  # a full disk makes the whole settle run again
-            # The audit's transfer rows are written on SQLite only so far (issue 25: the queue
-            # has both engines, the audit's recorder not yet).
             for job_id, tally in tallies.items():
-                written[job_id] = self._write_transfers(cast(sqlite3.Connection, connection),
-                                                        jobs[job_id], tally)
+                written[job_id] = self._write_transfers(connection, jobs[job_id], tally)
 
         outcome = self.queue.settle(claim.job_ids, error, status, unfinished=unfinished,
                                     with_outcome=write_transfers)
@@ -420,7 +416,7 @@ class Forwarder:
         for job_id, tally in tallies.items():
             self.label_study(JobStudy.of(jobs[job_id]), outcome.get(job_id, ""), tally.sent)
 
-    def _write_transfers(self, connection: sqlite3.Connection, job: Job,
+    def _write_transfers(self, connection: DbConnection, job: Job,
                          tally: _JobTally) -> list[int]:
         """The attempt's rows, in the settle's transaction with the deliveries they count: a success row
         for every delivery of the job not counted yet (this attempt's, and those a dead worker

@@ -26,7 +26,8 @@ from typing import Any
 
 from orthanc_plugin.audit.recorder import AuditRecorder
 from orthanc_plugin.config import SECTION, ConfigError
-from orthanc_plugin.db import Database, durable_write
+from orthanc_plugin.db import durable_write
+from orthanc_plugin.db_engine import StateDatabase
 from orthanc_plugin.forwarding import store
 from orthanc_plugin.forwarding.store import (
     COMMITTED,
@@ -79,7 +80,7 @@ def read_settings(forwarding: dict[str, Any]) -> CommitSettings:
 
 
 class CommitmentWatcher:
-    def __init__(self, host: Host, db: Database, recorder: AuditRecorder,
+    def __init__(self, host: Host, db: StateDatabase, recorder: AuditRecorder,
                  settings: CommitSettings, log: Callable[[str], None],
                  keys_of: Callable[[Sequence[str]], dict[str, InstanceKeys]]) -> None:
         self.host = host
@@ -257,7 +258,7 @@ def _by_sop(entries: Any) -> dict[str, dict[str, Any]]:
             if isinstance(entry, dict)}
 
 
-def commitment_gauges(db: Database) -> dict[str, float]:
+def commitment_gauges(db: StateDatabase) -> dict[str, float]:
     """Instances by storage commitment state, for Prometheus (an alert on not-committed or on a
     growing waiting count). Committed is a counter: retention carries the committed items of the
     finished jobs it removes, so it never goes down (a rate() over it stays true)."""

@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 from orthanc_plugin.api.router import Request, Response, Router, json_response
-from orthanc_plugin.db import Database
+from orthanc_plugin.db_engine import StateDatabase
 from orthanc_plugin.forwarding import store
 
 MAX_ROWS = 1000
 
 
-def add_routes(router: Router, db: Database) -> None:
+def add_routes(router: Router, db: StateDatabase) -> None:
     def in_flight(_: Request) -> Response:
         rows = store.in_flight(db, MAX_ROWS)
         return json_response({"in_flight": rows,

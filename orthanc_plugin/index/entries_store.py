@@ -6,11 +6,10 @@ connection. The index file itself is written by store.py.
 
 from __future__ import annotations
 
-import sqlite3
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from orthanc_plugin.db import Database
+from orthanc_plugin.db_engine import DbConnection, StateDatabase
 
 
 @dataclass(frozen=True)
@@ -31,7 +30,7 @@ class IndexEntry:
     sop_instance_uid: str
 
 
-def received_after(db: Database, seq: int, limit: int) -> list[Received]:
+def received_after(db: StateDatabase, seq: int, limit: int) -> list[Received]:
     """The first `limit` received rows after `seq`, in the order received."""
     return [Received(int(row["seq"]), row["instance_id"], row["state"], row["modality"],
                      row["patient_id"], row["study_uid"])
@@ -40,23 +39,23 @@ def received_after(db: Database, seq: int, limit: int) -> list[Received]:
                 "WHERE seq > ? ORDER BY seq LIMIT ?", (seq, limit))]
 
 
-def note_indexed(connection: sqlite3.Connection, instance_id: str, sop_instance_uid: str) -> None:
+def note_indexed(connection: DbConnection, instance_id: str, sop_instance_uid: str) -> None:
     connection.execute(
         "INSERT OR REPLACE INTO index_entries(instance_id, sop_instance_uid) VALUES(?,?)",
         (instance_id, sop_instance_uid))
 
 
-def gone_entries(db: Database) -> list[IndexEntry]:
+def gone_entries(db: StateDatabase) -> list[IndexEntry]:
     """Indexed instances that the intake has since seen deleted from Orthanc."""
     return [IndexEntry(row["instance_id"], row["sop_instance_uid"]) for row in db.query(
         "SELECT e.instance_id, e.sop_instance_uid FROM index_entries e JOIN received r "
         "ON r.instance_id = e.instance_id WHERE r.state='gone'")]
 
 
-def forget(connection: sqlite3.Connection, instance_ids: Iterable[str]) -> None:
+def forget(connection: DbConnection, instance_ids: Iterable[str]) -> None:
     connection.executemany("DELETE FROM index_entries WHERE instance_id=?",
                            [(instance_id,) for instance_id in instance_ids])
 
 
-def forget_all(connection: sqlite3.Connection) -> None:
+def forget_all(connection: DbConnection) -> None:
     connection.execute("DELETE FROM index_entries")

@@ -4,10 +4,10 @@ the order given, once per (rule, target)."""
 
 from __future__ import annotations
 
-import sqlite3
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
+from orthanc_plugin.db_engine import DbConnection
 from orthanc_plugin.jobs.executors import Registry
 from orthanc_plugin.jobs.queue import JobQueue, JobSpec
 from orthanc_plugin.rules import Rule
@@ -24,7 +24,7 @@ class Applied:
 
 
 def queue_rule_actions(
-    connection: sqlite3.Connection, queue: JobQueue, registry: Registry, rule: Rule,
+    connection: DbConnection, queue: JobQueue, registry: Registry, rule: Rule,
     instance_ids: Sequence[str], spec_for: SpecFor,
 ) -> Applied:
     applied = Applied()

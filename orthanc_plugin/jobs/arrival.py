@@ -10,12 +10,12 @@ own Lua router (issue 11's measurements). The decision itself needs only the not
 
 from __future__ import annotations
 
-import sqlite3
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from orthanc_plugin.audit.recorder import AuditRecorder
+from orthanc_plugin.db_engine import DbConnection
 from orthanc_plugin.jobs import arrival_store
 from orthanc_plugin.jobs.apply import queue_rule_actions
 from orthanc_plugin.jobs.arrival_store import ArrivalDecision
@@ -53,7 +53,7 @@ class ArrivalDecider:
         return self._decidable
 
     # -- at arrival ------------------------------------------------------------------------------
-    def decide(self, connection: sqlite3.Connection, instance_id: str,
+    def decide(self, connection: DbConnection, instance_id: str,
                note: Mapping[str, Any], stamp: str) -> bool:
         """Decide the note-answerable rules for a newly received instance, in the caller's
         transaction (the received row, the decision and its jobs commit together). Returns True
@@ -73,7 +73,7 @@ class ArrivalDecider:
         self.decided += decided
         return queued
 
-    def _decide_rule(self, connection: sqlite3.Connection, rule: Rule, facts: InstanceFacts,
+    def _decide_rule(self, connection: DbConnection, rule: Rule, facts: InstanceFacts,
                      sha: str, stamp: str) -> bool:
         evaluation = evaluate(rule, [facts])
         job_ids: list[int] = []
@@ -98,12 +98,12 @@ class ArrivalDecider:
 
     # -- once described ----------------------------------------------------------------------------
     @staticmethod
-    def pending(connection: sqlite3.Connection, instance_ids: Sequence[str]
+    def pending(connection: DbConnection, instance_ids: Sequence[str]
                 ) -> dict[str, dict[str, ArrivalDecision]]:
         """instance ID -> rule name -> the decision taken at its arrival."""
         return arrival_store.decisions_for(connection, instance_ids)
 
-    def complete(self, connection: sqlite3.Connection, row: Received | NewReceived,
+    def complete(self, connection: DbConnection, row: Received | NewReceived,
                  decisions: Mapping[str, ArrivalDecision], described_facts: InstanceFacts | None,
                  rules_by_name: Mapping[str, Rule]) -> Completed:
         """Record the arrival decisions of one described instance as if they had been taken now,
@@ -133,7 +133,7 @@ class ArrivalDecider:
         return Completed(tuple(arrival_store.transfers_awaiting_description(connection, job_ids)),
                          tuple(arrival_store.settled_jobs(connection, job_ids)))
 
-    def _check_against_description(self, connection: sqlite3.Connection,
+    def _check_against_description(self, connection: DbConnection,
                                    row: Received | NewReceived, decision: ArrivalDecision,
                                    facts: InstanceFacts | None, rule: Rule | None) -> None:
         """The note's facts are Orthanc's own metadata, but a modality read from the SOP class

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from typing import Any, ClassVar, Generic, TypeVar
 
 from orthanc_plugin.audit.recorder import AuditRecorder
-from orthanc_plugin.db import Database
+from orthanc_plugin.db_engine import StateDatabase
 from orthanc_plugin.jobs.executors import action_of_job, jobs_with_items
 from orthanc_plugin.jobs.follow_ups import FollowUp, queue_follow_ups
 from orthanc_plugin.jobs.queue import Claim, ClaimedItem, JobQueue
@@ -38,7 +38,7 @@ class JobContext:
     """What every executor is given: Orthanc, the database, the queue, the audit and the rules."""
 
     host: Host
-    db: Database
+    db: StateDatabase
     queue: JobQueue
     recorder: AuditRecorder
     rules: Callable[[], RuleSet]

@@ -13,10 +13,10 @@ The queue knows no capability: a follow-up's action is only the name its owner r
 
 from __future__ import annotations
 
-import sqlite3
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from orthanc_plugin.db_engine import DbConnection
 from orthanc_plugin.jobs.queue import JobQueue, JobSpec
 from orthanc_plugin.jobs.records import Job
 
@@ -39,7 +39,7 @@ class FollowUp:
     priority: int | None = None  # None: the job that made the output's own priority
 
 
-def queue_follow_ups(connection: sqlite3.Connection, queue: JobQueue, job: Job,
+def queue_follow_ups(connection: DbConnection, queue: JobQueue, job: Job,
                      follow_ups: Sequence[FollowUp]) -> list[str]:
     """Queues each follow-up in the caller's transaction; returns "job N: <summary>" for each
     job that got new instances (none when every instance was already assigned)."""

@@ -7,7 +7,6 @@ stored while the plugin was stopped or crashing is found by reading the log from
 from __future__ import annotations
 
 import contextlib
-import sqlite3
 import threading
 import time
 from collections import deque
@@ -18,7 +17,7 @@ from typing import Any
 from orthanc_plugin.audit.clock import now_iso
 from orthanc_plugin.audit.recorder import AuditRecorder
 from orthanc_plugin.channels import NotedFacts
-from orthanc_plugin.db import Database
+from orthanc_plugin.db_engine import DbConnection, StateDatabase
 from orthanc_plugin.jobs import intake_store as store
 from orthanc_plugin.jobs.apply import Applied, queue_rule_actions
 from orthanc_plugin.jobs.arrival import ArrivalDecider, Completed
@@ -52,7 +51,7 @@ class Intake:
     def __init__(
         self,
         host: Host,
-        db: Database,
+        db: StateDatabase,
         queue: JobQueue,
         recorder: AuditRecorder,
         rules: Callable[[], RuleSet],
@@ -371,7 +370,7 @@ class Intake:
             self.wake_workers()
         return len(rows) == BATCH
 
-    def _complete_arrival(self, connection: sqlite3.Connection,
+    def _complete_arrival(self, connection: DbConnection,
                           row: store.Received | store.NewReceived,
                           decisions: Mapping[str, ArrivalDecision] | None = None,
                           facts: InstanceFacts | None = None,
@@ -468,7 +467,7 @@ class Intake:
 
     def _apply(
         self,
-        connection: sqlite3.Connection,
+        connection: DbConnection,
         ruleset: RuleSet,
         rule: Rule,
         level: str,

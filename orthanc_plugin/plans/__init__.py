@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from orthanc_plugin.config import SECTION, ConfigError
+from orthanc_plugin.db import Database
 from orthanc_plugin.plans import search
 from orthanc_plugin.plans.dvh import (
     DEFAULT_END_CAPS,
@@ -29,7 +30,10 @@ def install(ctx: CapabilityContext) -> None:
     expected = settings.get("ExpectedDoses", 1)
     if isinstance(expected, bool) or not isinstance(expected, int) or expected < 0:
         raise ConfigError(f"{SECTION}.Plans.ExpectedDoses: expected a whole number >= 0, got {expected!r}")
-    ctx.db.add_function(search.SQL_FUNCTION, 1, search.fold)
+    if isinstance(ctx.db, Database):
+        # SQLite's triggers fold the search text with this; on PostgreSQL the writer folds it
+        # (plans/store.py fold_search_text).
+        ctx.db.add_function(search.SQL_FUNCTION, 1, search.fold)
     create_worklist_index(ctx.db)
     end_caps = settings.get("DvhEndCaps", DEFAULT_END_CAPS)
     if end_caps not in END_CAPS:

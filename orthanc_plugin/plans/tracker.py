@@ -6,7 +6,6 @@ cursor over the received table lives in the ctx database, so a restart goes on w
 
 from __future__ import annotations
 
-import sqlite3
 import time
 from dataclasses import dataclass
 from io import BytesIO
@@ -15,6 +14,7 @@ from typing import TYPE_CHECKING
 from pydicom import dcmread
 
 from orthanc_plugin.audit.clock import now_iso
+from orthanc_plugin.db_engine import DbConnection
 from orthanc_plugin.jobs.apply import Applied, queue_rule_actions
 from orthanc_plugin.jobs.intake_store import Received
 from orthanc_plugin.jobs.queue import JobSpec
@@ -105,7 +105,7 @@ class PlanTracker:
                            str(ds.get("RTPlanDate", "") or ""))
 
     # -- bundles ---------------------------------------------------------------------------------
-    def refresh_patient(self, connection: sqlite3.Connection, patient_id: str) -> None:
+    def refresh_patient(self, connection: DbConnection, patient_id: str) -> None:
         recorded = store.patient_objects(connection, patient_id)
         objects = [row.rt for row in recorded]
         wanted = {item.sop_instance_uid for item in objects}
@@ -228,6 +228,6 @@ class _ReadObject:
     plan_date: str
 
 
-def member_rows(connection: sqlite3.Connection, bundle: store.PlanBundle) -> list[Received]:
+def member_rows(connection: DbConnection, bundle: store.PlanBundle) -> list[Received]:
     """The received rows of the bundle's members, in the bundle's sending order."""
     return store.member_rows(connection, [member["instance_id"] for member in bundle.members])

@@ -7,7 +7,7 @@ from collections import Counter, defaultdict
 from collections.abc import Iterable, Sequence
 
 from orthanc_plugin.audit.recorder import AuditRecorder
-from orthanc_plugin.db import Database
+from orthanc_plugin.db_engine import StateDatabase
 from orthanc_plugin.jobs.queue import Claim, ClaimedItem
 from orthanc_plugin.transform.copy import MadeCopy
 from orthanc_plugin.transform.rename import Status
@@ -18,7 +18,7 @@ MAX_NAMES_IN_DETAIL = 40
 
 
 class CopyRecorder:
-    def __init__(self, db: Database, recorder: AuditRecorder) -> None:
+    def __init__(self, db: StateDatabase, recorder: AuditRecorder) -> None:
         self.db = db
         self.recorder = recorder
 

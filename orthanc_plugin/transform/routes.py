@@ -5,11 +5,11 @@ synonyms to add to the site's table."""
 from __future__ import annotations
 
 from orthanc_plugin.api.router import Request, Response, Router, json_response
-from orthanc_plugin.db import Database
+from orthanc_plugin.db_engine import StateDatabase
 from orthanc_plugin.transform.store import unmapped_count, unmapped_names
 
 
-def add_routes(router: Router, db: Database) -> None:
+def add_routes(router: Router, db: StateDatabase) -> None:
     def unmapped(request: Request) -> Response:
         offset = request.int_param("offset", 0, minimum=0, maximum=10_000_000)
         limit = request.int_param("limit", 50, minimum=1, maximum=1000)

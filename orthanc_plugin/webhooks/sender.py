@@ -5,11 +5,11 @@ restart (at least once: the receiver deduplicates by X-RTGW-Event-Id)."""
 
 from __future__ import annotations
 
-import sqlite3
 import threading
 import time
 from collections.abc import Callable
 
+from orthanc_plugin.db import database_errors
 from orthanc_plugin.webhooks.model import Endpoint, redacted
 from orthanc_plugin.webhooks.payload import body_of, build_payload, event_id
 from orthanc_plugin.webhooks.signing import signed_headers
@@ -93,6 +93,6 @@ class WebhookSenders:
                     self.store.prune(KEEP_DELIVERED_SECONDS)
                 if sender.attempt():
                     continue
-            except sqlite3.Error as error:  # a locked or full database: this round only
+            except database_errors() as error:  # a locked or full database: this round only
                 self.log(f"webhook {redacted(sender.endpoint.url)}: round stopped for now: {error}")
             self.stopping.wait(POLL_SECONDS)

@@ -14,7 +14,6 @@ import argparse
 import json
 import os
 import signal
-import sqlite3
 import sys
 import threading
 from pathlib import Path
@@ -30,7 +29,7 @@ from orthanc_plugin.channels import (
     WakeNote,
 )
 from orthanc_plugin.config import ConfigError, GatewayConfig, parse_config
-from orthanc_plugin.db import META_SCHEMA, Database, DatabaseUnwritable
+from orthanc_plugin.db import DatabaseUnwritable, database_errors
 from orthanc_plugin.jobs.intake import noted_facts
 from orthanc_plugin.jobs.workers import WorkerRole
 from orthanc_plugin.reception import (
@@ -42,6 +41,7 @@ from orthanc_plugin.reception import (
     summary,
 )
 from orthanc_plugin.rules import RulesError
+from orthanc_plugin.state_database import open_state_database
 from orthanc_plugin.worker.api_server import ApiServer
 from orthanc_plugin.worker.guard import (
     EXIT_CONFIG,
@@ -104,7 +104,7 @@ def _build(orthanc_config: dict[str, Any], config_dir: Path, host: HttpHost,
         config = parse_config(orthanc_config, config_dir)
         from orthanc_plugin.capabilities import load_rules_text
 
-        text = Database(config.database, [META_SCHEMA]).get_meta(RULES_TEXT_KEY)
+        text = open_state_database(config, []).get_meta(RULES_TEXT_KEY)
         if not text:
             raise
         host.log_error(f"rules file refused ({error}); the rules in force stay")
@@ -181,9 +181,10 @@ def main(argv: list[str] | None = None) -> int:
     gateway.stopping.set()
     gateway.db.stopping.set()
     gateway.pool.stop(STOP_BUDGET_SECONDS)
+    unwritable: tuple[type[BaseException], ...] = (DatabaseUnwritable, *database_errors())
     try:
         released = gateway.queue.release_claims()
-    except (DatabaseUnwritable, sqlite3.Error) as error:
+    except unwritable as error:
         host.log_error(f"stopping: claims not released ({error}); the next start takes them back")
         released = 0
     host.log_warning(f"stopped on request; {released} running job(s) back to the queue")

@@ -6,72 +6,28 @@ back. The file is the committed one; only its addresses, ports and check interva
 from __future__ import annotations
 
 import os
-import re
 import signal
-import socket
-import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from tests.support.orthanc import OrthancProcess, free_port, storescu, wait_until
+from tests.support.haproxy import dicom_front, server_states
+from tests.support.orthanc import OrthancProcess, storescu, wait_until
 from tests.support.rtset import make_rt_set, write_datasets
-
-ROOT = Path(__file__).resolve().parents[2]
-CONFIG = ROOT / "deploy" / "several-nodes" / "haproxy.cfg"
-HAPROXY = "/usr/sbin/haproxy"
-# The committed 2 s keeps checks cheap on a clinical network; the test looks every 200 ms.
-CHECK_INTERVAL = "200ms"
-
-
-def front_config(folder: Path, front_port: int, nodes: dict[str, int]) -> Path:
-    text = CONFIG.read_text(encoding="utf-8")
-    text = text.replace("bind :104", f"bind 127.0.0.1:{front_port}")
-    text = text.replace("/run/haproxy/rt-gateway.sock", str(folder / "haproxy.sock"))
-    text = re.sub(r"inter \S+", f"inter {CHECK_INTERVAL}", text)
-    text = re.sub(r"(?m)^    server .*\n", "", text)
-    text += "".join(f"    server {name} 127.0.0.1:{port} check\n" for name, port in nodes.items())
-    path = folder / "haproxy.cfg"
-    path.write_text(text, encoding="utf-8")
-    return path
-
-
-def server_states(folder: Path) -> dict[str, str]:
-    """Each node's state as HAProxy sees it now (its stats socket): 'UP', 'DOWN', ..."""
-    with socket.socket(socket.AF_UNIX) as stats:
-        stats.connect(str(folder / "haproxy.sock"))
-        stats.sendall(b"show stat\n")
-        answer = b""
-        while chunk := stats.recv(65536):
-            answer += chunk
-    lines = answer.decode().splitlines()
-    header = lines[0].lstrip("# ").split(",")
-    rows = [dict(zip(header, line.split(","), strict=False)) for line in lines[1:] if line]
-    return {row["svname"]: row["status"].split()[0] for row in rows
-            if row.get("pxname") == "gateway_nodes" and row["svname"] not in ("BACKEND",)}
 
 
 @pytest.fixture(scope="module")
-def front(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Path, int, dict[str, OrthancProcess]]]:
-    if not os.path.exists(HAPROXY):
-        raise AssertionError(f"{HAPROXY} is missing: scripts/setup.sh installs Debian's haproxy")
+def front(tmp_path_factory: pytest.TempPathFactory
+          ) -> Iterator[tuple[Path, int, dict[str, OrthancProcess]]]:
     folder = tmp_path_factory.mktemp("front")
     nodes = {name: OrthancProcess(folder / name, "RTGW") for name in ("node-a", "node-b")}
-    for node in nodes.values():
-        node.start()
-    front_port = free_port()
-    config = front_config(folder, front_port, {n: p.dicom_port for n, p in nodes.items()})
-    proxy = subprocess.Popen([HAPROXY, "-db", "-f", str(config)], stdout=subprocess.DEVNULL,
-                             stderr=subprocess.PIPE)
     try:
-        wait_until(lambda: (folder / "haproxy.sock").exists(), 30, "HAProxy's stats socket")
-        wait_until(lambda: server_states(folder) == {"node-a": "UP", "node-b": "UP"}, 30,
-                   "both nodes healthy by the DICOM check")
-        yield folder, front_port, nodes
+        for node in nodes.values():
+            node.start()
+        with dicom_front(folder, {n: p.dicom_port for n, p in nodes.items()}) as front_port:
+            yield folder, front_port, nodes
     finally:
-        proxy.terminate()
-        proxy.wait(timeout=30)
         for node in nodes.values():
             if node.process is not None and node.process.poll() is None:
                 os.kill(node.process.pid, signal.SIGCONT)

@@ -72,10 +72,21 @@ class PostgresServer:
         # fsync off: a test database need not survive a power cut, and it is much faster.
         # Listening on the socket in our folder and on loopback at our own port.
         self._run(str(self.bin / "pg_ctl"), "-D", str(self.data), "-w", "-t", "60",
-                  "-l", str(self.root / "server.log"), "-o",
-                  f"-p {self.port} -k {self.root} -c listen_addresses=127.0.0.1 -c fsync=off "
-                  "-c synchronous_commit=off -c full_page_writes=off -c max_connections=100",
-                  "start")
+                  "-l", str(self.root / "server.log"), "-o", self._options, "start")
+
+    @property
+    def _options(self) -> str:
+        return (f"-p {self.port} -k {self.root} -c listen_addresses=127.0.0.1 -c fsync=off "
+                "-c synchronous_commit=off -c full_page_writes=off -c max_connections=100")
+
+    def pause(self) -> None:
+        """The server stops (fast: its clients are cut off) and keeps its data: an outage."""
+        self._run(str(self.bin / "pg_ctl"), "-D", str(self.data), "-m", "fast", "-w", "stop")
+
+    def resume(self) -> None:
+        """The server starts again on its port, with what it held."""
+        self._run(str(self.bin / "pg_ctl"), "-D", str(self.data), "-w", "-t", "60",
+                  "-l", str(self.root / "server.log"), "-o", self._options, "start")
 
     def stop(self) -> None:
         if (self.data / "postmaster.pid").exists():

@@ -142,3 +142,22 @@ def test_the_dicom_front_config_is_valid_and_its_check_is_a_dicom_verification()
     # An A-ASSOCIATE-RQ whose length field says what follows, proposing Verification.
     assert request[0] == 0x01 and int.from_bytes(request[2:6], "big") == len(request) - 6
     assert b"1.2.840.10008.1.1" in request
+
+
+def test_a_node_of_several_shares_the_index_and_the_state_and_differs_by_name() -> None:
+    """deploy/several-nodes/orthanc-node.json: the gateway's own parser accepts it; Orthanc's
+    index and the gateway's state are on PostgreSQL with Orthanc's lock off and SaveJobs off
+    (each node's jobs are its own), the storage is the shared folder, the node is named."""
+    config = json.loads((ROOT / "deploy" / "several-nodes" / "orthanc-node.json").read_text())
+    parsed = parse_config(config, Path("/etc/rt-gateway"))
+    assert parsed.postgresql.startswith("host=") and "dbname=rtgw" in parsed.postgresql
+    assert parsed.node_name == "rtgw-a"
+    assert config["SaveJobs"] is False
+    index = config["PostgreSQL"]
+    assert index["EnableIndex"] is True and index["Lock"] is False
+    assert any(plugin.endswith("libOrthancPostgreSQLIndex.so") for plugin in config["Plugins"])
+    assert index["Database"] != "rtgw"     # Orthanc's index and the gateway's state apart
+    # The same settings as the one-node file, but for what several nodes share.
+    single = json.loads((ROOT / "deploy" / "orthanc.json").read_text())
+    assert config["PythonScript"] == single["PythonScript"]
+    assert config["StorageDirectory"].startswith("/srv/")
