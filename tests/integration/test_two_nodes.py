@@ -1,0 +1,149 @@
+"""Two whole gateway nodes (Orthanc with the plugin and its workers) on one PostgreSQL: Orthanc's
+index and the gateway's state shared, one storage folder, the DICOM front before them. Two senders
+send through the front; the node whose claim is mid-batch at a counting receiver is killed whole
+(kill -9 of Orthanc; its workers follow it): every instance arrives, none twice, the surviving node
+finishes the work (its lease takeover, then a C-FIND of what was in flight); the killed node
+started again rejoins and new work is delivered."""
+
+from __future__ import annotations
+
+import os
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import psycopg
+import pytest
+
+from tests.integration.conftest import keep_logs
+from tests.integration.helpers import sop_uids
+from tests.support.haproxy import dicom_front
+from tests.support.orthanc import PLUGIN, OrthancProcess, storescu, wait_until, worker_pids
+from tests.support.peers import CountingPeer
+from tests.support.postgres import PostgresServer
+from tests.support.rtset import make_rt_set, write_datasets
+
+PG_INDEX = "/usr/share/orthanc/plugins/libOrthancPostgreSQLIndex.so"
+RULES = """
+rules:
+  - name: everything to the archive
+    on: instance
+    match: {calling_aet: [CT_ONE, CT_TWO, CT_THREE]}
+    actions:
+      - forward: [ARCHIVE]
+"""
+SLICES = 60                # per sender: 2 x (60 CT + RTSTRUCT + RTPLAN + RTDOSE)
+LEASE_SECONDS = 10         # a dead node's claims wait this long before the other takes them
+
+
+def node(folder: Path, name: str, server: PostgresServer, index_db: str, state_db: str,
+         shared: Path, receiver: CountingPeer) -> OrthancProcess:
+    index_name = index_db.rsplit("dbname=", 1)[1]
+    return OrthancProcess(
+        folder / name, "RTGATEWAY", plugin=True, rules=RULES,
+        modalities={"ARCHIVE": ("ARCHIVE", receiver.port)},
+        gateway_settings={"PostgreSQL": state_db, "NodeName": name,
+                          "ClaimLeaseSeconds": LEASE_SECONDS,
+                          "MaxInstancesPerAssociation": 10},
+        extra={"Plugins": [PLUGIN, PG_INDEX], "StorageDirectory": str(shared),
+               "IndexDirectory": str(folder / name / "index"),
+               "PostgreSQL": {"EnableIndex": True, "EnableStorage": False, "Lock": False,
+                              "Host": "127.0.0.1", "Port": server.port,
+                              "Database": index_name, "Username": "postgres", "Password": "",
+                              "MaximumConnectionRetries": 20, "ConnectionRetryInterval": 1}})
+
+
+@pytest.fixture(scope="module")
+def cluster(workdir: Path, postgres_server: PostgresServer) -> Iterator[dict[str, Any]]:
+    receiver = CountingPeer("ARCHIVE")
+    index_db, state_db = postgres_server.create_database(), postgres_server.create_database()
+    shared = workdir / "shared-storage"
+    nodes = {name: node(workdir, name, postgres_server, index_db, state_db, shared, receiver)
+             for name in ("node-a", "node-b")}
+    try:
+        for gateway in nodes.values():   # one after the other: the first makes the schemas
+            gateway.start()
+        with dicom_front(workdir, {n: g.dicom_port for n, g in nodes.items()}) as front_port:
+            yield {"nodes": nodes, "receiver": receiver, "front": front_port,
+                   "state": state_db, "folder": workdir}
+    finally:
+        for name, gateway in nodes.items():
+            gateway.stop()
+            keep_logs(gateway, f"two-nodes-{name}")
+        receiver.close()
+
+
+def running_claims(state_db: str) -> dict[str, int]:
+    """Running jobs per node (the claimant's node name)."""
+    with psycopg.connect(state_db) as connection:
+        rows = connection.execute("SELECT claimed_by FROM jobs WHERE state='running'").fetchall()
+    counts: dict[str, int] = {}
+    for (claimant,) in rows:
+        name = str(claimant).split("/", 1)[0]
+        counts[name] = counts.get(name, 0) + 1
+    return counts
+
+
+def test_a_node_killed_mid_forward_loses_nothing_and_sends_nothing_twice(
+        cluster: dict[str, Any], tmp_path: Path) -> None:
+    nodes: dict[str, OrthancProcess] = cluster["nodes"]
+    receiver: CountingPeer = cluster["receiver"]
+    sets = [make_rt_set(f"NODES-{n}", plan_label="ADP1", n_slices=SLICES) for n in (1, 2)]
+    expected = set().union(*(sop_uids(rtset.all()) for rtset in sets))
+    # The receiver holds one instance mid-batch: the kill lands mid-forward by construction.
+    receiver.hold_after = len(expected) // 3
+    senders = [threading.Thread(target=storescu, args=(
+        write_datasets(rtset.all(), tmp_path / f"in-{n}"), cluster["front"]),
+        kwargs={"calling": f"CT_{'ONE' if n == 0 else 'TWO'}"}) for n, rtset in enumerate(sets)]
+    for sender in senders:
+        sender.start()
+    for sender in senders:
+        sender.join(timeout=300)
+    wait_until(receiver.holding.is_set, 120, "the receiver holding an instance mid-batch")
+    # The node whose claim is at the receiver now: its claims are running.
+    busy = wait_until(lambda: running_claims(cluster["state"]), 30, "a node with running claims")
+    victim_name = max(busy, key=lambda name: busy[name])
+    victim, survivor = nodes[victim_name], next(g for n, g in nodes.items() if n != victim_name)
+    orphans = worker_pids(victim)
+    victim.kill9()
+    for pid in orphans:   # its workers follow Orthanc (PR_SET_PDEATHSIG); make sure of it
+        wait_until(lambda pid=pid: not os.path.exists(f"/proc/{pid}") or _zombie(pid), 30,
+                   f"worker {pid} of the killed node gone")
+    receiver.release.set()
+    assert 0 < receiver.distinct() < len(expected)
+    wait_until(lambda: receiver.distinct() == len(expected), 240,
+               "every instance delivered by the surviving node")
+    wait_until(lambda: not running_claims(cluster["state"]), 120, "no claim left running")
+    assert receiver.total() == len(expected), receiver.duplicates()
+    with psycopg.connect(cluster["state"]) as connection:
+        unfinished = connection.execute(
+            "SELECT COUNT(*) FROM jobs WHERE state NOT IN ('done')").fetchone()
+        taken_over = connection.execute(
+            "SELECT COUNT(*) FROM jobs WHERE crashes > 0 OR last_status = 'lease-expired'"
+        ).fetchone()
+        finishers = {str(row[0]).split("/", 1)[0] for row in connection.execute(
+            "SELECT DISTINCT claimed_by FROM jobs WHERE crashes > 0").fetchall()}
+    assert unfinished == (0,)
+    assert taken_over is not None and taken_over[0] > 0          # the victim's claims moved
+    assert finishers == {next(n for n in nodes if n != victim_name)}
+    assert survivor.get("/rt-gateway/health").status_code == 200
+
+    # The killed node starts again and rejoins: new work sent to it arrives, once.
+    victim.start()
+    late = make_rt_set("NODES-3", plan_label="ADP1", n_slices=5)
+    storescu(write_datasets(late.all(), tmp_path / "late"), victim.dicom_port,
+             calling="CT_THREE")
+    everything = expected | sop_uids(late.all())
+    wait_until(lambda: receiver.distinct() == len(everything), 120, "new work after the rejoin")
+    assert receiver.total() == len(everything), receiver.duplicates()
+    assert victim.get("/rt-gateway/health").status_code == 200
+
+
+def _zombie(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat", encoding="ascii") as stat:
+            return stat.read().split(")")[-1].split()[0] == "Z"
+    except OSError:
+        return True
+
