@@ -63,3 +63,20 @@ def make_database(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Ma
     yield make
     for db in opened:
         db.close()
+
+
+@pytest.fixture
+def plans_database(make_database: MakeDatabase) -> StateDatabase:
+    """The plan store's tables with its worklist index, on each engine (SQLite: migrated, with
+    the search fold function its triggers call; PostgreSQL: the tables whole, the writer folds)."""
+    from orthanc_plugin.app import all_migrations
+    from orthanc_plugin.plans.search import SQL_FUNCTION, fold
+    from orthanc_plugin.plans.tables import SCHEMA as PLANS_SCHEMA
+    from orthanc_plugin.plans.tables import create_worklist_index
+
+    database = make_database([AUDIT_SCHEMA, JOBS_SCHEMA, PLANS_SCHEMA])
+    if isinstance(database, Database):
+        database.migrate(all_migrations())
+        database.add_function(SQL_FUNCTION, 1, fold)
+    create_worklist_index(database)
+    return database

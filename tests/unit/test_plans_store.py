@@ -7,28 +7,15 @@ from __future__ import annotations
 
 import pytest
 
-from orthanc_plugin.app import all_migrations
-from orthanc_plugin.audit.tables import SCHEMA as AUDIT_SCHEMA
-from orthanc_plugin.db import Database
 from orthanc_plugin.db_engine import DbConnection, StateDatabase
-from orthanc_plugin.jobs.tables import SCHEMA as JOBS_SCHEMA
 from orthanc_plugin.plans import dvh_store, store
 from orthanc_plugin.plans.model import RtObject
-from orthanc_plugin.plans.search import SQL_FUNCTION, fold
-from orthanc_plugin.plans.tables import SCHEMA as PLANS_SCHEMA
-from orthanc_plugin.plans.tables import create_worklist_index
 from orthanc_plugin.plans.worklist import WorklistQuery
-from tests.conftest import MakeDatabase
 
 
 @pytest.fixture
-def db(make_database: MakeDatabase) -> StateDatabase:
-    database = make_database([AUDIT_SCHEMA, JOBS_SCHEMA, PLANS_SCHEMA])
-    if isinstance(database, Database):
-        # PostgreSQL: a new database has the tables whole and the store folds (no function).
-        database.migrate(all_migrations())
-        database.add_function(SQL_FUNCTION, 1, fold)
-    create_worklist_index(database)
+def db(plans_database: StateDatabase) -> StateDatabase:
+    database = plans_database     # tests/conftest.py: the plan store on each engine
     return database
 
 

@@ -9,32 +9,20 @@ import json
 import pytest
 
 from orthanc_plugin.api.router import ApiError
-from orthanc_plugin.app import all_migrations
-from orthanc_plugin.audit.tables import SCHEMA as AUDIT_SCHEMA
 from orthanc_plugin.config import RetryPolicySettings
 from orthanc_plugin.db import Database
 from orthanc_plugin.db_engine import StateDatabase
 from orthanc_plugin.jobs.queue import JobQueue, JobSpec
-from orthanc_plugin.jobs.tables import SCHEMA as JOBS_SCHEMA
 from orthanc_plugin.plans import store
 from orthanc_plugin.plans.queue_view import queue_page
-from orthanc_plugin.plans.search import SQL_FUNCTION, fold
-from orthanc_plugin.plans.tables import SCHEMA as PLANS_SCHEMA
-from orthanc_plugin.plans.tables import create_worklist_index
 from orthanc_plugin.plans.worklist import WorklistQuery, humane_missing, parse_query, worklist_page
-from tests.conftest import MakeDatabase
 
 SLICE_UID = "1.2.826.0.1.3680043.8.498.99999999999999999999"
 
 
 @pytest.fixture
-def db(make_database: MakeDatabase) -> StateDatabase:
-    database = make_database([AUDIT_SCHEMA, JOBS_SCHEMA, PLANS_SCHEMA])
-    if isinstance(database, Database):
-        # PostgreSQL: a new database has the tables whole and the store folds (no function).
-        database.migrate(all_migrations())
-        database.add_function(SQL_FUNCTION, 1, fold)
-    create_worklist_index(database)
+def db(plans_database: StateDatabase) -> StateDatabase:
+    database = plans_database     # tests/conftest.py: the plan store on each engine
     add_plan(database, "P1", "SMITH^JOHN", "PAT-1", "BREAST_L", "TPS", 100.0, complete=True)
     add_plan(database, "P2", "DOE^JANE", "PAT-2", "PROSTATE", "ETHOS", 200.0, complete=False,
              missing=[f"RTSTRUCT {SLICE_UID}", "RTDOSE (0 of 1 expected)"])
