@@ -15,6 +15,7 @@ from orthanc_plugin.forwarding import store
 from orthanc_plugin.forwarding.model import (
     FailureKind,
     StoreFailure,
+    answer_unknown,
     classify_failure,
     delivered_before_failure,
 )
@@ -149,7 +150,10 @@ class Forwarder:
                 delivered, failure, orthanc_job = self._send_chunk(
                     claim.target, chunk, sum(sizes.get(item.instance_id, 0) for item in chunk))
             self._mark_sent(chunk[:delivered], sizes, commit_target=claim.target)
-            self._clear_in_flight(chunk[delivered:])
+            # The instance whose answer never came stays in flight: the next attempt asks the
+            # receiver (C-FIND) before sending it again, as after a crash.
+            unanswered = 1 if failure is not None and answer_unknown(failure) else 0
+            self._clear_in_flight(chunk[delivered + unanswered:])
             for item in chunk[:delivered]:
                 tally = tallies[item.job_id]
                 tally.sent += 1

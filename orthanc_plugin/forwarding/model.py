@@ -36,6 +36,13 @@ def classify_failure(details: str, http_status: int | None = None) -> StoreFailu
     return StoreFailure(FailureKind.RETRYABLE, "network", details)
 
 
+def answer_unknown(failure: StoreFailure) -> bool:
+    """The instance a store failed at may be at the receiver all the same: the association was
+    up and its C-STORE under way (Orthanc names the C-STORE, not the connecting) when the link
+    dropped or the answer timed out. A PACS that commits after the sender's timeout holds it."""
+    return failure.kind is FailureKind.RETRYABLE and "C-STORE to AET" in failure.message
+
+
 MAX_EXACT_CHUNK = 40
 
 

@@ -522,6 +522,9 @@ class FakeOrthanc:
                 modality.received.append(instance_id)
                 modality.held_sop_uids.add(self.instances[instance_id].sop_instance_uid)
                 continue
+            if dropped and modality.stores_before_timeout:
+                modality.received.append(instance_id)
+                modality.held_sop_uids.add(self.instances[instance_id].sop_instance_uid)
             job.state = "Failure"
             # Orthanc's progress of a failed job: position / size as a rounded whole percent.
             job.progress = math.floor(100 * position / len(resources) + 0.5)
@@ -529,6 +532,8 @@ class FakeOrthanc:
             job.error_details = (
                 f'C-STORE SCU to AET "{modality.aet}" has failed with DIMSE status {status}'
                 if status is not None else
+                f'DicomAssociation - C-STORE to AET "{modality.aet}": DIMSE No data available '
+                "(timeout in non-blocking mode)" if modality.stores_before_timeout else
                 f'DicomAssociation - C-STORE to AET "{modality.aet}": Peer aborted Association '
                 "(or never connected)")
             break

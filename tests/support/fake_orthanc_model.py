@@ -114,6 +114,9 @@ class FakeModality:
     held_sop_uids: set[str] = field(default_factory=set)
     # The association drops after this many more instances (None: it never drops).
     instances_before_drop: int | None = None
+    # At the drop, the receiver has stored the instance but its answer never comes: the store
+    # job fails with a timeout (a PACS that commits after the sender's DicomScuTimeout).
+    stores_before_timeout: bool = False
     # Instance ID -> the DIMSE status the receiver answers its C-STORE with (a refusal).
     refused_with: dict[str, str] = field(default_factory=dict)
     # How many polls of each of its store jobs answer "Running" before the outcome shows.

@@ -228,6 +228,32 @@ def test_a_failure_mid_chunk_records_what_was_delivered_before_it(site_for: Site
     assert_each_delivery_counted_once(site, job["id"], STUDY_SIZE)
 
 
+@pytest.mark.parametrize("stored_anyway", [True, False])
+def test_an_instance_whose_answer_timed_out_is_asked_for_before_it_is_sent_again(
+        site_for: SiteFor, stored_anyway: bool) -> None:
+    """The receiver stored the seventh instance but its answer never came (DicomScuTimeout):
+    the retry asks by C-FIND first and does not send it twice; when it was not stored after
+    all, the C-FIND says so and it is sent again."""
+    site = site_for(STUDY_TO_ARCHIVE, MaxInstancesPerAssociation=PER_ASSOCIATION)
+    order = receive_study(site, make_rt_set(n_slices=SLICES))
+    archive = site.orthanc.modality("ARCHIVE")
+    archive.instances_before_drop = 6
+    archive.stores_before_timeout = stored_anyway
+    site.run_next()
+
+    (job,) = site.jobs("forward")
+    assert archive.received == order[: 7 if stored_anyway else 6]
+    assert job["state"] == "pending" and job["last_status"] == "network"
+    archive.instances_before_drop = None
+    site.run_queue()
+    assert archive.received == order  # the seventh once, whichever way
+    (verified,) = site.events("in-flight-verified")
+    assert verified["detail"].startswith(f"{1 if stored_anyway else 0} of 1 already at ARCHIVE")
+    assert "C-FIND" in verified["detail"]
+    assert site.jobs("forward")[0]["state"] == "done"
+    assert_each_delivery_counted_once(site, job["id"], STUDY_SIZE)
+
+
 def test_a_refused_instance_is_parked_alone_while_the_rest_is_delivered(site_for: SiteFor) -> None:
     site = site_for(STUDY_TO_ARCHIVE, MaxInstancesPerAssociation=PER_ASSOCIATION)
     order = receive_study(site, make_rt_set(n_slices=SLICES))
