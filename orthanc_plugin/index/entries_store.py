@@ -41,7 +41,9 @@ def received_after(db: StateDatabase, seq: int, limit: int) -> list[Received]:
 
 def note_indexed(connection: DbConnection, instance_id: str, sop_instance_uid: str) -> None:
     connection.execute(
-        "INSERT OR REPLACE INTO index_entries(instance_id, sop_instance_uid) VALUES(?,?)",
+        # ON CONFLICT, not SQLite's INSERT OR REPLACE: PostgreSQL speaks only the former.
+        "INSERT INTO index_entries(instance_id, sop_instance_uid) VALUES(?,?) "
+        "ON CONFLICT(instance_id) DO UPDATE SET sop_instance_uid = excluded.sop_instance_uid",
         (instance_id, sop_instance_uid))
 
 

@@ -9,12 +9,13 @@ from pathlib import Path
 import pytest
 
 from orthanc_plugin.audit.tables import SCHEMA as AUDIT_SCHEMA
-from orthanc_plugin.db import META_SCHEMA, Database
+from orthanc_plugin.db_engine import StateDatabase
 from orthanc_plugin.index import entries_store, rt_metrics
 from orthanc_plugin.index.model import DEFAULT_LAYOUT, DicomSqlError, parse_dicom_sql
 from orthanc_plugin.index.query import QueryError, run_query
 from orthanc_plugin.index.store import IndexStore
 from orthanc_plugin.index.tables import SCHEMA as ENTRIES_SCHEMA
+from tests.conftest import MakeDatabase
 from tests.support.rtset import RtSet, make_rt_set
 
 CONQUEST_COLUMNS = [
@@ -225,8 +226,9 @@ def test_dump_table_reads_every_row_read_only(store: IndexStore, rtset: RtSet) -
 
 # -- the gateway database's side: received rows followed, index entries kept ---------------------
 @pytest.fixture()
-def gateway(tmp_path: Path) -> Database:
-    db = Database(tmp_path / "g.sqlite", [META_SCHEMA, AUDIT_SCHEMA, ENTRIES_SCHEMA])
+def gateway(make_database: MakeDatabase) -> StateDatabase:
+    """On each engine: several nodes keep their index entries in the shared PostgreSQL."""
+    db = make_database([AUDIT_SCHEMA, ENTRIES_SCHEMA])
     with db.transaction() as connection:
         for instance_id, state, modality in (("i1", "ready", "CT"), ("i2", "gone", None),
                                              ("i3", "new", "RTPLAN"), ("i4", "ready", "RTDOSE")):
@@ -236,12 +238,12 @@ def gateway(tmp_path: Path) -> Database:
     return db
 
 
-def entries(db: Database) -> dict[str, str]:
+def entries(db: StateDatabase) -> dict[str, str]:
     return {row["instance_id"]: row["sop_instance_uid"]
             for row in db.query("SELECT * FROM index_entries")}
 
 
-def test_received_after_a_seq_in_order_and_limited(gateway: Database) -> None:
+def test_received_after_a_seq_in_order_and_limited(gateway: StateDatabase) -> None:
     rows = entries_store.received_after(gateway, 0, 10)
     assert [(row.seq, row.instance_id, row.state, row.modality) for row in rows] == [
         (1, "i1", "ready", "CT"), (2, "i2", "gone", None), (3, "i3", "new", "RTPLAN"),
@@ -251,7 +253,7 @@ def test_received_after_a_seq_in_order_and_limited(gateway: Database) -> None:
     assert entries_store.received_after(gateway, 4, 10) == []
 
 
-def test_index_entries_noted_replaced_and_forgotten(gateway: Database) -> None:
+def test_index_entries_noted_replaced_and_forgotten(gateway: StateDatabase) -> None:
     with gateway.transaction() as connection:
         for instance_id in ("i1", "i2", "i4"):
             entries_store.note_indexed(connection, instance_id, f"sop-{instance_id}")
