@@ -106,6 +106,10 @@ class CountingPeer:
         with self._lock:
             return len(self.stores)
 
+    def uids(self) -> set[str]:
+        with self._lock:
+            return set(self.stores)
+
     def total(self) -> int:
         with self._lock:
             return sum(self.stores.values())
