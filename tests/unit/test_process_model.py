@@ -4,7 +4,6 @@ the integration tests run the real one)."""
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 from typing import Any
 
@@ -117,9 +116,11 @@ def test_pathological_regex_is_matched_in_linear_time() -> None:
         "rules:\n  - name: r\n    on: instance\n    match: {tags: {StudyDescription: "
         "{regex: '^(a+)+$'}}}\n    actions: [{forward: T}]\n", {"T"})
     pattern = rules.rules[0].match.conditions[0].spec.pattern  # type: ignore[attr-defined]
-    started = time.perf_counter()
+    # The guarantee is the engine, not a stopwatch: RE2 has no backtracking, so this input,
+    # which Python's `re` would take centuries over, is answered in one linear pass.
+    assert type(pattern).__module__.startswith("re2")
     assert pattern.search("a" * 5000 + "!") is None
-    assert time.perf_counter() - started < 0.5
+    assert pattern.search("a" * 5000) is not None
 
 
 def test_backreferences_are_refused_at_load_with_the_path() -> None:
@@ -128,7 +129,7 @@ def test_backreferences_are_refused_at_load_with_the_path() -> None:
                         "{regex: '(a)\\1'}}\n    actions: [{forward: T}]\n", {"T"})
 
 
-def test_alias_bomb_and_deep_nesting_are_refused_in_milliseconds() -> None:
+def test_alias_bomb_and_deep_nesting_are_refused_before_they_grow() -> None:
     bomb = "a: &a [{calling_aet: X}, {calling_aet: Y}]\n" + "".join(
         f"{n}: &{n} [{', '.join(['*' + p] * 9)}]\n" for p, n in zip("abcdefgh", "bcdefghi",
                                                                    strict=True))
@@ -136,11 +137,11 @@ def test_alias_bomb_and_deep_nesting_are_refused_in_milliseconds() -> None:
             "    actions: [{forward: T}]\n"
     nested = ("rules:\n  - name: n\n    on: instance\n    match: " + "{not: " * 3000
               + "{calling_aet: A}" + "}" * 3000 + "\n    actions: [{forward: T}]\n")
+    # Refused by counting what the loader expands, before the document is built: without the
+    # checks the bomb grows to 9^8 nodes and the test never ends rather than passing.
     for text, words in ((bomb, "aliases are expanded"), (nested, "nested deeper")):
-        started = time.perf_counter()
         with pytest.raises(RulesError, match=words):
             load_rules_text(text, {"T"})
-        assert time.perf_counter() - started < 1.0
 
 
 class FakeOrthanc:
