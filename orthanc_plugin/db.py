@@ -39,6 +39,15 @@ def is_disk_error(error: BaseException) -> bool:
     return "disk is full" in text or "disk i/o error" in text
 
 
+def is_outage(error: BaseException) -> bool:
+    """The database cannot take writes now (a full disk; a PostgreSQL server gone or out of
+    reach), as against a statement that is wrong: waited out, and told once per episode."""
+    if is_disk_error(error):
+        return True
+    psycopg = sys.modules.get("psycopg")
+    return psycopg is not None and isinstance(error, psycopg.OperationalError)
+
+
 class DatabaseUnwritable(Exception):
     """The gateway database could not be written and the wait was cut short by a stop."""
 

@@ -3,7 +3,6 @@ threads, each surviving any error it meets."""
 
 from __future__ import annotations
 
-import sqlite3
 import threading
 import time
 import traceback
@@ -11,7 +10,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from orthanc_plugin.db import DatabaseUnwritable, is_disk_error
+from orthanc_plugin.db import DatabaseUnwritable, database_errors, is_outage
 from orthanc_plugin.jobs.executors import Registry
 from orthanc_plugin.jobs.intake import Intake
 from orthanc_plugin.jobs.lease_store import LeaseLost
@@ -142,8 +141,8 @@ class WorkerPool:
                     self.log_error(f"intake: the gateway database takes writes again after "
                                    f"{time.monotonic() - blocked_since:.1f} s; catching up")
                     blocked_since = None
-            except sqlite3.OperationalError as error:
-                if not is_disk_error(error):
+            except database_errors() as error:
+                if not is_outage(error):
                     self.log_error("intake: " + traceback.format_exc())
                 elif blocked_since is None:  # once per episode: Orthanc keeps the instances
                     blocked_since = time.monotonic()

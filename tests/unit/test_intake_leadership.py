@@ -8,6 +8,8 @@ import time
 from pathlib import Path
 from unittest.mock import MagicMock
 
+import psycopg
+
 from orthanc_plugin.audit.tables import SCHEMA as AUDIT_SCHEMA
 from orthanc_plugin.config import RetryPolicySettings
 from orthanc_plugin.db import META_SCHEMA, Database
@@ -91,3 +93,32 @@ def test_only_the_holding_node_s_pool_runs_intake_passes(postgres_conninfo: str)
     pools["b"].stop()
     for db in (*dbs.values(), setup):
         db.close()
+
+
+def test_a_database_out_of_reach_is_told_once_per_episode_not_each_pass(tmp_path: Path) -> None:
+    """PostgreSQL gone: each intake pass fails to connect; the log says so once, and once more
+    when writes are taken again, rather than a traceback every poll."""
+    db = Database(tmp_path / "g.sqlite", [META_SCHEMA, AUDIT_SCHEMA, JOBS_SCHEMA])
+    passes = {"failed": 0, "ok": 0}
+    logged: list[str] = []
+    intake = MagicMock()
+
+    def step() -> bool:
+        if passes["failed"] < 20:
+            passes["failed"] += 1
+            raise psycopg.OperationalError("connection refused: is the server running?")
+        passes["ok"] += 1
+        return False
+
+    intake.step.side_effect = step
+    pool = WorkerPool(intake, JobQueue(db, POLICY), Registry(), workers=0,
+                      poll_interval_seconds=0.001, log_error=logged.append)
+    pool.start()
+    deadline = time.monotonic() + 30
+    while passes["ok"] < 2:
+        assert time.monotonic() < deadline, logged
+        time.sleep(0.01)
+    pool.stop()
+    assert not any("Traceback" in line for line in logged), logged[:2]
+    assert sum("cannot be written" in line for line in logged) == 1, logged
+    assert sum("takes writes again" in line for line in logged) == 1, logged
