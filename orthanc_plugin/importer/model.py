@@ -260,6 +260,17 @@ class Stability:
                 del self._last[key]
 
 
+# How long a node's claim on a file holds without a renewal (the watcher renews it before each
+# store, so per ZIP member). Generous: a file (or member) up to MaxFileMB must be read and
+# stored within it, and a dead node's file waits at most this long for another node.
+CLAIM_SECONDS = 300.0
+
+
+class ClaimLost(Exception):
+    """This node's claim on a file ran out and another node took the file over (this node was
+    paused longer than CLAIM_SECONDS): the file is the other node's, this one leaves it."""
+
+
 class NotImportable(ValueError):
     """The bytes are not a complete DICOM instance; the message is the quarantine reason."""
 

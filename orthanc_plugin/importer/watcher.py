@@ -10,7 +10,9 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import os
+import secrets
 import shutil
+import socket
 import stat
 import threading
 import time
@@ -23,9 +25,11 @@ from pathlib import Path
 
 from orthanc_plugin.audit.recorder import AuditRecorder
 from orthanc_plugin.importer.model import (
+    CLAIM_SECONDS,
     OUTSIDE,
     TOO_YOUNG,
     ZIP_MAGIC,
+    ClaimLost,
     ImportSettings,
     NotImportable,
     SkipCounts,
@@ -57,6 +61,9 @@ class ImportWatcher:
         self.wakeup = threading.Event()
         self.stopping = threading.Event()
         self.thread: threading.Thread | None = None
+        # This watcher's name on its claims: unique even for two watchers in one process.
+        self.node = f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(4)}"
+        self.claim_seconds = CLAIM_SECONDS
 
     # -- life cycle ----------------------------------------------------------------------------
     def start(self) -> None:
@@ -119,8 +126,8 @@ class ImportWatcher:
             if not ready:
                 continue
             self.stability.forget(relative)
-            self._take(path, relative, info.st_size, info.st_mtime_ns)
-            taken += 1
+            if self._take_claimed(path, relative, info.st_size, info.st_mtime_ns):
+                taken += 1
         self.stability.keep_only(present)
         self.skips.end(now)
         return taken
@@ -160,8 +167,40 @@ class ImportWatcher:
             raise FileNotFoundError(path)
         return info
 
+    def _take_claimed(self, path: Path, relative: str, size: int, mtime_ns: int) -> bool:
+        """Takes the file if this node wins its claim (several nodes may poll one shared
+        folder); False when another node holds it or it vanished before it was read."""
+        now = time.time()
+        if not self.tables.claim(relative, size, mtime_ns, self.node,
+                                 now + self.claim_seconds, now):
+            return False
+        try:
+            # A holder whose claim ran out after it recorded the file (it died before done_at).
+            if not self.tables.already_taken(relative, size, mtime_ns):
+                self._take(path, relative, size, mtime_ns)
+        except ClaimLost:
+            return False  # the node that took it over finishes it
+        except FileNotFoundError:
+            # Cleared by the node that imported it (its claim ran out before it said done),
+            # or removed by hand: nothing to quarantine, no error.
+            self.tables.release(relative, size, mtime_ns, self.node)
+            return False
+        except BaseException:
+            self.tables.release(relative, size, mtime_ns, self.node)  # tried again next poll
+            raise
+        self.tables.finish(relative, size, mtime_ns, self.node)
+        return True
+
+    def _keep_claim(self, relative: str, size: int, mtime_ns: int) -> None:
+        """Renews this node's claim before more of the file is stored; ClaimLost if another
+        node took it over meanwhile."""
+        if not self.tables.renew(relative, size, mtime_ns, self.node,
+                                 time.time() + self.claim_seconds):
+            raise ClaimLost(relative)
+
     def _take(self, path: Path, relative: str, size: int, mtime_ns: int) -> None:
         digest, head = _sha256_and_head(path)
+        self._keep_claim(relative, size, mtime_ns)  # hashing a big file can outlast a lease
         if self.tables.stored_before(digest):
             self.tables.record(relative, size, mtime_ns, digest, "duplicate",
                                detail="same content already imported")
@@ -172,8 +211,8 @@ class ImportWatcher:
         if head == ZIP_MAGIC:  # members are read one at a time, never the whole archive
             try:
                 self._take_zip(path, relative, size, mtime_ns, digest)
-            except (HostError, MemoryError):
-                raise
+            except (HostError, MemoryError, ClaimLost, FileNotFoundError):
+                raise  # not the archive's fault: it stays where it is
             except Exception as error:  # whatever the archive does, it leaves the folder once
                 reason = f"could not be processed: {type(error).__name__}: {error}"
                 self._quarantine_file(path, relative, reason)
@@ -182,11 +221,14 @@ class ImportWatcher:
         try:
             if size > self.settings.max_member_bytes:
                 raise NotImportable(f"{size} bytes, more than Import.MaxFileMB")
-            instance_id = self._store(path.read_bytes())
+            data = path.read_bytes()
+            self._keep_claim(relative, size, mtime_ns)
+            instance_id = self._store(data)
         except NotImportable as problem:
             self._quarantine_file(path, relative, str(problem))
             self.tables.record(relative, size, mtime_ns, digest, "quarantined", detail=str(problem))
             return
+        self._keep_claim(relative, size, mtime_ns)  # recorded and cleared by its holder only
         self.tables.record(relative, size, mtime_ns, digest, "stored", instance_id)
         self.recorder.event("imported", status="ok", resource_id=instance_id, detail=relative)
         self._clear(path)
@@ -212,6 +254,7 @@ class ImportWatcher:
                     unreadable.append(f"{member.filename}: {problem}")
                     continue
                 member_digest = hashlib.sha256(data).hexdigest()
+                self._keep_claim(relative, size, mtime_ns)  # a big archive outlasts one lease
                 if self.tables.stored_before(member_digest):
                     self.tables.record(label, member.file_size, None, member_digest, "duplicate")
                     duplicates += 1
@@ -228,6 +271,7 @@ class ImportWatcher:
                                    instance_id)
                 stored += 1
         summary = f"{stored} stored, {duplicates} duplicate(s), {failed} quarantined"
+        self._keep_claim(relative, size, mtime_ns)
         if unreadable:
             # Members that cannot be read cannot be quarantined alone: the archive goes, whole.
             reason = (f"{len(unreadable)} member(s) unreadable ({summary}): "
