@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import os
+import secrets
 from pathlib import Path
 
 
@@ -33,21 +34,36 @@ def sha256_of(path: Path) -> str | None:
 
 
 def write_atomically(folder: Path, name: str, data: bytes) -> Path:
+    return put_in_place(write_temporary(folder, name, data), folder, name)
+
+
+def write_temporary(folder: Path, name: str, data: bytes) -> Path:
+    """The whole file under a temporary name of its own beside `name`, on disk (fsync). Random,
+    not the pid: two nodes writing into one shared folder may have the same pid."""
     if not folder.is_dir():
         raise DestinationUnavailable(f"export folder {folder} does not exist (share not mounted?)")
     if not os.access(folder, os.W_OK | os.X_OK):
         raise DestinationUnavailable(f"export folder {folder} is not writable")
     final = inside(folder, name)
-    temporary = final.with_name(f".{final.name}.{os.getpid()}.tmp")
+    temporary = final.with_name(f".{final.name}.{secrets.token_hex(6)}.tmp")
     try:
         with open(temporary, "wb") as handle:
             handle.write(data)
             handle.flush()
             os.fsync(handle.fileno())
+    except OSError as error:
+        discard(temporary)
+        raise DestinationUnavailable(f"cannot write into {folder}: {error}") from error
+    return temporary
+
+
+def put_in_place(temporary: Path, folder: Path, name: str) -> Path:
+    """The temporary file renamed to `name` (atomic: a reader sees no file or the whole one)."""
+    final = inside(folder, name)
+    try:
         os.replace(temporary, final)
     except OSError as error:
-        with contextlib.suppress(OSError):
-            temporary.unlink()
+        discard(temporary)
         raise DestinationUnavailable(f"cannot write into {folder}: {error}") from error
     descriptor = os.open(folder, os.O_RDONLY)
     try:
@@ -55,3 +71,9 @@ def write_atomically(folder: Path, name: str, data: bytes) -> Path:
     finally:
         os.close(descriptor)
     return final
+
+
+def discard(temporary: Path | None) -> None:
+    if temporary is not None:
+        with contextlib.suppress(OSError):
+            temporary.unlink()

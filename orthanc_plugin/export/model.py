@@ -85,6 +85,16 @@ class Decision(StrEnum):
     SKIP = "skip"
 
 
+class Claim(StrEnum):
+    """Where a worker stands on one file name in one folder (export_claims): several workers,
+    on one node or several, may export the same instance into the same shared folder at once."""
+
+    MINE = "mine"      # this worker holds the name: it writes the file
+    DONE = "done"      # this very content is in place under the name already
+    HELD = "held"      # another worker holds the name now and has not finished
+    OTHER = "other"    # the name is another content's: the next version is tried
+
+
 @dataclass(frozen=True)
 class ExportPlan:
     decision: Decision
