@@ -43,8 +43,10 @@ def read_settings(section: Any, config_dir: Any, default_folder: Any) -> Harvest
 def install(ctx: CapabilityContext) -> None:
     settings = read_settings(ctx.config.section.get("Harvest") or {}, ctx.config.config_dir,
                              ctx.config.database.parent / "harvest")
-    runner = HarvestRunner(ctx.host, HarvestStore(ctx.db), ctx.recorder, settings,
-                           ctx.host.log_error, ctx.gate)
+    # The rows it claims say which node holds them, as the queue's jobs do, for as long as the
+    # queue's claims hold (RtGateway.ClaimLeaseSeconds).
+    store = HarvestStore(ctx.db, ctx.queue.claimant, ctx.config.claim_lease_seconds)
+    runner = HarvestRunner(ctx.host, store, ctx.recorder, settings, ctx.host.log_error, ctx.gate)
     ctx.hooks.on_start.append(runner.start)
     ctx.hooks.on_stop.append(runner.stop)
     ctx.hooks.on_rules_loaded.append(

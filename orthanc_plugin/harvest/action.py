@@ -35,7 +35,6 @@ from orthanc_plugin.harvest.model import (
     HarvestDefinition,
     ItemLevel,
     ItemState,
-    RateLimiter,
     RetryPolicy,
     SelectionKind,
     Transition,
@@ -52,7 +51,14 @@ from orthanc_plugin.harvest.outputs import (
     write_atomically,
 )
 from orthanc_plugin.harvest.remote import Interrupted, OrthancQueryRetrieve
-from orthanc_plugin.harvest.store import Child, Harvest, HarvestItem, HarvestStore
+from orthanc_plugin.harvest.store import (
+    Child,
+    Harvest,
+    HarvestItem,
+    HarvestStore,
+    LeaseLost,
+    NewRuleVersion,
+)
 from orthanc_plugin.harvest.zips import part_path, valid_part, write_merged, write_part
 from orthanc_plugin.ports import Host, HostError
 from orthanc_plugin.reception import ReceptionGate
@@ -89,8 +95,6 @@ class HarvestRunner:
         self.wakeup = threading.Event()
         self.remote = OrthancQueryRetrieve(host, self.stopping, settings.poll_seconds,
                                            settings.move_timeout_seconds)
-        self._limiters: dict[str, RateLimiter] = {}
-        self._limiter_lock = threading.Lock()
         self._zip_lock = threading.Lock()
         self._threads: list[threading.Thread] = []
         self._own_lock = threading.Lock()
@@ -106,6 +110,8 @@ class HarvestRunner:
                                 detail=f"{resumed} step(s) caught mid-way run again")
         self._threads = [threading.Thread(target=self._loop, name=f"rtgw-harvest-{n}", daemon=True)
                          for n in range(self.settings.threads)]
+        self._threads.append(threading.Thread(target=self._lease_loop, name="rtgw-harvest-leases",
+                                              daemon=True))
         for thread in self._threads:
             thread.start()
 
@@ -115,14 +121,34 @@ class HarvestRunner:
         for thread in self._threads:
             thread.join(timeout)
         self._threads = []
+        try:
+            released = self.store.release()
+        except Exception as error:   # the database is away: the rows wait for their lease's end
+            self.log_error(f"harvest: claims not released at the stop ({error}); another node "
+                           "takes them over when their lease runs out, this one at its next start")
+            return
+        if released:
+            self.recorder.event("harvest-released", status="pending",
+                                detail=f"{released} step(s) in flight given back at the stop")
 
     # -- commands ----------------------------------------------------------------------------------
-    def create(self, definition: HarvestDefinition, rules_sha256: str | None = None) -> int:
-        harvest_id = self.store.create(definition, rules_sha256)
+    def create(self, definition: HarvestDefinition) -> int:
+        harvest_id = self.store.create(definition)
+        self._created(harvest_id, definition)
+        return harvest_id
+
+    def create_from_rules(self, definition: HarvestDefinition,
+                          rules_sha256: str) -> NewRuleVersion | None:
+        """A new version of a rules-file harvest; None if another node's sync added it first."""
+        created = self.store.create_rule_version(definition, rules_sha256)
+        if created is not None:
+            self._created(created.harvest_id, definition)
+        return created
+
+    def _created(self, harvest_id: int, definition: HarvestDefinition) -> None:
         self.recorder.event("harvest-created", status="running", target=definition.source,
                             detail=f"harvest {harvest_id}: {definition.to_json()}")
         self.wakeup.set()
-        return harvest_id
 
     def pause(self, harvest_id: int) -> bool:
         return self._command(harvest_id, "paused", ("running",))
@@ -194,6 +220,28 @@ class HarvestRunner:
             self.wakeup.wait(IDLE_WAIT_SECONDS if due is None else min(max(due, 0.01), IDLE_WAIT_SECONDS))
             self.wakeup.clear()
 
+    def _lease_loop(self) -> None:
+        """Renew this node's leases, then take over any node's that ran out (a node that died):
+        a shared harvest goes on without a supervisor noticing."""
+        failing = False
+        while not self.stopping.wait(self.store.renew_every):
+            try:
+                lost = self.store.renew_leases()
+                taken = self.store.take_over_expired()
+            except Exception as error:   # the database does not answer: try again next time
+                if not failing:
+                    self.log_error(f"harvest leases: cannot renew ({error}); claims hold for "
+                                   f"{self.store.lease_seconds:.0f} s without renewal")
+                    failing = True
+                continue
+            failing = False
+            if lost:
+                self.log_error(f"harvest leases: items {lost[:10]} were taken over by another node")
+            if taken:
+                self.recorder.event("harvest-taken-over", status="pending",
+                                    detail=f"items {taken[:10]} whose lease ran out run again")
+                self.wakeup.set()
+
     def _run(self, item: HarvestItem) -> None:
         harvest = self.store.harvest(item.harvest_id)
         assert harvest is not None
@@ -207,11 +255,17 @@ class HarvestRunner:
                 with self._reception_marking():
                     self._query(item, definition, policy)
         except Interrupted:
-            return   # left in flight; recover() runs it again at the next start
+            return   # left in flight; released at the stop, or taken back at the next start
+        except LeaseLost as lost:
+            self.log_error(f"harvest {item.harvest_id}: {lost}")
+            return   # the row is another node's now: its step is that node's to finish
         except Exception as error:   # never lose the row: it goes back with backoff
             self.log_error(f"harvest {item.harvest_id} item {item.id}: " + traceback.format_exc())
-            self.store.settle(item.id, after_query(False, item.attempts, policy,
-                                                       f"internal error: {error}"))
+            try:
+                self.store.settle(item.id, after_query(False, item.attempts, policy,
+                                                           f"internal error: {error}"))
+            except LeaseLost:
+                return
         try:
             with self._reception_marking():
                 self._after_step(item)
@@ -255,32 +309,31 @@ class HarvestRunner:
                                          time.monotonic() + quiet + QUIET_SLACK_SECONDS)
 
     # -- rate --------------------------------------------------------------------------------------
-    def _throttle(self, source: str, cap: int) -> None:
-        with self._limiter_lock:
-            cap = min(cap, self.store.active_caps().get(source, cap))
-            limiter = self._limiters.get(source)
-            if limiter is None:
-                limiter = self._limiters[source] = RateLimiter(cap, self.settings.burst)
-            elif limiter.per_minute != cap:
-                limiter.configure(cap, self.settings.burst)
-            wait = limiter.reserve()
+    def _reserve(self, item: HarvestItem, definition: HarvestDefinition, kind: str) -> int:
+        """A slot for one request to the source, booked in the database that every node shares
+        (the cap holds for all of them together), then waited for; the id of its row."""
+        request_id, at = self.store.reserve_request(
+            item, definition.source, kind, definition.max_requests_per_minute, self.settings.burst)
+        wait = at - time.time()
         if wait > 0 and self.stopping.wait(wait):
+            self.store.cancel_request(request_id)   # never sent: no row says it was
             raise Interrupted("stopping while waiting for the rate limit")
+        return request_id
 
     def _request(self, item: HarvestItem, definition: HarvestDefinition, kind: str,
                  call: Callable[[], Any], outcome: str = "ok") -> tuple[Any, int]:
-        """One request to the source, through its token bucket, recorded whatever the outcome.
+        """One request to the source in its booked slot, recorded whatever the outcome.
 
         Returns the answer and the id of its audit row.
         """
-        self._throttle(definition.source, definition.max_requests_per_minute)
-        sent_at = time.time()
+        request_id = self._reserve(item, definition, kind)
         try:
             result = call()
-        except HostError as error:
-            self.store.record_request(item, definition.source, kind, "error", str(error)[:500], sent_at)
+        except Exception as error:
+            self.store.request_sent(request_id, item, "error", str(error)[:500])
             raise
-        return result, self.store.record_request(item, definition.source, kind, outcome, None, sent_at)
+        self.store.request_sent(request_id, item, outcome, None)
+        return result, request_id
 
     # -- queries -----------------------------------------------------------------------------------
     def _query(self, item: HarvestItem, definition: HarvestDefinition, policy: RetryPolicy) -> None:
@@ -424,7 +477,10 @@ class HarvestRunner:
 
     # -- ZIP ---------------------------------------------------------------------------------------
     def _write_zip_if_settled(self, harvest_id: int, patient_item_id: int) -> None:
-        """One ZIP per patient once nothing of the patient is left to do, again when it gains series."""
+        """One ZIP per patient once nothing of the patient is left to do, again when it gains series.
+
+        Built by one node: the one whose claim on the patient row won (two nodes settling the
+        patient's last two series at once both get here)."""
         with self._zip_lock:
             if self.store.patient_active(patient_item_id):
                 return
@@ -432,6 +488,10 @@ class HarvestRunner:
             series = self.store.complete_series(patient_item_id)
             if not series or len(series) == patient.zip_series_count:
                 return
+            token = self.store.claim_zip(patient_item_id, len(series))
+            if token is None:
+                return   # another node builds it, or built it since this one looked
+            patient = self.store.item(patient_item_id)   # its ZIP now, another node's maybe
             folder = harvest_folder(self.settings.folder, harvest_id)
             name = zip_name(patient.patient_id, len(series), self.settings.zip_delimiter)
             path = inside(folder, name)
@@ -443,11 +503,18 @@ class HarvestRunner:
                                           row.stored_instances or 0) for row in series]
                 write_merged(path, parts)
             except (HostError, OSError, zipfile.BadZipFile) as error:
+                self.store.release_zip(patient_item_id, token)
                 self.recorder.event("harvest-zip", status="failed", patient_id=patient.patient_id,
                                     detail=f"{name}: {error}")
                 return
+            except BaseException:
+                self.store.release_zip(patient_item_id, token)   # the next step of the patient
+                raise
             previous = patient.zip_name
-            self.store.update(patient_item_id, zip_name=name, zip_series_count=len(series))
+            if not self.store.finish_zip(patient_item_id, token, name, len(series)):
+                # The claim ran out while building and another node took it: that node's ZIP
+                # (the same series) stands; its files are its own to tidy.
+                return
             if previous and previous != name:
                 # The name carries the count: the older, smaller ZIP would only mislead.
                 inside(folder, previous).unlink(missing_ok=True)

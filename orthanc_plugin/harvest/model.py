@@ -1,4 +1,4 @@
-"""Harvest of a remote archive, the pure part: the definition, the rate limiter, the item state
+"""Harvest of a remote archive, the pure part: the definition, the request slots, the item state
 machine, slice-count validation and file names. No `orthanc`, no SQL.
 """
 
@@ -6,8 +6,7 @@ from __future__ import annotations
 
 import hashlib
 import re
-import time
-from collections.abc import Callable, Collection
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
@@ -232,52 +231,35 @@ def _seconds(raw: dict[str, Any], key: str, default: float) -> float:
 
 # -- the request rate ------------------------------------------------------------------------------
 
-class RateLimiter:
-    """At most `per_minute` requests in any 60-second window, spread out rather than in bursts.
+RATE_WINDOW_SECONDS = 60.0
 
-    A token bucket holding `burst` tokens refilled at (per_minute - burst) / 60 per second: in any
-    window of 60 s at most `burst` tokens were already there and per_minute - burst came in, so the
-    cap holds exactly, not only on average. `reserve` books the next free slot and returns how long
-    to wait for it, so callers sleep outside any lock and concurrent workers queue in order.
+
+def next_slot(recent: Sequence[float], now: float, per_minute: int, burst: int = 1) -> float:
+    """When the next request to a source may go: the earliest time from `now` on at which no
+    60-second window [s, s + 60) would hold more than `per_minute` requests.
+
+    `recent`: the send times (epoch) of the source's requests from the last minute on, booked
+    future ones included, latest first (at least `per_minute` of them when there are). Slots are
+    booked in order (never before the latest booked one), so only the windows that end with the
+    new one can overflow: it waits until the per_minute-th latest request is 60 s old. Within the
+    cap the requests are spread out rather than bunched: at most `burst` of them in any `burst`
+    intervals of 60 / (per_minute - 1) s (one request a minute of margin for the jitter between a
+    booked slot and the request reaching the source).
     """
-
-    def __init__(
-        self, per_minute: int, burst: int = 1, clock: Callable[[], float] = time.monotonic
-    ) -> None:
-        self.clock = clock
-        self._tokens = 0.0
-        self._stamp = clock()
-        self.configure(per_minute, burst)
-        self._tokens = float(self.burst)
-
-    def configure(self, per_minute: int, burst: int = 1) -> None:
-        if per_minute < 1:
-            raise ValueError("per_minute must be >= 1")
-        self._refill()
-        self.per_minute = per_minute
-        if per_minute == 1:
-            # One token a minute: the next one arrives exactly 60 s after the first was spent.
-            self.burst, self.rate_per_second = 1, 1 / 60.0
-        else:
-            # burst < per_minute keeps a refill rate, and one request a minute of margin for the
-            # jitter between booking a slot and the request reaching the source.
-            self.burst = max(1, min(burst, per_minute - 1))
-            self.rate_per_second = (per_minute - self.burst) / 60.0
-        self._tokens = min(self._tokens, float(self.burst))
-
-    def _refill(self) -> None:
-        now = self.clock()
-        if hasattr(self, "rate_per_second"):
-            self._tokens = min(float(self.burst), self._tokens + (now - self._stamp) * self.rate_per_second)
-        self._stamp = now
-
-    def reserve(self) -> float:
-        """Take one token; returns the seconds to wait before sending (0 when one is there)."""
-        self._refill()
-        self._tokens -= 1.0
-        if self._tokens >= 0:
-            return 0.0
-        return -self._tokens / self.rate_per_second
+    if per_minute < 1:
+        raise ValueError("per_minute must be >= 1")
+    times = sorted(recent, reverse=True)
+    at = max([now, *times[:1]])
+    if per_minute == 1:
+        burst, interval = 1, RATE_WINDOW_SECONDS
+    else:
+        burst = max(1, min(burst, per_minute - 1))
+        interval = RATE_WINDOW_SECONDS / (per_minute - 1)
+    if len(times) >= burst:
+        at = max(at, times[burst - 1] + burst * interval)
+    if len(times) >= per_minute:
+        at = max(at, times[per_minute - 1] + RATE_WINDOW_SECONDS)
+    return at
 
 
 # -- the state machine of a harvest item -----------------------------------------------------------

@@ -5,7 +5,8 @@ pause or cancel by hand stands, done work is never redone), or changed (a new ve
 harvest with the new definition; the previous version, if still running or paused, is cancelled
 so two walks never compete for the same source). The new version re-walks the queries but moves
 no series already stored whole in the gateway: a series move first counts what is there.
-A harvest removed from the file is left as it is.
+A harvest removed from the file is left as it is. Several nodes loading the same file at once
+add each version once (HarvestStore.create_rule_version): the others find it unchanged.
 """
 
 from __future__ import annotations
@@ -59,16 +60,19 @@ class RulesHarvests:
             self.runner.recorder.event("harvest-rules", status="refused", target=definition.source,
                                        detail=f"'{definition.name}': {reason}")
             return "refused"
-        harvest_id = self.runner.create(definition, rules_sha256)
-        if current is None:
-            self.runner.recorder.event("harvest-rules", status="created", target=definition.source,
-                                       detail=f"'{definition.name}' version 1: harvest {harvest_id}")
+        # The version is read again where it is added: another node syncing the same file may
+        # have added it since `current` was read.
+        created = self.runner.create_from_rules(definition, rules_sha256)
+        if created is None:
+            return "unchanged"
+        if created.superseded is None:
+            self.runner.recorder.event(
+                "harvest-rules", status="created", target=definition.source,
+                detail=f"'{definition.name}' version 1: harvest {created.harvest_id}")
             return "created"
-        version = current.version + 1
-        superseded = current.harvest_id
-        cancelled = self.runner.cancel(superseded)
+        cancelled = self.runner.cancel(created.superseded)
         self.runner.recorder.event(
             "harvest-rules", status="new-version", target=definition.source,
-            detail=f"'{definition.name}' version {version}: harvest {harvest_id} replaces harvest "
-                   f"{superseded}{' (cancelled)' if cancelled else ''}")
+            detail=f"'{definition.name}' version {created.version}: harvest {created.harvest_id} "
+                   f"replaces harvest {created.superseded}{' (cancelled)' if cancelled else ''}")
         return "new-version"

@@ -1,6 +1,8 @@
 """The harvest tables in the gateway's database (SQLite; PostgreSQL through db_postgres.postgres_ddl):
 definitions, the walked tree, every request sent."""
 
+from orthanc_plugin.db import Migration
+
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS harvests(
     id INTEGER PRIMARY KEY AUTOINCREMENT,
@@ -46,6 +48,15 @@ CREATE TABLE IF NOT EXISTS harvest_items(
     last_error TEXT,
     found_in_pass INTEGER NOT NULL DEFAULT 1,
     updated_at TEXT NOT NULL,
+    -- The claim of a row in flight (several nodes share a harvest): its holder ("<node>/...",
+    -- the jobs' claimant), until when (epoch; the holder renews it) and a fencing token bumped
+    -- at each claim and takeover, so a write of a holder that lost the row is refused.
+    claimed_by TEXT,
+    lease_until REAL,
+    fence INTEGER NOT NULL DEFAULT 0,
+    -- Patient rows: the node building the patient's ZIP (a token of its claim) and until when.
+    zip_claimed_by TEXT,
+    zip_lease_until REAL,
     UNIQUE(harvest_id, level, patient_id, study_uid, series_uid)
 );
 CREATE INDEX IF NOT EXISTS harvest_items_ready ON harvest_items(state, next_attempt_at);
@@ -62,7 +73,8 @@ CREATE TABLE IF NOT EXISTS harvest_requests(
     source TEXT NOT NULL,
     kind TEXT NOT NULL,                    -- C-FIND or C-MOVE
     level TEXT NOT NULL,
-    outcome TEXT NOT NULL,                 -- ok or error
+    outcome TEXT NOT NULL,                 -- ok, error; reserved (booked, not yet sent); sent
+                                           -- (a C-MOVE whose job runs); unknown (its node ended)
     detail TEXT
 );
 CREATE INDEX IF NOT EXISTS harvest_requests_by_source ON harvest_requests(source, at_epoch);
@@ -79,3 +91,12 @@ CREATE TABLE IF NOT EXISTS harvest_rule_versions(
     PRIMARY KEY(name, version)
 );
 """
+
+# The harvest's steps (db.Migration, one sequence with the other parts'). Rows in flight before
+# version 9 have no holder: the next start's recovery takes them, as a single node's.
+MIGRATIONS = (
+    Migration(9, "harvest items: a claim's holder, lease and fencing token; a ZIP's claim", {
+        "harvest_items": {"claimed_by": "TEXT", "lease_until": "REAL",
+                          "fence": "INTEGER NOT NULL DEFAULT 0", "zip_claimed_by": "TEXT",
+                          "zip_lease_until": "REAL"}}),
+)

@@ -4,12 +4,12 @@ from orthanc_plugin.harvest.model import (
     HarvestError,
     ItemLevel,
     ItemState,
-    RateLimiter,
     RetryPolicy,
     SelectionKind,
     after_move,
     after_query,
     check_series_count,
+    next_slot,
     parse_count,
     parse_definition,
     resume_state,
@@ -19,14 +19,6 @@ from orthanc_plugin.harvest.model import (
 )
 
 POLICY = RetryPolicy(max_attempts=3, delay_seconds=2, max_delay_seconds=5)
-
-
-class FakeClock:
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
 
 
 # -- definition ------------------------------------------------------------------------------------
@@ -86,16 +78,19 @@ def test_errors_name_the_field(raw: object, path: str) -> None:
     assert str(caught.value).startswith(f"{path}: ")
 
 
-# -- rate limiter ----------------------------------------------------------------------------------
+# -- request slots ---------------------------------------------------------------------------------
 
-def _send_times(limiter: RateLimiter, clock: FakeClock, count: int, think: float = 0.0) -> list[float]:
-    """Simulate one worker: reserve, wait the answer, send, think, repeat."""
-    times = []
+def _book(count: int, per_minute: int, burst: int, now: float = 1000.0,
+          think: float = 0.0) -> list[float]:
+    """Book `count` slots one after the other, as the store does from its rows (the last
+    minute's, latest first), each caller sending at its slot and thinking before the next."""
+    booked: list[float] = []
     for _ in range(count):
-        clock.now += limiter.reserve()
-        times.append(clock.now)
-        clock.now += think
-    return times
+        recent = sorted((t for t in booked if t > now - 60), reverse=True)[:per_minute]
+        at = next_slot(recent, now, per_minute, burst)
+        booked.append(at)
+        now = at + think
+    return booked
 
 
 def _max_in_window(times: list[float], window: float) -> int:
@@ -105,40 +100,40 @@ def _max_in_window(times: list[float], window: float) -> int:
     return best
 
 
-@pytest.mark.parametrize(("per_minute", "burst"), [(60, 1), (700, 1), (10, 4), (3, 3), (1, 1)])
+@pytest.mark.parametrize(("per_minute", "burst"), [(60, 1), (700, 1), (10, 4), (3, 3), (1, 1),
+                                                   (10, 10)])
 def test_no_60_second_window_exceeds_the_cap(per_minute: int, burst: int) -> None:
-    clock = FakeClock()
-    limiter = RateLimiter(per_minute, burst, clock)
-    times = _send_times(limiter, clock, per_minute * 3)
+    times = _book(per_minute * 3, per_minute, burst)
+    assert times == sorted(times)
     assert _max_in_window(times, 60.0) <= per_minute
-    # and no request waits longer than the cap needs: the burst, then one per refilled token
-    assert times[-1] - times[0] == pytest.approx((len(times) - limiter.burst) / limiter.rate_per_second)
+    # and no request waits longer than the cap needs, less its minute's margin
+    assert times[-1] - times[0] <= 60 * (len(times) - 1) / max(per_minute - 1, 1) + 1e-6
 
 
 def test_the_first_request_goes_at_once_then_spacing_is_even() -> None:
-    clock = FakeClock()
-    limiter = RateLimiter(61, 1, clock)
-    assert limiter.reserve() == 0.0
-    assert limiter.reserve() == pytest.approx(1.0)
-    assert limiter.reserve() == pytest.approx(2.0)   # booked behind the previous reservation
+    assert next_slot([], 1000.0, 61) == 1000.0
+    assert _book(3, 61, 1) == pytest.approx([1000.0, 1001.0, 1002.0])
 
 
-def test_idle_time_refills_only_up_to_the_burst() -> None:
-    clock = FakeClock()
-    limiter = RateLimiter(121, 2, clock)
-    limiter.reserve()
-    limiter.reserve()
-    clock.now += 3600
-    assert [limiter.reserve(), limiter.reserve()] == [0.0, 0.0]
-    assert limiter.reserve() > 0
+def test_a_burst_goes_at_once_then_waits_its_share() -> None:
+    assert _book(3, 121, 2) == pytest.approx([1000.0, 1000.0, 1001.0])
+
+
+def test_slots_booked_ahead_by_others_are_queued_behind() -> None:
+    # Another node booked the next two seconds: this request comes after them.
+    assert next_slot([1002.0, 1001.0], 1000.0, 61) == pytest.approx(1003.0)
+
+
+def test_a_full_window_waits_for_its_oldest_request_to_be_a_minute_old() -> None:
+    # Five requests in the last five seconds (booked under a higher cap, since lowered to five):
+    # the next goes when the fifth-latest (at 995) is 60 s old, whatever the spacing allows.
+    recent = [999.0, 998.0, 997.0, 996.0, 995.0]
+    assert next_slot(recent, 1000.0, 5) == pytest.approx(1055.0)
 
 
 def test_lowering_the_cap_applies_to_the_next_request() -> None:
-    clock = FakeClock()
-    limiter = RateLimiter(601, 1, clock)
-    limiter.reserve()
-    limiter.configure(61)
-    assert limiter.reserve() == pytest.approx(1.0)
+    assert next_slot([1000.0], 1000.0, 601) == pytest.approx(1000.1)
+    assert next_slot([1000.0], 1000.0, 61) == pytest.approx(1001.0)
 
 
 # -- state machine ---------------------------------------------------------------------------------

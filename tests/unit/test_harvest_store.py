@@ -106,9 +106,9 @@ def test_series_sums_count_the_series_rows_not_skipped(store: HarvestStore) -> N
                        Transition(ItemState.DONE))
     a = store.claim()
     assert a is not None and a.series_uid == "A"
-    store.record_request(a, "PACS", "C-MOVE", "ok", None, 0.0)
-    store.record_request(a, "PACS", "C-MOVE", "ok", None, 0.0)
-    store.record_request(a, "PACS", "C-FIND", "ok", None, 0.0)     # only moves count
+    for kind in ("C-MOVE", "C-MOVE", "C-FIND"):                     # only moves count
+        request_id, _ = store.reserve_request(a, "PACS", kind, 100_000)
+        store.request_sent(request_id, a, "ok", None)
     store.settle(a.id, Transition(ItemState.COMPLETE), stored_instances=2)
     other = harvest(store, patients=["P9"])
     other_patient = next(row for row in store.items(other) if row.level == "patient")
@@ -153,6 +153,8 @@ def test_a_harvest_item_comes_back_with_every_column_written(store: HarvestStore
         "orthanc_series_id": "orthanc-s", "query_id": "query-q", "answer_index": 8,
         "orthanc_job": "job-j", "zip_name": "P7__1.zip", "zip_series_count": 9,
         "last_error": "short", "found_in_pass": 10, "updated_at": "2024-05-01T10:00:00",
+        "claimed_by": "node-a/1-2:3", "lease_until": 2345.5, "fence": 11,
+        "zip_claimed_by": "node-a/1-2:3#t", "zip_lease_until": 3456.5,
     }
     assert set(values) == set(columns) - {"id"}
     with store.db.transaction() as connection:
@@ -170,7 +172,9 @@ def test_a_harvest_item_comes_back_with_every_column_written(store: HarvestStore
 
 def test_a_harvest_and_its_rule_version_come_back_with_every_column(store: HarvestStore) -> None:
     definition = parse_definition({"name": "nightly", "source": "PACS", "patients": ["P1"]})
-    harvest_id = store.create(definition, rules_sha256="c0ffee")
+    created = store.create_rule_version(definition, rules_sha256="c0ffee")
+    assert created is not None and (created.version, created.superseded) == (1, None)
+    harvest_id = created.harvest_id
     row = store.db.query("SELECT * FROM harvests WHERE id=?", (harvest_id,))[0]
     found = store.harvest(harvest_id)
     assert found is not None
@@ -192,7 +196,8 @@ def test_the_requests_answer_every_column_and_the_series_in_order(store: Harvest
     harvest_id = harvest(store)
     patient = store.claim()
     assert patient is not None
-    request_id = store.record_request(patient, "PACS", "C-FIND", "ok", None, 12.5)
+    request_id, _ = store.reserve_request(patient, "PACS", "C-FIND", 600, now=12.5)
+    store.request_sent(request_id, patient, "ok", None)
     (answer,) = store.requests(harvest_id)
     assert list(answer) == [*_columns(store, "harvest_requests"), "series_uid"]
     assert (answer["id"], answer["item_id"], answer["kind"], answer["series_uid"]) == (

@@ -12,7 +12,15 @@ import pytest
 
 from orthanc_plugin.db_postgres import PostgresDatabase
 from orthanc_plugin.harvest.model import IN_FLIGHT_STATES, ItemLevel, ItemState, Transition, parse_definition
-from orthanc_plugin.harvest.store import HARVEST_LOCK_SPACE, Child, HarvestItem, HarvestStore
+from orthanc_plugin.harvest.store import (
+    HARVEST_LOCK_SPACE,
+    RULES_LOCK_SPACE,
+    Child,
+    HarvestItem,
+    HarvestStore,
+    NewRuleVersion,
+    canonical_json,
+)
 from orthanc_plugin.harvest.tables import SCHEMA
 
 IN_FLIGHT = tuple(state.value for state in IN_FLIGHT_STATES)
@@ -157,3 +165,42 @@ def test_a_harvest_is_not_finished_under_another_node_s_refresh(nodes: list[Harv
     harvest = first.harvest(harvest_id)
     assert harvest is not None and harvest.state == "running" and harvest.pass_number == 2
     assert first.finish_if_settled(harvest_id) is False   # the series waits to be moved again
+
+
+def test_a_rule_version_another_node_is_adding_is_waited_for_and_not_added_again(
+        nodes: list[HarvestStore]) -> None:
+    """The other node's sync of the same rules file is adding version 1 (its transaction open):
+    this node's waits for it, then finds that definition in force and adds nothing. Without the
+    name's lock it would insert version 1 too and fail on the key (name, version) once the other
+    commits; without reading the version again under the lock it would add a version 2."""
+    first, second = nodes
+    definition = parse_definition({"name": "nightly", "source": "PACS", "patients": ["P1"]})
+    answer: list[NewRuleVersion | None] = []
+    errors: list[BaseException] = []
+
+    def sync() -> None:
+        try:
+            answer.append(first.create_rule_version(definition, "sha-1"))
+        except BaseException as error:
+            errors.append(error)
+
+    with second.db.transaction() as connection:
+        connection.execute("SELECT pg_advisory_xact_lock(CAST(? AS INTEGER), hashtext(?))",
+                           (RULES_LOCK_SPACE, "nightly")).fetchall()
+        harvest_id = connection.execute(
+            "INSERT INTO harvests(name, source, definition, concurrency, max_requests_per_minute,"
+            " created_at, started_epoch, updated_at) VALUES('nightly','PACS','{}',2,600,'t',0,'t')"
+            " RETURNING id").fetchall()[0]["id"]
+        connection.execute(
+            "INSERT INTO harvest_rule_versions(name, version, harvest_id, definition, rules_sha256,"
+            " created_at) VALUES('nightly', 1, ?, ?, 'sha-1', 't')",
+            (harvest_id, canonical_json(definition)))
+        syncing = threading.Thread(target=sync, daemon=True)
+        syncing.start()
+        syncing.join(0.5)
+        assert syncing.is_alive()          # waits for the other node's sync to end
+    syncing.join(10)
+    assert errors == [] and answer == [None]
+    assert [row.id for row in first.harvests()] == [harvest_id]
+    version = first.rule_version("nightly")
+    assert version is not None and (version.version, version.harvest_id) == (1, harvest_id)
