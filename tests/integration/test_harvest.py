@@ -7,12 +7,8 @@ import csv
 import io
 import itertools
 import json
-import os
-import re
 import sqlite3
-import subprocess
 import time
-import zipfile
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
@@ -35,50 +31,9 @@ from tests.integration.conftest import keep_logs, require_orthanc
 from tests.integration.helpers import sop_uids
 from tests.support.orthanc import PASSWORD, USER, OrthancProcess, free_port, storescu, wait_until
 from tests.support.rtset import RtSet, make_ct_series, make_rt_set, write_datasets
+from tests.support.source_pacs import SourcePacs, max_in_window, zip_sop_uids
 
 SOURCE = "HVSOURCE"
-_REQUEST = re.compile(r"^I\d{4} (\d\d):(\d\d):(\d\d\.\d+) main\.cpp:\d+\] Incoming (Find|Move) request "
-                      r"from AET RTGATEWAY")
-_MOVED_SERIES = re.compile(r"OrthancMoveRequestHandler\.cpp:\d+\] \(dicom\)\s+\(0020,000e\)\s+"
-                           r"SeriesInstanceUID = (\S+)")
-
-
-class SourcePacs(OrthancProcess):
-    """The remote PACS, logging every incoming C-FIND and C-MOVE with its series."""
-
-    def start(self, *, wait: bool = True, config_overrides: dict[str, Any] | None = None) -> None:
-        config_path = self.folder / "orthanc.json"
-        config_path.write_text(json.dumps({**self.config, "DeidentifyLogs": False}, indent=2))
-        log = self.log_path.open("ab")
-        self.process = subprocess.Popen(
-            ["Orthanc", "--verbose", str(config_path)], stdout=log, stderr=subprocess.STDOUT,
-            env=dict(os.environ, TCP_NODELAY="1"), cwd=self.folder)
-        if wait:
-            self.wait_ready()
-
-    def log_mark(self) -> int:
-        return self.log_path.stat().st_size
-
-    def _lines(self, since: int) -> list[str]:
-        with self.log_path.open("rb") as stream:
-            stream.seek(since)
-            return stream.read().decode("utf-8", "replace").splitlines()
-
-    def moves_per_series(self, since: int) -> Counter[str]:
-        return Counter(m.group(1) for line in self._lines(since) if (m := _MOVED_SERIES.search(line)))
-
-    def request_times(self, since: int) -> list[float]:
-        times: list[float] = []
-        for line in self._lines(since):
-            match = _REQUEST.search(line)
-            if match:
-                seconds = int(match.group(1)) * 3600 + int(match.group(2)) * 60 + float(match.group(3))
-                while times and seconds < times[-1] - 43200:   # past midnight
-                    seconds += 86400
-                times.append(seconds)
-        return times
-
-
 @pytest.fixture(scope="module")
 def pacs_data() -> dict[str, list[RtSet]]:
     return {
@@ -131,16 +86,6 @@ def wait_done(gateway: OrthancProcess, harvest_id: int, timeout: float = 120) ->
 
 def series_uids(rtsets: list[RtSet]) -> set[str]:
     return {str(ds.SeriesInstanceUID) for rtset in rtsets for ds in rtset.all()}
-
-
-def zip_sop_uids(path: Path) -> set[str]:
-    with zipfile.ZipFile(path) as archive:
-        return {str(pydicom.dcmread(io.BytesIO(archive.read(name)), stop_before_pixels=True).SOPInstanceUID)
-                for name in archive.namelist() if not name.endswith("/")}
-
-
-def max_in_window(times: list[float], window: float) -> int:
-    return max((sum(1 for t in times[i:] if t < start + window) for i, start in enumerate(times)), default=0)
 
 
 def test_invalid_definitions_are_refused_with_the_field(processes: tuple[SourcePacs, OrthancProcess]) -> None:

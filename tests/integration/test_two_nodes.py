@@ -9,7 +9,6 @@ forwarded once."""
 
 from __future__ import annotations
 
-import os
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -21,7 +20,14 @@ import pytest
 from tests.integration.conftest import keep_logs
 from tests.integration.helpers import sop_uids
 from tests.support.haproxy import dicom_front
-from tests.support.orthanc import PLUGIN, OrthancProcess, storescu, wait_until, worker_pids
+from tests.support.orthanc import (
+    PLUGIN,
+    OrthancProcess,
+    process_gone,
+    storescu,
+    wait_until,
+    worker_pids,
+)
 from tests.support.peers import CountingPeer
 from tests.support.postgres import PostgresServer
 from tests.support.rtset import make_rt_set, write_datasets
@@ -155,7 +161,7 @@ def test_a_node_killed_mid_forward_loses_nothing_and_sends_nothing_twice(
     orphans = worker_pids(victim)
     victim.kill9()
     for pid in orphans:   # its workers follow Orthanc (PR_SET_PDEATHSIG); make sure of it
-        wait_until(lambda pid=pid: not os.path.exists(f"/proc/{pid}") or _zombie(pid), 30,
+        wait_until(lambda pid=pid: process_gone(pid), 30,
                    f"worker {pid} of the killed node gone")
     receiver.release.set()
     assert 0 < receiver.distinct() - len(before) < len(expected)
@@ -192,12 +198,3 @@ def _unfinished_jobs(state_db: str) -> int:
     with psycopg.connect(state_db) as connection:
         row = connection.execute("SELECT COUNT(*) FROM jobs WHERE state <> 'done'").fetchone()
     return int(row[0]) if row else 0
-
-
-def _zombie(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/stat", encoding="ascii") as stat:
-            return stat.read().split(")")[-1].split()[0] == "Z"
-    except OSError:
-        return True
-

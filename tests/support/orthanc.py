@@ -291,3 +291,11 @@ def worker_pids(gateway: OrthancProcess) -> list[int]:
             pids.append(int(entry.name))
     return sorted(pids)
 
+
+def process_gone(pid: int) -> bool:
+    """The process has ended: no longer in /proc, or a zombie awaiting its parent's wait."""
+    try:
+        with open(f"/proc/{pid}/stat", encoding="ascii") as stat:
+            return stat.read().split(")")[-1].split()[0] == "Z"
+    except OSError:
+        return True
