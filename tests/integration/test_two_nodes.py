@@ -19,9 +19,9 @@ import pytest
 
 from tests.integration.conftest import keep_logs
 from tests.integration.helpers import sop_uids
+from tests.support.cluster_nodes import gateway_node
 from tests.support.haproxy import dicom_front
 from tests.support.orthanc import (
-    PLUGIN,
     OrthancProcess,
     process_gone,
     storescu,
@@ -32,7 +32,6 @@ from tests.support.peers import CountingPeer
 from tests.support.postgres import PostgresServer
 from tests.support.rtset import make_rt_set, write_datasets
 
-PG_INDEX = "/usr/share/orthanc/plugins/libOrthancPostgreSQLIndex.so"
 RULES = """
 rules:
   - name: everything to the archive
@@ -52,34 +51,20 @@ SLICES = 97
 LEASE_SECONDS = 10         # a dead node's claims wait this long before the other takes them
 
 
-def node(folder: Path, name: str, server: PostgresServer, index_db: str, state_db: str,
-         shared: Path, receiver: CountingPeer) -> OrthancProcess:
-    index_name = index_db.rsplit("dbname=", 1)[1]
-    return OrthancProcess(
-        folder / name, "RTGATEWAY", plugin=True, rules=RULES,
-        modalities={"ARCHIVE": ("ARCHIVE", receiver.port)},
-        gateway_settings={"PostgreSQL": state_db, "NodeName": name,
-                          "ClaimLeaseSeconds": LEASE_SECONDS,
-                          "MaxInstancesPerAssociation": 10},
-        # The receiver holds its stores while the test kills a node: longer than the suite's
-        # 5 s, so the survivor's own associations wait rather than time out. (A store answered
-        # after the timeout is a case of its own: test_executor_contracts, answer timed out.)
-        extra={"Plugins": [PLUGIN, PG_INDEX], "StorageDirectory": str(shared),
-               "DicomScuTimeout": 90,
-               "IndexDirectory": str(folder / name / "index"),
-               "PostgreSQL": {"EnableIndex": True, "EnableStorage": False, "Lock": False,
-                              "Host": "127.0.0.1", "Port": server.port,
-                              "Database": index_name, "Username": "postgres", "Password": "",
-                              "MaximumConnectionRetries": 20, "ConnectionRetryInterval": 1}})
-
-
 @pytest.fixture(scope="module")
 def cluster(workdir: Path, postgres_server: PostgresServer) -> Iterator[dict[str, Any]]:
     receiver = CountingPeer("ARCHIVE")
     index_db, state_db = postgres_server.create_database(), postgres_server.create_database()
     shared = workdir / "shared-storage"
-    nodes = {name: node(workdir, name, postgres_server, index_db, state_db, shared, receiver)
-             for name in ("node-a", "node-b")}
+    nodes = {name: gateway_node(
+        workdir, name, server=postgres_server, index_db=index_db, state_db=state_db,
+        shared=shared, rules=RULES, modalities={"ARCHIVE": ("ARCHIVE", receiver.port)},
+        gateway_settings={"ClaimLeaseSeconds": LEASE_SECONDS, "MaxInstancesPerAssociation": 10},
+        # The receiver holds its stores while the test kills a node: longer than the suite's
+        # 5 s, so the survivor's own associations wait rather than time out. (A store answered
+        # after the timeout is a case of its own: test_executor_contracts, answer timed out.)
+        orthanc_settings={"DicomScuTimeout": 90})
+        for name in ("node-a", "node-b")}
     try:
         for gateway in nodes.values():   # one after the other: the first makes the schemas
             gateway.start()

@@ -27,7 +27,8 @@ def gateway_node(folder: Path, name: str, *, server: PostgresServer, index_db: s
                  state_db: str, shared: Path, rules: str,
                  modalities: dict[str, OrthancProcess | tuple[str, int]],
                  gateway_settings: dict[str, Any] | None = None,
-                 stable_age: int = 2) -> OrthancProcess:
+                 stable_age: int = 2, orthanc_settings: dict[str, Any] | None = None
+                 ) -> OrthancProcess:
     """One node (not started) in folder/name; start the nodes one after the other, the first
     makes the schemas."""
     return OrthancProcess(
@@ -36,4 +37,4 @@ def gateway_node(folder: Path, name: str, *, server: PostgresServer, index_db: s
         gateway_settings={"PostgreSQL": state_db, "NodeName": name, **(gateway_settings or {})},
         extra={"Plugins": [PLUGIN, PG_INDEX], "StorageDirectory": str(shared),
                "IndexDirectory": str(folder / name / "index"),
-               "PostgreSQL": index_settings(server, index_db)})
+               "PostgreSQL": index_settings(server, index_db), **(orthanc_settings or {})})
