@@ -39,6 +39,7 @@ NAMED_STORES = frozenset({
     "jobs.queue", "jobs.ledger", "jobs.own_output",            # the queue and its records
     "audit.recorder", "audit.counts", "audit.received", "audit.queries",   # the audit's tables
     "index.query",    # runs the user's read-only SQL against the index: the query page's store
+    "index.postgres_query",   # the same on PostgreSQL, as the index's read-only role
     "index.model",    # the index's tables, laid out from the site's own dicom.sql
     # The PostgreSQL engine adapter: its transactions, meta table and migrations are SQL every
     # engine needs of its own, as db.py's are SQLite's.

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 
@@ -14,6 +15,9 @@ from orthanc_plugin.db_engine import POSTGRESQL, SQLITE, StateDatabase
 from orthanc_plugin.db_postgres import PostgresDatabase
 from orthanc_plugin.jobs.tables import SCHEMA as JOBS_SCHEMA
 from tests.support.postgres import PostgresServer, running_postgres
+
+if TYPE_CHECKING:
+    from orthanc_plugin.index.store import IndexStore
 
 
 @pytest.fixture(scope="session")
@@ -80,3 +84,31 @@ def plans_database(make_database: MakeDatabase) -> StateDatabase:
         database.add_function(SQL_FUNCTION, 1, fold)
     create_worklist_index(database)
     return database
+
+
+# The SQL index on each engine: `make_index(layout)` in a test that takes this opens it in its own
+# SQLite file, then (second run) in the `conquest` schema of a fresh database of the real
+# PostgreSQL, read through its reader role (created by the index itself: the tests' server runs
+# as a superuser). A second call with another layout opens the same index again (a new dicom.sql).
+MakeIndex = Callable[..., "IndexStore"]
+
+
+@pytest.fixture(params=[SQLITE, POSTGRESQL])
+def make_index(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[MakeIndex]:
+    from orthanc_plugin.index.model import DEFAULT_LAYOUT, Layout
+    from orthanc_plugin.index.postgres_store import PostgresIndexSettings, open_postgres_index
+    from orthanc_plugin.index.store import IndexStore
+
+    opened: list[PostgresDatabase] = []
+
+    def make(layout: Layout = DEFAULT_LAYOUT) -> IndexStore:
+        if request.param == SQLITE:
+            return IndexStore(tmp_path / "conquest.sqlite", layout)
+        conninfo = request.getfixturevalue("postgres_conninfo")
+        db = PostgresDatabase(conninfo, [])
+        opened.append(db)
+        return open_postgres_index(db, conninfo, layout, PostgresIndexSettings())
+
+    yield make
+    for db in opened:
+        db.close()

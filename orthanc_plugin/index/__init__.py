@@ -7,13 +7,13 @@ from typing import TYPE_CHECKING, Any
 
 from orthanc_plugin.config import SECTION, ConfigError, resolve_path
 from orthanc_plugin.index.follower import IndexFollower
+from orthanc_plugin.index.index_database import open_index_store
 from orthanc_plugin.index.maintenance_routes import add_maintenance_routes
 from orthanc_plugin.index.model import DEFAULT_LAYOUT, DicomSqlError, Layout, parse_dicom_sql
 from orthanc_plugin.index.plan_details import max_dose_by_plan, plan_metrics, plan_summaries
 from orthanc_plugin.index.rebuild import IndexRebuilder
 from orthanc_plugin.index.routes import add_routes
 from orthanc_plugin.index.series_actions import SeriesActions
-from orthanc_plugin.index.store import IndexStore
 from orthanc_plugin.plans.routes import (
     add_detail_provider,
     add_max_dose_provider,
@@ -31,9 +31,7 @@ def install(ctx: CapabilityContext) -> None:
     if settings.get("Enabled", True) is False:
         return
     base = ctx.config.config_dir
-    default = ctx.config.database.parent / "conquest.sqlite"
-    path = resolve_path(base, str(settings.get("Database", default)))
-    store = IndexStore(path, _layout(settings, base))
+    store = open_index_store(ctx.config, ctx.db, settings, _layout(settings, base))
     follower = IndexFollower(ctx, store)
     ctx.hooks.when_quiet.append(follower.step)
     add_routes(ctx, store)

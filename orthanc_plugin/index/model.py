@@ -185,20 +185,27 @@ def level_row(layout: Layout, level: str, lookup: Callable[[int], Any]) -> dict[
     return {column.name: text_of(lookup(column.tag)) for column in layout.of(level)}
 
 
-def create_statements(layout: Layout) -> list[str]:
+def create_statements(layout: Layout, fold_case: bool = False) -> list[str]:
+    """The four tables with their key and parent indexes. `fold_case` (PostgreSQL): column names
+    in lower case, as PostgreSQL folds a name written without quotes, so a Conquest query that
+    writes `seriesinst` or `SeriesInst` finds the column there as it does in SQLite."""
+    def quoted(name: str) -> str:
+        return f'"{name.lower() if fold_case else name}"'
+
     statements = []
     for level in LEVELS:
         names = [c.name for c in layout.of(level)] + list(OWN_COLUMNS[level])
         table = TABLES[level]
         statements.append(
-            f"CREATE TABLE IF NOT EXISTS {table}(" + ", ".join(f'"{n}" TEXT' for n in names) + ")"
+            f"CREATE TABLE IF NOT EXISTS {table}(" + ", ".join(f"{quoted(n)} TEXT" for n in names)
+            + ")"
         )
         key = layout.key(level).name
-        statements.append(f'CREATE UNIQUE INDEX IF NOT EXISTS {table}_key ON {table}("{key}")')
+        statements.append(f"CREATE UNIQUE INDEX IF NOT EXISTS {table}_key ON {table}({quoted(key)})")
         link = layout.parent_link(level)
         if link is not None:
             statements.append(
-                f'CREATE INDEX IF NOT EXISTS {table}_parent ON {table}("{link.name}")')
+                f"CREATE INDEX IF NOT EXISTS {table}_parent ON {table}({quoted(link.name)})")
     return statements
 
 

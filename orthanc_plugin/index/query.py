@@ -1,5 +1,6 @@
 """Read-only SQL over the index file. SQLite itself refuses writes: the connection is opened with
-mode=ro and query_only, so no string inspection decides what is a write."""
+mode=ro and query_only, so no string inspection decides what is a write. The same limits on
+PostgreSQL: index/postgres_query.py; a caller holds either as an `IndexReader`."""
 
 from __future__ import annotations
 
@@ -7,9 +8,10 @@ import csv
 import io
 import sqlite3
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from orthanc_plugin.csv_cells import safe_row
 
@@ -26,7 +28,7 @@ DENIED_FUNCTIONS = frozenset({"fts3_tokenizer", "load_extension", "readfile", "w
 
 
 class QueryError(ValueError):
-    """SQLite refused or aborted the query; the message is SQLite's."""
+    """The engine refused or aborted the query; the message is the engine's."""
 
 
 @dataclass(frozen=True)
@@ -81,6 +83,52 @@ def _value_bytes(value: Any) -> int:
     return 12
 
 
+class IndexReader(Protocol):
+    """The user's read-only SQL over the index, whichever engine keeps it."""
+
+    engine: str     # named in a refusal: "SQLite" or "PostgreSQL"
+
+    def run_query(self, sql: str, max_rows: int = DEFAULT_MAX_ROWS,
+                  time_limit_seconds: float = DEFAULT_TIME_LIMIT_SECONDS,
+                  max_result_bytes: int = DEFAULT_MAX_RESULT_BYTES) -> QueryResult: ...
+
+    def table_names(self) -> list[str]: ...
+
+
+class SqliteIndexReader:
+    engine = "SQLite"
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def run_query(self, sql: str, max_rows: int = DEFAULT_MAX_ROWS,
+                  time_limit_seconds: float = DEFAULT_TIME_LIMIT_SECONDS,
+                  max_result_bytes: int = DEFAULT_MAX_RESULT_BYTES) -> QueryResult:
+        return run_query(self.path, sql, max_rows, time_limit_seconds, max_result_bytes)
+
+    def table_names(self) -> list[str]:
+        return table_names(self.path)
+
+
+def collect(columns: list[str], rows: Iterable[Iterable[Any]], max_rows: int,
+            max_result_bytes: int) -> QueryResult:
+    """The rows read until the row cap or the byte cap; the rest is never fetched."""
+    kept: list[tuple[Any, ...]] = []
+    size = 0
+    reason: str | None = None
+    for row in rows:
+        if len(kept) == max_rows:
+            reason = f"more than {max_rows} rows"
+            break
+        values = tuple(row)
+        size += sum(_value_bytes(value) for value in values) + 2 * len(columns)
+        if size > max_result_bytes:
+            reason = f"more than {max_result_bytes} bytes"
+            break
+        kept.append(values)
+    return QueryResult(columns, kept, reason is not None, reason)
+
+
 def run_query(path: Path, sql: str, max_rows: int = DEFAULT_MAX_ROWS,
               time_limit_seconds: float = DEFAULT_TIME_LIMIT_SECONDS,
               max_result_bytes: int = DEFAULT_MAX_RESULT_BYTES) -> QueryResult:
@@ -91,18 +139,7 @@ def run_query(path: Path, sql: str, max_rows: int = DEFAULT_MAX_ROWS,
     try:
         cursor = connection.execute(sql)
         columns = [item[0] for item in cursor.description or ()]
-        rows: list[tuple[Any, ...]] = []
-        size = 0
-        reason: str | None = None
-        for row in cursor:
-            if len(rows) == max_rows:
-                reason = f"more than {max_rows} rows"
-                break
-            size += sum(_value_bytes(value) for value in row) + 2 * len(columns)
-            if size > max_result_bytes:
-                reason = f"more than {max_result_bytes} bytes"
-                break
-            rows.append(tuple(row))
+        return collect(columns, cursor, max_rows, max_result_bytes)
     except sqlite3.Error as error:
         message = str(error)
         if message == "interrupted":
@@ -110,7 +147,6 @@ def run_query(path: Path, sql: str, max_rows: int = DEFAULT_MAX_ROWS,
         raise QueryError(message) from error
     finally:
         connection.close()
-    return QueryResult(columns, rows, reason is not None, reason)
 
 
 def table_names(path: Path) -> list[str]:

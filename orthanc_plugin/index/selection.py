@@ -1,6 +1,7 @@
 """Which series a maintenance action works on: {"patient": id}, {"series": [uids]} or {"query": sql}.
 
-The query runs on the read-only connection (index/query.py) and must return a SeriesInst column.
+The query runs on the read-only connection (index/query.py, index/postgres_query.py) and must
+return a SeriesInst column.
 """
 
 from __future__ import annotations
@@ -8,7 +9,7 @@ from __future__ import annotations
 from typing import Any
 
 from orthanc_plugin.api.router import ApiError
-from orthanc_plugin.index.query import QueryError, run_query
+from orthanc_plugin.index.query import QueryError
 from orthanc_plugin.index.store import IndexStore
 
 MAX_SERIES = 100_000
@@ -42,9 +43,9 @@ def patient_series(store: IndexStore, patient_id: str) -> list[str]:
 
 def query_series(store: IndexStore, sql: str) -> list[str]:
     try:
-        result = run_query(store.path, sql, MAX_SERIES)
+        result = store.reader.run_query(sql, MAX_SERIES)
     except QueryError as error:
-        raise ApiError(400, f"select.query refused by SQLite: {error}") from error
+        raise ApiError(400, f"select.query refused by {store.reader.engine}: {error}") from error
     wanted = store.layout.key("series").name.lower()
     columns = [name.lower() for name in result.columns]
     if wanted not in columns:

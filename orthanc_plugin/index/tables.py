@@ -1,5 +1,10 @@
-"""The index lives in its own SQLite file (so a read-only query sees nothing else); the gateway
-database only remembers which Orthanc instances the index holds, to follow deletions."""
+"""The index lives apart from the gateway's state (so a read-only query sees nothing else): its own
+SQLite file on one node, its own schema on a shared PostgreSQL (index/postgres_store.py). The
+gateway database only remembers which Orthanc instances the index holds, to follow deletions."""
+
+import re
+
+from orthanc_plugin.index.model import LEVELS, TABLES, Layout, all_columns
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS index_entries(
@@ -41,3 +46,17 @@ CREATE INDEX IF NOT EXISTS RTreferences_ref ON RTreferences(RefSOPInst);
 """
 
 RT_TABLES_BY_SOP = ("RTstructs", "RTrois", "RTplans", "RTbeams", "RTdoses", "RTreferences")
+
+# Each RT column as the schema writes it (PostgreSQL keeps names folded to lower case).
+RT_COLUMNS = tuple(dict.fromkeys(re.findall(r"(\w+) (?:TEXT|INTEGER|REAL)\b", RT_SCHEMA)))
+
+
+def index_names(layout: Layout) -> dict[str, str]:
+    """Lower-cased name -> the name as written, for every table and column of the index: what
+    PostgreSQL answers in lower case is given back as SQLite gives it (`SeriesInst`)."""
+    written = [*TABLES.values(), *RT_TABLES_BY_SOP, *RT_COLUMNS,
+               *(name for level in LEVELS for name in all_columns(layout, level))]
+    names: dict[str, str] = {}
+    for name in written:
+        names.setdefault(name.lower(), name)
+    return names

@@ -8,12 +8,12 @@ from pathlib import Path
 import pytest
 
 from orthanc_plugin.api.router import ApiError
-from orthanc_plugin.index.model import DEFAULT_LAYOUT
 from orthanc_plugin.index.plan_details import max_dose_by_plan
 from orthanc_plugin.index.rebuild import RebuildScope, parse_batch, parse_scope
 from orthanc_plugin.index.safe_names import inside, safe_name
 from orthanc_plugin.index.selection import select_series
 from orthanc_plugin.index.store import IndexStore
+from tests.conftest import MakeIndex
 from tests.support.rtset import RtSet, make_rt_set
 
 
@@ -24,8 +24,9 @@ def rtset() -> RtSet:
 
 
 @pytest.fixture()
-def store(tmp_path: Path, rtset: RtSet) -> IndexStore:
-    index = IndexStore(tmp_path / "conquest.sqlite", DEFAULT_LAYOUT)
+def store(make_index: MakeIndex, rtset: RtSet) -> IndexStore:
+    """On each engine (an SQLite file, the real PostgreSQL)."""
+    index = make_index()
     for number, ds in enumerate(rtset.all()):
         index.put(ds, f"orthanc-{number}", None)
     return index
@@ -83,8 +84,8 @@ def test_clear_empties_the_index_and_has_image_follows(store: IndexStore, rtset:
     assert store.has_image(sop)
     store.clear()
     assert not store.has_image(sop)
-    assert store.db.query("SELECT COUNT(*) FROM DICOMseries")[0][0] == 0
-    assert store.db.query("SELECT COUNT(*) FROM RTplans")[0][0] == 0
+    assert store.db.query(f"SELECT COUNT(*) FROM {store.table('DICOMseries')}")[0][0] == 0
+    assert store.db.query(f"SELECT COUNT(*) FROM {store.table('RTplans')}")[0][0] == 0
 
 
 def test_max_dose_of_a_plan_is_its_highest_rtdose_maximum(store: IndexStore, rtset: RtSet) -> None:

@@ -1,4 +1,6 @@
-"""The Conquest-compatible index: layout, dicom.sql, RT metrics, deletion, read-only queries."""
+"""The Conquest-compatible index: layout, dicom.sql, RT metrics, deletion, read-only queries.
+The store's tests run on each engine (`make_index`: an SQLite file, then the real PostgreSQL);
+SQLite's own read-only guards are tested on SQLite, PostgreSQL's in test_index_postgres.py."""
 
 from __future__ import annotations
 
@@ -12,10 +14,10 @@ from orthanc_plugin.audit.tables import SCHEMA as AUDIT_SCHEMA
 from orthanc_plugin.db_engine import StateDatabase
 from orthanc_plugin.index import entries_store, rt_metrics
 from orthanc_plugin.index.model import DEFAULT_LAYOUT, DicomSqlError, parse_dicom_sql
-from orthanc_plugin.index.query import QueryError, run_query
+from orthanc_plugin.index.query import QueryError, QueryResult
 from orthanc_plugin.index.store import IndexStore
 from orthanc_plugin.index.tables import SCHEMA as ENTRIES_SCHEMA
-from tests.conftest import MakeDatabase
+from tests.conftest import MakeDatabase, MakeIndex
 from tests.support.rtset import RtSet, make_rt_set
 
 CONQUEST_COLUMNS = [
@@ -35,18 +37,31 @@ def rtset() -> RtSet:
     return make_rt_set("IDX-1", plan_label="ADP1", n_slices=6, rows=32, columns=32)
 
 
-@pytest.fixture()
-def store(tmp_path: Path, rtset: RtSet) -> IndexStore:
-    index = IndexStore(tmp_path / "conquest.sqlite", DEFAULT_LAYOUT)
+def fill(index: IndexStore, rtset: RtSet) -> IndexStore:
     for number, ds in enumerate(rtset.all()):
         index.put(ds, f"orthanc-{number}", "ab" * 32 if ds.Modality != "CT" else None)
     return index
 
 
+@pytest.fixture()
+def store(make_index: MakeIndex, rtset: RtSet) -> IndexStore:
+    return fill(make_index(), rtset)
+
+
+@pytest.fixture()
+def sqlite_store(tmp_path: Path, rtset: RtSet) -> IndexStore:
+    return fill(IndexStore(tmp_path / "conquest.sqlite", DEFAULT_LAYOUT), rtset)
+
+
+def run_query(store: IndexStore, sql: str) -> QueryResult:
+    """The user's SQL, through the index's read-only reader (either engine)."""
+    return store.reader.run_query(sql)
+
+
 def columns(store: IndexStore) -> set[str]:
     found: set[str] = set()
     for table in ("DICOMpatients", "DICOMstudies", "DICOMseries", "DICOMimages"):
-        found |= {row["name"] for row in store.db.query(f"PRAGMA table_info({table})")}
+        found |= set(run_query(store, f"select * from {table} limit 0").columns)
     return found
 
 
@@ -55,32 +70,32 @@ def test_conquest_tables_and_truncated_columns(store: IndexStore) -> None:
 
 
 def test_conquest_queries_run_unchanged(store: IndexStore, rtset: RtSet) -> None:
-    result = run_query(store.path, "select seriesinst from dicomseries where modality='RTPLAN'")
+    result = run_query(store, "select seriesinst from dicomseries where modality='RTPLAN'")
     assert result.rows == [(str(rtset.rtplan.SeriesInstanceUID),)]
-    images = run_query(store.path, "select count(*), min(ObjectFile) from DICOMimages "
+    images = run_query(store, "select count(*), min(ObjectFile) from DICOMimages "
                                    "where ImagePat='IDX-1'")
     assert images.rows == [(len(rtset.all()), "orthanc-0")]
-    study = run_query(store.path, "select StudyModal, PatientNam from DICOMstudies")
+    study = run_query(store, "select StudyModal, PatientNam from DICOMstudies")
     assert study.rows == [("CT\\RTDOSE\\RTPLAN\\RTSTRUCT", "Test^Patient")]
 
 
 def test_rt_metrics_equal_the_known_values(store: IndexStore, rtset: RtSet) -> None:
-    plan = run_query(store.path, "select PlanLabel, Fractions, PrescriptionGy, BeamCount, TotalMU,"
+    plan = run_query(store, "select PlanLabel, Fractions, PrescriptionGy, BeamCount, TotalMU,"
                                  " SHA256 from RTplans").as_json()["rows"][0]
     # 60 Gy in 20 fractions over 4 beams: 0.75 Gy per beam, 1.15 MU per cGy.
     assert plan == {"PlanLabel": "ADP1", "Fractions": 20, "PrescriptionGy": 60.0, "BeamCount": 4,
                     "TotalMU": pytest.approx(4 * 86.25), "SHA256": "ab" * 32}
-    beams = run_query(store.path, "select BeamName, Energy, GantryStart, MU from RTbeams "
+    beams = run_query(store, "select BeamName, Energy, GantryStart, MU from RTbeams "
                                   "order by BeamNumber").rows
     assert beams == [(f"G{a:03d}", 6.0, float(a), 86.25) for a in (0, 90, 180, 270)]
-    struct = run_query(store.path, "select ROICount, ROINames from RTstructs").rows
+    struct = run_query(store, "select ROICount, ROINames from RTstructs").rows
     assert struct == [(3, "BODY\\PTV\\Rectum")]
-    dose = run_query(store.path, "select Units, Summation, DoseMinGy, DoseMaxGy, SpacingRow "
+    dose = run_query(store, "select Units, Summation, DoseMinGy, DoseMaxGy, SpacingRow "
                                  "from RTdoses").rows[0]
     assert dose[:2] == ("GY", "PLAN")
     assert dose[2] == pytest.approx(0.0) and dose[3] == pytest.approx(61.8, abs=1e-4)
     assert dose[4] == 2.5
-    refs = run_query(store.path, "select RefKind, count(*) from RTreferences group by RefKind "
+    refs = run_query(store, "select RefKind, count(*) from RTreferences group by RefKind "
                                  "order by RefKind").rows
     assert refs == [("image", 6), ("plan", 1), ("structure-set", 1)]
 
@@ -89,13 +104,13 @@ def test_removing_the_last_image_of_each_level_removes_the_level(
     store: IndexStore, rtset: RtSet
 ) -> None:
     store.remove(str(rtset.rtplan.SOPInstanceUID))
-    assert run_query(store.path, "select count(*) from RTplans").rows == [(0,)]
-    assert run_query(store.path, "select count(*) from dicomseries where modality='RTPLAN'"
+    assert run_query(store, "select count(*) from RTplans").rows == [(0,)]
+    assert run_query(store, "select count(*) from dicomseries where modality='RTPLAN'"
                      ).rows == [(0,)]
     for ds in rtset.all():
         store.remove(str(ds.SOPInstanceUID))
     for table in ("DICOMimages", "DICOMseries", "DICOMstudies", "DICOMpatients"):
-        assert run_query(store.path, f"select count(*) from {table}").rows == [(0,)]
+        assert run_query(store, f"select count(*) from {table}").rows == [(0,)]
 
 
 @pytest.mark.parametrize("sql", [
@@ -105,24 +120,25 @@ def test_removing_the_last_image_of_each_level_removes_the_level(
     "pragma query_only=OFF",
     "attach database 'other.sqlite' as other",
 ])
-def test_writes_are_refused_by_sqlite(store: IndexStore, sql: str) -> None:
-    before = run_query(store.path, "select count(*) from DICOMimages").rows
+def test_writes_are_refused_by_sqlite(sqlite_store: IndexStore, sql: str) -> None:
+    store = sqlite_store
+    before = run_query(store, "select count(*) from DICOMimages").rows
     with contextlib.suppress(QueryError):
-        run_query(store.path, sql)
-    assert run_query(store.path, "select count(*) from DICOMimages").rows == before
+        run_query(store, sql)
+    assert run_query(store, "select count(*) from DICOMimages").rows == before
     with pytest.raises(QueryError):
-        run_query(store.path, "delete from DICOMimages")
+        run_query(store, "delete from DICOMimages")
     assert "evil" not in {r[0] for r in run_query(
-        store.path, "select name from sqlite_master").rows}
+        store, "select name from sqlite_master").rows}
 
 
-def test_write_refusal_comes_from_sqlite(store: IndexStore) -> None:
+def test_write_refusal_comes_from_sqlite(sqlite_store: IndexStore) -> None:
     with pytest.raises(QueryError, match=r"readonly|read-only|query_only"):
-        run_query(store.path, "DeLeTe/**/FROM DICOMimages")
+        run_query(sqlite_store, "DeLeTe/**/FROM DICOMimages")
 
 
-def test_dicom_sql_adds_a_column_to_an_existing_index(tmp_path: Path, rtset: RtSet) -> None:
-    first = IndexStore(tmp_path / "c.sqlite", DEFAULT_LAYOUT)
+def test_dicom_sql_adds_a_column_to_an_existing_index(make_index: MakeIndex, rtset: RtSet) -> None:
+    first = make_index()
     first.put(rtset.ct[0], "x", None)
     text = """/* site layout */
 *Image*
@@ -139,9 +155,9 @@ def test_dicom_sql_adds_a_column_to_an_existing_index(tmp_path: Path, rtset: RtS
     layout = parse_dicom_sql(text)
     assert [c.name for c in layout.of("image")] == ["SOPInstanc", "SliceThick", "SeriesInst"]
     assert layout.of("series") == DEFAULT_LAYOUT.of("series")
-    second = IndexStore(tmp_path / "c.sqlite", layout)
+    second = make_index(layout)
     second.put(rtset.ct[1], "y", None)
-    rows = run_query(second.path, "select SliceThick from DICOMimages order by ObjectFile").rows
+    rows = run_query(second, "select SliceThick from DICOMimages order by ObjectFile").rows
     assert rows == [(None,), ("2.5",)]
 
 
@@ -156,10 +172,11 @@ def test_rt_reference_kinds(rtset: RtSet) -> None:
     assert rt_metrics.references(rtset.ct[0]) == []
 
 
-def test_read_only_connection_cannot_write_directly(store: IndexStore) -> None:
-    from orthanc_plugin.index.query import read_only_connection
+def test_read_only_connection_cannot_write_directly(sqlite_store: IndexStore) -> None:
+    from orthanc_plugin.index.query import SqliteIndexReader, read_only_connection
 
-    connection = read_only_connection(store.path)
+    assert isinstance(sqlite_store.reader, SqliteIndexReader)
+    connection = read_only_connection(sqlite_store.reader.path)
     with pytest.raises(sqlite3.OperationalError):
         connection.execute("insert into DICOMpatients(PatientID) values('x')")
 
@@ -202,7 +219,7 @@ def test_dose_maxima_across_more_uids_than_one_statement_takes(
     uids = [f"1.2.3.{n}" for n in range(1200)] + [dose_uid]
     assert store.dose_maxima(uids) == {dose_uid: pytest.approx(61.8, abs=1e-4)}
     with store.db.transaction() as connection:
-        connection.execute("UPDATE RTdoses SET DoseMaxGy=NULL")
+        connection.execute(f"UPDATE {store.table('RTdoses')} SET DoseMaxGy=NULL")
     assert store.dose_maxima([dose_uid]) == {}   # indexed without a maximum: left out
 
 
