@@ -19,6 +19,7 @@ import pytest
 import yaml
 
 from orthanc_plugin.config import parse_config
+from tests.support.systemd import verified_unit
 
 ROOT = Path(__file__).resolve().parents[2]
 VENV_BIN = Path(sys.executable).parent
@@ -49,13 +50,7 @@ def test_dockerfile_has_a_health_check_and_the_gateway_settings() -> None:
 
 def test_systemd_unit_verifies_and_can_write_every_gateway_folder() -> None:
     unit = ROOT / "deploy" / "rt-gateway.service"
-    analyze = shutil.which("systemd-analyze")
-    assert analyze, "systemd-analyze (package systemd) is installed by scripts/setup.sh"
-    result = subprocess.run([analyze, "verify", str(unit)], capture_output=True, text=True)
-    assert result.returncode == 0, result.stdout + result.stderr
-    text = unit.read_text()
-    writable = [Path(path.lstrip("-")) for line in text.splitlines()
-                if line.startswith("ReadWritePaths=") for path in line.split("=", 1)[1].split()]
+    text, writable = verified_unit(unit)
     assert "ProtectSystem=strict" in text and "TCP_NODELAY=1" in text
     assert "Restart=on-failure" in text and "User=rtgw" in text
     config = json.loads((ROOT / "deploy" / "orthanc.json").read_text())

@@ -11,7 +11,6 @@ import ipaddress
 import json
 import os
 import re
-import shutil
 import subprocess
 from pathlib import Path
 from typing import Any
@@ -21,6 +20,7 @@ import yaml
 
 from orthanc_plugin.config import parse_config
 from tests.support.postgres import PostgresServer
+from tests.support.systemd import verified_unit
 
 ROOT = Path(__file__).resolve().parents[2]
 SEVERAL = ROOT / "deploy" / "several-nodes"
@@ -190,13 +190,7 @@ def test_the_postgres_init_script_makes_the_databases_and_roles_the_nodes_use(
 
 def test_the_node_template_unit_verifies_and_can_write_every_folder_of_a_node() -> None:
     unit = SEVERAL / "rt-gateway-node@.service"
-    analyze = shutil.which("systemd-analyze")
-    assert analyze, "systemd-analyze (package systemd) is installed by scripts/setup.sh"
-    result = subprocess.run([analyze, "verify", str(unit)], capture_output=True, text=True)
-    assert result.returncode == 0, result.stdout + result.stderr
-    text = unit.read_text()
-    writable = [Path(path.lstrip("-")) for line in text.splitlines()
-                if line.startswith("ReadWritePaths=") for path in line.split("=", 1)[1].split()]
+    text, writable = verified_unit(unit)
     site = json.loads((SEVERAL / "orthanc-node.json").read_text())
     parsed = parse_config(copy.deepcopy(site), Path("/etc/rt-gateway"))
     folders = [parsed.database.parent, parsed.transaction_log_folder, parsed.quarantine_folder,

@@ -22,6 +22,7 @@ from orthanc_plugin.index.postgres_store import PostgresIndexSettings, open_post
 from orthanc_plugin.index.query import QueryError
 from orthanc_plugin.index.store import IndexStore
 from orthanc_plugin.jobs.tables import SCHEMA as JOBS_SCHEMA
+from tests.support.index_data import fill
 from tests.support.postgres import SUPERUSER
 from tests.support.rtset import RtSet, make_rt_set
 
@@ -29,12 +30,6 @@ from tests.support.rtset import RtSet, make_rt_set
 @pytest.fixture(scope="module")
 def rtset() -> RtSet:
     return make_rt_set("PGIDX-1", plan_label="ADP1", n_slices=4, rows=16, columns=16)
-
-
-def fill(index: IndexStore, rtset: RtSet) -> IndexStore:
-    for number, ds in enumerate(rtset.all()):
-        index.put(ds, f"orthanc-{number}", "ab" * 32 if ds.Modality != "CT" else None)
-    return index
 
 
 @pytest.fixture

@@ -18,6 +18,7 @@ from orthanc_plugin.index.query import QueryError, QueryResult
 from orthanc_plugin.index.store import IndexStore
 from orthanc_plugin.index.tables import SCHEMA as ENTRIES_SCHEMA
 from tests.conftest import MakeDatabase, MakeIndex
+from tests.support.index_data import fill
 from tests.support.rtset import RtSet, make_rt_set
 
 CONQUEST_COLUMNS = [
@@ -35,12 +36,6 @@ CONQUEST_COLUMNS = [
 @pytest.fixture(scope="module")
 def rtset() -> RtSet:
     return make_rt_set("IDX-1", plan_label="ADP1", n_slices=6, rows=32, columns=32)
-
-
-def fill(index: IndexStore, rtset: RtSet) -> IndexStore:
-    for number, ds in enumerate(rtset.all()):
-        index.put(ds, f"orthanc-{number}", "ab" * 32 if ds.Modality != "CT" else None)
-    return index
 
 
 @pytest.fixture()
