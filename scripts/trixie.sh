@@ -102,9 +102,10 @@ prepare() {
 }
 
 # The integration tests that matter on a second Orthanc version: forwarding and delivery, plans,
-# de-identification and export, overlays, the process model, the browser.
+# de-identification and export, overlays, the process model, several nodes on PostgreSQL, the browser.
 TRIXIE_TESTS=(tests/integration/test_forwarding.py tests/integration/test_delivery.py
-              tests/integration/test_orthanc_nodes.py
+              tests/integration/test_orthanc_nodes.py tests/integration/test_two_nodes.py
+              tests/integration/test_harvest_two_nodes.py
               tests/integration/test_storage_commitment.py
               tests/integration/test_plans.py tests/integration/test_deid_export.py
               tests/integration/test_contours.py tests/integration/test_isolation.py
