@@ -160,9 +160,15 @@ def test_tables_outside_the_index_are_refused(store: IndexStore, gateway: Postgr
 
 def test_a_write_a_read_only_transaction_lets_through_is_rolled_back(
         store: IndexStore, gateway: PostgresDatabase) -> None:
-    # PostgreSQL 15 lets lo_create run in a READ ONLY transaction: the rollback takes it away.
-    result = store.reader.run_query("SELECT lo_from_bytea(0, 'x')")
-    assert len(result.rows) == 1
+    # PostgreSQL 15 (bookworm) lets a large object be made in a READ ONLY transaction: the
+    # rollback takes it away. 17 (trixie) refuses it outright. Either way nothing is kept.
+    server_version = int(owner(gateway, "SHOW server_version_num")[0][0])
+    if server_version < 160000:
+        result = store.reader.run_query("SELECT lo_from_bytea(0, 'x')")
+        assert len(result.rows) == 1
+    else:
+        with pytest.raises(QueryError, match="read-only transaction"):
+            store.reader.run_query("SELECT lo_from_bytea(0, 'x')")
     assert owner(gateway, "SELECT count(*) FROM pg_largeobject_metadata") == [(0,)]
 
 
