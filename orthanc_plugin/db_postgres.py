@@ -13,6 +13,7 @@ from __future__ import annotations
 import functools
 import re
 import threading
+import weakref
 import zlib
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager, suppress
@@ -20,6 +21,7 @@ from decimal import Decimal
 from typing import Any, TypeVar
 
 import psycopg
+import psycopg_pool
 from psycopg import errors as pg_errors
 from psycopg.abc import Buffer
 from psycopg.adapt import Loader
@@ -46,6 +48,14 @@ CONTENTION = (pg_errors.DeadlockDetected, pg_errors.SerializationFailure)
 # Held while a node creates the schema: CREATE TABLE IF NOT EXISTS is not safe against another
 # session doing the same at once (a duplicate key in pg_type), and nodes start together.
 SCHEMA_LOCK = zlib.crc32(b"rt-gateway schema")
+# Connections one process keeps at most. A thread holds one from its first statement to its
+# end: a worker's long-lived threads (job threads, intake, leases, periodic work: job threads
+# + 4) plus the REST API's, one thread per request, which without a pool would each open a
+# connection (a server process forked, authentication) and drop it a moment later.
+MAX_CONNECTIONS = 24
+# How long a thread waits for a free connection (or for the server to take a new one) before
+# its statement fails like a server out of reach.
+CONNECTION_WAIT_SECONDS = 10.0
 
 
 @functools.lru_cache(maxsize=4096)
@@ -184,16 +194,22 @@ class PgConnection:
 
 
 class PostgresDatabase:
-    """db.Database's surface on a PostgreSQL server: one connection per thread, transactions
+    """db.Database's surface on a PostgreSQL server: a pool of connections per process, each
+    thread holding one of them while it lives (pool()), transactions
     READ COMMITTED with explicit BEGIN/COMMIT (rolled back on any exception), an unreachable
     server waited out like a full disk."""
 
     dialect = POSTGRESQL
 
     def __init__(self, conninfo: str, schemas: Iterable[str] = (),
-                 report_trouble: Callable[[str], None] | None = None) -> None:
+                 report_trouble: Callable[[str], None] | None = None,
+                 max_connections: int = MAX_CONNECTIONS) -> None:
         self.conninfo = conninfo
+        self.max_connections = max_connections
         self._local = threading.local()
+        self._pool: psycopg_pool.ConnectionPool[psycopg.Connection[Row]] | None = None
+        self._pool_lock = threading.Lock()
+        self._leases: weakref.WeakSet[_ThreadLease] = weakref.WeakSet()
         self.trouble = DiskTrouble(report_trouble, remedy="start PostgreSQL or restore the "
                                    "network to it; the gateway reconnects by itself")
         self.stopping = threading.Event()
@@ -205,18 +221,34 @@ class PostgresDatabase:
                 # No parameters: psycopg sends the text as is, several statements at once.
                 raw.execute(statements.encode())
 
+    def pool(self) -> psycopg_pool.ConnectionPool[psycopg.Connection[Row]]:
+        """This process's connections to the server, made on first use (again after close())."""
+        with self._pool_lock:
+            if self._pool is None:
+                self._pool = psycopg_pool.ConnectionPool(
+                    self.conninfo, min_size=1, max_size=self.max_connections,
+                    # autocommit: a statement outside transaction() is its own transaction (as
+                    # SQLite's isolation_level=None), and transaction() says BEGIN itself.
+                    kwargs={"autocommit": True, "row_factory": _row_factory,
+                            "connect_timeout": 10},
+                    configure=_configure, reset=_reset,
+                    check=psycopg_pool.ConnectionPool.check_connection,
+                    timeout=CONNECTION_WAIT_SECONDS, name="rt-gateway", open=True)
+            return self._pool
+
     def _raw(self) -> psycopg.Connection[Row]:
-        raw: psycopg.Connection[Row] | None = getattr(self._local, "raw", None)
-        if raw is not None and (raw.closed or raw.broken):
-            raw = None      # the server went away: the next statement reconnects
-        if raw is None:
-            # autocommit: a statement outside transaction() is its own transaction (as SQLite's
-            # isolation_level=None), and transaction() says BEGIN itself.
-            raw = psycopg.connect(self.conninfo, autocommit=True, row_factory=_row_factory,
-                                  connect_timeout=10)
-            raw.adapters.register_loader("numeric", _NumericLoader)
-            self._local.raw = raw
-        return raw
+        """The calling thread's connection: taken from the pool at its first statement, kept
+        while the thread lives (its transactions, its session locks), given back when it ends."""
+        lease: _ThreadLease | None = getattr(self._local, "lease", None)
+        if lease is not None and (lease.raw.closed or lease.raw.broken):
+            lease.give_back()   # the server went away: the pool drops it, the next is new
+            lease = None
+        if lease is None:
+            pool = self.pool()
+            lease = _ThreadLease(pool, pool.getconn())
+            self._local.lease = lease
+            self._leases.add(lease)
+        return lease.raw
 
     def connection(self) -> DbConnection:
         return PgConnection(self._raw())
@@ -318,7 +350,44 @@ class PostgresDatabase:
         return applied
 
     def close(self) -> None:
-        raw: psycopg.Connection[Row] | None = getattr(self._local, "raw", None)
-        if raw is not None:
-            raw.close()
-            self._local.raw = None
+        """Every connection of this process closed (their session locks with them); a later
+        statement opens the pool again."""
+        with self._pool_lock:
+            pool, self._pool = self._pool, None
+        self._local.lease = None
+        # Connections other threads still hold: closed too, as when the process ends (a pool
+        # closes only what it holds); their threads' next statement takes a new one.
+        for lease in list(self._leases):
+            with suppress(psycopg.Error):
+                lease.raw.close()
+        if pool is not None:
+            pool.close()
+
+
+class _ThreadLease:
+    """A pooled connection held by one thread; given back to the pool when the thread ends (its
+    threading.local slot is dropped) or when it broke."""
+
+    def __init__(self, pool: psycopg_pool.ConnectionPool[psycopg.Connection[Row]],
+                 raw: psycopg.Connection[Row]) -> None:
+        self.raw = raw
+        self._finalizer = weakref.finalize(self, _give_back, pool, raw)
+
+    def give_back(self) -> None:
+        self._finalizer()
+
+
+def _give_back(pool: psycopg_pool.ConnectionPool[psycopg.Connection[Row]],
+               raw: psycopg.Connection[Row]) -> None:
+    with suppress(psycopg_pool.PoolClosed, psycopg.Error):
+        pool.putconn(raw)
+
+
+def _configure(raw: psycopg.Connection[Row]) -> None:
+    raw.adapters.register_loader("numeric", _NumericLoader)
+
+
+def _reset(raw: psycopg.Connection[Row]) -> None:
+    """A connection given back leaves nothing of its thread behind: a session advisory lock (the
+    intake's) would otherwise stay held by whichever thread takes the connection next."""
+    raw.execute("SELECT pg_advisory_unlock_all()")

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import threading
+
 import pytest
 
 from orthanc_plugin.db_postgres import PostgresDatabase, postgres_ddl, to_postgres_sql
@@ -43,3 +45,62 @@ def test_rows_read_by_name_and_position_and_ledger_keys_keep_64_bits(
     db.set_meta("schema_version", "6")
     assert db.schema_version() == 6
     db.close()
+
+
+def _backend_pid(db: PostgresDatabase) -> int:
+    return int(db.query("SELECT pg_backend_pid() AS pid")[0]["pid"])
+
+
+def test_short_lived_threads_share_the_pool_s_connections(postgres_conninfo: str) -> None:
+    """The REST API runs each request on a thread of its own: 40 requests one after the other
+    reuse the pool's connections instead of opening (a server process forked each) 40."""
+    db = PostgresDatabase(postgres_conninfo, max_connections=4)
+    pids: list[int] = []
+    for _ in range(40):
+        thread = threading.Thread(target=lambda: pids.append(_backend_pid(db)))
+        thread.start()
+        thread.join()
+    assert len(pids) == 40
+    assert len(set(pids)) <= 4, sorted(set(pids))
+    db.close()
+
+
+def test_a_thread_keeps_its_connection_and_no_more_than_the_cap_are_opened(
+        postgres_conninfo: str) -> None:
+    db = PostgresDatabase(postgres_conninfo, max_connections=3)
+    assert _backend_pid(db) == _backend_pid(db)          # one thread: one connection
+    held = threading.Barrier(3)
+    release = threading.Event()
+    seen: list[int] = []
+
+    def hold() -> None:     # three threads alive at once: the cap is reached, not passed
+        seen.append(_backend_pid(db))
+        held.wait(30)
+        release.wait(30)
+
+    threads = [threading.Thread(target=hold) for _ in range(2)]
+    for thread in threads:
+        thread.start()
+    held.wait(30)
+    assert len(set(seen) | {_backend_pid(db)}) == 3
+    release.set()
+    for thread in threads:
+        thread.join()
+    db.close()
+
+
+def test_a_session_lock_does_not_outlive_the_thread_that_took_it(postgres_conninfo: str) -> None:
+    """The intake's lock is a session lock: when its thread ends, the connection goes back to
+    the pool without it, so another node can take the intake."""
+    db = PostgresDatabase(postgres_conninfo, max_connections=2)
+    other = PostgresDatabase(postgres_conninfo, max_connections=1)
+
+    def take() -> None:
+        assert db.query("SELECT pg_try_advisory_lock(7, 7) AS taken")[0]["taken"] is True
+
+    thread = threading.Thread(target=take)
+    thread.start()
+    thread.join()
+    assert other.query("SELECT pg_try_advisory_lock(7, 7) AS taken")[0]["taken"] is True
+    db.close()
+    other.close()
