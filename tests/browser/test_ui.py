@@ -104,7 +104,8 @@ def test_rules_test_form_says_why_a_rule_does_not_fire(
     shot(page, "rules-test")
     # The plan's own page says which rule decided on its study, and why it did not fire.
     plan_id = str(rtset.rtplan.SOPInstanceUID)
-    wait_until(lambda: gateway.json(f"/rt-gateway/plans/{plan_id}", params={"dvh": "false"})
+    wait_until(lambda: gateway.json_once_there(f"/rt-gateway/plans/{plan_id}",
+                                               params={"dvh": "false"})
                .get("decisions"), 60, "the stable-study decision recorded")
     page.goto(f"{gateway.url}/rt-gateway/ui/#plans?plan={plan_id}")
     decisions = page.locator("#plan-decisions")

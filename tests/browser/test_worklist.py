@@ -206,7 +206,8 @@ def test_plan_detail_in_words_with_a_dvh_to_read(
     gateway = servers["gateway"]
     rtset = store_plan(gateway, tmp_path, "WL-4", "Fermi^Enrico", "WLDETAIL")
     plan_id = str(rtset.rtplan.SOPInstanceUID)
-    wait_until(lambda: gateway.json(f"/rt-gateway/plans/{plan_id}", params={"dvh": "false"})
+    wait_until(lambda: gateway.json_once_there(f"/rt-gateway/plans/{plan_id}",
+                                               params={"dvh": "false"})
                .get("metrics", {}).get("beams"), 60, "the plan's beams indexed")
     page = new_page(browser, gateway)
     page.goto(f"{gateway.url}/rt-gateway/ui/#plans?q=WLDETAIL")

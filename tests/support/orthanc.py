@@ -192,6 +192,15 @@ class OrthancProcess:
         response.raise_for_status()
         return response.json()
 
+    def json_once_there(self, path: str, **kwargs: Any) -> Any:
+        """The resource's JSON, or {} while it does not exist yet (404): for waits on records
+        the workers have yet to write, such as a plan the intake has not tracked."""
+        response = self.get(path, **kwargs)
+        if response.status_code == 404:
+            return {}
+        response.raise_for_status()
+        return response.json()
+
     def instance_count(self) -> int:
         return int(self.json("/statistics")["CountInstances"])
 
