@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+import time
 
 import pytest
 
@@ -101,6 +102,11 @@ def test_a_session_lock_does_not_outlive_the_thread_that_took_it(postgres_connin
     thread = threading.Thread(target=take)
     thread.start()
     thread.join()
-    assert other.query("SELECT pg_try_advisory_lock(7, 7) AS taken")[0]["taken"] is True
+    # The connection goes back once the interpreter drops the ended thread's locals, which
+    # join() does not wait for: wait for that state, bounded.
+    deadline = time.monotonic() + 30
+    while not other.query("SELECT pg_try_advisory_lock(7, 7) AS taken")[0]["taken"]:
+        assert time.monotonic() < deadline, "the lock outlived the thread that took it"
+        time.sleep(0.01)
     db.close()
     other.close()
