@@ -170,8 +170,34 @@ def test_the_build_pauses_between_rois_and_between_derived_images(scene: dict) -
     """Where the worker holds while a modality sends (reception.py): once per ROI rasterized and
     once per derived image of every plane, so CPU work yields as often as its REST calls do."""
     pauses: list[int] = []
-    options = OverlayOptions(planes=(Plane.AXIAL, Plane.CORONAL))
+    options = OverlayOptions(planes=(Plane.AXIAL,))
     build = build_overlay_series(scene["ct"], scene["rtstruct"], options,
                                  pause=lambda: pauses.append(1))
     images = sum(len(series.datasets) for series in build.series)
     assert len(pauses) == len(build.rois) + images
+
+
+def test_a_reformat_also_pauses_between_source_slices_it_decodes(scene: dict) -> None:
+    """A coronal plane needs the CT's pixels as one volume: decoding it is the longest stretch
+    of CPU in the build, so it holds once per source slice too, before the slice is decoded."""
+    events: list[str] = []
+
+    class Watched(type(scene["ct"][0])):  # type: ignore[misc]
+        @property
+        def pixel_array(self) -> np.ndarray:
+            events.append("decode")
+            return super().pixel_array
+
+    sources = []
+    for ds in scene["ct"]:
+        watched = Watched(ds)
+        watched.file_meta = ds.file_meta
+        sources.append(watched)
+    build = build_overlay_series(sources, scene["rtstruct"],
+                                 OverlayOptions(planes=(Plane.CORONAL,)),
+                                 pause=lambda: events.append("pause"))
+    assert events.count("pause") == len(build.rois) + len(sources) + len(build.series[0].datasets)
+    # Each slice of the volume is decoded right after a pause: no two in one stretch.
+    decodes = [at for at, event in enumerate(events) if event == "decode"][:len(sources)]
+    assert len(decodes) == len(sources)
+    assert all(events[at - 1] == "pause" for at in decodes)
