@@ -100,6 +100,11 @@ class HarvestRunner:
         self._own_lock = threading.Lock()
         self._own_moves = 0                    # this loop's C-MOVEs running now
         self._own_quiet_at = float("-inf")     # monotonic: until then arrivals may be its own
+        # Patients' ZIPs whose builder died (store.orphaned_zips): built again by the work loop.
+        # A lock of their own: _zip_lock is held through a whole build, the lease loop must not
+        # wait for one.
+        self._zips_due: set[tuple[int, int]] = set()
+        self._due_lock = threading.Lock()
 
     # -- life cycle --------------------------------------------------------------------------------
     def start(self) -> None:
@@ -208,6 +213,7 @@ class HarvestRunner:
     def _loop(self) -> None:
         while not self.stopping.is_set():
             try:
+                self._build_orphaned_zips()
                 item = self.store.claim()
                 if item is not None:
                     self.wakeup.set()   # another thread may take the next row at once
@@ -241,6 +247,28 @@ class HarvestRunner:
                 self.recorder.event("harvest-taken-over", status="pending",
                                     detail=f"items {taken[:10]} whose lease ran out run again")
                 self.wakeup.set()
+            try:
+                orphans = self.store.orphaned_zips()
+            except Exception:   # the database does not answer: the next round looks again
+                continue
+            if orphans:
+                with self._due_lock:
+                    self._zips_due.update(orphans)
+                self.wakeup.set()
+
+    def _build_orphaned_zips(self) -> None:
+        """The ZIPs whose builder died, built here (the claim ran out: this node's claim wins
+        or another node's does, and that one builds it)."""
+        with self._due_lock:
+            due, self._zips_due = sorted(self._zips_due), set()
+        for harvest_id, patient_item_id in due:
+            try:
+                with self._reception_marking():
+                    self._write_zip_if_settled(harvest_id, patient_item_id)
+            except Interrupted:
+                with self._due_lock:   # stopping: the next start's lease loop finds it again
+                    self._zips_due.add((harvest_id, patient_item_id))
+                return
 
     def _run(self, item: HarvestItem) -> None:
         harvest = self.store.harvest(item.harvest_id)
@@ -520,6 +548,10 @@ class HarvestRunner:
                 inside(folder, previous).unlink(missing_ok=True)
             for part in parts:   # in the patient's ZIP now; a rebuild asks Orthanc again
                 part.unlink(missing_ok=True)
+            # A builder that died under an earlier claim on this name left its temporary file.
+            for leftover in folder.iterdir():
+                if leftover.name.startswith(f".{name}.") and leftover.name.endswith(".partial"):
+                    leftover.unlink(missing_ok=True)
             self.recorder.event("harvest-zip", status="ok", patient_id=patient.patient_id,
                                 target=str(path),
                                 detail=f"{len(series)} series, {path.stat().st_size} bytes")

@@ -415,6 +415,19 @@ class HarvestStore:
         with self._held_lock:
             return dict(self._held)
 
+    def orphaned_zips(self, now: float | None = None) -> list[tuple[int, int]]:
+        """(harvest, patient row) of ZIP claims that ran out with nobody renewing them: their node
+        died while building. Nothing else would build the ZIP again (a patient's ZIP is built
+        after a step of that patient, and none is left), so the lease loop hands them back to
+        the work loop. This node's own claims are renewed, never orphaned."""
+        now = time.time() if now is None else now
+        rows = self.db.query(
+            "SELECT harvest_id, id FROM harvest_items WHERE level='patient' AND "
+            "zip_claimed_by IS NOT NULL AND zip_lease_until < ? ORDER BY id", (now,))
+        mine = self._zip_claims()
+        return [(int(row["harvest_id"]), int(row["id"])) for row in rows
+                if int(row["id"]) not in mine]
+
     def _zip_claims(self) -> dict[int, str]:
         with self._held_lock:
             return dict(self._zips)

@@ -292,3 +292,33 @@ def test_a_patient_s_zip_is_built_by_one_node(make_database: MakeDatabase, tmp_p
     zips = node_a.store.db.query(
         "SELECT status FROM audit_events WHERE event='harvest-zip' ORDER BY id")
     assert [event["status"] for event in zips] == ["ok"]
+
+
+def test_a_zip_whose_builder_died_is_built_by_a_node_still_running(
+        make_database: MakeDatabase, tmp_path: Path) -> None:
+    """Node A settles the patient's last series and starts its ZIP, then dies: its claim runs
+    out and no step of the patient is left to start the ZIP again. Node B, running, builds it
+    and clears A's half-written file (before, the harvest ended 'done' without the ZIP)."""
+    fake = FakeOrthanc()
+    node_a, node_b = (make_runner(store, tmp_path, fake)
+                      for store in two_nodes(make_database, lease_seconds=0.6))
+    harvest_id = node_a.create(parse_definition({
+        "source": "PACS", "patients": ["P1"], "max_requests_per_minute": 100_000}))
+    node_a._write_zip_if_settled = lambda harvest, patient: None  # type: ignore[method-assign]
+    run_all(node_a)
+    patient = next(row for row in node_a.store.items(harvest_id) if row.level == "patient")
+    folder = tmp_path / "h" / f"harvest-{harvest_id}"
+    zip_file = folder / "P1__seriesCount3.zip"
+    assert node_a.store.claim_zip(patient.id, 3) is not None   # A builds it, and dies
+    folder.mkdir(parents=True, exist_ok=True)
+    leftover = folder / f".{zip_file.name}.4242.17.partial"
+    leftover.write_bytes(b"half a zip")
+    node_b.start()
+    try:
+        wait_for(lambda: node_b.store.item(patient.id).zip_name == zip_file.name,
+                 "node B built the dead node's ZIP")
+    finally:
+        node_b.stop()
+    assert zip_file.exists() and not leftover.exists()
+    row = node_b.store.item(patient.id)
+    assert (row.zip_series_count, row.zip_claimed_by) == (3, None)
