@@ -130,6 +130,7 @@ def test_a_node_killed_mid_forward_loses_nothing_and_sends_nothing_twice(
     assert len(expected) == 2_000
     # The receiver holds one instance mid-batch: the kill lands mid-forward by construction.
     receiver.hold_after = len(before) + len(expected) // 3
+    receiver.hold_seconds = 900   # held until the kill below, however slow the senders are
     senders = [threading.Thread(target=storescu, args=(
         write_datasets([ds for rtset in batch for ds in rtset.all()], tmp_path / f"in-{n}"),
         cluster["front"]), kwargs={"calling": f"CT_{'ONE' if n == 0 else 'TWO'}"})
@@ -153,7 +154,9 @@ def test_a_node_killed_mid_forward_loses_nothing_and_sends_nothing_twice(
     everything = before | expected
     wait_until(lambda: receiver.distinct() == len(everything), 600,
                "every instance delivered by the surviving node")
-    wait_until(lambda: not running_claims(cluster["state"]), 120, "no claim left running")
+    # Every job done, not only "no claim running": a job taken over is pending until claimed
+    # again, and one waiting out a retry delay is pending too.
+    wait_until(lambda: not _unfinished_jobs(cluster["state"]), 120, "every job done")
     assert receiver.total() == len(everything), receiver.duplicates()
     with psycopg.connect(cluster["state"]) as connection:
         unfinished = connection.execute(

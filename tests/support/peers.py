@@ -36,6 +36,9 @@ class CountingPeer:
         # Once this many distinct instances are stored, the next C-STORE waits (holding) until
         # `release` is set, then is stored: a sender killed meanwhile never hears the answer.
         self.hold_after = -1
+        # The longest a held store waits for `release` (then it is stored anyway): a test whose
+        # hold spans a whole slow batch raises it, so the hold ends by its release, not by time.
+        self.hold_seconds = 120.0
         self.holding = threading.Event()
         self.release = threading.Event()
         self._lock = threading.Lock()
@@ -65,7 +68,7 @@ class CountingPeer:
             return 0xA700
         if 0 <= self.hold_after <= self.distinct() and not self.release.is_set():
             self.holding.set()
-            self.release.wait(120)
+            self.release.wait(self.hold_seconds)
         if uid and uid == self.abort_once:
             self.abort_once = ""
             event.assoc.abort()
