@@ -262,20 +262,28 @@ def test_a_version_another_node_added_since_this_one_looked_is_not_added_again(
 
 # -- a patient's ZIP, built once ---------------------------------------------------------------------
 
+def settled_short_of_the_zip(make_database: MakeDatabase, tmp_path: Path,
+                             lease_seconds: float = 60.0
+                             ) -> tuple[HarvestRunner, HarvestRunner, HarvestItem, Path]:
+    """Two nodes' runners; node A has walked and moved patient P1's 3 series and stopped short of
+    its ZIP. Returns the runners, the patient's row and where its ZIP goes."""
+    fake = FakeOrthanc()
+    node_a, node_b = (make_runner(store, tmp_path, fake)
+                      for store in two_nodes(make_database, lease_seconds))
+    harvest_id = node_a.create(parse_definition({
+        "source": "PACS", "patients": ["P1"], "max_requests_per_minute": 100_000}))
+    node_a._write_zip_if_settled = lambda harvest, patient: None  # type: ignore[method-assign]
+    run_all(node_a)
+    patient = next(row for row in node_a.store.items(harvest_id) if row.level == "patient")
+    return node_a, node_b, patient, tmp_path / "h" / f"harvest-{harvest_id}" / "P1__seriesCount3.zip"
+
+
 def test_a_patient_s_zip_is_built_by_one_node(make_database: MakeDatabase, tmp_path: Path) -> None:
     """Both nodes find the patient settled with its ZIP not written: the one whose claim won
     builds it, the other leaves it (building it too, it would race on the same file and on the
     series' ZIPs the first one deletes). A claim whose node died runs out with its lease."""
-    fake = FakeOrthanc()
-    node_a, node_b = (make_runner(store, tmp_path, fake) for store in two_nodes(make_database))
-    harvest_id = node_a.create(parse_definition({
-        "source": "PACS", "patients": ["P1"], "max_requests_per_minute": 100_000}))
-    # Node A walks and moves everything, then stops short of the ZIP.
-    node_a._write_zip_if_settled = lambda harvest, patient: None  # type: ignore[method-assign]
-    run_all(node_a)
-    patient = next(row for row in node_a.store.items(harvest_id) if row.level == "patient")
-    folder = tmp_path / "h" / f"harvest-{harvest_id}"
-    zip_file = folder / "P1__seriesCount3.zip"
+    node_a, node_b, patient, zip_file = settled_short_of_the_zip(make_database, tmp_path)
+    harvest_id = patient.harvest_id
     token = node_a.store.claim_zip(patient.id, 3)     # A is building it
     assert token is not None
     node_b._write_zip_if_settled(harvest_id, patient.id)
@@ -299,16 +307,8 @@ def test_a_zip_whose_builder_died_is_built_by_a_node_still_running(
     """Node A settles the patient's last series and starts its ZIP, then dies: its claim runs
     out and no step of the patient is left to start the ZIP again. Node B, running, builds it
     and clears A's half-written file (before, the harvest ended 'done' without the ZIP)."""
-    fake = FakeOrthanc()
-    node_a, node_b = (make_runner(store, tmp_path, fake)
-                      for store in two_nodes(make_database, lease_seconds=0.6))
-    harvest_id = node_a.create(parse_definition({
-        "source": "PACS", "patients": ["P1"], "max_requests_per_minute": 100_000}))
-    node_a._write_zip_if_settled = lambda harvest, patient: None  # type: ignore[method-assign]
-    run_all(node_a)
-    patient = next(row for row in node_a.store.items(harvest_id) if row.level == "patient")
-    folder = tmp_path / "h" / f"harvest-{harvest_id}"
-    zip_file = folder / "P1__seriesCount3.zip"
+    node_a, node_b, patient, zip_file = settled_short_of_the_zip(make_database, tmp_path, 0.6)
+    folder = zip_file.parent
     assert node_a.store.claim_zip(patient.id, 3) is not None   # A builds it, and dies
     folder.mkdir(parents=True, exist_ok=True)
     leftover = folder / f".{zip_file.name}.4242.17.partial"
