@@ -111,8 +111,10 @@ def test_an_urgent_plan_passes_a_long_research_export_at_one_association(
     # The urgent plan went within one association of the release, not after the export.
     assert max(map(order.index, urgent_uids)) < 100 + 40 + len(urgent_uids) + 1
     assert archive.duplicates() == {}
-    jobs = gateway.json("/rt-gateway/jobs", params={"state": "done"})
-    (export,) = [job for job in jobs if job["patient_id"] == "RESEARCH-1"]
+    # The archive answers the last store a moment before the job is settled: wait for that.
+    (export,) = wait_until(
+        lambda: [job for job in gateway.json("/rt-gateway/jobs", params={"state": "done"})
+                 if job["patient_id"] == "RESEARCH-1"], 60, "the export's job done")
     assert export["priority"] == 0 and export["sent"] == RESEARCH_SLICES
 
 
