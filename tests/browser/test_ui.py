@@ -9,6 +9,7 @@ import pytest
 from playwright.sync_api import Browser, Page, expect
 
 from tests.integration.conftest import ARTIFACTS, keep_logs, require_orthanc
+from tests.integration.helpers import study_jobs_done
 from tests.support.orthanc import PASSWORD, USER, OrthancProcess, storescu, wait_until
 from tests.support.rtset import make_rt_set, write_datasets
 
@@ -125,7 +126,9 @@ def test_activity_page_shows_transfers_and_success_rates(
     rtset = make_rt_set("UI-ADP", plan_label="ADP1")
     storescu(write_datasets(rtset.all(), tmp_path), gateway.dicom_port, calling="FOLLOW")
     wait_until(lambda: archive.instance_count() >= len(rtset.all()), 60, "study forwarded")
-    wait_until(lambda: gateway.json("/rt-gateway/stats")["by_target"], 30, "stats")
+    # The archive answers the last store a moment before the job is settled and its transfer row
+    # written; the page reads the stats and the audit once.
+    wait_until(lambda: study_jobs_done(gateway, rtset.study_uid), 30, "the study's job done")
     page.goto(f"{gateway.url}/rt-gateway/ui/#activity")
     expect(page.locator("#stats")).to_contain_text("ARCHIVE")
     expect(page.locator("#stats")).to_contain_text("100 %")
@@ -268,6 +271,8 @@ def test_health_tab_reviews_the_clean_up_and_deletes_only_after_confirmation(
     wait_until(lambda: len(archive.post("/tools/lookup", done.study_uid).json()) == 1 and
                archive.json("/statistics")["CountInstances"] >= len(done.all()), 60,
                "the study delivered to the archive")
+    # A study whose job is not settled yet is kept: wait for it, as the archive answers first.
+    wait_until(lambda: study_jobs_done(gateway, done.study_uid), 30, "the study's job done")
     page.goto(f"{gateway.url}/rt-gateway/ui/#health")
     expect(page.locator("#cleanup-policy")).to_contain_text("No clean-up policy")
     expect(page.locator("#cleanup-run")).to_be_disabled()

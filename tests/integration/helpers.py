@@ -67,6 +67,14 @@ def gateway_rows(gateway: OrthancProcess, **filters: str) -> list[dict[str, Any]
     return list(answer.json())
 
 
+def study_jobs_done(gateway: OrthancProcess, study_uid: str) -> list[dict[str, Any]]:
+    """The study's jobs once every one is done, [] until then (for wait_until): a receiver
+    answers the last C-STORE a moment before the gateway settles the job and writes its rows."""
+    jobs = [job for job in gateway.json("/rt-gateway/jobs", params={"limit": 10_000})
+            if job["study_uid"] == study_uid]
+    return jobs if jobs and all(job["state"] == "done" for job in jobs) else []
+
+
 def prometheus(gateway: OrthancProcess, name: str) -> float | None:
     """One value of Orthanc's Prometheus endpoint, None when it is not there (yet)."""
     for line in gateway.get("/tools/metrics-prometheus").text.splitlines():

@@ -72,9 +72,13 @@ def test_a_relay_deletes_what_it_forwarded(gateway: OrthancProcess, archive: Cou
     wait_until(lambda: study_id(gateway, relayed.study_uid) is None, 90,
                "the relayed CT deleted once forwarded")
     assert all(archive.stores[str(ds.SOPInstanceUID)] == 1 for ds in relayed.ct)
-    events = [row for row in gateway_rows(gateway, kind="events", patient="RELAY-1")
-              if row["event"] == "instances-deleted-after-forwarding"]
-    assert sum(int(row["detail"].split()[0]) for row in events) == len(relayed.ct)
+    # Each deletion is audited just after Orthanc's DELETE: wait for the rows, not one read.
+    def deleted_count() -> int:
+        return sum(int(row["detail"].split()[0])
+                   for row in gateway_rows(gateway, kind="events", patient="RELAY-1")
+                   if row["event"] == "instances-deleted-after-forwarding")
+    wait_until(lambda: deleted_count() >= len(relayed.ct), 30, "the deletions audited")
+    assert deleted_count() == len(relayed.ct)
 
 
 def test_a_delivered_study_leaves_and_a_parked_one_stays_with_its_reason(
@@ -94,8 +98,10 @@ def test_a_delivered_study_leaves_and_a_parked_one_stays_with_its_reason(
     wait_until(lambda: study_id(gateway, delivered.study_uid) is None, 90,
                "the delivered study deleted from the gateway's storage")
     assert all(archive.stores[str(ds.SOPInstanceUID)] == 1 for ds in delivered.all())
-    (deleted,) = [row for row in gateway_rows(gateway, kind="events", patient="CLEAN-1")
-                  if row["event"] == "study-deleted"]
+    (deleted,) = wait_until(lambda: [row for row in gateway_rows(gateway, kind="events",
+                                                                 patient="CLEAN-1")
+                                     if row["event"] == "study-deleted"], 30,
+                            "the deletion audited")
     assert "older than" in deleted["detail"] and deleted["patient_id"] == "CLEAN-1"
 
     # The parked one stays, and the dry run says why.
@@ -149,8 +155,10 @@ def test_over_the_storage_threshold_the_oldest_free_study_goes_first(
     try:
         wait_until(lambda: study_id(gateway, made["OLD"].study_uid) is None, 60,
                    "the oldest free study deleted")
-        (deleted,) = [row for row in gateway_rows(gateway, kind="events", patient="THRESH-OLD")
-                      if row["event"] == "study-deleted"]
+        (deleted,) = wait_until(lambda: [row for row in gateway_rows(gateway, kind="events",
+                                                                     patient="THRESH-OLD")
+                                         if row["event"] == "study-deleted"], 30,
+                                "the deletion audited")
         assert "the oldest go first" in deleted["detail"]
         review = gateway.json("/rt-gateway/cleanup")
         assert review["storage"]["over"] is None

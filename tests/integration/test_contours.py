@@ -15,7 +15,7 @@ from pydicom import dcmread
 from orthanc_plugin.contours.model import SeriesGeometry, SliceGeometry, parse_structure_set
 from orthanc_plugin.contours.raster import rasterize_roi
 from tests.integration.conftest import keep_logs, require_orthanc
-from tests.integration.helpers import gateway_rows
+from tests.integration.helpers import gateway_rows, study_jobs_done
 from tests.support.orthanc import OrthancProcess, storescu, wait_until
 from tests.support.rtset import RtSet, make_rt_set, write_datasets
 
@@ -134,8 +134,13 @@ def test_overlay_series_reach_the_viewer_with_geometry_and_contours(
     assert (first.Rows, first.Columns) == (SLICES, COLUMNS)
     assert [float(v) for v in first.PixelSpacing] == [2.5, 0.8]
 
-    events = {row["event"] for row in gateway_rows(gateway, kind="events", study=rtset.study_uid)}
-    assert {"overlay-built", "overlay-stored", "overlay-forward-queued", "overlay-done"} <= events
+    # The viewer holds the series a moment before the jobs are settled (their transfer rows), and
+    # "overlay-done" is written after its job is: wait for both.
+    wait_until(lambda: study_jobs_done(gateway, rtset.study_uid), 60, "the study's jobs done")
+    wait_until(lambda: {"overlay-built", "overlay-stored", "overlay-forward-queued", "overlay-done"}
+               <= {row["event"] for row in gateway_rows(gateway, kind="events",
+                                                        study=rtset.study_uid)},
+               30, "the overlay's events recorded")
     transfers = gateway_rows(gateway, kind="transfers", study=rtset.study_uid, target="VIEWER")
     assert transfers and all(row["status"] == "success" for row in transfers)
     assert sum(row["instances"] for row in transfers) == SLICES + ROWS + COLUMNS
@@ -148,8 +153,12 @@ def test_overlay_series_reach_the_viewer_with_geometry_and_contours(
     assert rois["PTV"]["volume_cc"] == pytest.approx(masks["PTV"].sum() * 0.8 * 2.5 / 1000, abs=1e-3)
     assert gateway.get("/rt-gateway/contours/0000aaaa-bbbbcccc").status_code == 404
     # What the gateway stored comes back as gateway output: no rule runs on it.
-    received = gateway_rows(gateway, kind="received", study=rtset.study_uid)
-    assert sum(1 for row in received if row["source"] == "GATEWAY") == SLICES + ROWS + COLUMNS
+    # The intake notes them in the background: wait for every one, then count exactly.
+    def from_gateway() -> int:
+        return sum(1 for row in gateway_rows(gateway, kind="received", study=rtset.study_uid)
+                   if row["source"] == "GATEWAY")
+    wait_until(lambda: from_gateway() >= SLICES + ROWS + COLUMNS, 60, "the overlays noted")
+    assert from_gateway() == SLICES + ROWS + COLUMNS
 
 
 def test_rtstruct_before_its_ct_waits_then_builds(

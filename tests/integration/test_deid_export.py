@@ -206,7 +206,12 @@ def test_original_is_deleted_only_after_its_copy_is_stored(
     send(gateway, tmp_path, rtset.all(), "TPSMOVE")
     wait_until(lambda: gateway.post("/tools/lookup", rtset.study_uid).json() == [], 60,
                "original removed from the gateway")
-    mapping = gateway.json("/rt-gateway/deid/mappings", params={"patient": "MOVE-1"})
+    # Each copy's deletion time is written just after its original's DELETE: wait for all.
+    mapping = wait_until(
+        lambda: (m := gateway.json("/rt-gateway/deid/mappings", params={"patient": "MOVE-1"}))
+        and len(m["copies"]) == len(rtset.all())
+        and all(c["original_deleted_at"] for c in m["copies"]) and m, 30,
+        "every original's deletion recorded")
     copies = mapping["copies"]
     assert len(copies) == len(rtset.all())
     assert all(c["original_deleted_at"] and c["stored_at"] <= c["original_deleted_at"]
@@ -215,8 +220,10 @@ def test_original_is_deleted_only_after_its_copy_is_stored(
         assert gateway.get(f"/instances/{copy['copy_instance_id']}").ok
     wait_until(lambda: len(patient_files(research, mapping["new_patient_id"])) == len(rtset.all()),
                60, "copies forwarded")
-    events = gateway_rows(gateway, kind="events", rule="research copy, original removed")
-    assert any(row["event"] == "original-deleted" and row["status"] == "ok" for row in events)
+    wait_until(lambda: any(row["event"] == "original-deleted" and row["status"] == "ok"
+                           for row in gateway_rows(gateway, kind="events",
+                                                   rule="research copy, original removed")),
+               30, "the deletion audited")
 
 
 def test_autoseg_rtstruct_exported_once_with_the_draw_name(
@@ -267,7 +274,9 @@ def test_unsafe_patient_id_stays_in_the_folder(
     assert written.name == f"DRAW_escaped_{sop}.dcm"
     exports = folders["draw"].parent
     assert [p for p in exports.parent.rglob(f"*{sop}*")] == [written]
-    (row,) = gateway.json("/rt-gateway/export/transfers", params={"sop": sop})
+    # The file is renamed into place a moment before its row commits: wait for the row.
+    (row,) = wait_until(lambda: gateway.json("/rt-gateway/export/transfers", params={"sop": sop}),
+                        30, "the export recorded")
     assert row["PatientUID"] == "../../escaped" and row["PatientName"] == "山田^太郎"
 
 

@@ -121,13 +121,18 @@ def test_a_full_database_disk_loses_nothing_and_recovers_without_a_restart(
         wait_until(lambda: prometheus(gateway, "rtgw_database_unwritable") == 0, 30,
                    "Prometheus back to writable")
         assert gateway.process is not None and gateway.process.pid == pid
-        time.sleep(1)
         assert peer.total() == total, peer.duplicates()  # every instance once
         transfers = gateway_rows(gateway, kind="transfers")
         recorded = sum(row["instances"] for row in transfers if row["status"] == "success")
         assert recorded == total, (recorded, total)  # every sent instance has its audit row
-        logs = "".join(path.read_text() for path in (small_disk / "logs").glob("*.log"))
-        assert logs.count("success:") == len([r for r in transfers if r["status"] == "success"])
+        successes = len([r for r in transfers if r["status"] == "success"])
+
+        def success_lines() -> int:
+            return "".join(path.read_text() for path in (small_disk / "logs").glob("*.log")
+                           ).count("success:")
+        # A transaction-log line is written just after its row commits: wait for the last one.
+        wait_until(lambda: success_lines() >= successes, 30, "the transaction log written")
+        assert success_lines() == successes
         print(f"disk full: {sent_while_full} of {total} at the receiver while full, "
               f"{total} after, {peer.total() - total} duplicates")
     finally:

@@ -14,7 +14,7 @@ from pydicom.uid import generate_uid
 from pynetdicom import AE, AllStoragePresentationContexts, evt
 
 from tests.integration.conftest import keep_logs
-from tests.integration.helpers import arrival_order, gateway_rows, sop_uids, study_sop_uids
+from tests.integration.helpers import arrival_order, gateway_rows, sop_uids, study_jobs_done, study_sop_uids
 from tests.support.orthanc import USER, OrthancProcess, free_port, send_raw_files, storescu, wait_until
 from tests.support.rtset import make_rt_set, write_datasets, write_malformed
 
@@ -102,6 +102,8 @@ def test_follow_adp_study_reaches_both_targets_in_plan_order(
         order = arrival_order(peer, rtset.study_uid)
         assert order == sorted(order, key=["CT", "RTSTRUCT", "RTPLAN", "RTDOSE"].index)
 
+    # The destinations answer the last store a moment before the jobs are settled: wait for that.
+    wait_until(lambda: study_jobs_done(gateway, rtset.study_uid), 60, "both jobs done")
     transfers = gateway_rows(gateway, kind="transfers", study=rtset.study_uid)
     assert {row["target"] for row in transfers} == {"ORGANO", "ARCHIVE"}
     assert all(row["status"] == "success" for row in transfers)

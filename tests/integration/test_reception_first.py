@@ -102,8 +102,10 @@ def test_overlay_holds_while_a_modality_sends_and_completes_after(
 
     # The burst has ended: the overlay catches up by itself and stores its two series.
     wait_until(lambda: overlay_state(gateway) == "done", 300, "the overlay completed")
-    events = [row["event"] for row in gateway_rows(gateway, kind="events",
-                                                    study=rtset.study_uid)]
+    # "overlay-done" is written just after the job is settled: wait for it, not one read.
+    events = wait_until(lambda: (e := [row["event"] for row in gateway_rows(
+        gateway, kind="events", study=rtset.study_uid)]) and "overlay-done" in e and e, 30,
+        "the overlay's end audited")
     assert events.count("overlay-stored") == 2 and "overlay-done" in events
     after = reception(gateway)
     assert after["held_calls"] >= during["held_calls"] > 0

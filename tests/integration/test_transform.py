@@ -190,11 +190,12 @@ def test_structure_names_reach_the_tps_in_tg263_and_the_original_stays(
         "PatientID": "XFORM-2", "SOPInstanceUID": str(rtstruct.SOPInstanceUID)}}).json()
     original = dcmread(BytesIO(gateway.get(f"/instances/{stored_id}/file").content))
     assert [str(item.ROIName) for item in original.StructureSetROISequence] == NAMES
+    # The names are recorded with the copy's event, a moment after the TPS answered: wait for it.
+    wait_until(lambda: copies_sent(gateway, "XFORM-2", {"TPS"}), 30,
+               "the copy's audit event under the patient")
     unmapped = gateway.json("/rt-gateway/names/unmapped")
     assert "z_ring" in [row["name"] for row in unmapped["names"]]
     assert "SpinalCord" not in [row["name"] for row in unmapped["names"]]
-    wait_until(lambda: copies_sent(gateway, "XFORM-2", {"TPS"}), 30,
-               "the copy's audit event under the patient")
     events = gateway.json("/rt-gateway/audit", params={"kind": "events", "patient": "XFORM-2"})
     (detail,) = [e["detail"] for e in events if e["event"] == "copy-sent"]
     assert "names: Brain Stem → Brainstem, ptv 70 → PTV_70" in detail
