@@ -6,7 +6,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import time
 from collections.abc import Sequence
@@ -14,6 +13,8 @@ from pathlib import Path
 from typing import Any
 
 import requests
+
+from tests.support.ports import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
 PLUGIN = "/usr/share/orthanc/plugins/libOrthancPython.so"
@@ -27,12 +28,6 @@ CHROOT = os.environ.get("RTGW_ORTHANC_CHROOT", "")
 # ratio compares one Orthanc version with itself; tests keep plain peers on the host.
 CHROOT_ALL = os.environ.get("RTGW_ORTHANC_CHROOT_ALL", "") == "1"
 CHROOT_VENV = "/opt/rtgw-venv"
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 class OrthancProcess:
