@@ -133,6 +133,7 @@ def main() -> None:
     parser.add_argument("--only", default="", help="comma-separated measurement names")
     args = parser.parse_args()
 
+    wanted = set(filter(None, args.only.split(",")))
     work = Path(tempfile.mkdtemp(prefix="rtgw-bench-"))
     target = OrthancProcess(work / "target", "TARGET")
     plain = OrthancProcess(work / "plain", "PLAIN")
@@ -185,11 +186,10 @@ def main() -> None:
                 ("relay_stable", gateways["stable-study"], "RTGATEWAY"),
                 *((name, lua, "LUAROUTER") for name, lua in luas.items()),
             ]
+            if wanted:
+                measurements = [m for m in measurements if m[0] in wanted]
             # Each round starts at another measurement: a peer measured always first (cold
             # caches) or always last (after the others' background work) would be biased.
-            if args.only:
-                wanted = set(args.only.split(","))
-                measurements = [m for m in measurements if m[0] in wanted]
             shift = round_number % len(measurements)
             for name, receiver, called in measurements[shift:] + measurements[:shift]:
                 times[name].append(timed_ingest(files, receiver) if name.startswith("ingest")
@@ -198,7 +198,7 @@ def main() -> None:
     finally:
         for process in processes:
             process.stop()
-    if args.only:
+    if wanted:
         print(json.dumps(quick_look(times), indent=2))
         shutil.rmtree(work, ignore_errors=True)
         return
