@@ -41,6 +41,9 @@ CREATE TABLE IF NOT EXISTS transfers(
     writer TEXT, logged INTEGER NOT NULL DEFAULT 1
 );
 CREATE INDEX IF NOT EXISTS transfers_at ON transfers(started_at);
+-- A job's transfer and audit rows are named with the patient and study once its instance is
+-- described, per instance decided at arrival: found by job, not by reading the whole table.
+CREATE INDEX IF NOT EXISTS transfers_job ON transfers(job_id);
 
 CREATE TABLE IF NOT EXISTS audit_events(
     id INTEGER PRIMARY KEY AUTOINCREMENT,
@@ -48,6 +51,7 @@ CREATE TABLE IF NOT EXISTS audit_events(
     resource_id TEXT, rule TEXT, target TEXT, job_id INTEGER, detail TEXT
 );
 CREATE INDEX IF NOT EXISTS audit_events_at ON audit_events(at);
+CREATE INDEX IF NOT EXISTS audit_events_job ON audit_events(job_id);
 
 CREATE TABLE IF NOT EXISTS quarantine(
     id INTEGER PRIMARY KEY AUTOINCREMENT,

@@ -147,9 +147,11 @@ def mark_described(connection: DbConnection, seq: int, info: Mapping[str, Any],
     connection.execute(f"UPDATE received SET {columns}, state='ready' WHERE seq=?",
                        (*info.values(), seq))
     connection.execute(
-        "INSERT INTO study_progress(study_id, last_received_at) VALUES(?, ?) "
-        "ON CONFLICT(study_id) DO UPDATE SET last_received_at=excluded.last_received_at",
-        (info["study_id"], now))
+        "INSERT INTO study_progress(study_id, last_received_at, ready_seq) VALUES(?, ?, ?) "
+        "ON CONFLICT(study_id) DO UPDATE SET last_received_at=excluded.last_received_at, "
+        "ready_seq=CASE WHEN excluded.ready_seq > study_progress.ready_seq "
+        "THEN excluded.ready_seq ELSE study_progress.ready_seq END",
+        (info["study_id"], now, seq))
 
 
 # -- instance rules ------------------------------------------------------------------------------
@@ -180,12 +182,17 @@ def signal_stable(connection: DbConnection, study_id: str) -> None:
 
 
 def studies_with_new_instances(db: StateDatabase) -> list[StudyProgress]:
-    """Studies with described instances their stable-study rules have not seen yet."""
+    """Studies with described instances their stable-study rules have not seen yet.
+
+    Read through the partial index of studies described past what their rules saw (tables.py):
+    this runs at every intake pass, and must not visit every study the database keeps. The
+    EXISTS still asks for a ready row, as an instance described and then deleted is not new."""
     return [StudyProgress(row["study_id"], row["stable_signalled"], row["last_received_at"],
                           row["stable_done_seq"]) for row in db.query(
         "SELECT p.study_id, p.stable_signalled, p.last_received_at, p.stable_done_seq "
-        "FROM study_progress p WHERE EXISTS (SELECT 1 FROM received r WHERE "
-        "r.study_id = p.study_id AND r.state='ready' AND r.seq > p.stable_done_seq)")]
+        "FROM study_progress p WHERE p.ready_seq > p.stable_done_seq AND EXISTS (SELECT 1 "
+        "FROM received r WHERE r.study_id = p.study_id AND r.state='ready' "
+        "AND r.seq > p.stable_done_seq)")]
 
 
 def study_rows(connection: DbConnection | StateDatabase, study_id: str) -> list[Received]:

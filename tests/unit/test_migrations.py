@@ -14,6 +14,7 @@ from orthanc_plugin import capabilities
 from orthanc_plugin.app import all_migrations
 from orthanc_plugin.audit.tables import SCHEMA as AUDIT_SCHEMA
 from orthanc_plugin.db import META_SCHEMA, SCHEMA_VERSION_KEY, Database, Migration, check_migrations
+from orthanc_plugin.jobs import intake_store
 from orthanc_plugin.jobs.arrival_store import SCHEMA as ARRIVAL_SCHEMA
 from orthanc_plugin.jobs.own_output import SCHEMA as OWN_OUTPUT_SCHEMA
 from orthanc_plugin.jobs.tables import SCHEMA as JOBS_SCHEMA
@@ -139,3 +140,22 @@ def test_a_migration_that_fails_half_way_is_rolled_back_whole_and_runs_again(
     fixed = [steps[0], Migration(2, "c", {"t": {"c": "TEXT"}}, ("CREATE INDEX t_c ON t(c)",))]
     assert db.migrate(fixed) == [2]
     assert [row["name"] for row in db.query("PRAGMA table_info(t)")] == ["a", "b", "c"]
+
+
+def test_version_10_finds_the_studies_an_earlier_version_left_unseen(tmp_path: Path) -> None:
+    """A study described before the upgrade, its stable-study rules not run yet, is still found
+    once studies are read through the index of unseen ones; a study its rules saw is not."""
+    path = tmp_path / "old.sqlite"
+    database_at(path, 9)
+    with sqlite3.connect(path) as connection:
+        connection.executemany(
+            "INSERT INTO received(instance_id, received_at, study_id, state) "
+            "VALUES(?, 'then', ?, 'ready')", [("i1", "seen"), ("i2", "unseen"), ("i3", "unseen")])
+        connection.executemany(
+            "INSERT INTO study_progress(study_id, last_received_at, stable_done_seq) VALUES(?, 0, ?)",
+            [("seen", 1), ("unseen", 1)])
+    db = Database(path, SCHEMAS)
+    assert db.migrate(MIGRATIONS) == [10]
+    assert [study.study_id for study in intake_store.studies_with_new_instances(db)] == ["unseen"]
+    assert {row["study_id"]: row["ready_seq"] for row in db.query(
+        "SELECT study_id, ready_seq FROM study_progress")} == {"seen": 1, "unseen": 3}
