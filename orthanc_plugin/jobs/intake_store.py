@@ -82,12 +82,14 @@ class Received:
 @dataclass(frozen=True)
 class StudyProgress:
     """A row of study_progress: when the study last received an instance, whether Orthanc
-    signalled it stable, and up to which received row its stable-study rules ran."""
+    signalled it stable, up to which received row its stable-study rules ran, and the last
+    received row described in it."""
 
     study_id: str
     stable_signalled: int
     last_received_at: float
     stable_done_seq: int
+    ready_seq: int
 
 
 # -- arrival -------------------------------------------------------------------------------------
@@ -188,8 +190,8 @@ def studies_with_new_instances(db: StateDatabase) -> list[StudyProgress]:
     this runs at every intake pass, and must not visit every study the database keeps. The
     EXISTS still asks for a ready row, as an instance described and then deleted is not new."""
     return [StudyProgress(row["study_id"], row["stable_signalled"], row["last_received_at"],
-                          row["stable_done_seq"]) for row in db.query(
-        "SELECT p.study_id, p.stable_signalled, p.last_received_at, p.stable_done_seq "
+                          row["stable_done_seq"], row["ready_seq"]) for row in db.query(
+        "SELECT p.study_id, p.stable_signalled, p.last_received_at, p.stable_done_seq, p.ready_seq "
         "FROM study_progress p WHERE p.ready_seq > p.stable_done_seq AND EXISTS (SELECT 1 "
         "FROM received r WHERE r.study_id = p.study_id AND r.state='ready' "
         "AND r.seq > p.stable_done_seq)")]

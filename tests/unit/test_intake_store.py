@@ -84,14 +84,18 @@ def test_a_new_row_is_what_the_note_told(db: StateDatabase) -> None:
 
 
 def test_a_study_with_new_instances_carries_its_progress(db: StateDatabase) -> None:
-    _insert(db, DESCRIBED)
+    seq = _insert(db, {**DESCRIBED, "state": "new"})
     with db.transaction() as connection:
+        store.mark_described(connection, seq, {"study_id": "study-1"}, 1000.0)
         store.signal_stable(connection, "study-1")
     (progress,) = store.studies_with_new_instances(db)
     assert {field.name for field in fields(store.StudyProgress)} == set(
         _columns(db, "study_progress"))
-    assert (progress.study_id, progress.stable_signalled, progress.stable_done_seq) == (
-        "study-1", 1, 0)
+    assert (progress.study_id, progress.stable_signalled, progress.stable_done_seq,
+            progress.ready_seq) == ("study-1", 1, 0, seq)
+    with db.transaction() as connection:
+        store.stable_rules_done(connection, "study-1", seq)
+    assert store.studies_with_new_instances(db) == []   # its rules saw it: not unseen any more
     assert progress.last_received_at > 0
 
 

@@ -6,7 +6,8 @@ critical path of a relay. Measured before these indexes: every instance decided 
 `transfers` twice and `audit_events` once, and every intake pass probed every study ever received
 (bench/history.py). The test drives the real gateway on the fake Orthanc through a burst (notes,
 forwards sent while it arrives, descriptions, a stable study), records every SQL statement it
-executes, and asks SQLite for each one's query plan.
+executes, and asks SQLite for each one's query plan. The burst's study is also de-identified
+(copies made, recorded and forwarded).
 """
 
 from __future__ import annotations
@@ -33,6 +34,10 @@ rules:
     on: instance
     match: {plan_label: {contains: ADP}}
     actions: [{forward: [PACS]}]
+  - name: research copy
+    on: stable-study
+    match: {calling_aet: TPS}
+    actions: [{anonymize: {profile: full}}, {forward: [ARCHIVE]}]
   - name: whole study
     on: stable-study
     match: {calling_aet: TPS}
@@ -131,9 +136,10 @@ def test_a_burst_with_forwards_and_a_stable_study_reads_no_table_whole(
     ran = list(statements)
 
     # The burst did run what the test means to check: forwards decided at arrival and sent,
-    # records completed by the description, and the stable-study rule.
+    # records completed by the description, the stable-study rules (a forward, and copies
+    # de-identified and forwarded).
     assert {row["rule"] for row in site.rows("SELECT rule FROM transfers WHERE status='success'")} \
-        == {"from the TPS", "plans by label", "whole study"}
+        == {"from the TPS", "plans by label", "research copy", "whole study"}
     assert site.rows("SELECT * FROM arrival_decisions") == []
     assert len(ran) > 100
     assert full_scans(ran) == {}
