@@ -14,6 +14,8 @@ with the indexes that serve it dropped (what it cost before them), median of --c
   have not seen (intake_store.studies_with_new_instances);
 - queue_gauges: after each settled claim, at most once a second, the live jobs by state
   (JobQueue.live_state_counts against the count of every state it replaced).
+- metrics: every 2 s, the Prometheus counters (audit/counts.running_totals, a few meta rows,
+  against the sums over transfers and evaluations it replaced).
 The baseline of each ratio is the same read on an empty database, in the same run.
 """
 
@@ -33,6 +35,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from orthanc_plugin import capabilities
 from orthanc_plugin.app import all_migrations
+from orthanc_plugin.audit import counts
 from orthanc_plugin.audit.tables import SCHEMA as AUDIT_SCHEMA
 from orthanc_plugin.db import META_SCHEMA, Database, check_migrations
 from orthanc_plugin.jobs import arrival_store, intake_store
@@ -45,7 +48,7 @@ SCHEMAS = [META_SCHEMA, AUDIT_SCHEMA, JOBS_SCHEMA, OWN_OUTPUT_SCHEMA, ARRIVAL_SC
 # The indexes each read is served by; dropped for the "without" measurement.
 INDEXES = {"complete": ("transfers_job", "audit_events_job"),
            "unseen_studies": ("study_progress_unseen",),
-           "queue_gauges": ()}
+           "queue_gauges": (), "metrics": ()}
 STUDIES_PER_ROW = 0.05      # a study per 20 rows: a CT series and its RT objects
 BATCH = 10_000
 
@@ -55,6 +58,7 @@ def database(folder: Path, rows: int) -> Database:
     db.migrate(check_migrations(all_migrations()))
     studies = int(rows * STUDIES_PER_ROW)
     with db.transaction() as connection:
+        counts.count_transfer(connection, "ARCHIVE", "success", rows, rows)
         for start in range(0, rows, BATCH):
             ids = range(start + 1, min(rows, start + BATCH) + 1)
             connection.executemany(
@@ -70,6 +74,10 @@ def database(folder: Path, rows: int) -> Database:
             connection.executemany(
                 "INSERT INTO audit_events(at, event, status, patient_id, study_uid, job_id)"
                 " VALUES('t', 'forward-sent', 'ok', 'P', 'S', ?)", [(i,) for i in ids])
+            connection.executemany(
+                "INSERT INTO evaluations(at, trigger, level, resource_id, rule, matched,"
+                " new_instances) VALUES('t', 'instance', 'instance', ?, 'r', 1, 1)",
+                [(f"i{i}",) for i in ids])
         for start in range(0, studies, BATCH):
             ids = range(start + 1, min(studies, start + BATCH) + 1)
             connection.executemany(
@@ -104,7 +112,16 @@ def reads(db: Database, job_id: int) -> dict[str, Callable[[], Any]]:
 
     return {"complete": complete,
             "unseen_studies": lambda: intake_store.studies_with_new_instances(db),
-            "queue_gauges": queue_gauges}
+            "queue_gauges": queue_gauges,
+            "metrics": lambda: counts.running_totals(db)}
+
+
+def sum_the_tables(db: Database) -> None:
+    """The read the metrics made before: sums over the audit tables (and retention's pruned
+    totals, a few meta rows, left out here)."""
+    counts.transfer_totals(db)
+    counts.transfer_totals_by_target(db)
+    counts.decision_totals(db)
 
 
 def count_every_state(db: Database) -> None:
@@ -119,13 +136,14 @@ def measure(db: Database, job_id: int, calls: int) -> dict[str, dict[str, float]
             db.connection().execute(f"DROP INDEX {name}")
     without = {name: median_ms(read, calls) for name, read in reads(db, job_id).items()}
     without["queue_gauges"] = median_ms(lambda: count_every_state(db), calls)
+    without["metrics"] = median_ms(lambda: sum_the_tables(db), calls)
     return {"indexed": indexed, "without": without}
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--rows", type=int, default=1_000_000,
-                        help="jobs, transfer and audit rows of history (a study per 20)")
+                        help="jobs, transfer, evaluation and audit rows of history (a study per 20)")
     parser.add_argument("--calls", type=int, default=41)
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="rtgw-history-") as folder:

@@ -14,12 +14,7 @@ from orthanc_plugin.api.cross_site import read_trusted_origins
 from orthanc_plugin.api.gateway_routes import add_routes
 from orthanc_plugin.api.health import HealthProbes, probe_write
 from orthanc_plugin.api.router import Router
-from orthanc_plugin.audit.counts import (
-    decision_totals,
-    meta_with_prefix,
-    transfer_totals,
-    transfer_totals_by_target,
-)
+from orthanc_plugin.audit.counts import running_totals
 from orthanc_plugin.audit.metrics import Metrics
 from orthanc_plugin.audit.received import received_keys, received_sizes
 from orthanc_plugin.audit.recorder import AuditRecorder
@@ -45,7 +40,7 @@ from orthanc_plugin.jobs.tables import SCHEMA as JOBS_SCHEMA
 from orthanc_plugin.jobs.workers import WorkerPool, WorkerRole
 from orthanc_plugin.labels import StudyLabels
 from orthanc_plugin.ports import Host, HostError
-from orthanc_plugin.retention import PRUNED_PREFIX, Retention, pruned_total
+from orthanc_plugin.retention import Retention
 from orthanc_plugin.retention import read_settings as read_retention
 from orthanc_plugin.rules import (
     RulesError,
@@ -60,6 +55,9 @@ from orthanc_plugin.rules import (
 from orthanc_plugin.state_database import open_state_database, where
 
 RULES_TEXT_KEY = "rules_in_force_text"
+# The gauge of finished jobs still in the table (rtgw_jobs_done): counting them reads an index as
+# long as the table, so at most this often, not at every read of the metrics (every 2 s).
+DONE_COUNT_EVERY_SECONDS = 60.0
 RULES_SHA_KEY = "rules_in_force_sha256"
 
 
@@ -136,6 +134,7 @@ class Gateway:
         add_routes(self.router, self)
         self._started = False
         self._gauges_refreshed_at = float("-inf")
+        self._done_counted_at = float("-inf")
         self.context = CapabilityContext(
             host=host, db=self.db, queue=self.queue, registry=self.registry,
             recorder=self.recorder, router=self.router, config=config, hooks=self.hooks,
@@ -178,27 +177,23 @@ class Gateway:
         )
 
     def seed_metrics(self) -> None:
-        """Prometheus counters continue from the audit after a restart instead of from zero."""
-        totals = transfer_totals(self.db)
-        # Totals of transfers pruned by retention are carried in meta: counters never go down.
-        pruned = meta_with_prefix(self.db, PRUNED_PREFIX)
-        self.metrics.gauge("rtgw_instances_sent_total",
-                           totals.instances + pruned.get("sent_instances", 0))
-        self.metrics.gauge("rtgw_bytes_sent_total", totals.bytes + pruned.get("sent_bytes", 0))
-        self.metrics.gauge("rtgw_transfer_failures_total",
-                           totals.failures + pruned.get("failures", 0))
+        """Prometheus counters continue from the audit's running totals (audit/counts.py) after a
+        restart instead of from zero; retention's pruning never lowers them."""
+        totals = running_totals(self.db)
+        self.metrics.gauge("rtgw_instances_sent_total", totals.get("sent_instances", 0))
+        self.metrics.gauge("rtgw_bytes_sent_total", totals.get("sent_bytes", 0))
+        self.metrics.gauge("rtgw_transfer_failures_total", totals.get("failures", 0))
         targets: dict[str, list[float]] = {}
-        for name, value in pruned.items():
+        for name, value in totals.items():
             if name.startswith("target_"):
                 target, _, kind = name[len("target_"):].rpartition("_")
                 targets.setdefault(target, [0.0, 0.0])[kind == "failures"] += value
-        for target, by_target in transfer_totals_by_target(self.db).items():
-            sums = targets.setdefault(target, [0.0, 0.0])
-            sums[0] += by_target.instances
-            sums[1] += by_target.failures
         for target, (sent, failed) in targets.items():
             self.metrics.gauge(f"rtgw_target_{target}_instances_sent_total", sent)
             self.metrics.gauge(f"rtgw_target_{target}_failures_total", failed)
+        self.metrics.gauge("rtgw_rule_evaluations_total", totals.get("evaluations", 0))
+        self.metrics.gauge("rtgw_rule_matches_total", totals.get("matches", 0))
+        self.metrics.gauge("rtgw_quarantined_total", totals.get("quarantined", 0))
         self.refresh_queue_gauges()
 
     def refresh_queue_gauges(self) -> None:
@@ -243,14 +238,12 @@ class Gateway:
         """Counters from the database, so every worker's transfers count and a restart continues."""
         self._gauges_refreshed_at = float("-inf")
         self.seed_metrics()
-        self.metrics.gauge(f"rtgw_jobs_{JobState.DONE}",
-                           self.queue.state_counts().get(JobState.DONE, 0))
-        decisions = decision_totals(self.db)
-        self.metrics.gauge("rtgw_rule_evaluations_total",
-                           decisions.evaluations + pruned_total(self.db, "evaluations"))
-        self.metrics.gauge("rtgw_rule_matches_total",
-                           decisions.matches + pruned_total(self.db, "matches"))
-        self.metrics.gauge("rtgw_quarantined_total", decisions.quarantined)
+        now = time.monotonic()
+        if now - self._done_counted_at >= DONE_COUNT_EVERY_SECONDS:
+            # Finished jobs are most of the table: counted once a minute, not at every read.
+            self._done_counted_at = now
+            self.metrics.gauge(f"rtgw_jobs_{JobState.DONE}",
+                               self.queue.state_counts().get(JobState.DONE, 0))
         writable, _ = probe_write(self.db)
         self.metrics.gauge("rtgw_database_unwritable",
                            0 if writable and not self.db.trouble.unwritable else 1)

@@ -1,15 +1,27 @@
-"""The audit's totals, for the Prometheus counters: what the tables hold now, by target too.
+"""The audit's totals, for the Prometheus counters, by target too.
 
-The store of these read-only counts (SQL stays here); the gateway adds what retention pruned
-(retention.py keeps those totals in meta) so that a counter never goes down. SQL both engines
-accept (db_engine): PostgreSQL has no SUM of a comparison, so a failure counts as a CASE of 1 or 0.
+Running totals (meta keys `total_...`) are added to in the transaction that writes the row they
+count (a transfer, an evaluation, a quarantine), so reading them costs a few rows however much
+history the tables hold: the metrics are read every 2 s (in_orthanc/supervisor/metrics.py), and
+summing the tables each time grew with them (bench/history.py: 1 s and more at a million rows).
+They count everything ever written, so retention's pruning never lowers a counter. A database of
+an earlier version starts them from its tables and retention's pruned totals (migration 11).
+
+The sums over the tables as they are (transfer_totals...) remain for that start and for the
+tests. SQL both engines accept (db_engine): PostgreSQL has no SUM of a comparison, so a failure
+counts as a CASE of 1 or 0.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-from orthanc_plugin.db_engine import StateDatabase
+from orthanc_plugin.db_engine import DbConnection, StateDatabase
+from orthanc_plugin.retention_store import add_to_meta_totals
+
+TOTAL_PREFIX = "total_"
+# retention.PRUNED_PREFIX, spelled here so that the store needs nothing of the retention loop.
+PRUNED_PREFIX = "pruned_"
 
 # A transfer row that is not a success, as 1 (else 0) to be summed.
 FAILED = "CASE WHEN status<>'success' THEN 1 ELSE 0 END"
@@ -57,3 +69,61 @@ def meta_with_prefix(db: StateDatabase, prefix: str) -> dict[str, float]:
     as SQLite's LIKE always did, ASCII letters in any case (PostgreSQL's LIKE tells them apart)."""
     return {row["key"][len(prefix):]: float(row["value"]) for row in db.query(
         "SELECT key, value FROM meta WHERE LOWER(key) LIKE LOWER(?)", (prefix + "%",))}
+
+
+# -- running totals --------------------------------------------------------------------------------
+def count_transfer(connection: DbConnection, target: str, status: str, instances: int,
+                   bytes_sent: int) -> None:
+    """A transfer row written in this transaction, added to the running totals."""
+    failed = int(status != "success")
+    add_to_meta_totals(connection, {
+        name: value for name, value in (
+            (TOTAL_PREFIX + "sent_instances", instances), (TOTAL_PREFIX + "sent_bytes", bytes_sent),
+            (TOTAL_PREFIX + "failures", failed),
+            (f"{TOTAL_PREFIX}target_{target}_instances", instances),
+            (f"{TOTAL_PREFIX}target_{target}_failures", failed)) if value})
+
+
+def count_evaluation(connection: DbConnection, matched_new: bool) -> None:
+    """An evaluation row written in this transaction; `matched_new`: it matched and queued."""
+    add_to_meta_totals(connection, {TOTAL_PREFIX + "evaluations": 1, **(
+        {TOTAL_PREFIX + "matches": 1} if matched_new else {})})
+
+
+def count_quarantined(connection: DbConnection) -> None:
+    add_to_meta_totals(connection, {TOTAL_PREFIX + "quarantined": 1})
+
+
+def running_totals(db: StateDatabase) -> dict[str, float]:
+    """The running totals by name (without the prefix): sent_instances, sent_bytes, failures,
+    target_<T>_instances, target_<T>_failures, evaluations, matches, quarantined."""
+    return meta_with_prefix(db, TOTAL_PREFIX)
+
+
+def start_running_totals(connection: DbConnection) -> None:
+    """Migration 11: the running totals of a database written before they existed, from what its
+    tables hold and what retention pruned from them. A new database has nothing to count."""
+    transfers = connection.execute(
+        "SELECT target, COALESCE(SUM(instances),0) AS n, COALESCE(SUM(bytes),0) AS b, "
+        f"COALESCE(SUM({FAILED}),0) AS f FROM transfers GROUP BY target").fetchall()
+    decisions = connection.execute(
+        "SELECT (SELECT COUNT(*) FROM evaluations) AS e, "
+        "(SELECT COUNT(*) FROM evaluations WHERE matched=1 AND new_instances>0) AS m, "
+        "(SELECT COUNT(*) FROM quarantine) AS q").fetchall()[0]
+    totals: dict[str, float] = {
+        "sent_instances": sum(int(row["n"]) for row in transfers),
+        "sent_bytes": sum(int(row["b"]) for row in transfers),
+        "failures": sum(int(row["f"]) for row in transfers),
+        "evaluations": int(decisions["e"]), "matches": int(decisions["m"]),
+        "quarantined": int(decisions["q"])}
+    for row in transfers:
+        totals[f"target_{row['target']}_instances"] = int(row["n"])
+        totals[f"target_{row['target']}_failures"] = int(row["f"])
+    pruned = connection.execute("SELECT key, value FROM meta WHERE key LIKE ?",
+                                (PRUNED_PREFIX + "%",)).fetchall()
+    for row in pruned:
+        name = str(row["key"])[len(PRUNED_PREFIX):]
+        if name in totals or name.startswith("target_"):
+            totals[name] = totals.get(name, 0) + float(row["value"])
+    add_to_meta_totals(connection, {TOTAL_PREFIX + name: value
+                                    for name, value in totals.items() if value})

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
+from orthanc_plugin.audit import counts
 from orthanc_plugin.audit.clock import now_iso
 from orthanc_plugin.audit.metrics import Metrics
 from orthanc_plugin.audit.translog import TransactionLog
@@ -56,6 +57,7 @@ class AuditRecorder:
                 failed_condition, reason, instances, new_instances, rules_sha256,
             ),
         )
+        counts.count_evaluation(connection, bool(matched and new_instances))
         self.metrics.count("rtgw_rule_evaluations_total")
         if matched and new_instances:
             self.metrics.count("rtgw_rule_matches_total")
@@ -102,6 +104,7 @@ class AuditRecorder:
                 bytes_sent, started_at, now_iso(), error, orthanc_job, writer,
             ),
         ).fetchall()
+        counts.count_transfer(connection, job.target, status, instances, bytes_sent)
         return int(rows[0]["id"])
 
     def log_transfer(self, transfer_id: int, job_state: str, *, late: bool = False,
@@ -259,6 +262,7 @@ class AuditRecorder:
             "INSERT INTO quarantine(at, instance_id, reason, detail) VALUES(?,?,?,?)",
             (now_iso(), instance_id, reason, detail),
         )
+        counts.count_quarantined(connection)
         self.event(
             "quarantined", status="quarantined", resource_id=instance_id, detail=reason,
             connection=connection,

@@ -1,5 +1,6 @@
 """Audit tables: what was received, every rule decision, every transfer attempt, other events."""
 
+from orthanc_plugin.audit.counts import start_running_totals
 from orthanc_plugin.db import Migration
 
 SCHEMA = """
@@ -63,4 +64,6 @@ CREATE TABLE IF NOT EXISTS quarantine(
 MIGRATIONS = (
     Migration(3, "transfers: which worker wrote the row, its transaction-log line written",
               {"transfers": {"writer": "TEXT", "logged": "INTEGER NOT NULL DEFAULT 1"}}),
+    Migration(11, "the Prometheus counters' running totals, started from the tables",
+              moves=start_running_totals),
 )

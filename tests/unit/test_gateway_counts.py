@@ -4,9 +4,9 @@ too, and a destination is asked about the keys the intake recorded."""
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
-from orthanc_plugin.retention import PRUNED_PREFIX
 from tests.support.fake_orthanc import FakeOrthanc
 from tests.support.gateway_site import build_site
 from tests.support.rtset import make_rt_set
@@ -31,20 +31,28 @@ def test_counters_continue_from_the_audit_and_the_received_keys_are_read_back(
     site.note_stored(*ids)
     site.take_in()
     site.run_queue()
-    with site.gateway.db.transaction() as connection:  # what retention pruned earlier
-        connection.executemany("INSERT INTO meta(key, value) VALUES(?, ?)", [
-            (PRUNED_PREFIX + "sent_instances", "100"), (PRUNED_PREFIX + "failures", "2"),
-            (PRUNED_PREFIX + "target_ARCHIVE_instances", "100")])
 
     counters = site.gateway.metrics_snapshot()
     sent = sum(row["instances"] for row in site.transfers("success"))
     assert sent == len(ids) - 1
-    assert counters["rtgw_instances_sent_total"] == 100 + sent
-    assert counters["rtgw_transfer_failures_total"] == 2 + len(site.transfers()) - len(
-        site.transfers("success"))
-    assert counters["rtgw_target_ARCHIVE_instances_sent_total"] == 100 + sent
+    all_rows = sum(row["instances"] for row in site.transfers())
+    failures = len(site.transfers()) - len(site.transfers("success"))
+    assert failures >= 1
+    assert counters["rtgw_instances_sent_total"] == all_rows
+    assert counters["rtgw_bytes_sent_total"] == sum(row["bytes"] for row in site.transfers())
+    assert counters["rtgw_transfer_failures_total"] == failures
+    assert counters["rtgw_target_ARCHIVE_instances_sent_total"] == all_rows
+    assert counters["rtgw_target_ARCHIVE_failures_total"] == failures
     assert counters["rtgw_jobs_dead"] == 1 and counters["rtgw_jobs_pending"] == 0
     assert counters["rtgw_rule_evaluations_total"] == len(site.rows("SELECT 1 FROM evaluations"))
+
+    # Retention prunes every transfer and evaluation a year on: the counters do not go down.
+    removed = site.gateway.retention.prune(now=time.time() + 365 * 86400)
+    assert removed["transfers"] > 0 and removed["evaluations"] > 0
+    assert site.rows("SELECT 1 FROM transfers") == site.rows("SELECT 1 FROM evaluations") == []
+    after = site.gateway.metrics_snapshot()
+    assert {name: value for name, value in after.items() if name.endswith("_total")} == {
+        name: value for name, value in counters.items() if name.endswith("_total")}
 
     keys = site.gateway.instance_keys([*ids, "not-received"])
     assert set(keys) == set(ids)   # an unknown instance is asked of Orthanc, which has none

@@ -12,6 +12,7 @@ import pytest
 
 from orthanc_plugin import capabilities
 from orthanc_plugin.app import all_migrations
+from orthanc_plugin.audit import counts
 from orthanc_plugin.audit.tables import SCHEMA as AUDIT_SCHEMA
 from orthanc_plugin.db import META_SCHEMA, SCHEMA_VERSION_KEY, Database, Migration, check_migrations
 from orthanc_plugin.jobs import intake_store
@@ -116,7 +117,10 @@ def test_a_database_of_every_earlier_version_ends_as_a_new_one(tmp_path: Path,
     Database(new, SCHEMAS).migrate(MIGRATIONS)
     old = tmp_path / "old.sqlite"
     database_at(old, version)
-    assert tables_of(old) != tables_of(new) or version == LATEST
+    # A later migration that adds columns makes the old tables differ (one that only moves rows or
+    # starts totals, as 11 does, leaves them alike).
+    assert tables_of(old) != tables_of(new) or not any(
+        migration.columns for migration in MIGRATIONS[version:])
 
     db = Database(old, SCHEMAS)
     assert db.migrate(MIGRATIONS) == list(range(version + 1, LATEST + 1))
@@ -155,7 +159,37 @@ def test_version_10_finds_the_studies_an_earlier_version_left_unseen(tmp_path: P
             "INSERT INTO study_progress(study_id, last_received_at, stable_done_seq) VALUES(?, 0, ?)",
             [("seen", 1), ("unseen", 1)])
     db = Database(path, SCHEMAS)
-    assert db.migrate(MIGRATIONS) == [10]
+    assert db.migrate(MIGRATIONS) == [10, 11]
     assert [study.study_id for study in intake_store.studies_with_new_instances(db)] == ["unseen"]
     assert {row["study_id"]: row["ready_seq"] for row in db.query(
         "SELECT study_id, ready_seq FROM study_progress")} == {"seen": 1, "unseen": 3}
+
+
+def test_version_11_starts_the_running_totals_from_the_tables_and_what_was_pruned(
+        tmp_path: Path) -> None:
+    """The Prometheus counters of an upgraded database go on from where the sums over its tables
+    and retention's pruned totals left them, and then grow with each row written."""
+    path = tmp_path / "old.sqlite"
+    database_at(path, 10)
+    with sqlite3.connect(path) as connection:
+        connection.executemany(
+            "INSERT INTO transfers(job_id, target, attempt, status, instances, bytes, started_at,"
+            " ended_at) VALUES(1, ?, 1, ?, ?, ?, 't', 't')",
+            [("PACS", "success", 3, 300), ("PACS", "failed", 2, 0), ("ARCHIVE", "success", 1, 10)])
+        connection.executemany(
+            "INSERT INTO evaluations(at, trigger, level, resource_id, rule, matched,"
+            " new_instances) VALUES('t', 'instance', 'instance', 'i', 'r', ?, ?)",
+            [(1, 1), (1, 0), (0, 0)])
+        connection.execute("INSERT INTO quarantine(at, reason) VALUES('t', 'unreadable')")
+        connection.executemany("INSERT INTO meta(key, value) VALUES(?, ?)", [
+            ("pruned_sent_instances", "100"), ("pruned_target_PACS_instances", "100"),
+            ("pruned_failures", "2.0"), ("pruned_evaluations", "50"), ("pruned_committed", "7")])
+    db = Database(path, SCHEMAS)
+    assert db.migrate(MIGRATIONS) == [11]
+    assert counts.running_totals(db) == {
+        "sent_instances": 106, "sent_bytes": 310, "failures": 3, "evaluations": 53,
+        "matches": 1, "quarantined": 1, "target_PACS_instances": 105, "target_PACS_failures": 1,
+        "target_ARCHIVE_instances": 1}
+    with db.transaction() as connection:
+        counts.count_transfer(connection, "ARCHIVE", "success", 4, 40)
+    assert counts.running_totals(db)["target_ARCHIVE_instances"] == 5

@@ -43,8 +43,10 @@ rules:
     match: {calling_aet: TPS}
     actions: [{forward: [PACS]}]
 """
-# Tables that hold settings or one row per destination, worker or key, never history.
-BOUNDED = {"meta", "sqlite_sequence", "sent_ledger_meta", "leases", "worker_heartbeats"}
+# Tables that hold settings or one row per destination, worker or key, never history; and
+# approvals, a row per request a person answers (thousands a year, counted by the metrics).
+BOUNDED = {"meta", "sqlite_sequence", "sent_ledger_meta", "leases", "worker_heartbeats",
+           "approvals"}
 # A scan through a partial index reads only the rows it holds (tables.py says which few).
 PARTIAL_INDEXES = {"study_progress_unseen"}
 WRITES_OR_READS = re.compile(r"^\s*(SELECT|UPDATE|DELETE|INSERT|WITH|REPLACE)\b", re.IGNORECASE)
@@ -143,6 +145,27 @@ def test_a_burst_with_forwards_and_a_stable_study_reads_no_table_whole(
     assert site.rows("SELECT * FROM arrival_decisions") == []
     assert len(ran) > 100
     assert full_scans(ran) == {}
+
+
+def test_reading_the_metrics_reads_no_table_whole_but_the_finished_jobs_once_a_minute(
+        tmp_path: Path, statements: list[tuple[str, str]]) -> None:
+    """The metrics are read every 2 s (in_orthanc/supervisor/metrics.py): running totals, not
+    sums over the audit; only the gauge of finished jobs counts its rows, once a minute."""
+    orthanc = FakeOrthanc({"ARCHIVE": "ARCHIVE_AE", "PACS": "PACS_AE"})
+    site = build_site(tmp_path, RULES, orthanc)
+    rtset = make_rt_set("P-METRICS", n_slices=2)
+    ids = [orthanc.receive(ds, calling_aet="TPS") for ds in rtset.all()]
+    site.note_stored(*ids)
+    site.take_in()
+    site.run_queue()
+    statements.clear()
+    first = site.gateway.metrics_snapshot()
+    assert set(full_scans(list(statements))) == {
+        "SELECT state, COUNT(*) AS n FROM jobs GROUP BY state"}
+    statements.clear()
+    again = site.gateway.metrics_snapshot()
+    assert full_scans(list(statements)) == {}
+    assert again == first and first["rtgw_instances_sent_total"] > 0
 
 
 def test_the_check_finds_a_scan_when_an_index_is_missing(
