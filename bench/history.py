@@ -15,7 +15,10 @@ with the indexes that serve it dropped (what it cost before them), median of --c
 - queue_gauges: after each settled claim, at most once a second, the live jobs by state
   (JobQueue.live_state_counts against the count of every state it replaced).
 - metrics: every 2 s, the Prometheus counters (audit/counts.running_totals, a few meta rows,
-  against the sums over transfers and evaluations it replaced).
+  against the sums over transfers and evaluations it replaced);
+- queue_badge: every 10 s on every open page, the parked badge (GET queue?view=parked&per_page=1
+  &counts=live, against the same page with every state counted and the targets read DISTINCT
+  from every job, as before).
 The baseline of each ratio is the same read on an empty database, in the same run.
 """
 
@@ -42,13 +45,14 @@ from orthanc_plugin.jobs import arrival_store, intake_store
 from orthanc_plugin.jobs.arrival_store import SCHEMA as ARRIVAL_SCHEMA
 from orthanc_plugin.jobs.own_output import SCHEMA as OWN_OUTPUT_SCHEMA
 from orthanc_plugin.jobs.tables import SCHEMA as JOBS_SCHEMA
+from orthanc_plugin.plans.queue_view import queue_page
 
 SCHEMAS = [META_SCHEMA, AUDIT_SCHEMA, JOBS_SCHEMA, OWN_OUTPUT_SCHEMA, ARRIVAL_SCHEMA,
            *capabilities.extra_schemas()]
 # The indexes each read is served by; dropped for the "without" measurement.
 INDEXES = {"complete": ("transfers_job", "audit_events_job"),
            "unseen_studies": ("study_progress_unseen",),
-           "queue_gauges": (), "metrics": ()}
+           "queue_gauges": (), "metrics": (), "queue_badge": ()}
 STUDIES_PER_ROW = 0.05      # a study per 20 rows: a CT series and its RT objects
 BATCH = 10_000
 
@@ -113,7 +117,14 @@ def reads(db: Database, job_id: int) -> dict[str, Callable[[], Any]]:
     return {"complete": complete,
             "unseen_studies": lambda: intake_store.studies_with_new_instances(db),
             "queue_gauges": queue_gauges,
-            "metrics": lambda: counts.running_totals(db)}
+            "metrics": lambda: counts.running_totals(db),
+            "queue_badge": lambda: queue_page(db, "parked", "", 1, 1, "live")}
+
+
+def badge_as_before(db: Database) -> None:
+    """The badge's reads before: the page, every state counted, every job's target."""
+    queue_page(db, "parked", "", 1, 1, "all")
+    db.query("SELECT DISTINCT target FROM jobs ORDER BY target LIMIT 200")
 
 
 def sum_the_tables(db: Database) -> None:
@@ -137,6 +148,7 @@ def measure(db: Database, job_id: int, calls: int) -> dict[str, dict[str, float]
     without = {name: median_ms(read, calls) for name, read in reads(db, job_id).items()}
     without["queue_gauges"] = median_ms(lambda: count_every_state(db), calls)
     without["metrics"] = median_ms(lambda: sum_the_tables(db), calls)
+    without["queue_badge"] = median_ms(lambda: badge_as_before(db), calls)
     return {"indexed": indexed, "without": without}
 
 

@@ -37,6 +37,8 @@ CREATE INDEX IF NOT EXISTS jobs_rule_target ON jobs(rule, target);
 -- The page's worklist and queue find a plan's and a study's jobs by these.
 CREATE INDEX IF NOT EXISTS jobs_resource ON jobs(resource_id);
 CREATE INDEX IF NOT EXISTS jobs_study ON jobs(study_uid);
+-- The queue page's list of targets, found a target at a time (plans/store.py: job_targets).
+CREATE INDEX IF NOT EXISTS jobs_target ON jobs(target);
 
 -- An instance is assigned once per (rule, target): replaying a study never sends it twice,
 -- and a study that grows after it was sent is sent again only for what is new.

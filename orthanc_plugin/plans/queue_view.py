@@ -21,16 +21,26 @@ VIEWS = {"active": (JobState.PENDING, JobState.RUNNING), "held": (JobState.HELD,
 PER_PAGE_MAX = 200
 
 
-def queue_page(db: StateDatabase, view: str, target: str, page: int, per_page: int) -> dict[str, Any]:
+# The states still being worked on or waiting for someone: few, whatever the table's history.
+LIVE_STATES = (JobState.PENDING, JobState.RUNNING, JobState.HELD, JobState.DEAD)
+COUNTS = ("all", "live")
+
+
+def queue_page(db: StateDatabase, view: str, target: str, page: int, per_page: int,
+               counts_of: str = "all") -> dict[str, Any]:
+    """`counts_of` "live": the counts of the live states only (the page's badge, refreshed on
+    every tab), without counting the finished jobs that make most of the table."""
     if view not in VIEWS:
         raise ApiError(400, f"view: expected one of {', '.join(VIEWS)}")
+    if counts_of not in COUNTS:
+        raise ApiError(400, f"counts: expected one of {', '.join(COUNTS)}")
     states = VIEWS[view]
     total = store.count_jobs(db, states, target)
     # Waiting work in the order it will go; finished work newest first.
     rows = store.jobs_page(db, states, target, oldest_first=view == "active", limit=per_page,
                            offset=(page - 1) * per_page)
-    counts = {STATE_WORDS.get(state, state): n
-              for state, n in store.jobs_by_state(db).items()}
+    counts = {STATE_WORDS.get(state, state): n for state, n in store.jobs_by_state(
+        db, LIVE_STATES if counts_of == "live" else None).items()}
     targets = store.job_targets(db)
     parked_targets = store.job_targets(db, JobState.DEAD)
     return {"total": total, "page": page, "per_page": per_page,

@@ -143,7 +143,8 @@ def add_routes(ctx: CapabilityContext) -> None:
         target = (request.query.get("target") or "")[:64]
         page = request.int_param("page", 1, minimum=1, maximum=1_000_000)
         per_page = max(1, request.int_param("per_page", 50, minimum=1, maximum=PER_PAGE_MAX))
-        return json_response(queue_page(ctx.db, view, target, page, per_page))
+        return json_response(queue_page(ctx.db, view, target, page, per_page,
+                                        request.query.get("counts") or "all"))
 
     ctx.router.add("GET", "worklist", worklist)
     ctx.router.add("GET", "queue", queue)

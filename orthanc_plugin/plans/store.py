@@ -635,15 +635,29 @@ def jobs_page(db: StateDatabase, states: Sequence[str], target: str, *, oldest_f
                 [*values, limit, offset])]
 
 
-def jobs_by_state(db: StateDatabase) -> dict[str, int]:
+def jobs_by_state(db: StateDatabase, states: Sequence[str] | None = None) -> dict[str, int]:
+    """How many jobs are in each state (in each of `states` only, when given: read through the
+    index by state, as cheap as those jobs are few however many finished ones the table keeps)."""
+    if states is None:
+        return {row["state"]: int(row["n"]) for row in db.query(
+            "SELECT state, COUNT(*) AS n FROM jobs GROUP BY state")}
     return {row["state"]: int(row["n"]) for row in db.query(
-        "SELECT state, COUNT(*) AS n FROM jobs GROUP BY state")}
+        f"SELECT state, COUNT(*) AS n FROM jobs WHERE state IN ({_marks(states)}) GROUP BY state",
+        tuple(states))}
 
 
 def job_targets(db: StateDatabase, state: str | None = None, most: int = 200) -> list[str]:
-    """The targets of the jobs (of those in `state` when given), by name."""
+    """The targets of the jobs (of those in `state` when given), by name.
+
+    Every job's target: one index seek per target (the loose index scan both engines run from
+    this recursive query) instead of reading the index of every job, which the queue page did
+    at each refresh (240 ms at a million jobs)."""
     if state is None:
-        rows = db.query("SELECT DISTINCT target FROM jobs ORDER BY target LIMIT ?", (most,))
+        rows = db.query(
+            "WITH RECURSIVE found(target) AS (SELECT MIN(target) FROM jobs UNION ALL "
+            "SELECT (SELECT MIN(j.target) FROM jobs j WHERE j.target > found.target) FROM found "
+            "WHERE found.target IS NOT NULL) "
+            "SELECT target FROM found WHERE target IS NOT NULL LIMIT ?", (most,))
     else:
         rows = db.query("SELECT DISTINCT target FROM jobs WHERE state=? ORDER BY target LIMIT ?",
                         (state, most))

@@ -1046,7 +1046,7 @@ async function echo(name) {
 // The parked count on the Queue tab, whatever tab is open (a parked job needs someone).
 async function refreshBadges() {
   try {
-    const answer = await call("queue?view=parked&per_page=1");
+    const answer = await call("queue?view=parked&per_page=1&counts=live");
     $("#queue-badge").textContent = answer.counts.parked ? `${answer.counts.parked} parked` : "";
     const approvals = await call("approvals?state=waiting&limit=1");
     $("#approvals-badge").textContent = approvals.total ? `${approvals.total} waiting` : "";
