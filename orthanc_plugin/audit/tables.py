@@ -64,6 +64,10 @@ CREATE TABLE IF NOT EXISTS quarantine(
 MIGRATIONS = (
     Migration(3, "transfers: which worker wrote the row, its transaction-log line written",
               {"transfers": {"writer": "TEXT", "logged": "INTEGER NOT NULL DEFAULT 1"}}),
-    Migration(11, "the Prometheus counters' running totals, started from the tables",
+    # Rows whose log line is not written yet, found at a start or a worker's crash (recorder.py);
+    # a step, not the schema: a database older than version 3 has no `logged` column before it.
+    Migration(11, "the Prometheus counters' running totals, started from the tables; transfers "
+              "indexed by whether their log line is written",
+              statements=("CREATE INDEX IF NOT EXISTS transfers_logged ON transfers(logged)",),
               moves=start_running_totals),
 )

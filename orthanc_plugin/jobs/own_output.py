@@ -19,6 +19,8 @@ SCHEMA = """
 CREATE TABLE IF NOT EXISTS own_output(
     instance_id TEXT PRIMARY KEY, made_by TEXT NOT NULL, at TEXT NOT NULL
 );
+-- Retention's oldest rows (retention_store.delete_own_outputs_before).
+CREATE INDEX IF NOT EXISTS own_output_at ON own_output(at);
 """
 GATEWAY_SOURCE = "GATEWAY"
 

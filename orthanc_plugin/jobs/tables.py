@@ -39,6 +39,8 @@ CREATE INDEX IF NOT EXISTS jobs_resource ON jobs(resource_id);
 CREATE INDEX IF NOT EXISTS jobs_study ON jobs(study_uid);
 -- The queue page's list of targets, found a target at a time (plans/store.py: job_targets).
 CREATE INDEX IF NOT EXISTS jobs_target ON jobs(target);
+-- Retention's finished jobs, oldest first (retention_store.done_jobs_before).
+CREATE INDEX IF NOT EXISTS jobs_finished ON jobs(state, updated_at);
 
 -- An instance is assigned once per (rule, target): replaying a study never sends it twice,
 -- and a study that grows after it was sent is sent again only for what is new.
@@ -68,6 +70,8 @@ CREATE TABLE IF NOT EXISTS study_progress(
     stable_signalled INTEGER NOT NULL DEFAULT 0,
     ready_seq INTEGER NOT NULL DEFAULT 0          -- the highest received.seq described in it
 );
+-- Retention's quiet studies (retention_store.delete_quiet_studies_before).
+CREATE INDEX IF NOT EXISTS study_progress_quiet ON study_progress(last_received_at);
 """
 
 # Only the studies whose stable-study rules have instances to see: a handful, however many

@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import re
 import sqlite3
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -218,3 +219,29 @@ def test_the_pages_refreshes_read_no_table_whole_but_the_queue_tabs_counts(
     tab_scans, tab = refresh({"view": "active", "per_page": "25"})
     assert set(tab_scans) == {"SELECT state, COUNT(*) AS n FROM jobs GROUP BY state"}
     assert tab["counts"]["done"] == len(site.jobs()) and tab["targets"] == badge["targets"]
+
+
+def test_a_retention_round_and_a_starts_recovery_read_no_table_whole(
+        tmp_path: Path, statements: list[tuple[str, str]]) -> None:
+    """Retention runs every hour; most rounds find nothing old enough, and reading every row to
+    find that grew with the table (and with a backlog, once per batch of 500). A start, or a
+    worker's crash, looks for transfer rows whose log line was not written."""
+    orthanc = FakeOrthanc({"ARCHIVE": "ARCHIVE_AE", "PACS": "PACS_AE"})
+    site = build_site(tmp_path, RULES, orthanc)
+    rtset = make_rt_set("P-OLD", n_slices=2)
+    ids = [orthanc.receive(ds, calling_aet="TPS") for ds in rtset.all()]
+    site.note_stored(*ids)
+    site.take_in()
+    site.run_queue()
+    jobs = len(site.jobs())
+    statements.clear()
+    nothing_old = site.gateway.retention.prune(now=time.time())
+    site.restart_workers()
+    everything_old = site.gateway.retention.prune(now=time.time() + 365 * 86400)
+    ran = list(statements)
+
+    assert not any(nothing_old.values())
+    assert everything_old["jobs"] == jobs >= len(ids)
+    assert min(everything_old[kind] for kind in ("transfers", "evaluations")) > 0
+    assert site.rows("SELECT 1 FROM jobs") == site.rows("SELECT 1 FROM transfers") == []
+    assert full_scans(ran) == {}
