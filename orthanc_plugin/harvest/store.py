@@ -421,12 +421,14 @@ class HarvestStore:
         after a step of that patient, and none is left), so the lease loop hands them back to
         the work loop. This node's own claims are renewed, never orphaned."""
         now = time.time() if now is None else now
+        # Sorted here: ORDER BY id would have SQLite read every item in id order instead of the
+        # few through the index of ZIP claims (harvest/tables.py, migration 12).
         rows = self.db.query(
             "SELECT harvest_id, id FROM harvest_items WHERE level='patient' AND "
-            "zip_claimed_by IS NOT NULL AND zip_lease_until < ? ORDER BY id", (now,))
+            "zip_claimed_by IS NOT NULL AND zip_lease_until < ?", (now,))
         mine = self._zip_claims()
-        return [(int(row["harvest_id"]), int(row["id"])) for row in rows
-                if int(row["id"]) not in mine]
+        return sorted(((int(row["harvest_id"]), int(row["id"])) for row in rows
+                       if int(row["id"]) not in mine), key=lambda orphan: orphan[1])
 
     def _zip_claims(self) -> dict[int, str]:
         with self._held_lock:

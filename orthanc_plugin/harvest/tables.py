@@ -99,4 +99,9 @@ MIGRATIONS = (
         "harvest_items": {"claimed_by": "TEXT", "lease_until": "REAL",
                           "fence": "INTEGER NOT NULL DEFAULT 0", "zip_claimed_by": "TEXT",
                           "zip_lease_until": "REAL"}}),
+    # The lease loop's search for ZIP claims nobody renews (store.orphaned_zips), every round:
+    # through the few rows a ZIP is being built for, not every item of every harvest.
+    Migration(12, "harvest items: ZIP claims indexed", statements=(
+        "CREATE INDEX IF NOT EXISTS harvest_items_zip_claims ON harvest_items(zip_lease_until) "
+        "WHERE zip_claimed_by IS NOT NULL",)),
 )

@@ -22,9 +22,12 @@ from typing import Any
 
 import pytest
 
+from orthanc_plugin.db import Database
+from orthanc_plugin.harvest.store import HarvestStore
 from tests.support.fake_orthanc import FakeOrthanc
 from tests.support.gateway_site import build_site
 from tests.support.rtset import make_rt_set
+from tests.unit.test_migrations import MIGRATIONS, SCHEMAS
 
 RULES = """
 rules:
@@ -245,3 +248,14 @@ def test_a_retention_round_and_a_starts_recovery_read_no_table_whole(
     assert min(everything_old[kind] for kind in ("transfers", "evaluations")) > 0
     assert site.rows("SELECT 1 FROM jobs") == site.rows("SELECT 1 FROM transfers") == []
     assert full_scans(ran) == {}
+
+
+def test_the_harvest_lease_rounds_search_for_orphaned_zips_reads_no_table_whole(
+        tmp_path: Path, statements: list[tuple[str, str]]) -> None:
+    """Every lease round asks which ZIP claims ran out; a harvest has an item per series."""
+    db = Database(tmp_path / "gateway.sqlite", SCHEMAS)
+    db.migrate(MIGRATIONS)
+    store = HarvestStore(db, "node-a/1-1:1")
+    statements.clear()
+    assert store.orphaned_zips() == []
+    assert statements and full_scans(list(statements)) == {}
