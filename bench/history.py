@@ -16,6 +16,9 @@ with the indexes that serve it dropped (what it cost before them), median of --c
   (JobQueue.live_state_counts against the count of every state it replaced).
 - metrics: every 2 s, the Prometheus counters (audit/counts.running_totals, a few meta rows,
   against the sums over transfers and evaluations it replaced);
+- commitment: every 2 s with storage commitment, the instances waiting for it or refused it
+  (forwarding/store.commit_state_counts through the index by state, against every committed
+  instance counted by state, as before);
 - queue_badge: every 10 s on every open page, the parked badge (GET queue?view=parked&per_page=1
   &counts=live, against the same page with every state counted and the targets read DISTINCT
   from every job, as before).
@@ -41,6 +44,7 @@ from orthanc_plugin.app import all_migrations
 from orthanc_plugin.audit import counts
 from orthanc_plugin.audit.tables import SCHEMA as AUDIT_SCHEMA
 from orthanc_plugin.db import META_SCHEMA, Database, check_migrations
+from orthanc_plugin.forwarding import store as forwarding_store
 from orthanc_plugin.jobs import arrival_store, intake_store
 from orthanc_plugin.jobs.arrival_store import SCHEMA as ARRIVAL_SCHEMA
 from orthanc_plugin.jobs.own_output import SCHEMA as OWN_OUTPUT_SCHEMA
@@ -52,7 +56,7 @@ SCHEMAS = [META_SCHEMA, AUDIT_SCHEMA, JOBS_SCHEMA, OWN_OUTPUT_SCHEMA, ARRIVAL_SC
 # The indexes each read is served by; dropped for the "without" measurement.
 INDEXES = {"complete": ("transfers_job", "audit_events_job"),
            "unseen_studies": ("study_progress_unseen",),
-           "queue_gauges": (), "metrics": (), "queue_badge": ()}
+           "queue_gauges": (), "metrics": (), "commitment": (), "queue_badge": ()}
 STUDIES_PER_ROW = 0.05      # a study per 20 rows: a CT series and its RT objects
 BATCH = 10_000
 
@@ -78,6 +82,9 @@ def database(folder: Path, rows: int) -> Database:
             connection.executemany(
                 "INSERT INTO audit_events(at, event, status, patient_id, study_uid, job_id)"
                 " VALUES('t', 'forward-sent', 'ok', 'P', 'S', ?)", [(i,) for i in ids])
+            connection.executemany(
+                "INSERT INTO forward_items(job_id, instance_id, commit_state) "
+                "VALUES(?, ?, 'committed')", [(i, f"i{i}") for i in ids])
             connection.executemany(
                 "INSERT INTO evaluations(at, trigger, level, resource_id, rule, matched,"
                 " new_instances) VALUES('t', 'instance', 'instance', ?, 'r', 1, 1)",
@@ -118,6 +125,7 @@ def reads(db: Database, job_id: int) -> dict[str, Callable[[], Any]]:
             "unseen_studies": lambda: intake_store.studies_with_new_instances(db),
             "queue_gauges": queue_gauges,
             "metrics": lambda: counts.running_totals(db),
+            "commitment": lambda: forwarding_store.commit_state_counts(db),
             "queue_badge": lambda: queue_page(db, "parked", "", 1, 1, "live")}
 
 
@@ -148,6 +156,9 @@ def measure(db: Database, job_id: int, calls: int) -> dict[str, dict[str, float]
     without = {name: median_ms(read, calls) for name, read in reads(db, job_id).items()}
     without["queue_gauges"] = median_ms(lambda: count_every_state(db), calls)
     without["metrics"] = median_ms(lambda: sum_the_tables(db), calls)
+    without["commitment"] = median_ms(lambda: db.query(
+        "SELECT commit_state, COUNT(*) AS n FROM forward_items WHERE commit_state IS NOT NULL "
+        "GROUP BY commit_state"), calls)
     without["queue_badge"] = median_ms(lambda: badge_as_before(db), calls)
     return {"indexed": indexed, "without": without}
 

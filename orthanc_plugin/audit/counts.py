@@ -17,7 +17,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from orthanc_plugin.db_engine import DbConnection, StateDatabase
-from orthanc_plugin.retention_store import add_to_meta_totals
+from orthanc_plugin.retention_store import add_to_meta_totals, has_table
 
 TOTAL_PREFIX = "total_"
 # retention.PRUNED_PREFIX, spelled here so that the store needs nothing of the retention loop.
@@ -94,9 +94,15 @@ def count_quarantined(connection: DbConnection) -> None:
     add_to_meta_totals(connection, {TOTAL_PREFIX + "quarantined": 1})
 
 
+def count_committed(connection: DbConnection, instances: int) -> None:
+    """Instances the receiver committed (storage commitment) in this transaction."""
+    if instances:
+        add_to_meta_totals(connection, {TOTAL_PREFIX + "committed": instances})
+
+
 def running_totals(db: StateDatabase) -> dict[str, float]:
     """The running totals by name (without the prefix): sent_instances, sent_bytes, failures,
-    target_<T>_instances, target_<T>_failures, evaluations, matches, quarantined."""
+    target_<T>_instances, target_<T>_failures, evaluations, matches, quarantined, committed."""
     return meta_with_prefix(db, TOTAL_PREFIX)
 
 
@@ -119,6 +125,10 @@ def start_running_totals(connection: DbConnection) -> None:
     for row in transfers:
         totals[f"target_{row['target']}_instances"] = int(row["n"])
         totals[f"target_{row['target']}_failures"] = int(row["f"])
+    if has_table(connection, "forward_items"):    # forwarding's own table (storage commitment)
+        totals["committed"] = int(connection.execute(
+            "SELECT COUNT(*) AS n FROM forward_items WHERE commit_state='committed'"
+        ).fetchall()[0]["n"])
     pruned = connection.execute("SELECT key, value FROM meta WHERE key LIKE ?",
                                 (PRUNED_PREFIX + "%",)).fetchall()
     for row in pruned:

@@ -24,13 +24,13 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from orthanc_plugin.audit.counts import running_totals
 from orthanc_plugin.audit.recorder import AuditRecorder
 from orthanc_plugin.config import SECTION, ConfigError
 from orthanc_plugin.db import durable_write
 from orthanc_plugin.db_engine import StateDatabase
 from orthanc_plugin.forwarding import store
 from orthanc_plugin.forwarding.store import (
-    COMMITTED,
     DUE,
     FAILED,
     REQUESTED,
@@ -41,7 +41,6 @@ from orthanc_plugin.forwarding.store import (
 from orthanc_plugin.forwarding.verify import InstanceKeys
 from orthanc_plugin.periodic import PeriodicLoop
 from orthanc_plugin.ports import Host, HostError
-from orthanc_plugin.retention import pruned_total
 
 FAILURES_NAMED_IN_AUDIT = 5
 # After a refused request the target is asked again this much later, not every round: a node
@@ -263,7 +262,6 @@ def commitment_gauges(db: StateDatabase) -> dict[str, float]:
     growing waiting count). Committed is a counter: retention carries the committed items of the
     finished jobs it removes, so it never goes down (a rate() over it stays true)."""
     counts = store.commit_state_counts(db)
-    return {"rtgw_instances_committed_total": counts.get(COMMITTED, 0)
-            + pruned_total(db, "committed"),
+    return {"rtgw_instances_committed_total": running_totals(db).get("committed", 0),
             "rtgw_instances_commit_waiting": counts.get(DUE, 0) + counts.get(REQUESTED, 0),
             "rtgw_instances_not_committed": counts.get(FAILED, 0)}

@@ -14,6 +14,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
+from orthanc_plugin.audit import counts
 from orthanc_plugin.db_engine import DbConnection, StateDatabase
 from orthanc_plugin.jobs.queue import ClaimedItem
 from orthanc_plugin.jobs.records import Job
@@ -178,10 +179,14 @@ def requested_items(db: StateDatabase, transaction: str) -> list[ItemKey]:
 
 
 def record_committed(db: StateDatabase, transaction: str, items: Sequence[ItemKey]) -> None:
+    """The instances the receiver committed, and the running total of committed instances
+    (audit/counts.py) with those not committed before (a report can come twice)."""
     with db.transaction() as connection:
-        connection.executemany(
-            "UPDATE forward_items SET commit_state=? WHERE job_id=? AND instance_id=?",
-            [(COMMITTED, job_id, instance_id) for job_id, instance_id in items])
+        newly = sum(connection.execute(
+            "UPDATE forward_items SET commit_state=? WHERE job_id=? AND instance_id=? "
+            "AND (commit_state IS NULL OR commit_state <> ?)",
+            (COMMITTED, job_id, instance_id, COMMITTED)).rowcount for job_id, instance_id in items)
+        counts.count_committed(connection, newly)
         connection.execute(
             "UPDATE commit_requests SET state='done' WHERE transaction_uid=?", (transaction,))
 
@@ -218,9 +223,12 @@ def record_not_committed(db: StateDatabase, items: Sequence[ItemKey], reason: st
 
 
 def commit_state_counts(db: StateDatabase) -> dict[str, int]:
+    """Instances waiting for the receiver's commitment (due, requested) or refused it (failed),
+    by state: read through the index of commitment states, past none of the committed ones, which
+    are most rows and are counted as they commit (audit/counts.py)."""
     return {str(row["commit_state"]): int(row["n"]) for row in db.query(
-        "SELECT commit_state, COUNT(*) AS n FROM forward_items WHERE commit_state IS NOT NULL "
-        "GROUP BY commit_state")}
+        "SELECT commit_state, COUNT(*) AS n FROM forward_items WHERE commit_state IN (?, ?, ?) "
+        "GROUP BY commit_state", (DUE, REQUESTED, FAILED))}
 
 
 def job_commitment(db: StateDatabase, job_id: int) -> dict[str, Any]:

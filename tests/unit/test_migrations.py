@@ -181,6 +181,9 @@ def test_version_11_starts_the_running_totals_from_the_tables_and_what_was_prune
             " new_instances) VALUES('t', 'instance', 'instance', 'i', 'r', ?, ?)",
             [(1, 1), (1, 0), (0, 0)])
         connection.execute("INSERT INTO quarantine(at, reason) VALUES('t', 'unreadable')")
+        connection.executemany(
+            "INSERT INTO forward_items(job_id, instance_id, commit_state) VALUES(1, ?, ?)",
+            [("i1", "committed"), ("i2", "due")])
         connection.executemany("INSERT INTO meta(key, value) VALUES(?, ?)", [
             ("pruned_sent_instances", "100"), ("pruned_target_PACS_instances", "100"),
             ("pruned_failures", "2.0"), ("pruned_evaluations", "50"), ("pruned_committed", "7")])
@@ -189,7 +192,7 @@ def test_version_11_starts_the_running_totals_from_the_tables_and_what_was_prune
     assert counts.running_totals(db) == {
         "sent_instances": 106, "sent_bytes": 310, "failures": 3, "evaluations": 53,
         "matches": 1, "quarantined": 1, "target_PACS_instances": 105, "target_PACS_failures": 1,
-        "target_ARCHIVE_instances": 1}
+        "target_ARCHIVE_instances": 1, "committed": 8}
     with db.transaction() as connection:
         counts.count_transfer(connection, "ARCHIVE", "success", 4, 40)
     assert counts.running_totals(db)["target_ARCHIVE_instances"] == 5

@@ -160,9 +160,11 @@ def test_a_burst_with_forwards_and_a_stable_study_reads_no_table_whole(
 def test_reading_the_metrics_reads_no_table_whole_but_the_finished_jobs_once_a_minute(
         tmp_path: Path, statements: list[tuple[str, str]]) -> None:
     """The metrics are read every 2 s (in_orthanc/supervisor/metrics.py): running totals, not
-    sums over the audit; only the gauge of finished jobs counts its rows, once a minute."""
+    sums over the audit; only the gauge of finished jobs counts its rows, once a minute. With
+    storage commitment, the instances waiting for it are counted, not every committed one."""
     orthanc = FakeOrthanc({"ARCHIVE": "ARCHIVE_AE", "PACS": "PACS_AE"})
-    site = build_site(tmp_path, RULES, orthanc)
+    site = build_site(tmp_path, RULES, orthanc,
+                      {"Forwarding": {"StorageCommitment": {"Modalities": ["ARCHIVE"]}}})
     rtset = make_rt_set("P-METRICS", n_slices=2)
     ids = [orthanc.receive(ds, calling_aet="TPS") for ds in rtset.all()]
     site.note_stored(*ids)
@@ -176,6 +178,7 @@ def test_reading_the_metrics_reads_no_table_whole_but_the_finished_jobs_once_a_m
     again = site.gateway.metrics_snapshot()
     assert full_scans(list(statements)) == {}
     assert again == first and first["rtgw_instances_sent_total"] > 0
+    assert first["rtgw_instances_commit_waiting"] == len(ids)
 
 
 def test_the_check_finds_a_scan_when_an_index_is_missing(
