@@ -108,7 +108,10 @@ def running_totals(db: StateDatabase) -> dict[str, float]:
 
 def start_running_totals(connection: DbConnection) -> None:
     """Migration 11: the running totals of a database written before they existed, from what its
-    tables hold and what retention pruned from them. A new database has nothing to count."""
+    tables hold and what retention pruned from them. A new database has nothing to count (nor a
+    database made with some parts' tables only, the tests': its totals start at nothing)."""
+    if not all(has_table(connection, name) for name in ("transfers", "evaluations", "quarantine")):
+        return
     transfers = connection.execute(
         "SELECT target, COALESCE(SUM(instances),0) AS n, COALESCE(SUM(bytes),0) AS b, "
         f"COALESCE(SUM({FAILED}),0) AS f FROM transfers GROUP BY target").fetchall()

@@ -1,6 +1,8 @@
 """The durable queue: a job per (rule, resource, target), its instances, and the changes cursor."""
 
 from orthanc_plugin.db import Migration
+from orthanc_plugin.db_engine import DbConnection
+from orthanc_plugin.retention_store import has_table
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS jobs(
@@ -79,6 +81,19 @@ CREATE INDEX IF NOT EXISTS study_progress_quiet ON study_progress(last_received_
 UNSEEN_STUDIES_INDEX = ("CREATE INDEX IF NOT EXISTS study_progress_unseen ON study_progress(ready_seq) "
                         "WHERE ready_seq > stable_done_seq")
 
+def start_ready_seq(connection: DbConnection) -> None:
+    """Migration 10: each study's last described instance, from the intake's rows, and the index
+    of studies with instances their stable-study rules have not seen (where both tables are: a
+    database made with some parts' tables only, the tests', may lack the intake's)."""
+    if not has_table(connection, "study_progress"):
+        return
+    connection.execute(UNSEEN_STUDIES_INDEX)
+    if has_table(connection, "received"):
+        connection.execute(
+            "UPDATE study_progress SET ready_seq = COALESCE((SELECT MAX(r.seq) FROM received r "
+            "WHERE r.study_id = study_progress.study_id AND r.state = 'ready'), 0)")
+
+
 # The queue's steps since the first release (db.Migration; the gateway runs every part's in
 # version order at start).
 MIGRATIONS = (
@@ -100,7 +115,5 @@ MIGRATIONS = (
     # without this, that read probed every study ever received (bench/history.py).
     Migration(10, "study progress: the last instance described, studies not yet seen indexed",
               {"study_progress": {"ready_seq": "INTEGER NOT NULL DEFAULT 0"}},
-              (UNSEEN_STUDIES_INDEX,
-               "UPDATE study_progress SET ready_seq = COALESCE((SELECT MAX(r.seq) FROM received r "
-               "WHERE r.study_id = study_progress.study_id AND r.state = 'ready'), 0)")),
+              moves=start_ready_seq),
 )
