@@ -68,6 +68,5 @@ MIGRATIONS = (
     # a step, not the schema: a database older than version 3 has no `logged` column before it.
     Migration(11, "the Prometheus counters' running totals, started from the tables; transfers "
               "indexed by whether their log line is written",
-              statements=("CREATE INDEX IF NOT EXISTS transfers_logged ON transfers(logged)",),
               moves=start_running_totals),
 )

@@ -45,6 +45,9 @@ DESCRIBE_AFTER_NOTES_PAUSE_SECONDS = 0.3
 # ... or the oldest waiting instance has waited this long, so a burst that never ends (a busy
 # site, a harvest) delays stable-study and plan rules by at most this much, never starves them.
 DESCRIBE_AT_MOST_AFTER_SECONDS = 2.0
+# How often studies whose unseen instances were all deleted leave the index of unseen studies
+# (intake_store.settle_studies_seen_whole): a write, so not at every pass.
+SETTLE_SEEN_WHOLE_SECONDS = 60.0
 
 
 class Intake:
@@ -79,6 +82,7 @@ class Intake:
         self._last_note = float("-inf")
         self._describe_waiting_since: float | None = None
         self._catching_up = False
+        self._seen_whole_settled_at = float("-inf")
         self.arrival = ArrivalDecider(queue, registry, recorder, rules)
         # Capabilities that store instances themselves on behalf of an outside source (the import
         # folder) name it here: instance ID -> source, or None when the instance is not theirs.
@@ -399,6 +403,9 @@ class Intake:
 
     def _run_stable_studies(self) -> bool:
         now = time.time()
+        if now - self._seen_whole_settled_at >= SETTLE_SEEN_WHOLE_SECONDS:
+            self._seen_whole_settled_at = now
+            store.settle_studies_seen_whole(self.db)
         rows = store.studies_with_new_instances(self.db)
         queued = False
         for row in rows:

@@ -197,6 +197,18 @@ def studies_with_new_instances(db: StateDatabase) -> list[StudyProgress]:
         "AND r.seq > p.stable_done_seq)")]
 
 
+def settle_studies_seen_whole(db: StateDatabase) -> int:
+    """Studies in the index of unseen ones whose later instances were all deleted or quarantined
+    before their stable-study rules ran: nothing is left for those rules to see, so they leave the
+    index (without this, each stayed in it for good, and every intake pass read it again)."""
+    with db.transaction() as connection:
+        return int(connection.execute(
+            "UPDATE study_progress SET stable_done_seq = ready_seq "
+            "WHERE ready_seq > stable_done_seq AND NOT EXISTS (SELECT 1 FROM received r "
+            "WHERE r.study_id = study_progress.study_id AND r.state='ready' "
+            "AND r.seq > study_progress.stable_done_seq)").rowcount)
+
+
 def study_rows(connection: DbConnection | StateDatabase, study_id: str) -> list[Received]:
     """The study's described instances, in the order they came."""
     rows = connection.execute(

@@ -160,3 +160,27 @@ def test_describing_writes_the_row_and_the_studys_progress(db: StateDatabase) ->
         store.stable_rules_done(connection, "study-1", ready.seq)
     assert store.rows_for_instance_rules(db, 10) == []
     assert store.studies_with_new_instances(db) == []
+
+
+def test_a_study_whose_unseen_instances_were_deleted_leaves_the_index_of_unseen_studies(
+        db: StateDatabase) -> None:
+    """Its last described instance deleted before the stable-study rules ran: the rules see the
+    rest, and nothing is left unseen; the study must not stay among the unseen for good."""
+    first = _insert(db, {**DESCRIBED, "instance_id": "orthanc-a", "state": "new"})
+    second = _insert(db, {**DESCRIBED, "instance_id": "orthanc-b", "state": "new"})
+    with db.transaction() as connection:
+        store.mark_described(connection, first, {"study_id": "study-1"}, 1000.0)
+        store.mark_described(connection, second, {"study_id": "study-1"}, 1000.0)
+        store.mark_instance_gone(connection, "orthanc-b")
+        store.stable_rules_done(connection, "study-1", first)   # what study_rows gave the rules
+    assert store.studies_with_new_instances(db) == []
+    assert store.settle_studies_seen_whole(db) == 1
+    (row,) = db.query("SELECT ready_seq, stable_done_seq FROM study_progress")
+    assert (row["ready_seq"], row["stable_done_seq"]) == (second, second)
+    assert store.settle_studies_seen_whole(db) == 0
+    # A study with an instance its rules have not seen stays.
+    third = _insert(db, {**DESCRIBED, "instance_id": "orthanc-c", "state": "new"})
+    with db.transaction() as connection:
+        store.mark_described(connection, third, {"study_id": "study-1"}, 1001.0)
+    assert store.settle_studies_seen_whole(db) == 0
+    assert [progress.study_id for progress in store.studies_with_new_instances(db)] == ["study-1"]

@@ -24,6 +24,7 @@ import pytest
 
 from orthanc_plugin.db import Database
 from orthanc_plugin.harvest.store import HarvestStore
+from orthanc_plugin.jobs import intake_store
 from tests.support.fake_orthanc import FakeOrthanc
 from tests.support.gateway_site import build_site
 from tests.support.rtset import make_rt_set
@@ -261,4 +262,14 @@ def test_the_harvest_lease_rounds_search_for_orphaned_zips_reads_no_table_whole(
     store = HarvestStore(db, "node-a/1-1:1")
     statements.clear()
     assert store.orphaned_zips() == []
+    assert statements and full_scans(list(statements)) == {}
+
+
+def test_studies_seen_whole_leave_the_index_of_unseen_ones_through_it(
+        tmp_path: Path, statements: list[tuple[str, str]]) -> None:
+    """The intake's minutely settling of studies whose unseen instances were deleted."""
+    db = Database(tmp_path / "gateway.sqlite", SCHEMAS)
+    db.migrate(MIGRATIONS)
+    statements.clear()
+    assert intake_store.settle_studies_seen_whole(db) == 0
     assert statements and full_scans(list(statements)) == {}
