@@ -119,10 +119,14 @@ def original_keys(db: StateDatabase, instance_ids: list[str]) -> dict[str, tuple
     keys: dict[str, tuple[str, str, str, str]] = {}
     for start in range(0, len(instance_ids), QUERY_CHUNK):
         chunk = instance_ids[start:start + QUERY_CHUNK]
+        # The state is tested here, not in SQL: with `state='ready'` there SQLite read every ready
+        # row through the index by state instead of these few by their key.
         rows = db.query(
-            "SELECT instance_id, patient_id, study_uid, series_uid, sop_instance_uid FROM received"
-            f" WHERE state='ready' AND instance_id IN ({','.join('?' * len(chunk))})", tuple(chunk))
+            "SELECT instance_id, patient_id, study_uid, series_uid, sop_instance_uid, state FROM "
+            f"received WHERE instance_id IN ({','.join('?' * len(chunk))})", tuple(chunk))
         for row in rows:
+            if row["state"] != "ready":
+                continue
             keys[row["instance_id"]] = (row["patient_id"] or "", row["study_uid"] or "",
                                         row["series_uid"] or "", row["sop_instance_uid"] or "")
     return keys
