@@ -51,7 +51,7 @@ def health(probes: HealthProbes) -> tuple[int, dict[str, Any]]:
     report: dict[str, Any] = {}
     now = time.time()
     try:
-        counts = JobQueue.jobs_by_state(probes.db)
+        counts = JobQueue.live_jobs_by_state(probes.db)
         oldest = JobQueue.oldest_waiting_epoch(probes.db)
         report["queue"] = {"pending": counts.get(JobState.PENDING, 0),
                            "running": counts.get(JobState.RUNNING, 0),

@@ -489,10 +489,7 @@ class JobQueue:
     def live_state_counts(self) -> dict[str, int]:
         """How many jobs wait, are held, run or are parked: read through the index by state, so
         it stays as cheap as the work at hand when the table holds years of finished jobs."""
-        live = (JobState.PENDING, JobState.HELD, JobState.RUNNING, JobState.DEAD)
-        return {row["state"]: int(row["n"]) for row in self.db.query(
-            f"SELECT state, COUNT(*) AS n FROM jobs WHERE state IN ({','.join('?' * len(live))}) "
-            "GROUP BY state", tuple(live))}
+        return self.live_jobs_by_state(self.db)
 
     def pending_in_other_jobs(self, instance_id: str, except_action: str) -> bool:
         """Whether a waiting or running job of another action still has this instance to do."""
@@ -760,10 +757,14 @@ class JobQueue:
     # -- for /health: plain reads of the file, no queue needed and no waiting out a full disk
     # (state_counts waits; /health must answer, and reports a failed read as unreadable) --------
     @staticmethod
-    def jobs_by_state(db: StateDatabase) -> dict[str, int]:
-        """How many jobs are in each state (a state without jobs is absent)."""
+    def live_jobs_by_state(db: StateDatabase) -> dict[str, int]:
+        """How many jobs wait, are held, run or are parked (a state without jobs is absent):
+        through the index by state, so a monitor polling /health does not count the finished
+        jobs that make most of a table kept for months."""
+        live = (JobState.PENDING, JobState.HELD, JobState.RUNNING, JobState.DEAD)
         return {row["state"]: int(row["n"]) for row in db.query(
-            "SELECT state, COUNT(*) AS n FROM jobs GROUP BY state")}
+            f"SELECT state, COUNT(*) AS n FROM jobs WHERE state IN ({','.join('?' * len(live))})"
+            " GROUP BY state", tuple(live))}
 
     @staticmethod
     def oldest_waiting_epoch(db: StateDatabase) -> float | None:

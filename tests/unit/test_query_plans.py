@@ -239,6 +239,26 @@ def test_the_pages_refreshes_read_no_table_whole_but_the_queue_tabs_counts(
     assert tab["counts"]["done"] == len(site.jobs()) and tab["targets"] == badge["targets"]
 
 
+def test_a_monitors_health_poll_reads_no_table_whole(
+        tmp_path: Path, statements: list[tuple[str, str]]) -> None:
+    """A monitor (or Docker's health check) polls /health all day: it reports the live jobs and
+    the oldest waiting one, and counts none of the finished jobs that make most of the table."""
+    orthanc = FakeOrthanc({"ARCHIVE": "ARCHIVE_AE", "PACS": "PACS_AE"})
+    site = build_site(tmp_path, RULES, orthanc)
+    rtset = make_rt_set("P-HEALTH", n_slices=2)
+    ids = [orthanc.receive(ds, calling_aet="TPS") for ds in rtset.all()]
+    site.note_stored(*ids)
+    site.take_in()
+    site.run_queue()
+    assert any(job["state"] == "done" for job in site.jobs())
+    statements.clear()
+    response = site.gateway.router.dispatch("GET", "/rt-gateway/health", {}, b"")
+    assert [sql for _, sql in statements if "FROM jobs" in sql], "the poll read no jobs"
+    assert full_scans(list(statements)) == {}
+    report = json.loads(response.body)
+    assert report["queue"]["pending"] == 0 and report["queue"]["parked"] == 0
+
+
 def test_a_retention_round_and_a_starts_recovery_read_no_table_whole(
         tmp_path: Path, statements: list[tuple[str, str]]) -> None:
     """Retention runs every hour; most rounds find nothing old enough, and reading every row to
