@@ -17,8 +17,6 @@ CREATE TABLE IF NOT EXISTS received(
 );
 CREATE INDEX IF NOT EXISTS received_state ON received(state, instance_rules_done);
 CREATE INDEX IF NOT EXISTS received_study ON received(study_id);
--- A plan's referenced objects, found by SOP Instance UID (plans/store.stored_by_uid).
-CREATE INDEX IF NOT EXISTS received_sop ON received(sop_instance_uid);
 
 CREATE TABLE IF NOT EXISTS evaluations(
     id INTEGER PRIMARY KEY AUTOINCREMENT,

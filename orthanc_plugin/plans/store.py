@@ -661,7 +661,7 @@ def job_targets(db: StateDatabase, state: str | None = None, most: int = 200) ->
             "WITH RECURSIVE found(target) AS (SELECT MIN(target) FROM jobs UNION ALL "
             "SELECT (SELECT MIN(j.target) FROM jobs j WHERE j.target > found.target) FROM found "
             "WHERE found.target IS NOT NULL) "
-            "SELECT target FROM found WHERE target IS NOT NULL LIMIT ?", (most,))
+            "SELECT target FROM found WHERE target IS NOT NULL ORDER BY target LIMIT ?", (most,))
     else:
         rows = db.query("SELECT DISTINCT target FROM jobs WHERE state=? ORDER BY target LIMIT ?",
                         (state, most))
