@@ -26,7 +26,7 @@ from orthanc_plugin.db import Database
 from orthanc_plugin.harvest.store import HarvestStore
 from orthanc_plugin.jobs import intake_store
 from tests.support.fake_orthanc import FakeOrthanc
-from tests.support.gateway_site import build_site
+from tests.support.gateway_site import GatewaySite, build_site
 from tests.support.rtset import make_rt_set
 from tests.unit.test_migrations import MIGRATIONS, SCHEMAS
 
@@ -133,6 +133,19 @@ def _table_of(planner: sqlite3.Connection, sql: str, name: str) -> str:
     return aliased.group(1) if aliased and aliased.group(1) in tables else name
 
 
+def sent_plan(tmp_path: Path, patient_id: str,
+              settings: dict[str, Any] | None = None) -> tuple[GatewaySite, list[str]]:
+    """A gateway on the fake Orthanc that took in and forwarded one small RT plan."""
+    orthanc = FakeOrthanc({"ARCHIVE": "ARCHIVE_AE", "PACS": "PACS_AE"})
+    site = build_site(tmp_path, RULES, orthanc, settings)
+    rtset = make_rt_set(patient_id, n_slices=2)
+    ids = [orthanc.receive(ds, calling_aet="TPS") for ds in rtset.all()]
+    site.note_stored(*ids)
+    site.take_in()
+    site.run_queue()
+    return site, ids
+
+
 def test_a_burst_with_forwards_and_a_stable_study_reads_no_table_whole(
         tmp_path: Path, statements: list[tuple[str, str]]) -> None:
     orthanc = FakeOrthanc({"ARCHIVE": "ARCHIVE_AE", "PACS": "PACS_AE"})
@@ -174,14 +187,8 @@ def test_reading_the_metrics_reads_no_table_whole_but_the_finished_jobs_once_a_m
     """The metrics are read every 2 s (in_orthanc/supervisor/metrics.py): running totals, not
     sums over the audit; only the gauge of finished jobs counts its rows, once a minute. With
     storage commitment, the instances waiting for it are counted, not every committed one."""
-    orthanc = FakeOrthanc({"ARCHIVE": "ARCHIVE_AE", "PACS": "PACS_AE"})
-    site = build_site(tmp_path, RULES, orthanc,
-                      {"Forwarding": {"StorageCommitment": {"Modalities": ["ARCHIVE"]}}})
-    rtset = make_rt_set("P-METRICS", n_slices=2)
-    ids = [orthanc.receive(ds, calling_aet="TPS") for ds in rtset.all()]
-    site.note_stored(*ids)
-    site.take_in()
-    site.run_queue()
+    site, ids = sent_plan(tmp_path, "P-METRICS",
+                          {"Forwarding": {"StorageCommitment": {"Modalities": ["ARCHIVE"]}}})
     statements.clear()
     first = site.gateway.metrics_snapshot()
     assert set(full_scans(list(statements))) == {
@@ -217,13 +224,7 @@ def test_the_pages_refreshes_read_no_table_whole_but_the_queue_tabs_counts(
     """An open page refreshes on its own all day (web/static/app.js): the parked badge on every
     tab every 10 s, the queue tab every 2 s. The badge counts the live jobs only; the queue tab
     also counts the finished ones for its "Done (n)" (one read of the index by state)."""
-    orthanc = FakeOrthanc({"ARCHIVE": "ARCHIVE_AE", "PACS": "PACS_AE"})
-    site = build_site(tmp_path, RULES, orthanc)
-    rtset = make_rt_set("P-PAGE", n_slices=2)
-    ids = [orthanc.receive(ds, calling_aet="TPS") for ds in rtset.all()]
-    site.note_stored(*ids)
-    site.take_in()
-    site.run_queue()
+    site, _ = sent_plan(tmp_path, "P-PAGE")
 
     def refresh(query: dict[str, str]) -> tuple[dict[str, str], dict[str, object]]:
         statements.clear()
@@ -243,13 +244,7 @@ def test_a_monitors_health_poll_reads_no_table_whole(
         tmp_path: Path, statements: list[tuple[str, str]]) -> None:
     """A monitor (or Docker's health check) polls /health all day: it reports the live jobs and
     the oldest waiting one, and counts none of the finished jobs that make most of the table."""
-    orthanc = FakeOrthanc({"ARCHIVE": "ARCHIVE_AE", "PACS": "PACS_AE"})
-    site = build_site(tmp_path, RULES, orthanc)
-    rtset = make_rt_set("P-HEALTH", n_slices=2)
-    ids = [orthanc.receive(ds, calling_aet="TPS") for ds in rtset.all()]
-    site.note_stored(*ids)
-    site.take_in()
-    site.run_queue()
+    site, _ = sent_plan(tmp_path, "P-HEALTH")
     assert any(job["state"] == "done" for job in site.jobs())
     statements.clear()
     response = site.gateway.router.dispatch("GET", "/rt-gateway/health", {}, b"")
@@ -264,13 +259,7 @@ def test_a_retention_round_and_a_starts_recovery_read_no_table_whole(
     """Retention runs every hour; most rounds find nothing old enough, and reading every row to
     find that grew with the table (and with a backlog, once per batch of 500). A start, or a
     worker's crash, looks for transfer rows whose log line was not written."""
-    orthanc = FakeOrthanc({"ARCHIVE": "ARCHIVE_AE", "PACS": "PACS_AE"})
-    site = build_site(tmp_path, RULES, orthanc)
-    rtset = make_rt_set("P-OLD", n_slices=2)
-    ids = [orthanc.receive(ds, calling_aet="TPS") for ds in rtset.all()]
-    site.note_stored(*ids)
-    site.take_in()
-    site.run_queue()
+    site, ids = sent_plan(tmp_path, "P-OLD")
     jobs = len(site.jobs())
     statements.clear()
     nothing_old = site.gateway.retention.prune(now=time.time())
