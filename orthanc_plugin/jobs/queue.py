@@ -20,7 +20,7 @@ from orthanc_plugin.jobs.lease_store import LEASE_SECONDS, Leases, requeue_or_po
 from orthanc_plugin.jobs.ledger import in_ledger
 from orthanc_plugin.jobs.records import Job
 from orthanc_plugin.jobs.retry import decide
-from orthanc_plugin.jobs.states import FAILED_ITEM_STATES, ItemState, JobState
+from orthanc_plugin.jobs.states import FAILED_ITEM_STATES, LIVE_JOB_STATES, ItemState, JobState
 from orthanc_plugin.rules.priority import AGING_SECONDS_PER_LEVEL, Priority
 
 # A job's rank: its priority plus one level (10) per AGING_SECONDS_PER_LEVEL waited.
@@ -761,10 +761,9 @@ class JobQueue:
         """How many jobs wait, are held, run or are parked (a state without jobs is absent):
         through the index by state, so a monitor polling /health does not count the finished
         jobs that make most of a table kept for months."""
-        live = (JobState.PENDING, JobState.HELD, JobState.RUNNING, JobState.DEAD)
         return {row["state"]: int(row["n"]) for row in db.query(
-            f"SELECT state, COUNT(*) AS n FROM jobs WHERE state IN ({','.join('?' * len(live))})"
-            " GROUP BY state", tuple(live))}
+            "SELECT state, COUNT(*) AS n FROM jobs WHERE state IN "
+            f"({','.join('?' * len(LIVE_JOB_STATES))}) GROUP BY state", LIVE_JOB_STATES)}
 
     @staticmethod
     def oldest_waiting_epoch(db: StateDatabase) -> float | None:

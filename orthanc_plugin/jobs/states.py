@@ -31,3 +31,6 @@ ALL_JOB_STATES = (JobState.PENDING, JobState.HELD, JobState.RUNNING, JobState.DO
                   JobState.DEAD, JobState.CANCELLED)
 # Items that never reached their destination and will not: the job is parked for them.
 FAILED_ITEM_STATES = (ItemState.REFUSED, ItemState.NOT_COMMITTED)
+# The states still being worked on or waiting for someone: few, whatever the table's history
+# (the finished ones make most of it), so they are counted through the index by state.
+LIVE_JOB_STATES = (JobState.PENDING, JobState.HELD, JobState.RUNNING, JobState.DEAD)

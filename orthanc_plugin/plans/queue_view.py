@@ -8,7 +8,7 @@ from typing import Any
 
 from orthanc_plugin.api.router import ApiError
 from orthanc_plugin.db_engine import StateDatabase
-from orthanc_plugin.jobs.states import ALL_JOB_STATES, JobState
+from orthanc_plugin.jobs.states import ALL_JOB_STATES, LIVE_JOB_STATES, JobState
 from orthanc_plugin.plans import store
 
 # The page's word for each queue state, the same on every tab ("dead" is the table's word).
@@ -21,8 +21,6 @@ VIEWS = {"active": (JobState.PENDING, JobState.RUNNING), "held": (JobState.HELD,
 PER_PAGE_MAX = 200
 
 
-# The states still being worked on or waiting for someone: few, whatever the table's history.
-LIVE_STATES = (JobState.PENDING, JobState.RUNNING, JobState.HELD, JobState.DEAD)
 COUNTS = ("all", "live")
 
 
@@ -40,7 +38,7 @@ def queue_page(db: StateDatabase, view: str, target: str, page: int, per_page: i
     rows = store.jobs_page(db, states, target, oldest_first=view == "active", limit=per_page,
                            offset=(page - 1) * per_page)
     counts = {STATE_WORDS.get(state, state): n for state, n in store.jobs_by_state(
-        db, LIVE_STATES if counts_of == "live" else None).items()}
+        db, LIVE_JOB_STATES if counts_of == "live" else None).items()}
     targets = store.job_targets(db)
     parked_targets = store.job_targets(db, JobState.DEAD)
     return {"total": total, "page": page, "per_page": per_page,
